@@ -1,0 +1,37 @@
+"""hashsync: keep files in step across local disk, S3 and HTTP, deciding by content hash.
+
+The hashing core is Rust; every function here releases the GIL while it works.
+
+Example:
+    >>> import hashsync
+    >>> hashsync.hash_bytes(b"123456789", "crc32")
+    'cbf43926'
+"""
+
+from hashsync._native import (
+    ALGORITHMS,
+    DEFAULT_PART_SIZE,
+    Hasher,
+    __version__,
+    etag,
+    etag_matches,
+    hash_bytes,
+    hash_file,
+    hash_files,
+    match_etag,
+)
+from hashsync.errors import HashsyncError
+
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_PART_SIZE",
+    "Hasher",
+    "HashsyncError",
+    "__version__",
+    "etag",
+    "etag_matches",
+    "hash_bytes",
+    "hash_file",
+    "hash_files",
+    "match_etag",
+]

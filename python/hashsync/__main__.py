@@ -1,0 +1,5 @@
+"""``python -m hashsync``: the command-line interface."""
+
+from hashsync.cli import main
+
+raise SystemExit(main())

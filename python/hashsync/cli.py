@@ -1,0 +1,237 @@
+"""The ``hashsync`` command line.
+
+Exit codes: 0 everything succeeded, 1 failure (bad arguments, a failed check), 2 some files
+were skipped or could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hashsync
+from hashsync import errors
+from hashsync._progress import byte_progress
+from hashsync._units import parse_size
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_PARTIAL = 2
+# A progress bar only pays off when hashing takes a noticeable time.
+PROGRESS_MIN_BYTES = 256 * 1024**2
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _threads_arg(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _err(message: str) -> None:
+    print(f"hashsync: {message}", file=sys.stderr)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _total_size(paths: Sequence[str]) -> int:
+    total = 0
+    for p in paths:
+        try:
+            total += os.stat(p).st_size
+        except OSError:
+            pass
+    return total
+
+
+def _hash_stdin(args: argparse.Namespace) -> str:
+    h = hashsync.Hasher(args.algorithm, part_size=args.part_size)
+    while chunk := sys.stdin.buffer.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_paths(args: argparse.Namespace, paths: list[str]) -> list[str | Exception]:
+    files = [p for p in paths if p != "-"]
+    show = not args.no_progress and _total_size(files) >= PROGRESS_MIN_BYTES
+    with byte_progress("hashing", enabled=show) as progress:
+        results = hashsync.hash_files(
+            files,
+            args.algorithm,
+            part_size=args.part_size,
+            threads=args.threads,
+            progress=progress,
+            return_exceptions=True,
+        )
+    out: list[str | Exception] = []
+    it = iter(results)
+    for p in paths:
+        out.append(_hash_stdin(args) if p == "-" else next(it))
+    return out
+
+
+def _parse_check_file(path: str) -> list[tuple[str, str]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    entries = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, sep, name = line.partition(" ")
+        if not sep or not name:
+            raise errors.InvalidArgument(f"{path}:{lineno}: expected 'DIGEST  PATH', got {line!r}")
+        # md5sum writes "digest  path" (text) or "digest *path" (binary).
+        name = name[1:] if name[:1] in (" ", "*") else name
+        entries.append((digest.lower(), name))
+    return entries
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        entries = _parse_check_file(args.check)
+    except (OSError, errors.InvalidArgument) as e:
+        _err(_describe(e))
+        return EXIT_FAILURE
+    paths = [name for _, name in entries]
+    if args.algorithm == "etag":
+        # Stored ETags may come from any tool; infer each one's part size.
+        results: list[str | Exception] = []
+        for (want, name) in entries:
+            try:
+                ok = hashsync.etag_matches(name, want, part_sizes=[args.part_size])
+                results.append(want if ok else "")
+            except Exception as e:  # noqa: BLE001 - reported per file below
+                results.append(e)
+    else:
+        results = _hash_paths(args, paths)
+    failed = unreadable = 0
+    report = []
+    for (want, name), got in zip(entries, results, strict=True):
+        if isinstance(got, Exception):
+            unreadable += 1
+            status = "UNREADABLE"
+            _err(_describe(got))
+        elif got == want:
+            status = "OK"
+        else:
+            failed += 1
+            status = "FAILED"
+        report.append({"path": name, "status": status})
+        if not args.json and (status != "OK" or not args.quiet):
+            print(f"{name}: {status}")
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    if failed:
+        _err(f"WARNING: {failed} computed checksum{'s' * (failed != 1)} did NOT match")
+    if unreadable:
+        _err(f"WARNING: {unreadable} listed file{'s' * (unreadable != 1)} could not be read")
+    if failed:
+        return EXIT_FAILURE
+    return EXIT_PARTIAL if unreadable else EXIT_OK
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    if args.check:
+        return _cmd_check(args)
+    if not args.files:
+        _err("hash: give at least one FILE (or '-' for standard input), or --check FILE")
+        return EXIT_FAILURE
+    results = _hash_paths(args, args.files)
+    bad = 0
+    rows = []
+    for path, got in zip(args.files, results, strict=True):
+        if isinstance(got, Exception):
+            bad += 1
+            _err(_describe(got))
+            rows.append({"path": path, "error": _describe(got)})
+            continue
+        rows.append({"path": path, "algorithm": args.algorithm, "digest": got})
+        if not args.json:
+            print(f"{got}  {path}")
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    if bad:
+        return EXIT_PARTIAL if bad < len(args.files) else EXIT_FAILURE
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``hashsync`` command (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="hashsync",
+        description="Keep files in step across local disk, S3 and HTTP, deciding by content.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 some files skipped or failed.",
+    )
+    parser.add_argument("--version", action="version", version=f"hashsync {hashsync.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    h = sub.add_parser(
+        "hash",
+        help="print or check file digests (like md5sum / sha256sum)",
+        description=(
+            "Print 'DIGEST  PATH' for each FILE, like md5sum, hashing files in parallel. "
+            "With --check, verify a list in that format."
+        ),
+        epilog=(
+            "Algorithms: " + ", ".join(hashsync.ALGORITHMS) + ". 'etag' is the S3 ETag for "
+            "--part-size parts (objects of at least one part are multipart); with --check, "
+            "ETags made with any common part size are accepted."
+        ),
+    )
+    h.add_argument("files", nargs="*", metavar="FILE", help="files to hash; '-' reads stdin")
+    h.add_argument(
+        "-a", "--algorithm", default="sha256", choices=hashsync.ALGORITHMS,
+        help="digest algorithm (default: sha256)",
+    )
+    h.add_argument(
+        "--part-size", type=_size_arg, default=hashsync.DEFAULT_PART_SIZE, metavar="SIZE",
+        help="S3 part size for --algorithm etag, e.g. 8MiB (default: 8MiB)",
+    )
+    h.add_argument(
+        "--threads", type=_threads_arg, default=None, metavar="N",
+        help="hashing threads (default: $HASHSYNC_THREADS or the CPU count)",
+    )
+    h.add_argument(
+        "-c", "--check", metavar="FILE",
+        help="read 'DIGEST  PATH' lines from FILE ('-' for stdin) and verify them",
+    )
+    h.add_argument("--quiet", action="store_true", help="with --check, print only failures")
+    h.add_argument("--json", action="store_true", help="print JSON instead of text")
+    h.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    h.set_defaults(func=_cmd_hash)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI and returns its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except errors.HashsyncError as e:
+        _err(_describe(e))
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # `hashsync hash ... | head` closes the pipe early; that is not an error.
+        sys.stderr.close()
+        return EXIT_OK

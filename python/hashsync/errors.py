@@ -1,0 +1,77 @@
+"""Errors raised by hashsync.
+
+Every error derives from :class:`HashsyncError`, and also from the built-in exception that
+code not written for hashsync would catch: a missing file is a :class:`NotFound`, which is a
+``FileNotFoundError`` too, so ``except FileNotFoundError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FileChanged",
+    "HashsyncError",
+    "IntegrityError",
+    "InvalidArgument",
+    "InvalidPartSize",
+    "IsADirectory",
+    "NotARegularFile",
+    "NotFound",
+    "PermissionDenied",
+    "PreconditionFailed",
+    "StorageUnavailable",
+    "UnknownAlgorithm",
+]
+
+
+class HashsyncError(Exception):
+    """Base class of every error hashsync raises on purpose."""
+
+
+class NotFound(HashsyncError, FileNotFoundError):
+    """A file, key, bucket or dataset does not exist."""
+
+
+class PermissionDenied(HashsyncError, PermissionError):
+    """Access was refused: file permissions, or credentials a store rejected."""
+
+
+class IsADirectory(HashsyncError, IsADirectoryError):
+    """A directory was given where a file was expected."""
+
+
+class NotARegularFile(HashsyncError, OSError):
+    """A FIFO, socket or device was given where a regular file was expected."""
+
+
+class InvalidArgument(HashsyncError, ValueError):
+    """An argument has a value hashsync cannot use; the message says which and why."""
+
+
+class UnknownAlgorithm(InvalidArgument):
+    """An algorithm name hashsync does not know; the message lists the valid ones."""
+
+
+class InvalidPartSize(InvalidArgument):
+    """A part size or part count outside what S3 allows; the message names the rule."""
+
+
+class PreconditionFailed(HashsyncError):
+    """A conditional write or delete found a different object than expected."""
+
+
+class StorageUnavailable(HashsyncError, ConnectionError):
+    """A store could not be reached (refused, DNS failure, timeout) after retries."""
+
+
+class IntegrityError(HashsyncError):
+    """Data did not match the digest or size it was supposed to have."""
+
+
+class FileChanged(IntegrityError):
+    """A file changed while it was being read, so its digest would describe no real state.
+
+    Attributes:
+        path: The file that changed.
+    """
+
+    path: str

@@ -1,0 +1,489 @@
+//! Parallel file hashing.
+//!
+//! The unit of work is a (file, byte range) pair. ETags split at part boundaries and CRCs at
+//! [`CRC_CHUNK`] boundaries, so one big file keeps every core busy; the CRC chunks are joined
+//! with `crc_fast::checksum_combine`. MD5/SHA/BLAKE3/XXH3 of a whole file are inherently
+//! sequential and form a single unit. Units run largest first on a rayon pool: workers pull the
+//! next unit from a shared counter, which is the longest-processing-time-first schedule.
+//!
+//! Files are read with `pread` into a reused ~1 MiB buffer, never mapped: a file truncated while
+//! it is hashed must give an error, and a mapping would give SIGBUS instead.
+
+use crate::error::{Error, Result};
+use crate::hash::{multipart_etag, Algorithm, Hasher, PartRule};
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Read buffer size: big enough to amortise syscalls, small enough to stay in L2.
+pub const READ_BUF: usize = 1 << 20;
+/// CRC chunk size: CRCs run at tens of GB/s, so chunks only need to be big enough to balance.
+pub const CRC_CHUNK: u64 = 32 << 20;
+
+/// Shared between the workers and whoever watches them: cancellation and progress counters.
+#[derive(Default)]
+pub struct Control {
+    pub cancel: AtomicBool,
+    pub done_bytes: AtomicU64,
+    pub total_bytes: AtomicU64,
+}
+
+impl Control {
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// Options of [`hash_files`].
+#[derive(Clone, Copy, Debug)]
+pub struct HashOptions {
+    pub algorithm: Algorithm,
+    pub rule: PartRule,
+    pub threads: usize,
+    /// Stop everything at the first error (the other results are then `Cancelled`).
+    pub fail_fast: bool,
+}
+
+/// The identity of a file when hashing began; any change while hashing is an error.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Identity {
+    fn of(m: &Metadata) -> Self {
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        }
+    }
+}
+
+/// Stats `path` and checks that it is a regular file.
+fn regular_file(path: &Path) -> Result<Metadata> {
+    let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if m.is_dir() {
+        return Err(Error::IsADirectory(path.to_path_buf()));
+    }
+    if !m.is_file() {
+        return Err(Error::NotARegularFile(path.to_path_buf()));
+    }
+    Ok(m)
+}
+
+enum UnitKind {
+    /// The whole file with the requested algorithm.
+    Whole,
+    /// One ETag part: MD5 of the range.
+    EtagPart,
+    /// One CRC chunk: the raw CRC of the range.
+    CrcChunk,
+}
+
+struct Unit {
+    file: usize,
+    offset: u64,
+    len: u64,
+    kind: UnitKind,
+}
+
+enum UnitOut {
+    Hex(String),
+    Md5([u8; 16]),
+    Crc(u64),
+}
+
+/// Reads `len` bytes at `offset` of `path` through `buf`, feeding `hasher`, and checks that the
+/// file is still the one that was stat'ed when the work was planned.
+fn hash_range(
+    path: &Path,
+    ident: Identity,
+    offset: u64,
+    len: u64,
+    hasher: &mut Hasher,
+    buf: &mut [u8],
+    ctl: &Control,
+) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let before = Identity::of(&file.metadata().map_err(|e| Error::io(path, e))?);
+    if before != ident {
+        return Err(Error::changed(path, "replaced or modified before it was read"));
+    }
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        if ctl.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => {
+                return Err(Error::changed(
+                    path,
+                    format!("shrank: expected {} bytes, ended at {pos}", ident.size),
+                ))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+        ctl.done_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let after = Identity::of(&file.metadata().map_err(|e| Error::io(path, e))?);
+    if after != ident {
+        let what = if after.size != ident.size {
+            format!("size went from {} to {} bytes", ident.size, after.size)
+        } else {
+            "modified while it was read".to_string()
+        };
+        return Err(Error::changed(path, what));
+    }
+    Ok(())
+}
+
+fn run_unit(
+    unit: &Unit,
+    path: &Path,
+    ident: Identity,
+    opts: &HashOptions,
+    buf: &mut [u8],
+    ctl: &Control,
+) -> Result<UnitOut> {
+    let alg = match unit.kind {
+        UnitKind::Whole => opts.algorithm,
+        UnitKind::EtagPart => Algorithm::Md5,
+        UnitKind::CrcChunk => opts.algorithm,
+    };
+    let mut hasher = Hasher::new(alg, opts.rule);
+    hash_range(path, ident, unit.offset, unit.len, &mut hasher, buf, ctl)?;
+    Ok(match unit.kind {
+        UnitKind::Whole => UnitOut::Hex(hasher.finalize()),
+        UnitKind::EtagPart => UnitOut::Md5(hasher.md5_bytes().expect("md5 state")),
+        UnitKind::CrcChunk => UnitOut::Crc(hasher.crc_value().expect("crc state")),
+    })
+}
+
+/// Splits one file into units for `opts`.
+fn plan_file(file: usize, size: u64, opts: &HashOptions, units: &mut Vec<Unit>) -> Result<()> {
+    let (kind, step) = match opts.algorithm {
+        Algorithm::Etag => match opts.rule.checked_parts(size)? {
+            0 => (UnitKind::Whole, u64::MAX),
+            _ => (UnitKind::EtagPart, opts.rule.part_size),
+        },
+        a if a.crc().is_some() && size > CRC_CHUNK => (UnitKind::CrcChunk, CRC_CHUNK),
+        _ => (UnitKind::Whole, u64::MAX),
+    };
+    if step == u64::MAX {
+        units.push(Unit { file, offset: 0, len: size, kind });
+        return Ok(());
+    }
+    let mut offset = 0;
+    while offset < size {
+        let len = step.min(size - offset);
+        let kind = match kind {
+            UnitKind::EtagPart => UnitKind::EtagPart,
+            _ => UnitKind::CrcChunk,
+        };
+        units.push(Unit { file, offset, len, kind });
+        offset += len;
+    }
+    Ok(())
+}
+
+/// Joins a file's unit results (in offset order) into its digest.
+fn assemble(alg: Algorithm, outs: Vec<(u64, UnitOut)>) -> String {
+    if let [(_, UnitOut::Hex(_))] = outs.as_slice() {
+        let Some((_, UnitOut::Hex(h))) = outs.into_iter().next() else { unreachable!() };
+        return h;
+    }
+    match alg {
+        Algorithm::Etag => {
+            let parts: Vec<[u8; 16]> = outs
+                .into_iter()
+                .map(|(_, o)| match o {
+                    UnitOut::Md5(d) => d,
+                    _ => unreachable!("etag parts are md5"),
+                })
+                .collect();
+            multipart_etag(&parts)
+        }
+        _ => {
+            let crc_alg = alg.crc().expect("only CRCs are chunked");
+            let mut acc: Option<u64> = None;
+            for (len, o) in outs {
+                let UnitOut::Crc(c) = o else { unreachable!("crc chunks are crc") };
+                acc = Some(match acc {
+                    None => c,
+                    Some(a) => crc_fast::checksum_combine(crc_alg, a, c, len),
+                });
+            }
+            crate::hash::int_hex(acc.unwrap_or(0), alg.crc_hex_width())
+        }
+    }
+}
+
+/// A rayon pool of `threads` threads, reused across calls of the same size.
+pub fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
+    static POOL: OnceLock<Mutex<Option<(usize, Arc<rayon::ThreadPool>)>>> = OnceLock::new();
+    let mut slot = POOL.get_or_init(|| Mutex::new(None)).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((n, p)) = slot.as_ref() {
+        if *n == threads {
+            return p.clone();
+        }
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hashsync-{i}"))
+            .build()
+            .expect("cannot start hashing threads"),
+    );
+    *slot = Some((threads, p.clone()));
+    p
+}
+
+/// The default thread count: `HASHSYNC_THREADS`, else the number of CPUs.
+pub fn default_threads() -> usize {
+    std::env::var("HASHSYNC_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Hashes every path; results are in input order. With `fail_fast`, the first error cancels the
+/// rest (they come back as `Error::Cancelled`).
+pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<Result<String>> {
+    let threads = opts.threads.max(1);
+    let n = paths.len();
+    let mut results: Vec<Option<Result<String>>> = (0..n).map(|_| None).collect();
+
+    // Stat first: sizes decide the plan. Cheap compared to reading, so it runs on this thread
+    // unless there are many files.
+    let stat = |p: &PathBuf| regular_file(p).map(|m| Identity::of(&m));
+    let idents: Vec<Result<Identity>> = if n > 64 && threads > 1 {
+        use rayon::prelude::*;
+        pool(threads).install(|| paths.par_iter().map(stat).collect())
+    } else {
+        paths.iter().map(stat).collect()
+    };
+
+    let mut units = Vec::new();
+    let mut ids: Vec<Option<Identity>> = vec![None; n];
+    for (i, r) in idents.into_iter().enumerate() {
+        match r.and_then(|id| plan_file(i, id.size, opts, &mut units).map(|_| id)) {
+            Ok(id) => ids[i] = Some(id),
+            Err(e) => {
+                if opts.fail_fast {
+                    return fail_all(n, i, e);
+                }
+                results[i] = Some(Err(e));
+            }
+        }
+    }
+    let total: u64 = units.iter().map(|u| u.len).sum();
+    ctl.total_bytes.store(total, Ordering::Relaxed);
+
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by_key(|&u| std::cmp::Reverse(units[u].len));
+    let outs: Vec<Mutex<Option<Result<UnitOut>>>> =
+        (0..units.len()).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+
+    let worker = || {
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            if k >= order.len() {
+                break;
+            }
+            let u = &units[order[k]];
+            let id = ids[u.file].expect("planned files have an identity");
+            let r = if ctl.cancelled() || (opts.fail_fast && failed.load(Ordering::Relaxed)) {
+                Err(Error::Cancelled)
+            } else {
+                run_unit(u, &paths[u.file], id, opts, &mut buf, ctl)
+            };
+            if r.is_err() && opts.fail_fast {
+                failed.store(true, Ordering::Relaxed);
+            }
+            *outs[order[k]].lock().unwrap() = Some(r);
+        }
+    };
+    let workers = threads.min(units.len());
+    if workers <= 1 {
+        worker();
+    } else {
+        pool(threads).scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|_| worker());
+            }
+        });
+    }
+
+    // Units were planned file by file in offset order, so a linear walk regroups them.
+    let mut per_file: Vec<Vec<(u64, UnitOut)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut first_error: Option<(usize, Error)> = None;
+    for (u, out) in units.iter().zip(outs) {
+        let out = out.into_inner().unwrap().expect("every unit ran");
+        if results[u.file].is_some() {
+            continue;
+        }
+        match out {
+            Ok(o) => per_file[u.file].push((u.len, o)),
+            Err(e) => {
+                if opts.fail_fast
+                    && !matches!(e, Error::Cancelled)
+                    && first_error.as_ref().is_none_or(|(f, _)| u.file < *f)
+                {
+                    first_error = Some((u.file, e));
+                    continue;
+                }
+                results[u.file] = Some(Err(e));
+            }
+        }
+    }
+    if let Some((i, e)) = first_error {
+        return fail_all(n, i, e);
+    }
+    for (i, slot) in results.iter_mut().enumerate() {
+        if slot.is_none() {
+            *slot = Some(Ok(assemble(opts.algorithm, std::mem::take(&mut per_file[i]))));
+        }
+    }
+    results.into_iter().map(|r| r.expect("every file has a result")).collect()
+}
+
+fn fail_all(n: usize, at: usize, e: Error) -> Vec<Result<String>> {
+    let mut e = Some(e);
+    (0..n).map(|i| Err(if i == at { e.take().unwrap() } else { Error::Cancelled })).collect()
+}
+
+/// Hashes one file on the calling thread (no pool): for small files, where starting
+/// parallel work costs more than it saves.
+pub fn hash_file_inline(path: &Path, opts: &HashOptions, ctl: &Control) -> Result<String> {
+    let m = regular_file(path)?;
+    let id = Identity::of(&m);
+    let mut units = Vec::new();
+    plan_file(0, id.size, opts, &mut units)?;
+    ctl.total_bytes.store(id.size, Ordering::Relaxed);
+    let mut buf = vec![0u8; READ_BUF.min(id.size.max(1) as usize)];
+    let mut outs = Vec::with_capacity(units.len());
+    for u in &units {
+        outs.push((u.len, run_unit(u, path, id, opts, &mut buf, ctl)?));
+    }
+    Ok(assemble(opts.algorithm, outs))
+}
+
+/// Size of a regular file, with the same checks as hashing.
+pub fn file_size(path: &Path) -> Result<u64> {
+    regular_file(path).map(|m| m.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{hash_bytes, MIB};
+    use std::io::Write;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hashsync-engine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn write(path: &Path, data: &[u8]) {
+        std::fs::File::create(path).unwrap().write_all(data).unwrap();
+    }
+
+    fn opts(alg: Algorithm, threads: usize) -> HashOptions {
+        HashOptions {
+            algorithm: alg,
+            rule: PartRule::new(5 * MIB, None).unwrap(),
+            threads,
+            fail_fast: false,
+        }
+    }
+
+    #[test]
+    fn parallel_equals_streaming_for_every_algorithm() {
+        let d = tmpdir("eq");
+        let sizes = [0u64, 1, 5 * MIB, 5 * MIB + 1, 3 * CRC_CHUNK + 12345, 11 * MIB];
+        let mut paths = Vec::new();
+        let mut datas = Vec::new();
+        for (i, &s) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..s).map(|j| (j * 7 + i as u64) as u8).collect();
+            let p = d.join(format!("f{i}"));
+            write(&p, &data);
+            paths.push(p);
+            datas.push(data);
+        }
+        for alg in Algorithm::ALL {
+            for threads in [1, 3] {
+                let o = opts(alg, threads);
+                let got = hash_files(&paths, &o, &Control::default());
+                for (g, data) in got.iter().zip(&datas) {
+                    assert_eq!(g.as_ref().unwrap(), &hash_bytes(data, alg, o.rule), "{alg:?}");
+                }
+                let single = hash_file_inline(&paths[4], &o, &Control::default()).unwrap();
+                assert_eq!(single, hash_bytes(&datas[4], alg, o.rule));
+            }
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_path_and_do_not_hide_other_results() {
+        let d = tmpdir("err");
+        let ok = d.join("ok");
+        write(&ok, b"hello");
+        let missing = d.join("missing");
+        let paths = vec![ok.clone(), missing.clone(), d.clone()];
+        let r = hash_files(&paths, &opts(Algorithm::Sha256, 2), &Control::default());
+        assert_eq!(r[0].as_ref().unwrap(), &hash_bytes(b"hello", Algorithm::Sha256, PartRule::default()));
+        let e1 = r[1].as_ref().unwrap_err();
+        assert!(matches!(e1, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+        assert!(e1.to_string().contains("missing"));
+        assert!(matches!(r[2], Err(Error::IsADirectory(_))));
+
+        let mut o = opts(Algorithm::Sha256, 2);
+        o.fail_fast = true;
+        let r = hash_files(&paths, &o, &Control::default());
+        assert!(matches!(&r[1], Err(Error::Io { .. })));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn cancel_stops_work() {
+        let d = tmpdir("cancel");
+        let p = d.join("big");
+        write(&p, &vec![0u8; (8 * MIB) as usize]);
+        let ctl = Control::default();
+        ctl.cancel.store(true, Ordering::Relaxed);
+        let r = hash_files(&[p], &opts(Algorithm::Md5, 2), &ctl);
+        assert!(matches!(r[0], Err(Error::Cancelled)));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn too_many_parts_is_an_error() {
+        let d = tmpdir("parts");
+        let p = d.join("sparse");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(5 * MIB * 10_001).unwrap(); // sparse: no disk space used
+        let r = hash_files(&[p], &opts(Algorithm::Etag, 2), &Control::default());
+        assert!(r[0].as_ref().unwrap_err().to_string().contains("at most 10000 parts"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -1,0 +1,411 @@
+//! The Python bindings: argument conversion, GIL release, progress and Ctrl-C, error mapping.
+//! Everything else lives in the pure-Rust modules.
+
+use crate::engine::{self, Control, HashOptions};
+use crate::error::Error;
+use crate::hash::{self, Algorithm, PartRule, DEFAULT_PART_SIZE};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// Files below this size are hashed on the calling thread when nobody watches progress:
+/// starting a watcher thread would cost more than the hashing.
+const INLINE_BYTES: u64 = 32 << 20;
+/// Buffers above this size are hashed with the GIL released.
+const DETACH_BYTES: usize = 64 << 10;
+/// How often progress is reported and Ctrl-C checked.
+const TICK: Duration = Duration::from_millis(100);
+
+fn errors_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("hashsync.errors")?.getattr(name)
+}
+
+/// `strerror` without Rust's " (os error N)" suffix, as Python prints it.
+fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn build_err<'py, A>(py: Python<'py>, class: &str, args: A) -> PyErr
+where
+    A: IntoPyObject<'py, Target = PyTuple>,
+    A::Error: Into<PyErr>,
+{
+    let args = match args.into_pyobject(py) {
+        Ok(a) => pyo3::BoundObject::into_bound(a),
+        Err(e) => return e.into(),
+    };
+    match errors_class(py, class).and_then(|c| c.call1(args)) {
+        Ok(v) => PyErr::from_value(v),
+        Err(e) => e,
+    }
+}
+
+/// Maps a core error to the matching `hashsync.errors` class (or a built-in OSError).
+pub(crate) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        Error::Io { path, source } => {
+            let errno = source.raw_os_error().unwrap_or(0);
+            let args = (errno, strerror(&source), path.to_string_lossy().into_owned());
+            match source.kind() {
+                std::io::ErrorKind::NotFound => build_err(py, "NotFound", args),
+                std::io::ErrorKind::PermissionDenied => build_err(py, "PermissionDenied", args),
+                // OSError(errno, ...) picks the matching built-in subclass itself.
+                _ => match py.import("builtins").and_then(|b| b.getattr("OSError")?.call1(args)) {
+                    Ok(v) => PyErr::from_value(v),
+                    Err(e) => e,
+                },
+            }
+        }
+        Error::IsADirectory(p) => build_err(
+            py,
+            "IsADirectory",
+            (libc_eisdir(), "Is a directory, not a file", p.to_string_lossy().into_owned()),
+        ),
+        Error::NotARegularFile(p) => build_err(
+            py,
+            "NotARegularFile",
+            (0, "Not a regular file (FIFO, socket or device)", p.to_string_lossy().into_owned()),
+        ),
+        Error::UnknownAlgorithm(_) => build_err(py, "UnknownAlgorithm", (msg,)),
+        Error::InvalidPartSize(_) => build_err(py, "InvalidPartSize", (msg,)),
+        Error::InvalidValue(_) => build_err(py, "InvalidArgument", (msg,)),
+        Error::Changed { path, .. } => {
+            let e = build_err(py, "FileChanged", (msg,));
+            let _ = e.value(py).setattr("path", path.to_string_lossy().into_owned());
+            e
+        }
+        Error::Cancelled => PyKeyboardInterrupt::new_err("cancelled"),
+    }
+}
+
+fn libc_eisdir() -> i32 {
+    21 // EISDIR on Linux and macOS
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, Error> {
+    Algorithm::from_name(name)
+}
+
+fn rule(part_size: u64, threshold: Option<u64>) -> Result<PartRule, Error> {
+    PartRule::new(part_size, threshold)
+}
+
+fn threads(n: Option<usize>) -> PyResult<usize> {
+    match n {
+        Some(0) => Err(pyo3::exceptions::PyValueError::new_err("threads must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(engine::default_threads()),
+    }
+}
+
+/// Runs `work` on a helper thread while this thread, holding the GIL only briefly every
+/// [`TICK`], reports progress and checks for Ctrl-C. A KeyboardInterrupt (or an exception from
+/// the progress callback) cancels the work, waits for the workers to stop, and is re-raised.
+fn run_watched<T: Send>(
+    py: Python<'_>,
+    progress: Option<&Bound<'_, PyAny>>,
+    ctl: &Control,
+    work: impl FnOnce() -> T + Send,
+) -> PyResult<T> {
+    let finished = (Mutex::new(false), Condvar::new());
+    std::thread::scope(|s| {
+        let handle = s.spawn(|| {
+            // Signal completion even if `work` panics, so the watcher never waits forever.
+            struct Done<'a>(&'a (Mutex<bool>, Condvar));
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    *self.0 .0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                    self.0 .1.notify_all();
+                }
+            }
+            let _done = Done(&finished);
+            work()
+        });
+        let mut raised: Option<PyErr> = None;
+        loop {
+            let done = py.detach(|| {
+                let guard = finished.0.lock().unwrap_or_else(|e| e.into_inner());
+                let (guard, _) = finished
+                    .1
+                    .wait_timeout_while(guard, TICK, |d| !*d)
+                    .unwrap_or_else(|e| e.into_inner());
+                *guard
+            });
+            if done {
+                break;
+            }
+            if raised.is_some() {
+                continue;
+            }
+            let outcome = py.check_signals().and_then(|_| match progress {
+                Some(cb) => cb
+                    .call1((
+                        ctl.done_bytes.load(Ordering::Relaxed),
+                        ctl.total_bytes.load(Ordering::Relaxed),
+                    ))
+                    .map(|_| ()),
+                None => Ok(()),
+            });
+            if let Err(e) = outcome {
+                ctl.cancel.store(true, Ordering::Relaxed);
+                raised = Some(e);
+            }
+        }
+        let out = handle.join();
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        let out = out.map_err(|_| PyRuntimeError::new_err("hashsync worker thread panicked"))?;
+        if let Some(cb) = progress {
+            let total = ctl.total_bytes.load(Ordering::Relaxed);
+            cb.call1((ctl.done_bytes.load(Ordering::Relaxed).min(total), total))?;
+        }
+        Ok(out)
+    })
+}
+
+/// Calls `f` on the bytes of a bytes-like object. `bytes` is immutable, so large ones are
+/// hashed with the GIL released; other buffers (bytearray, memoryview, arrays) keep the GIL so
+/// no Python thread can change them underneath.
+fn with_buffer<R: Send>(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    f: impl FnOnce(&[u8]) -> R + Send,
+) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        let bytes = b.as_bytes();
+        return Ok(if bytes.len() > DETACH_BYTES { py.detach(|| f(bytes)) } else { f(bytes) });
+    }
+    if data.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "strings must be encoded before hashing (e.g. text.encode())",
+        ));
+    }
+    let buf = PyBuffer::<u8>::get(data)
+        .map_err(|_| PyTypeError::new_err("expected a bytes-like object"))?;
+    if !buf.is_c_contiguous() {
+        return Err(PyTypeError::new_err("buffer must be C-contiguous"));
+    }
+    // SAFETY: the buffer is C-contiguous, holds len_bytes() bytes, stays alive while `buf`
+    // lives, and the GIL is held throughout, so no Python code can mutate or free it.
+    let slice =
+        unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+    Ok(f(slice))
+}
+
+/// Digest of an in-memory buffer.
+#[pyfunction]
+#[pyo3(signature = (data, algorithm="sha256", *, part_size=DEFAULT_PART_SIZE, threshold=None))]
+fn hash_bytes(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    algorithm: &str,
+    part_size: u64,
+    threshold: Option<u64>,
+) -> PyResult<String> {
+    let alg = self::algorithm(algorithm).map_err(|e| to_pyerr(py, e))?;
+    let rule = rule(part_size, threshold).map_err(|e| to_pyerr(py, e))?;
+    with_buffer(py, data, |b| hash::hash_bytes(b, alg, rule))
+}
+
+fn hash_one(
+    py: Python<'_>,
+    path: PathBuf,
+    opts: HashOptions,
+    progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let ctl = Control::default();
+    let small = progress.is_none()
+        && engine::file_size(&path).map(|s| s < INLINE_BYTES).unwrap_or(true);
+    let r = if small {
+        py.detach(|| engine::hash_file_inline(&path, &opts, &ctl))
+    } else {
+        run_watched(py, progress, &ctl, || {
+            engine::hash_files(std::slice::from_ref(&path), &opts, &ctl).pop().expect("one result")
+        })?
+    };
+    r.map_err(|e| to_pyerr(py, e))
+}
+
+/// Digest of one file.
+#[pyfunction]
+#[pyo3(signature = (path, algorithm="sha256", *, part_size=DEFAULT_PART_SIZE, threshold=None,
+                    threads=None, progress=None))]
+fn hash_file(
+    py: Python<'_>,
+    path: PathBuf,
+    algorithm: &str,
+    part_size: u64,
+    threshold: Option<u64>,
+    threads: Option<usize>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let opts = HashOptions {
+        algorithm: self::algorithm(algorithm).map_err(|e| to_pyerr(py, e))?,
+        rule: rule(part_size, threshold).map_err(|e| to_pyerr(py, e))?,
+        threads: self::threads(threads)?,
+        fail_fast: true,
+    };
+    hash_one(py, path, opts, progress.as_ref())
+}
+
+fn extract_paths(paths: &Bound<'_, PyAny>) -> PyResult<Vec<PathBuf>> {
+    if paths.is_instance_of::<PyString>() || paths.is_instance_of::<PyBytes>() {
+        return Err(PyTypeError::new_err(
+            "paths must be an iterable of paths, not a single string (use hash_file)",
+        ));
+    }
+    paths.try_iter()?.map(|p| p?.extract::<PathBuf>()).collect()
+}
+
+/// Digests of many files, in input order.
+#[pyfunction]
+#[pyo3(signature = (paths, algorithm="sha256", *, part_size=DEFAULT_PART_SIZE, threshold=None,
+                    threads=None, progress=None, return_exceptions=false))]
+#[allow(clippy::too_many_arguments)]
+fn hash_files<'py>(
+    py: Python<'py>,
+    paths: &Bound<'py, PyAny>,
+    algorithm: &str,
+    part_size: u64,
+    threshold: Option<u64>,
+    threads: Option<usize>,
+    progress: Option<Bound<'py, PyAny>>,
+    return_exceptions: bool,
+) -> PyResult<Bound<'py, PyList>> {
+    let paths = extract_paths(paths)?;
+    let opts = HashOptions {
+        algorithm: self::algorithm(algorithm).map_err(|e| to_pyerr(py, e))?,
+        rule: rule(part_size, threshold).map_err(|e| to_pyerr(py, e))?,
+        threads: self::threads(threads)?,
+        fail_fast: !return_exceptions,
+    };
+    let ctl = Control::default();
+    let results = run_watched(py, progress.as_ref(), &ctl, || engine::hash_files(&paths, &opts, &ctl))?;
+    let out = PyList::empty(py);
+    for r in results {
+        match r {
+            Ok(d) => out.append(d)?,
+            Err(Error::Cancelled) if !return_exceptions => continue,
+            Err(e) if return_exceptions => out.append(to_pyerr(py, e).into_value(py))?,
+            Err(e) => return Err(to_pyerr(py, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The S3 ETag a file gets when uploaded with `part_size` parts above `threshold`.
+#[pyfunction]
+#[pyo3(signature = (path, *, part_size=DEFAULT_PART_SIZE, threshold=None, threads=None, progress=None))]
+fn etag(
+    py: Python<'_>,
+    path: PathBuf,
+    part_size: u64,
+    threshold: Option<u64>,
+    threads: Option<usize>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let opts = HashOptions {
+        algorithm: Algorithm::Etag,
+        rule: rule(part_size, threshold).map_err(|e| to_pyerr(py, e))?,
+        threads: self::threads(threads)?,
+        fail_fast: true,
+    };
+    hash_one(py, path, opts, progress.as_ref())
+}
+
+/// The part size with which `path` gets `etag` (0 for a single-part match), or None.
+#[pyfunction]
+#[pyo3(signature = (path, etag, *, part_sizes=None, progress=None))]
+fn match_etag(
+    py: Python<'_>,
+    path: PathBuf,
+    etag: &str,
+    part_sizes: Option<Vec<u64>>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<Option<u64>> {
+    let extra = part_sizes.unwrap_or_default();
+    let ctl = Control::default();
+    let r = run_watched(py, progress.as_ref(), &ctl, || {
+        crate::etag::match_etag(&path, etag, &extra, &ctl)
+    })?;
+    r.map_err(|e| to_pyerr(py, e))
+}
+
+/// Whether `path`'s content has the S3 ETag `etag`, inferring the part size.
+#[pyfunction]
+#[pyo3(signature = (path, etag, *, part_sizes=None, progress=None))]
+fn etag_matches(
+    py: Python<'_>,
+    path: PathBuf,
+    etag: &str,
+    part_sizes: Option<Vec<u64>>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<bool> {
+    Ok(match_etag(py, path, etag, part_sizes, progress)?.is_some())
+}
+
+/// Streaming hasher.
+#[pyclass(name = "Hasher", module = "hashsync._native")]
+struct PyHasher {
+    inner: hash::Hasher,
+}
+
+#[pymethods]
+impl PyHasher {
+    #[new]
+    #[pyo3(signature = (algorithm="sha256", *, part_size=DEFAULT_PART_SIZE, threshold=None))]
+    fn new(py: Python<'_>, algorithm: &str, part_size: u64, threshold: Option<u64>) -> PyResult<Self> {
+        let alg = self::algorithm(algorithm).map_err(|e| to_pyerr(py, e))?;
+        let rule = rule(part_size, threshold).map_err(|e| to_pyerr(py, e))?;
+        Ok(PyHasher { inner: hash::Hasher::new(alg, rule) })
+    }
+
+    fn update(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        with_buffer(py, data, |b| inner.update(b))
+    }
+
+    fn hexdigest(&self) -> String {
+        self.inner.clone().finalize()
+    }
+
+    fn copy(&self) -> Self {
+        PyHasher { inner: self.inner.clone() }
+    }
+
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.inner.algorithm().name()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<hashsync.Hasher {}>", self.inner.algorithm().name())
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+    m.add("ALGORITHMS", PyTuple::new(m.py(), names)?)?;
+    m.add("DEFAULT_PART_SIZE", DEFAULT_PART_SIZE)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(hash_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_file, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_files, m)?)?;
+    m.add_function(wrap_pyfunction!(etag, m)?)?;
+    m.add_function(wrap_pyfunction!(etag_matches, m)?)?;
+    m.add_function(wrap_pyfunction!(match_etag, m)?)?;
+    m.add_class::<PyHasher>()?;
+    Ok(())
+}
