@@ -12,6 +12,8 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
     /// A directory was given where a file was expected.
     IsADirectory(PathBuf),
+    /// A file was given where a directory was expected.
+    NotADirectory(PathBuf),
     /// A FIFO, socket or device: reading it could block forever or never end.
     NotARegularFile(PathBuf),
     /// An algorithm name the core does not know.
@@ -22,6 +24,8 @@ pub enum Error {
     InvalidValue(String),
     /// The file changed (shrank, grew, was replaced or rewritten) while it was being hashed.
     Changed { path: PathBuf, what: String },
+    /// The hash state database failed in a way that rebuilding it did not fix.
+    State(String),
     /// The caller asked the work to stop (Ctrl-C in Python).
     Cancelled,
 }
@@ -41,6 +45,7 @@ impl fmt::Display for Error {
         match self {
             Error::Io { path, source } => write!(f, "{}: {}", path.display(), source),
             Error::IsADirectory(p) => write!(f, "{}: is a directory, not a file", p.display()),
+            Error::NotADirectory(p) => write!(f, "{}: not a directory", p.display()),
             Error::NotARegularFile(p) => {
                 write!(f, "{}: not a regular file (FIFO, socket or device)", p.display())
             }
@@ -54,6 +59,7 @@ impl fmt::Display for Error {
                     .join(", ")
             ),
             Error::InvalidPartSize(msg) | Error::InvalidValue(msg) => f.write_str(msg),
+            Error::State(msg) => write!(f, "hash state cache: {msg}"),
             Error::Changed { path, what } => {
                 write!(f, "{}: file changed while it was being hashed ({what})", path.display())
             }

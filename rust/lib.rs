@@ -1,12 +1,18 @@
-//! hashsync's core: parallel hashing (and later scanning and diffing) in pure Rust.
+//! hashsync's core: parallel hashing scanning with a hash state cache, and diffing in pure Rust.
 //!
 //! Nothing here knows about Python; [`python`] (behind the `python` feature) is the only module
 //! that converts types and errors and releases the GIL.
 
+pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod etag;
+pub mod filter;
 pub mod hash;
+pub mod listing;
+pub mod md5x;
+pub mod scan;
+pub mod state;
 
 #[cfg(feature = "python")]
 mod python;

@@ -1,0 +1,53 @@
+# hashsync — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
+PYTEST_ARGS ?=
+
+.PHONY: help venv build test test-rust test-python demo bench lint fmt clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv with every Python tool the project uses
+
+build: venv ## Build the Rust extension (release) into .venv
+	$(VENV)/bin/maturin develop --release --quiet
+
+test-rust: ## Run the Rust core's cargo tests
+	cargo test --quiet
+
+test-python: build ## Run the pytest suite (starts its own SeaweedFS S3 server)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: test-rust test-python ## Run every test: cargo tests, then pytest
+
+demo: build ## Hash a generated sample tree with hashsync and with hashlib, and compare
+	$(PY) examples/demo.py
+
+bench: build ## Run the benchmarks and print the README tables
+	$(PY) -m pytest benches --benchmark-enable --benchmark-only -p no:randomly \
+		--benchmark-json=benches/results/hash.json -q
+	$(PY) benches/report.py benches/results/hash.json
+
+lint: venv ## ruff and clippy
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
+	cargo clippy --all-targets --features python -- -D warnings
+
+fmt: venv ## Format Python and Rust
+	$(VENV)/bin/ruff format python tests benches examples
+	cargo fmt
+
+clean: ## Remove build products and the virtualenv
+	rm -rf target $(VENV) .pytest_cache .hypothesis benches/results/*.json

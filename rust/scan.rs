@@ -1,0 +1,461 @@
+//! Parallel directory scanning with optional digests from the hash state cache.
+//!
+//! The walk recurses with rayon, one task per directory; regular files are stat'ed from their
+//! directory entry (`lstat`), so a scan without digests reads no file content. With an
+//! algorithm, digests are looked up in the [`StateStore`] and only the misses are hashed
+//! (largest first, through [`engine::hash_files`]); the new digests are then recorded.
+
+use crate::engine::{self, Control, HashOptions};
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::hash::{Algorithm, Hasher, PartRule};
+use crate::listing::{Listing, ScanStats};
+use crate::state::{now_ns, FileKey, StateStore};
+use rayon::prelude::*;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Options of [`scan`].
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    /// Compute (or reuse) a digest per file with this algorithm.
+    pub algorithm: Option<Algorithm>,
+    pub rule: PartRule,
+    pub filter: Filter,
+    /// Follow symbolic links (with loop detection); by default they are skipped and counted.
+    pub follow_symlinks: bool,
+    pub threads: usize,
+    /// Directory of the hash state cache; `None` disables it.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            algorithm: None,
+            rule: PartRule::default(),
+            filter: Filter::default(),
+            follow_symlinks: false,
+            threads: engine::default_threads(),
+            state_dir: None,
+        }
+    }
+}
+
+struct RawFile {
+    rel: String,
+    key: FileKey,
+}
+
+#[derive(Default)]
+struct WalkOut {
+    files: Vec<RawFile>,
+    errors: Vec<(String, String)>,
+    empty_dirs: Vec<String>,
+    dirs: u64,
+    excluded: u64,
+    symlinks: u64,
+    special: u64,
+}
+
+impl WalkOut {
+    fn merge(mut self, mut other: WalkOut) -> WalkOut {
+        if self.files.len() < other.files.len() {
+            std::mem::swap(&mut self.files, &mut other.files);
+        }
+        self.files.append(&mut other.files);
+        self.errors.append(&mut other.errors);
+        self.empty_dirs.append(&mut other.empty_dirs);
+        self.dirs += other.dirs;
+        self.excluded += other.excluded;
+        self.symlinks += other.symlinks;
+        self.special += other.special;
+        self
+    }
+}
+
+fn key_of(m: &Metadata) -> FileKey {
+    FileKey {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    }
+}
+
+fn join_rel(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+fn reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Walks one directory and, in parallel, everything below it.
+fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions) -> WalkOut {
+    let mut out = WalkOut { dirs: 1, ..Default::default() };
+    let rd = match std::fs::read_dir(abs) {
+        Ok(rd) => rd,
+        Err(e) => {
+            out.errors.push((rel.to_string(), reason(&e)));
+            return out;
+        }
+    };
+    let mut subdirs: Vec<(PathBuf, String, Option<(u64, u64)>)> = Vec::new();
+    let mut seen_any = false;
+    for ent in rd {
+        let ent = match ent {
+            Ok(e) => e,
+            Err(e) => {
+                out.errors.push((rel.to_string(), reason(&e)));
+                continue;
+            }
+        };
+        seen_any = true;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else {
+            let lossy = join_rel(rel, &name.to_string_lossy());
+            out.errors.push((lossy, "file name is not valid UTF-8".to_string()));
+            continue;
+        };
+        let child_rel = join_rel(rel, name);
+        let child_abs = ent.path();
+        let ft = match ent.file_type() {
+            Ok(ft) => ft,
+            Err(e) => {
+                out.errors.push((child_rel, reason(&e)));
+                continue;
+            }
+        };
+        let meta = if ft.is_symlink() {
+            if !opts.follow_symlinks {
+                out.symlinks += 1;
+                continue;
+            }
+            match std::fs::metadata(&child_abs) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.errors.push((child_rel, format!("broken symbolic link: {}", reason(&e))));
+                    continue;
+                }
+            }
+        } else if ft.is_dir() {
+            let id = if opts.follow_symlinks {
+                match ent.metadata() {
+                    Ok(m) => Some((m.dev(), m.ino())),
+                    Err(e) => {
+                        out.errors.push((child_rel, reason(&e)));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            subdirs.push((child_abs, child_rel, id));
+            continue;
+        } else if ft.is_file() {
+            match ent.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    // Vanished between readdir and stat: not an error worth reporting.
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        out.errors.push((child_rel, reason(&e)));
+                    }
+                    continue;
+                }
+            }
+        } else {
+            debug_assert!(ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device());
+            out.special += 1;
+            continue;
+        };
+        // Here: a regular file, or whatever a followed symlink points to.
+        if meta.is_dir() {
+            let id = (meta.dev(), meta.ino());
+            if ancestors.contains(&id) {
+                out.errors.push((child_rel, "symbolic link loop".to_string()));
+            } else {
+                subdirs.push((child_abs, child_rel, Some(id)));
+            }
+            continue;
+        }
+        if !meta.is_file() {
+            out.special += 1;
+            continue;
+        }
+        if !opts.filter.is_included(&child_rel) {
+            out.excluded += 1;
+            continue;
+        }
+        out.files.push(RawFile { rel: child_rel, key: key_of(&meta) });
+    }
+    if !seen_any && !rel.is_empty() {
+        out.empty_dirs.push(rel.to_string());
+    }
+    let below = subdirs
+        .into_par_iter()
+        .map(|(abs, rel, id)| {
+            let mut anc = ancestors.to_vec();
+            anc.extend(id);
+            walk_dir(&abs, &rel, &anc, opts)
+        })
+        .reduce(WalkOut::default, WalkOut::merge);
+    out.merge(below)
+}
+
+/// Scans `root`. Unreadable files and directories are reported in [`Listing::errors`]; they do
+/// not abort the scan. Fails only when `root` itself cannot be scanned.
+pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
+    let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory(root.to_path_buf()));
+    }
+    let pool = engine::pool(opts.threads.max(1));
+    let root_id = [(meta.dev(), meta.ino())];
+    let mut walked = pool.install(|| walk_dir(root, "", &root_id, opts));
+    walked.dirs -= 1; // the root itself
+    if ctl.cancelled() {
+        return Err(Error::Cancelled);
+    }
+    walked.files.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    walked.empty_dirs.sort_unstable();
+    walked.errors.sort();
+
+    let mut stats = ScanStats {
+        files: walked.files.len() as u64,
+        bytes: walked.files.iter().map(|f| f.key.size).sum(),
+        dirs: walked.dirs,
+        excluded: walked.excluded,
+        symlinks_skipped: walked.symlinks,
+        special_skipped: walked.special,
+        ..Default::default()
+    };
+    let mut errors = walked.errors;
+    let mut digests: Vec<Option<String>> = vec![None; walked.files.len()];
+
+    if let Some(alg) = opts.algorithm {
+        let part = if alg == Algorithm::Etag { opts.rule.part_size } else { 0 };
+        let mut store = match &opts.state_dir {
+            Some(dir) => match StateStore::open(dir) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.push((dir.display().to_string(), e.to_string()));
+                    None
+                }
+            },
+            None => None,
+        };
+        let keys: Vec<FileKey> = walked.files.iter().map(|f| f.key).collect();
+        if let Some(s) = store.as_mut() {
+            match s.lookup(&keys, alg.name(), part) {
+                Ok(found) => digests = found,
+                Err(e) => {
+                    errors.push((s.path().display().to_string(), e.to_string()));
+                    store = None;
+                }
+            }
+        }
+        let misses: Vec<usize> = (0..digests.len()).filter(|&i| digests[i].is_none()).collect();
+        stats.digests_reused = (digests.len() - misses.len()) as u64;
+        let paths: Vec<PathBuf> = misses.iter().map(|&i| root.join(&walked.files[i].rel)).collect();
+        let hopts = HashOptions { algorithm: alg, rule: opts.rule, threads: opts.threads, fail_fast: false };
+        let began = now_ns();
+        let results = engine::hash_files(&paths, &hopts, ctl);
+        if ctl.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let mut fresh = Vec::new();
+        for (&i, r) in misses.iter().zip(results) {
+            match r {
+                Ok(d) => {
+                    stats.digests_computed += 1;
+                    stats.bytes_hashed += walked.files[i].key.size;
+                    fresh.push((walked.files[i].key, d.clone()));
+                    digests[i] = Some(d);
+                }
+                Err(e) => errors.push((walked.files[i].rel.clone(), error_reason(&e))),
+            }
+        }
+        if let Some(s) = store.as_mut() {
+            if let Err(e) = s.record(&fresh, alg.name(), part, began) {
+                errors.push((s.path().display().to_string(), e.to_string()));
+            }
+        }
+    }
+
+    // Files that could not be hashed are left out: a listing never holds an entry whose digest
+    // was asked for but is unknown.
+    let rows: Vec<(String, u64, i64, Option<String>)> = walked
+        .files
+        .into_iter()
+        .zip(digests)
+        .filter(|(_, d)| opts.algorithm.is_none() || d.is_some())
+        .map(|(f, d)| (f.rel, f.key.size, f.key.mtime_ns, d))
+        .collect();
+    let mut listing = Listing::from_sorted(&rows)?;
+    stats.errors = errors.len() as u64;
+    listing.root = Some(root.to_path_buf());
+    listing.algorithm = opts.algorithm.map(|a| a.name().to_string());
+    listing.errors = errors;
+    listing.empty_dirs = walked.empty_dirs;
+    listing.stats = stats;
+    Ok(listing)
+}
+
+fn error_reason(e: &Error) -> String {
+    match e {
+        Error::Io { source, .. } => reason(source),
+        Error::Changed { what, .. } => format!("changed while being hashed ({what})"),
+        other => other.to_string(),
+    }
+}
+
+/// A content hash of a whole tree, independent of scan order, mtimes and permissions.
+///
+/// Definition (enough to reimplement it): list every regular file (symlinks, FIFOs, sockets
+/// and devices are skipped) and every directory that has no entries at all, by path relative
+/// to `root` with `/` separators, sorted by the paths' UTF-8 bytes. For a file, the record is
+/// `b"file\0" + path + b"\0" + hex digest of its content with `algorithm` + b"\n"`; for an
+/// empty directory, `b"dir\0" + path + b"\0\n"`. The tree hash is `algorithm` applied to the
+/// concatenated records (for `etag`, with 8 MiB parts), in hex. An empty tree hashes the empty
+/// string.
+pub fn tree_hash(root: &Path, algorithm: Algorithm, opts: &ScanOptions, ctl: &Control) -> Result<String> {
+    let opts = ScanOptions { algorithm: Some(algorithm), filter: Filter::default(), ..opts.clone() };
+    let listing = scan(root, &opts, ctl)?;
+    if let Some((path, why)) = listing.errors.first() {
+        return Err(Error::InvalidValue(format!(
+            "cannot hash the tree {}: {path}: {why}",
+            root.display()
+        )));
+    }
+    let mut records: Vec<(&str, Option<&str>)> =
+        listing.iter().map(|e| (e.path, e.digest)).collect();
+    records.extend(listing.empty_dirs.iter().map(|d| (d.as_str(), None)));
+    records.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut h = Hasher::new(algorithm, PartRule::default());
+    for (path, digest) in records {
+        match digest {
+            Some(d) => {
+                h.update(b"file\0");
+                h.update(path.as_bytes());
+                h.update(b"\0");
+                h.update(d.as_bytes());
+                h.update(b"\n");
+            }
+            None => {
+                h.update(b"dir\0");
+                h.update(path.as_bytes());
+                h.update(b"\0\n");
+            }
+        }
+    }
+    Ok(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::{Pattern, Rule};
+
+    fn tree(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hashsync-scan-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for (p, data) in [("a.txt", "a"), ("sub/b.bin", "bb"), ("sub/deep/c.txt", "ccc")] {
+            let f = d.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, data).unwrap();
+        }
+        std::fs::create_dir_all(d.join("empty")).unwrap();
+        d
+    }
+
+    #[test]
+    fn lists_sorted_with_stats_and_filters() {
+        let d = tree("list");
+        std::os::unix::fs::symlink(d.join("a.txt"), d.join("link")).unwrap();
+        let ctl = Control::default();
+        let l = scan(&d, &ScanOptions::default(), &ctl).unwrap();
+        let paths: Vec<_> = l.iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["a.txt", "sub/b.bin", "sub/deep/c.txt"]);
+        assert_eq!(l.stats.symlinks_skipped, 1);
+        assert_eq!(l.stats.bytes, 6);
+        assert_eq!(l.empty_dirs, vec!["empty".to_string()]);
+        assert!(l.iter().all(|e| e.digest.is_none()));
+
+        let opts = ScanOptions {
+            filter: Filter::new(vec![
+                Rule { include: false, pattern: Pattern::new("*") },
+                Rule { include: true, pattern: Pattern::new("*.txt") },
+            ]),
+            follow_symlinks: true,
+            ..Default::default()
+        };
+        let l = scan(&d, &opts, &ctl).unwrap();
+        let paths: Vec<_> = l.iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["a.txt", "sub/deep/c.txt"]);
+        assert_eq!(l.stats.excluded, 2); // sub/b.bin and link (a file once followed)
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn symlink_loop_is_reported_not_followed_forever() {
+        let d = tree("loop");
+        std::os::unix::fs::symlink(&d, d.join("sub/back")).unwrap();
+        let opts = ScanOptions { follow_symlinks: true, ..Default::default() };
+        let l = scan(&d, &opts, &Control::default()).unwrap();
+        assert_eq!(l.len(), 3);
+        assert!(l.errors.iter().any(|(p, why)| p == "sub/back" && why.contains("loop")));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn digests_are_reused_from_state() {
+        let d = tree("state");
+        let state = d.with_extension("state");
+        let _ = std::fs::remove_dir_all(&state);
+        let opts = ScanOptions {
+            algorithm: Some(Algorithm::Md5),
+            state_dir: Some(state.clone()),
+            ..Default::default()
+        };
+        let ctl = Control::default();
+        let first = scan(&d, &opts, &ctl).unwrap();
+        assert_eq!(first.stats.digests_computed, 3);
+        assert_eq!(first.get(0).digest, Some("0cc175b9c0f1b6a831c399e269772661"));
+        // Just written, so racy: hashed again. Pretend they are old by moving mtimes back.
+        for e in first.iter() {
+            let f = std::fs::File::options().write(true).open(d.join(e.path)).unwrap();
+            f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+                .unwrap();
+        }
+        let second = scan(&d, &opts, &ctl).unwrap();
+        // ctime moved with set_modified, and is recent: still racy, so hashed once more.
+        assert_eq!(second.stats.digests_computed, 3);
+        std::fs::remove_dir_all(d).unwrap();
+        std::fs::remove_dir_all(state).unwrap();
+    }
+
+    #[test]
+    fn tree_hash_is_order_and_mtime_independent() {
+        let a = tree("th-a");
+        let b = tree("th-b");
+        let ctl = Control::default();
+        let o = ScanOptions::default();
+        let ha = tree_hash(&a, Algorithm::Sha256, &o, &ctl).unwrap();
+        assert_eq!(ha, tree_hash(&b, Algorithm::Sha256, &o, &ctl).unwrap());
+        std::fs::remove_dir(b.join("empty")).unwrap();
+        assert_ne!(ha, tree_hash(&b, Algorithm::Sha256, &o, &ctl).unwrap());
+        std::fs::remove_dir_all(a).unwrap();
+        std::fs::remove_dir_all(b).unwrap();
+    }
+}
