@@ -100,44 +100,18 @@ enum UnitOut {
     Crc(u64),
 }
 
-/// Reads `len` bytes at `offset` of `path` through `buf`, feeding `hasher`, and checks that the
-/// file is still the one that was stat'ed when the work was planned.
-fn hash_range(
-    path: &Path,
-    ident: Identity,
-    offset: u64,
-    len: u64,
-    hasher: &mut Hasher,
-    buf: &mut [u8],
-    ctl: &Control,
-) -> Result<()> {
+/// Opens `path` and checks it is still the file that was stat'ed when the work was planned.
+fn open_checked(path: &Path, ident: Identity) -> Result<File> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let before = Identity::of(&file.metadata().map_err(|e| Error::io(path, e))?);
-    if before != ident {
+    let now = Identity::of(&file.metadata().map_err(|e| Error::io(path, e))?);
+    if now != ident {
         return Err(Error::changed(path, "replaced or modified before it was read"));
     }
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        if ctl.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let want = ((end - pos) as usize).min(buf.len());
-        let n = match file.read_at(&mut buf[..want], pos) {
-            Ok(0) => {
-                return Err(Error::changed(
-                    path,
-                    format!("shrank: expected {} bytes, ended at {pos}", ident.size),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        hasher.update(&buf[..n]);
-        pos += n as u64;
-        ctl.done_bytes.fetch_add(n as u64, Ordering::Relaxed);
-    }
+    Ok(file)
+}
+
+/// Checks, after reading, that nothing changed the file while it was read.
+fn verify_unchanged(file: &File, path: &Path, ident: Identity) -> Result<()> {
     let after = Identity::of(&file.metadata().map_err(|e| Error::io(path, e))?);
     if after != ident {
         let what = if after.size != ident.size {
@@ -148,6 +122,145 @@ fn hash_range(
         return Err(Error::changed(path, what));
     }
     Ok(())
+}
+
+/// Fills `buf` from `offset`, retrying short reads; a read of 0 bytes means the file shrank.
+fn read_full(file: &File, path: &Path, ident: Identity, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => {
+                return Err(Error::changed(
+                    path,
+                    format!("shrank: expected {} bytes, ended at {}", ident.size, offset + got as u64),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes at `offset` of `path` through `buf`, feeding `hasher`.
+fn hash_range(
+    path: &Path,
+    ident: Identity,
+    offset: u64,
+    len: u64,
+    hasher: &mut Hasher,
+    buf: &mut [u8],
+    ctl: &Control,
+) -> Result<()> {
+    let file = open_checked(path, ident)?;
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        if ctl.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let want = ((end - pos) as usize).min(buf.len());
+        read_full(&file, path, ident, &mut buf[..want], pos)?;
+        hasher.update(&buf[..want]);
+        pos += want as u64;
+        ctl.done_bytes.fetch_add(want as u64, Ordering::Relaxed);
+    }
+    verify_unchanged(&file, path, ident)
+}
+
+/// Per-lane read size of the multi-lane MD5 path (a multiple of 64, as the kernel requires).
+const LANE_CHUNK: usize = 256 << 10;
+
+/// Whether a unit is plain MD5 of its range, so it can share SIMD lanes with other units.
+fn is_md5_unit(u: &Unit, alg: Algorithm) -> bool {
+    match u.kind {
+        UnitKind::EtagPart => true,
+        // A single-part ETag is the MD5 of the whole file.
+        UnitKind::Whole => matches!(alg, Algorithm::Md5 | Algorithm::Etag),
+        UnitKind::CrcChunk => false,
+    }
+}
+
+struct LaneJob<'a> {
+    unit: usize,
+    path: &'a Path,
+    ident: Identity,
+    file: File,
+    pos: u64,
+    end: u64,
+}
+
+/// Hashes several MD5 units at once, one per SIMD lane, reading each in [`LANE_CHUNK`] steps.
+/// Returns one result per unit, in the order given.
+fn run_md5_lanes(
+    jobs: Vec<(usize, &Path, Identity, u64, u64)>,
+    kind_is_part: &[bool],
+    lanes: &mut crate::md5x::Md5Lanes,
+    bufs: &mut [Vec<u8>],
+    ctl: &Control,
+) -> Vec<(usize, Result<UnitOut>)> {
+    let mut out: Vec<(usize, Result<UnitOut>)> = Vec::with_capacity(jobs.len());
+    let mut active: Vec<Option<LaneJob<'_>>> = Vec::with_capacity(jobs.len());
+    for (unit, path, ident, offset, len) in jobs {
+        match open_checked(path, ident) {
+            Ok(file) => active.push(Some(LaneJob { unit, path, ident, file, pos: offset, end: offset + len })),
+            Err(e) => {
+                out.push((unit, Err(e)));
+                active.push(None);
+            }
+        }
+    }
+    // Each lane reads at a different offset within its buffer: page-aligned buffers all map to
+    // the same L1 sets and evict each other.
+    let lane_off = |lane: usize| (lane * 320) % 1024;
+    let n = lanes.lanes();
+    let mut lens = vec![0usize; n];
+    let mut last = vec![false; n];
+    while active.iter().any(Option::is_some) {
+        if ctl.cancelled() {
+            for j in active.iter_mut().filter_map(Option::take) {
+                out.push((j.unit, Err(Error::Cancelled)));
+            }
+            break;
+        }
+        for lane in 0..n {
+            lens[lane] = 0;
+            last[lane] = false;
+            let Some(job) = active.get_mut(lane).and_then(Option::as_mut) else { continue };
+            let want = ((job.end - job.pos) as usize).min(LANE_CHUNK);
+            let off = lane_off(lane);
+            match read_full(&job.file, job.path, job.ident, &mut bufs[lane][off..off + want], job.pos) {
+                Ok(()) => {
+                    job.pos += want as u64;
+                    lens[lane] = want;
+                    last[lane] = job.pos == job.end;
+                    ctl.done_bytes.fetch_add(want as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let job = active[lane].take().expect("active");
+                    out.push((job.unit, Err(e)));
+                    // The lane may hold a partial stream; finishing it discards that state.
+                    last[lane] = true;
+                }
+            }
+        }
+        let inputs: Vec<&[u8]> = (0..n).map(|l| &bufs[l][lane_off(l)..lane_off(l) + lens[l]]).collect();
+        let digests = lanes.update(&inputs, &last);
+        for (lane, d) in digests.into_iter().enumerate() {
+            let Some(d) = d else { continue };
+            let Some(job) = active.get_mut(lane).and_then(Option::take) else { continue };
+            let r = verify_unchanged(&job.file, job.path, job.ident).map(|()| {
+                if kind_is_part[lane] {
+                    UnitOut::Md5(d)
+                } else {
+                    UnitOut::Hex(crate::hash::to_hex(&d))
+                }
+            });
+            out.push((job.unit, r));
+        }
+    }
+    out
 }
 
 fn run_unit(
@@ -300,27 +413,53 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
 
+    let workers = threads.min(units.len()).max(1);
+    let lane_count = crate::md5x::lanes();
     let worker = || {
         let mut buf = vec![0u8; READ_BUF];
-        loop {
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            if k >= order.len() {
-                break;
-            }
-            let u = &units[order[k]];
-            let id = ids[u.file].expect("planned files have an identity");
-            let r = if ctl.cancelled() || (opts.fail_fast && failed.load(Ordering::Relaxed)) {
-                Err(Error::Cancelled)
-            } else {
-                run_unit(u, &paths[u.file], id, opts, &mut buf, ctl)
-            };
+        let mut lanes = crate::md5x::Md5Lanes::new();
+        let mut lane_bufs: Vec<Vec<u8>> =
+            (0..lane_count).map(|_| vec![0u8; LANE_CHUNK + 1024]).collect();
+        let store = |k: usize, r: Result<UnitOut>| {
             if r.is_err() && opts.fail_fast {
                 failed.store(true, Ordering::Relaxed);
             }
-            *outs[order[k]].lock().unwrap() = Some(r);
+            *outs[k].lock().unwrap() = Some(r);
+        };
+        loop {
+            let start = next.load(Ordering::Relaxed);
+            if start >= order.len() {
+                break;
+            }
+            // Spread the remaining units over the workers, up to one per lane.
+            let take = ((order.len() - start) / workers).clamp(1, lane_count);
+            let k = next.fetch_add(take, Ordering::Relaxed);
+            if k >= order.len() {
+                break;
+            }
+            let batch = &order[k..(k + take).min(order.len())];
+            let stop = ctl.cancelled() || (opts.fail_fast && failed.load(Ordering::Relaxed));
+            let mut md5_jobs = Vec::new();
+            let mut md5_kinds = Vec::new();
+            for &ui in batch {
+                let u = &units[ui];
+                let id = ids[u.file].expect("planned files have an identity");
+                if stop {
+                    store(ui, Err(Error::Cancelled));
+                } else if lane_count > 1 && is_md5_unit(u, opts.algorithm) {
+                    md5_jobs.push((ui, paths[u.file].as_path(), id, u.offset, u.len));
+                    md5_kinds.push(matches!(u.kind, UnitKind::EtagPart));
+                } else {
+                    store(ui, run_unit(u, &paths[u.file], id, opts, &mut buf, ctl));
+                }
+            }
+            if !md5_jobs.is_empty() {
+                for (ui, r) in run_md5_lanes(md5_jobs, &md5_kinds, &mut lanes, &mut lane_bufs, ctl) {
+                    store(ui, r);
+                }
+            }
         }
     };
-    let workers = threads.min(units.len());
     if workers <= 1 {
         worker();
     } else {

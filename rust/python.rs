@@ -1,16 +1,20 @@
 //! The Python bindings: argument conversion, GIL release, progress and Ctrl-C, error mapping.
 //! Everything else lives in the pure-Rust modules.
 
+use crate::diff::{Compare, Plan};
 use crate::engine::{self, Control, HashOptions};
 use crate::error::Error;
+use crate::filter::{Filter, Pattern, Rule};
+use crate::listing::{Entry, Listing};
+use crate::scan::ScanOptions;
 use crate::hash::{self, Algorithm, PartRule, DEFAULT_PART_SIZE};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyIndexError, PyKeyboardInterrupt, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyString, PyTuple};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Files below this size are hashed on the calling thread when nobody watches progress:
@@ -84,6 +88,12 @@ pub(crate) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
             let _ = e.value(py).setattr("path", path.to_string_lossy().into_owned());
             e
         }
+        Error::NotADirectory(p) => build_err(
+            py,
+            "NotADirectory",
+            (20, "Not a directory", p.to_string_lossy().into_owned()),
+        ),
+        Error::State(_) => build_err(py, "HashsyncError", (msg,)),
         Error::Cancelled => PyKeyboardInterrupt::new_err("cancelled"),
     }
 }
@@ -355,6 +365,12 @@ fn etag_matches(
     Ok(match_etag(py, path, etag, part_sizes, progress)?.is_some())
 }
 
+/// The directory of hashsync's caches (hash state among them).
+#[pyfunction]
+fn default_cache_dir() -> PathBuf {
+    crate::state::default_cache_dir()
+}
+
 /// Streaming hasher.
 #[pyclass(name = "Hasher", module = "hashsync._native")]
 struct PyHasher {
@@ -394,6 +410,373 @@ impl PyHasher {
     }
 }
 
+/// One file of a listing.
+#[pyclass(name = "FileEntry", module = "hashsync._native", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PyFileEntry {
+    #[pyo3(get)]
+    path: String,
+    #[pyo3(get)]
+    size: u64,
+    #[pyo3(get)]
+    mtime_ns: i64,
+    #[pyo3(get)]
+    digest: Option<String>,
+}
+
+impl PyFileEntry {
+    fn from_entry(e: Entry<'_>) -> Self {
+        PyFileEntry {
+            path: e.path.to_string(),
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            digest: e.digest.map(str::to_string),
+        }
+    }
+}
+
+#[pymethods]
+impl PyFileEntry {
+    #[new]
+    #[pyo3(signature = (path, size, mtime_ns=0, digest=None))]
+    fn new(path: String, size: u64, mtime_ns: i64, digest: Option<String>) -> Self {
+        PyFileEntry { path, size, mtime_ns, digest }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "FileEntry(path={:?}, size={}, mtime_ns={}, digest={})",
+            self.path,
+            self.size,
+            self.mtime_ns,
+            self.digest.as_ref().map_or("None".to_string(), |d| format!("{d:?}"))
+        )
+    }
+}
+
+/// A sorted, compact sequence of FileEntry backed by Rust memory.
+#[pyclass(name = "Listing", module = "hashsync._native", frozen, sequence)]
+struct PyListing {
+    inner: Arc<Listing>,
+}
+
+#[pymethods]
+impl PyListing {
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, index: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.inner.len() as isize;
+        if let Ok(slice) = index.cast::<PySlice>() {
+            let ind = slice.indices(n)?;
+            let out = PyList::empty(py);
+            let mut i = ind.start;
+            for _ in 0..ind.slicelength {
+                out.append(PyFileEntry::from_entry(self.inner.get(i as usize)))?;
+                i += ind.step;
+            }
+            return Ok(out.into_any());
+        }
+        let mut i: isize = index.extract()?;
+        if i < 0 {
+            i += n;
+        }
+        if i < 0 || i >= n {
+            return Err(PyIndexError::new_err("listing index out of range"));
+        }
+        Ok(Bound::new(py, PyFileEntry::from_entry(self.inner.get(i as usize)))?.into_any())
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyListingIter {
+        PyListingIter { inner: slf.inner.clone(), next: AtomicUsize::new(0) }
+    }
+
+    fn __contains__(&self, path: &str) -> bool {
+        self.inner.find(path).is_some()
+    }
+
+    /// The entry for `path`, or None.
+    fn find(&self, path: &str) -> Option<PyFileEntry> {
+        self.inner.find(path).map(|i| PyFileEntry::from_entry(self.inner.get(i)))
+    }
+
+    /// The relative paths, in order.
+    fn paths(&self) -> Vec<&str> {
+        self.inner.iter().map(|e| e.path).collect()
+    }
+
+    /// Paths that could not be listed or hashed, as (path, reason) pairs.
+    #[getter]
+    fn errors(&self) -> Vec<(String, String)> {
+        self.inner.errors.clone()
+    }
+
+    /// Directories that have no entries at all.
+    #[getter]
+    fn empty_dirs(&self) -> Vec<String> {
+        self.inner.empty_dirs.clone()
+    }
+
+    /// Scan counters: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
+    /// digests_computed, digests_reused, bytes_hashed, errors.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.inner.stats;
+        let d = PyDict::new(py);
+        d.set_item("files", s.files)?;
+        d.set_item("bytes", s.bytes)?;
+        d.set_item("dirs", s.dirs)?;
+        d.set_item("excluded", s.excluded)?;
+        d.set_item("symlinks_skipped", s.symlinks_skipped)?;
+        d.set_item("special_skipped", s.special_skipped)?;
+        d.set_item("digests_computed", s.digests_computed)?;
+        d.set_item("digests_reused", s.digests_reused)?;
+        d.set_item("bytes_hashed", s.bytes_hashed)?;
+        d.set_item("errors", s.errors)?;
+        Ok(d)
+    }
+
+    #[getter]
+    fn root(&self) -> Option<PathBuf> {
+        self.inner.root.clone()
+    }
+
+    #[getter]
+    fn algorithm(&self) -> Option<String> {
+        self.inner.algorithm.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<hashsync.Listing {} files, {} bytes{}>",
+            self.inner.len(),
+            self.inner.stats.bytes,
+            self.inner.root.as_ref().map_or(String::new(), |r| format!(" of {}", r.display()))
+        )
+    }
+}
+
+#[pyclass(module = "hashsync._native", frozen)]
+struct PyListingIter {
+    inner: Arc<Listing>,
+    next: AtomicUsize,
+}
+
+#[pymethods]
+impl PyListingIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self) -> Option<PyFileEntry> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < self.inner.len()).then(|| PyFileEntry::from_entry(self.inner.get(i)))
+    }
+}
+
+fn listing_of(obj: &Bound<'_, PyAny>) -> PyResult<Arc<Listing>> {
+    if let Ok(l) = obj.cast::<PyListing>() {
+        return Ok(l.get().inner.clone());
+    }
+    let entries: Vec<PyFileEntry> = obj
+        .try_iter()
+        .map_err(|_| PyTypeError::new_err("expected a Listing or a sequence of FileEntry"))?
+        .map(|e| Ok(e?.cast::<PyFileEntry>()?.get().clone()))
+        .collect::<PyResult<_>>()?;
+    let l = Listing::from_entries(entries.iter().map(|e| Entry {
+        path: &e.path,
+        size: e.size,
+        mtime_ns: e.mtime_ns,
+        digest: e.digest.as_deref(),
+    }))
+    .map_err(|e| to_pyerr(obj.py(), e))?;
+    Ok(Arc::new(l))
+}
+
+fn string_list(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(v) if v.is_instance_of::<PyString>() => Ok(vec![v.extract()?]),
+        Some(v) => v.try_iter()?.map(|p| p?.extract::<String>()).collect(),
+    }
+}
+
+fn scan_options(
+    py: Python<'_>,
+    algorithm: Option<&str>,
+    include: Option<&Bound<'_, PyAny>>,
+    exclude: Option<&Bound<'_, PyAny>>,
+    filters: Option<Vec<(String, String)>>,
+    follow_symlinks: bool,
+    part_size: u64,
+    threads: Option<usize>,
+    state: bool,
+    state_dir: Option<PathBuf>,
+) -> PyResult<ScanOptions> {
+    let algorithm = algorithm.map(self::algorithm).transpose().map_err(|e| to_pyerr(py, e))?;
+    let mut filter = Filter::from_lists(&string_list(include)?, &string_list(exclude)?);
+    if let Some(rules) = filters {
+        let mut all: Vec<Rule> = Vec::new();
+        for (kind, pattern) in rules {
+            let include = match kind.as_str() {
+                "include" => true,
+                "exclude" => false,
+                other => {
+                    return Err(to_pyerr(
+                        py,
+                        Error::InvalidValue(format!(
+                            "filter kind must be 'include' or 'exclude', not {other:?}"
+                        )),
+                    ))
+                }
+            };
+            all.push(Rule { include, pattern: Pattern::new(&pattern) });
+        }
+        if !filter.is_empty() {
+            return Err(to_pyerr(
+                py,
+                Error::InvalidValue("give either filters= or include=/exclude=, not both".into()),
+            ));
+        }
+        filter = Filter::new(all);
+    }
+    Ok(ScanOptions {
+        algorithm,
+        rule: rule(part_size, None).map_err(|e| to_pyerr(py, e))?,
+        filter,
+        follow_symlinks,
+        threads: self::threads(threads)?,
+        state_dir: state.then(|| state_dir.unwrap_or_else(crate::state::default_cache_dir)),
+    })
+}
+
+/// Scans a directory tree into a Listing.
+#[pyfunction]
+#[pyo3(signature = (root, *, algorithm=None, include=None, exclude=None, filters=None,
+                    follow_symlinks=false, part_size=DEFAULT_PART_SIZE, threads=None,
+                    state=true, state_dir=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn scan(
+    py: Python<'_>,
+    root: PathBuf,
+    algorithm: Option<&str>,
+    include: Option<Bound<'_, PyAny>>,
+    exclude: Option<Bound<'_, PyAny>>,
+    filters: Option<Vec<(String, String)>>,
+    follow_symlinks: bool,
+    part_size: u64,
+    threads: Option<usize>,
+    state: bool,
+    state_dir: Option<PathBuf>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<PyListing> {
+    let opts = scan_options(
+        py, algorithm, include.as_ref(), exclude.as_ref(), filters, follow_symlinks, part_size,
+        threads, state, state_dir,
+    )?;
+    let ctl = Control::default();
+    let r = run_watched(py, progress.as_ref(), &ctl, || crate::scan::scan(&root, &opts, &ctl))?;
+    r.map(|l| PyListing { inner: Arc::new(l) }).map_err(|e| to_pyerr(py, e))
+}
+
+/// The difference between two listings.
+#[pyclass(name = "Plan", module = "hashsync._native", frozen)]
+struct PyPlan {
+    source: Arc<Listing>,
+    target: Arc<Listing>,
+    plan: Plan,
+}
+
+#[pymethods]
+impl PyPlan {
+    /// Paths to copy from source to target (new or changed).
+    #[getter]
+    fn copy(&self) -> Vec<&str> {
+        self.plan.copy.iter().map(|&i| self.source.get(i as usize).path).collect()
+    }
+
+    /// Paths only the target has.
+    #[getter]
+    fn delete(&self) -> Vec<&str> {
+        self.plan.delete.iter().map(|&i| self.target.get(i as usize).path).collect()
+    }
+
+    /// Number of files that are the same on both sides.
+    #[getter]
+    fn unchanged(&self) -> u64 {
+        self.plan.unchanged
+    }
+
+    /// Total size of the files to copy.
+    #[getter]
+    fn copy_bytes(&self) -> u64 {
+        self.plan.copy_bytes
+    }
+
+    /// The source entries to copy (with sizes and digests).
+    fn copy_entries(&self) -> Vec<PyFileEntry> {
+        self.plan.copy.iter().map(|&i| PyFileEntry::from_entry(self.source.get(i as usize))).collect()
+    }
+
+    fn __bool__(&self) -> bool {
+        !(self.plan.copy.is_empty() && self.plan.delete.is_empty())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<hashsync.Plan copy={} ({} bytes) delete={} unchanged={}>",
+            self.plan.copy.len(),
+            self.plan.copy_bytes,
+            self.plan.delete.len(),
+            self.plan.unchanged
+        )
+    }
+}
+
+/// Diffs two listings (or sequences of FileEntry).
+#[pyfunction]
+#[pyo3(signature = (source, target, *, compare="checksum", progress=None))]
+fn diff(
+    py: Python<'_>,
+    source: &Bound<'_, PyAny>,
+    target: &Bound<'_, PyAny>,
+    compare: &str,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<PyPlan> {
+    let cmp = Compare::from_name(compare).map_err(|e| to_pyerr(py, e))?;
+    let (s, t) = (listing_of(source)?, listing_of(target)?);
+    let ctl = Control::default();
+    let plan = run_watched(py, progress.as_ref(), &ctl, || crate::diff::diff(&s, &t, cmp, &ctl))?
+        .map_err(|e| to_pyerr(py, e))?;
+    Ok(PyPlan { source: s, target: t, plan })
+}
+
+/// Deterministic content hash of a directory tree.
+#[pyfunction]
+#[pyo3(signature = (root, algorithm="sha256", *, follow_symlinks=false, threads=None, state=true,
+                    state_dir=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn tree_hash(
+    py: Python<'_>,
+    root: PathBuf,
+    algorithm: &str,
+    follow_symlinks: bool,
+    threads: Option<usize>,
+    state: bool,
+    state_dir: Option<PathBuf>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let opts = scan_options(
+        py, Some(algorithm), None, None, None, follow_symlinks, DEFAULT_PART_SIZE, threads, state,
+        state_dir,
+    )?;
+    let alg = opts.algorithm.expect("set above");
+    let ctl = Control::default();
+    run_watched(py, progress.as_ref(), &ctl, || crate::scan::tree_hash(&root, alg, &opts, &ctl))?
+        .map_err(|e| to_pyerr(py, e))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
@@ -407,5 +790,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(etag_matches, m)?)?;
     m.add_function(wrap_pyfunction!(match_etag, m)?)?;
     m.add_class::<PyHasher>()?;
+    m.add_class::<PyFileEntry>()?;
+    m.add_class::<PyListing>()?;
+    m.add_class::<PyPlan>()?;
+    m.add_function(wrap_pyfunction!(scan, m)?)?;
+    m.add_function(wrap_pyfunction!(diff, m)?)?;
+    m.add_function(wrap_pyfunction!(tree_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(default_cache_dir, m)?)?;
     Ok(())
 }

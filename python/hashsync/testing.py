@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import json
 import os
 import random
 import shutil
@@ -186,6 +187,16 @@ def _http_answers(url: str, timeout: float) -> bool:
         return True
     except (OSError, urllib.error.URLError):
         return False
+
+
+def _volume_ids_on_disk(data_dir: Path) -> set[int]:
+    """Return the ids of the volumes stored in ``data_dir`` (``[<collection>_]<id>.dat``)."""
+    ids: set[int] = set()
+    for dat in data_dir.glob("*.dat"):
+        tail = dat.stem.rsplit("_", 1)[-1]
+        if tail.isdigit():
+            ids.add(int(tail))
+    return ids
 
 
 def _remove_stale_sockets(ports: list[int]) -> None:
@@ -490,14 +501,34 @@ class SeaweedFS:
             if not answered:
                 answered = _http_answers(url, timeout=1.0)
             # The port can answer before the identity is loaded, so confirm with a signed
-            # request too.
-            if answered and self._signed_request_works():
+            # request too. After a restart the master also needs a few heartbeats (up to
+            # ~4 s) before it knows the volumes on disk; until then every GET of an existing
+            # object fails with InternalError "volume N not found".
+            if answered and self._signed_request_works() and self._volumes_registered():
                 return
             if time.monotonic() > deadline:
                 raise SeaweedFSError(
                     f"S3 at {self.endpoint_url} not ready after {self.startup_timeout:g} s"
                 )
             time.sleep(0.05)
+
+    def _volumes_registered(self) -> bool:
+        assert self.data_dir is not None
+        on_disk = _volume_ids_on_disk(self.data_dir)
+        if not on_disk:
+            return True
+        url = f"http://{_HOST}:{self._ports['master']}/vol/status"
+        try:
+            with _DIRECT.open(url, timeout=1.0) as response:
+                status = json.load(response)
+        except (OSError, ValueError):
+            return False
+        known: set[int] = set()
+        for racks in (status.get("Volumes", {}).get("DataCenters") or {}).values():
+            for nodes in racks.values():
+                for volumes in nodes.values():
+                    known.update(int(v["Id"]) for v in volumes or [])
+        return on_disk <= known
 
     def _signed_request_works(self) -> bool:
         try:
