@@ -1,6 +1,6 @@
 """Type stubs and documentation for the Rust extension ``hashsync._native``."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 from typing import Final, Literal, overload
 
@@ -203,3 +203,149 @@ class Hasher:
     @property
     def name(self) -> str:
         """The algorithm's name."""
+
+class FileEntry:
+    """One file of a :class:`Listing`: relative ``/`` path, size, mtime and optional digest."""
+
+    def __init__(
+        self, path: str, size: int, mtime_ns: int = 0, digest: str | None = None
+    ) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def digest(self) -> str | None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+class Listing:
+    """A sorted sequence of :class:`FileEntry` held compactly in Rust memory.
+
+    Indexing, slicing, iteration and ``path in listing`` work as on a list; entries are created
+    on access, so a listing of millions of files costs about 100 bytes per file.
+    """
+
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, index: int) -> FileEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[FileEntry]: ...
+    def __iter__(self) -> Iterator[FileEntry]: ...
+    def __contains__(self, path: object) -> bool: ...
+    def find(self, path: str) -> FileEntry | None:
+        """The entry for ``path`` (binary search), or None."""
+    def paths(self) -> list[str]:
+        """Every relative path, in order."""
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` for everything that could not be listed or hashed."""
+    @property
+    def empty_dirs(self) -> list[str]:
+        """Directories with no entries at all."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
+        digests_computed, digests_reused, bytes_hashed, errors."""
+    @property
+    def root(self) -> str | None:
+        """The scanned directory (None for listings built from entries)."""
+    @property
+    def algorithm(self) -> str | None:
+        """The digests' algorithm, if any."""
+
+class Plan:
+    """What :func:`diff` found: files to copy, files to delete, and the unchanged count."""
+
+    @property
+    def copy(self) -> list[str]:
+        """Paths that are new or changed at the source."""
+    @property
+    def delete(self) -> list[str]:
+        """Paths that only the target has."""
+    @property
+    def unchanged(self) -> int: ...
+    @property
+    def copy_bytes(self) -> int:
+        """Total size of the files to copy."""
+    def copy_entries(self) -> list[FileEntry]:
+        """The source entries to copy."""
+    def __bool__(self) -> bool:
+        """True if anything would be copied or deleted."""
+
+def scan(
+    root: StrPath,
+    *,
+    algorithm: AlgorithmName | str | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    filters: Iterable[tuple[Literal["include", "exclude"], str]] | None = None,
+    follow_symlinks: bool = False,
+    part_size: int = ...,
+    threads: int | None = None,
+    state: bool = True,
+    state_dir: StrPath | None = None,
+    progress: Progress | None = None,
+) -> Listing:
+    """Scans a directory tree in parallel.
+
+    Patterns follow ``aws s3 sync``: shell globs on the relative path where ``*`` also matches
+    ``/``; every file starts included and the last matching rule decides. ``include``/``exclude``
+    apply excludes first, then includes (so an include always wins); ``filters`` gives the
+    rules in your own order, like the CLI's ``--exclude``/``--include`` sequence.
+
+    With ``algorithm``, each file gets a digest. Digests are remembered in the hash state cache
+    (``state_dir``, default :func:`default_cache_dir`) keyed on device, inode, size, mtime and
+    ctime, so an unchanged file is never read again; ``state=False`` disables it.
+
+    Symlinks are skipped (and counted) unless ``follow_symlinks``; loops are detected. FIFOs,
+    sockets and devices are skipped. Unreadable entries go to :attr:`Listing.errors` and do not
+    abort the scan.
+
+    Raises:
+        NotFound: ``root`` does not exist.
+        NotADirectory: ``root`` is not a directory.
+    """
+
+def diff(
+    source: Listing | Iterable[FileEntry],
+    target: Listing | Iterable[FileEntry],
+    *,
+    compare: Literal["checksum", "size-mtime", "size"] = "checksum",
+    progress: Progress | None = None,
+) -> Plan:
+    """Compares two listings by a sorted merge.
+
+    ``"checksum"``: same size and same digest; when the digests are S3 ETags of different
+    part sizes and one side is a scanned local directory, its file is checked against the other
+    side's ETag by part-size inference (:func:`etag_matches`). A side without a digest counts as
+    changed. ``"size-mtime"``: the ``aws s3 sync`` rule (size differs, or the source is newer).
+    ``"size"``: size differs.
+    """
+
+def tree_hash(
+    root: StrPath,
+    algorithm: AlgorithmName | str = "sha256",
+    *,
+    follow_symlinks: bool = False,
+    threads: int | None = None,
+    state: bool = True,
+    state_dir: StrPath | None = None,
+    progress: Progress | None = None,
+) -> str:
+    """A content hash of a whole tree, independent of scan order, mtimes and permissions.
+
+    Regular files and empty directories are listed by relative ``/`` path, sorted by UTF-8
+    bytes. Each file contributes ``b"file\\0" + path + b"\\0" + hexdigest + b"\\n"``, each empty
+    directory ``b"dir\\0" + path + b"\\0\\n"``; the result is ``algorithm`` over the concatenation
+    (8 MiB parts for ``etag``). Symlinks, FIFOs, sockets and devices are ignored unless
+    ``follow_symlinks``.
+
+    Raises:
+        InvalidArgument: Part of the tree could not be read (the message names it).
+    """
+
+def default_cache_dir() -> str:
+    """``$HASHSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/hashsync``, else ``~/.cache/hashsync``."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import hashsync
 from hashsync import errors
-from hashsync._progress import byte_progress
-from hashsync._units import parse_size
+from hashsync._progress import ProgressFn, byte_progress
+from hashsync._units import format_size, parse_size
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -171,6 +171,80 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _FilterAction(argparse.Action):
+    """Collects --include/--exclude into one ordered list, as `aws s3 sync` applies them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102
+        rules = list(getattr(namespace, self.dest, None) or [])
+        rules.append((self.const, values))
+        setattr(namespace, self.dest, rules)
+
+
+def _add_filter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exclude", dest="filters", action=_FilterAction, const="exclude", metavar="PATTERN",
+        help="exclude paths matching PATTERN (shell glob on the relative path; '*' matches '/')",
+    )
+    p.add_argument(
+        "--include", dest="filters", action=_FilterAction, const="include", metavar="PATTERN",
+        help="don't exclude paths matching PATTERN; later --include/--exclude take precedence",
+    )
+
+
+def _scan_side(
+    args: argparse.Namespace, root: str, algorithm: str | None, progress: ProgressFn
+) -> hashsync.Listing:
+    return hashsync.scan(
+        root,
+        algorithm=algorithm,
+        filters=args.filters or None,
+        follow_symlinks=args.follow_symlinks,
+        state=not args.no_state,
+        progress=progress,
+    )
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    algorithm = args.algorithm if args.compare == "checksum" else None
+    with byte_progress("hashing", enabled=not args.no_progress) as progress:
+        src = _scan_side(args, args.source, algorithm, progress)
+        dst = _scan_side(args, args.destination, algorithm, progress)
+    plan = hashsync.diff(src, dst, compare=args.compare)
+    errors_seen = src.errors + dst.errors
+    for path, why in errors_seen:
+        _err(f"{path}: {why}")
+    copy = plan.copy
+    if args.json:
+        json.dump(
+            {
+                "copy": [{"path": p, "new": p not in dst} for p in copy],
+                "delete": plan.delete,
+                "unchanged": plan.unchanged,
+                "copy_bytes": plan.copy_bytes,
+                "errors": [{"path": p, "reason": r} for p, r in errors_seen],
+                "stats": {"source": src.stats, "destination": dst.stats},
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+    else:
+        for p in copy:
+            print(f"{'~' if p in dst else '+'} {p}")
+        for p in plan.delete:
+            print(f"- {p}")
+        reused = src.stats["digests_reused"] + dst.stats["digests_reused"]
+        print(
+            f"{len(copy)} to copy ({format_size(plan.copy_bytes)}), {len(plan.delete)} only in "
+            f"destination, {plan.unchanged} unchanged"
+            + (f"; {reused} digests reused from the hash state cache" if algorithm else ""),
+            file=sys.stderr,
+        )
+    if errors_seen:
+        return EXIT_PARTIAL
+    return EXIT_FAILURE if args.exit_code and plan else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hashsync`` command (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -216,6 +290,35 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true", help="print JSON instead of text")
     h.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     h.set_defaults(func=_cmd_hash)
+
+    d = sub.add_parser(
+        "diff",
+        help="show what a sync from SRC to DST would copy and delete",
+        description=(
+            "Compare two directory trees by content. Prints '+ PATH' (only in SRC), "
+            "'~ PATH' (changed) and '- PATH' (only in DST), then a summary on stderr. Digests "
+            "come from the hash state cache when the files have not changed since last time."
+        ),
+    )
+    d.add_argument("source", metavar="SRC")
+    d.add_argument("destination", metavar="DST")
+    d.add_argument(
+        "--compare", choices=["checksum", "size-mtime", "size"], default="checksum",
+        help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
+    )
+    d.add_argument(
+        "-a", "--algorithm", default="etag", choices=hashsync.ALGORITHMS,
+        help="digest for --compare checksum (default: etag, comparable with S3 listings)",
+    )
+    _add_filter_args(d)
+    d.add_argument("--follow-symlinks", action="store_true", help="follow symbolic links")
+    d.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
+    d.add_argument("--json", action="store_true", help="print the plan as JSON")
+    d.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    d.add_argument(
+        "--exit-code", action="store_true", help="exit with 1 if there are differences (like git)"
+    )
+    d.set_defaults(func=_cmd_diff)
     return parser
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidPartSize",
     "IsADirectory",
+    "NotADirectory",
     "NotARegularFile",
     "NotFound",
     "PermissionDenied",
@@ -37,6 +38,10 @@ class PermissionDenied(HashsyncError, PermissionError):
 
 class IsADirectory(HashsyncError, IsADirectoryError):
     """A directory was given where a file was expected."""
+
+
+class NotADirectory(HashsyncError, NotADirectoryError):
+    """A file was given where a directory was expected."""
 
 
 class NotARegularFile(HashsyncError, OSError):
