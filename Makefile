@@ -35,10 +35,10 @@ test: test-rust test-python ## Run every test: cargo tests, then pytest
 demo: build ## Hash a generated sample tree with hashsync and with hashlib, and compare
 	$(PY) examples/demo.py
 
-bench: build ## Run the benchmarks and print the README tables
-	$(PY) -m pytest benches --benchmark-enable --benchmark-only -p no:randomly \
-		--benchmark-json=benches/results/hash.json -q
-	$(PY) benches/report.py benches/results/hash.json
+bench: build ## Run the benchmarks (several minutes) and print the README tables
+	$(PY) -m pytest benches --benchmark-enable --benchmark-only \
+		--benchmark-json=benches/results/bench.json -q
+	$(PY) benches/report.py benches/results/bench.json | tee benches/results/latest.md
 
 lint: venv ## ruff and clippy
 	$(VENV)/bin/ruff check python tests benches examples

@@ -68,3 +68,35 @@ def small_files(bench_root) -> list[Path]:
         (d / ".complete").touch()
     _read_all(paths)
     return paths
+
+
+def _write_tree(root: Path, count: int, seed: int) -> list[Path]:
+    """``count`` files of 1-64 KiB in 100 x 7 directories; reused across runs when complete."""
+    rng = random.Random(seed)
+    paths = [root / f"d{i % 100:02d}" / f"s{i % 7}" / f"f{i:06d}.bin" for i in range(count)]
+    if not (root / ".complete").exists():
+        pool = rng.randbytes(2 * MIB)
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            n = rng.randint(1, 64) * 1024
+            off = rng.randrange(0, len(pool) - n)
+            p.write_bytes(pool[off : off + n])
+        (root / ".complete").touch()
+    _read_all(paths)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tree_20k(bench_root) -> Path:
+    """20,000 files of 1-64 KiB."""
+    root = bench_root / "tree-20k"
+    _write_tree(root, 20_000, 3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tree_100k(bench_root) -> Path:
+    """100,000 files of 1-64 KiB (about 3.2 GB)."""
+    root = bench_root / "tree-100k"
+    _write_tree(root, 100_000, 4)
+    return root

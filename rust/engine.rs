@@ -417,7 +417,8 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
     let lane_count = crate::md5x::lanes();
     let worker = || {
         let mut buf = vec![0u8; READ_BUF];
-        let mut lanes = crate::md5x::Md5Lanes::new();
+        let mut wide = crate::md5x::Md5Lanes::new();
+        let mut narrow = crate::md5x::lanes_for(2);
         let mut lane_bufs: Vec<Vec<u8>> =
             (0..lane_count).map(|_| vec![0u8; LANE_CHUNK + 1024]).collect();
         let store = |k: usize, r: Result<UnitOut>| {
@@ -431,8 +432,16 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
             if start >= order.len() {
                 break;
             }
-            // Spread the remaining units over the workers, up to one per lane.
-            let take = ((order.len() - start) / workers).clamp(1, lane_count);
+            // MD5 units share SIMD lanes, so spread them over the workers up to one per lane;
+            // other units go one at a time, which balances the tail best.
+            let take = if lane_count > 1 && matches!(opts.algorithm, Algorithm::Md5 | Algorithm::Etag) {
+                // At least 4 streams per batch: a kernel step with only one or two busy lanes
+                // wastes most of its width (measured: 4 streams on one worker beat 2 + 2).
+                let rest = order.len() - start;
+                (rest / workers).max(rest.min(4)).clamp(1, lane_count)
+            } else {
+                1
+            };
             let k = next.fetch_add(take, Ordering::Relaxed);
             if k >= order.len() {
                 break;
@@ -453,8 +462,14 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
                     store(ui, run_unit(u, &paths[u.file], id, opts, &mut buf, ctl));
                 }
             }
-            if !md5_jobs.is_empty() {
-                for (ui, r) in run_md5_lanes(md5_jobs, &md5_kinds, &mut lanes, &mut lane_bufs, ctl) {
+            if md5_jobs.len() == 1 {
+                // One stream: the scalar MD5 beats a SIMD kernel with one busy lane.
+                let ui = md5_jobs[0].0;
+                let u = &units[ui];
+                store(ui, run_unit(u, &paths[u.file], md5_jobs[0].2, opts, &mut buf, ctl));
+            } else if !md5_jobs.is_empty() {
+                let lanes = if md5_jobs.len() <= narrow.lanes() { &mut narrow } else { &mut wide };
+                for (ui, r) in run_md5_lanes(md5_jobs, &md5_kinds, lanes, &mut lane_bufs, ctl) {
                     store(ui, r);
                 }
             }

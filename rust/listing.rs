@@ -149,6 +149,25 @@ impl Listing {
         Ok(l)
     }
 
+    /// Appends an entry whose path sorts after every path already present.
+    pub fn push_sorted(&mut self, e: Entry<'_>) -> Result<()> {
+        if let Some(last) = self.len().checked_sub(1) {
+            if self.get(last).path >= e.path {
+                return Err(Error::InvalidValue(format!(
+                    "entries out of order or duplicated: {:?} after {:?}",
+                    e.path,
+                    self.get(last).path
+                )));
+            }
+        }
+        self.push(e)
+    }
+
+    /// Pre-allocates room for `n` more entries with the given total path and digest bytes.
+    pub fn reserve_for(&mut self, n: usize, path_bytes: usize, digest_bytes: usize) {
+        self.reserve(n, path_bytes, digest_bytes);
+    }
+
     /// Approximate heap bytes used by the entries.
     pub fn heap_bytes(&self) -> usize {
         self.paths.capacity()

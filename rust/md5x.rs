@@ -573,6 +573,20 @@ pub fn lanes() -> usize {
     Kernel::detect().lanes()
 }
 
+/// Lanes sized for `streams` concurrent streams: the narrowest SIMD kernel that has room for
+/// them all. Every call costs a full-width step however many lanes are busy, so two streams
+/// run faster on the 8-lane AVX2 kernel than on the 16-lane AVX-512 one.
+pub fn lanes_for(streams: usize) -> Md5Lanes {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if streams <= Kernel::Avx2.lanes() && Kernel::Avx2.available() {
+            return Md5Lanes::with_kernel(Kernel::Avx2);
+        }
+    }
+    let _ = streams;
+    Md5Lanes::new()
+}
+
 /// Streaming multi-lane MD5. Each lane hashes its own stream; all lanes advance in lockstep.
 #[derive(Clone)]
 pub struct Md5Lanes {

@@ -77,9 +77,7 @@ def test_wrong_credentials_rejected(
 ) -> None:
     bucket = s3.create_bucket("smoke-auth")
     s3.client().put_object(Bucket=bucket, Key="k", Body=b"secret")
-    bad = s3.client(
-        aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=NO_RETRY
-    )
+    bad = s3.client(aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=NO_RETRY)
     for call in (
         lambda: bad.list_buckets(),
         lambda: bad.get_object(Bucket=bucket, Key="k"),
@@ -115,10 +113,9 @@ def test_kill_restart_stop() -> None:
 
         server.kill()
         assert not server.is_running
+        down = server.client(config=Config(retries={"max_attempts": 1}, connect_timeout=1))
         with pytest.raises(botocore.exceptions.EndpointConnectionError):
-            server.client(config=Config(retries={"max_attempts": 1}, connect_timeout=1)).head_bucket(
-                Bucket=bucket
-            )
+            down.head_bucket(Bucket=bucket)
 
         server.start()
         assert server.endpoint_url == endpoint

@@ -22,6 +22,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -55,6 +56,19 @@ _GRPC_OFFSET = 10000
 _COMPONENTS = ("s3", "master", "volume", "filer", "admin")
 
 _DEFAULT_REGION = "us-east-1"
+
+# Starts each run's section in weed.log.
+_RUN_MARKER = "=== hashsync.testing: "
+
+# weed's complaints when a port we probed as free was taken before it could bind: its own
+# pre-flight check ("Port allocation failed ... is not available") or the kernel's EADDRINUSE.
+_PORT_TAKEN = re.compile(r"Port allocation failed|address already in use")
+
+# Lines of weed output that explain a failed start: glog fatal/error lines, Go panics, and
+# the flag parser's complaint.
+_LOG_ERROR = re.compile(
+    r"^[FE]\d{4} |panic:|flag provided but not defined|invalid value|address already in use"
+)
 
 
 class SeaweedFSError(RuntimeError):
@@ -323,7 +337,9 @@ class SeaweedFS:
 
         Calling it on a running server does nothing. After :meth:`kill` it restarts the
         server on the same data directory and the same ports, so ``endpoint_url`` stays
-        valid for fault-injection tests.
+        valid for fault-injection tests; it then also waits until the master has
+        re-registered the volumes on disk (usually ~1 s, sometimes ~5 s), because until
+        then reads of existing objects fail with InternalError.
 
         Returns:
             ``self``, for chaining.
@@ -335,40 +351,70 @@ class SeaweedFS:
         with self._lock:
             if self.is_running:
                 return self
-            binary = self._weed_binary or find_weed()
+            if self._weed_binary:
+                binary = _checked_executable(self._weed_binary, "weed_binary")
+            else:
+                binary = find_weed()
             # Ports survive kill()/restart(): clients hold endpoint_url across the outage.
             restarting = bool(self._ports)
-            if self.data_dir is None:
-                self.data_dir = Path(tempfile.mkdtemp(prefix="hashsync-seaweedfs-"))
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.log_path = self.data_dir / "weed.log"
-            self._prepare_socket_dir()
-            # Another process may grab a probed port before weed binds it; a fresh start
-            # simply tries again with new ports.
-            attempts = 1 if restarting else 3
-            began = time.monotonic()
-            for attempt in range(1, attempts + 1):
+            try:
+                self._start(binary, restarting)
+            except BaseException:
+                # Also on Ctrl-C mid-startup: no half-started server or temp dir may stay.
+                self._terminate(force=True)
                 if not restarting:
-                    self._ports = dict(
-                        zip(_COMPONENTS, _pick_base_ports(len(_COMPONENTS)), strict=True)
-                    )
-                try:
-                    self._launch(binary)
-                    self._wait_ready(began)
-                except SeaweedFSError as exc:
-                    self._terminate(force=True)
-                    tail = self.log_tail()
-                    if attempt < attempts and "address already in use" in tail:
-                        continue
-                    log = self.log_path
-                    if not restarting:
-                        # Nothing to keep: the caller gets the log tail in the message.
-                        self._cleanup()
-                    raise SeaweedFSError(f"{exc}\n--- tail of {log} ---\n{tail}") from None
-                break
-            self.startup_seconds = time.monotonic() - began
+                    self._cleanup()
+                raise
             _running.add(self)
             return self
+
+    def _start(self, binary: str, restarting: bool) -> None:
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="hashsync-seaweedfs-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / "weed.log"
+        self._prepare_socket_dir()
+        # Another process may grab a probed port before weed binds it; a fresh start
+        # simply tries again with new ports.
+        attempts = 1 if restarting else 3
+        began = time.monotonic()
+        for attempt in range(1, attempts + 1):
+            if not restarting:
+                self._ports = dict(
+                    zip(_COMPONENTS, _pick_base_ports(len(_COMPONENTS)), strict=True)
+                )
+            try:
+                self._launch(binary)
+                self._wait_ready(began)
+            except SeaweedFSError as exc:
+                self._terminate(force=True)
+                run_log = self._current_run_log()
+                if attempt < attempts and _PORT_TAKEN.search(run_log):
+                    continue
+                raise SeaweedFSError(f"{exc}\n{self._describe_log(run_log)}") from None
+            break
+        self.startup_seconds = time.monotonic() - began
+
+    def _current_run_log(self) -> str:
+        """Return this run's part of the log (it is appended to across restarts)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 256 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+        return text[text.rfind(_RUN_MARKER) :] if _RUN_MARKER in text else text
+
+    def _describe_log(self, run_log: str, tail: int = 30) -> str:
+        lines = run_log.splitlines()
+        # weed prints its whole usage after a bad flag, and a fatal error can be followed
+        # by shutdown chatter, so the decisive lines are picked out before the tail.
+        errors = [line for line in lines if _LOG_ERROR.search(line)][:10]
+        parts = [f"--- {self.log_path} ---"]
+        if errors:
+            parts += ["errors:", *errors, "tail:"]
+        parts += lines[-tail:]
+        return "\n".join(parts)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``stop_timeout``) and clean up.
@@ -474,7 +520,7 @@ class SeaweedFS:
             (self.data_dir / "mini.options").unlink()
         command = self._command(binary)
         with open(self.log_path, "ab") as log:
-            log.write(f"\n=== {' '.join(command)}\n".encode())
+            log.write(f"\n{_RUN_MARKER}{' '.join(command)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
                 command,

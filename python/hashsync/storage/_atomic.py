@@ -1,0 +1,282 @@
+"""Atomic local writes and per-key locks that work on NFS.
+
+A file is written to ``.{name}.hashsync-tmp-{host}-{pid}-{random}`` in its destination
+directory, fsynced, and renamed over the final name, so a reader sees either the old file
+or the complete new one. Temporary files of processes that died are removed by later writes
+into the same directory.
+
+Locks are lock *files* created with ``O_CREAT | O_EXCL``, which is atomic on local
+filesystems and on NFSv3+ (unlike ``flock``, which some NFS and Lustre setups grant to
+everyone). A lock whose holder died is broken; see :class:`KeyLock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from hashsync.errors import StorageUnavailable
+
+__all__ = [
+    "KeyLock",
+    "atomic_destination",
+    "cleanup_once",
+    "cleanup_stale_temporaries",
+    "commit",
+    "is_internal_name",
+    "temporary_path",
+]
+
+_TMP_MARK = ".hashsync-tmp-"
+_LOCK_SUFFIX = ".hashsync-lock"
+_TMP_RE = re.compile(r"\.hashsync-tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
+# Leaves room for the ".", the marker, host, pid and random parts within NAME_MAX (255).
+_MAX_STEM_BYTES = 180
+# Temporaries of other hosts cannot be checked for liveness; a day without a write means the
+# writer is gone (a live download touches its file continuously).
+_FOREIGN_TMP_AGE = 24 * 3600.0
+
+# Directory -> when it was last cleaned, per process.
+_cleaned_dirs: dict[tuple[int, str], float] = {}
+_cleaned_lock = threading.Lock()
+_CLEAN_INTERVAL = 60.0
+
+
+def _host_tag() -> str:
+    # Hashed so any hostname (dots, dashes, non-ASCII) makes a short, parseable tag.
+    return hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+_HOST = _host_tag()
+
+
+def is_internal_name(name: str) -> bool:
+    """Return whether a file name is one of ours (a temporary or a lock file), not data."""
+    return _TMP_MARK in name or _LOCK_SUFFIX in name
+
+
+def _short(name: str) -> str:
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _MAX_STEM_BYTES:
+        return name
+    return raw[:_MAX_STEM_BYTES].decode("utf-8", "ignore")
+
+
+def temporary_path(final: Path) -> Path:
+    """Return a new per-process temporary name next to ``final``."""
+    return final.with_name(
+        f".{_short(final.name)}{_TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def cleanup_stale_temporaries(directory: Path) -> list[Path]:
+    """Remove temporaries in ``directory`` left by processes that are gone.
+
+    A temporary of this host is stale when its process no longer exists; one of another host
+    when it has not been written to for a day.
+
+    Returns:
+        The paths removed.
+    """
+    removed: list[Path] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        match = _TMP_RE.search(name)
+        if match is None:
+            continue
+        path = directory / name
+        if match["host"] == _HOST:
+            pid = int(match["pid"])
+            stale = pid != os.getpid() and not _pid_alive(pid)
+        else:
+            try:
+                stale = now - path.stat().st_mtime > _FOREIGN_TMP_AGE
+            except OSError:
+                continue
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def cleanup_once(directory: Path) -> None:
+    """Run :func:`cleanup_stale_temporaries` on ``directory``, at most once a minute."""
+    # Listing a large directory on every write would be costly; once a minute per process
+    # and directory finds what crashed processes left without that cost.
+    tag = (os.getpid(), str(directory))
+    now = time.monotonic()
+    with _cleaned_lock:
+        last = _cleaned_dirs.get(tag)
+        if last is not None and now - last < _CLEAN_INTERVAL:
+            return
+        _cleaned_dirs[tag] = now
+    cleanup_stale_temporaries(directory)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory entry change (a rename) to disk, where the OS allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename itself is atomic
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_destination(final: Path) -> Iterator[Path]:
+    """Give a temporary path that becomes ``final`` when the block succeeds.
+
+    The caller writes the temporary (and may set its mtime); on a normal exit it is
+    fsynced and renamed over ``final``, on an exception it is removed and the exception
+    propagates. Parent directories are created as needed.
+
+    Args:
+        final: The path the file should end up at.
+
+    Yields:
+        The temporary path to write to.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    cleanup_once(final.parent)
+    tmp = temporary_path(final)
+    try:
+        yield tmp
+        commit(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Fsync ``tmp`` and rename it over ``final``."""
+    if not tmp.exists():
+        # The writer produced nothing (e.g. a 0-byte copy that never opened the file).
+        tmp.touch()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    fsync_directory(final.parent)
+
+
+class KeyLock:
+    """An exclusive lock on one file path, held by a lock file next to it.
+
+    The lock file ``.{name}.hashsync-lock`` records host, pid and time. A lock held by a dead
+    process of this host is broken at once; one from another host (which cannot be checked)
+    once it is older than ``stale_after`` seconds.
+
+    Args:
+        path: The file to lock (it need not exist).
+        timeout: Seconds to wait for the lock before giving up.
+        stale_after: Age after which another host's lock is considered abandoned.
+
+    Raises:
+        StorageUnavailable: From ``__enter__`` if the lock is not free within ``timeout``.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 60.0, stale_after: float = 600.0) -> None:
+        self.lock_path = path.with_name(f".{_short(path.name)}{_LOCK_SUFFIX}")
+        self.timeout = timeout
+        self.stale_after = stale_after
+        self._token = secrets.token_hex(8)
+
+    def __enter__(self) -> KeyLock:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        body = json.dumps(
+            {"host": _HOST, "pid": os.getpid(), "time": time.time(), "token": self._token}
+        ).encode()
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._break_if_stale()
+            else:
+                try:
+                    os.write(fd, body)
+                finally:
+                    os.close(fd)
+                return self
+            if time.monotonic() > deadline:
+                raise StorageUnavailable(
+                    errno.ETIMEDOUT,
+                    f"lock {self.lock_path} still held after {self.timeout:g} s",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _break_if_stale(self) -> None:
+        try:
+            info = json.loads(self.lock_path.read_bytes() or b"{}")
+            age = time.time() - self.lock_path.stat().st_mtime
+        except (OSError, ValueError):
+            # Vanished (fine, retry) or half-written by a holder still inside __enter__.
+            return
+        if info.get("host") == _HOST and isinstance(info.get("pid"), int):
+            stale = not _pid_alive(info["pid"])
+        else:
+            stale = age > self.stale_after
+        if stale:
+            # Renaming first makes breaking atomic: of two breakers only one rename succeeds,
+            # so neither can delete a fresh lock the other just created.
+            grave = self.lock_path.with_name(self.lock_path.name + f".broken-{self._token}")
+            try:
+                os.rename(self.lock_path, grave)
+            except FileNotFoundError:
+                return
+            try:
+                moved = json.loads(grave.read_bytes() or b"{}")
+            except (OSError, ValueError):
+                moved = {}
+            if moved.get("token") != info.get("token"):
+                # Another breaker replaced the stale lock between our read and our rename:
+                # we took a live lock, so put it back (link fails rather than overwrite).
+                with contextlib.suppress(OSError):
+                    os.link(grave, self.lock_path)
+            with contextlib.suppress(FileNotFoundError):
+                grave.unlink()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_path.unlink()

@@ -1,0 +1,285 @@
+"""The abstract storage classes, the listing record and key validation.
+
+A *key* is a ``/``-separated relative string such as ``"models/v1/weights.bin"``. Every
+storage validates keys with :func:`validate_key` before touching disk or network, so a key
+that could escape a directory (``"../x"``) or mean different things on different stores
+(``"a//b"``, ``"a\\b"``) is refused the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+from hashsync.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from hashsync.storage.local import LocalStorage
+
+__all__ = [
+    "ObjectInfo",
+    "ReadOnlyStorage",
+    "ReadWriteStorage",
+    "Storage",
+    "validate_key",
+    "validate_prefix",
+]
+
+
+class ObjectInfo(NamedTuple):
+    """One entry of :meth:`Storage.list`.
+
+    Attributes:
+        key: The object's key, relative to the storage.
+        size: Size in bytes.
+        last_modified: When the object was last written (UTC-aware).
+        hash: What :meth:`Storage.get_hash` returns for the key, or ``None`` when the store
+            gives no hash (an HTTP server without ETags, or a listing asked not to hash).
+    """
+
+    key: str
+    size: int
+    last_modified: datetime.datetime
+    hash: str | None
+
+
+def validate_key(key: object) -> str:
+    """Check that ``key`` is a usable storage key and return it.
+
+    A key must be a non-empty string of ``/``-separated segments; no segment may be empty,
+    ``"."`` or ``".."``, and the key may not contain a backslash or a NUL character. These
+    rules keep a key inside its storage's root on every backend and give it one meaning on
+    all of them (a local filesystem would silently fold ``"a//b"`` into ``"a/b"``).
+
+    Args:
+        key: The key to check.
+
+    Returns:
+        ``key`` unchanged.
+
+    Raises:
+        InvalidArgument: The key breaks a rule; the message names the key and the rule.
+    """
+    if not isinstance(key, str):
+        raise InvalidArgument(f"storage key must be a str, not {type(key).__name__}: {key!r}")
+    if not key:
+        raise InvalidArgument("storage key must not be empty")
+    if "\x00" in key:
+        raise InvalidArgument(f"storage key {key!r} contains a NUL character")
+    if "\\" in key:
+        raise InvalidArgument(f"storage key {key!r} contains a backslash; use '/' to separate")
+    if key.startswith("/"):
+        raise InvalidArgument(f"storage key {key!r} is absolute; keys are relative")
+    for segment in key.split("/"):
+        if segment == "":
+            raise InvalidArgument(f"storage key {key!r} has an empty path segment")
+        if segment in (".", ".."):
+            raise InvalidArgument(f"storage key {key!r} contains a {segment!r} segment")
+    return key
+
+
+def validate_prefix(prefix: object) -> str:
+    """Check a listing prefix: ``""``, or a key, optionally ending in ``/``.
+
+    Args:
+        prefix: The prefix to check.
+
+    Returns:
+        ``prefix`` unchanged.
+
+    Raises:
+        InvalidArgument: The prefix could never match a valid key.
+    """
+    if prefix == "":
+        return ""
+    if not isinstance(prefix, str):
+        raise InvalidArgument(f"prefix must be a str, not {type(prefix).__name__}")
+    # A prefix may stop mid-segment ("data/tr" matches "data/train.csv") or at a "/".
+    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    return prefix
+
+
+class Storage(abc.ABC):
+    """A place files live under keys: a directory, an S3 bucket prefix, an HTTP server.
+
+    Every storage can be read and copied into a :class:`~hashsync.storage.LocalStorage`.
+    Storages are context managers; :meth:`close` releases connections or temporary
+    directories.
+    """
+
+    @abc.abstractmethod
+    def copy(self, key: str, destination: LocalStorage) -> None:
+        """Copy the object ``key`` to the same key in ``destination`` (e.g. download it).
+
+        The file appears under its final name only once complete and verified; a reader
+        never sees a partial file, and a failed copy leaves at most a temporary file that a
+        later copy into the same directory removes.
+
+        Args:
+            key: The key to copy.
+            destination: Where to put it.
+
+        Raises:
+            NotFound: No object has this key.
+            IntegrityError: The data received did not match the size or hash announced.
+            StorageUnavailable: The store could not be reached (after retries).
+        """
+
+    @abc.abstractmethod
+    def get_hash(self, key: str) -> str:
+        """Return the object's hash, comparable across storages.
+
+        This is the S3 ETag (lowercase hex, no quotes): what S3 reports for an object, and
+        for a local file the ETag its content gets when uploaded with the storage's part size.
+        Two storages holding the same bytes (written with the same part size) return the
+        same string.
+
+        Args:
+            key: The object's key.
+
+        Raises:
+            NotFound: No object has this key.
+        """
+
+    @abc.abstractmethod
+    def get_last_modified(self, key: str) -> datetime.datetime:
+        """Return when the object was last written, as a UTC-aware datetime.
+
+        Args:
+            key: The object's key.
+
+        Raises:
+            NotFound: No object has this key.
+        """
+
+    @abc.abstractmethod
+    def get_size(self, key: str) -> int:
+        """Return the object's size in bytes.
+
+        Args:
+            key: The object's key.
+
+        Raises:
+            NotFound: No object has this key.
+        """
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Return whether an object has this key.
+
+        Args:
+            key: The key to look for.
+        """
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, in key order.
+
+        Args:
+            prefix: Plain string prefix (``"data/"`` for a directory, ``"data/tr"`` matches
+                ``"data/train.csv"`` too).
+
+        Yields:
+            One :class:`ObjectInfo` per object.
+        """
+
+    def close(self) -> None:  # noqa: B027 - deliberately a no-op hook, not abstract
+        """Release what the storage holds (connections, temporary directories)."""
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ReadOnlyStorage(Storage):
+    """A storage that can only be read: HTTP servers, shared read-only filesystems."""
+
+
+class ReadWriteStorage(Storage):
+    """A storage that can also be written and deleted from.
+
+    The conditional methods let several jobs share a store without overwriting each other's
+    work: each says what it expects to find, and the store refuses the change otherwise.
+    """
+
+    @abc.abstractmethod
+    def copy_from(self, key: str, source: LocalStorage) -> None:
+        """Copy ``source``'s file ``key`` to the same key here (e.g. upload it).
+
+        Args:
+            key: The key to copy.
+            source: Where the file is.
+
+        Raises:
+            NotFound: ``source`` has no such key.
+            StorageUnavailable: The store could not be reached (after retries).
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete the object ``key``.
+
+        Args:
+            key: The key to delete.
+
+        Raises:
+            NotFound: No object has this key.
+        """
+
+    @abc.abstractmethod
+    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+        """Copy ``source``'s file here unless the stored object is at least as new.
+
+        Args:
+            key: The key to copy.
+            source: Where the file is.
+
+        Returns:
+            True if the file was copied; False if the stored object was as new or newer
+            (including one written by someone else while this call ran).
+        """
+
+    @abc.abstractmethod
+    def copy_from_if_overwriting_hash(
+        self, key: str, hash: str | None, source: LocalStorage
+    ) -> None:
+        """Copy ``source``'s file here only if the stored object still has ``hash``.
+
+        This is a compare-and-swap: of several writers that read the same hash and race to
+        replace it, exactly one succeeds where the store offers an atomic primitive (each
+        backend documents what it uses and any remaining race window).
+
+        Args:
+            key: The key to write.
+            hash: The hash (as :meth:`get_hash` returns it) the object must have now, or
+                ``None`` to write only if no object has the key yet (create-only).
+            source: Where the file is.
+
+        Raises:
+            PreconditionFailed: The object has a different hash, does not exist although a
+                hash was given, or exists although ``hash`` is ``None``.
+        """
+
+    @abc.abstractmethod
+    def delete_if_hash_matches(self, key: str, hash: str) -> None:
+        """Delete the object only if it still has ``hash``.
+
+        Args:
+            key: The key to delete.
+            hash: The hash (as :meth:`get_hash` returns it) the object must have.
+
+        Raises:
+            PreconditionFailed: The object has a different hash.
+            NotFound: No object has this key.
+        """

@@ -1,0 +1,781 @@
+"""Storages on the local filesystem.
+
+Every write is atomic (see :mod:`hashsync.storage._atomic`): a per-process temporary file in
+the destination directory is filled, fsynced and renamed into place, so a reader never sees
+a half-written file and an interrupted copy leaves only a temporary that a later write into
+the same directory removes. Conditional writes take a per-key lock file, which makes
+compare-and-swap exact between processes, on NFS as well.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import hashsync
+from hashsync.errors import (
+    FileChanged,
+    HashsyncError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+)
+from hashsync.storage._atomic import KeyLock, cleanup_once, commit, temporary_path
+from hashsync.storage.base import (
+    ObjectInfo,
+    ReadOnlyStorage,
+    ReadWriteStorage,
+    validate_key,
+    validate_prefix,
+)
+
+__all__ = [
+    "LocalStorage",
+    "PartitioningLocalStorage",
+    "ReadOnlyFilesystemStorage",
+    "SimpleLocalStorage",
+    "TemporaryLocalStorage",
+]
+
+# scan() globs match across "/", so these hide our temporaries and locks at any depth.
+_INTERNAL_GLOBS = ["*.hashsync-tmp-*", "*.hashsync-lock*"]
+_WRITE_MODES = frozenset("wxa+")
+# A file changed within this many seconds of being hashed may change again without its
+# mtime moving (coarse timestamp ticks), so its digest is not remembered.
+_RACY_SECONDS = 2.0
+_MEMO_SIZE = 4096
+
+
+def _utc(ns: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
+
+
+def normalize_hash(value: str) -> str:
+    """Return ``value`` as :meth:`Storage.get_hash` spells hashes: lowercase, no quotes."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"hash must be a str, not {type(value).__name__}: {value!r}")
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"').lower()
+
+
+class _DigestMemo:
+    """Remembers file ETags in-process, keyed on what changes when the file does."""
+
+    def __init__(self) -> None:
+        self._data: collections.OrderedDict[tuple[Any, ...], str] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(st: os.stat_result, part_size: int) -> tuple[Any, ...]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, part_size)
+
+    def get(self, st: os.stat_result, part_size: int) -> str | None:
+        with self._lock:
+            return self._data.get(self._key(st, part_size))
+
+    def put(self, st: os.stat_result, part_size: int, digest: str) -> None:
+        if time.time() - st.st_mtime < _RACY_SECONDS or time.time() - st.st_ctime < _RACY_SECONDS:
+            return
+        with self._lock:
+            self._data[self._key(st, part_size)] = digest
+            while len(self._data) > _MEMO_SIZE:
+                self._data.popitem(last=False)
+
+
+_memo = _DigestMemo()
+
+
+def _source_file(source: object, key: str) -> Path:
+    """The local file behind ``source``'s ``key``, checked to be a regular file."""
+    path_of = getattr(source, "path", None)
+    if not callable(path_of):
+        raise InvalidArgument(
+            f"source must be a LocalStorage (or ReadOnlyFilesystemStorage), not {source!r}"
+        )
+    path = Path(path_of(key))
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise NotFound(errno.ENOENT, f"key {key!r} not found in {source!r}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotFound(errno.ENOENT, f"key {key!r} not found in {source!r} (not a file)")
+    return path
+
+
+def _check_destination(destination: object) -> LocalStorage:
+    if not isinstance(destination, LocalStorage):
+        raise InvalidArgument(f"destination must be a LocalStorage, not {destination!r}")
+    return destination
+
+
+class _FilesystemReads:
+    """Reading operations shared by the writable and the read-only filesystem storages."""
+
+    root: Path
+    part_size: int
+    hash_state: bool
+    hash_state_dir: Path | None
+
+    def _relpath(self, key: str) -> str:
+        """Where ``key`` lives, relative to the root (``/``-separated)."""
+        return key
+
+    def _key_of(self, relpath: str) -> str | None:
+        """The key stored at ``relpath``, or None if that file holds no key."""
+        return relpath
+
+    def path(self, key: str) -> Path:
+        """Return the filesystem path of ``key`` (which need not exist yet).
+
+        Args:
+            key: The object's key.
+
+        Raises:
+            InvalidArgument: The key is not valid.
+        """
+        return self.root.joinpath(*self._relpath(validate_key(key)).split("/"))
+
+    def _stat(self, key: str) -> tuple[Path, os.stat_result]:
+        path = self.path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self!r}") from None
+        except NotADirectoryError:
+            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self!r}") from None
+        except PermissionError as exc:
+            raise PermissionDenied(
+                errno.EACCES, f"cannot read key {key!r} in {self!r}: {exc.strerror}"
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self!r} (not a file)")
+        return path, st
+
+    def exists(self, key: str) -> bool:
+        """Return whether a file has this key."""
+        try:
+            self._stat(key)
+        except NotFound:
+            return False
+        return True
+
+    def get_size(self, key: str) -> int:
+        """Return the file's size in bytes.
+
+        Raises:
+            NotFound: No file has this key.
+        """
+        return self._stat(key)[1].st_size
+
+    def get_last_modified(self, key: str) -> datetime.datetime:
+        """Return the file's mtime as a UTC-aware datetime.
+
+        Raises:
+            NotFound: No file has this key.
+        """
+        return _utc(self._stat(key)[1].st_mtime_ns)
+
+    def get_hash(self, key: str) -> str:
+        """Return the S3 ETag the file gets when uploaded with :attr:`part_size` parts.
+
+        Digests are remembered per process and keyed on device, inode, size, mtime and
+        ctime, so asking again for an unchanged file does not read it again.
+
+        Raises:
+            NotFound: No file has this key.
+        """
+        path, st = self._stat(key)
+        return self._digest(path, st, key)
+
+    def _digest(self, path: Path, st: os.stat_result, key: str) -> str:
+        cached = _memo.get(st, self.part_size)
+        if cached is not None:
+            return cached
+        try:
+            digest = hashsync.etag(path, part_size=self.part_size)
+        except FileNotFoundError:
+            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self!r}") from None
+        _memo.put(st, self.part_size, digest)
+        return digest
+
+    def list(self, prefix: str = "", *, hashes: bool = True) -> Iterator[ObjectInfo]:
+        """Yield the files whose keys start with ``prefix``, in key order.
+
+        Hashes come from :func:`hashsync.scan` with the hash state cache, so files that have
+        not changed since an earlier listing are not read again.
+
+        Args:
+            prefix: Key prefix to filter on.
+            hashes: Compute :attr:`ObjectInfo.hash`; ``False`` leaves it ``None`` and reads
+                no file content.
+
+        Yields:
+            One :class:`ObjectInfo` per file.
+
+        Raises:
+            HashsyncError: Some files could not be listed or hashed (the message names them).
+        """
+        validate_prefix(prefix)
+        entries = sorted(self._scan(prefix, hashes), key=lambda info: info.key)
+        yield from (info for info in entries if info.key.startswith(prefix))
+
+    def _scan_root(self, prefix: str) -> tuple[Path, str]:
+        """The directory to scan for ``prefix`` and the key prefix of what it holds."""
+        directory = prefix.rpartition("/")[0]
+        if not directory:
+            return self.root, ""
+        return self.root.joinpath(*directory.split("/")), directory + "/"
+
+    def _scan(self, prefix: str, hashes: bool) -> list[ObjectInfo]:
+        base, key_prefix = self._scan_root(prefix)
+        if not base.is_dir():
+            return []
+        options: dict[str, Any] = {"exclude": _INTERNAL_GLOBS, "state": self.hash_state}
+        if hashes:
+            options.update(algorithm="etag", part_size=self.part_size)
+        if self.hash_state_dir is not None:
+            options["state_dir"] = self.hash_state_dir
+        listing = hashsync.scan(base, **options)
+        errors = listing.errors
+        if errors:
+            shown = "; ".join(f"{p}: {r}" for p, r in errors[:5])
+            raise HashsyncError(f"could not list {len(errors)} entries of {self!r}: {shown}")
+        result = []
+        for entry in listing:
+            key = self._key_of(key_prefix + entry.path)
+            if key is not None:
+                result.append(ObjectInfo(key, entry.size, _utc(entry.mtime_ns), entry.digest))
+        return result
+
+    def _open_for_read(self, key: str, mode: str, **kwargs: Any) -> IO[Any]:
+        path, _ = self._stat(key)
+        return open(path, mode, **kwargs)  # noqa: SIM115 - the caller owns the file
+
+    def copy(self, key: str, destination: LocalStorage) -> None:
+        """Copy the file ``key`` into ``destination`` atomically, keeping its mtime.
+
+        Raises:
+            NotFound: No file has this key.
+            FileChanged: The file changed while it was being copied.
+        """
+        _check_destination(destination).copy_from(key, self)  # type: ignore[arg-type]
+
+
+class LocalStorage(_FilesystemReads, ReadWriteStorage):
+    """A writable storage on the local filesystem; the base of the local variants.
+
+    Args:
+        root: The directory files live under; created if missing.
+        part_size: The part size :meth:`get_hash` computes ETags with; use the part size of
+            the S3Storage you compare with (both default to 8 MiB).
+        hash_state: Use the on-disk hash state cache in :meth:`list`.
+        hash_state_dir: Where that cache lives (default: :func:`hashsync.default_cache_dir`).
+        lock_timeout: Seconds a conditional write waits for another writer's lock.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        part_size: int = hashsync.DEFAULT_PART_SIZE,
+        hash_state: bool = True,
+        hash_state_dir: str | os.PathLike[str] | None = None,
+        lock_timeout: float = 60.0,
+    ) -> None:
+        self.root = Path(root).expanduser().absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidArgument(f"storage root {str(self.root)!r} is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.part_size = part_size
+        self.hash_state = hash_state
+        self.hash_state_dir = None if hash_state_dir is None else Path(hash_state_dir)
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        """Hook for subclasses that can stop accepting writes (a closed temporary store)."""
+
+    def _receive(
+        self,
+        key: str,
+        fill: Callable[[Path], None],
+        *,
+        check: Callable[[Path], None] | None = None,
+    ) -> None:
+        """Write ``key`` atomically: ``fill`` writes a temporary path, which then replaces it.
+
+        Other storages use this to download into a LocalStorage. ``fill`` creates the file
+        at the path it gets (and may set its mtime); if it raises, the temporary is removed
+        and nothing changes. ``check``, called with the final path under the key's lock
+        right before the rename, may raise to cancel the write.
+        """
+        self._check_writable()
+        final = self.path(key)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidArgument(
+                f"cannot write key {key!r} in {self!r}: a parent path is a file"
+            ) from None
+        cleanup_once(final.parent)
+        tmp = temporary_path(final)
+        try:
+            fill(tmp)
+            if check is None:
+                commit(tmp, final)
+            else:
+                with KeyLock(final, timeout=self.lock_timeout):
+                    check(final)
+                    commit(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def _import(self, key: str, src: Path, *, check: Callable[[Path], None] | None = None) -> None:
+        final = self.path(key)
+        with contextlib.suppress(OSError):
+            if os.path.samefile(src, final) and check is None:
+                return
+
+        def fill(tmp: Path) -> None:
+            before = src.stat()
+            shutil.copyfile(src, tmp)
+            after = src.stat()
+            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
+                tmp.stat().st_size != after.st_size
+            ):
+                error = FileChanged(f"{str(src)!r} changed while it was copied to {key!r}")
+                error.path = str(src)
+                raise error
+            os.utime(tmp, ns=(after.st_atime_ns, after.st_mtime_ns))
+
+        self._receive(key, fill, check=check)
+
+    def copy_from(self, key: str, source: LocalStorage) -> None:
+        """Copy ``source``'s file ``key`` here atomically, keeping its mtime.
+
+        Raises:
+            NotFound: ``source`` has no such key.
+            FileChanged: The file changed while it was being copied.
+        """
+        validate_key(key)
+        self._import(key, _source_file(source, key))
+
+    def delete(self, key: str) -> None:
+        """Delete the file ``key`` (and directories that become empty).
+
+        Raises:
+            NotFound: No file has this key.
+        """
+        path, _ = self._stat(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self!r}") from None
+        self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        # Empty directories left behind would pile up (PartitioningLocalStorage creates two
+        # levels per key); rmdir fails harmlessly on a directory someone just wrote into.
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def _current_hash(self, final: Path, key: str) -> str | None:
+        try:
+            st = final.stat()
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return self._digest(final, st, key)
+
+    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+        """Copy ``source``'s file here if its mtime is later than the stored file's.
+
+        Copies keep the source's mtime, so copying twice in a row copies once.
+
+        Returns:
+            True if copied; False if the stored file is as new or newer.
+        """
+        validate_key(key)
+        src = _source_file(source, key)
+        final = self.path(key)
+
+        def newer() -> bool:
+            try:
+                return src.stat().st_mtime_ns > final.stat().st_mtime_ns
+            except FileNotFoundError:
+                return True
+
+        if not newer():
+            return False
+
+        class _NotNewer(Exception):
+            pass
+
+        def check(_final: Path) -> None:
+            if not newer():
+                raise _NotNewer
+
+        try:
+            self._import(key, src, check=check)
+        except _NotNewer:
+            return False
+        return True
+
+    def copy_from_if_overwriting_hash(
+        self, key: str, hash: str | None, source: LocalStorage
+    ) -> None:
+        """Replace ``key`` with ``source``'s file only if it still has ``hash``.
+
+        The data is copied to a temporary first; the hash check and the rename then happen
+        under the key's lock file, so of several processes expecting the same hash exactly
+        one succeeds.
+
+        Args:
+            key: The key to write.
+            hash: The expected :meth:`get_hash`, or ``None`` to create only.
+            source: Where the file is.
+
+        Raises:
+            PreconditionFailed: The stored file does not have ``hash`` (or exists when
+                ``hash`` is ``None``).
+        """
+        validate_key(key)
+        expected = None if hash is None else normalize_hash(hash)
+        src = _source_file(source, key)
+
+        def check(final: Path) -> None:
+            current = self._current_hash(final, key)
+            if current != expected:
+                raise PreconditionFailed(_mismatch(key, self, expected, current))
+
+        self._import(key, src, check=check)
+
+    def delete_if_hash_matches(self, key: str, hash: str) -> None:
+        """Delete ``key`` only if it has ``hash`` (checked under the key's lock).
+
+        Raises:
+            PreconditionFailed: The file has a different hash.
+            NotFound: No file has this key.
+        """
+        path, _ = self._stat(key)
+        expected = normalize_hash(hash)
+        with KeyLock(path, timeout=self.lock_timeout):
+            current = self._current_hash(path, key)
+            if current is None:
+                raise NotFound(errno.ENOENT, f"key {key!r} not found in {self!r}")
+            if current != expected:
+                raise PreconditionFailed(_mismatch(key, self, expected, current))
+            path.unlink()
+        self._prune(path.parent)
+
+    def open(self, key: str, mode: str = "r", **kwargs: Any) -> IO[Any]:
+        """Open the file ``key`` like the built-in :func:`open`.
+
+        ``"w"`` and ``"x"`` modes (text or binary) write atomically: the data goes to a
+        temporary file that replaces ``key`` when the file is closed without an error, so
+        readers never see a partial file. Append and update modes (``"a"``, ``"r+"``) open
+        the file itself.
+
+        Args:
+            key: The file's key.
+            mode: As for :func:`open`.
+            **kwargs: Passed to :func:`open` (``encoding``, ``newline``, ...).
+
+        Raises:
+            NotFound: Reading a key that does not exist.
+            FileExistsError: ``"x"`` mode and the key exists.
+        """
+        validate_key(key)
+        if not _WRITE_MODES & set(mode):
+            return self._open_for_read(key, mode, **kwargs)
+        self._check_writable()
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if "w" in mode or "x" in mode:
+            if "x" in mode and final.exists():
+                raise FileExistsError(errno.EEXIST, f"key {key!r} exists in {self!r}")
+            return _AtomicFile(final, mode, exclusive="x" in mode, **kwargs)  # type: ignore[return-value]
+        return open(final, mode, **kwargs)  # noqa: SIM115 - the caller owns the file
+
+
+def _mismatch(key: str, store: object, expected: str | None, current: str | None) -> str:
+    if expected is None:
+        return f"key {key!r} already exists in {store!r} (create-only write)"
+    if current is None:
+        return f"key {key!r} does not exist in {store!r} (expected hash {expected})"
+    return f"key {key!r} in {store!r} has hash {current}, not the expected {expected}"
+
+
+class _AtomicFile:
+    """A file object that becomes its final name only when closed without an error."""
+
+    def __init__(self, final: Path, mode: str, *, exclusive: bool, **kwargs: Any) -> None:
+        self._final = final
+        self._exclusive = exclusive
+        cleanup_once(final.parent)
+        self._tmp = temporary_path(final)
+        self._file: IO[Any] = open(self._tmp, mode.replace("x", "w"), **kwargs)  # noqa: SIM115
+        self._done = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._file)
+
+    def __enter__(self) -> _AtomicFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file was closed (committed) or discarded."""
+        return self._done
+
+    def close(self) -> None:
+        """Flush, fsync and rename the data into place."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._file.close()
+            if self._exclusive:
+                # link() fails if the name exists, so "x" stays exclusive up to the end.
+                os.link(self._tmp, self._final)
+                self._tmp.unlink()
+            else:
+                commit(self._tmp, self._final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+            raise
+
+    def discard(self) -> None:
+        """Throw the written data away; the key keeps its previous content."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+    def __del__(self) -> None:
+        # Never commit implicitly: a file dropped without close() may be incomplete.
+        with contextlib.suppress(Exception):
+            self.discard()
+
+
+class SimpleLocalStorage(LocalStorage):
+    """Files stored under their keys below a root directory.
+
+    Key ``a/b.txt`` is the file ``root/a/b.txt``.
+
+    Args:
+        root_path: The directory; created if missing.
+        **options: See :class:`LocalStorage`.
+    """
+
+    def __init__(self, root_path: str | os.PathLike[str], **options: Any) -> None:
+        super().__init__(root_path, **options)
+
+
+class TemporaryLocalStorage(SimpleLocalStorage):
+    """A :class:`SimpleLocalStorage` in a new temporary directory, removed when done.
+
+    The directory is removed by :meth:`close` (or leaving a ``with`` block), when the object
+    is garbage collected, and at interpreter exit, whichever comes first.
+
+    Args:
+        prefix: Name prefix of the temporary directory.
+        dir: Where to create it (default: the system temporary directory).
+        **options: See :class:`LocalStorage`.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "hashsync-",
+        dir: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> None:
+        root = tempfile.mkdtemp(prefix=prefix, dir=dir)
+        # finalize() runs at collection or at exit (atexit=True), and at most once.
+        self._finalizer = weakref.finalize(self, shutil.rmtree, root, ignore_errors=True)
+        super().__init__(root, **options)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the directory has been removed."""
+        return not self._finalizer.alive
+
+    def _check_writable(self) -> None:
+        if self.closed:
+            raise InvalidArgument(f"{self!r} is closed")
+
+    def close(self) -> None:
+        """Remove the directory and everything in it."""
+        self._finalizer()
+
+
+class PartitioningLocalStorage(LocalStorage):
+    """Spreads keys over hashed subdirectories, so no directory grows huge.
+
+    Key ``k`` is stored at ``root/ab/cd/k`` where ``abcd`` starts the SHA-256 of ``k``: at most
+    65,536 leaf directories, and keys sharing a prefix still land in different ones. The
+    layout is transparent: keys, listings and hashes are those of the keys themselves.
+
+    Args:
+        root_path: The directory; created if missing.
+        **options: See :class:`LocalStorage`.
+    """
+
+    def __init__(self, root_path: str | os.PathLike[str], **options: Any) -> None:
+        super().__init__(root_path, **options)
+
+    @staticmethod
+    def _partition(key: str) -> str:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"{digest[:2]}/{digest[2:4]}"
+
+    def _relpath(self, key: str) -> str:
+        return f"{self._partition(key)}/{key}"
+
+    def _key_of(self, relpath: str) -> str | None:
+        parts = relpath.split("/", 2)
+        if len(parts) != 3 or f"{parts[0]}/{parts[1]}" != self._partition(parts[2]):
+            return None  # a file that is not where its key would be: not ours
+        return parts[2]
+
+    def _scan_root(self, prefix: str) -> tuple[Path, str]:
+        # Keys sharing a prefix are spread over all partitions: scan everything.
+        return self.root, ""
+
+
+class ReadOnlyFilesystemStorage(_FilesystemReads, ReadOnlyStorage):
+    """A directory that is read but never written, e.g. a shared network filesystem.
+
+    Keys map to files as in :class:`SimpleLocalStorage`. Every write method exists and
+    raises :class:`~hashsync.errors.PermissionDenied`, so code that tries to write gets a
+    clear error rather than an ``AttributeError``.
+
+    Args:
+        root_path: The directory; it must exist.
+        part_size: As for :class:`LocalStorage`.
+        hash_state: As for :class:`LocalStorage`.
+        hash_state_dir: As for :class:`LocalStorage`.
+
+    Raises:
+        NotFound: ``root_path`` does not exist.
+        InvalidArgument: ``root_path`` is not a directory.
+    """
+
+    def __init__(
+        self,
+        root_path: str | os.PathLike[str],
+        *,
+        part_size: int = hashsync.DEFAULT_PART_SIZE,
+        hash_state: bool = True,
+        hash_state_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.root = Path(root_path).expanduser().absolute()
+        if not self.root.exists():
+            raise NotFound(errno.ENOENT, f"storage root {str(self.root)!r} does not exist")
+        if not self.root.is_dir():
+            raise InvalidArgument(f"storage root {str(self.root)!r} is not a directory")
+        self.part_size = part_size
+        self.hash_state = hash_state
+        self.hash_state_dir = None if hash_state_dir is None else Path(hash_state_dir)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    def _refuse(self, key: str) -> PermissionDenied:
+        return PermissionDenied(errno.EROFS, f"{self!r} is read-only; cannot write {key!r}")
+
+    def open(self, key: str, mode: str = "r", **kwargs: Any) -> IO[Any]:
+        """Open the file ``key`` for reading.
+
+        Raises:
+            PermissionDenied: ``mode`` would write.
+            NotFound: No file has this key.
+        """
+        validate_key(key)
+        if _WRITE_MODES & set(mode):
+            raise self._refuse(key)
+        return self._open_for_read(key, mode, **kwargs)
+
+    def copy_from(self, key: str, source: LocalStorage) -> None:
+        """Refused: the storage is read-only.
+
+        Raises:
+            PermissionDenied: Always.
+        """
+        raise self._refuse(key)
+
+    def delete(self, key: str) -> None:
+        """Refused: the storage is read-only.
+
+        Raises:
+            PermissionDenied: Always.
+        """
+        raise self._refuse(key)
+
+    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+        """Refused: the storage is read-only.
+
+        Raises:
+            PermissionDenied: Always.
+        """
+        raise self._refuse(key)
+
+    def copy_from_if_overwriting_hash(
+        self, key: str, hash: str | None, source: LocalStorage
+    ) -> None:
+        """Refused: the storage is read-only.
+
+        Raises:
+            PermissionDenied: Always.
+        """
+        raise self._refuse(key)
+
+    def delete_if_hash_matches(self, key: str, hash: str) -> None:
+        """Refused: the storage is read-only.
+
+        Raises:
+            PermissionDenied: Always.
+        """
+        raise self._refuse(key)
+

@@ -1,0 +1,857 @@
+"""S3Storage: any S3-compatible object store, through boto3.
+
+Uploads follow s3transfer's rule (a single PutObject below ``part_size``, multipart parts of
+exactly ``part_size`` from it on), so an object's ETag is what :func:`hashsync.etag` computes
+locally with the same part size. hashsync runs the transfer itself rather than through
+s3transfer because s3transfer cannot send ``If-Match`` / ``If-None-Match``. Every part is sent
+with ``Content-MD5``, and the ETags the store returns are checked against the MD5s computed
+while sending, so an upload is verified end to end without reading the file twice.
+
+Conditional writes
+------------------
+``copy_from_if_overwriting_hash(key, etag, ...)`` sends ``If-Match: "<etag>"`` on the
+PutObject or CompleteMultipartUpload that makes the object visible; with ``hash=None`` it
+sends ``If-None-Match: *`` (create only). ``delete_if_hash_matches`` sends ``If-Match`` on
+DeleteObject. Each also checks the current ETag with a HEAD first, so a doomed upload fails
+before any data is sent.
+
+How atomic that is depends on the store:
+
+* AWS S3 evaluates these headers atomically on PutObject and CompleteMultipartUpload
+  (conditional deletes are newer; where a store ignores ``If-Match`` on DeleteObject the
+  HEAD check leaves a window between HEAD and DELETE).
+* SeaweedFS (4.x) evaluates them on PutObject atomically, but on CompleteMultipartUpload it
+  checks and then writes without a lock: two writers racing with the same expected ETag can
+  both succeed. ``conditional_writes="claim"`` closes that window (below).
+* A store that ignores the headers altogether only has the HEAD check: a writer that changes
+  the object between that HEAD and the final request is overwritten silently.
+
+``conditional_writes="claim"``: before a conditional write, the writer creates a claim object
+``{prefix}.hashsync-claims/<sha256(key, expected etag)>`` with ``If-None-Match: *``. Only one
+writer can create it (this needs just an atomic create-only PutObject, which SeaweedFS has),
+so of all writers expecting the same version, exactly one proceeds and the others get
+:class:`~hashsync.errors.PreconditionFailed` at once. The winner re-checks the ETag, writes
+(still with ``If-Match``), and deletes the claim. A claim left by a crashed writer blocks that
+version for ``claim_ttl`` seconds, after which it is broken; a writer that takes longer than
+``claim_ttl`` can therefore lose its exclusivity. Writers that do not use claims (other tools,
+or ``"native"`` mode) are only held off by the store's own check. The claims directory is
+reserved: :meth:`S3Storage.list` does not show it.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import datetime
+import errno
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import hashsync
+from hashsync.errors import (
+    FileChanged,
+    HashsyncError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    StorageUnavailable,
+)
+from hashsync.storage.base import ObjectInfo, ReadWriteStorage, validate_key, validate_prefix
+from hashsync.storage.local import LocalStorage, _check_destination, _source_file, normalize_hash
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+__all__ = ["S3Storage"]
+
+# Object metadata (x-amz-meta-hashsync-part-size) recording the part size of an upload, so a
+# later check of a multipart ETag needs no part-size inference.
+PART_SIZE_METADATA = "hashsync-part-size"
+CLAIMS_DIR = ".hashsync-claims"
+_MAX_PARTS = 10_000
+_MIN_PART = 5 * 1024**2
+_MAX_PART = 5 * 1024**3
+_READ_CHUNK = 1024**2
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchVersion"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "403",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AccountProblem",
+    "InvalidObjectState",
+}
+_PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_UNAVAILABLE_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "503",
+    "500",
+    "502",
+    "504",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeTooSkewed",
+}
+
+
+def _quoted(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def _clean_etag(value: str) -> str:
+    return normalize_hash(value)
+
+
+class S3Storage(ReadWriteStorage):
+    """A bucket (and optional key prefix) on S3 or any S3-compatible store.
+
+    Endpoint and credentials follow boto3: arguments first, then the standard variables
+    (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
+    ...), then the shared config files. A custom endpoint gets path-style addressing (what
+    MinIO, SeaweedFS, Ceph and most others need) unless ``addressing_style`` says otherwise.
+
+    Args:
+        bucket: Bucket name.
+        prefix: Key prefix inside the bucket; keys of this storage are relative to it
+            (``"data"`` and ``"data/"`` are the same).
+        endpoint_url: Endpoint of a non-AWS store, e.g. ``"http://127.0.0.1:9000"``.
+        region_name: Region to sign for.
+        profile_name: Profile from the AWS config files.
+        anonymous: Send unsigned requests (public buckets); no credentials are looked up.
+        aws_access_key_id: Explicit credentials (else boto3's chain).
+        aws_secret_access_key: Explicit credentials.
+        aws_session_token: Explicit credentials.
+        addressing_style: ``"path"``, ``"virtual"`` or ``"auto"``; default: path for custom
+            endpoints, boto3's choice for AWS.
+        part_size: Multipart threshold and part size for uploads and downloads, and the part
+            size ETags are predicted with (5 MiB to 5 GiB; default 8 MiB as s3transfer).
+        max_concurrency: Parts transferred in parallel per object.
+        max_attempts: Attempts per request, including the first; throttling and connection
+            errors are retried with exponential backoff (botocore's "standard" mode).
+        connect_timeout: Seconds to wait for a connection.
+        read_timeout: Seconds to wait for data on an open connection.
+        conditional_writes: ``"native"`` relies on the store's If-Match / If-None-Match;
+            ``"claim"`` adds a claim object so that even stores whose multipart completion
+            is not atomic (SeaweedFS) let exactly one writer win. See the module docs.
+        claim_ttl: Seconds after which another writer's claim counts as abandoned.
+        verify: Check downloads against the object's ETag (MD5-based ETags only; objects
+            encrypted with SSE-KMS or SSE-C have ETags that are not content hashes).
+        client: A ready boto3 S3 client to use instead of building one (the endpoint,
+            credential, retry and timeout arguments are then ignored).
+
+    Raises:
+        InvalidArgument: A bad bucket, prefix, part size or option.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        profile_name: str | None = None,
+        anonymous: bool = False,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        addressing_style: Literal["path", "virtual", "auto"] | None = None,
+        part_size: int = hashsync.DEFAULT_PART_SIZE,
+        max_concurrency: int = 8,
+        max_attempts: int = 5,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        conditional_writes: Literal["native", "claim"] = "native",
+        claim_ttl: float = 3600.0,
+        verify: bool = True,
+        client: BaseClient | None = None,
+    ) -> None:
+        if not isinstance(bucket, str) or not bucket or "/" in bucket:
+            raise InvalidArgument(f"invalid bucket name {bucket!r}")
+        if not _MIN_PART <= part_size <= _MAX_PART:
+            raise InvalidArgument(
+                f"part_size {part_size} is outside S3's limits (5 MiB to 5 GiB)"
+            )
+        if conditional_writes not in ("native", "claim"):
+            raise InvalidArgument(
+                f"conditional_writes must be 'native' or 'claim', not {conditional_writes!r}"
+            )
+        if max_concurrency < 1 or max_attempts < 1:
+            raise InvalidArgument("max_concurrency and max_attempts must be at least 1")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+            prefix += "/"
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.conditional_writes = conditional_writes
+        self.claim_ttl = claim_ttl
+        self.verify = verify
+        self.anonymous = anonymous
+        if client is None:
+            client = self._make_client(
+                endpoint_url=endpoint_url,
+                region_name=region_name,
+                profile_name=profile_name,
+                anonymous=anonymous,
+                aws_access_key_id=aws_access_key_id,
+                aws_secret_access_key=aws_secret_access_key,
+                aws_session_token=aws_session_token,
+                addressing_style=addressing_style,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
+        self.client = client
+
+    # -- construction ------------------------------------------------------------------
+
+    def _make_client(
+        self,
+        *,
+        endpoint_url: str | None,
+        region_name: str | None,
+        profile_name: str | None,
+        anonymous: bool,
+        aws_access_key_id: str | None,
+        aws_secret_access_key: str | None,
+        aws_session_token: str | None,
+        addressing_style: str | None,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> BaseClient:
+        import boto3
+        import botocore.exceptions
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=aws_access_key_id,
+                aws_secret_access_key=aws_secret_access_key,
+                aws_session_token=aws_session_token,
+                region_name=region_name,
+                profile_name=profile_name,
+            )
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise InvalidArgument(str(exc)) from None
+
+        def build(style: str | None) -> BaseClient:
+            options: dict[str, Any] = {
+                "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                "connect_timeout": connect_timeout,
+                "read_timeout": read_timeout,
+                "max_pool_connections": max(10, 2 * self.max_concurrency),
+                # Content-MD5 is sent explicitly; botocore's default CRC32 trailers are not
+                # understood by every S3-compatible store.
+                "request_checksum_calculation": "when_required",
+                "response_checksum_validation": "when_required",
+            }
+            if style is not None:
+                options["s3"] = {"addressing_style": style}
+            if anonymous:
+                options["signature_version"] = UNSIGNED
+            try:
+                return session.client("s3", endpoint_url=endpoint_url, config=Config(**options))
+            except (ValueError, botocore.exceptions.BotoCoreError) as exc:
+                raise InvalidArgument(f"cannot create an S3 client: {exc}") from None
+
+        client = build(addressing_style)
+        if addressing_style is None:
+            host = urllib.parse.urlsplit(client.meta.endpoint_url).hostname or ""
+            if not re.search(r"(^|\.)amazonaws\.com(\.cn)?$", host):
+                # Virtual-hosted addressing needs wildcard DNS that custom stores lack.
+                client = build("path")
+        return client
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> S3Storage:
+        """Create a storage from ``s3://bucket/prefix``.
+
+        Args:
+            url: The URL.
+            **options: Keyword arguments of :class:`S3Storage`.
+
+        Raises:
+            InvalidArgument: Not an ``s3://`` URL with a bucket.
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise InvalidArgument(f"not an s3://bucket/prefix URL: {url!r}")
+        return cls(parts.netloc, urllib.parse.unquote(parts.path), **options)
+
+    def __repr__(self) -> str:
+        return f"S3Storage('s3://{self.bucket}/{self.prefix}')"
+
+    def close(self) -> None:
+        """Close the client's pooled connections."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, key: str | None, action: str) -> HashsyncError:
+        """Translate a boto3/botocore/urllib3 exception into a hashsync error."""
+        import botocore.exceptions
+
+        where = f"s3://{self.bucket}/{self.prefix}{key}" if key is not None else repr(self)
+        if isinstance(exc, HashsyncError):
+            return exc
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = error.get("Message") or code or f"HTTP {status}"
+            text = f"{action} {where}: {message} ({code or status})"
+            if code == "NoSuchBucket":
+                return NotFound(errno.ENOENT, f"{action} {where}: bucket {self.bucket!r} "
+                                "does not exist (NoSuchBucket)")
+            if code in _NOT_FOUND_CODES or status == 404:
+                return NotFound(errno.ENOENT, text)
+            if code in _DENIED_CODES or status in (401, 403):
+                return PermissionDenied(errno.EACCES, text)
+            if code in _PRECONDITION_CODES or status in (409, 412):
+                return PreconditionFailed(text)
+            if code in _UNAVAILABLE_CODES or (status or 0) >= 500 or status == 429:
+                return StorageUnavailable(errno.EAGAIN, f"{text}, after {self.max_attempts} "
+                                          "attempts")
+            if code in ("InvalidBucketName", "KeyTooLongError", "InvalidArgument"):
+                return InvalidArgument(text)
+            return HashsyncError(text)
+        if isinstance(exc, botocore.exceptions.NoCredentialsError | (
+            botocore.exceptions.PartialCredentialsError
+        )):
+            return PermissionDenied(
+                errno.EACCES,
+                f"{action} {where}: no AWS credentials found (set AWS_ACCESS_KEY_ID / "
+                "AWS_PROFILE, or use anonymous=True for a public bucket)",
+            )
+        if isinstance(exc, botocore.exceptions.ParamValidationError):
+            return InvalidArgument(f"{action} {where}: {exc}")
+        if isinstance(exc, botocore.exceptions.BotoCoreError | OSError | _stream_errors()):
+            return StorageUnavailable(
+                errno.ECONNREFUSED if "connect" in str(exc).lower() else errno.EIO,
+                f"{action} {where}: store unreachable after {self.max_attempts} attempts: {exc}",
+            )
+        return HashsyncError(f"{action} {where}: {exc!r}")
+
+    def _call(self, action: str, key: str | None, method: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return method(**kwargs)
+        except Exception as exc:
+            raise self._error(exc, key, action) from exc
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    def _head(self, key: str, **extra: Any) -> dict[str, Any]:
+        full = self._full(key)
+        return self._call(
+            "HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full, **extra
+        )
+
+    def exists(self, key: str) -> bool:
+        """Return whether an object has this key (a HEAD request)."""
+        try:
+            self._head(key)
+        except NotFound:
+            return False
+        return True
+
+    def get_size(self, key: str) -> int:
+        """Return the object's size.
+
+        Raises:
+            NotFound: No object has this key.
+        """
+        return int(self._head(key)["ContentLength"])
+
+    def get_hash(self, key: str) -> str:
+        """Return the object's ETag, without quotes.
+
+        Raises:
+            NotFound: No object has this key.
+        """
+        return _clean_etag(self._head(key)["ETag"])
+
+    def get_last_modified(self, key: str) -> datetime.datetime:
+        """Return the object's Last-Modified time (UTC, whole seconds).
+
+        Raises:
+            NotFound: No object has this key.
+        """
+        return self._head(key)["LastModified"].astimezone(datetime.UTC)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects whose keys start with ``prefix`` (ListObjectsV2, paginated).
+
+        Keys ending in ``/`` (folder markers some tools create) and hashsync's claims
+        directory are left out.
+
+        Raises:
+            NotFound: The bucket does not exist.
+            PermissionDenied: Listing is not allowed.
+        """
+        validate_prefix(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        claims = self.prefix + CLAIMS_DIR + "/"
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    full = item["Key"]
+                    if full.endswith("/") or full.startswith(claims):
+                        continue
+                    yield ObjectInfo(
+                        full[len(self.prefix):],
+                        int(item["Size"]),
+                        item["LastModified"].astimezone(datetime.UTC),
+                        _clean_etag(item["ETag"]) if item.get("ETag") else None,
+                    )
+        except Exception as exc:
+            raise self._error(exc, prefix, "LIST") from exc
+
+    # -- downloading -------------------------------------------------------------------
+
+    def copy(self, key: str, destination: LocalStorage) -> None:
+        """Download ``key`` into ``destination`` atomically and verified.
+
+        Parts of ``part_size`` are fetched in parallel with ranged GETs pinned to the ETag
+        seen by a HEAD first (``If-Match``), so all parts come from one version. The file is
+        checked against the size and (MD5-based) ETag, fsynced, given the object's
+        Last-Modified as mtime and renamed into place. A part whose connection drops is
+        resumed where it stopped, up to ``max_attempts`` times.
+
+        Raises:
+            NotFound: No object has this key.
+            IntegrityError: The data does not match the object's size or ETag.
+            StorageUnavailable: The store could not be reached (after retries).
+            PreconditionFailed: The object kept changing during the download.
+        """
+        destination = _check_destination(destination)
+        validate_key(key)
+        for attempt in range(2):
+            head = self._head(key)
+            try:
+                destination._receive(key, lambda tmp, h=head: self._download(key, h, tmp))
+                return
+            except PreconditionFailed:
+                # Overwritten between the HEAD and a part: start over once with the new one.
+                if attempt:
+                    raise
+
+    def _download(self, key: str, head: dict[str, Any], tmp: Path) -> None:
+        size = int(head["ContentLength"])
+        etag = _clean_etag(head["ETag"])
+        ranges = [(start, min(start + self.part_size, size)) for start in
+                  range(0, size, self.part_size)]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            _run_parallel(
+                lambda r: self._download_range(key, etag, fd, r[0], r[1], size),
+                ranges,
+                self.max_concurrency,
+            )
+            written = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if written != size:
+            raise IntegrityError(f"downloaded {written} bytes of {key!r}, expected {size}")
+        if self.verify:
+            self._verify_download(key, head, tmp)
+        mtime = head["LastModified"].timestamp()
+        os.utime(tmp, (mtime, mtime))
+
+    def _download_range(
+        self, key: str, etag: str, fd: int, start: int, end: int, size: int
+    ) -> None:
+        offset = start
+        failures = 0
+        while offset < end:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
+                                      "IfMatch": _quoted(etag)}
+            if offset != 0 or end != size:
+                kwargs["Range"] = f"bytes={offset}-{end - 1}"
+            response = self._call("GET", key, self.client.get_object, **kwargs)
+            body = response["Body"]
+            try:
+                while offset < end:
+                    chunk = body.read(min(_READ_CHUNK, end - offset))
+                    if not chunk:
+                        break
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+            except Exception as exc:
+                error = self._error(exc, key, "GET")
+                if not isinstance(error, StorageUnavailable):
+                    raise error from exc
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise error from exc
+                time.sleep(min(0.1 * 2**failures, 2.0))
+                continue
+            finally:
+                with contextlib.suppress(Exception):
+                    body.close()
+            if offset < end:
+                # The server closed the body early without an error: retry the rest.
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise StorageUnavailable(
+                        errno.EIO, f"GET {self!r} {key!r}: body ended at byte {offset} of {size}"
+                    )
+
+    def _verify_download(self, key: str, head: dict[str, Any], tmp: Path) -> None:
+        etag = _clean_etag(head["ETag"])
+        encrypted = head.get("ServerSideEncryption") == "aws:kms" or head.get(
+            "SSECustomerAlgorithm"
+        )
+        if encrypted or not _MD5_ETAG.match(etag):
+            return  # the ETag is not a content hash
+        if "-" not in etag:
+            ok = hashsync.hash_file(tmp, "md5") == etag
+        else:
+            ok = False
+            recorded = (head.get("Metadata") or {}).get(PART_SIZE_METADATA, "")
+            if recorded.isdigit() and _MIN_PART <= int(recorded) <= _MAX_PART:
+                ok = hashsync.etag(tmp, part_size=int(recorded)) == etag
+            if not ok:
+                ok = hashsync.etag_matches(tmp, etag, part_sizes=self._first_part_size(key))
+        if not ok:
+            raise IntegrityError(
+                f"downloaded {key!r} from {self!r} does not match its ETag {etag}"
+            )
+
+    def _first_part_size(self, key: str) -> list[int]:
+        # The size of part 1 is the part size of an upload by any tool; asked only when the
+        # usual candidates did not match.
+        with contextlib.suppress(HashsyncError):
+            size = int(self._head(key, PartNumber=1)["ContentLength"])
+            if _MIN_PART <= size <= _MAX_PART:
+                return [size]
+        return []
+
+    # -- uploading ---------------------------------------------------------------------
+
+    def copy_from(self, key: str, source: LocalStorage) -> None:
+        """Upload ``source``'s file ``key`` (verified via Content-MD5 and the ETag).
+
+        Raises:
+            NotFound: ``source`` has no such key.
+            FileChanged: The file changed during the upload.
+            StorageUnavailable: The store could not be reached (after retries).
+        """
+        validate_key(key)
+        self._upload(key, _source_file(source, key))
+
+    def _upload(
+        self, key: str, path: Path, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Upload ``path`` as ``key``; return the new ETag."""
+        conditions: dict[str, str] = {}
+        if if_match is not None:
+            conditions["IfMatch"] = _quoted(if_match)
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        metadata = {PART_SIZE_METADATA: str(self.part_size)}
+        full = self._full(key)
+        with open(path, "rb") as fh:
+            before = os.fstat(fh.fileno())
+            size = before.st_size
+            if size < self.part_size:
+                data = fh.read()
+                if len(data) != size:
+                    raise _changed(path, key)
+                digest = hashlib.md5(data, usedforsecurity=False)
+                response = self._call(
+                    "PUT", key, self.client.put_object, Bucket=self.bucket, Key=full, Body=data,
+                    ContentMD5=base64.b64encode(digest.digest()).decode(), Metadata=metadata,
+                    **conditions,
+                )
+                expected = digest.hexdigest()
+            else:
+                response, expected = self._upload_multipart(
+                    key, fh.fileno(), size, metadata, conditions
+                )
+            after = os.fstat(fh.fileno())
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            raise _changed(path, key)
+        etag = _clean_etag(response.get("ETag", ""))
+        if self.verify and _MD5_ETAG.match(etag) and etag != expected and not (
+            response.get("ServerSideEncryption") == "aws:kms"
+        ):
+            raise IntegrityError(
+                f"{self!r} stored {key!r} with ETag {etag}, but the data sent has {expected}"
+            )
+        return etag
+
+    def _upload_multipart(
+        self,
+        key: str,
+        fd: int,
+        size: int,
+        metadata: dict[str, str],
+        conditions: dict[str, str],
+    ) -> tuple[dict[str, Any], str]:
+        count = -(-size // self.part_size)
+        if count > _MAX_PARTS:
+            raise InvalidArgument(
+                f"{key!r} needs {count} parts of {self.part_size} bytes; S3 allows "
+                f"{_MAX_PARTS}: use a part_size of at least {-(-size // _MAX_PARTS)}"
+            )
+        full = self._full(key)
+        created = self._call(
+            "CreateMultipartUpload", key, self.client.create_multipart_upload,
+            Bucket=self.bucket, Key=full, Metadata=metadata,
+        )
+        upload_id = created["UploadId"]
+        digests: list[bytes] = [b""] * count
+
+        def send(number: int) -> dict[str, Any]:
+            offset = (number - 1) * self.part_size
+            length = min(self.part_size, size - offset)
+            data = os.pread(fd, length, offset)
+            if len(data) != length:
+                raise IntegrityError(f"{key!r}: file shrank during the upload")
+            digest = hashlib.md5(data, usedforsecurity=False)
+            digests[number - 1] = digest.digest()
+            part = self._call(
+                "UploadPart", key, self.client.upload_part, Bucket=self.bucket, Key=full,
+                UploadId=upload_id, PartNumber=number, Body=data,
+                ContentMD5=base64.b64encode(digest.digest()).decode(),
+            )
+            return {"PartNumber": number, "ETag": part["ETag"]}
+
+        try:
+            parts = _run_parallel(send, range(1, count + 1), self.max_concurrency)
+            response = self._call(
+                "CompleteMultipartUpload", key, self.client.complete_multipart_upload,
+                Bucket=self.bucket, Key=full, UploadId=upload_id,
+                MultipartUpload={"Parts": parts}, **conditions,
+            )
+        except BaseException:
+            # Parts of an unfinished upload are billed until aborted.
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id
+                )
+            raise
+        combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+        return response, f"{combined}-{count}"
+
+    def delete(self, key: str) -> None:
+        """Delete the object ``key``.
+
+        Raises:
+            NotFound: No object has this key (S3 itself would accept the delete silently).
+        """
+        self._head(key)
+        self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket,
+                   Key=self._full(key))
+
+    # -- conditional writes ------------------------------------------------------------
+
+    def _current_etag(self, key: str) -> str | None:
+        try:
+            return _clean_etag(self._head(key)["ETag"])
+        except NotFound:
+            return None
+
+    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+        """Upload ``source``'s file if its mtime is later than the object's Last-Modified.
+
+        The upload is conditional on the ETag seen when deciding, so an object another
+        writer uploaded meanwhile (which is newer still) is kept.
+
+        Returns:
+            True if uploaded; False if the object is as new or newer.
+        """
+        validate_key(key)
+        path = _source_file(source, key)
+        try:
+            head = self._head(key)
+        except NotFound:
+            head = None
+        if head is not None:
+            remote = head["LastModified"].timestamp()
+            if path.stat().st_mtime <= remote:
+                return False
+        try:
+            self._conditional_upload(key, path, None if head is None else _clean_etag(
+                head["ETag"]))
+        except PreconditionFailed:
+            return False
+        return True
+
+    def copy_from_if_overwriting_hash(
+        self, key: str, hash: str | None, source: LocalStorage
+    ) -> None:
+        """Upload ``source``'s file only if the object's ETag is still ``hash``.
+
+        Sends ``If-Match`` (or ``If-None-Match: *`` when ``hash`` is ``None``); see the
+        module documentation for how atomic each store makes this.
+
+        Raises:
+            PreconditionFailed: The object has another ETag, is missing although ``hash``
+                was given, exists although ``hash`` is ``None``, or another writer holds
+                the claim on this version (``conditional_writes="claim"``).
+        """
+        validate_key(key)
+        expected = None if hash is None else normalize_hash(hash)
+        path = _source_file(source, key)
+        self._conditional_upload(key, path, expected)
+
+    def _conditional_upload(self, key: str, path: Path, expected: str | None) -> None:
+        with self._claim(key, expected):
+            current = self._current_etag(key)
+            if current != expected:
+                raise PreconditionFailed(_mismatch(key, self, expected, current))
+            try:
+                self._upload(key, path, if_match=expected, if_none_match=expected is None)
+            except NotFound as exc:
+                # AWS answers If-Match on a missing key with 404 NoSuchKey.
+                raise PreconditionFailed(_mismatch(key, self, expected, None)) from exc
+            except PreconditionFailed as exc:
+                raise PreconditionFailed(
+                    f"{_mismatch(key, self, expected, self._current_etag(key))} "
+                    f"(the store refused the write: {exc})"
+                ) from exc
+
+    def delete_if_hash_matches(self, key: str, hash: str) -> None:
+        """Delete the object only if its ETag is ``hash`` (``If-Match`` on DeleteObject).
+
+        Raises:
+            PreconditionFailed: The object has another ETag.
+            NotFound: No object has this key.
+        """
+        expected = normalize_hash(hash)
+        current = _clean_etag(self._head(key)["ETag"])
+        if current != expected:
+            raise PreconditionFailed(_mismatch(key, self, expected, current))
+        self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket,
+                   Key=self._full(key), IfMatch=_quoted(expected))
+
+    @contextlib.contextmanager
+    def _claim(self, key: str, expected: str | None) -> Iterator[None]:
+        if self.conditional_writes != "claim":
+            yield
+            return
+        name = hashlib.sha256(f"{key}\0{expected or ''}".encode()).hexdigest()
+        claim = f"{self.prefix}{CLAIMS_DIR}/{name}"
+        body = json.dumps({
+            "key": key, "expected": expected, "host": socket.gethostname(),
+            "pid": os.getpid(), "time": time.time(),
+        }).encode()
+        for attempt in range(2):
+            try:
+                self._call("PUT", key, self.client.put_object, Bucket=self.bucket, Key=claim,
+                           Body=body, IfNoneMatch="*")
+                break
+            except PreconditionFailed:
+                if attempt == 0 and self._break_stale_claim(key, claim):
+                    continue
+                raise PreconditionFailed(
+                    f"another writer is replacing version {expected or '(absent)'} of "
+                    f"{key!r} in {self!r} (claim {claim} exists)"
+                ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=self.bucket, Key=claim)
+
+    def _break_stale_claim(self, key: str, claim: str) -> bool:
+        try:
+            head = self._call("HEAD", key, self.client.head_object, Bucket=self.bucket,
+                              Key=claim)
+        except NotFound:
+            return True  # released meanwhile: try again
+        age = time.time() - head["LastModified"].timestamp()
+        if age <= self.claim_ttl:
+            return False
+        with contextlib.suppress(NotFound, PreconditionFailed):
+            # If-Match: of two writers breaking the same stale claim, only one deletes it.
+            self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket,
+                       Key=claim, IfMatch=head["ETag"])
+        return True
+
+
+def _mismatch(key: str, store: object, expected: str | None, current: str | None) -> str:
+    if expected is None:
+        return f"key {key!r} already exists in {store!r} (create-only write)"
+    if current is None:
+        return f"key {key!r} does not exist in {store!r} (expected ETag {expected})"
+    return f"key {key!r} in {store!r} has ETag {current}, not the expected {expected}"
+
+
+def _changed(path: Path, key: str) -> FileChanged:
+    error = FileChanged(f"{str(path)!r} changed while it was uploaded as {key!r}")
+    error.path = str(path)
+    return error
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a response body raises when the connection breaks mid-read."""
+    import http.client
+
+    import urllib3.exceptions
+
+    return (urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+
+def _run_parallel(fn: Callable[[Any], Any], items: Any, workers: int) -> list[Any]:
+    """Run ``fn`` over ``items`` on a thread pool; results in order, first error raised.
+
+    On an error or Ctrl-C the parts not started yet are cancelled, and the call returns only
+    after running parts have finished, so no thread writes to a file that is being removed.
+    """
+    items = list(items)
+    if len(items) <= 1 or workers == 1:
+        return [fn(item) for item in items]
+    stop = threading.Event()
+
+    def guarded(item: Any) -> Any:
+        if stop.is_set():
+            raise concurrent.futures.CancelledError
+        return fn(item)
+
+    pool = concurrent.futures.ThreadPoolExecutor(min(workers, len(items)),
+                                                 thread_name_prefix="hashsync-s3")
+    futures = [pool.submit(guarded, item) for item in items]
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+        return [future.result() for future in futures]
+    except BaseException:
+        stop.set()
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
