@@ -27,10 +27,19 @@ fn build(n: usize, salt: u128) -> Listing {
             let i = shard * per_shard + j;
             let path = format!("shard-{shard:04}/sample-{i:07}.tar");
             // 1% of the files differ between the sides.
-            let changed = if i % 100 == 0 { salt } else { 0 };
-            let digest = format!("{:032x}-{}", (i as u128) * 2_654_435_761 + changed, 1 + i % 9);
-            l.push_sorted(Entry { path: &path, size: (i % 65536) as u64, mtime_ns: 0, digest: Some(&digest) })
-                .expect("sorted");
+            let changed = if i.is_multiple_of(100) { salt } else { 0 };
+            let digest = format!(
+                "{:032x}-{}",
+                (i as u128) * 2_654_435_761 + changed,
+                1 + i % 9
+            );
+            l.push_sorted(Entry {
+                path: &path,
+                size: (i % 65536) as u64,
+                mtime_ns: 0,
+                digest: Some(&digest),
+            })
+            .expect("sorted");
         }
     }
     l
@@ -45,7 +54,10 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     println!("entries_per_side={n}");
     println!("to_copy={}", plan.copy.len());
-    println!("listing_heap_mb={:.1}", (a.heap_bytes() + b.heap_bytes()) as f64 / 1e6);
+    println!(
+        "listing_heap_mb={:.1}",
+        (a.heap_bytes() + b.heap_bytes()) as f64 / 1e6
+    );
     println!("peak_rss_mb={:.1}", vm_hwm_kib() as f64 / 1024.0);
     println!("baseline_rss_mb={:.1}", base as f64 / 1024.0);
     println!("diff_seconds={secs:.3}");

@@ -66,8 +66,10 @@ def scan_table(data: dict) -> str:
         t = rows.get(tree, {})
         if len(t) != 4:
             continue
-        f, w, c, p = (t[k]["median"] for k in
-                      ("find", "hashsync-warm", "hashsync-cold", "python-walk-hashlib"))
+        f, w, c, p = (
+            t[k]["median"]
+            for k in ("find", "hashsync-warm", "hashsync-cold", "python-walk-hashlib")
+        )
         out.append(
             f"| {names[tree]} | {f:.3f} s | {w:.3f} s | {w / f:.2f}x | {c:.3f} s | {p:.3f} s "
             f"| {p / c:.2f}x |"
@@ -84,8 +86,10 @@ def scan_table(data: dict) -> str:
 def main() -> None:
     data = json.load(open(sys.argv[1]))
     m = data.get("machine_info", {})
-    print(f"Machine: {_cpu()}, {m.get('cpu', {}).get('count', '?')} CPUs, "
-          f"Python {m.get('python_version', '?')}")
+    print(
+        f"Machine: {_cpu()}, {m.get('cpu', {}).get('count', '?')} CPUs, "
+        f"Python {m.get('python_version', '?')}"
+    )
     print(hash_table(data))
     print(scan_table(data))
 

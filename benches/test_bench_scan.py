@@ -13,9 +13,8 @@ import subprocess
 import tempfile
 import time
 
-import pytest
-
 import hashsync
+import pytest
 
 PART = hashsync.DEFAULT_PART_SIZE
 
@@ -45,7 +44,8 @@ def python_etag_scan(root):
 def find_listing(root):
     subprocess.run(
         ["find", str(root), "-type", "f", "-printf", "%s %T@\\n"],
-        check=True, stdout=subprocess.DEVNULL,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -87,7 +87,9 @@ def test_diff_memory_million(benchmark):
     """Peak RSS of diffing two 1,000,000-entry listings (Rust example binary)."""
     out = subprocess.run(
         ["cargo", "run", "--quiet", "--release", "--example", "diff_memory"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
         cwd=os.path.join(os.path.dirname(__file__), ".."),
     ).stdout
     fields = dict(line.split("=", 1) for line in out.split())

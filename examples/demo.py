@@ -55,6 +55,7 @@ def hashlib_etag(path: Path) -> str:
 
 
 def hashlib_digest(path: Path, algorithm: str) -> str:
+    """The digest computed with hashlib, reading 1 MiB at a time."""
     if algorithm == "etag":
         return hashlib_etag(path)
     h = hashlib.new(algorithm)
@@ -65,6 +66,7 @@ def hashlib_digest(path: Path, algorithm: str) -> str:
 
 
 def main() -> int:
+    """Runs the demo; exit status 1 if any digest disagrees."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small-files", type=int, default=3000)
     ap.add_argument("--big-files", type=int, default=4)
@@ -77,8 +79,10 @@ def main() -> int:
         t = time.perf_counter()
         paths = make_tree(root, args.small_files, args.big_files)
         total = sum(p.stat().st_size for p in paths)
-        print(f"generated {len(paths)} files, {total / MIB:.0f} MiB in {root} "
-              f"({time.perf_counter() - t:.1f} s)")
+        print(
+            f"generated {len(paths)} files, {total / MIB:.0f} MiB in {root} "
+            f"({time.perf_counter() - t:.1f} s)"
+        )
         print(f"hashsync {hashsync.__version__}, {os.cpu_count()} CPUs\n")
         print(f"{'algorithm':<10} {'hashsync':>10} {'hashlib':>10} {'speed-up':>9}  agree")
         all_agree = True
@@ -92,8 +96,10 @@ def main() -> int:
             t_theirs = time.perf_counter() - t
             agree = ours == theirs
             all_agree &= agree
-            print(f"{algorithm:<10} {t_ours:>9.2f}s {t_theirs:>9.2f}s {t_theirs / t_ours:>8.2f}x  "
-                  f"{'yes' if agree else 'NO'}")
+            print(
+                f"{algorithm:<10} {t_ours:>9.2f}s {t_theirs:>9.2f}s {t_theirs / t_ours:>8.2f}x  "
+                f"{'yes' if agree else 'NO'}"
+            )
         print("\nall digests agree" if all_agree else "\nDIGESTS DISAGREE")
         return 0 if all_agree else 1
     finally:

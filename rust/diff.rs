@@ -152,19 +152,33 @@ mod tests {
     use super::*;
 
     fn listing(items: &[(&'static str, u64, i64, Option<&'static str>)]) -> Listing {
-        Listing::from_entries(
-            items.iter().map(|&(p, s, m, d)| Entry { path: p, size: s, mtime_ns: m, digest: d }),
-        )
+        Listing::from_entries(items.iter().map(|&(p, s, m, d)| Entry {
+            path: p,
+            size: s,
+            mtime_ns: m,
+            digest: d,
+        }))
         .unwrap()
     }
 
     #[test]
     fn merge_modes() {
-        let src = listing(&[("a", 1, 5, Some("x")), ("b", 2, 5, Some("y")), ("c", 3, 9, Some("z"))]);
-        let dst = listing(&[("b", 2, 1, Some("y")), ("c", 3, 9, Some("q")), ("d", 4, 0, None)]);
+        let src = listing(&[
+            ("a", 1, 5, Some("x")),
+            ("b", 2, 5, Some("y")),
+            ("c", 3, 9, Some("z")),
+        ]);
+        let dst = listing(&[
+            ("b", 2, 1, Some("y")),
+            ("c", 3, 9, Some("q")),
+            ("d", 4, 0, None),
+        ]);
         let ctl = Control::default();
         let p = diff(&src, &dst, Compare::Checksum, &ctl).unwrap();
-        assert_eq!((p.copy.clone(), p.delete.clone(), p.unchanged), (vec![0, 2], vec![2], 1));
+        assert_eq!(
+            (p.copy.clone(), p.delete.clone(), p.unchanged),
+            (vec![0, 2], vec![2], 1)
+        );
         assert_eq!(p.copy_bytes, 4);
         let p = diff(&src, &dst, Compare::SizeMtime, &ctl).unwrap();
         assert_eq!((p.copy, p.unchanged), (vec![0, 1], 1)); // b is newer at the source

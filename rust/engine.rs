@@ -105,7 +105,10 @@ fn open_checked(path: &Path, ident: Identity) -> Result<File> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let now = Identity::of(&file.metadata().map_err(|e| Error::io(path, e))?);
     if now != ident {
-        return Err(Error::changed(path, "replaced or modified before it was read"));
+        return Err(Error::changed(
+            path,
+            "replaced or modified before it was read",
+        ));
     }
     Ok(file)
 }
@@ -132,7 +135,11 @@ fn read_full(file: &File, path: &Path, ident: Identity, buf: &mut [u8], offset: 
             Ok(0) => {
                 return Err(Error::changed(
                     path,
-                    format!("shrank: expected {} bytes, ended at {}", ident.size, offset + got as u64),
+                    format!(
+                        "shrank: expected {} bytes, ended at {}",
+                        ident.size,
+                        offset + got as u64
+                    ),
                 ))
             }
             Ok(n) => got += n,
@@ -204,7 +211,14 @@ fn run_md5_lanes(
     let mut active: Vec<Option<LaneJob<'_>>> = Vec::with_capacity(jobs.len());
     for (unit, path, ident, offset, len) in jobs {
         match open_checked(path, ident) {
-            Ok(file) => active.push(Some(LaneJob { unit, path, ident, file, pos: offset, end: offset + len })),
+            Ok(file) => active.push(Some(LaneJob {
+                unit,
+                path,
+                ident,
+                file,
+                pos: offset,
+                end: offset + len,
+            })),
             Err(e) => {
                 out.push((unit, Err(e)));
                 active.push(None);
@@ -227,10 +241,18 @@ fn run_md5_lanes(
         for lane in 0..n {
             lens[lane] = 0;
             last[lane] = false;
-            let Some(job) = active.get_mut(lane).and_then(Option::as_mut) else { continue };
+            let Some(job) = active.get_mut(lane).and_then(Option::as_mut) else {
+                continue;
+            };
             let want = ((job.end - job.pos) as usize).min(LANE_CHUNK);
             let off = lane_off(lane);
-            match read_full(&job.file, job.path, job.ident, &mut bufs[lane][off..off + want], job.pos) {
+            match read_full(
+                &job.file,
+                job.path,
+                job.ident,
+                &mut bufs[lane][off..off + want],
+                job.pos,
+            ) {
                 Ok(()) => {
                     job.pos += want as u64;
                     lens[lane] = want;
@@ -245,11 +267,15 @@ fn run_md5_lanes(
                 }
             }
         }
-        let inputs: Vec<&[u8]> = (0..n).map(|l| &bufs[l][lane_off(l)..lane_off(l) + lens[l]]).collect();
+        let inputs: Vec<&[u8]> = (0..n)
+            .map(|l| &bufs[l][lane_off(l)..lane_off(l) + lens[l]])
+            .collect();
         let digests = lanes.update(&inputs, &last);
         for (lane, d) in digests.into_iter().enumerate() {
             let Some(d) = d else { continue };
-            let Some(job) = active.get_mut(lane).and_then(Option::take) else { continue };
+            let Some(job) = active.get_mut(lane).and_then(Option::take) else {
+                continue;
+            };
             let r = verify_unchanged(&job.file, job.path, job.ident).map(|()| {
                 if kind_is_part[lane] {
                     UnitOut::Md5(d)
@@ -296,7 +322,12 @@ fn plan_file(file: usize, size: u64, opts: &HashOptions, units: &mut Vec<Unit>) 
         _ => (UnitKind::Whole, u64::MAX),
     };
     if step == u64::MAX {
-        units.push(Unit { file, offset: 0, len: size, kind });
+        units.push(Unit {
+            file,
+            offset: 0,
+            len: size,
+            kind,
+        });
         return Ok(());
     }
     let mut offset = 0;
@@ -306,7 +337,12 @@ fn plan_file(file: usize, size: u64, opts: &HashOptions, units: &mut Vec<Unit>) 
             UnitKind::EtagPart => UnitKind::EtagPart,
             _ => UnitKind::CrcChunk,
         };
-        units.push(Unit { file, offset, len, kind });
+        units.push(Unit {
+            file,
+            offset,
+            len,
+            kind,
+        });
         offset += len;
     }
     Ok(())
@@ -315,7 +351,9 @@ fn plan_file(file: usize, size: u64, opts: &HashOptions, units: &mut Vec<Unit>) 
 /// Joins a file's unit results (in offset order) into its digest.
 fn assemble(alg: Algorithm, outs: Vec<(u64, UnitOut)>) -> String {
     if let [(_, UnitOut::Hex(_))] = outs.as_slice() {
-        let Some((_, UnitOut::Hex(h))) = outs.into_iter().next() else { unreachable!() };
+        let Some((_, UnitOut::Hex(h))) = outs.into_iter().next() else {
+            unreachable!()
+        };
         return h;
     }
     match alg {
@@ -333,7 +371,9 @@ fn assemble(alg: Algorithm, outs: Vec<(u64, UnitOut)>) -> String {
             let crc_alg = alg.crc().expect("only CRCs are chunked");
             let mut acc: Option<u64> = None;
             for (len, o) in outs {
-                let UnitOut::Crc(c) = o else { unreachable!("crc chunks are crc") };
+                let UnitOut::Crc(c) = o else {
+                    unreachable!("crc chunks are crc")
+                };
                 acc = Some(match acc {
                     None => c,
                     Some(a) => crc_fast::checksum_combine(crc_alg, a, c, len),
@@ -346,8 +386,12 @@ fn assemble(alg: Algorithm, outs: Vec<(u64, UnitOut)>) -> String {
 
 /// A rayon pool of `threads` threads, reused across calls of the same size.
 pub fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
-    static POOL: OnceLock<Mutex<Option<(usize, Arc<rayon::ThreadPool>)>>> = OnceLock::new();
-    let mut slot = POOL.get_or_init(|| Mutex::new(None)).lock().unwrap_or_else(|e| e.into_inner());
+    type Slot = Mutex<Option<(usize, Arc<rayon::ThreadPool>)>>;
+    static POOL: OnceLock<Slot> = OnceLock::new();
+    let mut slot = POOL
+        .get_or_init(|| Mutex::new(None))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     if let Some((n, p)) = slot.as_ref() {
         if *n == threads {
             return p.clone();
@@ -370,7 +414,11 @@ pub fn default_threads() -> usize {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }
 
 /// Hashes every path; results are in input order. With `fail_fast`, the first error cancels the
@@ -419,8 +467,9 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
         let mut buf = vec![0u8; READ_BUF];
         let mut wide = crate::md5x::Md5Lanes::new();
         let mut narrow = crate::md5x::lanes_for(2);
-        let mut lane_bufs: Vec<Vec<u8>> =
-            (0..lane_count).map(|_| vec![0u8; LANE_CHUNK + 1024]).collect();
+        let mut lane_bufs: Vec<Vec<u8>> = (0..lane_count)
+            .map(|_| vec![0u8; LANE_CHUNK + 1024])
+            .collect();
         let store = |k: usize, r: Result<UnitOut>| {
             if r.is_err() && opts.fail_fast {
                 failed.store(true, Ordering::Relaxed);
@@ -434,14 +483,15 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
             }
             // MD5 units share SIMD lanes, so spread them over the workers up to one per lane;
             // other units go one at a time, which balances the tail best.
-            let take = if lane_count > 1 && matches!(opts.algorithm, Algorithm::Md5 | Algorithm::Etag) {
-                // At least 4 streams per batch: a kernel step with only one or two busy lanes
-                // wastes most of its width (measured: 4 streams on one worker beat 2 + 2).
-                let rest = order.len() - start;
-                (rest / workers).max(rest.min(4)).clamp(1, lane_count)
-            } else {
-                1
-            };
+            let take =
+                if lane_count > 1 && matches!(opts.algorithm, Algorithm::Md5 | Algorithm::Etag) {
+                    // At least 4 streams per batch: a kernel step with only one or two busy lanes
+                    // wastes most of its width (measured: 4 streams on one worker beat 2 + 2).
+                    let rest = order.len() - start;
+                    (rest / workers).max(rest.min(4)).clamp(1, lane_count)
+                } else {
+                    1
+                };
             let k = next.fetch_add(take, Ordering::Relaxed);
             if k >= order.len() {
                 break;
@@ -466,9 +516,16 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
                 // One stream: the scalar MD5 beats a SIMD kernel with one busy lane.
                 let ui = md5_jobs[0].0;
                 let u = &units[ui];
-                store(ui, run_unit(u, &paths[u.file], md5_jobs[0].2, opts, &mut buf, ctl));
+                store(
+                    ui,
+                    run_unit(u, &paths[u.file], md5_jobs[0].2, opts, &mut buf, ctl),
+                );
             } else if !md5_jobs.is_empty() {
-                let lanes = if md5_jobs.len() <= narrow.lanes() { &mut narrow } else { &mut wide };
+                let lanes = if md5_jobs.len() <= narrow.lanes() {
+                    &mut narrow
+                } else {
+                    &mut wide
+                };
                 for (ui, r) in run_md5_lanes(md5_jobs, &md5_kinds, lanes, &mut lane_bufs, ctl) {
                     store(ui, r);
                 }
@@ -512,15 +569,29 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
     }
     for (i, slot) in results.iter_mut().enumerate() {
         if slot.is_none() {
-            *slot = Some(Ok(assemble(opts.algorithm, std::mem::take(&mut per_file[i]))));
+            *slot = Some(Ok(assemble(
+                opts.algorithm,
+                std::mem::take(&mut per_file[i]),
+            )));
         }
     }
-    results.into_iter().map(|r| r.expect("every file has a result")).collect()
+    results
+        .into_iter()
+        .map(|r| r.expect("every file has a result"))
+        .collect()
 }
 
 fn fail_all(n: usize, at: usize, e: Error) -> Vec<Result<String>> {
     let mut e = Some(e);
-    (0..n).map(|i| Err(if i == at { e.take().unwrap() } else { Error::Cancelled })).collect()
+    (0..n)
+        .map(|i| {
+            Err(if i == at {
+                e.take().unwrap()
+            } else {
+                Error::Cancelled
+            })
+        })
+        .collect()
 }
 
 /// Hashes one file on the calling thread (no pool): for small files, where starting
@@ -558,7 +629,10 @@ mod tests {
     }
 
     fn write(path: &Path, data: &[u8]) {
-        std::fs::File::create(path).unwrap().write_all(data).unwrap();
+        std::fs::File::create(path)
+            .unwrap()
+            .write_all(data)
+            .unwrap();
     }
 
     fn opts(alg: Algorithm, threads: usize) -> HashOptions {
@@ -573,7 +647,14 @@ mod tests {
     #[test]
     fn parallel_equals_streaming_for_every_algorithm() {
         let d = tmpdir("eq");
-        let sizes = [0u64, 1, 5 * MIB, 5 * MIB + 1, 3 * CRC_CHUNK + 12345, 11 * MIB];
+        let sizes = [
+            0u64,
+            1,
+            5 * MIB,
+            5 * MIB + 1,
+            3 * CRC_CHUNK + 12345,
+            11 * MIB,
+        ];
         let mut paths = Vec::new();
         let mut datas = Vec::new();
         for (i, &s) in sizes.iter().enumerate() {
@@ -588,7 +669,11 @@ mod tests {
                 let o = opts(alg, threads);
                 let got = hash_files(&paths, &o, &Control::default());
                 for (g, data) in got.iter().zip(&datas) {
-                    assert_eq!(g.as_ref().unwrap(), &hash_bytes(data, alg, o.rule), "{alg:?}");
+                    assert_eq!(
+                        g.as_ref().unwrap(),
+                        &hash_bytes(data, alg, o.rule),
+                        "{alg:?}"
+                    );
                 }
                 let single = hash_file_inline(&paths[4], &o, &Control::default()).unwrap();
                 assert_eq!(single, hash_bytes(&datas[4], alg, o.rule));
@@ -605,9 +690,14 @@ mod tests {
         let missing = d.join("missing");
         let paths = vec![ok.clone(), missing.clone(), d.clone()];
         let r = hash_files(&paths, &opts(Algorithm::Sha256, 2), &Control::default());
-        assert_eq!(r[0].as_ref().unwrap(), &hash_bytes(b"hello", Algorithm::Sha256, PartRule::default()));
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &hash_bytes(b"hello", Algorithm::Sha256, PartRule::default())
+        );
         let e1 = r[1].as_ref().unwrap_err();
-        assert!(matches!(e1, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+        assert!(
+            matches!(e1, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        );
         assert!(e1.to_string().contains("missing"));
         assert!(matches!(r[2], Err(Error::IsADirectory(_))));
 
@@ -637,7 +727,11 @@ mod tests {
         let f = std::fs::File::create(&p).unwrap();
         f.set_len(5 * MIB * 10_001).unwrap(); // sparse: no disk space used
         let r = hash_files(&[p], &opts(Algorithm::Etag, 2), &Control::default());
-        assert!(r[0].as_ref().unwrap_err().to_string().contains("at most 10000 parts"));
+        assert!(r[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("at most 10000 parts"));
         std::fs::remove_dir_all(d).unwrap();
     }
 }

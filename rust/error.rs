@@ -32,11 +32,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn changed(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Changed { path: path.into(), what: what.into() }
+        Error::Changed {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 }
 
@@ -47,7 +53,11 @@ impl fmt::Display for Error {
             Error::IsADirectory(p) => write!(f, "{}: is a directory, not a file", p.display()),
             Error::NotADirectory(p) => write!(f, "{}: not a directory", p.display()),
             Error::NotARegularFile(p) => {
-                write!(f, "{}: not a regular file (FIFO, socket or device)", p.display())
+                write!(
+                    f,
+                    "{}: not a regular file (FIFO, socket or device)",
+                    p.display()
+                )
             }
             Error::UnknownAlgorithm(name) => write!(
                 f,
@@ -61,7 +71,11 @@ impl fmt::Display for Error {
             Error::InvalidPartSize(msg) | Error::InvalidValue(msg) => f.write_str(msg),
             Error::State(msg) => write!(f, "hash state cache: {msg}"),
             Error::Changed { path, what } => {
-                write!(f, "{}: file changed while it was being hashed ({what})", path.display())
+                write!(
+                    f,
+                    "{}: file changed while it was being hashed ({what})",
+                    path.display()
+                )
             }
             Error::Cancelled => f.write_str("cancelled"),
         }

@@ -40,7 +40,10 @@ pub fn parse_etag(etag: &str) -> Result<ParsedEtag> {
     if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad_etag(etag));
     }
-    Ok(ParsedEtag { md5_hex: hex.to_ascii_lowercase(), parts })
+    Ok(ParsedEtag {
+        md5_hex: hex.to_ascii_lowercase(),
+        parts,
+    })
 }
 
 fn bad_etag(etag: &str) -> Error {
@@ -129,7 +132,12 @@ pub fn match_etag(
         Some(n) => {
             cands = candidate_part_sizes(size, n, extra_part_sizes)
                 .into_iter()
-                .map(|p| Candidate { part_size: p, part: md5::Md5::new(), part_len: 0, parts: vec![] })
+                .map(|p| Candidate {
+                    part_size: p,
+                    part: md5::Md5::new(),
+                    part_len: 0,
+                    parts: vec![],
+                })
                 .collect();
             if cands.is_empty() {
                 return Ok(None);
@@ -145,7 +153,12 @@ pub fn match_etag(
         }
         let want = ((size - pos) as usize).min(buf.len());
         let n = match file.read_at(&mut buf[..want], pos) {
-            Ok(0) => return Err(Error::changed(path, format!("shrank: ended at {pos} of {size} bytes"))),
+            Ok(0) => {
+                return Err(Error::changed(
+                    path,
+                    format!("shrank: ended at {pos} of {size} bytes"),
+                ))
+            }
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(path, e)),
@@ -183,7 +196,12 @@ mod tests {
     fn parse() {
         let h = "d41d8cd98f00b204e9800998ecf8427e";
         assert_eq!(parse_etag(&format!("\"{h}\"")).unwrap().parts, None);
-        assert_eq!(parse_etag(&format!("{}-12", h.to_uppercase())).unwrap().parts, Some(12));
+        assert_eq!(
+            parse_etag(&format!("{}-12", h.to_uppercase()))
+                .unwrap()
+                .parts,
+            Some(12)
+        );
         assert!(parse_etag("abc").is_err());
         assert!(parse_etag(&format!("{h}-0")).is_err());
         assert!(parse_etag(&format!("{h}-x")).is_err());
@@ -220,7 +238,10 @@ mod tests {
         assert_eq!(match_etag(&p, &md5, &[], &ctl).unwrap(), Some(0));
         let mut flipped = data.clone();
         flipped[12345] ^= 1;
-        std::fs::File::create(&p).unwrap().write_all(&flipped).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&flipped)
+            .unwrap();
         assert_eq!(match_etag(&p, &md5, &[], &ctl).unwrap(), None);
         std::fs::remove_dir_all(d).unwrap();
     }

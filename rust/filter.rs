@@ -11,7 +11,10 @@ enum Tok {
     Char(char),
     Any,
     Star,
-    Set { negated: bool, ranges: Vec<(char, char)> },
+    Set {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
 }
 
 /// A compiled glob pattern.
@@ -47,7 +50,10 @@ impl Pattern {
             }
             i += 1;
         }
-        Pattern { source: pattern.to_string(), toks }
+        Pattern {
+            source: pattern.to_string(),
+            toks,
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -145,9 +151,17 @@ impl Filter {
     /// `excludes` then `includes`: an include always wins over an exclude, which is what
     /// `aws s3 sync --exclude … --include …` does when excludes come first.
     pub fn from_lists(include: &[String], exclude: &[String]) -> Self {
-        let mut rules: Vec<Rule> =
-            exclude.iter().map(|p| Rule { include: false, pattern: Pattern::new(p) }).collect();
-        rules.extend(include.iter().map(|p| Rule { include: true, pattern: Pattern::new(p) }));
+        let mut rules: Vec<Rule> = exclude
+            .iter()
+            .map(|p| Rule {
+                include: false,
+                pattern: Pattern::new(p),
+            })
+            .collect();
+        rules.extend(include.iter().map(|p| Rule {
+            include: true,
+            pattern: Pattern::new(p),
+        }));
         Filter { rules }
     }
 
@@ -196,9 +210,18 @@ mod tests {
     #[test]
     fn last_matching_rule_wins() {
         let f = Filter::new(vec![
-            Rule { include: false, pattern: Pattern::new("*") },
-            Rule { include: true, pattern: Pattern::new("*.txt") },
-            Rule { include: false, pattern: Pattern::new("secret/*") },
+            Rule {
+                include: false,
+                pattern: Pattern::new("*"),
+            },
+            Rule {
+                include: true,
+                pattern: Pattern::new("*.txt"),
+            },
+            Rule {
+                include: false,
+                pattern: Pattern::new("secret/*"),
+            },
         ]);
         assert!(f.is_included("a/b.txt"));
         assert!(!f.is_included("a/b.bin"));

@@ -101,7 +101,10 @@ pub struct PartRule {
 
 impl Default for PartRule {
     fn default() -> Self {
-        PartRule { part_size: DEFAULT_PART_SIZE, threshold: DEFAULT_PART_SIZE }
+        PartRule {
+            part_size: DEFAULT_PART_SIZE,
+            threshold: DEFAULT_PART_SIZE,
+        }
     }
 }
 
@@ -115,7 +118,10 @@ impl PartRule {
                 "multipart threshold must be at least 1 byte".to_string(),
             ));
         }
-        Ok(PartRule { part_size, threshold })
+        Ok(PartRule {
+            part_size,
+            threshold,
+        })
     }
 
     /// Number of parts an object of `size` bytes is uploaded in; 0 means a single PUT
@@ -200,7 +206,14 @@ pub(crate) struct EtagState {
 impl EtagState {
     pub(crate) fn new(rule: PartRule) -> Self {
         let whole = (rule.threshold > rule.part_size).then(md5::Md5::new);
-        EtagState { rule, part: md5::Md5::new(), part_len: 0, parts: Vec::new(), whole, total: 0 }
+        EtagState {
+            rule,
+            part: md5::Md5::new(),
+            part_len: 0,
+            parts: Vec::new(),
+            whole,
+            total: 0,
+        }
     }
 
     fn update(&mut self, mut data: &[u8]) {
@@ -337,7 +350,11 @@ mod tests {
     const CHECK: &[u8] = b"123456789";
 
     fn hb(alg: &str, data: &[u8]) -> String {
-        hash_bytes(data, Algorithm::from_name(alg).unwrap(), PartRule::default())
+        hash_bytes(
+            data,
+            Algorithm::from_name(alg).unwrap(),
+            PartRule::default(),
+        )
     }
 
     #[test]
@@ -347,7 +364,10 @@ mod tests {
         assert_eq!(hb("crc64nvme", CHECK), "ae8b14860a799888");
         assert_eq!(hb("md5", b""), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(hb("md5", b"abc"), "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(hb("sha1", b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hb("sha1", b"abc"),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         assert_eq!(
             hb("sha256", b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -378,12 +398,20 @@ mod tests {
         // Exactly one part: s3transfer uploads size >= threshold as multipart.
         let one = vec![1u8; (5 * MIB) as usize];
         let part = md5::Md5::digest(&one);
-        assert_eq!(hash_bytes(&one, Algorithm::Etag, rule), multipart_etag(&[part.into()]));
+        assert_eq!(
+            hash_bytes(&one, Algorithm::Etag, rule),
+            multipart_etag(&[part.into()])
+        );
         assert!(hash_bytes(&one, Algorithm::Etag, rule).ends_with("-1"));
         let data: Vec<u8> = (0..(11 * MIB)).map(|i| (i * 31 % 251) as u8).collect();
-        let parts: Vec<[u8; 16]> =
-            data.chunks((5 * MIB) as usize).map(|c| md5::Md5::digest(c).into()).collect();
-        assert_eq!(hash_bytes(&data, Algorithm::Etag, rule), multipart_etag(&parts));
+        let parts: Vec<[u8; 16]> = data
+            .chunks((5 * MIB) as usize)
+            .map(|c| md5::Md5::digest(c).into())
+            .collect();
+        assert_eq!(
+            hash_bytes(&data, Algorithm::Etag, rule),
+            multipart_etag(&parts)
+        );
         // Feeding in odd-sized pieces gives the same answer.
         let mut h = Hasher::new(Algorithm::Etag, rule);
         for c in data.chunks(777_777) {
@@ -404,10 +432,19 @@ mod tests {
 
     #[test]
     fn part_size_rules_are_named() {
-        assert!(PartRule::new(MIB, None).unwrap_err().to_string().contains("minimum"));
-        assert!(PartRule::new(6 * GIB, None).unwrap_err().to_string().contains("maximum"));
+        assert!(PartRule::new(MIB, None)
+            .unwrap_err()
+            .to_string()
+            .contains("minimum"));
+        assert!(PartRule::new(6 * GIB, None)
+            .unwrap_err()
+            .to_string()
+            .contains("maximum"));
         let rule = PartRule::new(5 * MIB, None).unwrap();
-        let err = rule.checked_parts(5 * MIB * 10_001).unwrap_err().to_string();
+        let err = rule
+            .checked_parts(5 * MIB * 10_001)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("10000 parts"), "{err}");
         assert_eq!(rule.checked_parts(5 * MIB * 10_000).unwrap(), 10_000);
     }

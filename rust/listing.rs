@@ -70,8 +70,16 @@ impl Listing {
     }
 
     pub fn get(&self, i: usize) -> Entry<'_> {
-        let p0 = if i == 0 { 0 } else { self.path_ends[i - 1] as usize };
-        let d0 = if i == 0 { 0 } else { self.digest_ends[i - 1] as usize };
+        let p0 = if i == 0 {
+            0
+        } else {
+            self.path_ends[i - 1] as usize
+        };
+        let d0 = if i == 0 {
+            0
+        } else {
+            self.digest_ends[i - 1] as usize
+        };
         let d1 = self.digest_ends[i] as usize;
         Entry {
             path: &self.paths[p0..self.path_ends[i] as usize],
@@ -116,7 +124,10 @@ impl Listing {
         let mut v: Vec<Entry<'a>> = entries.into_iter().collect();
         v.sort_unstable_by(|a, b| a.path.cmp(b.path));
         if let Some(w) = v.windows(2).find(|w| w[0].path == w[1].path) {
-            return Err(Error::InvalidValue(format!("duplicate path in listing: {:?}", w[0].path)));
+            return Err(Error::InvalidValue(format!(
+                "duplicate path in listing: {:?}",
+                w[0].path
+            )));
         }
         let mut l = Listing::default();
         l.reserve(v.len(), v.iter().map(|e| e.path.len()).sum(), 0);
@@ -141,10 +152,18 @@ impl Listing {
         l.reserve(
             entries.len(),
             entries.iter().map(|e| e.0.len()).sum(),
-            entries.iter().map(|e| e.3.as_ref().map_or(0, |d| d.len())).sum(),
+            entries
+                .iter()
+                .map(|e| e.3.as_ref().map_or(0, |d| d.len()))
+                .sum(),
         );
         for (p, s, m, d) in entries {
-            l.push(Entry { path: p, size: *s, mtime_ns: *m, digest: d.as_deref() })?;
+            l.push(Entry {
+                path: p,
+                size: *s,
+                mtime_ns: *m,
+                digest: d.as_deref(),
+            })?;
         }
         Ok(l)
     }
@@ -183,11 +202,23 @@ mod tests {
 
     #[test]
     fn sorted_compact_round_trip() {
-        let e = |p, s, d| Entry { path: p, size: s, mtime_ns: 7, digest: d };
-        let l = Listing::from_entries(vec![e("b", 2, None), e("a/x", 1, Some("ff")), e("a", 3, None)])
-            .unwrap();
+        let e = |p, s, d| Entry {
+            path: p,
+            size: s,
+            mtime_ns: 7,
+            digest: d,
+        };
+        let l = Listing::from_entries(vec![
+            e("b", 2, None),
+            e("a/x", 1, Some("ff")),
+            e("a", 3, None),
+        ])
+        .unwrap();
         let got: Vec<_> = l.iter().map(|e| (e.path, e.size, e.digest)).collect();
-        assert_eq!(got, vec![("a", 3, None), ("a/x", 1, Some("ff")), ("b", 2, None)]);
+        assert_eq!(
+            got,
+            vec![("a", 3, None), ("a/x", 1, Some("ff")), ("b", 2, None)]
+        );
         assert_eq!(l.find("a/x"), Some(1));
         assert_eq!(l.find("c"), None);
         assert!(Listing::from_entries(vec![e("a", 1, None), e("a", 2, None)]).is_err());

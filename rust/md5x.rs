@@ -190,7 +190,7 @@ fn common_block_len(blocks: &[&[u8]], lanes: usize) -> usize {
     assert_eq!(blocks.len(), lanes, "one block slice per lane");
     let len = blocks[0].len();
     assert!(
-        len % 64 == 0 && blocks.iter().all(|b| b.len() == len),
+        len.is_multiple_of(64) && blocks.iter().all(|b| b.len() == len),
         "every lane needs the same number of whole blocks"
     );
     len
@@ -465,7 +465,7 @@ impl<'a> Cursor<'a> {
     /// Non-final data: whole blocks only.
     fn blocks(data: &'a [u8]) -> Self {
         assert!(
-            data.len() % 64 == 0,
+            data.len().is_multiple_of(64),
             "non-final input must be a multiple of 64 bytes"
         );
         Cursor {

@@ -5,9 +5,9 @@ use crate::diff::{Compare, Plan};
 use crate::engine::{self, Control, HashOptions};
 use crate::error::Error;
 use crate::filter::{Filter, Pattern, Rule};
+use crate::hash::{self, Algorithm, PartRule, DEFAULT_PART_SIZE};
 use crate::listing::{Entry, Listing};
 use crate::scan::ScanOptions;
-use crate::hash::{self, Algorithm, PartRule, DEFAULT_PART_SIZE};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyKeyboardInterrupt, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
@@ -59,12 +59,19 @@ pub(crate) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
     match err {
         Error::Io { path, source } => {
             let errno = source.raw_os_error().unwrap_or(0);
-            let args = (errno, strerror(&source), path.to_string_lossy().into_owned());
+            let args = (
+                errno,
+                strerror(&source),
+                path.to_string_lossy().into_owned(),
+            );
             match source.kind() {
                 std::io::ErrorKind::NotFound => build_err(py, "NotFound", args),
                 std::io::ErrorKind::PermissionDenied => build_err(py, "PermissionDenied", args),
                 // OSError(errno, ...) picks the matching built-in subclass itself.
-                _ => match py.import("builtins").and_then(|b| b.getattr("OSError")?.call1(args)) {
+                _ => match py
+                    .import("builtins")
+                    .and_then(|b| b.getattr("OSError")?.call1(args))
+                {
                     Ok(v) => PyErr::from_value(v),
                     Err(e) => e,
                 },
@@ -73,19 +80,29 @@ pub(crate) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
         Error::IsADirectory(p) => build_err(
             py,
             "IsADirectory",
-            (libc_eisdir(), "Is a directory, not a file", p.to_string_lossy().into_owned()),
+            (
+                libc_eisdir(),
+                "Is a directory, not a file",
+                p.to_string_lossy().into_owned(),
+            ),
         ),
         Error::NotARegularFile(p) => build_err(
             py,
             "NotARegularFile",
-            (0, "Not a regular file (FIFO, socket or device)", p.to_string_lossy().into_owned()),
+            (
+                0,
+                "Not a regular file (FIFO, socket or device)",
+                p.to_string_lossy().into_owned(),
+            ),
         ),
         Error::UnknownAlgorithm(_) => build_err(py, "UnknownAlgorithm", (msg,)),
         Error::InvalidPartSize(_) => build_err(py, "InvalidPartSize", (msg,)),
         Error::InvalidValue(_) => build_err(py, "InvalidArgument", (msg,)),
         Error::Changed { path, .. } => {
             let e = build_err(py, "FileChanged", (msg,));
-            let _ = e.value(py).setattr("path", path.to_string_lossy().into_owned());
+            let _ = e
+                .value(py)
+                .setattr("path", path.to_string_lossy().into_owned());
             e
         }
         Error::NotADirectory(p) => build_err(
@@ -112,7 +129,9 @@ fn rule(part_size: u64, threshold: Option<u64>) -> Result<PartRule, Error> {
 
 fn threads(n: Option<usize>) -> PyResult<usize> {
     match n {
-        Some(0) => Err(pyo3::exceptions::PyValueError::new_err("threads must be at least 1")),
+        Some(0) => Err(pyo3::exceptions::PyValueError::new_err(
+            "threads must be at least 1",
+        )),
         Some(n) => Ok(n),
         None => Ok(engine::default_threads()),
     }
@@ -194,7 +213,11 @@ fn with_buffer<R: Send>(
 ) -> PyResult<R> {
     if let Ok(b) = data.cast::<PyBytes>() {
         let bytes = b.as_bytes();
-        return Ok(if bytes.len() > DETACH_BYTES { py.detach(|| f(bytes)) } else { f(bytes) });
+        return Ok(if bytes.len() > DETACH_BYTES {
+            py.detach(|| f(bytes))
+        } else {
+            f(bytes)
+        });
     }
     if data.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(
@@ -208,8 +231,7 @@ fn with_buffer<R: Send>(
     }
     // SAFETY: the buffer is C-contiguous, holds len_bytes() bytes, stays alive while `buf`
     // lives, and the GIL is held throughout, so no Python code can mutate or free it.
-    let slice =
-        unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+    let slice = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
     Ok(f(slice))
 }
 
@@ -236,12 +258,16 @@ fn hash_one(
 ) -> PyResult<String> {
     let ctl = Control::default();
     let small = progress.is_none()
-        && engine::file_size(&path).map(|s| s < INLINE_BYTES).unwrap_or(true);
+        && engine::file_size(&path)
+            .map(|s| s < INLINE_BYTES)
+            .unwrap_or(true);
     let r = if small {
         py.detach(|| engine::hash_file_inline(&path, &opts, &ctl))
     } else {
         run_watched(py, progress, &ctl, || {
-            engine::hash_files(std::slice::from_ref(&path), &opts, &ctl).pop().expect("one result")
+            engine::hash_files(std::slice::from_ref(&path), &opts, &ctl)
+                .pop()
+                .expect("one result")
         })?
     };
     r.map_err(|e| to_pyerr(py, e))
@@ -301,7 +327,9 @@ fn hash_files<'py>(
         fail_fast: !return_exceptions,
     };
     let ctl = Control::default();
-    let results = run_watched(py, progress.as_ref(), &ctl, || engine::hash_files(&paths, &opts, &ctl))?;
+    let results = run_watched(py, progress.as_ref(), &ctl, || {
+        engine::hash_files(&paths, &opts, &ctl)
+    })?;
     let out = PyList::empty(py);
     for r in results {
         match r {
@@ -381,10 +409,17 @@ struct PyHasher {
 impl PyHasher {
     #[new]
     #[pyo3(signature = (algorithm="sha256", *, part_size=DEFAULT_PART_SIZE, threshold=None))]
-    fn new(py: Python<'_>, algorithm: &str, part_size: u64, threshold: Option<u64>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        algorithm: &str,
+        part_size: u64,
+        threshold: Option<u64>,
+    ) -> PyResult<Self> {
         let alg = self::algorithm(algorithm).map_err(|e| to_pyerr(py, e))?;
         let rule = rule(part_size, threshold).map_err(|e| to_pyerr(py, e))?;
-        Ok(PyHasher { inner: hash::Hasher::new(alg, rule) })
+        Ok(PyHasher {
+            inner: hash::Hasher::new(alg, rule),
+        })
     }
 
     fn update(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -397,7 +432,9 @@ impl PyHasher {
     }
 
     fn copy(&self) -> Self {
-        PyHasher { inner: self.inner.clone() }
+        PyHasher {
+            inner: self.inner.clone(),
+        }
     }
 
     #[getter]
@@ -440,7 +477,12 @@ impl PyFileEntry {
     #[new]
     #[pyo3(signature = (path, size, mtime_ns=0, digest=None))]
     fn new(path: String, size: u64, mtime_ns: i64, digest: Option<String>) -> Self {
-        PyFileEntry { path, size, mtime_ns, digest }
+        PyFileEntry {
+            path,
+            size,
+            mtime_ns,
+            digest,
+        }
     }
 
     fn __repr__(&self) -> String {
@@ -449,7 +491,9 @@ impl PyFileEntry {
             self.path,
             self.size,
             self.mtime_ns,
-            self.digest.as_ref().map_or("None".to_string(), |d| format!("{d:?}"))
+            self.digest
+                .as_ref()
+                .map_or("None".to_string(), |d| format!("{d:?}"))
         )
     }
 }
@@ -466,7 +510,11 @@ impl PyListing {
         self.inner.len()
     }
 
-    fn __getitem__<'py>(&self, py: Python<'py>, index: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        index: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let n = self.inner.len() as isize;
         if let Ok(slice) = index.cast::<PySlice>() {
             let ind = slice.indices(n)?;
@@ -489,7 +537,10 @@ impl PyListing {
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyListingIter {
-        PyListingIter { inner: slf.inner.clone(), next: AtomicUsize::new(0) }
+        PyListingIter {
+            inner: slf.inner.clone(),
+            next: AtomicUsize::new(0),
+        }
     }
 
     fn __contains__(&self, path: &str) -> bool {
@@ -498,7 +549,9 @@ impl PyListing {
 
     /// The entry for `path`, or None.
     fn find(&self, path: &str) -> Option<PyFileEntry> {
-        self.inner.find(path).map(|i| PyFileEntry::from_entry(self.inner.get(i)))
+        self.inner
+            .find(path)
+            .map(|i| PyFileEntry::from_entry(self.inner.get(i)))
     }
 
     /// The relative paths, in order.
@@ -552,7 +605,10 @@ impl PyListing {
             "<hashsync.Listing {} files, {} bytes{}>",
             self.inner.len(),
             self.inner.stats.bytes,
-            self.inner.root.as_ref().map_or(String::new(), |r| format!(" of {}", r.display()))
+            self.inner
+                .root
+                .as_ref()
+                .map_or(String::new(), |r| format!(" of {}", r.display()))
         )
     }
 }
@@ -602,6 +658,7 @@ fn string_list(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scan_options(
     py: Python<'_>,
     algorithm: Option<&str>,
@@ -614,7 +671,10 @@ fn scan_options(
     state: bool,
     state_dir: Option<PathBuf>,
 ) -> PyResult<ScanOptions> {
-    let algorithm = algorithm.map(self::algorithm).transpose().map_err(|e| to_pyerr(py, e))?;
+    let algorithm = algorithm
+        .map(self::algorithm)
+        .transpose()
+        .map_err(|e| to_pyerr(py, e))?;
     let mut filter = Filter::from_lists(&string_list(include)?, &string_list(exclude)?);
     if let Some(rules) = filters {
         let mut all: Vec<Rule> = Vec::new();
@@ -631,7 +691,10 @@ fn scan_options(
                     ))
                 }
             };
-            all.push(Rule { include, pattern: Pattern::new(&pattern) });
+            all.push(Rule {
+                include,
+                pattern: Pattern::new(&pattern),
+            });
         }
         if !filter.is_empty() {
             return Err(to_pyerr(
@@ -672,12 +735,23 @@ fn scan(
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<PyListing> {
     let opts = scan_options(
-        py, algorithm, include.as_ref(), exclude.as_ref(), filters, follow_symlinks, part_size,
-        threads, state, state_dir,
+        py,
+        algorithm,
+        include.as_ref(),
+        exclude.as_ref(),
+        filters,
+        follow_symlinks,
+        part_size,
+        threads,
+        state,
+        state_dir,
     )?;
     let ctl = Control::default();
-    let r = run_watched(py, progress.as_ref(), &ctl, || crate::scan::scan(&root, &opts, &ctl))?;
-    r.map(|l| PyListing { inner: Arc::new(l) }).map_err(|e| to_pyerr(py, e))
+    let r = run_watched(py, progress.as_ref(), &ctl, || {
+        crate::scan::scan(&root, &opts, &ctl)
+    })?;
+    r.map(|l| PyListing { inner: Arc::new(l) })
+        .map_err(|e| to_pyerr(py, e))
 }
 
 /// The difference between two listings.
@@ -693,13 +767,21 @@ impl PyPlan {
     /// Paths to copy from source to target (new or changed).
     #[getter]
     fn copy(&self) -> Vec<&str> {
-        self.plan.copy.iter().map(|&i| self.source.get(i as usize).path).collect()
+        self.plan
+            .copy
+            .iter()
+            .map(|&i| self.source.get(i as usize).path)
+            .collect()
     }
 
     /// Paths only the target has.
     #[getter]
     fn delete(&self) -> Vec<&str> {
-        self.plan.delete.iter().map(|&i| self.target.get(i as usize).path).collect()
+        self.plan
+            .delete
+            .iter()
+            .map(|&i| self.target.get(i as usize).path)
+            .collect()
     }
 
     /// Number of files that are the same on both sides.
@@ -716,7 +798,11 @@ impl PyPlan {
 
     /// The source entries to copy (with sizes and digests).
     fn copy_entries(&self) -> Vec<PyFileEntry> {
-        self.plan.copy.iter().map(|&i| PyFileEntry::from_entry(self.source.get(i as usize))).collect()
+        self.plan
+            .copy
+            .iter()
+            .map(|&i| PyFileEntry::from_entry(self.source.get(i as usize)))
+            .collect()
     }
 
     fn __bool__(&self) -> bool {
@@ -747,9 +833,15 @@ fn diff(
     let cmp = Compare::from_name(compare).map_err(|e| to_pyerr(py, e))?;
     let (s, t) = (listing_of(source)?, listing_of(target)?);
     let ctl = Control::default();
-    let plan = run_watched(py, progress.as_ref(), &ctl, || crate::diff::diff(&s, &t, cmp, &ctl))?
-        .map_err(|e| to_pyerr(py, e))?;
-    Ok(PyPlan { source: s, target: t, plan })
+    let plan = run_watched(py, progress.as_ref(), &ctl, || {
+        crate::diff::diff(&s, &t, cmp, &ctl)
+    })?
+    .map_err(|e| to_pyerr(py, e))?;
+    Ok(PyPlan {
+        source: s,
+        target: t,
+        plan,
+    })
 }
 
 /// Deterministic content hash of a directory tree.
@@ -768,13 +860,23 @@ fn tree_hash(
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
     let opts = scan_options(
-        py, Some(algorithm), None, None, None, follow_symlinks, DEFAULT_PART_SIZE, threads, state,
+        py,
+        Some(algorithm),
+        None,
+        None,
+        None,
+        follow_symlinks,
+        DEFAULT_PART_SIZE,
+        threads,
+        state,
         state_dir,
     )?;
     let alg = opts.algorithm.expect("set above");
     let ctl = Control::default();
-    run_watched(py, progress.as_ref(), &ctl, || crate::scan::tree_hash(&root, alg, &opts, &ctl))?
-        .map_err(|e| to_pyerr(py, e))
+    run_watched(py, progress.as_ref(), &ctl, || {
+        crate::scan::tree_hash(&root, alg, &opts, &ctl)
+    })?
+    .map_err(|e| to_pyerr(py, e))
 }
 
 #[pymodule]

@@ -103,7 +103,10 @@ fn reason(e: &std::io::Error) -> String {
 
 /// Walks one directory and, in parallel, everything below it.
 fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions) -> WalkOut {
-    let mut out = WalkOut { dirs: 1, ..Default::default() };
+    let mut out = WalkOut {
+        dirs: 1,
+        ..Default::default()
+    };
     let rd = match std::fs::read_dir(abs) {
         Ok(rd) => rd,
         Err(e) => {
@@ -111,7 +114,9 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
             return out;
         }
     };
-    let mut subdirs: Vec<(PathBuf, String, Option<(u64, u64)>)> = Vec::new();
+    // (absolute path, relative path, device/inode when following symlinks)
+    type Subdir = (PathBuf, String, Option<(u64, u64)>);
+    let mut subdirs: Vec<Subdir> = Vec::new();
     let mut seen_any = false;
     for ent in rd {
         let ent = match ent {
@@ -125,7 +130,8 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
         let name = ent.file_name();
         let Some(name) = name.to_str() else {
             let lossy = join_rel(rel, &name.to_string_lossy());
-            out.errors.push((lossy, "file name is not valid UTF-8".to_string()));
+            out.errors
+                .push((lossy, "file name is not valid UTF-8".to_string()));
             continue;
         };
         let child_rel = join_rel(rel, name);
@@ -145,7 +151,8 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
             match std::fs::metadata(&child_abs) {
                 Ok(m) => m,
                 Err(e) => {
-                    out.errors.push((child_rel, format!("broken symbolic link: {}", reason(&e))));
+                    out.errors
+                        .push((child_rel, format!("broken symbolic link: {}", reason(&e))));
                     continue;
                 }
             }
@@ -175,7 +182,9 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
                 }
             }
         } else {
-            debug_assert!(ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device());
+            debug_assert!(
+                ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device()
+            );
             out.special += 1;
             continue;
         };
@@ -183,7 +192,8 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
         if meta.is_dir() {
             let id = (meta.dev(), meta.ino());
             if ancestors.contains(&id) {
-                out.errors.push((child_rel, "symbolic link loop".to_string()));
+                out.errors
+                    .push((child_rel, "symbolic link loop".to_string()));
             } else {
                 subdirs.push((child_abs, child_rel, Some(id)));
             }
@@ -197,7 +207,10 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
             out.excluded += 1;
             continue;
         }
-        out.files.push(RawFile { rel: child_rel, key: key_of(&meta) });
+        out.files.push(RawFile {
+            rel: child_rel,
+            key: key_of(&meta),
+        });
     }
     if !seen_any && !rel.is_empty() {
         out.empty_dirs.push(rel.to_string());
@@ -244,7 +257,11 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     let mut digests: Vec<Option<String>> = vec![None; walked.files.len()];
 
     if let Some(alg) = opts.algorithm {
-        let part = if alg == Algorithm::Etag { opts.rule.part_size } else { 0 };
+        let part = if alg == Algorithm::Etag {
+            opts.rule.part_size
+        } else {
+            0
+        };
         let mut store = match &opts.state_dir {
             Some(dir) => match StateStore::open(dir) {
                 Ok(s) => Some(s),
@@ -265,10 +282,20 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
                 }
             }
         }
-        let misses: Vec<usize> = (0..digests.len()).filter(|&i| digests[i].is_none()).collect();
+        let misses: Vec<usize> = (0..digests.len())
+            .filter(|&i| digests[i].is_none())
+            .collect();
         stats.digests_reused = (digests.len() - misses.len()) as u64;
-        let paths: Vec<PathBuf> = misses.iter().map(|&i| root.join(&walked.files[i].rel)).collect();
-        let hopts = HashOptions { algorithm: alg, rule: opts.rule, threads: opts.threads, fail_fast: false };
+        let paths: Vec<PathBuf> = misses
+            .iter()
+            .map(|&i| root.join(&walked.files[i].rel))
+            .collect();
+        let hopts = HashOptions {
+            algorithm: alg,
+            rule: opts.rule,
+            threads: opts.threads,
+            fail_fast: false,
+        };
         let began = now_ns();
         let results = engine::hash_files(&paths, &hopts, ctl);
         if ctl.cancelled() {
@@ -329,8 +356,17 @@ fn error_reason(e: &Error) -> String {
 /// empty directory, `b"dir\0" + path + b"\0\n"`. The tree hash is `algorithm` applied to the
 /// concatenated records (for `etag`, with 8 MiB parts), in hex. An empty tree hashes the empty
 /// string.
-pub fn tree_hash(root: &Path, algorithm: Algorithm, opts: &ScanOptions, ctl: &Control) -> Result<String> {
-    let opts = ScanOptions { algorithm: Some(algorithm), filter: Filter::default(), ..opts.clone() };
+pub fn tree_hash(
+    root: &Path,
+    algorithm: Algorithm,
+    opts: &ScanOptions,
+    ctl: &Control,
+) -> Result<String> {
+    let opts = ScanOptions {
+        algorithm: Some(algorithm),
+        filter: Filter::default(),
+        ..opts.clone()
+    };
     let listing = scan(root, &opts, ctl)?;
     if let Some((path, why)) = listing.errors.first() {
         return Err(Error::InvalidValue(format!(
@@ -370,7 +406,11 @@ mod tests {
     fn tree(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("hashsync-scan-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        for (p, data) in [("a.txt", "a"), ("sub/b.bin", "bb"), ("sub/deep/c.txt", "ccc")] {
+        for (p, data) in [
+            ("a.txt", "a"),
+            ("sub/b.bin", "bb"),
+            ("sub/deep/c.txt", "ccc"),
+        ] {
             let f = d.join(p);
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             std::fs::write(f, data).unwrap();
@@ -394,8 +434,14 @@ mod tests {
 
         let opts = ScanOptions {
             filter: Filter::new(vec![
-                Rule { include: false, pattern: Pattern::new("*") },
-                Rule { include: true, pattern: Pattern::new("*.txt") },
+                Rule {
+                    include: false,
+                    pattern: Pattern::new("*"),
+                },
+                Rule {
+                    include: true,
+                    pattern: Pattern::new("*.txt"),
+                },
             ]),
             follow_symlinks: true,
             ..Default::default()
@@ -411,10 +457,16 @@ mod tests {
     fn symlink_loop_is_reported_not_followed_forever() {
         let d = tree("loop");
         std::os::unix::fs::symlink(&d, d.join("sub/back")).unwrap();
-        let opts = ScanOptions { follow_symlinks: true, ..Default::default() };
+        let opts = ScanOptions {
+            follow_symlinks: true,
+            ..Default::default()
+        };
         let l = scan(&d, &opts, &Control::default()).unwrap();
         assert_eq!(l.len(), 3);
-        assert!(l.errors.iter().any(|(p, why)| p == "sub/back" && why.contains("loop")));
+        assert!(l
+            .errors
+            .iter()
+            .any(|(p, why)| p == "sub/back" && why.contains("loop")));
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -431,12 +483,20 @@ mod tests {
         let ctl = Control::default();
         let first = scan(&d, &opts, &ctl).unwrap();
         assert_eq!(first.stats.digests_computed, 3);
-        assert_eq!(first.get(0).digest, Some("0cc175b9c0f1b6a831c399e269772661"));
+        assert_eq!(
+            first.get(0).digest,
+            Some("0cc175b9c0f1b6a831c399e269772661")
+        );
         // Just written, so racy: hashed again. Pretend they are old by moving mtimes back.
         for e in first.iter() {
-            let f = std::fs::File::options().write(true).open(d.join(e.path)).unwrap();
-            f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+            let f = std::fs::File::options()
+                .write(true)
+                .open(d.join(e.path))
                 .unwrap();
+            f.set_modified(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000),
+            )
+            .unwrap();
         }
         let second = scan(&d, &opts, &ctl).unwrap();
         // ctime moved with set_modified, and is recent: still racy, so hashed once more.

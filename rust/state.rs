@@ -45,7 +45,9 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("hashsync");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("hashsync")
 }
 
@@ -87,11 +89,14 @@ impl StateStore {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| db_err(path, e))?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| db_err(path, e))?;
-        let app: i32 =
-            conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| db_err(path, e))?;
-        let version: i32 =
-            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| db_err(path, e))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(|e| db_err(path, e))?;
+        let app: i32 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(|e| db_err(path, e))?;
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| db_err(path, e))?;
         let fresh = app == 0 && version == 0 && {
             let n: i64 = conn
                 .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
@@ -112,7 +117,10 @@ impl StateStore {
             ))
             .map_err(|e| db_err(path, e))?;
         } else if app != APPLICATION_ID || version != SCHEMA_VERSION {
-            return Err(Error::State(format!("{}: not a hashsync state database", path.display())));
+            return Err(Error::State(format!(
+                "{}: not a hashsync state database",
+                path.display()
+            )));
         } else {
             // Touch every page of the table's B-tree root so a truncated file fails here.
             conn.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
@@ -125,8 +133,13 @@ impl StateStore {
                     }
                 })?;
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL;").map_err(|e| db_err(path, e))?;
-        Ok(StateStore { conn, path: path.to_path_buf(), rebuilt: false })
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(|e| db_err(path, e))?;
+        Ok(StateStore {
+            conn,
+            path: path.to_path_buf(),
+            rebuilt: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -134,7 +147,12 @@ impl StateStore {
     }
 
     /// Looks up every key; `None` where there is no trustworthy digest.
-    pub fn lookup(&mut self, keys: &[FileKey], algorithm: &str, part_size: u64) -> Result<Vec<Option<String>>> {
+    pub fn lookup(
+        &mut self,
+        keys: &[FileKey],
+        algorithm: &str,
+        part_size: u64,
+    ) -> Result<Vec<Option<String>>> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| db_err(&path, e))?;
         let mut out = Vec::with_capacity(keys.len());
@@ -160,7 +178,8 @@ impl StateStore {
                 );
                 out.push(match row {
                     Ok((size, mtime, ctime, digest, recorded)) => {
-                        let same = size as u64 == k.size && mtime == k.mtime_ns && ctime == k.ctime_ns;
+                        let same =
+                            size as u64 == k.size && mtime == k.mtime_ns && ctime == k.ctime_ns;
                         let settled = mtime < recorded - RACY_NS && ctime < recorded - RACY_NS;
                         (same && settled).then_some(digest)
                     }
@@ -228,20 +247,34 @@ mod tests {
         d
     }
 
-    const K: FileKey = FileKey { dev: 1, ino: 2, size: 3, mtime_ns: 1_000, ctime_ns: 1_000 };
+    const K: FileKey = FileKey {
+        dev: 1,
+        ino: 2,
+        size: 3,
+        mtime_ns: 1_000,
+        ctime_ns: 1_000,
+    };
 
     #[test]
     fn remembers_and_respects_racy_window() {
         let d = dir("racy");
         let mut s = StateStore::open(&d).unwrap();
         assert!(!s.rebuilt);
-        s.record(&[(K, "abc".into())], "md5", 0, 1_000 + RACY_NS + 1).unwrap();
-        assert_eq!(s.lookup(&[K], "md5", 0).unwrap(), vec![Some("abc".to_string())]);
+        s.record(&[(K, "abc".into())], "md5", 0, 1_000 + RACY_NS + 1)
+            .unwrap();
+        assert_eq!(
+            s.lookup(&[K], "md5", 0).unwrap(),
+            vec![Some("abc".to_string())]
+        );
         assert_eq!(s.lookup(&[K], "sha256", 0).unwrap(), vec![None]);
-        let changed = FileKey { ctime_ns: 2_000, ..K };
+        let changed = FileKey {
+            ctime_ns: 2_000,
+            ..K
+        };
         assert_eq!(s.lookup(&[changed], "md5", 0).unwrap(), vec![None]);
         // Recorded too soon after the last write: not trusted.
-        s.record(&[(K, "abc".into())], "md5", 0, 1_000 + RACY_NS).unwrap();
+        s.record(&[(K, "abc".into())], "md5", 0, 1_000 + RACY_NS)
+            .unwrap();
         assert_eq!(s.lookup(&[K], "md5", 0).unwrap(), vec![None]);
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -253,7 +286,8 @@ mod tests {
         std::fs::write(d.join(FILE_NAME), b"{\"not\": \"sqlite\"}").unwrap();
         let mut s = StateStore::open(&d).unwrap();
         assert!(s.rebuilt);
-        s.record(&[(K, "abc".into())], "md5", 0, i64::MAX / 2).unwrap();
+        s.record(&[(K, "abc".into())], "md5", 0, i64::MAX / 2)
+            .unwrap();
         drop(s);
         let s = StateStore::open(&d).unwrap();
         assert!(!s.rebuilt);

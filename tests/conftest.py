@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from hashsync.testing import SeaweedFS
 
 _bucket_ids = itertools.count()

@@ -8,14 +8,17 @@ import subprocess
 import sys
 
 import pytest
-
 from refs import reference
 
 
 def run(*args, stdin=None, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "hashsync", *map(str, args)],
-        capture_output=True, text=True, input=stdin, cwd=cwd, timeout=120,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -72,7 +75,7 @@ def test_check_round_trip_and_failures(files):
     (tmp / "sums.md5").write_text(listing)
     r = run("hash", "-a", "md5", "--check", "sums.md5", cwd=tmp)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == f"a.txt: OK\nsub dir/b.bin: OK\n"
+    assert r.stdout == "a.txt: OK\nsub dir/b.bin: OK\n"
     # md5sum's own output is accepted too.
     if subprocess.run(["which", "md5sum"], capture_output=True).returncode == 0:
         theirs = subprocess.run(["md5sum", "a.txt"], capture_output=True, text=True, cwd=tmp).stdout

@@ -7,14 +7,12 @@ import random
 import signal
 import threading
 import time
-from pathlib import Path
-
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import hashsync
+import pytest
 from hashsync import errors
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from refs import MIB, reference
 
 ALGOS = list(hashsync.ALGORITHMS)
@@ -36,7 +34,15 @@ fast = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 
 def test_algorithms_listed():
     assert set(ALGOS) == {
-        "md5", "sha1", "sha256", "crc32", "crc32c", "crc64nvme", "blake3", "xxh3", "etag",
+        "md5",
+        "sha1",
+        "sha256",
+        "crc32",
+        "crc32c",
+        "crc64nvme",
+        "blake3",
+        "xxh3",
+        "etag",
     }
 
 
@@ -81,7 +87,11 @@ def test_big_file_split_into_parts_equals_reference(tmp_path, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ALGOS)
-@given(seed=st.integers(0, 2**32), size=st.integers(0, 11 * MIB), cuts=st.lists(st.integers(0, 11 * MIB)))
+@given(
+    seed=st.integers(0, 2**32),
+    size=st.integers(0, 11 * MIB),
+    cuts=st.lists(st.integers(0, 11 * MIB)),
+)
 @settings(max_examples=6, deadline=None)
 def test_streaming_hasher_any_chunking(algorithm, seed, size, cuts):
     data = blob(seed, size)
@@ -275,7 +285,9 @@ def test_etag_matches_infers_part_size(tmp_path):
     assert not hashsync.etag_matches(path, reference(data, "etag", 8 * MIB))
 
 
-@given(seed=st.integers(0, 2**32), size=st.integers(PART, 4 * PART), part=st.integers(PART, 2 * PART))
+@given(
+    seed=st.integers(0, 2**32), size=st.integers(PART, 4 * PART), part=st.integers(PART, 2 * PART)
+)
 @settings(max_examples=10, deadline=None)
 def test_etag_matches_exact_even_split(tmp_path_factory, seed, size, part):
     # Tools that split evenly (ceil(size/N)) must be recognised without hints.

@@ -12,12 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import hashsync
 import pytest
+from hashsync import errors
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-import hashsync
-from hashsync import errors
 from refs import MIB, s3_etag
 
 # Digests recorded less than this long after a file's last change are not trusted (racy).
@@ -119,6 +118,7 @@ def test_bad_roots(tmp_path):
 
 # --- include / exclude -------------------------------------------------------------------
 
+
 def aws_filter(path: str, rules: list[tuple[str, str]]) -> bool:
     """awscli's rule (awscli/customizations/s3/filters.py): fnmatch on the path, in order,
     the last match wins; everything starts included."""
@@ -138,7 +138,9 @@ patterns = st.text(alphabet="ab.x/*?[]!-", min_size=0, max_size=7)
     paths=st.lists(rel_paths, min_size=1, max_size=12, unique=True),
     rules=st.lists(st.tuples(st.sampled_from(["include", "exclude"]), patterns), max_size=4),
 )
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_filters_match_aws_semantics(tmp_path, paths, rules):
     # A path cannot be both a file and a directory.
     assume(not any(a != b and b.startswith(a + "/") for a in paths for b in paths))
@@ -153,13 +155,15 @@ def test_include_exclude_lists(tmp_path):
     write_tree(tmp_path, {"a.txt": b"", "b.bin": b"", "logs/c.txt": b"", "logs/d.bin": b""})
     assert hashsync.scan(tmp_path, exclude="*.bin", state=False).paths() == ["a.txt", "logs/c.txt"]
     assert hashsync.scan(tmp_path, exclude=["*"], include=["logs/*"], state=False).paths() == [
-        "logs/c.txt", "logs/d.bin",
+        "logs/c.txt",
+        "logs/d.bin",
     ]
     with pytest.raises(errors.InvalidArgument):
         hashsync.scan(tmp_path, filters=[("keep", "*")])
 
 
 # --- the hash state cache ----------------------------------------------------------------
+
 
 def test_second_scan_of_unchanged_tree_reads_nothing(settled_tree, state_dir):
     first = hashsync.scan(settled_tree, algorithm="etag", state_dir=state_dir)
@@ -183,7 +187,9 @@ def test_same_size_edit_with_mtime_put_back_is_seen(tmp_path, state_dir):
     os.utime(f, (old, old))
     time.sleep(RACY_SECONDS)  # let ctime settle so the first digest is trusted
     first = hashsync.scan(tmp_path, algorithm="md5", state_dir=state_dir)
-    assert hashsync.scan(tmp_path, algorithm="md5", state_dir=state_dir).stats["digests_reused"] == 1
+    assert (
+        hashsync.scan(tmp_path, algorithm="md5", state_dir=state_dir).stats["digests_reused"] == 1
+    )
     st_before = f.stat()
     f.write_bytes(b"B" * 1000)
     os.utime(f, ns=(st_before.st_atime_ns, st_before.st_mtime_ns))
@@ -205,15 +211,24 @@ def test_racy_file_is_rehashed(tmp_path, state_dir):
 def test_truncated_or_foreign_state_is_rebuilt(settled_tree, state_dir):
     hashsync.scan(settled_tree, algorithm="sha256", state_dir=state_dir)
     db = state_dir / "hash-state.sqlite3"
-    subprocess.run([sys.executable, "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); "
-                    "c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.close()", str(db)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); "
+            "c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.close()",
+            str(db),
+        ],
+        check=True,
+    )
     size = db.stat().st_size
     with open(db, "r+b") as fh:
         fh.truncate(size // 2)
     fixed = hashsync.scan(settled_tree, algorithm="sha256", state_dir=state_dir)
     assert fixed.stats["digests_computed"] == 60  # nothing trusted from the broken file
-    assert all(e.digest == hashlib.sha256((settled_tree / e.path).read_bytes()).hexdigest()
-               for e in fixed)
+    assert all(
+        e.digest == hashlib.sha256((settled_tree / e.path).read_bytes()).hexdigest() for e in fixed
+    )
     db.write_text('{"definitely": "not sqlite"}')
     for suffix in ("-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
@@ -236,8 +251,12 @@ print("ok")
 
 def test_two_processes_scanning_at_once(settled_tree, state_dir):
     procs = [
-        subprocess.Popen([sys.executable, "-c", SCAN_IN_CHILD, str(settled_tree), str(state_dir)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", SCAN_IN_CHILD, str(settled_tree), str(state_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     for p in procs:
@@ -248,7 +267,8 @@ def test_two_processes_scanning_at_once(settled_tree, state_dir):
 # --- diff and tree_hash --------------------------------------------------------------------
 
 entries = st.dictionaries(
-    rel_paths, st.tuples(st.integers(0, 50), st.integers(0, 5), st.sampled_from(["a", "b", None])),
+    rel_paths,
+    st.tuples(st.integers(0, 50), st.integers(0, 5), st.sampled_from(["a", "b", None])),
     max_size=20,
 )
 
@@ -302,7 +322,9 @@ trees = st.dictionaries(rel_paths, contents, max_size=10).filter(
 
 
 @given(src=trees, dst=trees, algorithm=st.sampled_from(["etag", "sha256", "xxh3"]))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_applying_the_plan_makes_tree_hashes_equal(tmp_path, src, dst, algorithm):
     case = Path(tempfile.mkdtemp(dir=tmp_path))
     write_tree(case / "src", src)
@@ -318,19 +340,23 @@ def test_applying_the_plan_makes_tree_hashes_equal(tmp_path, src, dst, algorithm
     apply_plan(plan, case / "src", case / "dst")
     h = lambda p: hashsync.tree_hash(p, algorithm, state=False)  # noqa: E731
     assert h(case / "src") == h(case / "dst")
-    assert not hashsync.diff(hashsync.scan(case / "src", algorithm=algorithm, state=False),
-                             hashsync.scan(case / "dst", algorithm=algorithm, state=False))
+    assert not hashsync.diff(
+        hashsync.scan(case / "src", algorithm=algorithm, state=False),
+        hashsync.scan(case / "dst", algorithm=algorithm, state=False),
+    )
     shutil.rmtree(case)
 
 
 def test_tree_hash_definition(tmp_path):
     write_tree(tmp_path, {"b/c.txt": b"C", "a.txt": b"A"})
     (tmp_path / "e").mkdir()
-    records = b"".join([
-        b"file\0a.txt\0" + hashlib.sha256(b"A").hexdigest().encode() + b"\n",
-        b"file\0b/c.txt\0" + hashlib.sha256(b"C").hexdigest().encode() + b"\n",
-        b"dir\0e\0\n",
-    ])
+    records = b"".join(
+        [
+            b"file\0a.txt\0" + hashlib.sha256(b"A").hexdigest().encode() + b"\n",
+            b"file\0b/c.txt\0" + hashlib.sha256(b"C").hexdigest().encode() + b"\n",
+            b"dir\0e\0\n",
+        ]
+    )
     assert hashsync.tree_hash(tmp_path, state=False) == hashlib.sha256(records).hexdigest()
     os.utime(tmp_path / "a.txt", (1, 1))
     assert hashsync.tree_hash(tmp_path, state=False) == hashlib.sha256(records).hexdigest()

@@ -110,7 +110,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.algorithm == "etag":
         # Stored ETags may come from any tool; infer each one's part size.
         results: list[str | Exception] = []
-        for (want, name) in entries:
+        for want, name in entries:
             try:
                 ok = hashsync.etag_matches(name, want, part_sizes=[args.part_size])
                 results.append(want if ok else "")
@@ -182,11 +182,19 @@ class _FilterAction(argparse.Action):
 
 def _add_filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--exclude", dest="filters", action=_FilterAction, const="exclude", metavar="PATTERN",
+        "--exclude",
+        dest="filters",
+        action=_FilterAction,
+        const="exclude",
+        metavar="PATTERN",
         help="exclude paths matching PATTERN (shell glob on the relative path; '*' matches '/')",
     )
     p.add_argument(
-        "--include", dest="filters", action=_FilterAction, const="include", metavar="PATTERN",
+        "--include",
+        dest="filters",
+        action=_FilterAction,
+        const="include",
+        metavar="PATTERN",
         help="don't exclude paths matching PATTERN; later --include/--exclude take precedence",
     )
 
@@ -271,19 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument("files", nargs="*", metavar="FILE", help="files to hash; '-' reads stdin")
     h.add_argument(
-        "-a", "--algorithm", default="sha256", choices=hashsync.ALGORITHMS,
+        "-a",
+        "--algorithm",
+        default="sha256",
+        choices=hashsync.ALGORITHMS,
         help="digest algorithm (default: sha256)",
     )
     h.add_argument(
-        "--part-size", type=_size_arg, default=hashsync.DEFAULT_PART_SIZE, metavar="SIZE",
+        "--part-size",
+        type=_size_arg,
+        default=hashsync.DEFAULT_PART_SIZE,
+        metavar="SIZE",
         help="S3 part size for --algorithm etag, e.g. 8MiB (default: 8MiB)",
     )
     h.add_argument(
-        "--threads", type=_threads_arg, default=None, metavar="N",
+        "--threads",
+        type=_threads_arg,
+        default=None,
+        metavar="N",
         help="hashing threads (default: $HASHSYNC_THREADS or the CPU count)",
     )
     h.add_argument(
-        "-c", "--check", metavar="FILE",
+        "-c",
+        "--check",
+        metavar="FILE",
         help="read 'DIGEST  PATH' lines from FILE ('-' for stdin) and verify them",
     )
     h.add_argument("--quiet", action="store_true", help="with --check, print only failures")
@@ -303,11 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("source", metavar="SRC")
     d.add_argument("destination", metavar="DST")
     d.add_argument(
-        "--compare", choices=["checksum", "size-mtime", "size"], default="checksum",
+        "--compare",
+        choices=["checksum", "size-mtime", "size"],
+        default="checksum",
         help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
     )
     d.add_argument(
-        "-a", "--algorithm", default="etag", choices=hashsync.ALGORITHMS,
+        "-a",
+        "--algorithm",
+        default="etag",
+        choices=hashsync.ALGORITHMS,
         help="digest for --compare checksum (default: etag, comparable with S3 listings)",
     )
     _add_filter_args(d)

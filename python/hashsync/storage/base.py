@@ -3,7 +3,7 @@
 A *key* is a ``/``-separated relative string such as ``"models/v1/weights.bin"``. Every
 storage validates keys with :func:`validate_key` before touching disk or network, so a key
 that could escape a directory (``"../x"``) or mean different things on different stores
-(``"a//b"``, ``"a\\b"``) is refused the same way everywhere.
+(``"a//b"``, or a backslash) is refused the same way everywhere.
 """
 
 from __future__ import annotations

@@ -778,4 +778,3 @@ class ReadOnlyFilesystemStorage(_FilesystemReads, ReadOnlyStorage):
             PermissionDenied: Always.
         """
         raise self._refuse(key)
-

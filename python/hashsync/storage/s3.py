@@ -190,9 +190,7 @@ class S3Storage(ReadWriteStorage):
         if not isinstance(bucket, str) or not bucket or "/" in bucket:
             raise InvalidArgument(f"invalid bucket name {bucket!r}")
         if not _MIN_PART <= part_size <= _MAX_PART:
-            raise InvalidArgument(
-                f"part_size {part_size} is outside S3's limits (5 MiB to 5 GiB)"
-            )
+            raise InvalidArgument(f"part_size {part_size} is outside S3's limits (5 MiB to 5 GiB)")
         if conditional_writes not in ("native", "claim"):
             raise InvalidArgument(
                 f"conditional_writes must be 'native' or 'claim', not {conditional_writes!r}"
@@ -327,8 +325,10 @@ class S3Storage(ReadWriteStorage):
             message = error.get("Message") or code or f"HTTP {status}"
             text = f"{action} {where}: {message} ({code or status})"
             if code == "NoSuchBucket":
-                return NotFound(errno.ENOENT, f"{action} {where}: bucket {self.bucket!r} "
-                                "does not exist (NoSuchBucket)")
+                return NotFound(
+                    errno.ENOENT,
+                    f"{action} {where}: bucket {self.bucket!r} does not exist (NoSuchBucket)",
+                )
             if code in _NOT_FOUND_CODES or status == 404:
                 return NotFound(errno.ENOENT, text)
             if code in _DENIED_CODES or status in (401, 403):
@@ -336,14 +336,16 @@ class S3Storage(ReadWriteStorage):
             if code in _PRECONDITION_CODES or status in (409, 412):
                 return PreconditionFailed(text)
             if code in _UNAVAILABLE_CODES or (status or 0) >= 500 or status == 429:
-                return StorageUnavailable(errno.EAGAIN, f"{text}, after {self.max_attempts} "
-                                          "attempts")
+                return StorageUnavailable(
+                    errno.EAGAIN, f"{text}, after {self.max_attempts} attempts"
+                )
             if code in ("InvalidBucketName", "KeyTooLongError", "InvalidArgument"):
                 return InvalidArgument(text)
             return HashsyncError(text)
-        if isinstance(exc, botocore.exceptions.NoCredentialsError | (
-            botocore.exceptions.PartialCredentialsError
-        )):
+        if isinstance(
+            exc,
+            botocore.exceptions.NoCredentialsError | (botocore.exceptions.PartialCredentialsError),
+        ):
             return PermissionDenied(
                 errno.EACCES,
                 f"{action} {where}: no AWS credentials found (set AWS_ACCESS_KEY_ID / "
@@ -428,7 +430,7 @@ class S3Storage(ReadWriteStorage):
                     if full.endswith("/") or full.startswith(claims):
                         continue
                     yield ObjectInfo(
-                        full[len(self.prefix):],
+                        full[len(self.prefix) :],
                         int(item["Size"]),
                         item["LastModified"].astimezone(datetime.UTC),
                         _clean_etag(item["ETag"]) if item.get("ETag") else None,
@@ -468,8 +470,9 @@ class S3Storage(ReadWriteStorage):
     def _download(self, key: str, head: dict[str, Any], tmp: Path) -> None:
         size = int(head["ContentLength"])
         etag = _clean_etag(head["ETag"])
-        ranges = [(start, min(start + self.part_size, size)) for start in
-                  range(0, size, self.part_size)]
+        ranges = [
+            (start, min(start + self.part_size, size)) for start in range(0, size, self.part_size)
+        ]
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, size)
@@ -494,8 +497,11 @@ class S3Storage(ReadWriteStorage):
         offset = start
         failures = 0
         while offset < end:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
-                                      "IfMatch": _quoted(etag)}
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": self._full(key),
+                "IfMatch": _quoted(etag),
+            }
             if offset != 0 or end != size:
                 kwargs["Range"] = f"bytes={offset}-{end - 1}"
             response = self._call("GET", key, self.client.get_object, **kwargs)
@@ -544,9 +550,7 @@ class S3Storage(ReadWriteStorage):
             if not ok:
                 ok = hashsync.etag_matches(tmp, etag, part_sizes=self._first_part_size(key))
         if not ok:
-            raise IntegrityError(
-                f"downloaded {key!r} from {self!r} does not match its ETag {etag}"
-            )
+            raise IntegrityError(f"downloaded {key!r} from {self!r} does not match its ETag {etag}")
 
     def _first_part_size(self, key: str) -> list[int]:
         # The size of part 1 is the part size of an upload by any tool; asked only when the
@@ -590,8 +594,14 @@ class S3Storage(ReadWriteStorage):
                     raise _changed(path, key)
                 digest = hashlib.md5(data, usedforsecurity=False)
                 response = self._call(
-                    "PUT", key, self.client.put_object, Bucket=self.bucket, Key=full, Body=data,
-                    ContentMD5=base64.b64encode(digest.digest()).decode(), Metadata=metadata,
+                    "PUT",
+                    key,
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=full,
+                    Body=data,
+                    ContentMD5=base64.b64encode(digest.digest()).decode(),
+                    Metadata=metadata,
                     **conditions,
                 )
                 expected = digest.hexdigest()
@@ -603,8 +613,11 @@ class S3Storage(ReadWriteStorage):
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             raise _changed(path, key)
         etag = _clean_etag(response.get("ETag", ""))
-        if self.verify and _MD5_ETAG.match(etag) and etag != expected and not (
-            response.get("ServerSideEncryption") == "aws:kms"
+        if (
+            self.verify
+            and _MD5_ETAG.match(etag)
+            and etag != expected
+            and not (response.get("ServerSideEncryption") == "aws:kms")
         ):
             raise IntegrityError(
                 f"{self!r} stored {key!r} with ETag {etag}, but the data sent has {expected}"
@@ -627,8 +640,12 @@ class S3Storage(ReadWriteStorage):
             )
         full = self._full(key)
         created = self._call(
-            "CreateMultipartUpload", key, self.client.create_multipart_upload,
-            Bucket=self.bucket, Key=full, Metadata=metadata,
+            "CreateMultipartUpload",
+            key,
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=full,
+            Metadata=metadata,
         )
         upload_id = created["UploadId"]
         digests: list[bytes] = [b""] * count
@@ -642,8 +659,14 @@ class S3Storage(ReadWriteStorage):
             digest = hashlib.md5(data, usedforsecurity=False)
             digests[number - 1] = digest.digest()
             part = self._call(
-                "UploadPart", key, self.client.upload_part, Bucket=self.bucket, Key=full,
-                UploadId=upload_id, PartNumber=number, Body=data,
+                "UploadPart",
+                key,
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
                 ContentMD5=base64.b64encode(digest.digest()).decode(),
             )
             return {"PartNumber": number, "ETag": part["ETag"]}
@@ -651,16 +674,19 @@ class S3Storage(ReadWriteStorage):
         try:
             parts = _run_parallel(send, range(1, count + 1), self.max_concurrency)
             response = self._call(
-                "CompleteMultipartUpload", key, self.client.complete_multipart_upload,
-                Bucket=self.bucket, Key=full, UploadId=upload_id,
-                MultipartUpload={"Parts": parts}, **conditions,
+                "CompleteMultipartUpload",
+                key,
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **conditions,
             )
         except BaseException:
             # Parts of an unfinished upload are billed until aborted.
             with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=full, UploadId=upload_id
-                )
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
             raise
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return response, f"{combined}-{count}"
@@ -672,8 +698,9 @@ class S3Storage(ReadWriteStorage):
             NotFound: No object has this key (S3 itself would accept the delete silently).
         """
         self._head(key)
-        self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket,
-                   Key=self._full(key))
+        self._call(
+            "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
+        )
 
     # -- conditional writes ------------------------------------------------------------
 
@@ -703,8 +730,7 @@ class S3Storage(ReadWriteStorage):
             if path.stat().st_mtime <= remote:
                 return False
         try:
-            self._conditional_upload(key, path, None if head is None else _clean_etag(
-                head["ETag"]))
+            self._conditional_upload(key, path, None if head is None else _clean_etag(head["ETag"]))
         except PreconditionFailed:
             return False
         return True
@@ -754,8 +780,14 @@ class S3Storage(ReadWriteStorage):
         current = _clean_etag(self._head(key)["ETag"])
         if current != expected:
             raise PreconditionFailed(_mismatch(key, self, expected, current))
-        self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket,
-                   Key=self._full(key), IfMatch=_quoted(expected))
+        self._call(
+            "DELETE",
+            key,
+            self.client.delete_object,
+            Bucket=self.bucket,
+            Key=self._full(key),
+            IfMatch=_quoted(expected),
+        )
 
     @contextlib.contextmanager
     def _claim(self, key: str, expected: str | None) -> Iterator[None]:
@@ -764,14 +796,26 @@ class S3Storage(ReadWriteStorage):
             return
         name = hashlib.sha256(f"{key}\0{expected or ''}".encode()).hexdigest()
         claim = f"{self.prefix}{CLAIMS_DIR}/{name}"
-        body = json.dumps({
-            "key": key, "expected": expected, "host": socket.gethostname(),
-            "pid": os.getpid(), "time": time.time(),
-        }).encode()
+        body = json.dumps(
+            {
+                "key": key,
+                "expected": expected,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "time": time.time(),
+            }
+        ).encode()
         for attempt in range(2):
             try:
-                self._call("PUT", key, self.client.put_object, Bucket=self.bucket, Key=claim,
-                           Body=body, IfNoneMatch="*")
+                self._call(
+                    "PUT",
+                    key,
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=claim,
+                    Body=body,
+                    IfNoneMatch="*",
+                )
                 break
             except PreconditionFailed:
                 if attempt == 0 and self._break_stale_claim(key, claim):
@@ -788,8 +832,7 @@ class S3Storage(ReadWriteStorage):
 
     def _break_stale_claim(self, key: str, claim: str) -> bool:
         try:
-            head = self._call("HEAD", key, self.client.head_object, Bucket=self.bucket,
-                              Key=claim)
+            head = self._call("HEAD", key, self.client.head_object, Bucket=self.bucket, Key=claim)
         except NotFound:
             return True  # released meanwhile: try again
         age = time.time() - head["LastModified"].timestamp()
@@ -797,8 +840,14 @@ class S3Storage(ReadWriteStorage):
             return False
         with contextlib.suppress(NotFound, PreconditionFailed):
             # If-Match: of two writers breaking the same stale claim, only one deletes it.
-            self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket,
-                       Key=claim, IfMatch=head["ETag"])
+            self._call(
+                "DELETE",
+                key,
+                self.client.delete_object,
+                Bucket=self.bucket,
+                Key=claim,
+                IfMatch=head["ETag"],
+            )
         return True
 
 
@@ -841,8 +890,9 @@ def _run_parallel(fn: Callable[[Any], Any], items: Any, workers: int) -> list[An
             raise concurrent.futures.CancelledError
         return fn(item)
 
-    pool = concurrent.futures.ThreadPoolExecutor(min(workers, len(items)),
-                                                 thread_name_prefix="hashsync-s3")
+    pool = concurrent.futures.ThreadPoolExecutor(
+        min(workers, len(items)), thread_name_prefix="hashsync-s3"
+    )
     futures = [pool.submit(guarded, item) for item in items]
     try:
         for future in concurrent.futures.as_completed(futures):

@@ -1,0 +1,51 @@
+"""Storages: local directories, S3-compatible object stores and HTTP servers behind one API.
+
+Every storage reads (:meth:`~Storage.copy` into a :class:`LocalStorage`, :meth:`~Storage.get_hash`,
+:meth:`~Storage.get_last_modified`, :meth:`~Storage.get_size`, :meth:`~Storage.exists`,
+:meth:`~Storage.list`); read-write storages also write, delete, and write or delete
+conditionally. Hashes are S3 ETags everywhere, so they compare across storages.
+
+Example:
+    >>> from hashsync.storage import open_storage, TemporaryLocalStorage
+    >>> with TemporaryLocalStorage() as scratch:
+    ...     with scratch.open("hello.txt", "w") as f:
+    ...         _ = f.write("hi")
+    ...     scratch.get_hash("hello.txt")
+    '49f68a5c8493ec2c0bf489821c21fc3b'
+"""
+
+from hashsync.storage.base import (
+    ObjectInfo,
+    ReadOnlyStorage,
+    ReadWriteStorage,
+    Storage,
+    validate_key,
+)
+from hashsync.storage.http import HTTPStorage
+from hashsync.storage.local import (
+    LocalStorage,
+    PartitioningLocalStorage,
+    ReadOnlyFilesystemStorage,
+    SimpleLocalStorage,
+    TemporaryLocalStorage,
+)
+from hashsync.storage.registry import open_storage, register_scheme, registered_schemes
+from hashsync.storage.s3 import S3Storage
+
+__all__ = [
+    "HTTPStorage",
+    "LocalStorage",
+    "ObjectInfo",
+    "PartitioningLocalStorage",
+    "ReadOnlyFilesystemStorage",
+    "ReadOnlyStorage",
+    "ReadWriteStorage",
+    "S3Storage",
+    "SimpleLocalStorage",
+    "Storage",
+    "TemporaryLocalStorage",
+    "open_storage",
+    "register_scheme",
+    "registered_schemes",
+    "validate_key",
+]

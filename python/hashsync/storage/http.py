@@ -1,0 +1,400 @@
+"""HTTPStorage: read-only access to files on a plain HTTP(S) server.
+
+Keys are URL paths below a base URL. Downloads use ``Range`` (with ``If-Range``) to resume
+after a dropped connection instead of starting over; ``ETag`` is the hash and
+``Last-Modified`` the modification time. Listing reads the server's HTML directory indexes
+(Python's ``http.server``, nginx ``autoindex``, Apache ``mod_autoindex``), the way fsspec's
+HTTP filesystem does.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import datetime
+import email.utils
+import errno
+import html.parser
+import http.client
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import hashsync
+from hashsync.errors import (
+    HashsyncError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StorageUnavailable,
+)
+from hashsync.storage.base import ObjectInfo, ReadOnlyStorage, validate_key, validate_prefix
+from hashsync.storage.local import LocalStorage, _check_destination, normalize_hash
+
+__all__ = ["HTTPStorage"]
+
+_CHUNK = 1024**2
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            for name, value in attrs:
+                if name == "href" and value:
+                    self.hrefs.append(value)
+
+
+def _http_date(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.astimezone(datetime.UTC)
+
+
+class HTTPStorage(ReadOnlyStorage):
+    """Files served over HTTP(S), read-only.
+
+    Args:
+        base_url: URL that keys are relative to: key ``a/b.txt`` of
+            ``https://host/data`` is ``https://host/data/a/b.txt``.
+        headers: Extra request headers (e.g. ``{"Authorization": "Bearer ..."}``).
+        timeout: Seconds to wait for a connection or for data.
+        max_attempts: Attempts per request (connection errors, timeouts, 408/429/5xx are
+            retried with exponential backoff), and per download for resuming.
+        verify: Check downloads against the ETag as an S3 ETag (MD5 or multipart MD5).
+            ``None`` (default) does so when the server is S3 (it sends ``x-amz-request-id``),
+            since other servers' ETags are opaque; ``True`` always when the ETag has that
+            form. A ``Content-MD5`` header is always checked.
+        list_workers: Parallel HEAD requests when listing.
+
+    Raises:
+        InvalidArgument: ``base_url`` is not an http(s) URL.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        max_attempts: int = 5,
+        verify: bool | None = None,
+        list_workers: int = 8,
+    ) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidArgument(f"not an http(s) URL: {base_url!r}")
+        if max_attempts < 1:
+            raise InvalidArgument("max_attempts must be at least 1")
+        self.base_url = base_url.rstrip("/") + "/"
+        self.headers = dict(headers or {})
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.verify = verify
+        self.list_workers = list_workers
+        self._opener = urllib.request.build_opener()
+
+    def __repr__(self) -> str:
+        return f"HTTPStorage({self.base_url!r})"
+
+    def url(self, key: str) -> str:
+        """Return the URL of ``key``."""
+        return self.base_url + urllib.parse.quote(validate_key(key), safe="/")
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _request(
+        self, method: str, url: str, key: str, headers: dict[str, str] | None = None
+    ) -> http.client.HTTPResponse:
+        request = urllib.request.Request(
+            url, method=method, headers={**self.headers, **(headers or {})}
+        )
+        last: BaseException | None = None
+        for attempt in range(self.max_attempts):
+            if attempt:
+                time.sleep(min(0.1 * 2**attempt, 5.0))
+            try:
+                return self._opener.open(request, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                if exc.code in (404, 410):
+                    raise NotFound(
+                        errno.ENOENT, f"{method} {url}: key {key!r} not found (HTTP {exc.code})"
+                    ) from None
+                if exc.code in (401, 403):
+                    raise PermissionDenied(
+                        errno.EACCES, f"{method} {url}: access to {key!r} denied (HTTP {exc.code})"
+                    ) from None
+                if exc.code not in _RETRY_STATUS:
+                    raise HashsyncError(f"{method} {url}: HTTP {exc.code} {exc.reason}") from None
+                last = exc
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                last = exc
+        reason = getattr(last, "reason", last)
+        raise StorageUnavailable(
+            errno.ECONNREFUSED if isinstance(reason, ConnectionRefusedError) else errno.EIO,
+            f"{method} {url}: {self!r} unreachable after {self.max_attempts} attempts: {reason}",
+        )
+
+    def _head(self, key: str) -> http.client.HTTPResponse:
+        url = self.url(key)
+        response = self._request("HEAD", url, key)
+        response.close()
+        if response.status >= 300:
+            raise HashsyncError(f"HEAD {url}: unexpected HTTP {response.status}")
+        return response
+
+    # -- reading -----------------------------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        """Return whether the server has ``key`` (a HEAD request)."""
+        try:
+            self._head(key)
+        except NotFound:
+            return False
+        return True
+
+    def get_size(self, key: str) -> int:
+        """Return Content-Length.
+
+        Raises:
+            NotFound: The server answers 404 or 410.
+        """
+        length = self._head(key).headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise HashsyncError(f"{self.url(key)} gives no Content-Length")
+        return int(length)
+
+    def get_hash(self, key: str) -> str:
+        """Return the ETag (without quotes or the ``W/`` weak marker).
+
+        It is comparable with other storages' hashes when the server is S3 or one that, like
+        S3, uses the content's MD5 or multipart ETag.
+
+        Raises:
+            NotFound: The server answers 404 or 410.
+            HashsyncError: The server sends no ETag.
+        """
+        etag = self._head(key).headers.get("ETag")
+        if not etag:
+            raise HashsyncError(
+                f"{self.url(key)} has no ETag, so hashsync cannot hash it without downloading"
+            )
+        return normalize_hash(etag)
+
+    def get_last_modified(self, key: str) -> datetime.datetime:
+        """Return Last-Modified as a UTC datetime.
+
+        Raises:
+            NotFound: The server answers 404 or 410.
+            HashsyncError: The server sends no Last-Modified.
+        """
+        value = _http_date(self._head(key).headers.get("Last-Modified"))
+        if value is None:
+            raise HashsyncError(f"{self.url(key)} has no Last-Modified date")
+        return value
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield the files below ``prefix`` found in the server's directory indexes.
+
+        Every ``<a href>`` of an index page that points below it is followed: links ending
+        in ``/`` are directories, the others files, each asked for its size, ETag and date
+        with a HEAD request.
+
+        Raises:
+            HashsyncError: A directory's URL answers with something other than HTML.
+        """
+        validate_prefix(prefix)
+        directory = prefix.rpartition("/")[0]
+        keys = sorted(self._crawl(directory + "/" if directory else "", prefix))
+        with concurrent.futures.ThreadPoolExecutor(self.list_workers) as pool:
+            yield from (info for info in pool.map(self._info, keys) if info is not None)
+
+    def _info(self, key: str) -> ObjectInfo | None:
+        try:
+            headers = self._head(key).headers
+        except NotFound:
+            return None  # vanished since the index was read
+        length = headers.get("Content-Length", "")
+        modified = _http_date(headers.get("Last-Modified")) or datetime.datetime.fromtimestamp(
+            0, datetime.UTC
+        )
+        etag = headers.get("ETag")
+        return ObjectInfo(
+            key,
+            int(length) if length.isdigit() else 0,
+            modified,
+            normalize_hash(etag) if etag else None,
+        )
+
+    def _crawl(self, directory: str, prefix: str) -> set[str]:
+        url = self.base_url + urllib.parse.quote(directory, safe="/")
+        try:
+            response = self._request("GET", url, directory or "/")
+        except NotFound:
+            return set()
+        with response:
+            kind = response.headers.get_content_type()
+            if kind not in ("text/html", "application/xhtml+xml"):
+                raise HashsyncError(
+                    f"{url} is not an HTML directory index ({kind}); HTTPStorage cannot list it"
+                )
+            charset = response.headers.get_content_charset() or "utf-8"
+            page = response.read().decode(charset, "replace")
+            # Redirects (e.g. to add a trailing slash) change the base of relative links.
+            base = response.geturl()
+        parser = _Links()
+        parser.feed(page)
+        found: set[str] = set()
+        for href in parser.hrefs:
+            target = urllib.parse.urljoin(base, href)
+            target = urllib.parse.urlsplit(target)._replace(query="", fragment="").geturl()
+            if not target.startswith(base) or len(target) <= len(base):
+                continue
+            name = urllib.parse.unquote(target[len(base) :])
+            stripped = name.rstrip("/")
+            if not stripped or "/" in stripped:
+                continue
+            child = directory + stripped
+            try:
+                validate_key(child)
+            except InvalidArgument:
+                continue
+            if name.endswith("/"):
+                # Only descend where keys with the prefix can be.
+                if child.startswith(prefix) or prefix.startswith(child + "/"):
+                    found |= self._crawl(child + "/", prefix)
+            elif child.startswith(prefix):
+                found.add(child)
+        return found
+
+    # -- downloading -------------------------------------------------------------------
+
+    def copy(self, key: str, destination: LocalStorage) -> None:
+        """Download ``key`` into ``destination`` atomically.
+
+        A dropped connection is resumed with ``Range`` and ``If-Range`` (so a file changed on
+        the server restarts from the beginning instead of being spliced). The result is
+        checked against Content-Length and, when available, the MD5, then fsynced, given
+        Last-Modified as mtime and renamed into place.
+
+        Raises:
+            NotFound: The server answers 404 or 410.
+            IntegrityError: The data does not match its announced size or hash.
+            StorageUnavailable: The server could not be reached (after retries).
+        """
+        destination = _check_destination(destination)
+        url = self.url(key)
+        destination._receive(key, lambda tmp: self._download(key, url, tmp))
+
+    def _download(self, key: str, url: str, tmp: Path) -> None:
+        offset = 0
+        total: int | None = None
+        validator: str | None = None
+        first: http.client.HTTPMessage | None = None
+        failures = 0
+        with open(tmp, "wb") as out:
+            while True:
+                headers: dict[str, str] = {}
+                if offset:
+                    headers["Range"] = f"bytes={offset}-"
+                    if validator:
+                        headers["If-Range"] = validator
+                response = self._request("GET", url, key, headers)
+                with response:
+                    if response.status == 206:
+                        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+                        if match is None or int(match[1]) != offset:
+                            raise IntegrityError(
+                                f"GET {url}: bad Content-Range "
+                                f"{response.headers.get('Content-Range')!r}"
+                            )
+                        if match[3] != "*":
+                            total = int(match[3])
+                    else:
+                        # A full answer (first request, or the file changed so If-Range
+                        # failed): start from the beginning.
+                        out.seek(0)
+                        out.truncate()
+                        offset = 0
+                        first = response.headers
+                        length = response.headers.get("Content-Length")
+                        total = int(length) if length and length.isdigit() else None
+                        etag = response.headers.get("ETag")
+                        if etag and not etag.startswith("W/"):
+                            validator = etag
+                        else:
+                            validator = response.headers.get("Last-Modified")
+                    try:
+                        while chunk := response.read(_CHUNK):
+                            out.write(chunk)
+                            offset += len(chunk)
+                    except (OSError, http.client.HTTPException) as exc:
+                        failures += 1
+                        if failures >= self.max_attempts or not validator:
+                            raise StorageUnavailable(
+                                errno.EIO,
+                                f"GET {url}: connection lost at byte {offset} "
+                                f"after {failures} attempts: {exc}",
+                            ) from exc
+                        time.sleep(min(0.1 * 2**failures, 5.0))
+                        continue
+                if total is None or offset >= total:
+                    break
+                failures += 1
+                if failures >= self.max_attempts or not validator:
+                    raise StorageUnavailable(
+                        errno.EIO,
+                        f"GET {url}: body ended at byte "
+                        f"{offset} of {total} after {failures} attempts",
+                    )
+            out.flush()
+        assert first is not None
+        if total is not None and offset != total:
+            raise IntegrityError(f"GET {url}: received {offset} bytes, expected {total}")
+        self._verify(url, first, tmp)
+        modified = _http_date(first.get("Last-Modified"))
+        if modified is not None:
+            stamp = modified.timestamp()
+            # Set on the temporary: the rename keeps it.
+            os.utime(tmp, (stamp, stamp))
+
+    def _verify(self, url: str, headers: http.client.HTTPMessage, tmp: Path) -> None:
+        content_md5 = headers.get("Content-MD5")
+        if content_md5:
+            try:
+                expected = base64.b64decode(content_md5).hex()
+            except ValueError:
+                expected = ""
+            if hashsync.hash_file(tmp, "md5") != expected:
+                raise IntegrityError(f"GET {url}: data does not match Content-MD5")
+        verify = self.verify
+        if verify is None:
+            verify = "x-amz-request-id" in headers or "x-amz-id-2" in headers
+        etag = normalize_hash(headers.get("ETag") or "")
+        if not verify or not _MD5_ETAG.match(etag) or (headers.get("ETag") or "").startswith("W/"):
+            return
+        if "-" in etag:
+            ok = hashsync.etag_matches(tmp, etag)
+        else:
+            ok = hashsync.hash_file(tmp, "md5") == etag
+        if not ok:
+            raise IntegrityError(f"GET {url}: data does not match the ETag {etag}")

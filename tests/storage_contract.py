@@ -1,0 +1,301 @@
+"""The behaviour every Storage must have, as test classes to subclass per backend.
+
+A backend's test class subclasses :class:`StorageContract` (read-only) or
+:class:`ReadWriteContract` and provides three fixtures:
+
+* ``storage``: a fresh, empty storage of that backend (part size :data:`PART`),
+* ``put``: ``put(key, data)`` makes ``key`` hold ``data`` in ``storage`` (by the backend's own
+  writing for read-write stores, or by writing its backing directory for read-only ones),
+* ``many``: a class-scoped ``(storage, keys)`` holding :data:`MANY` keys, for pagination.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+import hashsync
+from hashsync.errors import NotFound, PermissionDenied, PreconditionFailed
+from hashsync.storage import (
+    ReadOnlyStorage,
+    ReadWriteStorage,
+    SimpleLocalStorage,
+    Storage,
+)
+from storage_helpers import MIB, PART
+
+MANY = 1050  # more than one ListObjectsV2 page (1,000 keys)
+
+# 0 bytes, small, one below / at / above the part boundary, and three parts.
+SIZES = [0, 1000, PART - 1, PART, PART + 1, 2 * PART + 12345]
+SIZE_IDS = ["empty", "small", "part-1", "part", "part+1", "multipart"]
+
+INVALID_KEYS = ["", "/abs", "a/../b", "..", "./a", "a//b", "a/", "a\\b", "a\x00b"]
+
+_BLOB = random.Random(1234).randbytes(2 * PART + 12345)
+
+
+def blob(size: int) -> bytes:
+    return _BLOB[:size]
+
+
+def temp_leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.rglob("*") if ".hashsync-" in p.name]
+
+
+@pytest.fixture(autouse=True)
+def _private_hash_state(tmp_path, monkeypatch):
+    # The hash state cache of local listings must not land in the user's ~/.cache.
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "hash-state"))
+
+
+@pytest.fixture
+def dest(tmp_path) -> SimpleLocalStorage:
+    return SimpleLocalStorage(tmp_path / "dest", part_size=PART)
+
+
+class StorageContract:
+    """Reading: every storage."""
+
+    writable = False
+
+    def test_is_a_storage(self, storage):
+        assert isinstance(storage, Storage)
+        assert isinstance(storage, ReadWriteStorage) == self.writable
+        assert isinstance(storage, ReadOnlyStorage) == (not self.writable)
+
+    @pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
+    def test_round_trip(self, storage, put, dest, size):
+        data = blob(size)
+        put("dir/obj.bin", data)
+        assert storage.exists("dir/obj.bin")
+        assert storage.get_size("dir/obj.bin") == size
+        storage.copy("dir/obj.bin", dest)
+        target = dest.path("dir/obj.bin")
+        assert target.read_bytes() == data
+        assert temp_leftovers(dest.root) == []
+        # get_hash is comparable: the remote hash equals the local copy's.
+        expected = hashsync.etag(target, part_size=PART)
+        assert storage.get_hash("dir/obj.bin") == expected
+        assert dest.get_hash("dir/obj.bin") == expected
+        if size >= PART:
+            assert expected.endswith(f"-{-(-size // PART)}")
+
+    def test_copy_replaces_existing_file(self, storage, put, dest):
+        put("k", b"new content")
+        dest.path("k").write_bytes(b"old content that is longer")
+        storage.copy("k", dest)
+        assert dest.path("k").read_bytes() == b"new content"
+
+    def test_unusual_key_characters(self, storage, put, dest):
+        key = "dir with space/ä+b%20c #1.txt"
+        put(key, b"x")
+        assert storage.exists(key)
+        assert [info.key for info in storage.list()] == [key]
+        storage.copy(key, dest)
+        assert dest.path(key).read_bytes() == b"x"
+
+    def test_last_modified(self, storage, put, dest):
+        before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        put("k", b"data")
+        modified = storage.get_last_modified("k")
+        assert modified.tzinfo is not None
+        assert modified.utcoffset() == datetime.timedelta(0)
+        # Stores keep whole seconds; allow for that and a little clock skew.
+        after = datetime.datetime.now(datetime.UTC)
+        assert before - datetime.timedelta(seconds=2) <= modified <= after
+        storage.copy("k", dest)
+        assert dest.get_last_modified("k") == modified
+
+    def test_missing_key(self, storage, dest):
+        assert not storage.exists("no/such/key")
+        for call in (
+            lambda: storage.get_size("no/such/key"),
+            lambda: storage.get_hash("no/such/key"),
+            lambda: storage.get_last_modified("no/such/key"),
+            lambda: storage.copy("no/such/key", dest),
+        ):
+            with pytest.raises(NotFound, match="no/such/key") as info:
+                call()
+            assert isinstance(info.value, FileNotFoundError)
+        assert not dest.path("no/such/key").exists()
+        assert temp_leftovers(dest.root) == []
+
+    @pytest.mark.parametrize("key", INVALID_KEYS, ids=repr)
+    def test_invalid_key_is_refused(self, storage, dest, key):
+        calls = [
+            storage.exists,
+            storage.get_size,
+            storage.get_hash,
+            storage.get_last_modified,
+            lambda k: storage.copy(k, dest),
+        ]
+        if self.writable:
+            calls += [
+                storage.delete,
+                lambda k: storage.copy_from(k, dest),
+                lambda k: storage.copy_from_if_overwriting_hash(k, None, dest),
+                lambda k: storage.delete_if_hash_matches(k, "0" * 32),
+            ]
+        for call in calls:
+            with pytest.raises(ValueError) as info:
+                call(key)
+            assert repr(key) in str(info.value) or key == ""
+
+    def test_list_with_prefixes(self, storage, put):
+        keys = ["a/1", "a/2", "ab", "b/c/d", "b/c/e", "z"]
+        for i, key in enumerate(keys):
+            put(key, b"x" * i)
+
+        def listed(prefix=""):
+            return [info.key for info in storage.list(prefix)]
+
+        assert listed() == keys
+        assert listed("a/") == ["a/1", "a/2"]
+        assert listed("a") == ["a/1", "a/2", "ab"]
+        assert listed("b/c/") == ["b/c/d", "b/c/e"]
+        assert listed("b/c/e") == ["b/c/e"]
+        assert listed("nothing") == []
+        for info in storage.list():
+            assert info.size == keys.index(info.key)
+            assert info.hash == storage.get_hash(info.key)
+            assert info.last_modified == storage.get_last_modified(info.key)
+
+    def test_list_empty(self, storage):
+        assert list(storage.list()) == []
+
+    def test_list_beyond_one_page(self, many):
+        storage, keys = many
+        listed = [info.key for info in storage.list()]
+        assert listed == sorted(keys)
+        assert len(listed) == MANY
+        assert [info.key for info in storage.list("k/01")] == [
+            k for k in sorted(keys) if k.startswith("k/01")
+        ]
+
+
+class ReadWriteContract(StorageContract):
+    """Writing: every read-write storage (``put`` uses ``copy_from``)."""
+
+    writable = True
+
+    @pytest.fixture
+    def src(self, tmp_path) -> SimpleLocalStorage:
+        return SimpleLocalStorage(tmp_path / "src", part_size=PART)
+
+    def test_overwrite(self, storage, put, dest):
+        put("k", b"first version")
+        put("k", b"second")
+        storage.copy("k", dest)
+        assert dest.path("k").read_bytes() == b"second"
+
+    def test_copy_from_missing_source(self, storage, src):
+        with pytest.raises(NotFound, match="missing"):
+            storage.copy_from("missing", src)
+        assert not storage.exists("missing")
+
+    def test_delete(self, storage, put):
+        put("d/k", b"x")
+        storage.delete("d/k")
+        assert not storage.exists("d/k")
+        assert list(storage.list()) == []
+        with pytest.raises(NotFound, match="d/k"):
+            storage.delete("d/k")
+
+    def test_copy_from_if_local_is_newer(self, storage, src, dest):
+        path = src.path("k")
+        path.write_bytes(b"v1")
+        old = time.time() - 3 * 24 * 3600
+        os.utime(path, (old, old))
+        assert storage.copy_from_if_local_is_newer("k", src) is True  # missing: copied
+        assert storage.copy_from_if_local_is_newer("k", src) is False  # same or older
+        path.write_bytes(b"v2")
+        future = time.time() + 3600
+        os.utime(path, (future, future))
+        assert storage.copy_from_if_local_is_newer("k", src) is True
+        storage.copy("k", dest)
+        assert dest.path("k").read_bytes() == b"v2"
+        path.write_bytes(b"v3 is stale")
+        os.utime(path, (old, old))
+        assert storage.copy_from_if_local_is_newer("k", src) is False
+        storage.copy("k", dest)
+        assert dest.path("k").read_bytes() == b"v2"
+
+    @pytest.mark.parametrize("size", [10, 2 * PART + 1], ids=["small", "multipart"])
+    def test_copy_from_if_overwriting_hash(self, storage, put, src, dest, size):
+        put("k", blob(size))
+        current = storage.get_hash("k")
+        replacement = bytes(reversed(blob(size)))
+        src.path("k").write_bytes(replacement)
+        storage.copy_from_if_overwriting_hash("k", current, src)
+        assert storage.get_hash("k") == hashsync.etag(src.path("k"), part_size=PART)
+        storage.copy("k", dest)
+        assert dest.path("k").read_bytes() == replacement
+        # The old hash is stale now: refused, and the object is unchanged.
+        src.path("k").write_bytes(b"third")
+        with pytest.raises(PreconditionFailed, match="'k'"):
+            storage.copy_from_if_overwriting_hash("k", current, src)
+        storage.copy("k", dest)
+        assert dest.path("k").read_bytes() == replacement
+
+    def test_copy_from_if_overwriting_hash_accepts_quoted_etag(self, storage, put, src):
+        put("k", b"v1")
+        src.path("k").write_bytes(b"v2")
+        storage.copy_from_if_overwriting_hash("k", f'"{storage.get_hash("k").upper()}"', src)
+        assert storage.get_hash("k") == hashsync.hash_bytes(b"v2", "md5")
+
+    def test_copy_from_if_overwriting_hash_missing_key(self, storage, src):
+        src.path("k").write_bytes(b"v")
+        with pytest.raises(PreconditionFailed, match="'k'"):
+            storage.copy_from_if_overwriting_hash("k", hashsync.hash_bytes(b"v", "md5"), src)
+        assert not storage.exists("k")
+
+    def test_create_only(self, storage, src, dest):
+        src.path("k").write_bytes(b"first")
+        storage.copy_from_if_overwriting_hash("k", None, src)
+        src.path("k").write_bytes(b"second")
+        with pytest.raises(PreconditionFailed, match="already exists"):
+            storage.copy_from_if_overwriting_hash("k", None, src)
+        storage.copy("k", dest)
+        assert dest.path("k").read_bytes() == b"first"
+
+    def test_delete_if_hash_matches(self, storage, put):
+        put("k", b"content")
+        with pytest.raises(PreconditionFailed, match="'k'"):
+            storage.delete_if_hash_matches("k", hashsync.hash_bytes(b"other", "md5"))
+        assert storage.exists("k")
+        storage.delete_if_hash_matches("k", storage.get_hash("k"))
+        assert not storage.exists("k")
+        with pytest.raises(NotFound, match="'k'"):
+            storage.delete_if_hash_matches("k", hashsync.hash_bytes(b"content", "md5"))
+
+
+class ReadOnlyContract(StorageContract):
+    """Read-only storages refuse every write."""
+
+    def test_has_no_write_access(self, storage, put, tmp_path):
+        put("k", b"x")
+        src = SimpleLocalStorage(tmp_path / "src")
+        src.path("k").write_bytes(b"y")
+        writes = [
+            ("copy_from", ("k", src)),
+            ("delete", ("k",)),
+            ("copy_from_if_local_is_newer", ("k", src)),
+            ("copy_from_if_overwriting_hash", ("k", None, src)),
+            ("delete_if_hash_matches", ("k", storage.get_hash("k"))),
+        ]
+        for name, args in writes:
+            method = getattr(storage, name, None)
+            if method is None:
+                continue  # HTTPStorage has no write methods at all
+            with pytest.raises(PermissionDenied):
+                method(*args)
+        assert storage.get_hash("k") == hashsync.hash_bytes(b"x", "md5")
+
+
+_ = MIB
