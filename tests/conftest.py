@@ -37,3 +37,13 @@ def bucket(s3_server) -> str:
     name = f"t{os.getpid()}-{next(_bucket_ids)}"
     s3_server.create_bucket(name)
     return name
+
+
+@pytest.fixture
+def dest(tmp_path, monkeypatch):
+    """An empty SimpleLocalStorage with 5 MiB parts (the storage tests' part size)."""
+    from hashsync.storage import SimpleLocalStorage
+
+    # The hash state cache of local listings must not land in the user's ~/.cache.
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "hash-state"))
+    return SimpleLocalStorage(tmp_path / "dest", part_size=5 * 1024**2)

@@ -7,6 +7,8 @@ A backend's test class subclasses :class:`StorageContract` (read-only) or
 * ``put``: ``put(key, data)`` makes ``key`` hold ``data`` in ``storage`` (by the backend's own
   writing for read-write stores, or by writing its backing directory for read-only ones),
 * ``many``: a class-scoped ``(storage, keys)`` holding :data:`MANY` keys, for pagination.
+
+``dest`` (an empty SimpleLocalStorage to copy into) comes from conftest.py.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import random
 import time
 from pathlib import Path
 
-import pytest
-
 import hashsync
+import pytest
 from hashsync.errors import NotFound, PermissionDenied, PreconditionFailed
 from hashsync.storage import (
     ReadOnlyStorage,
@@ -27,7 +28,7 @@ from hashsync.storage import (
     SimpleLocalStorage,
     Storage,
 )
-from storage_helpers import MIB, PART
+from storage_helpers import PART
 
 MANY = 1050  # more than one ListObjectsV2 page (1,000 keys)
 
@@ -48,21 +49,15 @@ def temp_leftovers(directory: Path) -> list[str]:
     return [p.name for p in directory.rglob("*") if ".hashsync-" in p.name]
 
 
-@pytest.fixture(autouse=True)
-def _private_hash_state(tmp_path, monkeypatch):
-    # The hash state cache of local listings must not land in the user's ~/.cache.
-    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "hash-state"))
-
-
-@pytest.fixture
-def dest(tmp_path) -> SimpleLocalStorage:
-    return SimpleLocalStorage(tmp_path / "dest", part_size=PART)
-
-
 class StorageContract:
     """Reading: every storage."""
 
     writable = False
+
+    @pytest.fixture(autouse=True)
+    def _private_hash_state(self, tmp_path, monkeypatch):
+        # The hash state cache of local listings must not land in the user's ~/.cache.
+        monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "hash-state"))
 
     def test_is_a_storage(self, storage):
         assert isinstance(storage, Storage)
@@ -296,6 +291,3 @@ class ReadOnlyContract(StorageContract):
             with pytest.raises(PermissionDenied):
                 method(*args)
         assert storage.get_hash("k") == hashsync.hash_bytes(b"x", "md5")
-
-
-_ = MIB

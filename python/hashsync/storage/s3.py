@@ -115,6 +115,35 @@ _UNAVAILABLE_CODES = {
 }
 
 
+_loader_lock = threading.Lock()
+_shared_loader: Any = None
+
+
+def _botocore_session() -> Any:
+    """A new botocore session that shares the parsed service models with earlier ones.
+
+    Loading the S3 model takes most of the ~150 ms a client costs; the loader only caches
+    files shipped with botocore, so sharing it is safe, while credentials and configuration
+    are still resolved afresh per session.
+    """
+    global _shared_loader
+    import botocore.loaders
+    import botocore.session
+
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = botocore.loaders.create_loader()
+        loader = _shared_loader
+    session = botocore.session.Session()
+    session.register_component("data_loader", loader)
+    return session
+
+
+def _is_aws(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return re.search(r"(^|\.)amazonaws\.com(\.cn)?$", host) is not None
+
+
 def _quoted(etag: str) -> str:
     return f'"{etag}"'
 
@@ -248,6 +277,7 @@ class S3Storage(ReadWriteStorage):
 
         try:
             session = boto3.session.Session(
+                botocore_session=_botocore_session(),
                 aws_access_key_id=aws_access_key_id,
                 aws_secret_access_key=aws_secret_access_key,
                 aws_session_token=aws_session_token,
@@ -277,10 +307,19 @@ class S3Storage(ReadWriteStorage):
             except (ValueError, botocore.exceptions.BotoCoreError) as exc:
                 raise InvalidArgument(f"cannot create an S3 client: {exc}") from None
 
+        if addressing_style is None and (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        ):
+            # Known to be custom up front: saves building the client twice.
+            probe = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
+            probe = probe or os.environ.get("AWS_ENDPOINT_URL", "")
+            if not _is_aws(probe):
+                addressing_style = "path"
         client = build(addressing_style)
         if addressing_style is None:
-            host = urllib.parse.urlsplit(client.meta.endpoint_url).hostname or ""
-            if not re.search(r"(^|\.)amazonaws\.com(\.cn)?$", host):
+            if not _is_aws(client.meta.endpoint_url):
                 # Virtual-hosted addressing needs wildcard DNS that custom stores lack.
                 client = build("path")
         return client
@@ -315,7 +354,10 @@ class S3Storage(ReadWriteStorage):
         """Translate a boto3/botocore/urllib3 exception into a hashsync error."""
         import botocore.exceptions
 
-        where = f"s3://{self.bucket}/{self.prefix}{key}" if key is not None else repr(self)
+        if key is None:
+            where = f"s3://{self.bucket}/{self.prefix}"
+        else:
+            where = f"key {key!r} (s3://{self.bucket}/{self.prefix}{key})"
         if isinstance(exc, HashsyncError):
             return exc
         if isinstance(exc, botocore.exceptions.ClientError):
@@ -353,7 +395,7 @@ class S3Storage(ReadWriteStorage):
             )
         if isinstance(exc, botocore.exceptions.ParamValidationError):
             return InvalidArgument(f"{action} {where}: {exc}")
-        if isinstance(exc, botocore.exceptions.BotoCoreError | OSError | _stream_errors()):
+        if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError, *_stream_errors())):
             return StorageUnavailable(
                 errno.ECONNREFUSED if "connect" in str(exc).lower() else errno.EIO,
                 f"{action} {where}: store unreachable after {self.max_attempts} attempts: {exc}",
@@ -548,7 +590,10 @@ class S3Storage(ReadWriteStorage):
             if recorded.isdigit() and _MIN_PART <= int(recorded) <= _MAX_PART:
                 ok = hashsync.etag(tmp, part_size=int(recorded)) == etag
             if not ok:
-                ok = hashsync.etag_matches(tmp, etag, part_sizes=self._first_part_size(key))
+                ok = hashsync.etag_matches(tmp, etag)
+            if not ok:
+                sizes = self._first_part_size(key)
+                ok = bool(sizes) and hashsync.etag_matches(tmp, etag, part_sizes=sizes)
         if not ok:
             raise IntegrityError(f"downloaded {key!r} from {self!r} does not match its ETag {etag}")
 
