@@ -247,8 +247,11 @@ class Listing:
         """Directories with no entries at all."""
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
-        digests_computed, digests_reused, bytes_hashed, errors."""
+        """Scan counters.
+
+        Keys: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
+        digests_computed, digests_reused, bytes_hashed, errors.
+        """
     @property
     def root(self) -> str | None:
         """The scanned directory (None for listings built from entries)."""
@@ -335,11 +338,11 @@ def tree_hash(
     state_dir: StrPath | None = None,
     progress: Progress | None = None,
 ) -> str:
-    """A content hash of a whole tree, independent of scan order, mtimes and permissions.
+    r"""A content hash of a whole tree, independent of scan order, mtimes and permissions.
 
     Regular files and empty directories are listed by relative ``/`` path, sorted by UTF-8
-    bytes. Each file contributes ``b"file\\0" + path + b"\\0" + hexdigest + b"\\n"``, each empty
-    directory ``b"dir\\0" + path + b"\\0\\n"``; the result is ``algorithm`` over the concatenation
+    bytes. Each file contributes ``b"file\0" + path + b"\0" + hexdigest + b"\n"``, each empty
+    directory ``b"dir\0" + path + b"\0\n"``; the result is ``algorithm`` over the concatenation
     (8 MiB parts for ``etag``). Symlinks, FIFOs, sockets and devices are ignored unless
     ``follow_symlinks``.
 

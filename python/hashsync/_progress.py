@@ -46,3 +46,92 @@ def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Progres
             bar.update(task, completed=done, total=total or None)
 
         yield update
+
+
+class SyncDisplay:
+    """The live display of ``hashsync sync``: hashing, then bytes and files transferred.
+
+    Draws on stderr only when it is a terminal. ``--verbose`` lines are printed above the bar
+    (or plainly to stdout when there is no bar).
+    """
+
+    def __init__(self, *, enabled: bool, verbose: bool, dry_run: bool) -> None:
+        self.verbose = verbose
+        self.dry_run = dry_run
+        self._enabled = enabled and sys.stderr.isatty()
+        self._progress = None
+        self._hash_task = None
+        self._copy_task = None
+        self._files_done = 0
+        self._files_total = 0
+
+    def __enter__(self) -> SyncDisplay:
+        if self._enabled:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[files]}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+    def hashing(self, done: int, total: int) -> None:
+        """Progress of the listing/hashing phase."""
+        if self._progress is None:
+            return
+        if self._hash_task is None:
+            self._hash_task = self._progress.add_task("checking", total=total or None, files="")
+        self._progress.update(self._hash_task, completed=done, total=total or None)
+
+    def transferring(self, files_total: int) -> None:
+        """Starts the transfer phase."""
+        self._files_total = files_total
+        if self._progress is not None:
+            if self._hash_task is not None:
+                self._progress.remove_task(self._hash_task)
+            self._copy_task = self._progress.add_task(
+                "syncing", total=None, files=f"0/{files_total} files"
+            )
+
+    def bytes(self, done: int, total: int) -> None:
+        """Byte-level transfer progress."""
+        if self._progress is not None and self._copy_task is not None:
+            self._progress.update(
+                self._copy_task,
+                completed=done,
+                total=total or None,
+                files=f"{self._files_done}/{self._files_total} files",
+            )
+
+    def event(self, action: str, key: str, error: str | None) -> None:
+        """One finished file."""
+        if action != "delete":
+            self._files_done += 1
+        if error is not None:
+            self.line(f"failed: {action} {key}: {error}", err=True)
+        elif self.verbose:
+            self.line(f"{action}: {key}")
+
+    def line(self, text: str, *, err: bool = False) -> None:
+        """Prints a line without breaking the bar."""
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr if err else sys.stdout)

@@ -12,10 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hashsync
 from hashsync import errors
-from hashsync._progress import ProgressFn, byte_progress
+from hashsync._progress import SyncDisplay, byte_progress
 from hashsync._units import format_size, parse_size
 
 EXIT_OK = 0
@@ -199,38 +200,40 @@ def _add_filter_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _scan_side(
-    args: argparse.Namespace, root: str, algorithm: str | None, progress: ProgressFn
-) -> hashsync.Listing:
-    return hashsync.scan(
-        root,
-        algorithm=algorithm,
-        filters=args.filters or None,
-        follow_symlinks=args.follow_symlinks,
-        state=not args.no_state,
-        progress=progress,
-    )
+def _open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
+    from hashsync.sync import resolve_storage
+
+    endpoint = getattr(args, "endpoint_url", None)
+    src = resolve_storage(args.source, role="source", endpoint_url=endpoint)
+    dst = resolve_storage(args.destination, role="destination", endpoint_url=endpoint)
+    if getattr(args, "no_state", False):
+        for side in (src, dst):
+            if hasattr(side, "hash_state"):
+                side.hash_state = False
+    return src, dst
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    algorithm = args.algorithm if args.compare == "checksum" else None
-    with byte_progress("hashing", enabled=not args.no_progress) as progress:
-        src = _scan_side(args, args.source, algorithm, progress)
-        dst = _scan_side(args, args.destination, algorithm, progress)
-    plan = hashsync.diff(src, dst, compare=args.compare)
-    errors_seen = src.errors + dst.errors
+    from hashsync.sync import plan_sync
+
+    src_store, dst_store = _open_sides(args)
+    with byte_progress("checking", enabled=not args.no_progress) as progress:
+        plan, src, dst = plan_sync(
+            src_store, dst_store, rules=args.filters or [], compare=args.compare, progress=progress
+        )
+    errors_seen = list(getattr(src, "errors", [])) + list(getattr(dst, "errors", []))
     for path, why in errors_seen:
         _err(f"{path}: {why}")
+    dst_paths = set(_paths(dst))
     copy = plan.copy
     if args.json:
         json.dump(
             {
-                "copy": [{"path": p, "new": p not in dst} for p in copy],
+                "copy": [{"path": p, "new": p not in dst_paths} for p in copy],
                 "delete": plan.delete,
                 "unchanged": plan.unchanged,
                 "copy_bytes": plan.copy_bytes,
                 "errors": [{"path": p, "reason": r} for p, r in errors_seen],
-                "stats": {"source": src.stats, "destination": dst.stats},
             },
             sys.stdout,
             indent=2,
@@ -238,19 +241,88 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         print()
     else:
         for p in copy:
-            print(f"{'~' if p in dst else '+'} {p}")
+            print(f"{'~' if p in dst_paths else '+'} {p}")
         for p in plan.delete:
             print(f"- {p}")
-        reused = src.stats["digests_reused"] + dst.stats["digests_reused"]
+        reused = sum(getattr(x, "stats", {}).get("digests_reused", 0) for x in (src, dst))
         print(
             f"{len(copy)} to copy ({format_size(plan.copy_bytes)}), {len(plan.delete)} only in "
             f"destination, {plan.unchanged} unchanged"
-            + (f"; {reused} digests reused from the hash state cache" if algorithm else ""),
+            + (f"; {reused} digests reused from the hash state cache" if reused else ""),
             file=sys.stderr,
         )
     if errors_seen:
         return EXIT_PARTIAL
     return EXIT_FAILURE if args.exit_code and plan else EXIT_OK
+
+
+def _paths(listing: Any) -> list[str]:
+    if hasattr(listing, "paths"):
+        return listing.paths()
+    return [e.path for e in listing]
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    import hashsync.sync as engine
+
+    src, dst = _open_sides(args)
+    display = SyncDisplay(
+        enabled=not args.no_progress and not args.json, verbose=args.verbose, dry_run=args.dryrun
+    )
+    phase = {"transfer": False}
+
+    def progress(done: int, total: int) -> None:
+        if phase["transfer"]:
+            display.bytes(done, total)
+        else:
+            display.hashing(done, total)
+
+    def on_event(event: engine.TransferEvent) -> None:
+        display.event(event.action, event.key, event.error)
+
+    def on_plan(plan: hashsync.Plan) -> None:
+        phase["transfer"] = True
+        display.transferring(len(plan.copy))
+
+    with display:
+        result = engine.sync(
+            src,
+            dst,
+            delete=args.delete,
+            dry_run=args.dryrun,
+            filters=args.filters or None,
+            compare=args.compare,
+            workers=args.workers,
+            progress=progress,
+            on_event=on_event,
+            on_plan=on_plan,
+        )
+
+    for path, why in result.scan_errors:
+        _err(f"skipped {path}: {why}")
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        action = engine._action(src, dst)
+        if args.dryrun:
+            for key in result.transferred:
+                print(f"(dryrun) {action}: {key}")
+            for key in result.deleted:
+                print(f"(dryrun) delete: {key}")
+        verb = "would transfer" if args.dryrun else "transferred"
+        print(
+            f"{verb} {len(result.transferred)} files ({format_size(result.bytes_transferred)}), "
+            f"{'would delete' if args.dryrun else 'deleted'} {len(result.deleted)}, "
+            f"{result.skipped} unchanged, {len(result.failed)} failed in {result.seconds:.2f} s",
+            file=sys.stderr,
+        )
+    if result.delete_suppressed:
+        _err(
+            f"not deleting {len(result.deleted) or 'any'} destination files because "
+            f"{len(result.failed)} transfers failed"
+        )
+    return EXIT_OK if result.ok else EXIT_PARTIAL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
             "come from the hash state cache when the files have not changed since last time."
         ),
     )
-    d.add_argument("source", metavar="SRC")
-    d.add_argument("destination", metavar="DST")
+    d.add_argument("source", metavar="SRC", help="local directory or s3://bucket/prefix")
+    d.add_argument("destination", metavar="DST", help="local directory or s3://bucket/prefix")
+    d.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
     d.add_argument(
         "--compare",
         choices=["checksum", "size-mtime", "size"],
@@ -335,7 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="digest for --compare checksum (default: etag, comparable with S3 listings)",
     )
     _add_filter_args(d)
-    d.add_argument("--follow-symlinks", action="store_true", help="follow symbolic links")
     d.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
     d.add_argument("--json", action="store_true", help="print the plan as JSON")
     d.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -343,6 +415,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-code", action="store_true", help="exit with 1 if there are differences (like git)"
     )
     d.set_defaults(func=_cmd_diff)
+
+    y = sub.add_parser(
+        "sync",
+        help="make DST hold what SRC holds, deciding by content",
+        description=(
+            "Copy new and changed files from SRC to DST (local directories, s3://bucket/prefix, "
+            "http(s)://; S3 to S3 copies server-side). Unlike aws s3 sync, a file whose content "
+            "changed is copied even if its size is the same and its mtime older. Local digests "
+            "come from the hash state cache; S3 digests from the listing (ETags)."
+        ),
+        epilog="Exit codes: 0 ok, 1 failure, 2 some files failed or were skipped.",
+    )
+    y.add_argument("source", metavar="SRC")
+    y.add_argument("destination", metavar="DST")
+    y.add_argument("--delete", action="store_true", help="delete DST files that SRC lacks")
+    y.add_argument("--dryrun", "--dry-run", action="store_true", help="show what would happen")
+    _add_filter_args(y)
+    y.add_argument(
+        "--compare",
+        choices=["checksum", "size-mtime", "size"],
+        default="checksum",
+        help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
+    )
+    y.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
+    y.add_argument(
+        "--workers",
+        type=_threads_arg,
+        default=None,
+        metavar="N",
+        help="files transferred at once (default: $HASHSYNC_NUM_WORKERS or 16)",
+    )
+    y.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
+    y.add_argument("-v", "--verbose", action="store_true", help="print a line per transfer")
+    y.add_argument("--json", action="store_true", help="print the result as JSON")
+    y.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    y.set_defaults(func=_cmd_sync, follow_symlinks=False)
     return parser
 
 

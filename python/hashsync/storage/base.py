@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
 from hashsync.errors import InvalidArgument
@@ -21,13 +23,44 @@ if TYPE_CHECKING:
     from hashsync.storage.local import LocalStorage
 
 __all__ = [
+    "ByteCallback",
     "ObjectInfo",
     "ReadOnlyStorage",
     "ReadWriteStorage",
     "Storage",
+    "current_progress",
+    "reporting_progress",
     "validate_key",
     "validate_prefix",
 ]
+
+ByteCallback = Callable[[int], object]
+_progress = threading.local()
+
+
+@contextmanager
+def reporting_progress(callback: ByteCallback | None) -> Iterator[None]:
+    """Within the block, transfers on this thread report bytes moved to ``callback(n)``.
+
+    Storage methods keep the signatures of the design (no progress argument), so a sync
+    engine wanting byte-level progress wraps each transfer in this. ``callback`` may be
+    called from the storage's own worker threads (parts of one object move in parallel), so
+    it must be thread-safe.
+    """
+    previous = getattr(_progress, "callback", None)
+    _progress.callback = callback
+    try:
+        yield
+    finally:
+        _progress.callback = previous
+
+
+def current_progress() -> ByteCallback | None:
+    """The callback set by :func:`reporting_progress` on this thread, if any.
+
+    Storages read it on the calling thread and hand it to the threads they start.
+    """
+    return getattr(_progress, "callback", None)
 
 
 class ObjectInfo(NamedTuple):

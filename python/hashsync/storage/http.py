@@ -34,7 +34,14 @@ from hashsync.errors import (
     PermissionDenied,
     StorageUnavailable,
 )
-from hashsync.storage.base import ObjectInfo, ReadOnlyStorage, validate_key, validate_prefix
+from hashsync.storage.base import (
+    ByteCallback,
+    ObjectInfo,
+    ReadOnlyStorage,
+    current_progress,
+    validate_key,
+    validate_prefix,
+)
 from hashsync.storage.local import LocalStorage, _check_destination, normalize_hash
 
 __all__ = ["HTTPStorage"]
@@ -303,9 +310,10 @@ class HTTPStorage(ReadOnlyStorage):
         """
         destination = _check_destination(destination)
         url = self.url(key)
-        destination._receive(key, lambda tmp: self._download(key, url, tmp))
+        report = current_progress()
+        destination._receive(key, lambda tmp: self._download(key, url, tmp, report))
 
-    def _download(self, key: str, url: str, tmp: Path) -> None:
+    def _download(self, key: str, url: str, tmp: Path, report: ByteCallback | None = None) -> None:
         offset = 0
         total: int | None = None
         validator: str | None = None
@@ -347,6 +355,8 @@ class HTTPStorage(ReadOnlyStorage):
                         while chunk := response.read(_CHUNK):
                             out.write(chunk)
                             offset += len(chunk)
+                            if report is not None:
+                                report(len(chunk))
                     except (OSError, http.client.HTTPException) as exc:
                         failures += 1
                         if failures >= self.max_attempts or not validator:

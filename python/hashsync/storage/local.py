@@ -39,6 +39,7 @@ from hashsync.storage.base import (
     ObjectInfo,
     ReadOnlyStorage,
     ReadWriteStorage,
+    current_progress,
     validate_key,
     validate_prefix,
 )
@@ -358,9 +359,13 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
             if os.path.samefile(src, final) and check is None:
                 return
 
+        report = current_progress()
+
         def fill(tmp: Path) -> None:
             before = src.stat()
             shutil.copyfile(src, tmp)
+            if report is not None:
+                report(before.st_size)
             after = src.stat()
             if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
                 tmp.stat().st_size != after.st_size

@@ -68,8 +68,21 @@ from hashsync.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
-from hashsync.storage.base import ObjectInfo, ReadWriteStorage, validate_key, validate_prefix
-from hashsync.storage.local import LocalStorage, _check_destination, _source_file, normalize_hash
+from hashsync.storage.base import (
+    ByteCallback,
+    ObjectInfo,
+    ReadWriteStorage,
+    current_progress,
+    validate_key,
+    validate_prefix,
+)
+from hashsync.storage.local import (
+    LocalStorage,
+    TemporaryLocalStorage,
+    _check_destination,
+    _source_file,
+    normalize_hash,
+)
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -515,11 +528,12 @@ class S3Storage(ReadWriteStorage):
         ranges = [
             (start, min(start + self.part_size, size)) for start in range(0, size, self.part_size)
         ]
+        report = current_progress()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, size)
             _run_parallel(
-                lambda r: self._download_range(key, etag, fd, r[0], r[1], size),
+                lambda r: self._download_range(key, etag, fd, r[0], r[1], size, report),
                 ranges,
                 self.max_concurrency,
             )
@@ -534,7 +548,14 @@ class S3Storage(ReadWriteStorage):
         os.utime(tmp, (mtime, mtime))
 
     def _download_range(
-        self, key: str, etag: str, fd: int, start: int, end: int, size: int
+        self,
+        key: str,
+        etag: str,
+        fd: int,
+        start: int,
+        end: int,
+        size: int,
+        report: ByteCallback | None = None,
     ) -> None:
         offset = start
         failures = 0
@@ -555,6 +576,8 @@ class S3Storage(ReadWriteStorage):
                         break
                     os.pwrite(fd, chunk, offset)
                     offset += len(chunk)
+                    if report is not None:
+                        report(len(chunk))
             except Exception as exc:
                 error = self._error(exc, key, "GET")
                 if not isinstance(error, StorageUnavailable):
@@ -630,6 +653,7 @@ class S3Storage(ReadWriteStorage):
             conditions["IfNoneMatch"] = "*"
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
         full = self._full(key)
+        report = current_progress()
         with open(path, "rb") as fh:
             before = os.fstat(fh.fileno())
             size = before.st_size
@@ -650,9 +674,11 @@ class S3Storage(ReadWriteStorage):
                     **conditions,
                 )
                 expected = digest.hexdigest()
+                if report is not None:
+                    report(size)
             else:
                 response, expected = self._upload_multipart(
-                    key, fh.fileno(), size, metadata, conditions
+                    key, fh.fileno(), size, metadata, conditions, report
                 )
             after = os.fstat(fh.fileno())
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
@@ -676,6 +702,7 @@ class S3Storage(ReadWriteStorage):
         size: int,
         metadata: dict[str, str],
         conditions: dict[str, str],
+        report: ByteCallback | None = None,
     ) -> tuple[dict[str, Any], str]:
         count = -(-size // self.part_size)
         if count > _MAX_PARTS:
@@ -714,6 +741,8 @@ class S3Storage(ReadWriteStorage):
                 Body=data,
                 ContentMD5=base64.b64encode(digest.digest()).decode(),
             )
+            if report is not None:
+                report(length)
             return {"PartNumber": number, "ETag": part["ETag"]}
 
         try:
@@ -735,6 +764,93 @@ class S3Storage(ReadWriteStorage):
             raise
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return response, f"{combined}-{count}"
+
+    def copy_object_from(self, source: S3Storage, key: str) -> None:
+        """Copy ``source``'s object ``key`` here without moving the data through this machine.
+
+        Works across buckets of one store. Objects below ``part_size`` are copied with one
+        CopyObject; larger ones with UploadPartCopy in parts of exactly ``part_size``, so the
+        copy's ETag is the one :func:`hashsync.etag` predicts, whatever part size the source
+        object had. Every request is pinned to the source ETag seen first (``x-amz-copy-source-
+        if-match``), so a source overwritten mid-copy fails instead of giving a mixed object.
+        Stores on different endpoints are copied through a local temporary file.
+
+        Raises:
+            NotFound: ``source`` has no such key.
+            PreconditionFailed: The source object changed during the copy.
+        """
+        validate_key(key)
+        if source.client.meta.endpoint_url != self.client.meta.endpoint_url:
+            with TemporaryLocalStorage() as staging:
+                source.copy(key, staging)
+                self.copy_from(key, staging)
+            return
+        head = source._head(key)
+        size = int(head["ContentLength"])
+        etag = _clean_etag(head["ETag"])
+        copy_source = {"Bucket": source.bucket, "Key": source._full(key)}
+        metadata = {PART_SIZE_METADATA: str(self.part_size)}
+        full = self._full(key)
+        report = current_progress()
+        if size < self.part_size:
+            self._call(
+                "CopyObject",
+                key,
+                self.client.copy_object,
+                Bucket=self.bucket,
+                Key=full,
+                CopySource=copy_source,
+                CopySourceIfMatch=_quoted(etag),
+                MetadataDirective="REPLACE",
+                Metadata=metadata,
+            )
+            if report is not None:
+                report(size)
+            return
+        count = -(-size // self.part_size)
+        upload_id = self._call(
+            "CreateMultipartUpload",
+            key,
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=full,
+            Metadata=metadata,
+        )["UploadId"]
+
+        def send(number: int) -> dict[str, Any]:
+            start = (number - 1) * self.part_size
+            end = min(start + self.part_size, size) - 1
+            part = self._call(
+                "UploadPartCopy",
+                key,
+                self.client.upload_part_copy,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource=copy_source,
+                CopySourceIfMatch=_quoted(etag),
+                CopySourceRange=f"bytes={start}-{end}",
+            )
+            if report is not None:
+                report(end + 1 - start)
+            return {"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]}
+
+        try:
+            parts = _run_parallel(send, range(1, count + 1), self.max_concurrency)
+            self._call(
+                "CompleteMultipartUpload",
+                key,
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
 
     def delete(self, key: str) -> None:
         """Delete the object ``key``.
