@@ -11,10 +11,11 @@ import hashlib
 import zlib
 
 import blake3
-import hashsync
 import pytest
 import xxhash
 from awscrt import checksums
+
+import hashsync
 
 MIB = 1024**2
 PART = hashsync.DEFAULT_PART_SIZE

@@ -13,8 +13,9 @@ import subprocess
 import tempfile
 import time
 
-import hashsync
 import pytest
+
+import hashsync
 
 PART = hashsync.DEFAULT_PART_SIZE
 

@@ -15,7 +15,8 @@ use std::cmp::Ordering;
 pub enum Compare {
     /// Same size and same digest (S3 ETags of another part size are checked by inference).
     Checksum,
-    /// `aws s3 sync`'s rule: same size, and the source is not newer than the target.
+    /// `aws s3 sync`'s rule: same size, and the source is not newer than the target (in whole
+    /// seconds).
     SizeMtime,
     /// Same size.
     Size,
@@ -63,7 +64,9 @@ fn judge(s: Entry<'_>, t: Entry<'_>, cmp: Compare, can_infer: bool) -> Verdict {
     match cmp {
         Compare::Size => Verdict::Same,
         Compare::SizeMtime => {
-            if s.mtime_ns > t.mtime_ns {
+            // Whole seconds: S3 keeps Last-Modified in seconds, so a file uploaded in the
+            // second it was written would otherwise look newer than its own copy forever.
+            if s.mtime_ns.div_euclid(1_000_000_000) > t.mtime_ns.div_euclid(1_000_000_000) {
                 Verdict::Differs
             } else {
                 Verdict::Same
@@ -163,14 +166,16 @@ mod tests {
 
     #[test]
     fn merge_modes() {
+        const S: i64 = 1_000_000_000;
         let src = listing(&[
-            ("a", 1, 5, Some("x")),
-            ("b", 2, 5, Some("y")),
-            ("c", 3, 9, Some("z")),
+            ("a", 1, 5 * S, Some("x")),
+            ("b", 2, 5 * S, Some("y")),
+            // Newer by nanoseconds only: the same whole second, so not newer.
+            ("c", 3, 9 * S + 5, Some("z")),
         ]);
         let dst = listing(&[
-            ("b", 2, 1, Some("y")),
-            ("c", 3, 9, Some("q")),
+            ("b", 2, S, Some("y")),
+            ("c", 3, 9 * S, Some("q")),
             ("d", 4, 0, None),
         ]);
         let ctl = Control::default();

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
+
 from hashsync.testing import SeaweedFS
 
 _bucket_ids = itertools.count()
+
+
+def pytest_configure(config):
+    # Scans default to the hash state cache in ~/.cache/hashsync; tests must not touch it.
+    if "HASHSYNC_CACHE_DIR" not in os.environ:
+        os.environ["HASHSYNC_CACHE_DIR"] = tempfile.mkdtemp(prefix="hashsync-test-cache-")
 
 
 @pytest.fixture(scope="session")

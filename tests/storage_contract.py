@@ -19,8 +19,9 @@ import random
 import time
 from pathlib import Path
 
-import hashsync
 import pytest
+
+import hashsync
 from hashsync.errors import NotFound, PermissionDenied, PreconditionFailed
 from hashsync.storage import (
     ReadOnlyStorage,

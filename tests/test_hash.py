@@ -8,11 +8,12 @@ import signal
 import threading
 import time
 
-import hashsync
 import pytest
-from hashsync import errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import hashsync
+from hashsync import errors
 from refs import MIB, reference
 
 ALGOS = list(hashsync.ALGORITHMS)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 
-import hashsync
 import pytest
 from boto3.s3.transfer import TransferConfig
+
+import hashsync
 from refs import MIB
 
 pytestmark = pytest.mark.s3

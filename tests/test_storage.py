@@ -13,8 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import hashsync
 import pytest
+
+import hashsync
 from hashsync.errors import (
     IntegrityError,
     InvalidArgument,

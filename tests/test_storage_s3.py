@@ -10,9 +10,11 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import hashsync
 import pytest
 from boto3.s3.transfer import TransferConfig
+from test_storage import _referee, _writer
+
+import hashsync
 from hashsync.errors import (
     InvalidArgument,
     NotFound,
@@ -25,7 +27,6 @@ from hashsync.storage.s3 import CLAIMS_DIR, PART_SIZE_METADATA
 from hashsync.testing import SeaweedFS
 from storage_contract import MANY, ReadWriteContract, blob, temp_leftovers
 from storage_helpers import MIB, PART, race_worker
-from test_storage import _referee, _writer
 
 pytestmark = pytest.mark.s3
 

@@ -45,8 +45,9 @@ def _err(message: str) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror}"
+    # OSError's own str() starts with "[Errno N]", which tells a user nothing.
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
     return str(exc)
 
 

@@ -93,6 +93,8 @@ __all__ = ["S3Storage"]
 # later check of a multipart ETag needs no part-size inference.
 PART_SIZE_METADATA = "hashsync-part-size"
 CLAIMS_DIR = ".hashsync-claims"
+# The largest object a single CopyObject may copy.
+_MAX_COPY_OBJECT = 5 * 1024**3
 _MAX_PARTS = 10_000
 _MIN_PART = 5 * 1024**2
 _MAX_PART = 5 * 1024**3
@@ -768,12 +770,15 @@ class S3Storage(ReadWriteStorage):
     def copy_object_from(self, source: S3Storage, key: str) -> None:
         """Copy ``source``'s object ``key`` here without moving the data through this machine.
 
-        Works across buckets of one store. Objects below ``part_size`` are copied with one
-        CopyObject; larger ones with UploadPartCopy in parts of exactly ``part_size``, so the
-        copy's ETag is the one :func:`hashsync.etag` predicts, whatever part size the source
-        object had. Every request is pinned to the source ETag seen first (``x-amz-copy-source-
-        if-match``), so a source overwritten mid-copy fails instead of giving a mixed object.
-        Stores on different endpoints are copied through a local temporary file.
+        Works across buckets of one store. Objects up to 5 GiB (S3's limit for CopyObject) are
+        copied with one CopyObject, which keeps the source's ETag and metadata (measured on
+        SeaweedFS; it is what makes a second S3-to-S3 sync a no-op). Larger ones use
+        UploadPartCopy in parts of ``part_size``; their ETag is then whatever the store computes
+        for copied parts (SeaweedFS's are not MD5s of the part data), so a later checksum
+        comparison of such an object may copy it again. Every request is pinned to the source
+        ETag seen first (``x-amz-copy-source-if-match``), so a source overwritten mid-copy fails
+        instead of giving a mixed object. Stores on different endpoints are copied through a
+        local temporary file.
 
         Raises:
             NotFound: ``source`` has no such key.
@@ -792,7 +797,7 @@ class S3Storage(ReadWriteStorage):
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
         full = self._full(key)
         report = current_progress()
-        if size < self.part_size:
+        if size <= _MAX_COPY_OBJECT:
             self._call(
                 "CopyObject",
                 key,
@@ -801,8 +806,7 @@ class S3Storage(ReadWriteStorage):
                 Key=full,
                 CopySource=copy_source,
                 CopySourceIfMatch=_quoted(etag),
-                MetadataDirective="REPLACE",
-                Metadata=metadata,
+                MetadataDirective="COPY",
             )
             if report is not None:
                 report(size)
