@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
 PYTEST_ARGS ?=
 
-.PHONY: help venv build test test-rust test-python demo bench lint fmt clean
+.PHONY: help venv build test test-rust test-python demo hash-demo bench lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,8 +32,11 @@ test-python: build ## Run the pytest suite (starts its own SeaweedFS S3 server)
 
 test: test-rust test-python ## Run every test: cargo tests, then pytest
 
-demo: build ## Hash a generated sample tree with hashsync and with hashlib, and compare
+demo: build ## Sync a dataset to a local S3 server; show the edit aws s3 sync misses
 	$(PY) examples/demo.py
+
+hash-demo: build ## Hash a generated tree with hashsync and with hashlib, and compare
+	$(PY) examples/hash_demo.py
 
 bench: build ## Run the benchmarks (several minutes) and print the README tables
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only \
