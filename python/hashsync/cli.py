@@ -452,11 +452,28 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--json", action="store_true", help="print the result as JSON")
     y.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     y.set_defaults(func=_cmd_sync, follow_symlinks=False)
+
+    b = sub.add_parser(
+        "bench",
+        help="compare hashsync with aws s3 sync and s5cmd on a local S3 server",
+        description=(
+            "Start a SeaweedFS server on 127.0.0.1, generate a tree and time six sync scenarios "
+            "with hashsync, aws s3 sync and s5cmd; write a markdown table, JSON and a chart."
+        ),
+        add_help=False,
+    )
+    b.add_argument("options", nargs="*", help="see hashsync bench --help")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The benchmark has its own options (argparse cannot pass "--help" through).
+        from hashsync.benchmark import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

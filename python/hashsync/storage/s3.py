@@ -269,6 +269,9 @@ class S3Storage(ReadWriteStorage):
             )
         self.client = client
 
+    _session: Any = None
+    _path_style: bool = False
+
     # -- construction ------------------------------------------------------------------
 
     def _make_client(
@@ -337,6 +340,9 @@ class S3Storage(ReadWriteStorage):
             if not _is_aws(client.meta.endpoint_url):
                 # Virtual-hosted addressing needs wildcard DNS that custom stores lack.
                 client = build("path")
+                addressing_style = "path"
+        self._session = session
+        self._path_style = addressing_style == "path"
         return client
 
     @classmethod
@@ -477,9 +483,15 @@ class S3Storage(ReadWriteStorage):
             PermissionDenied: Listing is not allowed.
         """
         validate_prefix(prefix)
+        claims = self.prefix + CLAIMS_DIR + "/"
+        fast = self._fast_list(prefix)
+        if fast is not None:
+            for info in fast:
+                if not info.key.endswith("/") and not (self.prefix + info.key).startswith(claims):
+                    yield info
+            return
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
-        claims = self.prefix + CLAIMS_DIR + "/"
         try:
             for page in pages:
                 for item in page.get("Contents", []):
@@ -494,6 +506,33 @@ class S3Storage(ReadWriteStorage):
                     )
         except Exception as exc:
             raise self._error(exc, prefix, "LIST") from exc
+
+    def _fast_list(self, prefix: str) -> list[ObjectInfo] | None:
+        """The whole listing through :mod:`hashsync.storage._s3list`, or None to use boto3.
+
+        boto3's paginator spends ~100 us per object parsing XML into dicts and datetimes; a
+        sync of 20,000 files spent most of its time there. The fast path signs the same
+        ListObjectsV2 requests with botocore's signer and parses them with ElementTree,
+        listing top-level "directories" in parallel. It is used for path-style endpoints
+        (custom S3-compatible stores), where the request URL is simple to build; anything
+        unusual (an error answer, a redirect) falls back to boto3, which maps the errors.
+        """
+        if not getattr(self, "_path_style", False) or self._session is None:
+            return None
+        from hashsync.storage import _s3list
+
+        try:
+            return _s3list.list_objects(
+                endpoint_url=self.client.meta.endpoint_url,
+                region=self.client.meta.region_name or "us-east-1",
+                credentials=None if self.anonymous else self._session.get_credentials(),
+                bucket=self.bucket,
+                root_prefix=self.prefix,
+                prefix=prefix,
+                timeout=self.client.meta.config.read_timeout,
+            )
+        except _s3list.FallBack:
+            return None
 
     # -- downloading -------------------------------------------------------------------
 

@@ -1,0 +1,129 @@
+"""Fast ListObjectsV2 for path-style S3 endpoints: signed by botocore, parsed by ElementTree.
+
+A listing is split by the first "directory" level (one request with ``delimiter=/``), and the
+subtrees are listed in parallel, each with the usual continuation-token pagination. Anything
+unexpected raises :class:`FallBack`, and the caller uses boto3 instead.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime
+import urllib.parse
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from hashsync.storage.base import ObjectInfo
+
+__all__ = ["FallBack", "list_objects"]
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+# Subtrees listed at once: enough to hide the server's per-page latency.
+_PARALLEL = 8
+
+
+class FallBack(Exception):
+    """The fast path cannot answer; use boto3."""
+
+
+class _Lister:
+    def __init__(
+        self, endpoint_url: str, region: str, credentials: Any, bucket: str, timeout: float
+    ) -> None:
+        import urllib3
+        from botocore.auth import S3SigV4Auth
+
+        self.base = endpoint_url.rstrip("/") + "/" + urllib.parse.quote(bucket)
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        self.signer = S3SigV4Auth(frozen, "s3", region) if frozen is not None else None
+        self.http = urllib3.PoolManager(
+            maxsize=_PARALLEL,
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, redirect=False),
+            timeout=urllib3.Timeout(connect=10, read=timeout),
+        )
+
+    def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:
+        from botocore.awsrequest import AWSRequest
+
+        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+        if token:
+            params["continuation-token"] = token
+        if delimiter:
+            params["delimiter"] = delimiter
+        query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
+        url = f"{self.base}?{query}"
+        request = AWSRequest(method="GET", url=url)
+        if self.signer is not None:
+            self.signer.add_auth(request)
+        try:
+            response = self.http.request("GET", url, headers=dict(request.headers.items()))
+        except Exception as exc:  # connection errors: let boto3 retry and map them
+            raise FallBack(str(exc)) from exc
+        if response.status != 200:
+            raise FallBack(f"HTTP {response.status}")
+        try:
+            return ET.fromstring(response.data)
+        except ET.ParseError as exc:
+            raise FallBack(str(exc)) from exc
+
+    def walk(
+        self, prefix: str, root_len: int, delimiter: str | None = None
+    ) -> tuple[list[ObjectInfo], list[str]]:
+        out: list[ObjectInfo] = []
+        common: list[str] = []
+        token = None
+        unquote = urllib.parse.unquote
+        parse_time = datetime.datetime.fromisoformat
+        while True:
+            root = self.page(prefix, token, delimiter)
+            for item in root.iter(_NS + "Contents"):
+                key = etag = modified = None
+                size = 0
+                for child in item:
+                    tag = child.tag[len(_NS) :]
+                    if tag == "Key":
+                        key = unquote(child.text or "")
+                    elif tag == "Size":
+                        size = int(child.text or 0)
+                    elif tag == "ETag":
+                        etag = (child.text or "").strip('"') or None
+                    elif tag == "LastModified":
+                        modified = parse_time((child.text or "").replace("Z", "+00:00"))
+                if key is None or modified is None:
+                    raise FallBack("incomplete Contents element")
+                out.append(
+                    ObjectInfo(key[root_len:], size, modified.astimezone(datetime.UTC), etag)
+                )
+            for cp in root.iter(_NS + "CommonPrefixes"):
+                p = cp.findtext(_NS + "Prefix")
+                if p:
+                    common.append(unquote(p))
+            truncated = (root.findtext(_NS + "IsTruncated") or "false") == "true"
+            token = root.findtext(_NS + "NextContinuationToken")
+            if not truncated:
+                return out, common
+            if not token:
+                raise FallBack("truncated page without a continuation token")
+
+
+def list_objects(
+    *,
+    endpoint_url: str,
+    region: str,
+    credentials: Any,
+    bucket: str,
+    root_prefix: str,
+    prefix: str,
+    timeout: float,
+) -> list[ObjectInfo]:
+    """Every object under ``root_prefix + prefix``, keys relative to ``root_prefix``."""
+    lister = _Lister(endpoint_url, region, credentials, bucket, timeout)
+    full = root_prefix + prefix
+    # Split at the first "/" after the prefix, then list the subtrees side by side.
+    top, subtrees = lister.walk(full, len(root_prefix), delimiter="/")
+    if not subtrees:
+        return top
+    with cf.ThreadPoolExecutor(min(_PARALLEL, len(subtrees))) as pool:
+        for objects, _ in pool.map(lambda p: lister.walk(p, len(root_prefix)), subtrees):
+            top.extend(objects)
+    return top
