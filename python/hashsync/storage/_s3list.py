@@ -72,7 +72,8 @@ class _Lister:
         out: list[ObjectInfo] = []
         common: list[str] = []
         token = None
-        unquote = urllib.parse.unquote
+        # S3 form-encodes keys (space as "+", "+" as "%2B"), as botocore decodes them.
+        unquote = urllib.parse.unquote_plus
         parse_time = datetime.datetime.fromisoformat
         while True:
             root = self.page(prefix, token, delimiter)
@@ -121,9 +122,10 @@ def list_objects(
     full = root_prefix + prefix
     # Split at the first "/" after the prefix, then list the subtrees side by side.
     top, subtrees = lister.walk(full, len(root_prefix), delimiter="/")
-    if not subtrees:
-        return top
-    with cf.ThreadPoolExecutor(min(_PARALLEL, len(subtrees))) as pool:
-        for objects, _ in pool.map(lambda p: lister.walk(p, len(root_prefix)), subtrees):
-            top.extend(objects)
+    if subtrees:
+        with cf.ThreadPoolExecutor(min(_PARALLEL, len(subtrees))) as pool:
+            for objects, _ in pool.map(lambda p: lister.walk(p, len(root_prefix)), subtrees):
+                top.extend(objects)
+        # S3's order (UTF-8 byte order, which code-point order of str matches).
+        top.sort(key=lambda o: o.key)
     return top
