@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
 PYTEST_ARGS ?=
 
-.PHONY: help venv build test test-rust test-python demo hash-demo bench lint fmt clean
+.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,10 +38,16 @@ demo: build ## Sync a dataset to a local S3 server; show the edit aws s3 sync mi
 hash-demo: build ## Hash a generated tree with hashsync and with hashlib, and compare
 	$(PY) examples/hash_demo.py
 
-bench: build ## Run the benchmarks (several minutes) and print the README tables
+bench: bench-micro bench-sync ## Run every benchmark and refresh the README's tables
+	$(PY) benches/update_readme.py
+
+bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~6 min)
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only \
 		--benchmark-json=benches/results/bench.json -q
 	$(PY) benches/report.py benches/results/bench.json | tee benches/results/latest.md
+
+bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
+	$(VENV)/bin/hashsync bench
 
 lint: venv ## ruff and clippy
 	$(VENV)/bin/ruff check python tests benches examples
