@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -408,14 +409,29 @@ def sync(
         with reporting_progress(moved.add):
             _transfer_one(src, dst, entry.path)
 
+    done_queue: queue.SimpleQueue[cf.Future[None]] = queue.SimpleQueue()
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hashsync-sync") as pool:
-        futures = {pool.submit(run, e): e for e in to_copy}
-        pending = set(futures)
+        futures: dict[cf.Future[None], hashsync.FileEntry] = {}
+        for e in to_copy:
+            fut = pool.submit(run, e)
+            futures[fut] = e
+            # A completion queue, not cf.wait(): waiting on the whole pending set costs
+            # O(pending) per wake-up, which is quadratic over 20,000 files.
+            fut.add_done_callback(done_queue.put)
+        remaining = len(futures)
         try:
-            while pending:
-                # Wake up regularly for byte-level progress and Ctrl-C, not only per file.
-                finished, pending = cf.wait(pending, timeout=0.1, return_when=cf.FIRST_COMPLETED)
+            while remaining:
+                try:
+                    finished = [done_queue.get(timeout=0.1)]
+                except queue.Empty:
+                    finished = []
+                while len(finished) < remaining:
+                    try:
+                        finished.append(done_queue.get_nowait())
+                    except queue.Empty:
+                        break
                 for fut in finished:
+                    remaining -= 1
                     entry = futures[fut]
                     exc = fut.exception()
                     if exc is None:
