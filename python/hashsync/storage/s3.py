@@ -271,6 +271,7 @@ class S3Storage(ReadWriteStorage):
 
     _session: Any = None
     _path_style: bool = False
+    _raw: Any = None
 
     # -- construction ------------------------------------------------------------------
 
@@ -521,18 +522,67 @@ class S3Storage(ReadWriteStorage):
             return None
         from hashsync.storage import _s3list
 
+        raw = self._raw_client()
+        if raw is None:
+            return None
         try:
-            return _s3list.list_objects(
-                endpoint_url=self.client.meta.endpoint_url,
-                region=self.client.meta.region_name or "us-east-1",
-                credentials=None if self.anonymous else self._session.get_credentials(),
-                bucket=self.bucket,
-                root_prefix=self.prefix,
-                prefix=prefix,
-                timeout=self.client.meta.config.read_timeout,
-            )
+            return _s3list.list_objects(raw, root_prefix=self.prefix, prefix=prefix)
         except _s3list.FallBack:
             return None
+
+    def _raw_client(self) -> Any:
+        """The lean request path (:mod:`._s3list`) for path-style endpoints, else None."""
+        if not self._path_style or self._session is None:
+            return None
+        if self._raw is None:
+            from hashsync.storage import _s3list
+
+            with _loader_lock:
+                if self._raw is None:
+                    self._raw = _s3list.RawClient(
+                        endpoint_url=self.client.meta.endpoint_url,
+                        region=self.client.meta.region_name or "us-east-1",
+                        credentials=None if self.anonymous else self._session.get_credentials(),
+                        bucket=self.bucket,
+                        timeout=self.client.meta.config.read_timeout,
+                    )
+        return self._raw
+
+    def _put_small(
+        self,
+        key: str,
+        data: bytes,
+        md5_b64: str,
+        metadata: dict[str, str],
+        conditions: dict[str, str],
+    ) -> dict[str, Any]:
+        """PutObject of an in-memory body: the lean path first, boto3 if it cannot answer."""
+        raw = self._raw_client()
+        if raw is not None:
+            from hashsync.storage import _s3list
+
+            headers = {"Content-MD5": md5_b64, "Content-Length": str(len(data))}
+            headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+            if "IfMatch" in conditions:
+                headers["If-Match"] = conditions["IfMatch"]
+            if "IfNoneMatch" in conditions:
+                headers["If-None-Match"] = conditions["IfNoneMatch"]
+            try:
+                answer = raw.put(self._full(key), data, headers)
+                return {"ETag": answer.get("etag", "")}
+            except _s3list.FallBack:
+                pass  # boto3 repeats the request and maps whatever went wrong
+        return self._call(
+            "PUT",
+            key,
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._full(key),
+            Body=data,
+            ContentMD5=md5_b64,
+            Metadata=metadata,
+            **conditions,
+        )
 
     # -- downloading -------------------------------------------------------------------
 
@@ -693,7 +743,6 @@ class S3Storage(ReadWriteStorage):
         if if_none_match:
             conditions["IfNoneMatch"] = "*"
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
-        full = self._full(key)
         report = current_progress()
         with open(path, "rb") as fh:
             before = os.fstat(fh.fileno())
@@ -703,16 +752,8 @@ class S3Storage(ReadWriteStorage):
                 if len(data) != size:
                     raise _changed(path, key)
                 digest = hashlib.md5(data, usedforsecurity=False)
-                response = self._call(
-                    "PUT",
-                    key,
-                    self.client.put_object,
-                    Bucket=self.bucket,
-                    Key=full,
-                    Body=data,
-                    ContentMD5=base64.b64encode(digest.digest()).decode(),
-                    Metadata=metadata,
-                    **conditions,
+                response = self._put_small(
+                    key, data, base64.b64encode(digest.digest()).decode(), metadata, conditions
                 )
                 expected = digest.hexdigest()
                 if report is not None:
