@@ -66,6 +66,55 @@ class RawClient:
             raise FallBack(f"HTTP {response.status}")
         return {k.lower(): v for k, v in response.headers.items()}
 
+    def get_small(self, key: str, limit: int) -> tuple[dict[str, str], bytes] | None:
+        """GET ``key`` if it is at most ``limit`` bytes: (headers, body), or None if larger.
+
+        One ranged request: the first ``limit`` bytes and, in Content-Range, the total size.
+        A larger object's body is not read (the connection is dropped instead).
+        """
+        from botocore.awsrequest import AWSRequest
+
+        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        headers = {"Range": f"bytes=0-{limit - 1}"}
+        request = AWSRequest(method="GET", url=url, headers=headers)
+        if self.signer is not None:
+            self.signer.add_auth(request)
+        try:
+            response = self.http.request(
+                "GET",
+                url,
+                headers=dict(request.headers.items()),
+                preload_content=False,
+                retries=False,
+            )
+        except Exception as exc:
+            raise FallBack(str(exc)) from exc
+        try:
+            answer = {k.lower(): v for k, v in response.headers.items()}
+            if response.status == 206:
+                total = answer.get("content-range", "").rpartition("/")[2]
+            elif response.status == 200:
+                total = answer.get("content-length", "")
+            elif response.status == 416:
+                # An empty object has no byte 0 to range over.
+                return None
+            else:
+                raise FallBack(f"HTTP {response.status}")
+            if not total.isdigit():
+                raise FallBack("no object size in the answer")
+            if int(total) > limit:
+                return None
+            try:
+                body = response.read()
+            except Exception as exc:
+                raise FallBack(str(exc)) from exc
+            if len(body) != int(total):
+                raise FallBack("short body")
+            answer["content-length"] = total
+            return answer, body
+        finally:
+            response.release_conn() if response.status in (200, 206) else response.close()
+
     def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:
         from botocore.awsrequest import AWSRequest
 

@@ -44,6 +44,7 @@ import base64
 import concurrent.futures
 import contextlib
 import datetime
+import email.utils
 import errno
 import hashlib
 import json
@@ -268,6 +269,7 @@ class S3Storage(ReadWriteStorage):
                 read_timeout=read_timeout,
             )
         self.client = client
+        self._part_slots = threading.BoundedSemaphore(max_concurrency)
 
     _session: Any = None
     _path_style: bool = False
@@ -603,6 +605,8 @@ class S3Storage(ReadWriteStorage):
         """
         destination = _check_destination(destination)
         validate_key(key)
+        if self._copy_small(key, destination):
+            return
         for attempt in range(2):
             head = self._head(key)
             try:
@@ -612,6 +616,52 @@ class S3Storage(ReadWriteStorage):
                 # Overwritten between the HEAD and a part: start over once with the new one.
                 if attempt:
                     raise
+
+    def _copy_small(self, key: str, destination: LocalStorage) -> bool:
+        """Download an object of at most ``part_size`` bytes with one lean GET.
+
+        Returns False (having written nothing) when the object is larger, or when anything
+        is unusual; the caller then takes the HEAD + ranged GET path, which maps errors.
+        """
+        raw = self._raw_client()
+        if raw is None:
+            return False
+        from hashsync.storage import _s3list
+
+        try:
+            got = raw.get_small(self._full(key), self.part_size)
+        except _s3list.FallBack:
+            return False
+        if got is None:
+            return False
+        headers, body = got
+        modified = email.utils.parsedate_to_datetime(headers.get("last-modified", ""))
+        head = {
+            "ETag": headers.get("etag", ""),
+            "ContentLength": int(headers["content-length"]),
+            "LastModified": modified,
+            "ServerSideEncryption": headers.get("x-amz-server-side-encryption"),
+            "SSECustomerAlgorithm": headers.get("x-amz-server-side-encryption-customer-algorithm"),
+            "Metadata": {
+                k[len("x-amz-meta-") :]: v
+                for k, v in headers.items()
+                if k.startswith("x-amz-meta-")
+            },
+        }
+
+        def fill(tmp: Path) -> None:
+            report = current_progress()
+            with open(tmp, "wb") as fh:
+                fh.write(body)
+            if report is not None:
+                report(len(body))
+            if self.verify:
+                self._verify_download(key, head, tmp, body=body)
+            stamp = modified.timestamp()
+            os.utime(tmp, (stamp, stamp))
+
+        destination._receive(key, fill)
+        return True
 
     def _download(self, key: str, head: dict[str, Any], tmp: Path) -> None:
         size = int(head["ContentLength"])
@@ -689,7 +739,9 @@ class S3Storage(ReadWriteStorage):
                         errno.EIO, f"GET {self!r} {key!r}: body ended at byte {offset} of {size}"
                     )
 
-    def _verify_download(self, key: str, head: dict[str, Any], tmp: Path) -> None:
+    def _verify_download(
+        self, key: str, head: dict[str, Any], tmp: Path, *, body: bytes | None = None
+    ) -> None:
         etag = _clean_etag(head["ETag"])
         encrypted = head.get("ServerSideEncryption") == "aws:kms" or head.get(
             "SSECustomerAlgorithm"
@@ -697,7 +749,10 @@ class S3Storage(ReadWriteStorage):
         if encrypted or not _MD5_ETAG.match(etag):
             return  # the ETag is not a content hash
         if "-" not in etag:
-            ok = hashsync.hash_file(tmp, "md5") == etag
+            if body is not None:
+                ok = hashlib.md5(body, usedforsecurity=False).hexdigest() == etag
+            else:
+                ok = hashsync.hash_file(tmp, "md5") == etag
         else:
             ok = False
             recorded = (head.get("Metadata") or {}).get(PART_SIZE_METADATA, "")
@@ -805,6 +860,12 @@ class S3Storage(ReadWriteStorage):
         digests: list[bytes] = [b""] * count
 
         def send(number: int) -> dict[str, Any]:
+            # Parts are read into memory; the storage-wide slots bound that memory when many
+            # large files upload at once (a sync runs 16 of them in parallel).
+            with self._part_slots:
+                return send_part(number)
+
+        def send_part(number: int) -> dict[str, Any]:
             offset = (number - 1) * self.part_size
             length = min(self.part_size, size - offset)
             data = os.pread(fd, length, offset)
