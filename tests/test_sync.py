@@ -304,3 +304,15 @@ def test_cli_json_and_exit_codes(s3_server, bucket, tmp_path):
     assert "(dryrun) upload: a" in r.stdout
     r = cli("diff", tmp_path / "src", f"s3://{bucket}/p", env=env)
     assert r.returncode == 0 and r.stdout.strip() == "~ a"
+
+
+def test_uploads_carry_whole_content_crc64nvme(s3_server, bucket, tmp_path):
+    big = random.Random(3).randbytes(PART + 17)
+    write_tree(tmp_path / "src", {"small": b"abc", "big": big})
+    sync(SimpleLocalStorage(tmp_path / "src", part_size=PART), s3(s3_server, bucket))
+    client = s3_server.client()
+    for key in ("small", "big"):
+        meta = client.head_object(Bucket=bucket, Key=key)["Metadata"]
+        want = hashsync.hash_file(tmp_path / "src" / key, "crc64nvme")
+        assert meta["hashsync-crc64nvme"] == want
+        assert meta["hashsync-part-size"] == str(PART)

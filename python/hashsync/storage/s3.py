@@ -93,6 +93,11 @@ __all__ = ["S3Storage"]
 # Object metadata (x-amz-meta-hashsync-part-size) recording the part size of an upload, so a
 # later check of a multipart ETag needs no part-size inference.
 PART_SIZE_METADATA = "hashsync-part-size"
+# The whole-content CRC64NVME of an upload (x-amz-meta-hashsync-crc64nvme): a digest of the
+# object that, unlike a multipart ETag, does not depend on the part size. It is metadata, not
+# S3's native full-object checksum (x-amz-checksum-crc64nvme): SeaweedFS and several other
+# stores do not accept the native one, and a metadata value costs nothing where it is unused.
+CRC64_METADATA = "hashsync-crc64nvme"
 CLAIMS_DIR = ".hashsync-claims"
 # The largest object a single CopyObject may copy.
 _MAX_COPY_OBJECT = 5 * 1024**3
@@ -806,6 +811,7 @@ class S3Storage(ReadWriteStorage):
                 data = fh.read()
                 if len(data) != size:
                     raise _changed(path, key)
+                metadata[CRC64_METADATA] = hashsync.hash_bytes(data, "crc64nvme")
                 digest = hashlib.md5(data, usedforsecurity=False)
                 response = self._put_small(
                     key, data, base64.b64encode(digest.digest()).decode(), metadata, conditions
@@ -814,6 +820,8 @@ class S3Storage(ReadWriteStorage):
                 if report is not None:
                     report(size)
             else:
+                # One extra read of the file (page-cached by now) at tens of GB/s.
+                metadata[CRC64_METADATA] = hashsync.hash_file(path, "crc64nvme")
                 response, expected = self._upload_multipart(
                     key, fh.fileno(), size, metadata, conditions, report
                 )
