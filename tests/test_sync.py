@@ -316,3 +316,16 @@ def test_uploads_carry_whole_content_crc64nvme(s3_server, bucket, tmp_path):
         want = hashsync.hash_file(tmp_path / "src" / key, "crc64nvme")
         assert meta["hashsync-crc64nvme"] == want
         assert meta["hashsync-part-size"] == str(PART)
+
+
+def test_http_to_local(tmp_path):
+    from storage_helpers import serve_directory
+
+    tree = {"index.json": b"{}", "shards/a.bin": b"a" * 5000, "shards/b.bin": b"b" * 70_000}
+    write_tree(tmp_path / "site" / "ds", tree)
+    with serve_directory(tmp_path / "site") as server:
+        result = sync(f"{server.url}/ds/", tmp_path / "down")
+        assert sorted(result.transferred) == sorted(tree) and result.ok
+        assert hashsync.tree_hash(tmp_path / "down") == hashsync.tree_hash(tmp_path / "site" / "ds")
+        again = sync(f"{server.url}/ds/", tmp_path / "down")
+        assert again.transferred == [] and again.skipped == len(tree)
