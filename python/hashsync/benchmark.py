@@ -84,7 +84,7 @@ DEFAULT = Params(
     big_mib=64,
     depth=3,
     repeats=1,
-    rounds=3,
+    rounds=2,
     seed=1,
 )
 QUICK = Params(
@@ -312,6 +312,16 @@ def edit_files(root: Path, chosen: list[str], *, keep_size: bool) -> None:
             path.write_bytes(bytes(data) + b"appended")
 
 
+def command_line(p: Params, *, quick: bool) -> str:
+    """The ``hashsync bench`` command that reproduces ``p``, spelling out non-default values."""
+    base = QUICK if quick else DEFAULT
+    words = ["hashsync bench"] + (["--quick"] if quick else [])
+    for name in ("files", "big_files", "big_mib", "repeats", "rounds", "seed"):
+        if getattr(p, name) != getattr(base, name):
+            words.append(f"--{name.replace('_', '-')} {getattr(p, name)}")
+    return " ".join(words)
+
+
 def versions() -> dict[str, str]:
     """Versions of the three tools."""
     bindir = Path(sys.executable).parent
@@ -463,9 +473,6 @@ def main(argv: list[str] | None = None) -> int:
         "--name", default=None, help="report file name stem (default: sync or sync-quick)"
     )
     args = ap.parse_args(argv)
-    argv_used = list(sys.argv[1:] if argv is None else argv)
-    if argv_used[:1] == ["bench"]:
-        argv_used = argv_used[1:]
     p = Params(**vars(QUICK if args.quick else DEFAULT))
     for name in ("files", "big_files", "big_mib", "repeats", "rounds", "seed"):
         if getattr(args, name) is not None:
@@ -499,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "versions": versions(),
         "params": vars(p),
-        "command": "hashsync bench" + (" " + " ".join(argv_used) if argv_used else ""),
+        "command": command_line(p, quick=args.quick),
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
