@@ -25,7 +25,7 @@ def main() -> int:
             print(f"README.md has no {name} markers", file=sys.stderr)
             return 1
         body = source.read_text().strip() + "\n"
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
     readme.write_text(text)
     print("README.md updated")
     return 0
