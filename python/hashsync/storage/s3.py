@@ -95,8 +95,9 @@ __all__ = ["S3Storage"]
 PART_SIZE_METADATA = "hashsync-part-size"
 # The whole-content CRC64NVME of an upload (x-amz-meta-hashsync-crc64nvme): a digest of the
 # object that, unlike a multipart ETag, does not depend on the part size. It is metadata, not
-# S3's native full-object checksum (x-amz-checksum-crc64nvme): SeaweedFS and several other
-# stores do not accept the native one, and a metadata value costs nothing where it is unused.
+# S3's native full-object checksum (x-amz-checksum-crc64nvme): not every S3-compatible store
+# implements the native one (it was not tried against SeaweedFS here), while user metadata is
+# kept by all of them.
 CRC64_METADATA = "hashsync-crc64nvme"
 CLAIMS_DIR = ".hashsync-claims"
 # The largest object a single CopyObject may copy.
