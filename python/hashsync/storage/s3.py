@@ -749,6 +749,20 @@ class S3Storage(ReadWriteStorage):
         self, key: str, head: dict[str, Any], tmp: Path, *, body: bytes | None = None
     ) -> None:
         etag = _clean_etag(head["ETag"])
+        crc = (head.get("Metadata") or {}).get(CRC64_METADATA)
+        if crc:
+            # hashsync's own whole-content checksum: one fast pass, whatever the part size or
+            # however the store computed the ETag (copied parts, encryption).
+            got = (
+                hashsync.hash_bytes(body, "crc64nvme")
+                if body is not None
+                else hashsync.hash_file(tmp, "crc64nvme")
+            )
+            if got != crc.lower():
+                raise IntegrityError(
+                    f"downloaded {key!r} from {self!r} does not match its CRC64NVME {crc}"
+                )
+            return
         encrypted = head.get("ServerSideEncryption") == "aws:kms" or head.get(
             "SSECustomerAlgorithm"
         )
@@ -841,6 +855,47 @@ class S3Storage(ReadWriteStorage):
             )
         return etag
 
+    def _multipart(
+        self,
+        key: str,
+        metadata: dict[str, str],
+        count: int,
+        send: Callable[[str, int], dict[str, Any]],
+        conditions: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Create a multipart upload, ``send(upload_id, n)`` parts 1..count in parallel, complete.
+
+        Any failure (or Ctrl-C) aborts the upload: parts of an unfinished upload are billed
+        until aborted.
+        """
+        full = self._full(key)
+        upload_id = self._call(
+            "CreateMultipartUpload",
+            key,
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=full,
+            Metadata=metadata,
+        )["UploadId"]
+        try:
+            parts = _run_parallel(
+                lambda number: send(upload_id, number), range(1, count + 1), self.max_concurrency
+            )
+            return self._call(
+                "CompleteMultipartUpload",
+                key,
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **(conditions or {}),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
+
     def _upload_multipart(
         self,
         key: str,
@@ -857,24 +912,15 @@ class S3Storage(ReadWriteStorage):
                 f"{_MAX_PARTS}: use a part_size of at least {-(-size // _MAX_PARTS)}"
             )
         full = self._full(key)
-        created = self._call(
-            "CreateMultipartUpload",
-            key,
-            self.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=full,
-            Metadata=metadata,
-        )
-        upload_id = created["UploadId"]
         digests: list[bytes] = [b""] * count
 
-        def send(number: int) -> dict[str, Any]:
+        def send(upload_id: str, number: int) -> dict[str, Any]:
             # Parts are read into memory; the storage-wide slots bound that memory when many
             # large files upload at once (a sync runs 16 of them in parallel).
             with self._part_slots:
-                return send_part(number)
+                return send_part(upload_id, number)
 
-        def send_part(number: int) -> dict[str, Any]:
+        def send_part(upload_id: str, number: int) -> dict[str, Any]:
             offset = (number - 1) * self.part_size
             length = min(self.part_size, size - offset)
             data = os.pread(fd, length, offset)
@@ -897,23 +943,7 @@ class S3Storage(ReadWriteStorage):
                 report(length)
             return {"PartNumber": number, "ETag": part["ETag"]}
 
-        try:
-            parts = _run_parallel(send, range(1, count + 1), self.max_concurrency)
-            response = self._call(
-                "CompleteMultipartUpload",
-                key,
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **conditions,
-            )
-        except BaseException:
-            # Parts of an unfinished upload are billed until aborted.
-            with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            raise
+        response = self._multipart(key, metadata, count, send, conditions)
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return response, f"{combined}-{count}"
 
@@ -945,6 +975,11 @@ class S3Storage(ReadWriteStorage):
         etag = _clean_etag(head["ETag"])
         copy_source = {"Bucket": source.bucket, "Key": source._full(key)}
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
+        # Keep the whole-content checksum: a store's ETag of copied parts may not be a content
+        # hash (SeaweedFS's is not), and the checksum still verifies later downloads.
+        crc = (head.get("Metadata") or {}).get(CRC64_METADATA)
+        if crc:
+            metadata[CRC64_METADATA] = crc
         full = self._full(key)
         report = current_progress()
         if size <= _MAX_COPY_OBJECT:
@@ -962,16 +997,8 @@ class S3Storage(ReadWriteStorage):
                 report(size)
             return
         count = -(-size // self.part_size)
-        upload_id = self._call(
-            "CreateMultipartUpload",
-            key,
-            self.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=full,
-            Metadata=metadata,
-        )["UploadId"]
 
-        def send(number: int) -> dict[str, Any]:
+        def send(upload_id: str, number: int) -> dict[str, Any]:
             start = (number - 1) * self.part_size
             end = min(start + self.part_size, size) - 1
             part = self._call(
@@ -990,21 +1017,7 @@ class S3Storage(ReadWriteStorage):
                 report(end + 1 - start)
             return {"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]}
 
-        try:
-            parts = _run_parallel(send, range(1, count + 1), self.max_concurrency)
-            self._call(
-                "CompleteMultipartUpload",
-                key,
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            raise
+        self._multipart(key, metadata, count, send)
 
     def delete(self, key: str) -> None:
         """Delete the object ``key``.
