@@ -127,8 +127,15 @@ fn verify_unchanged(file: &File, path: &Path, ident: Identity) -> Result<()> {
     Ok(())
 }
 
-/// Fills `buf` from `offset`, retrying short reads; a read of 0 bytes means the file shrank.
-fn read_full(file: &File, path: &Path, ident: Identity, buf: &mut [u8], offset: u64) -> Result<()> {
+/// Fills `buf` from `offset`, retrying short reads; a read of 0 bytes means the file shrank
+/// (below `expected_size`, which the error names).
+pub(crate) fn read_full(
+    file: &File,
+    path: &Path,
+    expected_size: u64,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
     let mut got = 0;
     while got < buf.len() {
         match file.read_at(&mut buf[got..], offset + got as u64) {
@@ -137,7 +144,7 @@ fn read_full(file: &File, path: &Path, ident: Identity, buf: &mut [u8], offset: 
                     path,
                     format!(
                         "shrank: expected {} bytes, ended at {}",
-                        ident.size,
+                        expected_size,
                         offset + got as u64
                     ),
                 ))
@@ -168,7 +175,7 @@ fn hash_range(
             return Err(Error::Cancelled);
         }
         let want = ((end - pos) as usize).min(buf.len());
-        read_full(&file, path, ident, &mut buf[..want], pos)?;
+        read_full(&file, path, ident.size, &mut buf[..want], pos)?;
         hasher.update(&buf[..want]);
         pos += want as u64;
         ctl.done_bytes.fetch_add(want as u64, Ordering::Relaxed);
@@ -249,7 +256,7 @@ fn run_md5_lanes(
             match read_full(
                 &job.file,
                 job.path,
-                job.ident,
+                job.ident.size,
                 &mut bufs[lane][off..off + want],
                 job.pos,
             ) {

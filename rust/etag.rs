@@ -5,12 +5,11 @@
 //! plausible candidates are hashed in a single read of the file, each 1 MiB buffer feeding every
 //! candidate's MD5 (in parallel when there are several).
 
-use crate::engine::{Control, READ_BUF};
+use crate::engine::{read_full, Control, READ_BUF};
 use crate::error::{Error, Result};
 use crate::hash::{multipart_etag, to_hex, MAX_PART_SIZE, MIB};
 use md5::Digest as _;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -152,17 +151,8 @@ pub fn match_etag(
             return Err(Error::Cancelled);
         }
         let want = ((size - pos) as usize).min(buf.len());
-        let n = match file.read_at(&mut buf[..want], pos) {
-            Ok(0) => {
-                return Err(Error::changed(
-                    path,
-                    format!("shrank: ended at {pos} of {size} bytes"),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        };
+        read_full(&file, path, size, &mut buf[..want], pos)?;
+        let n = want;
         let chunk = &buf[..n];
         if let Some(w) = whole.as_mut() {
             w.update(chunk);

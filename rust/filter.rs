@@ -165,6 +165,29 @@ impl Filter {
         Filter { rules }
     }
 
+    /// Rules given as `("include" | "exclude", pattern)` pairs, in order.
+    pub fn from_pairs(pairs: &[(String, String)]) -> crate::error::Result<Self> {
+        let rules = pairs
+            .iter()
+            .map(|(kind, pattern)| {
+                let include = match kind.as_str() {
+                    "include" => true,
+                    "exclude" => false,
+                    other => {
+                        return Err(crate::error::Error::InvalidValue(format!(
+                            "filter kind must be 'include' or 'exclude', not {other:?}"
+                        )))
+                    }
+                };
+                Ok(Rule {
+                    include,
+                    pattern: Pattern::new(pattern),
+                })
+            })
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        Ok(Filter { rules })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -227,5 +250,12 @@ mod tests {
         assert!(!f.is_included("a/b.bin"));
         assert!(!f.is_included("secret/x.txt"));
         assert!(Filter::default().is_included("anything"));
+        let pairs = [
+            ("exclude".to_string(), "*".to_string()),
+            ("include".into(), "*.txt".into()),
+        ];
+        let f = Filter::from_pairs(&pairs).unwrap();
+        assert!(f.is_included("x.txt") && !f.is_included("x.bin"));
+        assert!(Filter::from_pairs(&[("keep".into(), "*".into())]).is_err());
     }
 }

@@ -3,8 +3,8 @@
 
 use crate::diff::{Compare, Plan};
 use crate::engine::{self, Control, HashOptions};
-use crate::error::Error;
-use crate::filter::{Filter, Pattern, Rule};
+use crate::error::{strerror, Error};
+use crate::filter::Filter;
 use crate::hash::{self, Algorithm, PartRule, DEFAULT_PART_SIZE};
 use crate::listing::{Entry, Listing};
 use crate::scan::ScanOptions;
@@ -27,15 +27,6 @@ const TICK: Duration = Duration::from_millis(100);
 
 fn errors_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("hashsync.errors")?.getattr(name)
-}
-
-/// `strerror` without Rust's " (os error N)" suffix, as Python prints it.
-fn strerror(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 fn build_err<'py, A>(py: Python<'py>, class: &str, args: A) -> PyErr
@@ -676,33 +667,14 @@ fn scan_options(
         .transpose()
         .map_err(|e| to_pyerr(py, e))?;
     let mut filter = Filter::from_lists(&string_list(include)?, &string_list(exclude)?);
-    if let Some(rules) = filters {
-        let mut all: Vec<Rule> = Vec::new();
-        for (kind, pattern) in rules {
-            let include = match kind.as_str() {
-                "include" => true,
-                "exclude" => false,
-                other => {
-                    return Err(to_pyerr(
-                        py,
-                        Error::InvalidValue(format!(
-                            "filter kind must be 'include' or 'exclude', not {other:?}"
-                        )),
-                    ))
-                }
-            };
-            all.push(Rule {
-                include,
-                pattern: Pattern::new(&pattern),
-            });
-        }
+    if let Some(pairs) = filters {
         if !filter.is_empty() {
             return Err(to_pyerr(
                 py,
                 Error::InvalidValue("give either filters= or include=/exclude=, not both".into()),
             ));
         }
-        filter = Filter::new(all);
+        filter = Filter::from_pairs(&pairs).map_err(|e| to_pyerr(py, e))?;
     }
     Ok(ScanOptions {
         algorithm,
@@ -712,6 +684,18 @@ fn scan_options(
         threads: self::threads(threads)?,
         state_dir: state.then(|| state_dir.unwrap_or_else(crate::state::default_cache_dir)),
     })
+}
+
+/// Which of `paths` the `(kind, pattern)` rules keep: the scanner's rule, for listings that do
+/// not come from a scan (S3, HTTP).
+#[pyfunction]
+fn filter_paths(
+    py: Python<'_>,
+    paths: Vec<String>,
+    filters: Vec<(String, String)>,
+) -> PyResult<Vec<bool>> {
+    let filter = Filter::from_pairs(&filters).map_err(|e| to_pyerr(py, e))?;
+    Ok(paths.iter().map(|p| filter.is_included(p)).collect())
 }
 
 /// Scans a directory tree into a Listing.
@@ -896,6 +880,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyListing>()?;
     m.add_class::<PyPlan>()?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
+    m.add_function(wrap_pyfunction!(filter_paths, m)?)?;
     m.add_function(wrap_pyfunction!(diff, m)?)?;
     m.add_function(wrap_pyfunction!(tree_hash, m)?)?;
     m.add_function(wrap_pyfunction!(default_cache_dir, m)?)?;

@@ -6,7 +6,7 @@
 //! (largest first, through [`engine::hash_files`]); the new digests are then recorded.
 
 use crate::engine::{self, Control, HashOptions};
-use crate::error::{Error, Result};
+use crate::error::{strerror, Error, Result};
 use crate::filter::Filter;
 use crate::hash::{Algorithm, Hasher, PartRule};
 use crate::listing::{Listing, ScanStats};
@@ -93,14 +93,6 @@ fn join_rel(prefix: &str, name: &str) -> String {
     }
 }
 
-fn reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
-
 /// Walks one directory and, in parallel, everything below it.
 fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions) -> WalkOut {
     let mut out = WalkOut {
@@ -110,7 +102,7 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
     let rd = match std::fs::read_dir(abs) {
         Ok(rd) => rd,
         Err(e) => {
-            out.errors.push((rel.to_string(), reason(&e)));
+            out.errors.push((rel.to_string(), strerror(&e)));
             return out;
         }
     };
@@ -122,7 +114,7 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
         let ent = match ent {
             Ok(e) => e,
             Err(e) => {
-                out.errors.push((rel.to_string(), reason(&e)));
+                out.errors.push((rel.to_string(), strerror(&e)));
                 continue;
             }
         };
@@ -139,7 +131,7 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
         let ft = match ent.file_type() {
             Ok(ft) => ft,
             Err(e) => {
-                out.errors.push((child_rel, reason(&e)));
+                out.errors.push((child_rel, strerror(&e)));
                 continue;
             }
         };
@@ -152,7 +144,7 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
                 Ok(m) => m,
                 Err(e) => {
                     out.errors
-                        .push((child_rel, format!("broken symbolic link: {}", reason(&e))));
+                        .push((child_rel, format!("broken symbolic link: {}", strerror(&e))));
                     continue;
                 }
             }
@@ -161,7 +153,7 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
                 match ent.metadata() {
                     Ok(m) => Some((m.dev(), m.ino())),
                     Err(e) => {
-                        out.errors.push((child_rel, reason(&e)));
+                        out.errors.push((child_rel, strerror(&e)));
                         continue;
                     }
                 }
@@ -176,7 +168,7 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
                 Err(e) => {
                     // Vanished between readdir and stat: not an error worth reporting.
                     if e.kind() != std::io::ErrorKind::NotFound {
-                        out.errors.push((child_rel, reason(&e)));
+                        out.errors.push((child_rel, strerror(&e)));
                     }
                     continue;
                 }
@@ -341,7 +333,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
 
 fn error_reason(e: &Error) -> String {
     match e {
-        Error::Io { source, .. } => reason(source),
+        Error::Io { source, .. } => strerror(source),
         Error::Changed { what, .. } => format!("changed while being hashed ({what})"),
         other => other.to_string(),
     }

@@ -352,3 +352,12 @@ def tree_hash(
 
 def default_cache_dir() -> str:
     """``$HASHSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/hashsync``, else ``~/.cache/hashsync``."""
+
+def filter_paths(paths: Iterable[str], filters: Iterable[tuple[str, str]]) -> list[bool]:
+    """Which ``paths`` the ordered ``("include" | "exclude", pattern)`` rules keep.
+
+    The same rule :func:`scan` applies, for listings that do not come from a scan.
+
+    Raises:
+        InvalidArgument: A rule kind other than ``"include"`` or ``"exclude"``.
+    """

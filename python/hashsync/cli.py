@@ -18,6 +18,7 @@ import hashsync
 from hashsync import errors
 from hashsync._progress import SyncDisplay, byte_progress
 from hashsync._units import format_size, parse_size
+from hashsync.errors import describe
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -42,13 +43,6 @@ def _threads_arg(text: str) -> int:
 
 def _err(message: str) -> None:
     print(f"hashsync: {message}", file=sys.stderr)
-
-
-def _describe(exc: BaseException) -> str:
-    # OSError's own str() starts with "[Errno N]", which tells a user nothing.
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
-    return str(exc)
 
 
 def _total_size(paths: Sequence[str]) -> int:
@@ -106,7 +100,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         entries = _parse_check_file(args.check)
     except (OSError, errors.InvalidArgument) as e:
-        _err(_describe(e))
+        _err(describe(e))
         return EXIT_FAILURE
     paths = [name for _, name in entries]
     if args.algorithm == "etag":
@@ -126,7 +120,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if isinstance(got, Exception):
             unreadable += 1
             status = "UNREADABLE"
-            _err(_describe(got))
+            _err(describe(got))
         elif got == want:
             status = "OK"
         else:
@@ -159,8 +153,8 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     for path, got in zip(args.files, results, strict=True):
         if isinstance(got, Exception):
             bad += 1
-            _err(_describe(got))
-            rows.append({"path": path, "error": _describe(got)})
+            _err(describe(got))
+            rows.append({"path": path, "error": describe(got)})
             continue
         rows.append({"path": path, "algorithm": args.algorithm, "digest": got})
         if not args.json:
@@ -482,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err("interrupted")
         return 130
     except errors.HashsyncError as e:
-        _err(_describe(e))
+        _err(describe(e))
         return EXIT_FAILURE
     except BrokenPipeError:
         # `hashsync hash ... | head` closes the pipe early; that is not an error.

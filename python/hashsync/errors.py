@@ -21,6 +21,7 @@ __all__ = [
     "PreconditionFailed",
     "StorageUnavailable",
     "UnknownAlgorithm",
+    "describe",
 ]
 
 
@@ -80,3 +81,14 @@ class FileChanged(IntegrityError):
     """
 
     path: str
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line message for ``exc`` as the CLI and SyncResult show it.
+
+    OSError's own ``str()`` starts with ``[Errno N]``, which tells a user nothing; this gives
+    ``"path: reason"`` instead.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    return str(exc) or type(exc).__name__

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import hashsync
+from hashsync._native import filter_paths
 from hashsync.errors import (
     FileChanged,
     HashsyncError,
     InvalidArgument,
     NotADirectory,
     NotFound,
+    describe,
 )
 from hashsync.storage import (
     LocalStorage,
@@ -188,17 +190,6 @@ def _scannable_root(storage: Storage) -> Path | None:
     return None
 
 
-def _included(key: str, rules: FilterRules) -> bool:
-    # The same rule the Rust scanner applies: fnmatch on the whole key, the last match wins.
-    from fnmatch import fnmatchcase
-
-    included = True
-    for kind, pattern in rules:
-        if (kind == "include") != included and fnmatchcase(key, pattern):
-            included = kind == "include"
-    return included
-
-
 def _to_ns(when: datetime.datetime) -> int:
     return int(when.timestamp() * 1_000_000_000) if when else 0
 
@@ -232,13 +223,14 @@ def list_side(
             state_dir=state_dir,
             progress=progress,
         )
-    entries = []
-    for info in storage.list(""):
-        if _included(info.key, rules):
-            entries.append(
-                hashsync.FileEntry(info.key, info.size, _to_ns(info.last_modified), info.hash)
-            )
-    return entries
+    infos = list(storage.list(""))
+    # The scanner's own include/exclude rule, so local and remote sides filter alike.
+    keep = filter_paths([info.key for info in infos], rules)
+    return [
+        hashsync.FileEntry(info.key, info.size, _to_ns(info.last_modified), info.hash)
+        for info, kept in zip(infos, keep, strict=True)
+        if kept
+    ]
 
 
 def _rules(
@@ -309,12 +301,6 @@ def _transfer_one(source: Storage, destination: Storage, key: str) -> None:
     with TemporaryLocalStorage() as staging:
         source.copy(key, staging)
         destination.copy_from(key, staging)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}"
-    return str(exc) or type(exc).__name__
 
 
 def sync(
@@ -441,8 +427,8 @@ def sync(
                     elif isinstance(exc, KeyboardInterrupt):
                         raise exc
                     else:
-                        result.failed.append((entry.path, _describe(exc)))
-                        event = TransferEvent(action, entry.path, entry.size, _describe(exc))
+                        result.failed.append((entry.path, describe(exc)))
+                        event = TransferEvent(action, entry.path, entry.size, describe(exc))
                     if on_event is not None:
                         on_event(event)
                 if progress is not None:
@@ -466,8 +452,8 @@ def sync(
                     result.deleted.append(key)
                     event = TransferEvent("delete", key, 0)
                 except HashsyncError as exc:
-                    result.failed.append((key, _describe(exc)))
-                    event = TransferEvent("delete", key, 0, _describe(exc))
+                    result.failed.append((key, describe(exc)))
+                    event = TransferEvent("delete", key, 0, describe(exc))
                 if on_event is not None:
                     on_event(event)
     result.seconds = time.monotonic() - started

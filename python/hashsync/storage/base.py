@@ -200,13 +200,22 @@ class Storage(abc.ABC):
             NotFound: No object has this key.
         """
 
-    @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """Return whether an object has this key.
+
+        The default asks :meth:`get_size` (one HEAD on remote stores); local storages
+        override it with a ``stat``.
 
         Args:
             key: The key to look for.
         """
+        from hashsync.errors import NotFound
+
+        try:
+            self.get_size(key)
+        except NotFound:
+            return False
+        return True
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -172,7 +172,10 @@ class HTTPStorage(ReadOnlyStorage):
     # -- reading -----------------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
-        """Return whether the server has ``key`` (a HEAD request)."""
+        """Return whether the server has ``key`` (a HEAD request).
+
+        Not the default via :meth:`get_size`: a server may answer without Content-Length.
+        """
         try:
             self._head(key)
         except NotFound:

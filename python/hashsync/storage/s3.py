@@ -449,14 +449,6 @@ class S3Storage(ReadWriteStorage):
             "HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full, **extra
         )
 
-    def exists(self, key: str) -> bool:
-        """Return whether an object has this key (a HEAD request)."""
-        try:
-            self._head(key)
-        except NotFound:
-            return False
-        return True
-
     def get_size(self, key: str) -> int:
         """Return the object's size.
 
