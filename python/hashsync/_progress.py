@@ -13,6 +13,26 @@ def _quiet(_done: int, _total: int) -> None:
     return None
 
 
+def _byte_columns(*extra: object) -> tuple[object, ...]:
+    """Description, bar, bytes, rate, then ``extra`` columns, then the ETA."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        *extra,
+        TimeRemainingColumn(),
+    )
+
+
 @contextmanager
 def byte_progress(description: str, *, enabled: bool = True) -> Iterator[ProgressFn]:
     """A ``progress(done, total)`` callback drawing a byte-level bar on stderr.
@@ -23,23 +43,9 @@ def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Progres
     if not (enabled and sys.stderr.isatty()):
         yield _quiet
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import Progress
 
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*_byte_columns(), transient=True) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
@@ -67,23 +73,10 @@ class SyncDisplay:
 
     def __enter__(self) -> SyncDisplay:
         if self._enabled:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
+            from rich.progress import Progress, TextColumn
 
             self._progress = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
-                TextColumn("{task.fields[files]}"),
-                TimeRemainingColumn(),
-                transient=True,
+                *_byte_columns(TextColumn("{task.fields[files]}")), transient=True
             )
             self._progress.__enter__()
         return self

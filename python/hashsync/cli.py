@@ -195,6 +195,21 @@ def _add_filter_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_side_args(p: argparse.ArgumentParser, json_help: str) -> None:
+    """Options `diff` and `sync` share: endpoint, comparison, filters, state, output."""
+    p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
+    p.add_argument(
+        "--compare",
+        choices=["checksum", "size-mtime", "size"],
+        default="checksum",
+        help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
+    )
+    _add_filter_args(p)
+    p.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
 def _open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
     from hashsync.sync import resolve_storage
 
@@ -388,24 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("source", metavar="SRC", help="local directory or s3://bucket/prefix")
     d.add_argument("destination", metavar="DST", help="local directory or s3://bucket/prefix")
-    d.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
-    d.add_argument(
-        "--compare",
-        choices=["checksum", "size-mtime", "size"],
-        default="checksum",
-        help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
-    )
-    d.add_argument(
-        "-a",
-        "--algorithm",
-        default="etag",
-        choices=hashsync.ALGORITHMS,
-        help="digest for --compare checksum (default: etag, comparable with S3 listings)",
-    )
-    _add_filter_args(d)
-    d.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
-    d.add_argument("--json", action="store_true", help="print the plan as JSON")
-    d.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    _add_side_args(d, "print the plan as JSON")
     d.add_argument(
         "--exit-code", action="store_true", help="exit with 1 if there are differences (like git)"
     )
@@ -426,14 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("destination", metavar="DST")
     y.add_argument("--delete", action="store_true", help="delete DST files that SRC lacks")
     y.add_argument("--dryrun", "--dry-run", action="store_true", help="show what would happen")
-    _add_filter_args(y)
-    y.add_argument(
-        "--compare",
-        choices=["checksum", "size-mtime", "size"],
-        default="checksum",
-        help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
-    )
-    y.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
+    _add_side_args(y, "print the result as JSON")
     y.add_argument(
         "--workers",
         type=_threads_arg,
@@ -441,10 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="files transferred at once (default: $HASHSYNC_NUM_WORKERS or 16)",
     )
-    y.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
     y.add_argument("-v", "--verbose", action="store_true", help="print a line per transfer")
-    y.add_argument("--json", action="store_true", help="print the result as JSON")
-    y.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     y.set_defaults(func=_cmd_sync, follow_symlinks=False)
 
     b = sub.add_parser(
