@@ -6,6 +6,7 @@ worker functions in child processes.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import functools
@@ -13,6 +14,7 @@ import os
 import re
 import socket
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +33,11 @@ class FileServer(ThreadingHTTPServer):
             drops the connection (once), to test resuming.
         lie_etag: If set, every file is served with this ETag instead of its real one.
         range_requests: The Range headers received, in order.
+        basic_auth: If set, ``(user, password)`` that every request must send as HTTP Basic
+            authentication, else it gets a 401.
+        required_query: If set, query parameters every request must have, else it gets a 403.
+        redirect_to: If set, every request is answered with a 302 to this URL + its path.
+        requests: ``(method, path with query, Authorization header)`` of every request.
     """
 
     daemon_threads = True
@@ -42,6 +49,10 @@ class FileServer(ThreadingHTTPServer):
         self.drop_after: int | None = None
         self.lie_etag: str | None = None
         self.range_requests: list[str] = []
+        self.basic_auth: tuple[str, str] | None = None
+        self.required_query: dict[str, str] | None = None
+        self.redirect_to: str | None = None
+        self.requests: list[tuple[str, str, str | None]] = []
         self._etags: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
@@ -78,7 +89,34 @@ class _Handler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
+    def _refused(self) -> bool:
+        """Answer 302, 401 or 403 if the server's redirect or access rules say so."""
+        server = self.server
+        with server._lock:
+            server.requests.append((self.command, self.path, self.headers.get("Authorization")))
+        status, extra = 0, {}
+        if server.redirect_to is not None:
+            status, extra = 302, {"Location": server.redirect_to + self.path}
+        elif server.basic_auth is not None:
+            token = base64.b64encode(":".join(server.basic_auth).encode()).decode()
+            if self.headers.get("Authorization") != f"Basic {token}":
+                status, extra = 401, {"WWW-Authenticate": 'Basic realm="test"'}
+        if not status and server.required_query is not None:
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+            if any(query.get(k) != v for k, v in server.required_query.items()):
+                status = 403
+        if not status:
+            return False
+        self.send_response(status)
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
     def _serve(self, *, head: bool) -> None:
+        if self._refused():
+            return
         path = self.translate_path(self.path)
         if os.path.isdir(path):
             # Directory indexes (and the trailing-slash redirect) as http.server does them.

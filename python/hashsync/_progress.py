@@ -1,12 +1,32 @@
-"""Progress bars for the CLI (rich), shown only on a terminal."""
+"""Progress bars for the CLI (rich), shown only on a terminal, and terminal-safe text."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 ProgressFn = Callable[[int, int], None]
+
+# C0 and C1 controls, DEL, and the lone surrogates that stand for undecodable bytes in names.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def shown(text: str) -> str:
+    r"""``text`` safe to print to a terminal: control characters and bad bytes escaped.
+
+    A key may contain ANSI/OSC escape sequences or a carriage return that would rewrite the
+    screen; they are printed as ``\x1b``, ``\r``, ... (``--json`` output stays exact).
+    """
+
+    def escape(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        if 0xDC80 <= c <= 0xDCFF:  # surrogateescape of an undecodable byte
+            return f"\\x{c - 0xDC00:02x}"
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m.group(), f"\\x{c:02x}")
+
+    return _UNSAFE.sub(escape, text)
 
 
 def _quiet(_done: int, _total: int) -> None:
@@ -118,9 +138,9 @@ class SyncDisplay:
         if action != "delete":
             self._files_done += 1
         if error is not None:
-            self.line(f"failed: {action} {key}: {error}", err=True)
+            self.line(f"failed: {action} {shown(key)}: {shown(error)}", err=True)
         elif self.verbose:
-            self.line(f"{action}: {key}")
+            self.line(f"{action}: {shown(key)}")
 
     def line(self, text: str, *, err: bool = False) -> None:
         """Prints a line without breaking the bar."""

@@ -35,7 +35,10 @@ def parse_size(text: str | int) -> int:
     unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size (examples: 8388608, 8MiB, 8M, 100MB)")
-    return int(float(m.group(1)) * _UNITS[unit])
+    value = float(m.group(1)) * _UNITS[unit]
+    if value >= 2**63:
+        raise ValueError(f"{text!r} is too large (at most 8 EiB)")
+    return int(value)
 
 
 def format_size(n: float) -> str:

@@ -7,16 +7,18 @@ were skipped or could not be read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hashsync
 from hashsync import errors
-from hashsync._progress import SyncDisplay, byte_progress
+from hashsync._progress import SyncDisplay, byte_progress, shown
+from hashsync._redact import redact
 from hashsync._units import format_size, parse_size
 from hashsync.errors import describe
 
@@ -34,15 +36,26 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _threads_arg(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+def _count_arg(text: str, minimum: int) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {n}")
     return n
 
 
+def _threads_arg(text: str) -> int:
+    return _count_arg(text, 1)
+
+
+def _limit_arg(text: str) -> int:
+    return _count_arg(text, 0)
+
+
 def _err(message: str) -> None:
-    print(f"hashsync: {message}", file=sys.stderr)
+    print(f"hashsync: {shown(message)}", file=sys.stderr)
 
 
 def _total_size(paths: Sequence[str]) -> int:
@@ -82,7 +95,9 @@ def _hash_paths(args: argparse.Namespace, paths: list[str]) -> list[str | Except
 
 
 def _parse_check_file(path: str) -> list[tuple[str, str]]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    # File names are bytes on POSIX; undecodable ones survive as surrogate escapes.
+    text = raw.decode("utf-8", "surrogateescape")
     entries = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -92,6 +107,8 @@ def _parse_check_file(path: str) -> list[tuple[str, str]]:
             raise errors.InvalidArgument(f"{path}:{lineno}: expected 'DIGEST  PATH', got {line!r}")
         # md5sum writes "digest  path" (text) or "digest *path" (binary).
         name = name[1:] if name[:1] in (" ", "*") else name
+        if not digest or any(c not in "0123456789abcdefABCDEF-" for c in digest):
+            raise errors.InvalidArgument(f"{path}:{lineno}: {digest!r} is not a hexadecimal digest")
         entries.append((digest.lower(), name))
     return entries
 
@@ -128,7 +145,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             status = "FAILED"
         report.append({"path": name, "status": status})
         if not args.json and (status != "OK" or not args.quiet):
-            print(f"{name}: {status}")
+            print(f"{shown(name)}: {status}")
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -158,7 +175,7 @@ def _cmd_hash(args: argparse.Namespace) -> int:
             continue
         rows.append({"path": path, "algorithm": args.algorithm, "digest": got})
         if not args.json:
-            print(f"{got}  {path}")
+            print(f"{got}  {shown(path)}")
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -251,9 +268,9 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         print()
     else:
         for p in copy:
-            print(f"{'~' if p in dst_paths else '+'} {p}")
+            print(f"{'~' if p in dst_paths else '+'} {shown(p)}")
         for p in plan.delete:
-            print(f"- {p}")
+            print(f"- {shown(p)}")
         reused = sum(getattr(x, "stats", {}).get("digests_reused", 0) for x in (src, dst))
         print(
             f"{len(copy)} to copy ({format_size(plan.copy_bytes)}), {len(plan.delete)} only in "
@@ -306,10 +323,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             progress=progress,
             on_event=on_event,
             on_plan=on_plan,
+            allow_empty_source=args.allow_empty_source,
+            max_delete=args.max_delete,
         )
 
     for path, why in result.scan_errors:
         _err(f"skipped {path}: {why}")
+    for key, why in result.skipped_keys:
+        _err(f"skipped {key}: {why}")
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         print()
@@ -317,9 +338,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         action = engine._action(src, dst)
         if args.dryrun:
             for key in result.transferred:
-                print(f"(dryrun) {action}: {key}")
+                print(f"(dryrun) {action}: {shown(key)}")
             for key in result.deleted:
-                print(f"(dryrun) delete: {key}")
+                print(f"(dryrun) delete: {shown(key)}")
         verb = "would transfer" if args.dryrun else "transferred"
         print(
             f"{verb} {len(result.transferred)} files ({format_size(result.bytes_transferred)}), "
@@ -328,16 +349,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if result.delete_suppressed:
-        _err(
-            f"not deleting {len(result.deleted) or 'any'} destination files because "
-            f"{len(result.failed)} transfers failed"
-        )
+        _err(f"deleted nothing: {result.delete_suppressed_reason}")
     return EXIT_OK if result.ok else EXIT_PARTIAL
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hashsync`` command (exposed for docs and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hashsync",
         description="Keep files in step across local disk, S3 and HTTP, deciding by content.",
         epilog="Exit codes: 0 ok, 1 failure, 2 some files skipped or failed.",
@@ -422,7 +440,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     y.add_argument("source", metavar="SRC")
     y.add_argument("destination", metavar="DST")
-    y.add_argument("--delete", action="store_true", help="delete DST files that SRC lacks")
+    y.add_argument(
+        "--delete",
+        action="store_true",
+        help="delete DST files that SRC lacks (only after every transfer succeeded and every "
+        "SRC entry was read)",
+    )
+    y.add_argument(
+        "--max-delete",
+        type=_limit_arg,
+        default=None,
+        metavar="N",
+        help="with --delete, delete nothing if more than N files would be deleted",
+    )
+    y.add_argument(
+        "--allow-empty-source",
+        action="store_true",
+        help="with --delete, allow a SRC that lists no files (else refused: it would empty DST)",
+    )
     y.add_argument("--dryrun", "--dry-run", action="store_true", help="show what would happen")
     _add_side_args(y, "print the result as JSON")
     y.add_argument(
@@ -448,25 +483,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_json_requested = False
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors exit 1, not 2 (2 means "some files skipped").
+
+    With ``--json`` on the command line a usage error also prints a JSON error object.
+    """
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        message = redact(message)
+        if _json_requested:
+            _print_json_error("UsageError", f"{self.prog}: {message}")
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_FAILURE, f"{self.prog}: error: {shown(message)}\n")
+
+
+def _print_json_error(kind: str, message: str) -> None:
+    json.dump({"error": {"type": kind, "message": message}}, sys.stdout, indent=2)
+    print()
+
+
+def _fatal(exc: BaseException, as_json: bool) -> int:
+    message = describe(exc)
+    _err(message)
+    if as_json:
+        _print_json_error(type(exc).__name__, message)
+    return EXIT_FAILURE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns its exit code."""
+    global _json_requested
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # The benchmark has its own options (argparse cannot pass "--help" through).
         from hashsync.benchmark import main as bench_main
 
         return bench_main(argv[1:])
+    _json_requested = "--json" in argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
-    except errors.HashsyncError as e:
-        _err(describe(e))
-        return EXIT_FAILURE
     except BrokenPipeError:
         # `hashsync hash ... | head` closes the pipe early; that is not an error.
-        sys.stderr.close()
+        with contextlib.suppress(OSError):
+            sys.stderr.close()
         return EXIT_OK
+    except (errors.HashsyncError, OSError) as e:
+        return _fatal(e, as_json)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no input ends in a traceback
+        if os.environ.get("HASHSYNC_DEBUG"):
+            raise
+        code = _fatal(e, as_json)
+        _err(
+            f"internal error ({type(e).__name__}); rerun with HASHSYNC_DEBUG=1 for a traceback "
+            "and please report it"
+        )
+        return code

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "FileChanged",
     "HashsyncError",
+    "HashsyncWarning",
     "IntegrityError",
     "InvalidArgument",
     "InvalidPartSize",
@@ -21,12 +22,21 @@ __all__ = [
     "PreconditionFailed",
     "StorageUnavailable",
     "UnknownAlgorithm",
+    "UnsafePath",
     "describe",
 ]
 
 
 class HashsyncError(Exception):
     """Base class of every error hashsync raises on purpose."""
+
+
+class HashsyncWarning(UserWarning):
+    """Something went wrong that hashsync worked around; the results are still correct.
+
+    For example, an unusable hash state cache location: digests are then computed without the
+    cache, which is slower but gives the same answer.
+    """
 
 
 class NotFound(HashsyncError, FileNotFoundError):
@@ -47,6 +57,10 @@ class NotADirectory(HashsyncError, NotADirectoryError):
 
 class NotARegularFile(HashsyncError, OSError):
     """A FIFO, socket or device was given where a regular file was expected."""
+
+
+class UnsafePath(HashsyncError, OSError):
+    """A write would leave its storage: through a symbolic link, or onto its own source."""
 
 
 class InvalidArgument(HashsyncError, ValueError):
@@ -87,8 +101,13 @@ def describe(exc: BaseException) -> str:
     """A one-line message for ``exc`` as the CLI and SyncResult show it.
 
     OSError's own ``str()`` starts with ``[Errno N]``, which tells a user nothing; this gives
-    ``"path: reason"`` instead.
+    ``"path: reason"`` instead. Secrets in URLs (passwords, signatures, tokens) are replaced
+    by ``***`` (see :func:`hashsync._redact.redact`), so the text is safe to print and log.
     """
+    from hashsync._redact import redact
+
     if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
-    return str(exc) or type(exc).__name__
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return redact(text)

@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import datetime
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +33,7 @@ from hashsync.errors import (
     InvalidArgument,
     NotADirectory,
     NotFound,
+    PermissionDenied,
     describe,
 )
 from hashsync.storage import (
@@ -88,7 +90,12 @@ class SyncResult:
         bytes_transferred: Bytes copied.
         failed: ``(key, reason)`` for each transfer or deletion that failed.
         scan_errors: ``(path, reason)`` for entries that could not be listed or hashed.
-        delete_suppressed: True when ``delete`` was asked but skipped because a transfer failed.
+        skipped_keys: ``(key, reason)`` for source entries that exist but are never
+            transferred (remote objects named like hashsync's temporary files).
+        delete_suppressed: True when ``delete`` was asked but nothing was deleted because it
+            was not safe: a transfer failed, the source could not be read completely, or the
+            deletions exceeded ``max_delete``. ``delete_suppressed_reason`` says which.
+        delete_suppressed_reason: Why deletion was suppressed, or None.
         dry_run: Nothing was changed; the lists say what would have been.
         seconds: Wall-clock duration.
     """
@@ -99,14 +106,21 @@ class SyncResult:
     bytes_transferred: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     scan_errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped_keys: list[tuple[str, str]] = field(default_factory=list)
     delete_suppressed: bool = False
+    delete_suppressed_reason: str | None = None
     dry_run: bool = False
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         """True when nothing failed and nothing was skipped for errors."""
-        return not self.failed and not self.scan_errors and not self.delete_suppressed
+        return (
+            not self.failed
+            and not self.scan_errors
+            and not self.skipped_keys
+            and not self.delete_suppressed
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (what ``hashsync sync --json`` prints)."""
@@ -117,7 +131,9 @@ class SyncResult:
             "bytes_transferred": self.bytes_transferred,
             "failed": [{"key": k, "reason": r} for k, r in self.failed],
             "scan_errors": [{"path": p, "reason": r} for p, r in self.scan_errors],
+            "skipped_keys": [{"key": k, "reason": r} for k, r in self.skipped_keys],
             "delete_suppressed": self.delete_suppressed,
+            "delete_suppressed_reason": self.delete_suppressed_reason,
             "dry_run": self.dry_run,
             "seconds": round(self.seconds, 3),
         }
@@ -156,7 +172,7 @@ def resolve_storage(
     """Turns a path, URL or Storage into a Storage, checking local paths first.
 
     A local source must be an existing directory; a local destination may be missing (it is
-    created) but must not be a file.
+    created by :func:`sync` once the source has been listed) but must not be a file.
 
     Raises:
         NotFound: A local source does not exist.
@@ -169,15 +185,74 @@ def resolve_storage(
     scheme, sep, rest = text.partition("://")
     if not sep or scheme == "file":
         path = Path(rest if sep else text).expanduser()
-        if path.exists() and not path.is_dir():
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        except NotADirectoryError:
+            raise NotADirectory(20, f"a parent of the {role} is a file", str(path)) from None
+        except PermissionError as exc:
+            raise PermissionDenied(13, f"cannot access the {role}", str(path)) from exc
+        if st is not None and not stat.S_ISDIR(st.st_mode):
             raise NotADirectory(20, f"the {role} is a file, not a directory", str(path))
-        if role == "source" and not path.exists():
+        if role == "source" and st is None:
             raise NotFound(2, f"the {role} directory does not exist", str(path))
-        return SimpleLocalStorage(path)
+        return SimpleLocalStorage(path, create=False)
     options: dict[str, Any] = {}
     if endpoint_url and scheme == "s3":
         options["endpoint_url"] = endpoint_url
     return open_storage(text, **options)
+
+
+def _location(storage: Storage) -> tuple[tuple[str, ...], str] | None:
+    """Where a storage keeps its keys: ``(namespace, prefix)``, or None if unknown.
+
+    Two storages overlap when they share the namespace and one prefix contains the other.
+    """
+    if isinstance(storage, LocalStorage):
+        return ("file",), storage.root.resolve().as_posix().rstrip("/") + "/"
+    if isinstance(storage, S3Storage):
+        endpoint = str(storage.client.meta.endpoint_url).rstrip("/")
+        return ("s3", endpoint, storage.bucket), storage.prefix
+    return None
+
+
+_PROBES = ("hashsync-overlap-probe", "hashsync-overlap-probe.d/x.bin")
+
+
+def check_overlap(source: Storage, destination: Storage, rules: FilterRules) -> None:
+    """Refuses a source and destination of which one lies inside the other.
+
+    ``sync data/sub data --delete`` would delete the source itself, and ``sync data
+    data/backup`` would copy its own output one level deeper on every run. Like rclone
+    ("can't sync or move files on overlapping remotes") hashsync refuses, unless the filters
+    exclude the nested part entirely (``sync data data/backup --exclude 'backup/*'``).
+
+    Raises:
+        InvalidArgument: The two overlap and the filters do not remove the overlap.
+    """
+    a, b = _location(source), _location(destination)
+    if a is None or b is None or a[0] != b[0]:
+        return
+    (_, src_prefix), (_, dst_prefix) = a, b
+    if src_prefix == dst_prefix:
+        raise InvalidArgument(
+            f"source and destination are the same place ({source!r} and {destination!r})"
+        )
+    if dst_prefix.startswith(src_prefix):
+        inner, outer, which = dst_prefix[len(src_prefix) :], "source", "destination"
+    elif src_prefix.startswith(dst_prefix):
+        inner, outer, which = src_prefix[len(dst_prefix) :], "destination", "source"
+    else:
+        return
+    probes = [inner + p for p in _PROBES]
+    if not any(filter_paths(probes, rules)):
+        return  # the user's filters keep the nested part out of both listings
+    raise InvalidArgument(
+        f"can't sync overlapping locations: the {which} is inside the {outer} (at "
+        f"{inner.rstrip('/')!r}); choose separate locations, or exclude it with "
+        f"--exclude '{inner}*'"
+    )
 
 
 def _scannable_root(storage: Storage) -> Path | None:
@@ -200,11 +275,14 @@ def list_side(
     rules: FilterRules,
     compare: Compare,
     progress: Callable[[int, int], object] | None = None,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> hashsync.Listing | list[hashsync.FileEntry]:
     """Lists one side of a sync as FileEntry records (a Listing for local directories).
 
     Local directories are scanned in Rust with ETag digests from the hash state cache; other
-    storages are listed through :meth:`Storage.list`, whose hashes are ETags.
+    storages are listed through :meth:`Storage.list`, whose hashes are ETags. Remote keys
+    that the filters keep but that are named like hashsync's own temporary files are left
+    out and, if ``skipped`` is given, appended to it with the reason.
     """
     rules = list(rules) + _INTERNAL_RULES
     root = _scannable_root(storage)
@@ -225,12 +303,21 @@ def list_side(
         )
     infos = list(storage.list(""))
     # The scanner's own include/exclude rule, so local and remote sides filter alike.
-    keep = filter_paths([info.key for info in infos], rules)
-    return [
+    keys = [info.key for info in infos]
+    keep = filter_paths(keys, rules)
+    entries = [
         hashsync.FileEntry(info.key, info.size, _to_ns(info.last_modified), info.hash)
         for info, kept in zip(infos, keep, strict=True)
         if kept
     ]
+    if skipped is not None:
+        user_keep = filter_paths(keys, list(rules[: len(rules) - len(_INTERNAL_RULES)]))
+        skipped.extend(
+            (key, "named like a hashsync temporary or lock file; not transferred")
+            for key, kept, wanted in zip(keys, keep, user_keep, strict=True)
+            if wanted and not kept
+        )
+    return entries
 
 
 def _rules(
@@ -318,6 +405,8 @@ def sync(
     endpoint_url: str | None = None,
     on_event: Callable[[TransferEvent], object] | None = None,
     on_plan: Callable[[hashsync.Plan], object] | None = None,
+    allow_empty_source: bool = False,
+    max_delete: int | None = None,
 ) -> SyncResult:
     """Makes ``destination`` hold the files of ``source``, deciding by content.
 
@@ -325,7 +414,9 @@ def sync(
         source: A local directory, ``s3://bucket/prefix``, ``http(s)://...`` or a Storage.
         destination: The same kinds; must be writable. A missing local directory is created.
         delete: Delete destination files the source does not have. Runs after all transfers,
-            and not at all if any transfer failed (``SyncResult.delete_suppressed``).
+            and not at all if any transfer failed, if any source entry could not be listed
+            or hashed (its destination copy would look deletable), or if there are more than
+            ``max_delete`` deletions (``SyncResult.delete_suppressed`` and its reason).
         dry_run: Only report what would be transferred and deleted.
         include: Patterns to include (``aws s3 sync`` globs; see :func:`hashsync.scan`).
         exclude: Patterns to exclude. Excludes apply first, so an include always wins.
@@ -340,6 +431,11 @@ def sync(
         on_event: Called from this thread with a :class:`TransferEvent` per finished file.
         on_plan: Called with the :class:`hashsync.Plan` once both sides are compared, before
             anything is transferred.
+        allow_empty_source: With ``delete``, a source that lists no files at all is refused
+            (a wrong prefix or an unmounted disk would otherwise empty the destination);
+            this allows it.
+        max_delete: With ``delete``, delete nothing when more than this many files would be
+            deleted (rclone's ``--max-delete``, all or nothing).
 
     Returns:
         What was transferred, deleted, skipped and failed.
@@ -349,7 +445,8 @@ def sync(
         NotADirectory: A local side is a file.
         PermissionDenied: The store refused the credentials.
         StorageUnavailable: A store could not be reached.
-        InvalidArgument: Bad options.
+        InvalidArgument: Bad options; source and destination overlap; an empty source with
+            ``delete`` and without ``allow_empty_source``.
     """
     started = time.monotonic()
     rules = _rules(include, exclude, filters)
@@ -358,29 +455,72 @@ def sync(
     workers = workers if workers is not None else _default_workers()
     if workers < 1:
         raise InvalidArgument("workers must be at least 1")
+    if max_delete is not None and max_delete < 0:
+        raise InvalidArgument("max_delete must be at least 0")
+    if compare not in ("checksum", "size-mtime", "size"):
+        raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
+    check_overlap(src, dst, rules)
 
-    plan, src_listing, dst_listing = plan_sync(
-        src, dst, rules=rules, compare=compare, progress=progress
+    result = SyncResult(dry_run=dry_run)
+    # The source first: a destination is created only once the source is known to exist.
+    src_listing = list_side(
+        src, rules=rules, compare=compare, progress=progress, skipped=result.skipped_keys
     )
+    dst_listing = list_side(dst, rules=rules, compare=compare, progress=progress)
+    plan = hashsync.diff(src_listing, dst_listing, compare=compare)
     if on_plan is not None:
         on_plan(plan)
-    result = SyncResult(skipped=plan.unchanged, dry_run=dry_run)
-    for listing in (src_listing, dst_listing):
-        result.scan_errors.extend(getattr(listing, "errors", []))
-    to_copy = plan.copy_entries()
-    to_delete = plan.delete
+    result.skipped = plan.unchanged
+    src_errors = list(getattr(src_listing, "errors", []))
+    dst_errors = list(getattr(dst_listing, "errors", []))
+    result.scan_errors.extend(src_errors + dst_errors)
+
+    # Never overwrite what could not be seen: a destination entry that could not be read
+    # (or a directory that could not be listed) keeps whatever it holds.
+    to_copy = []
+    for e in plan.copy_entries():
+        blocked = _under_any(e.path, dst_errors)
+        if blocked is None:
+            to_copy.append(e)
+        else:
+            result.failed.append(
+                (e.path, f"not written: the destination entry {blocked!r} could not be read")
+            )
+    to_delete = plan.delete if delete else []
+
+    if delete and to_delete:
+        if not allow_empty_source and len(src_listing) == 0 and not src_errors:
+            raise InvalidArgument(
+                f"the source {src!r} lists no files, so --delete would delete all "
+                f"{len(to_delete)} files of {dst!r}; check the source, or pass "
+                "--allow-empty-source (allow_empty_source=True) if that is what you want"
+            )
+        if src_errors:
+            result.delete_suppressed_reason = (
+                f"{len(src_errors)} source entries could not be listed or hashed, so their "
+                "destination copies would look deletable"
+            )
+        elif max_delete is not None and len(to_delete) > max_delete:
+            result.delete_suppressed_reason = (
+                f"{len(to_delete)} files would be deleted, more than max_delete={max_delete}"
+            )
+        elif result.failed:
+            result.delete_suppressed_reason = f"{len(result.failed)} transfers failed"
+    result.delete_suppressed = result.delete_suppressed_reason is not None
 
     if dry_run:
         result.transferred = [e.path for e in to_copy]
-        result.bytes_transferred = plan.copy_bytes
-        result.deleted = list(to_delete) if delete else []
+        result.bytes_transferred = sum(e.size for e in to_copy)
+        result.deleted = [] if result.delete_suppressed else list(to_delete)
         result.seconds = time.monotonic() - started
         return result
 
-    if to_copy and not isinstance(dst, ReadWriteStorage):
+    if (to_copy or to_delete) and not isinstance(dst, ReadWriteStorage):
         raise InvalidArgument(f"{dst!r} is read-only and cannot be a sync destination")
+    if isinstance(dst, LocalStorage):
+        dst.create_root()
     action = _action(src, dst)
-    total = plan.copy_bytes
+    total = sum(e.size for e in to_copy)
     if progress is not None:
         progress(0, total)
 
@@ -441,20 +581,36 @@ def sync(
             raise
     result.transferred.sort()
 
-    if delete and to_delete:
-        if result.failed:
-            result.delete_suppressed = True
-        else:
-            assert isinstance(dst, ReadWriteStorage)
-            for key in to_delete:
-                try:
-                    dst.delete(key)
-                    result.deleted.append(key)
-                    event = TransferEvent("delete", key, 0)
-                except HashsyncError as exc:
-                    result.failed.append((key, describe(exc)))
-                    event = TransferEvent("delete", key, 0, describe(exc))
-                if on_event is not None:
-                    on_event(event)
+    if to_delete and not result.delete_suppressed and result.failed:
+        result.delete_suppressed_reason = f"{len(result.failed)} transfers failed"
+        result.delete_suppressed = True
+    if to_delete and not result.delete_suppressed:
+        assert isinstance(dst, ReadWriteStorage)
+        for key in to_delete:
+            try:
+                dst.delete(key)
+                result.deleted.append(key)
+                event = TransferEvent("delete", key, 0)
+            except HashsyncError as exc:
+                result.failed.append((key, describe(exc)))
+                event = TransferEvent("delete", key, 0, describe(exc))
+            if on_event is not None:
+                on_event(event)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _under_any(path: str, errors: Sequence[tuple[str, str]]) -> str | None:
+    """The error path that is ``path`` itself or a directory containing it, if any."""
+    if not errors:
+        return None
+    bad = {where.strip("/") for where, _ in errors}
+    if "" in bad or "." in bad:
+        return "."
+    candidate = path
+    while True:
+        if candidate in bad:
+            return candidate
+        candidate, sep, _ = candidate.rpartition("/")
+        if not sep:
+            return None

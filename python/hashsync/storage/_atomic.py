@@ -30,6 +30,8 @@ from hashsync.errors import StorageUnavailable
 
 __all__ = [
     "KeyLock",
+    "same_version",
+    "settled_fstat",
     "atomic_destination",
     "cleanup_once",
     "cleanup_stale_temporaries",
@@ -51,6 +53,41 @@ _FOREIGN_TMP_AGE = 24 * 3600.0
 _cleaned_dirs: dict[tuple[int, str], float] = {}
 _cleaned_lock = threading.Lock()
 _CLEAN_INTERVAL = 60.0
+
+
+# A write updates mtime/ctime when it starts, not when its data is in place: a reader whose
+# first fstat lands inside a write sees timestamps that never move again, yet reads part of the
+# old and part of the new data. Waiting until the last timestamp update is this old gives any
+# write that was in flight then the time to finish.
+_SETTLE_NS = 50_000_000
+
+
+def same_version(a: os.stat_result, b: os.stat_result | None) -> bool:
+    """Whether two stats describe the same, unmodified file (every write moves mtime/ctime)."""
+    return b is not None and (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
+
+
+def settled_fstat(fd: int) -> os.stat_result | None:
+    """``fstat(fd)`` once no write can still be in flight, or None if the file is being written.
+
+    A file untouched for :data:`_SETTLE_NS` (almost every file a sync reads) costs one fstat.
+    A more recent one is looked at again after that time; if it changed meanwhile it is being
+    written to right now and None is returned, so the caller reports it as changed.
+    """
+    st = os.fstat(fd)
+    age = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns)
+    if age >= _SETTLE_NS:
+        return st
+    # A timestamp in the future (clock skew on a network filesystem) waits once, not forever.
+    time.sleep((_SETTLE_NS - age if age >= 0 else _SETTLE_NS) / 1e9)
+    again = os.fstat(fd)
+    return again if same_version(st, again) else None
 
 
 def _host_tag() -> str:

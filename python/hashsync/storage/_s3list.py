@@ -17,6 +17,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from hashsync.errors import IntegrityError
 from hashsync.storage.base import ObjectInfo
 
 __all__ = ["FallBack", "RawClient", "list_objects"]
@@ -165,19 +166,36 @@ class RawClient:
                         modified = parse_time((child.text or "").replace("Z", "+00:00"))
                 if key is None or modified is None:
                     raise FallBack("incomplete Contents element")
+                if not key.startswith(prefix):
+                    raise outside_prefix(key, prefix)
                 out.append(
                     ObjectInfo(key[root_len:], size, modified.astimezone(datetime.UTC), etag)
                 )
             for cp in root.iter(_NS + "CommonPrefixes"):
                 p = cp.findtext(_NS + "Prefix")
                 if p:
-                    common.append(unquote(p))
+                    p = unquote(p)
+                    if not p.startswith(prefix):
+                        raise outside_prefix(p, prefix)
+                    common.append(p)
             truncated = (root.findtext(_NS + "IsTruncated") or "false") == "true"
             token = root.findtext(_NS + "NextContinuationToken")
             if not truncated:
                 return out, common
             if not token:
                 raise FallBack("truncated page without a continuation token")
+
+
+def outside_prefix(key: str, prefix: str) -> IntegrityError:
+    """The error for a listing that names a key the request did not ask for.
+
+    Stripping the prefix from such a key would make up a different key (a sync could then
+    download or delete the wrong object), so the whole listing is refused.
+    """
+    return IntegrityError(
+        f"the store listed {key!r}, which is outside the requested prefix {prefix!r}; "
+        "refusing a listing that does not match the request"
+    )
 
 
 def list_objects(lister: RawClient, *, root_prefix: str, prefix: str) -> list[ObjectInfo]:

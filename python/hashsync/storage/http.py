@@ -5,6 +5,11 @@ after a dropped connection instead of starting over; ``ETag`` is the hash and
 ``Last-Modified`` the modification time. Listing reads the server's HTML directory indexes
 (Python's ``http.server``, nginx ``autoindex``, Apache ``mod_autoindex``), the way fsspec's
 HTTP filesystem does.
+
+Credentials may be part of the base URL: ``https://user:password@host/data`` sends them as
+HTTP Basic authentication (never in the request URL), and a query string
+(``https://host/data?token=abc``) is appended to the URL of every key. Neither appears in
+``repr()`` or in error messages: those go through :func:`hashsync._redact.redact`.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import hashsync
+from hashsync._redact import redact, redact_url
 from hashsync.errors import (
     HashsyncError,
     IntegrityError,
@@ -64,6 +71,39 @@ class _Links(html.parser.HTMLParser):
                     self.hrefs.append(value)
 
 
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends ``Authorization`` only to the origin it was meant for.
+
+    urllib copies every header of a request to the redirected one, so a server could
+    otherwise have the credentials sent to a host of its choosing.
+    """
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in [n for n in new.headers if n.lower() == "authorization"]:
+                del new.headers[name]
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, port or default
+
+
 def _http_date(value: str | None) -> datetime.datetime | None:
     if not value:
         return None
@@ -81,7 +121,11 @@ class HTTPStorage(ReadOnlyStorage):
 
     Args:
         base_url: URL that keys are relative to: key ``a/b.txt`` of
-            ``https://host/data`` is ``https://host/data/a/b.txt``.
+            ``https://host/data`` is ``https://host/data/a/b.txt``. A ``user:password@``
+            in it (percent-encoded, as URLs require) is sent as HTTP Basic authentication;
+            a query string is kept after every key:
+            ``https://u:p@host/data?token=abc`` fetches ``https://host/data/a/b.txt?token=abc``
+            with ``Authorization: Basic ...``. A fragment is ignored.
         headers: Extra request headers (e.g. ``{"Authorization": "Bearer ..."}``).
         timeout: Seconds to wait for a connection or for data.
         max_attempts: Attempts per request (connection errors, timeouts, 408/429/5xx are
@@ -92,8 +136,14 @@ class HTTPStorage(ReadOnlyStorage):
             form. A ``Content-MD5`` header is always checked.
         list_workers: Parallel HEAD requests when listing.
 
+    Attributes:
+        base_url: The base URL without credentials and query string, ending in ``/``.
+        query: The base URL's query string (without ``?``), appended to every request; may
+            hold a secret such as a token.
+
     Raises:
-        InvalidArgument: ``base_url`` is not an http(s) URL.
+        InvalidArgument: ``base_url`` is not an http(s) URL, has an invalid port, or has
+            credentials while ``headers`` has an ``Authorization`` header too.
     """
 
     def __init__(
@@ -106,25 +156,56 @@ class HTTPStorage(ReadOnlyStorage):
         verify: bool | None = None,
         list_workers: int = 8,
     ) -> None:
+        shown = redact_url(base_url)
         parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidArgument(f"not an http(s) URL: {base_url!r}")
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if parts.scheme.lower() not in ("http", "https") or not host:
+            raise InvalidArgument(f"not an http(s) URL: {shown!r}")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise InvalidArgument(f"invalid port in {shown!r}") from None
         if max_attempts < 1:
             raise InvalidArgument("max_attempts must be at least 1")
-        self.base_url = base_url.rstrip("/") + "/"
         self.headers = dict(headers or {})
+        self._auth: dict[str, str] = {}
+        if at:
+            if any(name.lower() == "authorization" for name in self.headers):
+                raise InvalidArgument(
+                    f"{shown!r} has credentials and headers has an Authorization header too"
+                )
+            user, _, password = userinfo.partition(":")
+            pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+            token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+            self._auth["Authorization"] = f"Basic {token}"
+        path = parts.path.rstrip("/") + "/"
+        self.base_url = urllib.parse.urlunsplit((parts.scheme, host, path, "", ""))
+        self.query = parts.query
+        # What repr() shows: the URL as given (normalised), its secrets replaced.
+        self._shown = redact_url(
+            urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+        )
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.verify = verify
         self.list_workers = list_workers
-        self._opener = urllib.request.build_opener()
+        self._opener = urllib.request.build_opener(_RedirectHandler)
 
     def __repr__(self) -> str:
-        return f"HTTPStorage({self.base_url!r})"
+        return f"HTTPStorage({self._shown!r})"
 
     def url(self, key: str) -> str:
-        """Return the URL of ``key``."""
-        return self.base_url + urllib.parse.quote(validate_key(key), safe="/")
+        """Return the URL of ``key``: what is requested for it.
+
+        It has the base URL's query string (which may be a secret token) but never its
+        credentials; pass it through :func:`hashsync._redact.redact_url` before showing it.
+        """
+        return self._join(urllib.parse.quote(validate_key(key), safe="/"))
+
+    def _join(self, quoted: str) -> str:
+        """The request URL of an already percent-encoded path below the base URL."""
+        url = self.base_url + quoted
+        return f"{url}?{self.query}" if self.query else url
 
     # -- requests ----------------------------------------------------------------------
 
@@ -132,8 +213,9 @@ class HTTPStorage(ReadOnlyStorage):
         self, method: str, url: str, key: str, headers: dict[str, str] | None = None
     ) -> http.client.HTTPResponse:
         request = urllib.request.Request(
-            url, method=method, headers={**self.headers, **(headers or {})}
+            url, method=method, headers={**self.headers, **self._auth, **(headers or {})}
         )
+        shown = redact_url(url)
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
             if attempt:
@@ -144,21 +226,27 @@ class HTTPStorage(ReadOnlyStorage):
                 exc.close()
                 if exc.code in (404, 410):
                     raise NotFound(
-                        errno.ENOENT, f"{method} {url}: key {key!r} not found (HTTP {exc.code})"
+                        errno.ENOENT, f"{method} {shown}: key {key!r} not found (HTTP {exc.code})"
                     ) from None
                 if exc.code in (401, 403):
                     raise PermissionDenied(
-                        errno.EACCES, f"{method} {url}: access to {key!r} denied (HTTP {exc.code})"
+                        errno.EACCES,
+                        f"{method} {shown}: access to {key!r} denied (HTTP {exc.code})",
                     ) from None
                 if exc.code not in _RETRY_STATUS:
-                    raise HashsyncError(f"{method} {url}: HTTP {exc.code} {exc.reason}") from None
+                    raise HashsyncError(
+                        redact(f"{method} {shown}: HTTP {exc.code} {exc.reason}")
+                    ) from None
                 last = exc
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 last = exc
         reason = getattr(last, "reason", last)
         raise StorageUnavailable(
             errno.ECONNREFUSED if isinstance(reason, ConnectionRefusedError) else errno.EIO,
-            f"{method} {url}: {self!r} unreachable after {self.max_attempts} attempts: {reason}",
+            redact(
+                f"{method} {shown}: {self!r} unreachable after {self.max_attempts} attempts: "
+                f"{reason}"
+            ),
         )
 
     def _head(self, key: str) -> http.client.HTTPResponse:
@@ -166,7 +254,7 @@ class HTTPStorage(ReadOnlyStorage):
         response = self._request("HEAD", url, key)
         response.close()
         if response.status >= 300:
-            raise HashsyncError(f"HEAD {url}: unexpected HTTP {response.status}")
+            raise HashsyncError(f"HEAD {redact_url(url)}: unexpected HTTP {response.status}")
         return response
 
     # -- reading -----------------------------------------------------------------------
@@ -190,7 +278,7 @@ class HTTPStorage(ReadOnlyStorage):
         """
         length = self._head(key).headers.get("Content-Length")
         if length is None or not length.isdigit():
-            raise HashsyncError(f"{self.url(key)} gives no Content-Length")
+            raise HashsyncError(f"{redact_url(self.url(key))} gives no Content-Length")
         return int(length)
 
     def get_hash(self, key: str) -> str:
@@ -206,7 +294,8 @@ class HTTPStorage(ReadOnlyStorage):
         etag = self._head(key).headers.get("ETag")
         if not etag:
             raise HashsyncError(
-                f"{self.url(key)} has no ETag, so hashsync cannot hash it without downloading"
+                f"{redact_url(self.url(key))} has no ETag, "
+                "so hashsync cannot hash it without downloading"
             )
         return normalize_hash(etag)
 
@@ -219,7 +308,7 @@ class HTTPStorage(ReadOnlyStorage):
         """
         value = _http_date(self._head(key).headers.get("Last-Modified"))
         if value is None:
-            raise HashsyncError(f"{self.url(key)} has no Last-Modified date")
+            raise HashsyncError(f"{redact_url(self.url(key))} has no Last-Modified date")
         return value
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -256,7 +345,7 @@ class HTTPStorage(ReadOnlyStorage):
         )
 
     def _crawl(self, directory: str, prefix: str) -> set[str]:
-        url = self.base_url + urllib.parse.quote(directory, safe="/")
+        url = self._join(urllib.parse.quote(directory, safe="/"))
         try:
             response = self._request("GET", url, directory or "/")
         except NotFound:
@@ -265,12 +354,15 @@ class HTTPStorage(ReadOnlyStorage):
             kind = response.headers.get_content_type()
             if kind not in ("text/html", "application/xhtml+xml"):
                 raise HashsyncError(
-                    f"{url} is not an HTML directory index ({kind}); HTTPStorage cannot list it"
+                    f"{redact_url(url)} is not an HTML directory index ({kind}); "
+                    "HTTPStorage cannot list it"
                 )
             charset = response.headers.get_content_charset() or "utf-8"
             page = response.read().decode(charset, "replace")
-            # Redirects (e.g. to add a trailing slash) change the base of relative links.
-            base = response.geturl()
+            # Redirects (e.g. to add a trailing slash) change the base of relative links; the
+            # query string (the base URL's, kept by the redirect) is not part of it.
+            base = urllib.parse.urlsplit(response.geturl())._replace(query="", fragment="")
+            base = base.geturl()
         parser = _Links()
         parser.feed(page)
         found: set[str] = set()
@@ -335,7 +427,7 @@ class HTTPStorage(ReadOnlyStorage):
                         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
                         if match is None or int(match[1]) != offset:
                             raise IntegrityError(
-                                f"GET {url}: bad Content-Range "
+                                f"GET {redact_url(url)}: bad Content-Range "
                                 f"{response.headers.get('Content-Range')!r}"
                             )
                         if match[3] != "*":
@@ -365,8 +457,10 @@ class HTTPStorage(ReadOnlyStorage):
                         if failures >= self.max_attempts or not validator:
                             raise StorageUnavailable(
                                 errno.EIO,
-                                f"GET {url}: connection lost at byte {offset} "
-                                f"after {failures} attempts: {exc}",
+                                redact(
+                                    f"GET {url}: connection lost at byte {offset} "
+                                    f"after {failures} attempts: {exc}"
+                                ),
                             ) from exc
                         time.sleep(min(0.1 * 2**failures, 5.0))
                         continue
@@ -376,13 +470,15 @@ class HTTPStorage(ReadOnlyStorage):
                 if failures >= self.max_attempts or not validator:
                     raise StorageUnavailable(
                         errno.EIO,
-                        f"GET {url}: body ended at byte "
+                        f"GET {redact_url(url)}: body ended at byte "
                         f"{offset} of {total} after {failures} attempts",
                     )
             out.flush()
         assert first is not None
         if total is not None and offset != total:
-            raise IntegrityError(f"GET {url}: received {offset} bytes, expected {total}")
+            raise IntegrityError(
+                f"GET {redact_url(url)}: received {offset} bytes, expected {total}"
+            )
         self._verify(url, first, tmp)
         modified = _http_date(first.get("Last-Modified"))
         if modified is not None:
@@ -398,7 +494,7 @@ class HTTPStorage(ReadOnlyStorage):
             except ValueError:
                 expected = ""
             if hashsync.hash_file(tmp, "md5") != expected:
-                raise IntegrityError(f"GET {url}: data does not match Content-MD5")
+                raise IntegrityError(f"GET {redact_url(url)}: data does not match Content-MD5")
         verify = self.verify
         if verify is None:
             verify = "x-amz-request-id" in headers or "x-amz-id-2" in headers
@@ -410,4 +506,4 @@ class HTTPStorage(ReadOnlyStorage):
         else:
             ok = hashsync.hash_file(tmp, "md5") == etag
         if not ok:
-            raise IntegrityError(f"GET {url}: data does not match the ETag {etag}")
+            raise IntegrityError(f"GET {redact_url(url)}: data does not match the ETag {etag}")

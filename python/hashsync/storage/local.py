@@ -30,11 +30,20 @@ from hashsync.errors import (
     FileChanged,
     HashsyncError,
     InvalidArgument,
+    NotADirectory,
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    UnsafePath,
 )
-from hashsync.storage._atomic import KeyLock, cleanup_once, commit, temporary_path
+from hashsync.storage._atomic import (
+    KeyLock,
+    cleanup_once,
+    commit,
+    same_version,
+    settled_fstat,
+    temporary_path,
+)
 from hashsync.storage.base import (
     ObjectInfo,
     ReadOnlyStorage,
@@ -100,6 +109,27 @@ class _DigestMemo:
 
 
 _memo = _DigestMemo()
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:
+    """Copy an open file's whole content, in the kernel where it can (what shutil does)."""
+    try:
+        while os.copy_file_range(fin.fileno(), fout.fileno(), 1 << 30):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        fin.seek(0)
+        fout.seek(0)
+        fout.truncate()
+        shutil.copyfileobj(fin, fout, 1024**2)
 
 
 def _source_file(source: object, key: str) -> Path:
@@ -288,6 +318,12 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         hash_state: Use the on-disk hash state cache in :meth:`list`.
         hash_state_dir: Where that cache lives (default: :func:`hashsync.default_cache_dir`).
         lock_timeout: Seconds a conditional write waits for another writer's lock.
+        create: Create ``root`` now. ``False`` defers that to :meth:`create_root` or the
+            first write (a sync creates its destination only once the source is listed).
+
+    Writes never go through a symbolic link below ``root`` (a linked directory or a linked
+    file at the key's path): such a key is refused with :class:`~hashsync.errors.UnsafePath`,
+    because listings skip links, so what is behind one is a place the caller cannot see.
     """
 
     def __init__(
@@ -298,11 +334,13 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         hash_state: bool = True,
         hash_state_dir: str | os.PathLike[str] | None = None,
         lock_timeout: float = 60.0,
+        create: bool = True,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
             raise InvalidArgument(f"storage root {str(self.root)!r} is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.create_root()
         self.part_size = part_size
         self.hash_state = hash_state
         self.hash_state_dir = None if hash_state_dir is None else Path(hash_state_dir)
@@ -311,7 +349,50 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r})"
 
+    def create_root(self) -> None:
+        """Create the root directory (and its parents) if it does not exist.
+
+        Raises:
+            NotADirectory: The root or one of its parents is a file.
+            PermissionDenied: The directory may not be created there.
+            HashsyncError: Any other reason it cannot be created (e.g. under ``/proc``).
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectory(
+                errno.ENOTDIR, f"cannot create {str(self.root)!r}: a parent path is a file"
+            ) from None
+        except PermissionError as exc:
+            raise PermissionDenied(
+                errno.EACCES, f"cannot create {str(self.root)!r}: {exc.strerror}"
+            ) from None
+        except OSError as exc:
+            raise HashsyncError(f"cannot create {str(self.root)!r}: {exc.strerror}") from None
+
     # -- writing -----------------------------------------------------------------------
+
+    def _refuse_links(self, key: str, final: Path) -> None:
+        """Refuse to write ``final`` if a path component below the root is a symbolic link.
+
+        ``mkdir(parents=True)``, ``open`` and ``rename`` all follow a linked directory, so a
+        key under ``sub/`` with ``sub -> /elsewhere`` would land outside the storage; a linked
+        file would be replaced by a regular file the next listing never saw before.
+        """
+        current = self.root
+        for part in final.relative_to(self.root).parts:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # created below as a real directory (or refused by mkdir)
+            if stat.S_ISLNK(st.st_mode):
+                where = current.relative_to(self.root).as_posix()
+                raise UnsafePath(
+                    errno.ELOOP,
+                    f"refusing to write key {key!r} in {self!r}: {where!r} is a symbolic link "
+                    "(hashsync never writes through links; replace it with a directory or file)",
+                )
 
     def _check_writable(self) -> None:
         """Hook for subclasses that can stop accepting writes (a closed temporary store)."""
@@ -332,11 +413,16 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         """
         self._check_writable()
         final = self.path(key)
+        self._refuse_links(key, final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise InvalidArgument(
                 f"cannot write key {key!r} in {self!r}: a parent path is a file"
+            ) from None
+        except PermissionError as exc:
+            raise PermissionDenied(
+                errno.EACCES, f"cannot write key {key!r} in {self!r}: {exc.strerror}"
             ) from None
         cleanup_once(final.parent)
         tmp = temporary_path(final)
@@ -361,18 +447,25 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
 
         report = current_progress()
 
+        def changed() -> FileChanged:
+            error = FileChanged(f"{str(src)!r} changed while it was copied to {key!r}")
+            error.path = str(src)
+            return error
+
         def fill(tmp: Path) -> None:
-            before = src.stat()
-            shutil.copyfile(src, tmp)
+            with open(src, "rb") as fin:
+                before = settled_fstat(fin.fileno())
+                if before is None:
+                    raise changed()
+                with open(tmp, "wb") as fout:
+                    _copy_contents(fin, fout)
+                after = os.fstat(fin.fileno())
             if report is not None:
                 report(before.st_size)
-            after = src.stat()
-            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
-                tmp.stat().st_size != after.st_size
-            ):
-                error = FileChanged(f"{str(src)!r} changed while it was copied to {key!r}")
-                error.path = str(src)
-                raise error
+            if not same_version(before, after) or not same_version(before, _stat_or_none(src)):
+                raise changed()
+            if tmp.stat().st_size != after.st_size:
+                raise changed()
             os.utime(tmp, ns=(after.st_atime_ns, after.st_mtime_ns))
 
         self._receive(key, fill, check=check)
@@ -522,6 +615,7 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
             return self._open_for_read(key, mode, **kwargs)
         self._check_writable()
         final = self.path(key)
+        self._refuse_links(key, final)
         final.parent.mkdir(parents=True, exist_ok=True)
         if "w" in mode or "x" in mode:
             if "x" in mode and final.exists():

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from hashsync._redact import redact_url
 from hashsync.errors import InvalidArgument
 from hashsync.storage.base import Storage
 
@@ -64,7 +65,7 @@ def _path(path: str, **options: Any) -> Storage:
 def _local(url: str, **options: Any) -> Storage:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise InvalidArgument(f"file URL with a remote host is not supported: {url!r}")
+        raise InvalidArgument(f"file URL with a remote host is not supported: {redact_url(url)!r}")
     return _path(urllib.request.url2pathname(parts.path), **options)
 
 
@@ -85,8 +86,9 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
 
     Args:
         url_or_path: A local path (``"data"``, ``Path("data")``), ``file:///abs/path``,
-            ``s3://bucket/prefix``, ``http(s)://host/path``, or a URL of a scheme added
-            with :func:`register_scheme`.
+            ``s3://bucket/prefix``, ``http(s)://host/path`` (credentials and a query
+            string are passed on: ``https://user:pw@host/path?token=...``), or a URL of a
+            scheme added with :func:`register_scheme`.
         **options: Passed to the storage class (e.g. ``endpoint_url=`` for S3,
             ``part_size=`` for local and S3 storages).
 
@@ -109,7 +111,7 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
     if factory is None:
         known = ", ".join(f"{s}://" for s in registered_schemes())
         raise InvalidArgument(
-            f"unknown storage URL scheme {scheme!r} in {url_or_path!r} "
+            f"unknown storage URL scheme {scheme!r} in {redact_url(url_or_path)!r} "
             f"(known: {known}, or a local path)"
         )
     return factory(url_or_path, **options)

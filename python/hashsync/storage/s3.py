@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import hashsync
+from hashsync._redact import redact, redact_url
 from hashsync.errors import (
     FileChanged,
     HashsyncError,
@@ -69,6 +70,7 @@ from hashsync.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
+from hashsync.storage._atomic import same_version, settled_fstat
 from hashsync.storage.base import (
     ByteCallback,
     ObjectInfo,
@@ -82,6 +84,7 @@ from hashsync.storage.local import (
     TemporaryLocalStorage,
     _check_destination,
     _source_file,
+    _stat_or_none,
     normalize_hash,
 )
 
@@ -332,7 +335,7 @@ class S3Storage(ReadWriteStorage):
             try:
                 return session.client("s3", endpoint_url=endpoint_url, config=Config(**options))
             except (ValueError, botocore.exceptions.BotoCoreError) as exc:
-                raise InvalidArgument(f"cannot create an S3 client: {exc}") from None
+                raise InvalidArgument(f"cannot create an S3 client: {redact(str(exc))}") from None
 
         if addressing_style is None and (
             endpoint_url
@@ -367,7 +370,7 @@ class S3Storage(ReadWriteStorage):
         """
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
-            raise InvalidArgument(f"not an s3://bucket/prefix URL: {url!r}")
+            raise InvalidArgument(f"not an s3://bucket/prefix URL: {redact_url(url)!r}")
         return cls(parts.netloc, urllib.parse.unquote(parts.path), **options)
 
     def __repr__(self) -> str:
@@ -394,7 +397,7 @@ class S3Storage(ReadWriteStorage):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = error.get("Message") or code or f"HTTP {status}"
+            message = redact(str(error.get("Message") or code or f"HTTP {status}"))
             text = f"{action} {where}: {message} ({code or status})"
             if code == "NoSuchBucket":
                 return NotFound(
@@ -424,13 +427,14 @@ class S3Storage(ReadWriteStorage):
                 "AWS_PROFILE, or use anonymous=True for a public bucket)",
             )
         if isinstance(exc, botocore.exceptions.ParamValidationError):
-            return InvalidArgument(f"{action} {where}: {exc}")
+            return InvalidArgument(f"{action} {where}: {redact(str(exc))}")
         if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError, *_stream_errors())):
             return StorageUnavailable(
                 errno.ECONNREFUSED if "connect" in str(exc).lower() else errno.EIO,
-                f"{action} {where}: store unreachable after {self.max_attempts} attempts: {exc}",
+                f"{action} {where}: store unreachable after {self.max_attempts} attempts: "
+                f"{redact(str(exc))}",
             )
-        return HashsyncError(f"{action} {where}: {exc!r}")
+        return HashsyncError(redact(f"{action} {where}: {exc!r}"))
 
     def _call(self, action: str, key: str | None, method: Callable[..., Any], **kwargs: Any) -> Any:
         try:
@@ -491,12 +495,16 @@ class S3Storage(ReadWriteStorage):
                 if not info.key.endswith("/") and not (self.prefix + info.key).startswith(claims):
                     yield info
             return
+        from hashsync.storage import _s3list
+
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         try:
             for page in pages:
                 for item in page.get("Contents", []):
                     full = item["Key"]
+                    if not full.startswith(self.prefix + prefix):
+                        raise _s3list.outside_prefix(full, self.prefix + prefix)
                     if full.endswith("/") or full.startswith(claims):
                         continue
                     yield ObjectInfo(
@@ -812,12 +820,26 @@ class S3Storage(ReadWriteStorage):
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
         report = current_progress()
         with open(path, "rb") as fh:
-            before = os.fstat(fh.fileno())
+            before = settled_fstat(fh.fileno())
+            if before is None:
+                raise _changed(path, key)
             size = before.st_size
+
+            def unchanged() -> None:
+                # Called after everything was read and before the object becomes visible:
+                # a file written to meanwhile would be stored torn (with a checksum that
+                # matches the torn body), so the upload is abandoned instead. The path is
+                # checked too: a file replaced by rename leaves the open descriptor intact.
+                if not same_version(before, os.fstat(fh.fileno())) or not same_version(
+                    before, _stat_or_none(path)
+                ):
+                    raise _changed(path, key)
+
             if size < self.part_size:
-                data = fh.read()
+                data = fh.read(size + 1)
                 if len(data) != size:
                     raise _changed(path, key)
+                unchanged()
                 metadata[CRC64_METADATA] = hashsync.hash_bytes(data, "crc64nvme")
                 digest = hashlib.md5(data, usedforsecurity=False)
                 response = self._put_small(
@@ -827,14 +849,17 @@ class S3Storage(ReadWriteStorage):
                 if report is not None:
                     report(size)
             else:
-                # One extra read of the file (page-cached by now) at tens of GB/s.
-                metadata[CRC64_METADATA] = hashsync.hash_file(path, "crc64nvme")
+                # One extra read of the file (page-cached by now) at tens of GB/s; the
+                # descriptor's own file, not whatever the path names by then.
+                try:
+                    metadata[CRC64_METADATA] = hashsync.hash_file(
+                        f"/proc/self/fd/{fh.fileno()}" if _PROC_FD else path, "crc64nvme"
+                    )
+                except FileChanged:
+                    raise _changed(path, key) from None
                 response, expected = self._upload_multipart(
-                    key, fh.fileno(), size, metadata, conditions, report
+                    key, fh.fileno(), size, metadata, conditions, report, before_complete=unchanged
                 )
-            after = os.fstat(fh.fileno())
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            raise _changed(path, key)
         etag = _clean_etag(response.get("ETag", ""))
         if (
             self.verify
@@ -854,11 +879,13 @@ class S3Storage(ReadWriteStorage):
         count: int,
         send: Callable[[str, int], dict[str, Any]],
         conditions: dict[str, str] | None = None,
+        before_complete: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Create a multipart upload, ``send(upload_id, n)`` parts 1..count in parallel, complete.
 
-        Any failure (or Ctrl-C) aborts the upload: parts of an unfinished upload are billed
-        until aborted.
+        ``before_complete`` runs after the last part and may raise to abandon the upload. Any
+        failure (or Ctrl-C) aborts the upload: parts of an unfinished upload are billed until
+        aborted.
         """
         full = self._full(key)
         upload_id = self._call(
@@ -873,6 +900,8 @@ class S3Storage(ReadWriteStorage):
             parts = _run_parallel(
                 lambda number: send(upload_id, number), range(1, count + 1), self.max_concurrency
             )
+            if before_complete is not None:
+                before_complete()
             return self._call(
                 "CompleteMultipartUpload",
                 key,
@@ -896,6 +925,8 @@ class S3Storage(ReadWriteStorage):
         metadata: dict[str, str],
         conditions: dict[str, str],
         report: ByteCallback | None = None,
+        *,
+        before_complete: Callable[[], None] | None = None,
     ) -> tuple[dict[str, Any], str]:
         count = -(-size // self.part_size)
         if count > _MAX_PARTS:
@@ -935,7 +966,7 @@ class S3Storage(ReadWriteStorage):
                 report(length)
             return {"PartNumber": number, "ETag": part["ETag"]}
 
-        response = self._multipart(key, metadata, count, send, conditions)
+        response = self._multipart(key, metadata, count, send, conditions, before_complete)
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return response, f"{combined}-{count}"
 
@@ -1177,6 +1208,9 @@ def _mismatch(key: str, store: object, expected: str | None, current: str | None
     if current is None:
         return f"key {key!r} does not exist in {store!r} (expected ETag {expected})"
     return f"key {key!r} in {store!r} has ETag {current}, not the expected {expected}"
+
+
+_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
 def _changed(path: Path, key: str) -> FileChanged:

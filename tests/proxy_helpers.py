@@ -1,0 +1,59 @@
+"""A real HTTP proxy in front of a real server, for tests of misbehaving stores."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@contextlib.contextmanager
+def rewriting_proxy(upstream: str, rewrite: Callable[[str, bytes], bytes]) -> Iterator[str]:
+    """Forward every request to ``upstream``; pass each response body through ``rewrite``.
+
+    The Host header is kept as the client sent it, so SigV4 signatures stay valid.
+    Yields the proxy's base URL.
+    """
+    target = urllib.parse.urlsplit(upstream)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if self.command == "GET":
+                data = rewrite(self.path, data)
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in _HOP:
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,387 @@
+"""A sync never loses, tears or escapes: the adversarial cases, against SeaweedFS over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import hashsync
+from hashsync import errors
+from hashsync.storage import S3Storage, SimpleLocalStorage
+from hashsync.sync import sync
+from refs import MIB
+
+PART = 5 * MIB
+SETPRIV = shutil.which("setpriv")
+# Root reads everything; without these capabilities it obeys file modes like any user.
+NO_READ_OVERRIDE = [
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--",
+]
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def s3(server, bucket, prefix="", **kw) -> S3Storage:
+    return S3Storage(
+        bucket,
+        prefix,
+        endpoint_url=server.endpoint_url,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        part_size=PART,
+        max_attempts=2,
+        **kw,
+    )
+
+
+def keys(storage) -> dict[str, str]:
+    return {o.key: o.hash for o in storage.list()}
+
+
+def cli(*args, env=None, timeout=120, prefix=()):
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "hashsync", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else dict(os.environ),
+        timeout=timeout,
+    )
+
+
+def assert_no_traceback(r: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+
+
+# -- 1. what the source scan could not read is never deleted ----------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
+def test_unreadable_source_entries_suppress_delete(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"secret/a.txt": b"a", "unread.txt": b"u", "ok.txt": b"o"})
+    write_tree(dst, {"secret/a.txt": b"a", "unread.txt": b"u", "ok.txt": b"o", "extra": b"x"})
+    (src / "secret").chmod(0o000)
+    (src / "unread.txt").chmod(0o000)
+    env = {**os.environ, "HASHSYNC_CACHE_DIR": str(tmp_path / "state")}
+    os.chmod(tmp_path, 0o777)  # the state directory is created as a non-privileged root
+    try:
+        r = cli("sync", src, dst, "--delete", "--json", env=env, prefix=NO_READ_OVERRIDE)
+    finally:
+        (src / "secret").chmod(0o755)
+        (src / "unread.txt").chmod(0o644)
+    assert_no_traceback(r)
+    assert r.returncode == 2, r.stderr
+    out = json.loads(r.stdout)
+    assert out["deleted"] == [] and out["delete_suppressed"]
+    assert "could not be listed or hashed" in out["delete_suppressed_reason"]
+    assert sorted(e["path"] for e in out["scan_errors"]) == ["secret", "unread.txt"]
+    for name in ("secret/a.txt", "unread.txt", "extra"):
+        assert (dst / name).exists(), name
+    assert "deleted nothing" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
+def test_unreadable_destination_entry_is_not_overwritten(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"locked/a.txt": b"new", "b.txt": b"b"})
+    write_tree(dst, {"locked/a.txt": b"old"})
+    (dst / "locked").chmod(0o555 & ~0o444)  # searchable, not listable
+    os.chmod(tmp_path, 0o777)
+    env = {**os.environ, "HASHSYNC_CACHE_DIR": str(tmp_path / "state")}
+    try:
+        r = cli("sync", src, dst, "--json", env=env, prefix=NO_READ_OVERRIDE)
+    finally:
+        (dst / "locked").chmod(0o755)
+    assert_no_traceback(r)
+    out = json.loads(r.stdout)
+    assert r.returncode == 2 and out["transferred"] == ["b.txt"]
+    assert [f["key"] for f in out["failed"]] == ["locked/a.txt"]
+    assert "could not be read" in out["failed"][0]["reason"]
+    assert (dst / "locked/a.txt").read_bytes() == b"old"
+
+
+# -- 2. an upload of a file rewritten meanwhile never lands torn ------------------------------
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("to", ["s3", "local"])
+@pytest.mark.parametrize("size", [4 * MIB, 24 * MIB], ids=["single-put", "multipart"])
+def test_file_rewritten_during_upload_never_lands_torn(s3_server, bucket, tmp_path, size, to):
+    src = tmp_path / "src"
+    versions = [bytes([v]) * size for v in (1, 2)]  # two versions, each one byte repeated
+    old = bytes([9]) * size
+    write_tree(src, {"f.bin": old})
+    remote = s3(s3_server, bucket) if to == "s3" else SimpleLocalStorage(tmp_path / "dst")
+    assert sync(src, remote).transferred == ["f.bin"]
+    (src / "f.bin").write_bytes(versions[0])
+    stop = threading.Event()
+    passes = [0]
+
+    def rewrite() -> None:
+        # In place, 1 MiB at a time, alternating versions for as long as the sync runs.
+        fd = os.open(src / "f.bin", os.O_WRONLY)
+        try:
+            while not stop.is_set():
+                data = versions[passes[0] % 2]
+                for off in range(0, size, MIB):
+                    os.pwrite(fd, data[off : off + MIB], off)
+                passes[0] += 1
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=rewrite)
+    result = None
+    try:
+        result = sync(src, remote, on_plan=lambda plan: writer.start())
+    finally:
+        stop.set()
+        writer.join()
+    assert passes[0] >= 1
+    if to == "s3":
+        body = s3_server.client().get_object(Bucket=bucket, Key="f.bin")
+        stored = body["Body"].read()
+        assert body["Metadata"]["hashsync-crc64nvme"] == hashsync.hash_bytes(stored, "crc64nvme")
+        uploads = s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert uploads == []
+    else:
+        stored = (tmp_path / "dst" / "f.bin").read_bytes()
+        assert not [p for p in (tmp_path / "dst").iterdir() if "hashsync-tmp" in p.name]
+    if result.failed:
+        assert [k for k, _ in result.failed] == ["f.bin"]
+        assert "changed while it was" in result.failed[0][1]
+        assert stored == old, "a failed transfer replaced the destination"
+    else:
+        assert result.transferred == ["f.bin"]
+        assert stored in versions, "the stored copy mixes two versions"
+
+
+# -- 3. overlapping source and destination are refused -----------------------------------------
+
+
+def test_overlapping_local_paths_are_refused(tmp_path):
+    data = tmp_path / "data"
+    write_tree(data, {"sub/f1": b"1", "f2": b"2"})
+    with pytest.raises(errors.InvalidArgument, match="overlapping"):
+        sync(data / "sub", data, delete=True)
+    with pytest.raises(errors.InvalidArgument, match="overlapping"):
+        sync(data, data / "backup")
+    with pytest.raises(errors.InvalidArgument, match="same place"):
+        sync(data, tmp_path / "data/")
+    (tmp_path / "link").symlink_to(data)
+    with pytest.raises(errors.InvalidArgument, match="overlapping"):
+        sync(tmp_path / "link" / "sub", data, delete=True)
+    assert (data / "sub/f1").exists() and not (data / "backup").exists()
+    # An exclude that keeps the nested part out of both sides makes it safe.
+    result = sync(data, data / "backup", exclude="backup/*")
+    assert sorted(result.transferred) == ["f2", "sub/f1"]
+    again = sync(data, data / "backup", exclude="backup/*")
+    assert again.transferred == [] and not (data / "backup/backup").exists()
+    r = cli("sync", data / "sub", data, "--delete")
+    assert r.returncode == 1 and "overlapping" in r.stderr
+    assert_no_traceback(r)
+    # Siblings that share a name prefix do not overlap.
+    write_tree(tmp_path / "d", {"x": b"x"})
+    assert sync(tmp_path / "d", tmp_path / "dd").transferred == ["x"]
+
+
+@pytest.mark.s3
+def test_overlapping_s3_prefixes_are_refused(s3_server, bucket, tmp_path):
+    write_tree(tmp_path / "src", {"sub/f1": b"1", "f2": b"2"})
+    sync(tmp_path / "src", s3(s3_server, bucket, "p9"))
+    with pytest.raises(errors.InvalidArgument, match="overlapping"):
+        sync(s3(s3_server, bucket, "p9/sub"), s3(s3_server, bucket, "p9"), delete=True)
+    with pytest.raises(errors.InvalidArgument, match="overlapping"):
+        sync(s3(s3_server, bucket, "p9"), s3(s3_server, bucket, "p9/copy"))
+    with pytest.raises(errors.InvalidArgument, match="overlapping"):
+        sync(s3(s3_server, bucket), s3(s3_server, bucket, "p9"))
+    assert sorted(keys(s3(s3_server, bucket, "p9"))) == ["f2", "sub/f1"]
+    # Same bucket, disjoint prefixes ("p9" and "p90") are fine.
+    assert sorted(sync(s3(s3_server, bucket, "p9"), s3(s3_server, bucket, "p90")).transferred) == [
+        "f2",
+        "sub/f1",
+    ]
+    env = s3_server.env(inherit=True)
+    r = cli("sync", f"s3://{bucket}/p9/sub", f"s3://{bucket}/p9", "--delete", env=env)
+    assert r.returncode == 1 and "overlapping" in r.stderr
+
+
+# -- 4. writes never follow a symlink out of the destination ------------------------------------
+
+
+@pytest.mark.s3
+def test_writes_never_follow_directory_symlinks(s3_server, bucket, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_tree(tmp_path / "src", {"sub/file": b"payload", "top": b"t"})
+    remote = s3(s3_server, bucket)
+    sync(tmp_path / "src", remote)
+    for source in (remote, tmp_path / "src"):
+        dst = tmp_path / f"dst-{type(source).__name__}"
+        dst.mkdir()
+        (dst / "sub").symlink_to(elsewhere)
+        result = sync(source, dst)
+        assert result.transferred == ["top"]
+        assert [k for k, _ in result.failed] == ["sub/file"]
+        assert "symbolic link" in result.failed[0][1]
+        assert list(elsewhere.iterdir()) == []
+    # A linked file at the key's path is not replaced either.
+    dst = tmp_path / "dst-file-link"
+    dst.mkdir()
+    (elsewhere / "target").write_bytes(b"keep me")
+    (dst / "top").symlink_to(elsewhere / "target")
+    result = sync(tmp_path / "src", dst)
+    assert "top" in [k for k, _ in result.failed]
+    assert (dst / "top").is_symlink() and (elsewhere / "target").read_bytes() == b"keep me"
+    with pytest.raises(errors.UnsafePath):
+        SimpleLocalStorage(tmp_path / "dst-file-link").open("top", "wb")
+
+
+# -- 7. no input ends in a traceback -----------------------------------------------------------
+
+
+def test_hostile_cli_input_gets_clear_errors(tmp_path):
+    write_tree(tmp_path / "src", {"f": b"x"})
+    bad_sums = tmp_path / "bad.sum"
+    bad_sums.write_bytes(b"0" * 64 + b"  \xff\xfe\n")
+    cases = [
+        (["sync", tmp_path / "src", "/dev/null/x"], "is a file"),
+        (["sync", tmp_path / "src", "/proc/1/newdir"], "cannot create"),
+        (
+            ["hash", "-a", "etag", "--part-size", "99999999999999999999999", tmp_path / "src/f"],
+            "too large",
+        ),
+        (["hash", "--check", bad_sums], "could not be read"),
+        (["sync", tmp_path / "src", tmp_path / "o", "--workers", "abc"], "not a whole number"),
+        (["sync", tmp_path / "src", tmp_path / "o", "--max-delete", "-1"], "at least 0"),
+    ]
+    for args, message in cases:
+        r = cli(*args)
+        assert_no_traceback(r)
+        assert r.returncode in (1, 2), (args, r.returncode, r.stderr)
+        assert message in r.stderr, (args, r.stderr)
+    assert not Path("/proc/1/newdir").exists()
+    # --json prints a JSON error object for fatal errors too.
+    r = cli("sync", tmp_path / "src", "/dev/null/x", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["type"] == "NotADirectory"
+    r = cli("sync", tmp_path / "src", tmp_path / "o", "--workers", "abc", "--json")
+    assert r.returncode == 1 and "not a whole number" in json.loads(r.stdout)["error"]["message"]
+
+
+# -- 10. keys with control characters are escaped on terminals ----------------------------------
+
+
+def test_control_characters_in_keys_are_escaped(tmp_path):
+    nasty = "evil\x1b]0;owned\x07\x1b[2J\rname.txt"
+    write_tree(tmp_path / "src", {nasty: b"x"})
+    r = cli("sync", tmp_path / "src", tmp_path / "dst", "--dryrun")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\r" not in r.stdout
+    assert "evil\\x1b]0;owned\\x07\\x1b[2J\\rname.txt" in r.stdout
+    r = cli("sync", tmp_path / "src", tmp_path / "dst", "-v")
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "copy: evil\\x1b" in r.stdout
+    (tmp_path / "src2").mkdir()
+    (tmp_path / "src2" / nasty).write_bytes(b"y")
+    r = cli("sync", tmp_path / "src2", tmp_path / "dst", "--json")
+    assert json.loads(r.stdout)["transferred"] == [nasty]  # JSON stays exact
+    r = cli("diff", tmp_path / "src", tmp_path / "dst")
+    assert "\x1b" not in r.stdout and "evil\\x1b" in r.stdout
+
+
+# -- 11. listings the request did not ask for, and names like ours ------------------------------
+
+
+@pytest.mark.s3
+def test_remote_objects_named_like_temporaries_are_reported(s3_server, bucket, tmp_path):
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="d/real.txt", Body=b"r")
+    tmp_name = "d/.real.txt.hashsync-tmp-0a1b2c3d-42-deadbeef"
+    client.put_object(Bucket=bucket, Key=tmp_name, Body=b"t")
+    result = sync(s3(s3_server, bucket), tmp_path / "dl")
+    assert result.transferred == ["d/real.txt"]
+    assert [k for k, _ in result.skipped_keys] == [tmp_name]
+    assert "temporary" in result.skipped_keys[0][1] and not result.ok
+    # Excluded by the user: not reported.
+    result = sync(s3(s3_server, bucket), tmp_path / "dl2", exclude="d/.*")
+    assert result.skipped_keys == []
+
+
+@pytest.mark.s3
+def test_listing_outside_the_prefix_is_rejected(s3_server, bucket, tmp_path):
+    from proxy_helpers import rewriting_proxy
+
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="data/a.txt", Body=b"a")
+    client.put_object(Bucket=bucket, Key="other/secret.txt", Body=b"s")
+
+    def rewrite(path: str, body: bytes) -> bytes:
+        # A misbehaving store: answers the listing of "data/" with a key outside it.
+        return body.replace(b"<Key>data/a.txt</Key>", b"<Key>other/secret.txt</Key>")
+
+    with rewriting_proxy(s3_server.endpoint_url, rewrite) as url:
+        store = S3Storage(
+            bucket,
+            "data",
+            endpoint_url=url,
+            aws_access_key_id=s3_server.access_key,
+            aws_secret_access_key=s3_server.secret_key,
+            max_attempts=1,
+        )
+        with pytest.raises(errors.IntegrityError, match="outside the requested prefix"):
+            list(store.list())
+        with pytest.raises(errors.IntegrityError):
+            sync(store, tmp_path / "dl", delete=True)
+    assert not (tmp_path / "dl").exists()
+
+
+# -- 12. a destination appears only for a real source; empty sources and --max-delete -----------
+
+
+@pytest.mark.s3
+def test_missing_bucket_creates_no_destination(s3_server, tmp_path):
+    env = s3_server.env(inherit=True)
+    r = cli("sync", "s3://nosuchbucket-hs/p", tmp_path / "dl", env=env)
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert not (tmp_path / "dl").exists()
+
+
+@pytest.mark.s3
+def test_empty_source_with_delete_is_refused(s3_server, bucket, tmp_path):
+    write_tree(tmp_path / "dst", {"a": b"1", "b/c": b"2"})
+    env = s3_server.env(inherit=True)
+    r = cli("sync", f"s3://{bucket}/typo", tmp_path / "dst", "--delete", env=env)
+    assert r.returncode == 1 and "--allow-empty-source" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["a", "b"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(errors.InvalidArgument, match="lists no files"):
+        sync(tmp_path / "empty", tmp_path / "dst", delete=True)
+    result = sync(tmp_path / "empty", tmp_path / "dst", delete=True, allow_empty_source=True)
+    assert sorted(result.deleted) == ["a", "b/c"]
+
+
+def test_max_delete_is_all_or_nothing(tmp_path):
+    write_tree(tmp_path / "src", {"keep": b"k"})
+    write_tree(tmp_path / "dst", {"keep": b"k", "x1": b"1", "x2": b"2", "x3": b"3"})
+    result = sync(tmp_path / "src", tmp_path / "dst", delete=True, max_delete=2)
+    assert result.deleted == [] and result.delete_suppressed
+    assert "max_delete=2" in result.delete_suppressed_reason
+    r = cli("sync", tmp_path / "src", tmp_path / "dst", "--delete", "--max-delete", "2", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 2 and out["delete_suppressed"] and out["deleted"] == []
+    result = sync(tmp_path / "src", tmp_path / "dst", delete=True, max_delete=3)
+    assert sorted(result.deleted) == ["x1", "x2", "x3"] and result.ok
