@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import http.server
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 
@@ -13,11 +14,19 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host
 
 
 @contextlib.contextmanager
-def rewriting_proxy(upstream: str, rewrite: Callable[[str, bytes], bytes]) -> Iterator[str]:
-    """Forward every request to ``upstream``; pass each response body through ``rewrite``.
+def rewriting_proxy(
+    upstream: str,
+    rewrite: Callable[[str, bytes], bytes] | None = None,
+    *,
+    delay: float | list[float] = 0.0,
+    log: list[tuple[str, str]] | None = None,
+) -> Iterator[str]:
+    """Forward every request to ``upstream``; pass each GET body through ``rewrite``.
 
-    The Host header is kept as the client sent it, so SigV4 signatures stay valid.
-    Yields the proxy's base URL.
+    The Host header is kept as the client sent it, so SigV4 signatures stay valid. ``delay``
+    seconds are added before each request is forwarded (a slow link; a one-element list can be
+    changed while the proxy runs); ``log`` collects
+    ``(method, path)`` of every request. Yields the proxy's base URL.
     """
     target = urllib.parse.urlsplit(upstream)
 
@@ -28,6 +37,11 @@ def rewriting_proxy(upstream: str, rewrite: Callable[[str, bytes], bytes]) -> It
             pass
 
         def _forward(self) -> None:
+            if log is not None:
+                log.append((self.command, self.path))
+            pause = delay[0] if isinstance(delay, list) else delay
+            if pause:
+                time.sleep(pause)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
@@ -35,7 +49,7 @@ def rewriting_proxy(upstream: str, rewrite: Callable[[str, bytes], bytes]) -> It
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-            if self.command == "GET":
+            if self.command == "GET" and rewrite is not None:
                 data = rewrite(self.path, data)
             self.send_response(resp.status)
             for k, v in resp.getheaders():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -385,3 +387,108 @@ def test_max_delete_is_all_or_nothing(tmp_path):
     assert r.returncode == 2 and out["delete_suppressed"] and out["deleted"] == []
     result = sync(tmp_path / "src", tmp_path / "dst", delete=True, max_delete=3)
     assert sorted(result.deleted) == ["x1", "x2", "x3"] and result.ok
+
+
+# -- 6. multipart uploads of a killed run are resumed or aborted; cleanup for the rest ---------
+
+
+@pytest.mark.s3
+def test_sigkill_mid_multipart_then_rerun_resumes_and_leaves_no_uploads(
+    s3_server, bucket, tmp_path
+):
+    from proxy_helpers import rewriting_proxy
+
+    part = 8 * MIB  # the CLI's default part size
+    data = random.Random(6).randbytes(9 * part + 123)
+    write_tree(tmp_path / "src", {"big.bin": data, "small.bin": b"s"})
+    client = s3_server.client()
+    env = s3_server.env(inherit=True)
+    env["HASHSYNC_CACHE_DIR"] = str(tmp_path / "state")
+    log: list[tuple[str, str]] = []
+    delay = [0.4]  # a slow link, so that the kill lands while parts are being sent
+    proxy = rewriting_proxy(s3_server.endpoint_url, delay=delay, log=log)
+    with proxy as url:
+        cmd = [sys.executable, "-m", "hashsync", "sync", tmp_path / "src", f"s3://{bucket}/p"]
+        proc = subprocess.Popen(
+            [*map(str, cmd), "--endpoint-url", url, "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        parts_done = 0
+        while time.monotonic() < deadline and parts_done < 2:
+            for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+                listed = client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+                parts_done = len(listed.get("Parts", []))
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert [u["Key"] for u in left] == ["p/big.bin"], "the kill did not land mid-upload"
+        # An upload that no journal knows (another machine, another tool): left alone.
+        foreign = client.create_multipart_upload(Bucket=bucket, Key="p/foreign.bin")["UploadId"]
+
+        # The same endpoint again, at full speed.
+        log.clear()
+        delay[0] = 0.0
+        r = subprocess.run(
+            [*map(str, cmd), "--endpoint-url", url, "--no-progress", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 0, r.stderr
+    assert "big.bin" in json.loads(r.stdout)["transferred"]
+    got = client.get_object(Bucket=bucket, Key="p/big.bin")["Body"].read()
+    assert got == data
+    # Resumed: the parts already on the server were not sent again (10 parts in all).
+    sent = [path for method, path in log if method == "PUT" and "partNumber=" in path]
+    assert len(sent) <= 10 - parts_done, sent
+    assert not any(method == "POST" and path.endswith("?uploads") for method, path in log), (
+        "a new upload was created instead of resuming"
+    )
+    remaining = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in remaining] == [foreign]
+    assert not list((tmp_path / "state" / "uploads").glob("*.json"))
+
+    # cleanup: young uploads are spared by default, --older-than 0 aborts them.
+    r = cli("cleanup", f"s3://{bucket}/p", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["aborted"] == []
+    r = cli("cleanup", f"s3://{bucket}/p", "--older-than", "0", "--dryrun", env=env)
+    assert r.returncode == 0 and "(dryrun) abort: foreign.bin" in r.stdout
+    assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+    r = cli("cleanup", f"s3://{bucket}/p", "--older-than", "0", "--json", env=env)
+    assert [u["key"] for u in json.loads(r.stdout)["aborted"]] == ["foreign.bin"]
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    r = cli("cleanup", tmp_path, env=env)
+    assert r.returncode == 1 and "not an s3://" in r.stderr
+
+
+@pytest.mark.s3
+def test_changed_file_does_not_resume_a_stale_upload(s3_server, bucket, tmp_path, monkeypatch):
+    # A journal record from a dead process whose file has changed since: aborted, not resumed.
+    from hashsync.storage._journal import journal
+
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "state"))
+    client = s3_server.client()
+    stale = client.create_multipart_upload(Bucket=bucket, Key="f.bin")["UploadId"]
+    client.upload_part(Bucket=bucket, Key="f.bin", UploadId=stale, PartNumber=1, Body=b"x" * PART)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    store = s3(s3_server, bucket)
+    path = journal().record(
+        str(store.client.meta.endpoint_url),
+        bucket,
+        "f.bin",
+        {"upload_id": stale, "identity": {"size": 1}},
+    )
+    body = json.loads(path.read_text())
+    path.write_text(json.dumps({**body, "pid": int(dead)}))
+    data = random.Random(8).randbytes(2 * PART + 1)
+    write_tree(tmp_path / "src", {"f.bin": data})
+    assert sync(tmp_path / "src", store).transferred == ["f.bin"]
+    assert client.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == data
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -1,4 +1,4 @@
-"""Parsing and printing byte sizes (``8MiB``, ``5M``, ``1.5GB``)."""
+"""Parsing and printing byte sizes (``8MiB``, ``5M``, ``1.5GB``) and durations (``24h``)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,19 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parses a duration such as ``90`` (seconds), ``30m``, ``24h``, ``7d`` or ``2w``.
+
+    Raises:
+        ValueError: The text is not a duration.
+    """
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (examples: 90, 30m, 24h, 7d)")
+    return float(m.group(1)) * _SECONDS[(m.group(2) or "s").lower()]

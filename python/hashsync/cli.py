@@ -19,7 +19,7 @@ import hashsync
 from hashsync import errors
 from hashsync._progress import SyncDisplay, byte_progress, shown
 from hashsync._redact import redact
-from hashsync._units import format_size, parse_size
+from hashsync._units import format_size, parse_duration, parse_size
 from hashsync.errors import describe
 
 EXIT_OK = 0
@@ -353,6 +353,48 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_PARTIAL
 
 
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from hashsync.storage import S3Storage, open_storage
+
+    options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    store = open_storage(args.url, **options) if "://" in args.url else None
+    if not isinstance(store, S3Storage):
+        _err(f"cleanup: {args.url!r} is not an s3://bucket/prefix URL")
+        return EXIT_FAILURE
+    stale = store.abort_incomplete_uploads(older_than=args.older_than, dry_run=args.dryrun)
+    if args.json:
+        rows = [
+            {"key": u.key, "upload_id": u.upload_id, "initiated": u.initiated.isoformat()}
+            for u in stale
+        ]
+        json.dump(
+            {"aborted": [] if args.dryrun else rows, "would_abort": rows if args.dryrun else []},
+            sys.stdout,
+            indent=2,
+        )
+        print()
+    else:
+        for u in stale:
+            verb = "(dryrun) abort" if args.dryrun else "aborted"
+            print(
+                f"{verb}: {shown(u.key)} (upload {u.upload_id}, "
+                f"started {u.initiated:%Y-%m-%d %H:%M:%S} UTC)"
+            )
+        print(
+            f"{'would abort' if args.dryrun else 'aborted'} {len(stale)} incomplete multipart "
+            f"upload{'s' * (len(stale) != 1)}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hashsync`` command (exposed for docs and tests)."""
     parser = _Parser(
@@ -469,6 +511,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     y.add_argument("-v", "--verbose", action="store_true", help="print a line per transfer")
     y.set_defaults(func=_cmd_sync, follow_symlinks=False)
+
+    c = sub.add_parser(
+        "cleanup",
+        help="abort incomplete multipart uploads under an S3 prefix (like rclone cleanup)",
+        description=(
+            "S3 keeps the parts of multipart uploads that were never completed (a killed "
+            "process, a lost connection) and bills for them. This aborts those under URL that "
+            "started more than --older-than ago. hashsync sync already resumes or aborts the "
+            "ones its own killed runs on this machine left; this is for the rest."
+        ),
+    )
+    c.add_argument("url", metavar="URL", help="s3://bucket/prefix")
+    c.add_argument(
+        "--older-than",
+        type=_duration_arg,
+        default=24 * 3600.0,
+        metavar="AGE",
+        help="only uploads started more than AGE ago, e.g. 30m, 24h, 7d, 0 (default: 24h)",
+    )
+    c.add_argument("--dryrun", "--dry-run", action="store_true", help="only list them")
+    c.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(func=_cmd_cleanup)
 
     b = sub.add_parser(
         "bench",

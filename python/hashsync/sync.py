@@ -581,6 +581,9 @@ def sync(
             raise
     result.transferred.sort()
 
+    if isinstance(dst, S3Storage):
+        # Parts of uploads that killed runs of this host left behind (and did not resume).
+        dst.abort_abandoned_uploads()
     if to_delete and not result.delete_suppressed and result.failed:
         result.delete_suppressed_reason = f"{len(result.failed)} transfers failed"
         result.delete_suppressed = True

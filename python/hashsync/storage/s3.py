@@ -56,7 +56,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import hashsync
 from hashsync._redact import redact, redact_url
@@ -70,7 +70,9 @@ from hashsync.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
+from hashsync.storage import _s3list
 from hashsync.storage._atomic import same_version, settled_fstat
+from hashsync.storage._journal import journal
 from hashsync.storage.base import (
     ByteCallback,
     ObjectInfo,
@@ -91,7 +93,22 @@ from hashsync.storage.local import (
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
-__all__ = ["S3Storage"]
+__all__ = ["IncompleteUpload", "S3Storage"]
+
+
+class IncompleteUpload(NamedTuple):
+    """A multipart upload that was started and neither completed nor aborted.
+
+    Attributes:
+        key: The key it would create, relative to the storage.
+        upload_id: S3's id of the upload.
+        initiated: When it was started (UTC).
+    """
+
+    key: str
+    upload_id: str
+    initiated: datetime.datetime
+
 
 # Object metadata (x-amz-meta-hashsync-part-size) recording the part size of an upload, so a
 # later check of a multipart ETag needs no part-size inference.
@@ -495,8 +512,6 @@ class S3Storage(ReadWriteStorage):
                 if not info.key.endswith("/") and not (self.prefix + info.key).startswith(claims):
                     yield info
             return
-        from hashsync.storage import _s3list
-
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         try:
@@ -857,8 +872,24 @@ class S3Storage(ReadWriteStorage):
                     )
                 except FileChanged:
                     raise _changed(path, key) from None
+                identity = {
+                    "dev": before.st_dev,
+                    "ino": before.st_ino,
+                    "size": size,
+                    "mtime_ns": before.st_mtime_ns,
+                    "ctime_ns": before.st_ctime_ns,
+                    "part_size": self.part_size,
+                    "crc64nvme": metadata[CRC64_METADATA],
+                }
                 response, expected = self._upload_multipart(
-                    key, fh.fileno(), size, metadata, conditions, report, before_complete=unchanged
+                    key,
+                    fh.fileno(),
+                    size,
+                    metadata,
+                    conditions,
+                    report,
+                    before_complete=unchanged,
+                    identity=identity,
                 )
         etag = _clean_etag(response.get("ETag", ""))
         if (
@@ -877,32 +908,70 @@ class S3Storage(ReadWriteStorage):
         key: str,
         metadata: dict[str, str],
         count: int,
-        send: Callable[[str, int], dict[str, Any]],
+        send: Callable[[str, int, tuple[str, int] | None], dict[str, Any]],
         conditions: dict[str, str] | None = None,
         before_complete: Callable[[], None] | None = None,
+        *,
+        identity: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Create a multipart upload, ``send(upload_id, n)`` parts 1..count in parallel, complete.
+        """Create a multipart upload, ``send`` parts 1..count in parallel, complete.
 
-        ``before_complete`` runs after the last part and may raise to abandon the upload. Any
-        failure (or Ctrl-C) aborts the upload: parts of an unfinished upload are billed until
-        aborted.
+        ``send(upload_id, number, held)`` uploads one part; ``held`` is ``(etag, size)`` of
+        that part when the store already has it from a resumed upload. ``before_complete``
+        runs after the last part and may raise to abandon the upload. Any failure (or
+        Ctrl-C) aborts the upload: parts of an unfinished upload are billed until aborted.
+
+        Each upload is recorded in the local journal (:mod:`._journal`) while it runs. An
+        upload of this key left by a process that died is resumed when its ``identity`` (the
+        file's stat, part size and checksum) equals this one's and no condition applies, and
+        aborted otherwise.
         """
         full = self._full(key)
-        upload_id = self._call(
-            "CreateMultipartUpload",
-            key,
-            self.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=full,
-            Metadata=metadata,
-        )["UploadId"]
+        endpoint = str(self.client.meta.endpoint_url)
+        jr = journal()
+        upload_id: str | None = None
+        held: dict[int, tuple[str, int]] = {}
+        for record, info in jr.abandoned(endpoint, self.bucket, full):
+            old_id = info.get("upload_id")
+            if (
+                upload_id is None
+                and identity is not None
+                and not conditions
+                and info.get("identity") == identity
+                and isinstance(old_id, str)
+            ):
+                parts = self._list_parts(key, old_id)
+                if parts is not None:
+                    upload_id, held = old_id, parts
+                    jr.remove(record)
+                    continue
+            if isinstance(old_id, str):
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=old_id
+                    )
+            jr.remove(record)
+        if upload_id is None:
+            upload_id = self._call(
+                "CreateMultipartUpload",
+                key,
+                self.client.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=full,
+                Metadata=metadata,
+            )["UploadId"]
+        record = jr.record(
+            endpoint, self.bucket, full, {"upload_id": upload_id, "identity": identity}
+        )
         try:
             parts = _run_parallel(
-                lambda number: send(upload_id, number), range(1, count + 1), self.max_concurrency
+                lambda number: send(upload_id, number, held.get(number)),
+                range(1, count + 1),
+                self.max_concurrency,
             )
             if before_complete is not None:
                 before_complete()
-            return self._call(
+            response = self._call(
                 "CompleteMultipartUpload",
                 key,
                 self.client.complete_multipart_upload,
@@ -915,7 +984,35 @@ class S3Storage(ReadWriteStorage):
         except BaseException:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            jr.remove(record)
             raise
+        jr.remove(record)
+        return response
+
+    def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
+        """The parts an unfinished upload holds, ``{number: (etag, size)}``; None if it is gone."""
+        held: dict[int, tuple[str, int]] = {}
+        marker = 0
+        try:
+            while True:
+                page = self._call(
+                    "ListParts",
+                    key,
+                    self.client.list_parts,
+                    Bucket=self.bucket,
+                    Key=self._full(key),
+                    UploadId=upload_id,
+                    PartNumberMarker=marker,
+                )
+                for part in page.get("Parts", []):
+                    held[int(part["PartNumber"])] = (_clean_etag(part["ETag"]), int(part["Size"]))
+                if not page.get("IsTruncated"):
+                    return held
+                marker = int(page.get("NextPartNumberMarker") or 0)
+                if not marker:
+                    return held
+        except HashsyncError:
+            return None
 
     def _upload_multipart(
         self,
@@ -927,6 +1024,7 @@ class S3Storage(ReadWriteStorage):
         report: ByteCallback | None = None,
         *,
         before_complete: Callable[[], None] | None = None,
+        identity: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], str]:
         count = -(-size // self.part_size)
         if count > _MAX_PARTS:
@@ -937,13 +1035,13 @@ class S3Storage(ReadWriteStorage):
         full = self._full(key)
         digests: list[bytes] = [b""] * count
 
-        def send(upload_id: str, number: int) -> dict[str, Any]:
+        def send(upload_id: str, number: int, held: tuple[str, int] | None) -> dict[str, Any]:
             # Parts are read into memory; the storage-wide slots bound that memory when many
             # large files upload at once (a sync runs 16 of them in parallel).
             with self._part_slots:
-                return send_part(upload_id, number)
+                return send_part(upload_id, number, held)
 
-        def send_part(upload_id: str, number: int) -> dict[str, Any]:
+        def send_part(upload_id: str, number: int, held: tuple[str, int] | None) -> dict[str, Any]:
             offset = (number - 1) * self.part_size
             length = min(self.part_size, size - offset)
             data = os.pread(fd, length, offset)
@@ -951,6 +1049,11 @@ class S3Storage(ReadWriteStorage):
                 raise IntegrityError(f"{key!r}: file shrank during the upload")
             digest = hashlib.md5(data, usedforsecurity=False)
             digests[number - 1] = digest.digest()
+            if held is not None and held == (digest.hexdigest(), length):
+                # A resumed upload already holds exactly these bytes.
+                if report is not None:
+                    report(length)
+                return {"PartNumber": number, "ETag": _quoted(held[0])}
             part = self._call(
                 "UploadPart",
                 key,
@@ -966,7 +1069,9 @@ class S3Storage(ReadWriteStorage):
                 report(length)
             return {"PartNumber": number, "ETag": part["ETag"]}
 
-        response = self._multipart(key, metadata, count, send, conditions, before_complete)
+        response = self._multipart(
+            key, metadata, count, send, conditions, before_complete, identity=identity
+        )
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return response, f"{combined}-{count}"
 
@@ -1021,7 +1126,7 @@ class S3Storage(ReadWriteStorage):
             return
         count = -(-size // self.part_size)
 
-        def send(upload_id: str, number: int) -> dict[str, Any]:
+        def send(upload_id: str, number: int, _held: object) -> dict[str, Any]:
             start = (number - 1) * self.part_size
             end = min(start + self.part_size, size) - 1
             part = self._call(
@@ -1052,6 +1157,92 @@ class S3Storage(ReadWriteStorage):
         self._call(
             "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
         )
+
+    # -- unfinished multipart uploads ---------------------------------------------------
+
+    def incomplete_uploads(self, prefix: str = "") -> Iterator[IncompleteUpload]:
+        """Yield the multipart uploads under ``prefix`` that were never completed or aborted.
+
+        Their parts take space (and are billed) until aborted; S3 lists them separately from
+        objects (``ListMultipartUploads``).
+
+        Raises:
+            NotFound: The bucket does not exist.
+            PermissionDenied: Listing uploads is not allowed.
+        """
+        validate_prefix(prefix)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:
+            page = self._call(
+                "ListMultipartUploads", prefix, self.client.list_multipart_uploads, **kwargs
+            )
+            for upload in page.get("Uploads", []):
+                full = upload["Key"]
+                if not full.startswith(self.prefix + prefix):
+                    raise _s3list.outside_prefix(full, self.prefix + prefix)
+                yield IncompleteUpload(
+                    full[len(self.prefix) :],
+                    upload["UploadId"],
+                    upload["Initiated"].astimezone(datetime.UTC),
+                )
+            if not page.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def abort_incomplete_uploads(
+        self, *, older_than: float = 24 * 3600.0, prefix: str = "", dry_run: bool = False
+    ) -> list[IncompleteUpload]:
+        """Abort unfinished multipart uploads started more than ``older_than`` seconds ago.
+
+        Like ``rclone cleanup``. Uploads younger than that may belong to a writer that is
+        still running (another machine, another tool), so the default spares the last day.
+
+        Args:
+            older_than: Minimum age in seconds (0 aborts every unfinished upload).
+            prefix: Only uploads of keys under this prefix.
+            dry_run: Only return what would be aborted.
+
+        Returns:
+            The uploads aborted (or, with ``dry_run``, that would be).
+        """
+        if older_than < 0:
+            raise InvalidArgument("older_than must be at least 0")
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than)
+        stale = [u for u in self.incomplete_uploads(prefix) if u.initiated <= cutoff]
+        if not dry_run:
+            for upload in stale:
+                with contextlib.suppress(NotFound):
+                    self._call(
+                        "AbortMultipartUpload",
+                        upload.key,
+                        self.client.abort_multipart_upload,
+                        Bucket=self.bucket,
+                        Key=self._full(upload.key),
+                        UploadId=upload.upload_id,
+                    )
+        return stale
+
+    def abort_abandoned_uploads(self) -> int:
+        """Abort the uploads under this storage that crashed processes of this host left.
+
+        Only uploads recorded in the local journal whose process is gone are touched, so it
+        is safe while other writers run; a sync calls it after its transfers.
+
+        Returns:
+            How many were aborted.
+        """
+        jr = journal()
+        aborted = 0
+        endpoint = str(self.client.meta.endpoint_url)
+        for record, info in jr.abandoned(endpoint, self.bucket, None, prefix=self.prefix):
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=info["key"], UploadId=info["upload_id"]
+                )
+                aborted += 1
+            jr.remove(record)
+        return aborted
 
     # -- conditional writes ------------------------------------------------------------
 
