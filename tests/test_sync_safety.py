@@ -351,6 +351,40 @@ def test_listing_outside_the_prefix_is_rejected(s3_server, bucket, tmp_path):
     assert not (tmp_path / "dl").exists()
 
 
+@pytest.mark.s3
+def test_hostile_keys_in_a_listing_never_escape_the_destination(s3_server, bucket, tmp_path):
+    from proxy_helpers import rewriting_proxy
+
+    client = s3_server.client()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        client.put_object(Bucket=bucket, Key=f"data/{name}", Body=b"x")
+    hostile = {
+        b"data/a.txt": b"data/../../escape.txt",
+        b"data/b.txt": b"data//etc/passwd",
+    }
+
+    def rewrite(path: str, body: bytes) -> bytes:
+        for want, bad in hostile.items():
+            body = body.replace(b"<Key>" + want + b"</Key>", b"<Key>" + bad + b"</Key>")
+        return body
+
+    with rewriting_proxy(s3_server.endpoint_url, rewrite) as url:
+        store = S3Storage(
+            bucket,
+            "data",
+            endpoint_url=url,
+            aws_access_key_id=s3_server.access_key,
+            aws_secret_access_key=s3_server.secret_key,
+            max_attempts=1,
+        )
+        write_tree(tmp_path / "dl", {"keep.txt": b"k"})
+        result = sync(store, tmp_path / "dl", delete=True)
+    assert result.transferred == ["c.txt"]
+    assert sorted(k for k, _ in result.failed) == ["../../escape.txt", "/etc/passwd"]
+    assert result.delete_suppressed and (tmp_path / "dl/keep.txt").exists()
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()
+
+
 # -- 12. a destination appears only for a real source; empty sources and --max-delete -----------
 
 
