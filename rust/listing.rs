@@ -5,6 +5,7 @@
 //! where a `Vec` of structs holding `String`s would take more than twice that.
 
 use crate::error::{Error, Result};
+use crate::state::StateUnavailable;
 use std::path::PathBuf;
 
 /// One file of a listing, borrowed from it.
@@ -52,6 +53,8 @@ pub struct Listing {
     /// Directories with no entries at all (for `tree_hash`).
     pub empty_dirs: Vec<String>,
     pub stats: ScanStats,
+    /// Set when the scan was asked to use the hash state cache and could not.
+    pub state_unavailable: Option<StateUnavailable>,
 }
 
 fn offset(len: usize) -> Result<u32> {

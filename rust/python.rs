@@ -8,10 +8,13 @@ use crate::filter::Filter;
 use crate::hash::{self, Algorithm, PartRule, DEFAULT_PART_SIZE};
 use crate::listing::{Entry, Listing};
 use crate::scan::ScanOptions;
+use crate::state::StateUnavailable;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyKeyboardInterrupt, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyString, PyTuple};
+use std::collections::BTreeSet;
+use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -563,7 +566,7 @@ impl PyListing {
     }
 
     /// Scan counters: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
-    /// digests_computed, digests_reused, bytes_hashed, errors.
+    /// digests_computed, digests_reused, bytes_hashed, errors, state_unavailable.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.inner.stats;
@@ -578,6 +581,10 @@ impl PyListing {
         d.set_item("digests_reused", s.digests_reused)?;
         d.set_item("bytes_hashed", s.bytes_hashed)?;
         d.set_item("errors", s.errors)?;
+        d.set_item(
+            "state_unavailable",
+            u64::from(self.inner.state_unavailable.is_some()),
+        )?;
         Ok(d)
     }
 
@@ -731,11 +738,41 @@ fn scan(
         state_dir,
     )?;
     let ctl = Control::default();
-    let r = run_watched(py, progress.as_ref(), &ctl, || {
+    let listing = run_watched(py, progress.as_ref(), &ctl, || {
         crate::scan::scan(&root, &opts, &ctl)
-    })?;
-    r.map(|l| PyListing { inner: Arc::new(l) })
-        .map_err(|e| to_pyerr(py, e))
+    })?
+    .map_err(|e| to_pyerr(py, e))?;
+    if let Some(u) = &listing.state_unavailable {
+        warn_state_unavailable(py, u)?;
+    }
+    Ok(PyListing {
+        inner: Arc::new(listing),
+    })
+}
+
+/// State locations already warned about: a process that scans a thousand times with a broken
+/// cache location needs to hear it once, not a thousand times.
+static WARNED_STATE: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Warns (once per process and location) that the hash state cache is not being used.
+fn warn_state_unavailable(py: Python<'_>, u: &StateUnavailable) -> PyResult<()> {
+    let first = WARNED_STATE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(u.location.clone());
+    if !first {
+        return Ok(());
+    }
+    let message = format!(
+        "the hash state cache at {} cannot be used, so files are hashed without it \
+         (correct, but unchanged files are read again): {}",
+        u.location.display(),
+        u.reason
+    );
+    let message = CString::new(message).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let category = errors_class(py, "HashsyncWarning")?;
+    // Level 1 is the Python code that called into hashsync: native functions have no frame.
+    PyErr::warn(py, &category, &message, 1)
 }
 
 /// The difference between two listings.
@@ -857,10 +894,14 @@ fn tree_hash(
     )?;
     let alg = opts.algorithm.expect("set above");
     let ctl = Control::default();
-    run_watched(py, progress.as_ref(), &ctl, || {
+    let (digest, state_unavailable) = run_watched(py, progress.as_ref(), &ctl, || {
         crate::scan::tree_hash(&root, alg, &opts, &ctl)
     })?
-    .map_err(|e| to_pyerr(py, e))
+    .map_err(|e| to_pyerr(py, e))?;
+    if let Some(u) = &state_unavailable {
+        warn_state_unavailable(py, u)?;
+    }
+    Ok(digest)
 }
 
 #[pymodule]

@@ -10,7 +10,7 @@ use crate::error::{strerror, Error, Result};
 use crate::filter::Filter;
 use crate::hash::{Algorithm, Hasher, PartRule};
 use crate::listing::{Listing, ScanStats};
-use crate::state::{now_ns, FileKey, StateStore};
+use crate::state::{now_ns, FileKey, StateStore, StateUnavailable};
 use rayon::prelude::*;
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -247,6 +247,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     };
     let mut errors = walked.errors;
     let mut digests: Vec<Option<String>> = vec![None; walked.files.len()];
+    let mut state_unavailable = None;
 
     if let Some(alg) = opts.algorithm {
         let part = if alg == Algorithm::Etag {
@@ -254,22 +255,24 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
         } else {
             0
         };
+        // A cache that cannot be used costs speed, not correctness: every file it would have
+        // vouched for is hashed, so its failures are not errors of the scan.
         let mut store = match &opts.state_dir {
             Some(dir) => match StateStore::open(dir) {
-                Ok(s) => Some(s),
+                Ok(s) => Some((dir, s)),
                 Err(e) => {
-                    errors.push((dir.display().to_string(), e.to_string()));
+                    state_unavailable = Some(StateUnavailable::new(dir, &e));
                     None
                 }
             },
             None => None,
         };
         let keys: Vec<FileKey> = walked.files.iter().map(|f| f.key).collect();
-        if let Some(s) = store.as_mut() {
+        if let Some((dir, s)) = store.as_mut() {
             match s.lookup(&keys, alg.name(), part) {
                 Ok(found) => digests = found,
                 Err(e) => {
-                    errors.push((s.path().display().to_string(), e.to_string()));
+                    state_unavailable = Some(StateUnavailable::new(dir, &e));
                     store = None;
                 }
             }
@@ -305,9 +308,9 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
                 Err(e) => errors.push((walked.files[i].rel.clone(), error_reason(&e))),
             }
         }
-        if let Some(s) = store.as_mut() {
+        if let Some((dir, s)) = store.as_mut() {
             if let Err(e) = s.record(&fresh, alg.name(), part, began) {
-                errors.push((s.path().display().to_string(), e.to_string()));
+                state_unavailable = Some(StateUnavailable::new(dir, &e));
             }
         }
     }
@@ -328,6 +331,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     listing.errors = errors;
     listing.empty_dirs = walked.empty_dirs;
     listing.stats = stats;
+    listing.state_unavailable = state_unavailable;
     Ok(listing)
 }
 
@@ -348,12 +352,15 @@ fn error_reason(e: &Error) -> String {
 /// empty directory, `b"dir\0" + path + b"\0\n"`. The tree hash is `algorithm` applied to the
 /// concatenated records (for `etag`, with 8 MiB parts), in hex. An empty tree hashes the empty
 /// string.
+///
+/// Returns the hash, and why the hash state cache was not used if it was asked for and could
+/// not be (the hash is right either way).
 pub fn tree_hash(
     root: &Path,
     algorithm: Algorithm,
     opts: &ScanOptions,
     ctl: &Control,
-) -> Result<String> {
+) -> Result<(String, Option<StateUnavailable>)> {
     let opts = ScanOptions {
         algorithm: Some(algorithm),
         filter: Filter::default(),
@@ -387,7 +394,7 @@ pub fn tree_hash(
             }
         }
     }
-    Ok(h.finalize())
+    Ok((h.finalize(), listing.state_unavailable))
 }
 
 #[cfg(test)]
@@ -498,15 +505,48 @@ mod tests {
     }
 
     #[test]
+    fn unusable_state_is_not_an_error_of_the_scan() {
+        let d = tree("nostate");
+        let blocker = d.with_extension("blocker");
+        std::fs::write(&blocker, b"a file where a directory should be").unwrap();
+        let opts = ScanOptions {
+            algorithm: Some(Algorithm::Md5),
+            state_dir: Some(blocker.join("state")),
+            ..Default::default()
+        };
+        let ctl = Control::default();
+        let l = scan(&d, &opts, &ctl).unwrap();
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(
+            (l.len(), l.stats.digests_computed, l.stats.errors),
+            (3, 3, 0)
+        );
+        let u = l.state_unavailable.expect("reported");
+        assert_eq!(u.location, blocker.join("state"));
+        assert!(u.reason.contains("Not a directory"), "{}", u.reason);
+        let (h, u) = tree_hash(&d, Algorithm::Md5, &opts, &ctl).unwrap();
+        assert!(u.is_some());
+        assert_eq!(
+            h,
+            tree_hash(&d, Algorithm::Md5, &ScanOptions::default(), &ctl)
+                .unwrap()
+                .0
+        );
+        std::fs::remove_dir_all(d).unwrap();
+        std::fs::remove_file(blocker).unwrap();
+    }
+
+    #[test]
     fn tree_hash_is_order_and_mtime_independent() {
         let a = tree("th-a");
         let b = tree("th-b");
         let ctl = Control::default();
         let o = ScanOptions::default();
-        let ha = tree_hash(&a, Algorithm::Sha256, &o, &ctl).unwrap();
-        assert_eq!(ha, tree_hash(&b, Algorithm::Sha256, &o, &ctl).unwrap());
+        let th = |d: &Path| tree_hash(d, Algorithm::Sha256, &o, &ctl).unwrap().0;
+        let ha = th(&a);
+        assert_eq!(ha, th(&b));
         std::fs::remove_dir(b.join("empty")).unwrap();
-        assert_ne!(ha, tree_hash(&b, Algorithm::Sha256, &o, &ctl).unwrap());
+        assert_ne!(ha, th(&b));
         std::fs::remove_dir_all(a).unwrap();
         std::fs::remove_dir_all(b).unwrap();
     }

@@ -11,12 +11,14 @@
 //!
 //! Storage is SQLite in WAL mode, so several processes can scan at once: readers never block,
 //! writers queue on SQLite's lock (with a busy timeout). A file that is not a hashsync state
-//! database, or is corrupt, is deleted and rebuilt — never trusted.
+//! database, or is corrupt, is deleted and rebuilt — never trusted. A location that cannot be
+//! written (read-only, immutable, not a directory) is left alone: opening fails, and the
+//! scanner then hashes without the cache.
 
-use crate::error::{Error, Result};
-use rusqlite::{params, Connection, OpenFlags};
+use crate::error::{strerror, Error, Result};
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior, MAIN_DB};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Safety margin for racy timestamps: coarse file systems (FAT, some network mounts) have
 /// 2-second mtimes, and the kernel's file-time clock lags the wall clock by a tick.
@@ -51,8 +53,128 @@ pub fn default_cache_dir() -> PathBuf {
     home.join(".cache").join("hashsync")
 }
 
+/// Why a scan ran without the hash state cache it was asked to use. The digests are right
+/// regardless: what the cache would have vouched for was hashed instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateUnavailable {
+    /// The state directory, as configured.
+    pub location: PathBuf,
+    pub reason: String,
+}
+
+impl StateUnavailable {
+    pub fn new(location: &Path, e: &Error) -> Self {
+        let reason = match e {
+            Error::Io { path, source } if path == location => strerror(source),
+            Error::Io { path, source } => format!("{}: {}", path.display(), strerror(source)),
+            Error::State(msg) => msg.clone(),
+            other => other.to_string(),
+        };
+        StateUnavailable {
+            location: location.to_path_buf(),
+            reason,
+        }
+    }
+}
+
 fn db_err(path: &Path, e: rusqlite::Error) -> Error {
     Error::State(format!("{}: {e}", path.display()))
+}
+
+/// How long an opener waits for other processes to finish creating, converting or rebuilding
+/// the database before giving up on the cache.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// Why [`StateStore::try_open`] failed, which decides what [`StateStore::open`] does next.
+enum OpenError {
+    /// Another process holds a lock SQLite does not wait for by itself (a journal mode change
+    /// or WAL recovery under way): try again shortly.
+    Busy(Error),
+    /// Not a hashsync state database, or corrupt: safe to throw away.
+    Bad(Error),
+    /// SQLite could not open or create the file; the caller looks for the OS reason.
+    CannotOpen(Error),
+    /// The file is there but cannot be used (read-only, disk full, I/O errors): leave it
+    /// alone, since deleting a database we merely cannot write would lose it for those who can.
+    Unusable(Error),
+}
+
+impl OpenError {
+    fn classify(path: &Path, e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        let code = e.sqlite_error_code();
+        let err = db_err(path, e);
+        match code {
+            // SQLITE_PROTOCOL: WAL locks changed hands too often while we tried to read.
+            Some(C::DatabaseBusy | C::DatabaseLocked | C::FileLockingProtocolFailed) => {
+                OpenError::Busy(err)
+            }
+            Some(C::DatabaseCorrupt | C::NotADatabase) => OpenError::Bad(err),
+            Some(C::CannotOpen) => OpenError::CannotOpen(err),
+            _ => OpenError::Unusable(err),
+        }
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            OpenError::Busy(e)
+            | OpenError::Bad(e)
+            | OpenError::CannotOpen(e)
+            | OpenError::Unusable(e) => e,
+        }
+    }
+}
+
+/// What a database holds, as far as opening it is concerned.
+#[derive(PartialEq, Eq)]
+enum Found {
+    Ready,
+    /// Empty, or left half-made: by a process killed while creating it, or by hashsync 0.1.0,
+    /// which set the header fields and created the table in separate transactions.
+    Unfinished,
+    Foreign,
+}
+
+fn inspect(conn: &Connection) -> rusqlite::Result<Found> {
+    let app: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let (ours, others): (i64, i64) = conn.query_row(
+        "SELECT coalesce(sum(type = 'table' AND name = 'digests'), 0),
+                coalesce(sum(NOT (type = 'table' AND name = 'digests')), 0)
+         FROM sqlite_master",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(
+        if app == APPLICATION_ID && version == SCHEMA_VERSION && ours == 1 {
+            Found::Ready
+        } else if [0, APPLICATION_ID].contains(&app)
+            && [0, SCHEMA_VERSION].contains(&version)
+            && others == 0
+        {
+            Found::Unfinished
+        } else {
+            Found::Foreign
+        },
+    )
+}
+
+/// Why files cannot be created in `dir`, if that is the problem; SQLite only says "unable to
+/// open database file".
+fn why_not_writable(dir: &Path) -> Option<Error> {
+    let probe = dir.join(format!(".{FILE_NAME}-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+        Err(e) => Some(Error::io(dir, e)),
+    }
 }
 
 /// An open state database.
@@ -65,76 +187,128 @@ pub struct StateStore {
 
 impl StateStore {
     /// Opens (creating if needed) the state database in `dir`.
+    ///
+    /// Safe when several processes open a new or broken database at once: creation happens in
+    /// one write transaction, so nobody sees a half-made schema, and only one process at a
+    /// time replaces a broken file, so none deletes another's fresh replacement.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(FILE_NAME);
-        match Self::try_open(&path) {
-            Ok(s) => Ok(s),
-            Err(_) => {
-                // Corrupt, truncated or foreign: throw it away and start over.
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(PathBuf::from(p));
+        let explain = |e: OpenError| match e {
+            OpenError::CannotOpen(e) => why_not_writable(dir).unwrap_or(e),
+            e => e.into_error(),
+        };
+        match Self::open_waiting(&path) {
+            Ok(s) => return Ok(s),
+            Err(OpenError::Bad(_)) => {}
+            Err(e) => return Err(explain(e)),
+        }
+        let lock_path = dir.join(format!("{FILE_NAME}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+        // Whoever held the lock before us may have replaced the file already.
+        match Self::open_waiting(&path) {
+            Ok(s) => return Ok(s),
+            Err(OpenError::Bad(_)) => {}
+            Err(e) => return Err(explain(e)),
+        }
+        // The database goes last: an opener that comes in between then finds the old file
+        // without its journal (and waits on the lock above), never a new file with an old
+        // journal that SQLite would replay into it.
+        for suffix in ["-wal", "-shm", ""] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        let mut s = Self::open_waiting(&path).map_err(explain)?;
+        s.rebuilt = true;
+        Ok(s)
+    }
+
+    fn open_waiting(path: &Path) -> std::result::Result<Self, OpenError> {
+        let deadline = Instant::now() + BUSY_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match Self::try_open(path) {
+                Err(OpenError::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
-                let mut s = Self::try_open(&path)?;
-                s.rebuilt = true;
-                Ok(s)
+                other => return other,
             }
         }
     }
 
-    fn try_open(path: &Path) -> Result<Self> {
+    fn try_open(path: &Path) -> std::result::Result<Self, OpenError> {
+        let err = |e| OpenError::classify(path, e);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| db_err(path, e))?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(|e| db_err(path, e))?;
-        let app: i32 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| db_err(path, e))?;
-        let version: i32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| db_err(path, e))?;
-        let fresh = app == 0 && version == 0 && {
-            let n: i64 = conn
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-                .map_err(|e| db_err(path, e))?;
-            n == 0
-        };
-        if fresh {
-            conn.execute_batch(&format!(
-                "PRAGMA journal_mode=WAL;
-                 PRAGMA application_id={APPLICATION_ID};
-                 PRAGMA user_version={SCHEMA_VERSION};
-                 CREATE TABLE IF NOT EXISTS digests(
-                    dev INTEGER NOT NULL, ino INTEGER NOT NULL,
-                    algorithm TEXT NOT NULL, part_size INTEGER NOT NULL,
-                    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-                    digest TEXT NOT NULL, recorded_ns INTEGER NOT NULL,
-                    PRIMARY KEY (dev, ino, algorithm, part_size)) WITHOUT ROWID;"
-            ))
-            .map_err(|e| db_err(path, e))?;
-        } else if app != APPLICATION_ID || version != SCHEMA_VERSION {
-            return Err(Error::State(format!(
-                "{}: not a hashsync state database",
+        let mut conn = Connection::open_with_flags(path, flags).map_err(err)?;
+        conn.busy_timeout(BUSY_WAIT).map_err(err)?;
+        // SQLite falls back to read-only when it cannot open the file for writing (an
+        // immutable file, say); every record would then fail.
+        if conn.is_readonly(MAIN_DB).map_err(err)? {
+            return Err(OpenError::Unusable(Error::State(format!(
+                "{}: the database file is read-only",
                 path.display()
-            )));
-        } else {
-            // Touch every page of the table's B-tree root so a truncated file fails here.
-            conn.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
-                .map_err(|e| db_err(path, e))
-                .and_then(|s| {
-                    if s == "ok" {
-                        Ok(())
-                    } else {
-                        Err(Error::State(format!("{}: corrupt: {s}", path.display())))
+            ))));
+        }
+        // Outside any transaction: the journal mode cannot change inside one. WAL lets
+        // readers run while another process writes.
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+            .map_err(err)?;
+        match inspect(&conn).map_err(err)? {
+            Found::Ready => {
+                // Reads every page, so a truncated or damaged file fails here, not mid-scan.
+                let s: String = conn
+                    .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+                    .map_err(err)?;
+                if s != "ok" {
+                    return Err(OpenError::Bad(Error::State(format!(
+                        "{}: corrupt: {s}",
+                        path.display()
+                    ))));
+                }
+            }
+            Found::Unfinished | Found::Foreign => {
+                // Decide again holding the write lock, which another creator may have held a
+                // moment ago: what we saw may be finished by now.
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(err)?;
+                match inspect(&tx).map_err(err)? {
+                    Found::Ready => {}
+                    Found::Unfinished => tx
+                        .execute_batch(&format!(
+                            "CREATE TABLE IF NOT EXISTS digests(
+                                dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+                                algorithm TEXT NOT NULL, part_size INTEGER NOT NULL,
+                                size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                                ctime_ns INTEGER NOT NULL,
+                                digest TEXT NOT NULL, recorded_ns INTEGER NOT NULL,
+                                PRIMARY KEY (dev, ino, algorithm, part_size)) WITHOUT ROWID;
+                             PRAGMA application_id={APPLICATION_ID};
+                             PRAGMA user_version={SCHEMA_VERSION};"
+                        ))
+                        .map_err(err)?,
+                    Found::Foreign => {
+                        return Err(OpenError::Bad(Error::State(format!(
+                            "{}: not a hashsync state database",
+                            path.display()
+                        ))))
                     }
-                })?;
+                }
+                tx.commit().map_err(err)?;
+            }
         }
         conn.execute_batch("PRAGMA synchronous=NORMAL;")
-            .map_err(|e| db_err(path, e))?;
+            .map_err(err)?;
         Ok(StateStore {
             conn,
             path: path.to_path_buf(),
@@ -201,7 +375,12 @@ impl StateStore {
         recorded_ns: i64,
     ) -> Result<()> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| db_err(&path, e))?;
+        // Take the write lock up front: a read that turns into a write mid-transaction fails at
+        // once, without waiting, if another process wrote in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_err(&path, e))?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -277,6 +456,69 @@ mod tests {
             .unwrap();
         assert_eq!(s.lookup(&[K], "md5", 0).unwrap(), vec![None]);
         std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn half_made_database_is_finished_in_place() {
+        // What hashsync 0.1.0 left when a second process looked between its statements, or
+        // when it was killed there: header fields set, no table yet.
+        let d = dir("half");
+        std::fs::create_dir_all(&d).unwrap();
+        let c = Connection::open(d.join(FILE_NAME)).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA application_id={APPLICATION_ID};"
+        ))
+        .unwrap();
+        let mut s = StateStore::open(&d).unwrap();
+        assert!(!s.rebuilt);
+        s.record(&[(K, "abc".into())], "md5", 0, i64::MAX / 2)
+            .unwrap();
+        // The other process's connection still works on the same file.
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM digests", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn many_open_a_new_database_at_once() {
+        for round in 0..20 {
+            let d = dir(&format!("many-{round}"));
+            let go = std::sync::Barrier::new(8);
+            std::thread::scope(|t| {
+                let runs: Vec<_> = (0..8)
+                    .map(|_| {
+                        t.spawn(|| {
+                            go.wait();
+                            let mut s = StateStore::open(&d)?;
+                            s.lookup(&[K], "md5", 0)?;
+                            s.record(&[(K, "abc".into())], "md5", 0, i64::MAX / 2)?;
+                            Ok::<_, Error>(s.rebuilt)
+                        })
+                    })
+                    .collect();
+                for r in runs {
+                    assert!(!r.join().unwrap().unwrap(), "nothing was broken to rebuild");
+                }
+            });
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[test]
+    fn unwritable_location_is_left_alone() {
+        let d = dir("blocked");
+        std::fs::write(&d, b"a file where a directory should be").unwrap();
+        assert!(matches!(
+            StateStore::open(&d.join("state")),
+            Err(Error::Io { .. })
+        ));
+        assert_eq!(
+            std::fs::read(&d).unwrap(),
+            b"a file where a directory should be"
+        );
+        std::fs::remove_file(d).unwrap();
     }
 
     #[test]

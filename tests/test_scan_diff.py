@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -263,6 +265,210 @@ def test_two_processes_scanning_at_once(settled_tree, state_dir):
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and out.strip() == "ok", err
+
+
+# Each child meets the others at a file barrier before every call, so that all of them open the
+# same brand-new HASHSYNC_CACHE_DIR at once: the window in which one creates the schema while
+# another looks at it is a few microseconds, and only a simultaneous start reaches it.
+FRESH_STATE_IN_CHILD = """
+import json, os, sys, time, traceback
+import hashsync
+tree, work, me = sys.argv[1], sys.argv[2], sys.argv[3]
+n, rounds = int(sys.argv[4]), int(sys.argv[5])
+problems = []
+
+def barrier(name):
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, me), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(d)) < n and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+expected = None
+for r in range(rounds):
+    for call in ("scan", "tree_hash"):
+        os.environ["HASHSYNC_CACHE_DIR"] = os.path.join(work, f"cache-{r}-{call}")
+        barrier(f"go-{r}-{call}")
+        try:
+            if call == "scan":
+                listing = hashsync.scan(tree, algorithm="sha256")
+                problems += [f"scan: {p}: {why}" for p, why in listing.errors]
+                if len(listing) != 3:
+                    problems.append(f"scan: {len(listing)} entries")
+            else:
+                h = hashsync.tree_hash(tree)
+                expected = expected or h
+                if h != expected:
+                    problems.append(f"tree_hash: {h} != {expected}")
+        except Exception:
+            problems.append(f"{call}: {traceback.format_exc(limit=1).strip()}")
+print(json.dumps(problems))
+"""
+
+
+def test_fresh_state_dir_shared_by_many_processes(tmp_path):
+    tree = tmp_path / "tree"
+    write_tree(tree, {"a.txt": b"a", "sub/b.bin": b"bb" * 100, "sub/deep/c.txt": b"ccc"})
+    work = tmp_path / "work"
+    work.mkdir()
+    n, rounds = 10, 8
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FRESH_STATE_IN_CHILD, *map(str, (tree, work, i, n, rounds))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    problems = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        problems += json.loads(out)
+    assert problems == [], f"{len(problems)} failed calls of {2 * n * rounds}: {problems[:5]}"
+
+
+# --- an unusable hash state location ------------------------------------------------------
+
+UNUSABLE_TREE = {"a.txt": b"a", "sub/b.bin": b"bb" * 100, "sub/deep/c.txt": b"ccc"}
+
+
+def check_runs_without_state(tree: Path, location: str) -> None:
+    """Full, correct digests without errors, and one warning naming the location."""
+    want = {rel: hashlib.sha256(data).hexdigest() for rel, data in UNUSABLE_TREE.items()}
+    plain_tree_hash = hashsync.tree_hash(tree, state=False)
+    with pytest.warns(errors.HashsyncWarning) as caught:
+        listing = hashsync.scan(tree, algorithm="sha256", state_dir=location)
+    assert listing.errors == []
+    assert {e.path: e.digest for e in listing} == want
+    assert listing.stats["state_unavailable"] == 1 and listing.stats["errors"] == 0
+    assert listing.stats["digests_computed"] == 3 and listing.stats["digests_reused"] == 0
+    [w] = caught
+    assert location in str(w.message) and "hash state cache" in str(w.message)
+    assert w.filename == __file__  # points at the caller, not at hashsync's insides
+    # Once per process per location: later calls stay quiet, and tree_hash works too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = hashsync.scan(tree, algorithm="sha256", state_dir=location)
+        assert again.errors == [] and again.stats["state_unavailable"] == 1
+        assert hashsync.tree_hash(tree, state_dir=location) == plain_tree_hash
+
+
+@pytest.mark.parametrize("kind", ["parent-is-a-file", "proc", "immutable-file"])
+def test_unusable_state_location_runs_without_it(tmp_path, kind):
+    tree = tmp_path / "tree"
+    write_tree(tree, UNUSABLE_TREE)
+    if kind == "parent-is-a-file":
+        (tmp_path / "file").write_text("x")
+        location = str(tmp_path / "file" / "state")
+    elif kind == "proc":
+        location = f"/proc/{os.getpid()}/hashsync-state-{tmp_path.name}"
+    else:
+        location = str(tmp_path / "state")
+        hashsync.scan(tree, algorithm="sha256", state_dir=location)
+        db = Path(location) / "hash-state.sqlite3"
+        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+    try:
+        check_runs_without_state(tree, location)
+    finally:
+        if kind == "immutable-file":
+            subprocess.run(["chattr", "-i", str(db)], check=True)
+
+
+def test_tree_hash_warns_too(tmp_path):
+    write_tree(tmp_path / "tree", UNUSABLE_TREE)
+    (tmp_path / "file").write_text("x")
+    location = str(tmp_path / "file" / "state")
+    with pytest.warns(errors.HashsyncWarning, match="hash state cache"):
+        got = hashsync.tree_hash(tmp_path / "tree", state_dir=location)
+    assert got == hashsync.tree_hash(tmp_path / "tree", state=False)
+
+
+READ_ONLY_STATE_IN_CHILD = """
+import hashlib, json, sys, warnings
+import hashsync
+tree, locations = sys.argv[1], sys.argv[2:]
+out = []
+for location in locations:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        listing = hashsync.scan(tree, algorithm="sha256", state_dir=location)
+        again = hashsync.tree_hash(tree, state_dir=location)
+    out.append({
+        "errors": listing.errors,
+        "digests": {e.path: e.digest for e in listing},
+        "stats": listing.stats,
+        "tree_hash": again,
+        "warnings": [(w.category.__name__, str(w.message)) for w in caught],
+    })
+print(json.dumps(out))
+"""
+
+
+def test_read_only_state_dir_runs_without_it(tmp_path):
+    # Root ignores permission bits; without CAP_DAC_OVERRIDE it obeys them like anyone else.
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv is not installed")
+    tree = tmp_path / "tree"
+    write_tree(tree, UNUSABLE_TREE)
+    empty = tmp_path / "empty-state"
+    empty.mkdir()
+    used = tmp_path / "used-state"
+    hashsync.scan(tree, algorithm="sha256", state_dir=used)
+    for p in used.iterdir():
+        p.chmod(0o444)
+    for d in (empty, used):
+        d.chmod(0o555)
+    drop = "-dac_override,-dac_read_search"
+    try:
+        r = subprocess.run(
+            [
+                setpriv,
+                f"--inh-caps={drop}",
+                f"--bounding-set={drop}",
+                "--",
+                sys.executable,
+                "-c",
+                READ_ONLY_STATE_IN_CHILD,
+                str(tree),
+                str(empty),
+                str(used),
+            ],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        for d in (empty, used):
+            d.chmod(0o755)
+    if r.returncode != 0 and "setpriv" in r.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    want = {rel: hashlib.sha256(data).hexdigest() for rel, data in UNUSABLE_TREE.items()}
+    plain = hashsync.tree_hash(tree, state=False)
+    for location, got in zip((empty, used), json.loads(r.stdout), strict=True):
+        assert got["errors"] == [] and got["digests"] == want and got["tree_hash"] == plain
+        assert got["stats"]["state_unavailable"] == 1
+        [(category, message)] = got["warnings"]
+        assert category == "HashsyncWarning" and str(location) in message
+
+
+def test_cli_with_unusable_state_location_exits_0(tmp_path):
+    write_tree(tmp_path / "a", UNUSABLE_TREE)
+    write_tree(tmp_path / "b", UNUSABLE_TREE)
+    env = {**os.environ, "HASHSYNC_CACHE_DIR": "/proc/1/nope"}
+    for cmd in (["diff"], ["sync"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "hashsync", *cmd, str(tmp_path / "a"), str(tmp_path / "b")],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "/proc/1/nope" in r.stderr and "skipped" not in r.stderr
 
 
 # --- diff and tree_hash --------------------------------------------------------------------

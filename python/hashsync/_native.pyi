@@ -250,7 +250,9 @@ class Listing:
         """Scan counters.
 
         Keys: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
-        digests_computed, digests_reused, bytes_hashed, errors.
+        digests_computed, digests_reused, bytes_hashed, errors, state_unavailable (1 if the
+        hash state cache was asked for but could not be opened, read or written; the digests
+        are correct either way).
         """
     @property
     def root(self) -> str | None:
@@ -301,7 +303,11 @@ def scan(
 
     With ``algorithm``, each file gets a digest. Digests are remembered in the hash state cache
     (``state_dir``, default :func:`default_cache_dir`) keyed on device, inode, size, mtime and
-    ctime, so an unchanged file is never read again; ``state=False`` disables it.
+    ctime, so an unchanged file is never read again; ``state=False`` disables it. If the cache
+    location cannot be used (read-only, not a directory, ...), files are hashed without it:
+    the listing is complete and correct, ``stats["state_unavailable"]`` is 1, and a
+    :class:`~hashsync.errors.HashsyncWarning` naming the location and the reason is issued
+    once per process and location.
 
     Symlinks are skipped (and counted) unless ``follow_symlinks``; loops are detected. FIFOs,
     sockets and devices are skipped. Unreadable entries go to :attr:`Listing.errors` and do not
@@ -345,6 +351,9 @@ def tree_hash(
     directory ``b"dir\0" + path + b"\0\n"``; the result is ``algorithm`` over the concatenation
     (8 MiB parts for ``etag``). Symlinks, FIFOs, sockets and devices are ignored unless
     ``follow_symlinks``.
+
+    The hash state cache is used as in :func:`scan`, with the same fallback and warning when
+    its location cannot be used.
 
     Raises:
         InvalidArgument: Part of the tree could not be read (the message names it).
