@@ -52,6 +52,9 @@ pub struct Listing {
     pub errors: Vec<(String, String)>,
     /// Directories with no entries at all (for `tree_hash`).
     pub empty_dirs: Vec<String>,
+    /// hashsync's temporary files seen by the scan (never listed as entries), so that a
+    /// caller can remove those that crashed writers left.
+    pub temporaries: Vec<String>,
     pub stats: ScanStats,
     /// Set when the scan was asked to use the hash state cache and could not.
     pub state_unavailable: Option<StateUnavailable>,

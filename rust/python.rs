@@ -565,6 +565,12 @@ impl PyListing {
         self.inner.empty_dirs.clone()
     }
 
+    /// Temporary files of hashsync (``*.hashsync-tmp-*``) the scan saw; never listed as entries.
+    #[getter]
+    fn temporaries(&self) -> Vec<String> {
+        self.inner.temporaries.clone()
+    }
+
     /// Scan counters: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
     /// digests_computed, digests_reused, bytes_hashed, errors, state_unavailable.
     #[getter]

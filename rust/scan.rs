@@ -43,6 +43,10 @@ impl Default for ScanOptions {
     }
 }
 
+/// What hashsync's atomic writes put in the names of their temporary files
+/// (`.NAME.hashsync-tmp-HOST-PID-RANDOM`, see `hashsync/storage/_atomic.py`).
+pub const TEMPORARY_MARK: &str = ".hashsync-tmp-";
+
 struct RawFile {
     rel: String,
     key: FileKey,
@@ -53,6 +57,7 @@ struct WalkOut {
     files: Vec<RawFile>,
     errors: Vec<(String, String)>,
     empty_dirs: Vec<String>,
+    temporaries: Vec<String>,
     dirs: u64,
     excluded: u64,
     symlinks: u64,
@@ -67,6 +72,7 @@ impl WalkOut {
         self.files.append(&mut other.files);
         self.errors.append(&mut other.errors);
         self.empty_dirs.append(&mut other.empty_dirs);
+        self.temporaries.append(&mut other.temporaries);
         self.dirs += other.dirs;
         self.excluded += other.excluded;
         self.symlinks += other.symlinks;
@@ -163,6 +169,11 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
             subdirs.push((child_abs, child_rel, id));
             continue;
         } else if ft.is_file() {
+            if name.contains(TEMPORARY_MARK) {
+                // Never data: a download in flight, or the debris of a killed one.
+                out.temporaries.push(child_rel);
+                continue;
+            }
             match ent.metadata() {
                 Ok(m) => m,
                 Err(e) => {
@@ -234,6 +245,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     }
     walked.files.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
     walked.empty_dirs.sort_unstable();
+    walked.temporaries.sort_unstable();
     walked.errors.sort();
 
     let mut stats = ScanStats {
@@ -330,6 +342,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     listing.algorithm = opts.algorithm.map(|a| a.name().to_string());
     listing.errors = errors;
     listing.empty_dirs = walked.empty_dirs;
+    listing.temporaries = walked.temporaries;
     listing.stats = stats;
     listing.state_unavailable = state_unavailable;
     Ok(listing)
@@ -416,6 +429,18 @@ mod tests {
         }
         std::fs::create_dir_all(d.join("empty")).unwrap();
         d
+    }
+
+    #[test]
+    fn temporaries_are_reported_not_listed() {
+        let d = tree("tmps");
+        let tmp = "sub/.b.bin.hashsync-tmp-0a1b2c3d-1-deadbeef";
+        std::fs::write(d.join(tmp), "partial").unwrap();
+        let l = scan(&d, &ScanOptions::default(), &Control::default()).unwrap();
+        let paths: Vec<_> = l.iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["a.txt", "sub/b.bin", "sub/deep/c.txt"]);
+        assert_eq!(l.temporaries, vec![tmp.to_string()]);
+        assert_eq!(l.stats.files, 3);
     }
 
     #[test]

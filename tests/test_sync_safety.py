@@ -526,3 +526,28 @@ def test_changed_file_does_not_resume_a_stale_upload(s3_server, bucket, tmp_path
     assert sync(tmp_path / "src", store).transferred == ["f.bin"]
     assert client.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == data
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+# -- 8. temporaries of killed runs are removed by any run that scans their directory -----------
+
+
+def test_stale_temporaries_are_removed_by_a_scan(tmp_path):
+    from hashsync.storage._atomic import temporary_path
+
+    write_tree(tmp_path / "src", {"deep/dir/a.bin": b"a", "top.txt": b"t"})
+    assert sync(tmp_path / "src", tmp_path / "dst").ok
+    # A killed process's temporary, in a directory the next run has nothing to write into.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    live = temporary_path(tmp_path / "dst/deep/dir/a.bin")  # this process: still running
+    stale = live.with_name(live.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"in flight")
+    listing = hashsync.scan(tmp_path / "dst")
+    assert sorted(listing.paths()) == ["deep/dir/a.bin", "top.txt"]  # never listed as data
+    assert sorted(listing.temporaries) == sorted(f"deep/dir/{p.name}" for p in (stale, live))
+    result = sync(tmp_path / "src", tmp_path / "dst")
+    assert result.ok and result.transferred == []
+    assert not stale.exists(), "the killed run's temporary is still there"
+    assert live.exists(), "a live writer's temporary was removed"

@@ -246,6 +246,9 @@ class Listing:
     def empty_dirs(self) -> list[str]:
         """Directories with no entries at all."""
     @property
+    def temporaries(self) -> list[str]:
+        """Temporary files of hashsync (``*.hashsync-tmp-*``) seen; never listed as entries."""
+    @property
     def stats(self) -> dict[str, int]:
         """Scan counters.
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -578,9 +579,21 @@ def _fatal(exc: BaseException, as_json: bool) -> int:
     return EXIT_FAILURE
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    # A worked-around problem is one line for a user, not a source location and code line.
+    if issubclass(category, errors.HashsyncWarning):
+        _err(f"warning: {message}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns its exit code."""
     global _json_requested
+    warnings.showwarning = _show_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # The benchmark has its own options (argparse cannot pass "--help" through).

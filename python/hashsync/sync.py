@@ -46,6 +46,7 @@ from hashsync.storage import (
     TemporaryLocalStorage,
     open_storage,
 )
+from hashsync.storage._atomic import cleanup_listed
 from hashsync.storage.base import reporting_progress
 
 __all__ = ["Compare", "SyncResult", "TransferEvent", "plan_sync", "resolve_storage", "sync"]
@@ -292,7 +293,7 @@ def list_side(
         part_size = getattr(storage, "part_size", hashsync.DEFAULT_PART_SIZE)
         state = getattr(storage, "hash_state", True)
         state_dir = getattr(storage, "hash_state_dir", None)
-        return hashsync.scan(
+        listing = hashsync.scan(
             root,
             algorithm="etag" if compare == "checksum" else None,
             part_size=part_size,
@@ -301,6 +302,9 @@ def list_side(
             state_dir=state_dir,
             progress=progress,
         )
+        if listing.temporaries and isinstance(storage, LocalStorage):
+            cleanup_listed(root, listing.temporaries)
+        return listing
     infos = list(storage.list(""))
     # The scanner's own include/exclude rule, so local and remote sides filter alike.
     keys = [info.key for info in infos]

@@ -33,6 +33,7 @@ __all__ = [
     "same_version",
     "settled_fstat",
     "atomic_destination",
+    "cleanup_listed",
     "cleanup_once",
     "cleanup_stale_temporaries",
     "commit",
@@ -159,6 +160,23 @@ def cleanup_stale_temporaries(directory: Path) -> list[Path]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
+    return removed
+
+
+def cleanup_listed(root: Path, temporaries: list[str]) -> list[Path]:
+    """Remove the stale ones among temporaries a scan of ``root`` found (``Listing.temporaries``).
+
+    A killed download leaves its temporary in a directory that later runs may never write
+    into again; a scan sees it, so whoever scans a writable tree clears it.
+
+    Returns:
+        The paths removed.
+    """
+    removed: list[Path] = []
+    for directory in sorted({rel.rpartition("/")[0] for rel in temporaries}):
+        removed += cleanup_stale_temporaries(
+            root.joinpath(*directory.split("/")) if directory else root
+        )
     return removed
 
 
