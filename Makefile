@@ -49,9 +49,10 @@ bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~
 bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
 	$(VENV)/bin/hashsync bench
 
-lint: venv ## ruff and clippy
+lint: build ## ruff, the stubs checked against the extension (stubtest), clippy
 	$(VENV)/bin/ruff check python tests benches examples
 	$(VENV)/bin/ruff format --check python tests benches examples
+	$(PY) -m mypy.stubtest hashsync._native
 	cargo clippy --all-targets --features python -- -D warnings
 
 fmt: venv ## Format Python and Rust

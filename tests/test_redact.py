@@ -13,6 +13,7 @@ import urllib.parse
 import pytest
 
 import hashsync
+from hashsync import sync
 from hashsync._redact import redact, redact_url
 from hashsync.errors import (
     HashsyncError,
@@ -23,7 +24,6 @@ from hashsync.errors import (
     describe,
 )
 from hashsync.storage import HTTPStorage, open_storage
-from hashsync.sync import sync
 from storage_helpers import PART, serve_directory
 
 # -- redact_url ------------------------------------------------------------------------

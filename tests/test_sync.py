@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hashsync
-from hashsync import errors
+from hashsync import errors, sync
 from hashsync.storage import S3Storage, SimpleLocalStorage
-from hashsync.sync import sync
 from refs import MIB
 
 pytestmark = pytest.mark.s3

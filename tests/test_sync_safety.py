@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 import hashsync
-from hashsync import errors
+from hashsync import errors, sync
 from hashsync.storage import S3Storage, SimpleLocalStorage
-from hashsync.sync import sync
 from refs import MIB
 
 PART = 5 * MIB

@@ -1,6 +1,8 @@
 """hashsync: keep files in step across local disk, S3 and HTTP, deciding by content hash.
 
-The hashing core is Rust; every function here releases the GIL while it works.
+The hashing core is Rust; every function here releases the GIL while it works. The sync engine
+lives in :mod:`hashsync.engine`, storages in :mod:`hashsync.storage`, errors in
+:mod:`hashsync.errors`.
 
 Example:
     >>> import hashsync
@@ -27,6 +29,7 @@ from hashsync._native import (
     scan,
     tree_hash,
 )
+from hashsync.engine import SyncResult, TransferEvent, plan_sync, sync
 from hashsync.errors import HashsyncError
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "HashsyncError",
     "Listing",
     "Plan",
+    "SyncResult",
+    "TransferEvent",
     "__version__",
     "default_cache_dir",
     "diff",
@@ -46,6 +51,8 @@ __all__ = [
     "hash_file",
     "hash_files",
     "match_etag",
+    "plan_sync",
     "scan",
+    "sync",
     "tree_hash",
 ]

