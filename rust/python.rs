@@ -47,7 +47,7 @@ where
     }
 }
 
-/// Maps a core error to the matching `hashsync.errors` class (or a built-in OSError).
+/// Maps a core error to the matching `hashsync.errors` class; I/O errors keep their errno.
 pub(crate) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
     let msg = err.to_string();
     match err {
@@ -61,14 +61,10 @@ pub(crate) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
             match source.kind() {
                 std::io::ErrorKind::NotFound => build_err(py, "NotFound", args),
                 std::io::ErrorKind::PermissionDenied => build_err(py, "PermissionDenied", args),
-                // OSError(errno, ...) picks the matching built-in subclass itself.
-                _ => match py
-                    .import("builtins")
-                    .and_then(|b| b.getattr("OSError")?.call1(args))
-                {
-                    Ok(v) => PyErr::from_value(v),
-                    Err(e) => e,
-                },
+                std::io::ErrorKind::NotADirectory => build_err(py, "NotADirectory", args),
+                std::io::ErrorKind::IsADirectory => build_err(py, "IsADirectory", args),
+                // Disk full, I/O error, too many open files...: still an OSError with errno.
+                _ => build_err(py, "FileSystemError", args),
             }
         }
         Error::IsADirectory(p) => build_err(

@@ -7,8 +7,11 @@ code not written for hashsync would catch: a missing file is a :class:`NotFound`
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "FileChanged",
+    "FileSystemError",
     "HashsyncError",
     "HashsyncWarning",
     "IntegrityError",
@@ -25,6 +28,7 @@ __all__ = [
     "UnknownAlgorithm",
     "UnsafePath",
     "describe",
+    "error_for_status",
     "missing_extra",
 ]
 
@@ -55,6 +59,13 @@ class IsADirectory(HashsyncError, IsADirectoryError):
 
 class NotADirectory(HashsyncError, NotADirectoryError):
     """A file was given where a directory was expected."""
+
+
+class FileSystemError(HashsyncError, OSError):
+    """A local file operation failed for another reason (disk full, I/O error, ...).
+
+    ``errno``, ``strerror`` and ``filename`` are those of the underlying ``OSError``.
+    """
 
 
 class NotARegularFile(HashsyncError, OSError):
@@ -109,6 +120,65 @@ class FileChanged(IntegrityError):
     """
 
     path: str
+
+
+# S3's error codes, which most object stores (and hashsync's hub) answer with; they refine
+# what the HTTP status alone says.
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchVersion"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "403",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AccountProblem",
+    "InvalidObjectState",
+}
+_PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_UNAVAILABLE_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "503",
+    "500",
+    "502",
+    "504",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeTooSkewed",
+}
+_INVALID_CODES = {"InvalidBucketName", "KeyTooLongError", "InvalidArgument"}
+
+
+def error_for_status(status: int | None, message: str, *, code: str = "") -> HashsyncError:
+    """The hashsync error for a failed HTTP request: one mapping for S3, HTTP and the hub.
+
+    Args:
+        status: The HTTP status (None if the answer had none).
+        message: The whole message of the error (already redacted).
+        code: An S3-style error code (``NoSuchKey``, ``SlowDown``, ...), if the body had one.
+
+    Returns:
+        :class:`NotFound` (404, 410), :class:`PermissionDenied` (401, 403),
+        :class:`PreconditionFailed` (409, 412), :class:`StorageUnavailable` (408, 429, 5xx,
+        throttling), :class:`InvalidArgument` (a request the store calls invalid), else
+        :class:`HashsyncError`.
+    """
+    if code in _NOT_FOUND_CODES or status in (404, 410):
+        return NotFound(errno.ENOENT, message)
+    if code in _DENIED_CODES or status in (401, 403):
+        return PermissionDenied(errno.EACCES, message)
+    if code in _PRECONDITION_CODES or status in (409, 412):
+        return PreconditionFailed(message)
+    if code in _UNAVAILABLE_CODES or (status or 0) >= 500 or status in (408, 429):
+        return StorageUnavailable(errno.EAGAIN, message)
+    if code in _INVALID_CODES:
+        return InvalidArgument(message)
+    return HashsyncError(message)
 
 
 def describe(exc: BaseException) -> str:

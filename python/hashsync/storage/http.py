@@ -38,8 +38,8 @@ from hashsync.errors import (
     IntegrityError,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     StorageUnavailable,
+    error_for_status,
 )
 from hashsync.storage.base import (
     ByteCallback,
@@ -224,18 +224,14 @@ class HTTPStorage(ReadOnlyStorage):
                 return self._opener.open(request, timeout=self.timeout)
             except urllib.error.HTTPError as exc:
                 exc.close()
-                if exc.code in (404, 410):
-                    raise NotFound(
-                        errno.ENOENT, f"{method} {shown}: key {key!r} not found (HTTP {exc.code})"
-                    ) from None
-                if exc.code in (401, 403):
-                    raise PermissionDenied(
-                        errno.EACCES,
-                        f"{method} {shown}: access to {key!r} denied (HTTP {exc.code})",
-                    ) from None
                 if exc.code not in _RETRY_STATUS:
-                    raise HashsyncError(
-                        redact(f"{method} {shown}: HTTP {exc.code} {exc.reason}")
+                    what = {404: "not found", 410: "gone", 401: "denied", 403: "denied"}
+                    raise error_for_status(
+                        exc.code,
+                        redact(
+                            f"{method} {shown}: key {key!r} {what.get(exc.code, exc.reason)} "
+                            f"(HTTP {exc.code})"
+                        ),
                     ) from None
                 last = exc
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:

@@ -69,6 +69,7 @@ from hashsync.errors import (
     PermissionDenied,
     PreconditionFailed,
     StorageUnavailable,
+    error_for_status,
 )
 from hashsync.storage import _s3list
 from hashsync.storage._atomic import same_version, settled_fstat
@@ -127,35 +128,6 @@ _MIN_PART = 5 * 1024**2
 _MAX_PART = 5 * 1024**3
 _READ_CHUNK = 1024**2
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
-
-_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchVersion"}
-_DENIED_CODES = {
-    "AccessDenied",
-    "403",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AllAccessDisabled",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-    "AccountProblem",
-    "InvalidObjectState",
-}
-_PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
-_UNAVAILABLE_CODES = {
-    "SlowDown",
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeout",
-    "503",
-    "500",
-    "502",
-    "504",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeTooSkewed",
-}
-
 
 _loader_lock = threading.Lock()
 _shared_loader: Any = None
@@ -421,19 +393,12 @@ class S3Storage(ReadWriteStorage):
                     errno.ENOENT,
                     f"{action} {where}: bucket {self.bucket!r} does not exist (NoSuchBucket)",
                 )
-            if code in _NOT_FOUND_CODES or status == 404:
-                return NotFound(errno.ENOENT, text)
-            if code in _DENIED_CODES or status in (401, 403):
-                return PermissionDenied(errno.EACCES, text)
-            if code in _PRECONDITION_CODES or status in (409, 412):
-                return PreconditionFailed(text)
-            if code in _UNAVAILABLE_CODES or (status or 0) >= 500 or status == 429:
+            error = error_for_status(status, text, code=code)
+            if isinstance(error, StorageUnavailable):
                 return StorageUnavailable(
                     errno.EAGAIN, f"{text}, after {self.max_attempts} attempts"
                 )
-            if code in ("InvalidBucketName", "KeyTooLongError", "InvalidArgument"):
-                return InvalidArgument(text)
-            return HashsyncError(text)
+            return error
         if isinstance(
             exc,
             botocore.exceptions.NoCredentialsError | (botocore.exceptions.PartialCredentialsError),
