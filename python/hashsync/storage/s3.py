@@ -90,6 +90,7 @@ from hashsync.storage.local import (
     _stat_or_none,
     normalize_hash,
 )
+from hashsync.verify import is_content_etag, verify_file
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -127,7 +128,6 @@ _MAX_PARTS = 10_000
 _MIN_PART = 5 * 1024**2
 _MAX_PART = 5 * 1024**3
 _READ_CHUNK = 1024**2
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 
 _loader_lock = threading.Lock()
 _shared_loader: Any = None
@@ -728,43 +728,33 @@ class S3Storage(ReadWriteStorage):
     def _verify_download(
         self, key: str, head: dict[str, Any], tmp: Path, *, body: bytes | None = None
     ) -> None:
-        etag = _clean_etag(head["ETag"])
-        crc = (head.get("Metadata") or {}).get(CRC64_METADATA)
+        metadata = head.get("Metadata") or {}
+        what = f"downloaded {key!r} from {self!r}"
+        crc = metadata.get(CRC64_METADATA)
         if crc:
             # hashsync's own whole-content checksum: one fast pass, whatever the part size or
             # however the store computed the ETag (copied parts, encryption).
-            got = (
-                hashsync.hash_bytes(body, "crc64nvme")
-                if body is not None
-                else hashsync.hash_file(tmp, "crc64nvme")
-            )
-            if got != crc.lower():
-                raise IntegrityError(
-                    f"downloaded {key!r} from {self!r} does not match its CRC64NVME {crc}"
-                )
+            verify_file(tmp, what=what, crc64nvme=crc, data=body)
             return
         encrypted = head.get("ServerSideEncryption") == "aws:kms" or head.get(
             "SSECustomerAlgorithm"
         )
-        if encrypted or not _MD5_ETAG.match(etag):
+        if encrypted:
             return  # the ETag is not a content hash
-        if "-" not in etag:
-            if body is not None:
-                ok = hashlib.md5(body, usedforsecurity=False).hexdigest() == etag
-            else:
-                ok = hashsync.hash_file(tmp, "md5") == etag
-        else:
-            ok = False
-            recorded = (head.get("Metadata") or {}).get(PART_SIZE_METADATA, "")
-            if recorded.isdigit() and _MIN_PART <= int(recorded) <= _MAX_PART:
-                ok = hashsync.etag(tmp, part_size=int(recorded)) == etag
-            if not ok:
-                ok = hashsync.etag_matches(tmp, etag)
-            if not ok:
-                sizes = self._first_part_size(key)
-                ok = bool(sizes) and hashsync.etag_matches(tmp, etag, part_sizes=sizes)
-        if not ok:
-            raise IntegrityError(f"downloaded {key!r} from {self!r} does not match its ETag {etag}")
+        recorded = metadata.get(PART_SIZE_METADATA, "")
+        hint = (
+            [int(recorded)]
+            if recorded.isdigit() and _MIN_PART <= int(recorded) <= _MAX_PART
+            else []
+        )
+        verify_file(
+            tmp,
+            what=what,
+            etag=_clean_etag(head["ETag"]),
+            part_sizes=hint,
+            more_part_sizes=lambda: self._first_part_size(key),
+            data=body,
+        )
 
     def _first_part_size(self, key: str) -> list[int]:
         # The size of part 1 is the part size of an upload by any tool; asked only when the
@@ -859,7 +849,7 @@ class S3Storage(ReadWriteStorage):
         etag = _clean_etag(response.get("ETag", ""))
         if (
             self.verify
-            and _MD5_ETAG.match(etag)
+            and is_content_etag(etag)
             and etag != expected
             and not (response.get("ServerSideEncryption") == "aws:kms")
         ):
