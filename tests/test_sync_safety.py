@@ -550,3 +550,119 @@ def test_stale_temporaries_are_removed_by_a_scan(tmp_path):
     assert result.ok and result.transferred == []
     assert not stale.exists(), "the killed run's temporary is still there"
     assert live.exists(), "a live writer's temporary was removed"
+
+
+# -- found by an adversarial pass -----------------------------------------------------------
+
+
+def test_overlap_exclude_cannot_be_undone_by_an_include(tmp_path):
+    data = tmp_path / "data"
+    write_tree(data, {"sub/precious.txt": b"p", "top.txt": b"t", "sub/deeper/x.txt": b"x"})
+    # Filters that exclude the probes but include real files under the nested part.
+    rules = [("exclude", "*"), ("include", "*.txt")]
+    result = sync(data / "sub", data, delete=True, filters=[("exclude", "sub/*"), *rules])
+    assert "sub/precious.txt" not in result.deleted
+    assert (data / "sub/precious.txt").exists() and (data / "sub/deeper/x.txt").exists()
+    # Whatever the filters include, the nested destination never feeds back into itself.
+    for _ in range(2):
+        sync(data, data / "backup", filters=rules)
+    assert (data / "backup/sub/precious.txt").exists() and not (data / "backup/backup").exists()
+
+
+def test_empty_path_arguments_are_refused(tmp_path, monkeypatch):
+    write_tree(tmp_path / "cwd", {"a": b"1"})
+    write_tree(tmp_path / "backup", {"b": b"2"})
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(errors.InvalidArgument, match="empty path"):
+        sync("", tmp_path / "backup", delete=True)
+    r = cli("sync", "", tmp_path / "backup", "--delete")
+    assert r.returncode == 1 and "empty path" in r.stderr
+    assert (tmp_path / "backup/b").exists()
+
+
+def test_s3_urls_are_taken_literally():
+    store = S3Storage.from_url(
+        "s3://bkt/proj#2/100%25?v", endpoint_url="http://127.0.0.1:1", max_attempts=1
+    )
+    assert (store.bucket, store.prefix) == ("bkt", "proj#2/100%25?v/")
+
+
+def test_source_entries_turned_into_symlinks_are_not_read(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"ROOT SECRET")
+    write_tree(tmp_path / "src", {"report.txt": b"r", "sub/f.txt": b"f"})
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "f.txt").write_bytes(b"PRIVATE")
+
+    def swap(plan) -> None:  # after the scan, before the transfers
+        (tmp_path / "src/report.txt").unlink()
+        (tmp_path / "src/report.txt").symlink_to(secret)
+        shutil.rmtree(tmp_path / "src/sub")
+        (tmp_path / "src/sub").symlink_to(tmp_path / "private")
+
+    result = sync(tmp_path / "src", tmp_path / "dst", on_plan=swap)
+    assert sorted(k for k, _ in result.failed) == ["report.txt", "sub/f.txt"]
+    assert all("symbolic link" in why for _, why in result.failed)
+    assert not (tmp_path / "dst/report.txt").exists() and not (tmp_path / "dst/sub").exists()
+
+
+def test_delete_never_goes_through_a_symlink(tmp_path):
+    write_tree(tmp_path / "src", {"keep": b"k"})
+    write_tree(tmp_path / "dst", {"keep": b"k", "sub/victim": b"v"})
+    outside = tmp_path / "outside"
+    write_tree(outside, {"victim": b"mine"})
+
+    def swap(plan) -> None:
+        shutil.rmtree(tmp_path / "dst/sub")
+        (tmp_path / "dst/sub").symlink_to(outside)
+
+    result = sync(tmp_path / "src", tmp_path / "dst", delete=True, on_plan=swap)
+    assert result.deleted == [] and [k for k, _ in result.failed] == ["sub/victim"]
+    assert (outside / "victim").read_bytes() == b"mine"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_overlap_through_a_bind_mount_is_refused(tmp_path):
+    write_tree(tmp_path / "data", {"sub/precious": b"p"})
+    (tmp_path / "m").mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(tmp_path / "data"), str(tmp_path / "m")])
+    if mounted.returncode != 0:
+        pytest.skip("mount --bind is not allowed here")
+    try:
+        with pytest.raises(errors.InvalidArgument, match="same directory tree"):
+            sync(tmp_path / "m" / "sub", tmp_path / "data", delete=True)
+    finally:
+        subprocess.run(["umount", str(tmp_path / "m")], check=True)
+    assert (tmp_path / "data/sub/precious").exists()
+
+
+def test_dry_run_changes_nothing_not_even_temporaries(tmp_path):
+    write_tree(tmp_path / "src", {"a": b"a"})
+    write_tree(tmp_path / "dst", {})
+    stale = tmp_path / "dst" / ".a.hashsync-tmp-0a1b2c3d-999999999-deadbeef"
+    stale.write_bytes(b"partial")
+    assert sync(tmp_path / "src", tmp_path / "dst", dry_run=True).transferred == ["a"]
+    assert stale.exists()
+
+
+def test_more_hostile_cli_input(tmp_path):
+    write_tree(tmp_path / "src", {"f": b"x"})
+    sums = tmp_path / "nul.sum"
+    sums.write_bytes(b"0" * 64 + b"  a\x00b\n")
+    cases = [
+        (["cleanup", "s3://b/p", "--older-than", "99999999999d"], "too long"),
+        (["hash", "--threads", "99999999999999999999", tmp_path / "src/f"], "at most"),
+        (["hash", "--check", sums], "NUL byte"),
+        (["sync", "http://[::1/x", tmp_path / "o"], "invalid URL"),
+        (["cleanup", "http://user:SECRETPW@h/p"], "not an s3://"),
+    ]
+    for args, message in cases:
+        r = cli(*args)
+        assert_no_traceback(r)
+        assert "internal error" not in r.stderr, (args, r.stderr)
+        assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+        assert "SECRETPW" not in r.stderr
+    r = cli("hash", "--check", tmp_path / "missing.sum", "--json")
+    assert r.returncode == 1 and "missing.sum" in json.loads(r.stdout)["error"]["message"]
+    r = cli("cleanup", str(tmp_path), "--json")
+    assert r.returncode == 1 and "not an s3://" in json.loads(r.stdout)["error"]["message"]

@@ -63,4 +63,7 @@ def parse_duration(text: str) -> float:
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"{text!r} is not a duration (examples: 90, 30m, 24h, 7d)")
-    return float(m.group(1)) * _SECONDS[(m.group(2) or "s").lower()]
+    seconds = float(m.group(1)) * _SECONDS[(m.group(2) or "s").lower()]
+    if seconds > 1000 * 365 * 86400:
+        raise ValueError(f"{text!r} is too long (at most 1000 years)")
+    return seconds

@@ -37,18 +37,20 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _count_arg(text: str, minimum: int) -> int:
+def _count_arg(text: str, minimum: int, maximum: int = 2**31 - 1) -> int:
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < minimum:
         raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {n}")
+    if n > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {n}")
     return n
 
 
 def _threads_arg(text: str) -> int:
-    return _count_arg(text, 1)
+    return _count_arg(text, 1, 4096)
 
 
 def _limit_arg(text: str) -> int:
@@ -56,7 +58,7 @@ def _limit_arg(text: str) -> int:
 
 
 def _err(message: str) -> None:
-    print(f"hashsync: {shown(message)}", file=sys.stderr)
+    print(f"hashsync: {shown(redact(message))}", file=sys.stderr)
 
 
 def _total_size(paths: Sequence[str]) -> int:
@@ -108,6 +110,8 @@ def _parse_check_file(path: str) -> list[tuple[str, str]]:
             raise errors.InvalidArgument(f"{path}:{lineno}: expected 'DIGEST  PATH', got {line!r}")
         # md5sum writes "digest  path" (text) or "digest *path" (binary).
         name = name[1:] if name[:1] in (" ", "*") else name
+        if "\x00" in name:
+            raise errors.InvalidArgument(f"{path}:{lineno}: the path contains a NUL byte")
         if not digest or any(c not in "0123456789abcdefABCDEF-" for c in digest):
             raise errors.InvalidArgument(f"{path}:{lineno}: {digest!r} is not a hexadecimal digest")
         entries.append((digest.lower(), name))
@@ -115,11 +119,7 @@ def _parse_check_file(path: str) -> list[tuple[str, str]]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    try:
-        entries = _parse_check_file(args.check)
-    except (OSError, errors.InvalidArgument) as e:
-        _err(describe(e))
-        return EXIT_FAILURE
+    entries = _parse_check_file(args.check)  # errors end in main(), with --json too
     paths = [name for _, name in entries]
     if args.algorithm == "etag":
         # Stored ETags may come from any tool; infer each one's part size.
@@ -236,7 +236,7 @@ def _open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
     dst = resolve_storage(args.destination, role="destination", endpoint_url=endpoint)
     if getattr(args, "no_state", False):
         for side in (src, dst):
-            if hasattr(side, "hash_state"):
+            if hasattr(side, "hash_state"):  # the filesystem storages
                 side.hash_state = False
     return src, dst
 
@@ -249,10 +249,10 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         plan, src, dst = plan_sync(
             src_store, dst_store, rules=args.filters or [], compare=args.compare, progress=progress
         )
-    errors_seen = list(getattr(src, "errors", [])) + list(getattr(dst, "errors", []))
+    errors_seen = src.errors + dst.errors
     for path, why in errors_seen:
         _err(f"{path}: {why}")
-    dst_paths = set(_paths(dst))
+    dst_paths = set(_paths(dst.entries))
     copy = plan.copy
     if args.json:
         json.dump(
@@ -272,7 +272,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
             print(f"{'~' if p in dst_paths else '+'} {shown(p)}")
         for p in plan.delete:
             print(f"- {shown(p)}")
-        reused = sum(getattr(x, "stats", {}).get("digests_reused", 0) for x in (src, dst))
+        reused = sum(getattr(x.entries, "stats", {}).get("digests_reused", 0) for x in (src, dst))
         print(
             f"{len(copy)} to copy ({format_size(plan.copy_bytes)}), {len(plan.delete)} only in "
             f"destination, {plan.unchanged} unchanged"
@@ -367,9 +367,16 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
     store = open_storage(args.url, **options) if "://" in args.url else None
     if not isinstance(store, S3Storage):
-        _err(f"cleanup: {args.url!r} is not an s3://bucket/prefix URL")
-        return EXIT_FAILURE
-    stale = store.abort_incomplete_uploads(older_than=args.older_than, dry_run=args.dryrun)
+        raise errors.InvalidArgument(f"cleanup: {args.url!r} is not an s3://bucket/prefix URL")
+    stale = store.abort_incomplete_uploads(older_than=args.older_than, dry_run=True)
+    not_aborted = []
+    if not args.dryrun:
+        aborted = store.abort_incomplete_uploads(older_than=args.older_than)
+        done = {u.upload_id for u in aborted}
+        not_aborted = [u for u in stale if u.upload_id not in done]
+        stale = aborted
+    for u in not_aborted:
+        _err(f"could not abort {u.key} (upload {u.upload_id}): the store does not know it")
     if args.json:
         rows = [
             {"key": u.key, "upload_id": u.upload_id, "initiated": u.initiated.isoformat()}
@@ -393,7 +400,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
             f"upload{'s' * (len(stale) != 1)}",
             file=sys.stderr,
         )
-    return EXIT_OK
+    return EXIT_PARTIAL if not_aborted else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,10 +14,8 @@ size is checked by part-size inference on the local file.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,34 +29,20 @@ from hashsync.errors import (
     FileChanged,
     HashsyncError,
     InvalidArgument,
-    NotADirectory,
-    NotFound,
-    PermissionDenied,
     describe,
 )
 from hashsync.storage import (
-    LocalStorage,
-    PartitioningLocalStorage,
     ReadWriteStorage,
-    S3Storage,
-    SimpleLocalStorage,
     Storage,
-    TemporaryLocalStorage,
     open_storage,
 )
-from hashsync.storage._atomic import cleanup_listed
-from hashsync.storage.base import reporting_progress
+from hashsync.storage.base import SyncListing, reporting_progress
 
 __all__ = ["Compare", "SyncResult", "TransferEvent", "plan_sync", "resolve_storage", "sync"]
 
 Compare = Literal["checksum", "size-mtime", "size"]
 FilterRules = list[tuple[str, str]]
 
-# Never transfer hashsync's own in-flight files (atomic-write temporaries, key locks).
-_INTERNAL_RULES: FilterRules = [
-    ("exclude", "*.hashsync-tmp-*"),
-    ("exclude", "*.hashsync-lock"),
-]
 # Enough to keep a store busy with small objects; large ones are also split into parts.
 _DEFAULT_WORKERS = 16
 
@@ -170,71 +154,72 @@ def resolve_storage(
     role: Literal["source", "destination"],
     endpoint_url: str | None = None,
 ) -> Storage:
-    """Turns a path, URL or Storage into a Storage, checking local paths first.
+    """Turns a path, URL or Storage into a Storage through :func:`open_storage`.
 
-    A local source must be an existing directory; a local destination may be missing (it is
-    created by :func:`sync` once the source has been listed) but must not be a file.
+    A local destination is not created here (a sync creates it once the source has been
+    listed); a local path that is a file is refused.
 
     Raises:
-        NotFound: A local source does not exist.
         NotADirectory: A local path is a file.
-        InvalidArgument: An unknown URL scheme.
+        InvalidArgument: An empty path, or an unknown URL scheme.
     """
     if isinstance(spec, Storage):
         return spec
     text = os.fspath(spec)
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme == "file":
-        path = Path(rest if sep else text).expanduser()
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            st = None
-        except NotADirectoryError:
-            raise NotADirectory(20, f"a parent of the {role} is a file", str(path)) from None
-        except PermissionError as exc:
-            raise PermissionDenied(13, f"cannot access the {role}", str(path)) from exc
-        if st is not None and not stat.S_ISDIR(st.st_mode):
-            raise NotADirectory(20, f"the {role} is a file, not a directory", str(path))
-        if role == "source" and st is None:
-            raise NotFound(2, f"the {role} directory does not exist", str(path))
-        return SimpleLocalStorage(path, create=False)
+    if not text.strip():
+        # An unset shell variable ("$SRC") must not mean the current directory.
+        raise InvalidArgument(f"the {role} is an empty path")
+    scheme = text.partition("://")[0].lower() if "://" in text else None
     options: dict[str, Any] = {}
-    if endpoint_url and scheme == "s3":
+    if scheme in (None, "file"):
+        options["create"] = False
+    elif endpoint_url and scheme == "s3":
         options["endpoint_url"] = endpoint_url
     return open_storage(text, **options)
 
 
-def _location(storage: Storage) -> tuple[tuple[str, ...], str] | None:
-    """Where a storage keeps its keys: ``(namespace, prefix)``, or None if unknown.
-
-    Two storages overlap when they share the namespace and one prefix contains the other.
-    """
-    if isinstance(storage, LocalStorage):
-        return ("file",), storage.root.resolve().as_posix().rstrip("/") + "/"
-    if isinstance(storage, S3Storage):
-        endpoint = str(storage.client.meta.endpoint_url).rstrip("/")
-        return ("s3", endpoint, storage.bucket), storage.prefix
-    return None
-
-
 _PROBES = ("hashsync-overlap-probe", "hashsync-overlap-probe.d/x.bin")
+_GLOB_CHARS = frozenset("*?[]\\")
 
 
-def check_overlap(source: Storage, destination: Storage, rules: FilterRules) -> None:
+def _same_file_ancestor(a: str, b: str) -> bool:
+    """Whether the existing directory ``b`` (or an ancestor of it) is the directory ``a``.
+
+    Catches what path strings cannot: bind mounts and hard-to-spot aliases of one directory.
+    """
+    try:
+        target = os.stat(a)
+    except OSError:
+        return False
+    path = Path(b)
+    for candidate in (path, *path.parents):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def check_overlap(source: Storage, destination: Storage, rules: FilterRules) -> FilterRules:
     """Refuses a source and destination of which one lies inside the other.
 
     ``sync data/sub data --delete`` would delete the source itself, and ``sync data
     data/backup`` would copy its own output one level deeper on every run. Like rclone
     ("can't sync or move files on overlapping remotes") hashsync refuses, unless the filters
-    exclude the nested part entirely (``sync data data/backup --exclude 'backup/*'``).
+    exclude the nested part (``sync data data/backup --exclude 'backup/*'``); then the
+    nested subtree is excluded from both listings whatever else the filters include.
+
+    Returns:
+        The rules to sync with: ``rules``, plus the exclusion of the nested part if any.
 
     Raises:
-        InvalidArgument: The two overlap and the filters do not remove the overlap.
+        InvalidArgument: The two overlap and the filters do not exclude the nested part.
     """
-    a, b = _location(source), _location(destination)
+    a, b = source.location(), destination.location()
     if a is None or b is None or a[0] != b[0]:
-        return
+        return rules
     (_, src_prefix), (_, dst_prefix) = a, b
     if src_prefix == dst_prefix:
         raise InvalidArgument(
@@ -245,83 +230,26 @@ def check_overlap(source: Storage, destination: Storage, rules: FilterRules) -> 
     elif src_prefix.startswith(dst_prefix):
         inner, outer, which = src_prefix[len(dst_prefix) :], "destination", "source"
     else:
-        return
-    probes = [inner + p for p in _PROBES]
-    if not any(filter_paths(probes, rules)):
-        return  # the user's filters keep the nested part out of both listings
-    raise InvalidArgument(
+        if a[0] == ("file",) and (
+            _same_file_ancestor(src_prefix, dst_prefix)
+            or _same_file_ancestor(dst_prefix, src_prefix)
+        ):
+            raise InvalidArgument(
+                f"can't sync overlapping locations: {source!r} and {destination!r} are the "
+                "same directory tree seen through different paths (a bind mount or alias)"
+            )
+        return rules
+    refusal = InvalidArgument(
         f"can't sync overlapping locations: the {which} is inside the {outer} (at "
         f"{inner.rstrip('/')!r}); choose separate locations, or exclude it with "
         f"--exclude '{inner}*'"
     )
-
-
-def _scannable_root(storage: Storage) -> Path | None:
-    # Partitioned storages hide keys behind hashed directories; list them through the API.
-    if isinstance(storage, LocalStorage) and not isinstance(storage, PartitioningLocalStorage):
-        return storage.root
-    root = getattr(storage, "root", None)
-    if root is not None and not isinstance(storage, PartitioningLocalStorage):
-        return Path(root)
-    return None
-
-
-def _to_ns(when: datetime.datetime) -> int:
-    return int(when.timestamp() * 1_000_000_000) if when else 0
-
-
-def list_side(
-    storage: Storage,
-    *,
-    rules: FilterRules,
-    compare: Compare,
-    progress: Callable[[int, int], object] | None = None,
-    skipped: list[tuple[str, str]] | None = None,
-) -> hashsync.Listing | list[hashsync.FileEntry]:
-    """Lists one side of a sync as FileEntry records (a Listing for local directories).
-
-    Local directories are scanned in Rust with ETag digests from the hash state cache; other
-    storages are listed through :meth:`Storage.list`, whose hashes are ETags. Remote keys
-    that the filters keep but that are named like hashsync's own temporary files are left
-    out and, if ``skipped`` is given, appended to it with the reason.
-    """
-    rules = list(rules) + _INTERNAL_RULES
-    root = _scannable_root(storage)
-    if root is not None:
-        if not root.exists():
-            return []
-        part_size = getattr(storage, "part_size", hashsync.DEFAULT_PART_SIZE)
-        state = getattr(storage, "hash_state", True)
-        state_dir = getattr(storage, "hash_state_dir", None)
-        listing = hashsync.scan(
-            root,
-            algorithm="etag" if compare == "checksum" else None,
-            part_size=part_size,
-            filters=rules,
-            state=state,
-            state_dir=state_dir,
-            progress=progress,
-        )
-        if listing.temporaries and isinstance(storage, LocalStorage):
-            cleanup_listed(root, listing.temporaries)
-        return listing
-    infos = list(storage.list(""))
-    # The scanner's own include/exclude rule, so local and remote sides filter alike.
-    keys = [info.key for info in infos]
-    keep = filter_paths(keys, rules)
-    entries = [
-        hashsync.FileEntry(info.key, info.size, _to_ns(info.last_modified), info.hash)
-        for info, kept in zip(infos, keep, strict=True)
-        if kept
-    ]
-    if skipped is not None:
-        user_keep = filter_paths(keys, list(rules[: len(rules) - len(_INTERNAL_RULES)]))
-        skipped.extend(
-            (key, "named like a hashsync temporary or lock file; not transferred")
-            for key, kept, wanted in zip(keys, keep, user_keep, strict=True)
-            if wanted and not kept
-        )
-    return entries
+    probes = [inner + p for p in _PROBES]
+    if any(c in _GLOB_CHARS for c in inner) or any(filter_paths(probes, rules)):
+        raise refusal
+    # The user excluded the nested part; make sure nothing under it is ever included again
+    # (a later --include '*.txt' would otherwise pull the nested files back in).
+    return [*rules, ("exclude", inner + "*")]
 
 
 def _rules(
@@ -352,46 +280,36 @@ def plan_sync(
     rules: FilterRules,
     compare: Compare = "checksum",
     progress: Callable[[int, int], object] | None = None,
-) -> tuple[hashsync.Plan, Any, Any]:
-    """Lists both sides and diffs them; returns ``(plan, source_listing, destination_listing)``."""
+    reap_temporaries: bool = False,
+) -> tuple[hashsync.Plan, SyncListing, SyncListing]:
+    """Lists both sides and diffs them; returns ``(plan, source_listing, destination_listing)``.
+
+    Each side lists itself (:meth:`Storage.list_for_sync`); the source must exist.
+    """
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
-    src = list_side(source, rules=rules, compare=compare, progress=progress)
-    dst = list_side(destination, rules=rules, compare=compare, progress=progress)
-    return hashsync.diff(src, dst, compare=compare), src, dst
+    options = {"checksum": compare == "checksum", "progress": progress}
+    src = source.list_for_sync(rules, must_exist=True, reap_temporaries=reap_temporaries, **options)
+    dst = destination.list_for_sync(rules, reap_temporaries=reap_temporaries, **options)
+    return hashsync.diff(src.entries, dst.entries, compare=compare), src, dst
 
 
 def _action(source: Storage, destination: Storage) -> str:
-    if isinstance(destination, LocalStorage):
-        return "copy" if isinstance(source, LocalStorage) else "download"
-    if isinstance(source, LocalStorage):
-        return "upload"
-    return "copy"
+    if destination.is_local:
+        return "copy" if source.is_local else "download"
+    return "upload" if source.is_local else "copy"
 
 
-def _transfer_one(source: Storage, destination: Storage, key: str) -> None:
-    if isinstance(destination, LocalStorage):
-        source.copy(key, destination)
-        return
-    if not isinstance(destination, ReadWriteStorage):
-        raise InvalidArgument(f"{destination!r} is read-only and cannot be a sync destination")
-    if isinstance(source, LocalStorage):
-        for attempt in range(2):
-            try:
-                destination.copy_from(key, source)
-                return
-            except FileChanged:
-                # Written to while it was uploaded: the upload was abandoned; try once more,
-                # then report it rather than leave a torn object behind.
-                if attempt:
-                    raise
-        return
-    if isinstance(source, S3Storage) and isinstance(destination, S3Storage):
-        destination.copy_object_from(source, key)
-        return
-    with TemporaryLocalStorage() as staging:
-        source.copy(key, staging)
-        destination.copy_from(key, staging)
+def _transfer_one(source: Storage, destination: ReadWriteStorage, key: str) -> None:
+    for attempt in range(2):
+        try:
+            destination.transfer_from(key, source)
+            return
+        except FileChanged:
+            # Written to while it was read: the transfer was abandoned; try once more, then
+            # report it rather than leave a torn copy behind.
+            if attempt:
+                raise
 
 
 def sync(
@@ -463,20 +381,19 @@ def sync(
         raise InvalidArgument("max_delete must be at least 0")
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
-    check_overlap(src, dst, rules)
+    rules = check_overlap(src, dst, rules)
 
     result = SyncResult(dry_run=dry_run)
     # The source first: a destination is created only once the source is known to exist.
-    src_listing = list_side(
-        src, rules=rules, compare=compare, progress=progress, skipped=result.skipped_keys
+    plan, src_listing, dst_listing = plan_sync(
+        src, dst, rules=rules, compare=compare, progress=progress, reap_temporaries=not dry_run
     )
-    dst_listing = list_side(dst, rules=rules, compare=compare, progress=progress)
-    plan = hashsync.diff(src_listing, dst_listing, compare=compare)
     if on_plan is not None:
         on_plan(plan)
     result.skipped = plan.unchanged
-    src_errors = list(getattr(src_listing, "errors", []))
-    dst_errors = list(getattr(dst_listing, "errors", []))
+    result.skipped_keys.extend(src_listing.skipped)
+    src_errors = src_listing.errors
+    dst_errors = dst_listing.errors
     result.scan_errors.extend(src_errors + dst_errors)
 
     # Never overwrite what could not be seen: a destination entry that could not be read
@@ -493,7 +410,7 @@ def sync(
     to_delete = plan.delete if delete else []
 
     if delete and to_delete:
-        if not allow_empty_source and len(src_listing) == 0 and not src_errors:
+        if not allow_empty_source and len(src_listing.entries) == 0 and not src_errors:
             raise InvalidArgument(
                 f"the source {src!r} lists no files, so --delete would delete all "
                 f"{len(to_delete)} files of {dst!r}; check the source, or pass "
@@ -521,8 +438,9 @@ def sync(
 
     if (to_copy or to_delete) and not isinstance(dst, ReadWriteStorage):
         raise InvalidArgument(f"{dst!r} is read-only and cannot be a sync destination")
-    if isinstance(dst, LocalStorage):
-        dst.create_root()
+    assert isinstance(dst, ReadWriteStorage) or not (to_copy or to_delete)
+    if isinstance(dst, ReadWriteStorage):
+        dst.prepare_destination()
     action = _action(src, dst)
     total = sum(e.size for e in to_copy)
     if progress is not None:
@@ -585,9 +503,9 @@ def sync(
             raise
     result.transferred.sort()
 
-    if isinstance(dst, S3Storage):
-        # Parts of uploads that killed runs of this host left behind (and did not resume).
-        dst.abort_abandoned_uploads()
+    if isinstance(dst, ReadWriteStorage):
+        # What killed runs of this host left behind (S3: unfinished multipart uploads).
+        dst.reclaim_abandoned()
     if to_delete and not result.delete_suppressed and result.failed:
         result.delete_suppressed_reason = f"{len(result.failed)} transfers failed"
         result.delete_suppressed = True

@@ -11,9 +11,10 @@ from __future__ import annotations
 import abc
 import datetime
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hashsync.errors import InvalidArgument
 
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from hashsync.storage.local import LocalStorage
 
 __all__ = [
+    "INTERNAL_RULES",
     "ByteCallback",
+    "SyncListing",
     "ObjectInfo",
     "ReadOnlyStorage",
     "ReadWriteStorage",
@@ -78,6 +81,10 @@ class ObjectInfo(NamedTuple):
     size: int
     last_modified: datetime.datetime
     hash: str | None
+
+
+def _to_ns(when: datetime.datetime | None) -> int:
+    return int(when.timestamp() * 1_000_000_000) if when else 0
 
 
 def validate_key(key: object) -> str:
@@ -136,6 +143,33 @@ def validate_prefix(prefix: object) -> str:
     return prefix
 
 
+FilterRules = Sequence[tuple[str, str]]
+
+# Never data, on any store: hashsync's atomic-write temporaries and key locks (and the
+# ".broken-" renames of stale locks). Glob rules in the scanner's syntax ("*" matches "/").
+INTERNAL_RULES: list[tuple[str, str]] = [
+    ("exclude", "*.hashsync-tmp-*"),
+    ("exclude", "*.hashsync-lock*"),
+]
+
+
+@dataclass
+class SyncListing:
+    """One side of a sync, as its storage listed it (:meth:`Storage.list_for_sync`).
+
+    Attributes:
+        entries: The files, sorted by path: a :class:`hashsync.Listing` (local scans) or a
+            list of :class:`hashsync.FileEntry`; digests are ETags when asked for.
+        errors: ``(path, reason)`` for entries that exist but could not be listed or hashed;
+            a sync deletes nothing when the source has any, and never writes over them.
+        skipped: ``(key, reason)`` for entries that exist but are never transferred.
+    """
+
+    entries: Any
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
 class Storage(abc.ABC):
     """A place files live under keys: a directory, an S3 bucket prefix, an HTTP server.
 
@@ -143,6 +177,61 @@ class Storage(abc.ABC):
     Storages are context managers; :meth:`close` releases connections or temporary
     directories.
     """
+
+    #: Whether the files are on this machine's filesystem (a sync's "upload", "download"
+    #: or "copy" is named from this).
+    is_local: bool = False
+
+    def location(self) -> tuple[tuple[str, ...], str] | None:
+        """Where the keys live, for overlap checks: ``(namespace, prefix)``, or None.
+
+        Two storages overlap when their namespaces are equal and one prefix starts with the
+        other (prefixes end in ``/``). None means "cannot tell" (never refused).
+        """
+        return None
+
+    def list_for_sync(
+        self,
+        rules: FilterRules,
+        *,
+        checksum: bool = True,
+        progress: Callable[[int, int], object] | None = None,
+        must_exist: bool = False,
+        reap_temporaries: bool = True,
+    ) -> SyncListing:
+        """List every entry for a sync, filtered by ``rules`` (include/exclude globs).
+
+        The default lists through :meth:`list`, whose hashes are the digests. Keys named like
+        hashsync's temporary files are left out and reported in ``skipped`` unless ``rules``
+        exclude them anyway. Filesystem storages override this with the Rust scan.
+
+        Args:
+            rules: ``[("exclude", "*.tmp"), ...]`` in order, the last match winning.
+            checksum: Whether digests are needed (a size-only comparison needs none).
+            progress: ``progress(done, total)`` while listing or hashing, if it can tell.
+            must_exist: Raise NotFound if the location itself does not exist (a source).
+            reap_temporaries: Remove stale temporaries the listing comes across (off for a
+                dry run or a diff, which change nothing).
+        """
+        from hashsync._native import FileEntry, filter_paths
+
+        infos = list(self.list(""))
+        keys = [info.key for info in infos]
+        wanted = filter_paths(keys, list(rules))
+        kept = filter_paths(keys, list(rules) + INTERNAL_RULES)
+        listing = SyncListing(
+            [
+                FileEntry(info.key, info.size, _to_ns(info.last_modified), info.hash)
+                for info, keep in zip(infos, kept, strict=True)
+                if keep
+            ]
+        )
+        listing.skipped = [
+            (key, "named like a hashsync temporary or lock file; not transferred")
+            for key, want, keep in zip(keys, wanted, kept, strict=True)
+            if want and not keep
+        ]
+        return listing
 
     @abc.abstractmethod
     def copy(self, key: str, destination: LocalStorage) -> None:
@@ -254,6 +343,42 @@ class ReadWriteStorage(Storage):
     The conditional methods let several jobs share a store without overwriting each other's
     work: each says what it expects to find, and the store refuses the change otherwise.
     """
+
+    def can_copy_server_side(self, source: Storage) -> bool:
+        """Whether :meth:`transfer_from` copies from ``source`` without moving the data here."""
+        return False
+
+    def transfer_from(self, key: str, source: Storage) -> None:
+        """Make ``key`` here hold what ``key`` holds in ``source``, whatever ``source`` is.
+
+        The default uploads a local file directly (``copy_from``) and stages anything else in
+        a temporary local directory; backends that can copy server-side override it.
+
+        Raises:
+            NotFound: ``source`` has no such key.
+            FileChanged: The source file changed while it was read.
+        """
+        if source.is_local:
+            self.copy_from(key, source)  # type: ignore[arg-type]
+            return
+        from hashsync.storage.local import TemporaryLocalStorage
+
+        with TemporaryLocalStorage() as staging:
+            source.copy(key, staging)
+            self.copy_from(key, staging)
+
+    def prepare_destination(self) -> None:  # noqa: B027 - a hook; most stores need nothing
+        """Make the storage ready to be written (a local root directory is created).
+
+        A sync calls it only after the source was listed, so a failed source leaves nothing.
+        """
+
+    def reclaim_abandoned(self) -> int:
+        """Remove what crashed writers of this machine left in the storage; return how many.
+
+        Called by a sync after its transfers (S3: unfinished multipart uploads).
+        """
+        return 0
 
     @abc.abstractmethod
     def copy_from(self, key: str, source: LocalStorage) -> None:

@@ -38,6 +38,7 @@ from hashsync.errors import (
 )
 from hashsync.storage._atomic import (
     KeyLock,
+    cleanup_listed,
     cleanup_once,
     commit,
     same_version,
@@ -45,9 +46,12 @@ from hashsync.storage._atomic import (
     temporary_path,
 )
 from hashsync.storage.base import (
+    INTERNAL_RULES,
     ObjectInfo,
     ReadOnlyStorage,
     ReadWriteStorage,
+    Storage,
+    SyncListing,
     current_progress,
     validate_key,
     validate_prefix,
@@ -61,8 +65,6 @@ __all__ = [
     "TemporaryLocalStorage",
 ]
 
-# scan() globs match across "/", so these hide our temporaries and locks at any depth.
-_INTERNAL_GLOBS = ["*.hashsync-tmp-*", "*.hashsync-lock*"]
 _WRITE_MODES = frozenset("wxa+")
 # A file changed within this many seconds of being hashed may change again without its
 # mtime moving (coarse timestamp ticks), so its digest is not remembered.
@@ -132,14 +134,51 @@ def _copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:
         shutil.copyfileobj(fin, fout, 1024**2)
 
 
+def _link_below(root: Path, path: Path) -> str | None:
+    """The first component of ``path`` below ``root`` that is a symbolic link, or None.
+
+    Listings skip links, so a key never names one: finding one means the tree changed
+    since, or the key leads somewhere the listing did not look.
+    """
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return current.relative_to(root).as_posix()
+    return None
+
+
+def open_nofollow(path: Path) -> IO[bytes]:
+    """Open a file for reading, refusing a symbolic link in its last component."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(errno.ELOOP, "is a symbolic link; not read", str(path)) from None
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def _source_file(source: object, key: str) -> Path:
-    """The local file behind ``source``'s ``key``, checked to be a regular file."""
+    """The local file behind ``source``'s ``key``, checked to be a regular file, not a link."""
     path_of = getattr(source, "path", None)
     if not callable(path_of):
         raise InvalidArgument(
             f"source must be a LocalStorage (or ReadOnlyFilesystemStorage), not {source!r}"
         )
     path = Path(path_of(key))
+    root = getattr(source, "root", None)
+    where = _link_below(Path(root), path) if root is not None else None
+    if where is not None:
+        raise UnsafePath(
+            errno.ELOOP,
+            f"refusing to read key {key!r} of {source!r}: {where!r} is a symbolic link "
+            "(it was not one when the source was listed, or leads outside it)",
+        )
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -162,6 +201,47 @@ class _FilesystemReads:
     part_size: int
     hash_state: bool
     hash_state_dir: Path | None
+    is_local = True
+    # Whether scans may remove stale temporaries (never in a read-only storage).
+    _reaps_temporaries = False
+
+    def location(self) -> tuple[tuple[str, ...], str] | None:
+        """``(("file",), "<resolved root>/")``: overlaps are judged on the real paths."""
+        return ("file",), self.root.resolve().as_posix().rstrip("/") + "/"
+
+    def list_for_sync(
+        self,
+        rules: Any,
+        *,
+        checksum: bool = True,
+        progress: Callable[[int, int], object] | None = None,
+        must_exist: bool = False,
+        reap_temporaries: bool = True,
+    ) -> SyncListing:
+        """Scan the root in Rust: ETags with :attr:`part_size`, from the hash state cache.
+
+        Stale temporaries of killed writers that the scan comes across are removed (in
+        writable storages). See :meth:`Storage.list_for_sync`.
+
+        Raises:
+            NotFound: ``must_exist`` and the root does not exist.
+        """
+        if not self.root.exists():
+            if must_exist:
+                raise NotFound(errno.ENOENT, "the directory does not exist", str(self.root))
+            return SyncListing([])
+        listing = hashsync.scan(
+            self.root,
+            algorithm="etag" if checksum else None,
+            part_size=self.part_size,
+            filters=list(rules) + INTERNAL_RULES,
+            state=self.hash_state,
+            state_dir=self.hash_state_dir,
+            progress=progress,
+        )
+        if listing.temporaries and self._reaps_temporaries and reap_temporaries:
+            cleanup_listed(self.root, listing.temporaries)
+        return SyncListing(listing, errors=list(listing.errors))
 
     def _relpath(self, key: str) -> str:
         """Where ``key`` lives, relative to the root (``/``-separated)."""
@@ -277,7 +357,7 @@ class _FilesystemReads:
         base, key_prefix = self._scan_root(prefix)
         if not base.is_dir():
             return []
-        options: dict[str, Any] = {"exclude": _INTERNAL_GLOBS, "state": self.hash_state}
+        options: dict[str, Any] = {"filters": INTERNAL_RULES, "state": self.hash_state}
         if hashes:
             options.update(algorithm="etag", part_size=self.part_size)
         if self.hash_state_dir is not None:
@@ -346,8 +426,18 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         self.hash_state_dir = None if hash_state_dir is None else Path(hash_state_dir)
         self.lock_timeout = lock_timeout
 
+    _reaps_temporaries = True
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r})"
+
+    def transfer_from(self, key: str, source: Storage) -> None:
+        """Make ``key`` here hold ``source``'s ``key``: ``source.copy`` (a download, or a copy)."""
+        source.copy(key, self)
+
+    def prepare_destination(self) -> None:
+        """Create the root directory (see :meth:`create_root`)."""
+        self.create_root()
 
     def create_root(self) -> None:
         """Create the root directory (and its parents) if it does not exist.
@@ -379,20 +469,13 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         key under ``sub/`` with ``sub -> /elsewhere`` would land outside the storage; a linked
         file would be replaced by a regular file the next listing never saw before.
         """
-        current = self.root
-        for part in final.relative_to(self.root).parts:
-            current = current / part
-            try:
-                st = os.lstat(current)
-            except (FileNotFoundError, NotADirectoryError):
-                return  # created below as a real directory (or refused by mkdir)
-            if stat.S_ISLNK(st.st_mode):
-                where = current.relative_to(self.root).as_posix()
-                raise UnsafePath(
-                    errno.ELOOP,
-                    f"refusing to write key {key!r} in {self!r}: {where!r} is a symbolic link "
-                    "(hashsync never writes through links; replace it with a directory or file)",
-                )
+        where = _link_below(self.root, final)
+        if where is not None:
+            raise UnsafePath(
+                errno.ELOOP,
+                f"refusing to write key {key!r} in {self!r}: {where!r} is a symbolic link "
+                "(hashsync never writes through links; replace it with a directory or file)",
+            )
 
     def _check_writable(self) -> None:
         """Hook for subclasses that can stop accepting writes (a closed temporary store)."""
@@ -453,7 +536,7 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
             return error
 
         def fill(tmp: Path) -> None:
-            with open(src, "rb") as fin:
+            with open_nofollow(src) as fin:
                 before = settled_fstat(fin.fileno())
                 if before is None:
                     raise changed()
@@ -487,6 +570,12 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
             NotFound: No file has this key.
         """
         path, _ = self._stat(key)
+        where = _link_below(self.root, path)
+        if where is not None:
+            raise UnsafePath(
+                errno.ELOOP,
+                f"refusing to delete key {key!r} in {self!r}: {where!r} is a symbolic link",
+            )
         try:
             path.unlink()
         except FileNotFoundError:
@@ -781,6 +870,9 @@ class PartitioningLocalStorage(LocalStorage):
     def _scan_root(self, prefix: str) -> tuple[Path, str]:
         # Keys sharing a prefix are spread over all partitions: scan everything.
         return self.root, ""
+
+    # Files sit behind hashed directories: list keys through list(), not a plain scan.
+    list_for_sync = Storage.list_for_sync
 
 
 class ReadOnlyFilesystemStorage(_FilesystemReads, ReadOnlyStorage):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hashsync._redact import redact_url
-from hashsync.errors import InvalidArgument
+from hashsync.errors import HashsyncError, InvalidArgument
 from hashsync.storage.base import Storage
 
 __all__ = ["StorageFactory", "open_storage", "register_scheme", "registered_schemes"]
@@ -114,7 +114,12 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
             f"unknown storage URL scheme {scheme!r} in {redact_url(url_or_path)!r} "
             f"(known: {known}, or a local path)"
         )
-    return factory(url_or_path, **options)
+    try:
+        return factory(url_or_path, **options)
+    except HashsyncError:
+        raise
+    except ValueError as exc:  # e.g. urllib's "Invalid IPv6 URL" for "http://[::1/x"
+        raise InvalidArgument(f"invalid URL {redact_url(url_or_path)!r}: {exc}") from None
 
 
 for _scheme, _factory in (("file", _local), ("s3", _s3), ("http", _http), ("https", _http)):

@@ -78,6 +78,7 @@ from hashsync.storage.base import (
     ByteCallback,
     ObjectInfo,
     ReadWriteStorage,
+    Storage,
     current_progress,
     validate_key,
     validate_prefix,
@@ -89,6 +90,7 @@ from hashsync.storage.local import (
     _source_file,
     _stat_or_none,
     normalize_hash,
+    open_nofollow,
 )
 from hashsync.verify import is_content_etag, verify_file
 
@@ -357,10 +359,13 @@ class S3Storage(ReadWriteStorage):
         Raises:
             InvalidArgument: Not an ``s3://`` URL with a bucket.
         """
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
+        # Literally, as aws s3 does: "#", "?" and "%" are ordinary characters of S3 keys, so
+        # no URL parsing (which would cut at "#"/"?" and percent-decode).
+        scheme, sep, rest = url.partition("://")
+        bucket, _, prefix = rest.partition("/")
+        if scheme.lower() != "s3" or not sep or not bucket:
             raise InvalidArgument(f"not an s3://bucket/prefix URL: {redact_url(url)!r}")
-        return cls(parts.netloc, urllib.parse.unquote(parts.path), **options)
+        return cls(bucket, prefix, **options)
 
     def __repr__(self) -> str:
         return f"S3Storage('s3://{self.bucket}/{self.prefix}')"
@@ -789,7 +794,7 @@ class S3Storage(ReadWriteStorage):
             conditions["IfNoneMatch"] = "*"
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
         report = current_progress()
-        with open(path, "rb") as fh:
+        with open_nofollow(path) as fh:
             before = settled_fstat(fh.fileno())
             if before is None:
                 raise _changed(path, key)
@@ -1113,6 +1118,32 @@ class S3Storage(ReadWriteStorage):
             "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
         )
 
+    # -- sync seams -------------------------------------------------------------------
+
+    def location(self) -> tuple[tuple[str, ...], str] | None:
+        """``(("s3", endpoint, bucket), prefix)``, the endpoint normalised (scheme, host case)."""
+        parts = urllib.parse.urlsplit(str(self.client.meta.endpoint_url))
+        endpoint = f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}"
+        return ("s3", endpoint, self.bucket), self.prefix
+
+    def can_copy_server_side(self, source: Storage) -> bool:
+        """True for another S3Storage on the same endpoint (CopyObject / UploadPartCopy)."""
+        return (
+            isinstance(source, S3Storage)
+            and source.client.meta.endpoint_url == self.client.meta.endpoint_url
+        )
+
+    def transfer_from(self, key: str, source: Storage) -> None:
+        """Upload, server-side copy (from S3 on the same endpoint), or copy through a temp dir."""
+        if isinstance(source, S3Storage):
+            self.copy_object_from(source, key)
+            return
+        super().transfer_from(key, source)
+
+    def reclaim_abandoned(self) -> int:
+        """Abort unfinished uploads that dead runs of this host left here (the journal's)."""
+        return self.abort_abandoned_uploads()
+
     # -- unfinished multipart uploads ---------------------------------------------------
 
     def incomplete_uploads(self, prefix: str = "") -> Iterator[IncompleteUpload]:
@@ -1159,24 +1190,32 @@ class S3Storage(ReadWriteStorage):
             dry_run: Only return what would be aborted.
 
         Returns:
-            The uploads aborted (or, with ``dry_run``, that would be).
+            The uploads aborted (or, with ``dry_run``, that would be); one the store would
+            not abort (``NoSuchUpload``) is left out.
         """
         if older_than < 0:
             raise InvalidArgument("older_than must be at least 0")
         cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than)
         stale = [u for u in self.incomplete_uploads(prefix) if u.initiated <= cutoff]
-        if not dry_run:
-            for upload in stale:
-                with contextlib.suppress(NotFound):
-                    self._call(
-                        "AbortMultipartUpload",
-                        upload.key,
-                        self.client.abort_multipart_upload,
-                        Bucket=self.bucket,
-                        Key=self._full(upload.key),
-                        UploadId=upload.upload_id,
-                    )
-        return stale
+        if dry_run:
+            return stale
+        aborted = []
+        for upload in stale:
+            try:
+                self._call(
+                    "AbortMultipartUpload",
+                    upload.key,
+                    self.client.abort_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=self._full(upload.key),
+                    UploadId=upload.upload_id,
+                )
+            except NotFound:
+                # NoSuchUpload: gone meanwhile, or listed under a key the store mangled
+                # (control characters); either way not aborted by this call.
+                continue
+            aborted.append(upload)
+        return aborted
 
     def abort_abandoned_uploads(self) -> int:
         """Abort the uploads under this storage that crashed processes of this host left.
