@@ -34,7 +34,7 @@ from hashsync.storage import (
     register_scheme,
     registered_schemes,
 )
-from hashsync.storage._atomic import KeyLock, temporary_path
+from hashsync.atomic import KeyLock, temporary_path
 from storage_contract import (
     MANY,
     ReadOnlyContract,
@@ -270,7 +270,7 @@ def test_stale_lock_of_dead_process_is_broken(tmp_path):
         [
             sys.executable,
             "-c",
-            "from pathlib import Path; from hashsync.storage._atomic import KeyLock; "
+            "from pathlib import Path; from hashsync.atomic import KeyLock; "
             f"KeyLock(Path({str(tmp_path / 'k')!r})).__enter__()",
         ],
         check=True,

@@ -531,7 +531,7 @@ def test_changed_file_does_not_resume_a_stale_upload(s3_server, bucket, tmp_path
 
 
 def test_stale_temporaries_are_removed_by_a_scan(tmp_path):
-    from hashsync.storage._atomic import temporary_path
+    from hashsync.atomic import temporary_path
 
     write_tree(tmp_path / "src", {"deep/dir/a.bin": b"a", "top.txt": b"t"})
     assert sync(tmp_path / "src", tmp_path / "dst").ok

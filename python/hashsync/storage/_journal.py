@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import hashsync
-from hashsync.storage._atomic import _HOST, _pid_alive
+from hashsync.atomic import _HOST, _pid_alive
 
 __all__ = ["UploadJournal", "journal"]
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from hashsync.atomic import INTERNAL_RULES
 from hashsync.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -144,13 +145,6 @@ def validate_prefix(prefix: object) -> str:
 
 
 FilterRules = Sequence[tuple[str, str]]
-
-# Never data, on any store: hashsync's atomic-write temporaries and key locks (and the
-# ".broken-" renames of stale locks). Glob rules in the scanner's syntax ("*" matches "/").
-INTERNAL_RULES: list[tuple[str, str]] = [
-    ("exclude", "*.hashsync-tmp-*"),
-    ("exclude", "*.hashsync-lock*"),
-]
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Storages on the local filesystem.
 
-Every write is atomic (see :mod:`hashsync.storage._atomic`): a per-process temporary file in
+Every write is atomic (see :mod:`hashsync.atomic`): a per-process temporary file in
 the destination directory is filled, fsynced and renamed into place, so a reader never sees
 a half-written file and an interrupted copy leaves only a temporary that a later write into
 the same directory removes. Conditional writes take a per-key lock file, which makes
@@ -26,6 +26,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import hashsync
+from hashsync.atomic import (
+    AtomicFile,
+    KeyLock,
+    cleanup_listed,
+    cleanup_once,
+    commit,
+    same_version,
+    settled_fstat,
+    temporary_path,
+)
 from hashsync.errors import (
     FileChanged,
     HashsyncError,
@@ -35,15 +45,6 @@ from hashsync.errors import (
     PermissionDenied,
     PreconditionFailed,
     UnsafePath,
-)
-from hashsync.storage._atomic import (
-    KeyLock,
-    cleanup_listed,
-    cleanup_once,
-    commit,
-    same_version,
-    settled_fstat,
-    temporary_path,
 )
 from hashsync.storage.base import (
     INTERNAL_RULES,
@@ -709,7 +710,7 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         if "w" in mode or "x" in mode:
             if "x" in mode and final.exists():
                 raise FileExistsError(errno.EEXIST, f"key {key!r} exists in {self!r}")
-            return _AtomicFile(final, mode, exclusive="x" in mode, **kwargs)  # type: ignore[return-value]
+            return AtomicFile(final, mode, exclusive="x" in mode, **kwargs)  # type: ignore[return-value]
         return open(final, mode, **kwargs)  # noqa: SIM115 - the caller owns the file
 
 
@@ -719,71 +720,6 @@ def _mismatch(key: str, store: object, expected: str | None, current: str | None
     if current is None:
         return f"key {key!r} does not exist in {store!r} (expected hash {expected})"
     return f"key {key!r} in {store!r} has hash {current}, not the expected {expected}"
-
-
-class _AtomicFile:
-    """A file object that becomes its final name only when closed without an error."""
-
-    def __init__(self, final: Path, mode: str, *, exclusive: bool, **kwargs: Any) -> None:
-        self._final = final
-        self._exclusive = exclusive
-        cleanup_once(final.parent)
-        self._tmp = temporary_path(final)
-        self._file: IO[Any] = open(self._tmp, mode.replace("x", "w"), **kwargs)  # noqa: SIM115
-        self._done = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._file)
-
-    def __enter__(self) -> _AtomicFile:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.discard()
-
-    @property
-    def closed(self) -> bool:
-        """Whether the file was closed (committed) or discarded."""
-        return self._done
-
-    def close(self) -> None:
-        """Flush, fsync and rename the data into place."""
-        if self._done:
-            return
-        self._done = True
-        try:
-            self._file.close()
-            if self._exclusive:
-                # link() fails if the name exists, so "x" stays exclusive up to the end.
-                os.link(self._tmp, self._final)
-                self._tmp.unlink()
-            else:
-                commit(self._tmp, self._final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                self._tmp.unlink()
-            raise
-
-    def discard(self) -> None:
-        """Throw the written data away; the key keeps its previous content."""
-        if self._done:
-            return
-        self._done = True
-        with contextlib.suppress(OSError):
-            self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
-
-    def __del__(self) -> None:
-        # Never commit implicitly: a file dropped without close() may be incomplete.
-        with contextlib.suppress(Exception):
-            self.discard()
 
 
 class SimpleLocalStorage(LocalStorage):

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import hashsync
 from hashsync._redact import redact, redact_url
+from hashsync.atomic import same_version, settled_fstat
 from hashsync.errors import (
     FileChanged,
     HashsyncError,
@@ -72,7 +73,6 @@ from hashsync.errors import (
     error_for_status,
 )
 from hashsync.storage import _s3list
-from hashsync.storage._atomic import same_version, settled_fstat
 from hashsync.storage._journal import journal
 from hashsync.storage.base import (
     ByteCallback,

@@ -1,4 +1,8 @@
-"""Atomic local writes and per-key locks that work on NFS.
+"""Atomic local writes, per-key locks that work on NFS, and the names of hashsync's own files.
+
+Every part of hashsync that writes a local file (storages, caches, the hub client) writes it
+through here, so that a reader never sees a partial file and crashed writers' debris is
+recognised everywhere by the same names.
 
 A file is written to ``.{name}.hashsync-tmp-{host}-{pid}-{random}`` in its destination
 directory, fsynced, and renamed over the final name, so a reader sees either the old file
@@ -25,10 +29,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Any
 
 from hashsync.errors import StorageUnavailable
 
 __all__ = [
+    "INTERNAL_RULES",
+    "LOCK_SUFFIX",
+    "TMP_MARK",
+    "AtomicFile",
     "KeyLock",
     "same_version",
     "settled_fstat",
@@ -41,9 +50,18 @@ __all__ = [
     "temporary_path",
 ]
 
-_TMP_MARK = ".hashsync-tmp-"
-_LOCK_SUFFIX = ".hashsync-lock"
-_TMP_RE = re.compile(r"\.hashsync-tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
+#: In the name of every temporary file (``.NAME.hashsync-tmp-HOST-PID-RANDOM``); the Rust
+#: scanner knows it too (``hashsync._native`` reports such files as ``Listing.temporaries``).
+TMP_MARK = ".hashsync-tmp-"
+#: Ends the name of a key's lock file (``.NAME.hashsync-lock``); a lock being broken is
+#: renamed to ``.NAME.hashsync-lock.broken-TOKEN`` first.
+LOCK_SUFFIX = ".hashsync-lock"
+#: Filter rules (scanner glob syntax, ``*`` crosses ``/``) that keep all of these out of data.
+INTERNAL_RULES: list[tuple[str, str]] = [
+    ("exclude", f"*{TMP_MARK}*"),
+    ("exclude", f"*{LOCK_SUFFIX}*"),
+]
+_TMP_RE = re.compile(re.escape(TMP_MARK) + r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
 # Leaves room for the ".", the marker, host, pid and random parts within NAME_MAX (255).
 _MAX_STEM_BYTES = 180
 # Temporaries of other hosts cannot be checked for liveness; a day without a write means the
@@ -101,7 +119,7 @@ _HOST = _host_tag()
 
 def is_internal_name(name: str) -> bool:
     """Return whether a file name is one of ours (a temporary or a lock file), not data."""
-    return _TMP_MARK in name or _LOCK_SUFFIX in name
+    return TMP_MARK in name or LOCK_SUFFIX in name
 
 
 def _short(name: str) -> str:
@@ -114,7 +132,7 @@ def _short(name: str) -> str:
 def temporary_path(final: Path) -> Path:
     """Return a new per-process temporary name next to ``final``."""
     return final.with_name(
-        f".{_short(final.name)}{_TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        f".{_short(final.name)}{TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
     )
 
 
@@ -265,7 +283,7 @@ class KeyLock:
     """
 
     def __init__(self, path: Path, *, timeout: float = 60.0, stale_after: float = 600.0) -> None:
-        self.lock_path = path.with_name(f".{_short(path.name)}{_LOCK_SUFFIX}")
+        self.lock_path = path.with_name(f".{_short(path.name)}{LOCK_SUFFIX}")
         self.timeout = timeout
         self.stale_after = stale_after
         self._token = secrets.token_hex(8)
@@ -335,3 +353,68 @@ class KeyLock:
     ) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.lock_path.unlink()
+
+
+class AtomicFile:
+    """A file object that becomes its final name only when closed without an error."""
+
+    def __init__(self, final: Path, mode: str, *, exclusive: bool, **kwargs: Any) -> None:
+        self._final = final
+        self._exclusive = exclusive
+        cleanup_once(final.parent)
+        self._tmp = temporary_path(final)
+        self._file: IO[Any] = open(self._tmp, mode.replace("x", "w"), **kwargs)  # noqa: SIM115
+        self._done = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._file)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file was closed (committed) or discarded."""
+        return self._done
+
+    def close(self) -> None:
+        """Flush, fsync and rename the data into place."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._file.close()
+            if self._exclusive:
+                # link() fails if the name exists, so "x" stays exclusive up to the end.
+                os.link(self._tmp, self._final)
+                self._tmp.unlink()
+            else:
+                commit(self._tmp, self._final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+            raise
+
+    def discard(self) -> None:
+        """Throw the written data away; the key keeps its previous content."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+    def __del__(self) -> None:
+        # Never commit implicitly: a file dropped without close() may be incomplete.
+        with contextlib.suppress(Exception):
+            self.discard()
