@@ -1,12 +1,12 @@
 """Sync comparison harness: hashsync vs `aws s3 sync` vs `s5cmd sync` on a local SeaweedFS.
 
-The implementation lives in the package (``hashsync.benchmark``) so that ``hashsync bench``
+The implementation lives in the package (``hashsync.testing.benchmark``) so that ``hashsync bench``
 works from any install; this script is the same thing for people reading ``benches/``.
 """
 
 import sys
 
-from hashsync.benchmark import main
+from hashsync.testing.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

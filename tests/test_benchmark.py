@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from hashsync.benchmark import main
+from hashsync.testing.benchmark import main
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 

