@@ -1,0 +1,123 @@
+"""What the command groups share: exit codes, argument types, filters, error lines."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hashsync._progress import shown
+from hashsync._redact import redact
+from hashsync._units import parse_duration, parse_size
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_PARTIAL = 2
+# A progress bar only pays off when hashing takes a noticeable time.
+PROGRESS_MIN_BYTES = 256 * 1024**2
+
+
+def size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def count_arg(text: str, minimum: int, maximum: int = 2**31 - 1) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {n}")
+    if n > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {n}")
+    return n
+
+
+def threads_arg(text: str) -> int:
+    return count_arg(text, 1, 4096)
+
+
+def limit_arg(text: str) -> int:
+    return count_arg(text, 0)
+
+
+def err(message: str) -> None:
+    print(f"hashsync: {shown(redact(message))}", file=sys.stderr)
+
+
+def total_size(paths: Sequence[str]) -> int:
+    total = 0
+    for p in paths:
+        try:
+            total += os.stat(p).st_size
+        except OSError:
+            pass
+    return total
+
+
+class FilterAction(argparse.Action):
+    """Collects --include/--exclude into one ordered list, as `aws s3 sync` applies them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102
+        rules = list(getattr(namespace, self.dest, None) or [])
+        rules.append((self.const, values))
+        setattr(namespace, self.dest, rules)
+
+
+def add_filter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exclude",
+        dest="filters",
+        action=FilterAction,
+        const="exclude",
+        metavar="PATTERN",
+        help="exclude paths matching PATTERN (shell glob on the relative path; '*' matches '/')",
+    )
+    p.add_argument(
+        "--include",
+        dest="filters",
+        action=FilterAction,
+        const="include",
+        metavar="PATTERN",
+        help="don't exclude paths matching PATTERN; later --include/--exclude take precedence",
+    )
+
+
+def add_side_args(p: argparse.ArgumentParser, json_help: str) -> None:
+    """Options `diff` and `sync` share: endpoint, comparison, filters, state, output."""
+    p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
+    p.add_argument(
+        "--compare",
+        choices=["checksum", "size-mtime", "size"],
+        default="checksum",
+        help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
+    )
+    add_filter_args(p)
+    p.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
+    from hashsync.engine import resolve_storage
+
+    endpoint = getattr(args, "endpoint_url", None)
+    src = resolve_storage(args.source, role="source", endpoint_url=endpoint)
+    dst = resolve_storage(args.destination, role="destination", endpoint_url=endpoint)
+    if getattr(args, "no_state", False):
+        for side in (src, dst):
+            if hasattr(side, "hash_state"):  # the filesystem storages
+                side.hash_state = False
+    return src, dst
+
+
+def duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
