@@ -35,7 +35,7 @@ from hashsync.storage import (
     register_scheme,
     registered_schemes,
 )
-from storage_contract import (
+from hashsync.testing.contract import (
     MANY,
     ReadOnlyContract,
     ReadWriteContract,
@@ -81,6 +81,8 @@ def _direct_writer(root: Path):
 
 
 class TestSimpleLocalStorage(ReadWriteContract):
+    storage_class = SimpleLocalStorage
+
     @pytest.fixture
     def storage(self, tmp_path):
         return SimpleLocalStorage(tmp_path / "store", part_size=PART)
@@ -98,6 +100,8 @@ class TestSimpleLocalStorage(ReadWriteContract):
 
 
 class TestTemporaryLocalStorage(ReadWriteContract):
+    storage_class = TemporaryLocalStorage
+
     @pytest.fixture
     def storage(self):
         with TemporaryLocalStorage(part_size=PART) as storage:
@@ -117,6 +121,8 @@ class TestTemporaryLocalStorage(ReadWriteContract):
 
 
 class TestPartitioningLocalStorage(ReadWriteContract):
+    storage_class = PartitioningLocalStorage
+
     @pytest.fixture
     def storage(self, tmp_path):
         return PartitioningLocalStorage(tmp_path / "store", part_size=PART)
@@ -136,6 +142,8 @@ class TestPartitioningLocalStorage(ReadWriteContract):
 
 
 class TestReadOnlyFilesystemStorage(ReadOnlyContract):
+    storage_class = ReadOnlyFilesystemStorage
+
     @pytest.fixture
     def storage(self, tmp_path):
         (tmp_path / "ro").mkdir()
@@ -160,6 +168,8 @@ def http_server(tmp_path_factory):
 
 
 class TestHTTPStorage(ReadOnlyContract):
+    storage_class = HTTPStorage
+
     @pytest.fixture
     def served(self, http_server, tmp_path):
         # Each test gets its own directory on the shared server.
@@ -505,3 +515,32 @@ def test_concurrent_copies_of_one_key_never_expose_partial_files(tmp_path):
             future.result()
     assert set(seen) <= {len(data)}
     assert temp_leftovers(dst.root) == []
+
+
+# -- every registered storage runs the contract --------------------------------------------
+
+
+def test_every_registered_scheme_runs_the_contract(tmp_path):
+    import test_storage_s3  # noqa: F401 - defines the S3 contract classes
+
+    from hashsync.testing.contract import StorageContract
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    covered = {
+        c.storage_class for c in subclasses(StorageContract) if c.__name__.startswith("Test")
+    }
+    samples = {
+        "file": f"file://{tmp_path}/f",
+        "s3": "s3://bucket/prefix",
+        "http": "http://127.0.0.1:1/base/",
+        "https": "https://127.0.0.1:1/base/",
+    }
+    for scheme in registered_schemes():
+        assert scheme in samples, f"no contract sample for the registered scheme {scheme!r}"
+        options = {"endpoint_url": "http://127.0.0.1:1"} if scheme == "s3" else {}
+        storage = open_storage(samples[scheme], **options)
+        assert type(storage) in covered, f"{type(storage).__name__} ({scheme}://) is untested"

@@ -25,7 +25,7 @@ from hashsync.errors import (
 from hashsync.storage import S3Storage, SimpleLocalStorage, open_storage
 from hashsync.storage.s3 import CLAIMS_DIR, PART_SIZE_METADATA
 from hashsync.testing import SeaweedFS
-from storage_contract import MANY, ReadWriteContract, blob, temp_leftovers
+from hashsync.testing.contract import MANY, ReadWriteContract, blob, temp_leftovers
 from storage_helpers import MIB, PART, race_worker
 
 pytestmark = pytest.mark.s3
@@ -82,6 +82,8 @@ def fresh_prefix():
 class TestS3Storage(ReadWriteContract):
     """The contract, with the configuration taken from the standard AWS_* variables."""
 
+    storage_class = S3Storage
+
     @pytest.fixture
     def storage(self, s3_env, shared_bucket, fresh_prefix):
         with S3Storage(shared_bucket, fresh_prefix, part_size=PART, **FAST) as storage:
@@ -99,6 +101,8 @@ class TestS3Storage(ReadWriteContract):
 
 class TestS3StorageWithClaims(ReadWriteContract):
     """The contract again in claim mode (conditional writes take a claim object first)."""
+
+    storage_class = S3Storage
 
     @pytest.fixture
     def storage(self, s3_server, shared_bucket, fresh_prefix):

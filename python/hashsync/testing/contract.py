@@ -1,14 +1,18 @@
-"""The behaviour every Storage must have, as test classes to subclass per backend.
+"""The behaviour every Storage must have, as pytest classes to subclass per backend.
 
-A backend's test class subclasses :class:`StorageContract` (read-only) or
-:class:`ReadWriteContract` and provides three fixtures:
+This ships in the package (like fsspec's ``tests/abstract``) so that a storage written
+elsewhere and registered with :func:`hashsync.storage.register_scheme` can prove itself
+against the same contract. A backend's test class subclasses :class:`ReadOnlyContract` or
+:class:`ReadWriteContract`, sets :attr:`StorageContract.storage_class`, and provides:
 
-* ``storage``: a fresh, empty storage of that backend (part size :data:`PART`),
-* ``put``: ``put(key, data)`` makes ``key`` hold ``data`` in ``storage`` (by the backend's own
-  writing for read-write stores, or by writing its backing directory for read-only ones),
-* ``many``: a class-scoped ``(storage, keys)`` holding :data:`MANY` keys, for pagination.
+* ``storage``: a fresh, empty storage of that backend (part size :data:`PART`);
+* ``many``: a class-scoped ``(storage, keys)`` holding :data:`MANY` keys, for pagination;
+* ``put`` (read-only backends only): ``put(key, data)`` makes ``key`` hold ``data`` by writing
+  the backing store directly. Read-write backends get a default ``put`` that uploads through
+  ``copy_from``.
 
-``dest`` (an empty SimpleLocalStorage to copy into) comes from conftest.py.
+``dest`` (an empty SimpleLocalStorage to copy into) is provided here. Every fixture a backend
+must provide fails with a message naming it when it is missing.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from hashsync.storage import (
     SimpleLocalStorage,
     Storage,
 )
-from storage_helpers import PART
+from hashsync.storage.base import reporting_progress
+from hashsync.storage.local import TemporaryLocalStorage
+
+#: The part size the contract's storages are made with (S3's minimum: small test files).
+PART = 5 * 1024**2
 
 MANY = 1050  # more than one ListObjectsV2 page (1,000 keys)
 
@@ -43,10 +51,12 @@ _BLOB = random.Random(1234).randbytes(2 * PART + 12345)
 
 
 def blob(size: int) -> bytes:
+    """``size`` bytes of fixed pseudo-random data (the same on every call)."""
     return _BLOB[:size]
 
 
 def temp_leftovers(directory: Path) -> list[str]:
+    """Names of hashsync's temporaries and locks left anywhere under ``directory``."""
     return [p.name for p in directory.rglob("*") if ".hashsync-" in p.name]
 
 
@@ -54,6 +64,37 @@ class StorageContract:
     """Reading: every storage."""
 
     writable = False
+    #: The class under test; a suite collects every registered scheme's class (see tests).
+    storage_class: type[Storage] | None = None
+
+    @pytest.fixture
+    def storage(self):
+        pytest.fail(f"{type(self).__name__} must provide the 'storage' fixture")
+
+    @pytest.fixture
+    def put(self):
+        pytest.fail(f"{type(self).__name__} must provide the 'put' fixture")
+
+    @pytest.fixture(scope="class")
+    def many(self):
+        pytest.fail(f"{type(self).__name__} must provide the class-scoped 'many' fixture")
+
+    @pytest.fixture
+    def dest(self, tmp_path) -> SimpleLocalStorage:
+        """An empty local storage to copy into."""
+        return SimpleLocalStorage(tmp_path / "dest", part_size=PART)
+
+    def test_storage_class(self, storage):
+        assert self.storage_class is not None, "set storage_class on the test class"
+        assert isinstance(storage, self.storage_class)
+
+    @pytest.mark.parametrize("size", [1000, 2 * PART + 12345], ids=["small", "multipart"])
+    def test_copy_reports_bytes_to_the_progress_channel(self, storage, put, dest, size):
+        put("p.bin", blob(size))
+        seen: list[int] = []
+        with reporting_progress(seen.append):
+            storage.copy("p.bin", dest)
+        assert sum(seen) == size
 
     @pytest.fixture(autouse=True)
     def _private_hash_state(self, tmp_path, monkeypatch):
@@ -183,6 +224,26 @@ class ReadWriteContract(StorageContract):
     @pytest.fixture
     def src(self, tmp_path) -> SimpleLocalStorage:
         return SimpleLocalStorage(tmp_path / "src", part_size=PART)
+
+    @pytest.fixture
+    def put(self, storage):
+        """The default writer of a read-write backend: ``copy_from`` a temporary file."""
+
+        def put(key: str, data: bytes) -> None:
+            with TemporaryLocalStorage(part_size=PART) as staging:
+                staging.path(key).parent.mkdir(parents=True, exist_ok=True)
+                staging.path(key).write_bytes(data)
+                storage.copy_from(key, staging)
+
+        return put
+
+    @pytest.mark.parametrize("size", [1000, 2 * PART + 12345], ids=["small", "multipart"])
+    def test_copy_from_reports_bytes_to_the_progress_channel(self, storage, src, size):
+        src.path("p.bin").write_bytes(blob(size))
+        seen: list[int] = []
+        with reporting_progress(seen.append):
+            storage.copy_from("p.bin", src)
+        assert sum(seen) == size
 
     def test_overwrite(self, storage, put, dest):
         put("k", b"first version")
