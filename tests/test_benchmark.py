@@ -33,3 +33,14 @@ def test_quick_benchmark(tmp_path):
     md = (tmp_path / "q.md").read_text()
     assert "| edit-same-size |" in md and "hashsync/awscli" in md
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_chart_is_skipped_without_matplotlib(tmp_path, monkeypatch):
+    import sys
+
+    from hashsync.testing.benchmark import chart
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    summary = {"upload": {"hashsync": {"median": 1.0, "min": 1.0, "max": 1.0}}}
+    assert chart(summary, tmp_path / "c.png", "t") is False
+    assert not (tmp_path / "c.png").exists()
