@@ -287,6 +287,12 @@ def test_hostile_cli_input_gets_clear_errors(tmp_path):
 # -- 10. keys with control characters are escaped on terminals ----------------------------------
 
 
+def test_bidi_and_line_separators_are_escaped():
+    from hashsync._progress import shown
+
+    assert shown("a\u202eb\u2028c\x1bd\udcff") == "a\\u202eb\\u2028c\\x1bd\\xff"
+
+
 def test_control_characters_in_keys_are_escaped(tmp_path):
     nasty = "evil\x1b]0;owned\x07\x1b[2J\rname.txt"
     write_tree(tmp_path / "src", {nasty: b"x"})

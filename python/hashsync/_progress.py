@@ -9,8 +9,9 @@ from contextlib import contextmanager
 
 ProgressFn = Callable[[int, int], None]
 
-# C0 and C1 controls, DEL, and the lone surrogates that stand for undecodable bytes in names.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0/C1 controls, DEL, bidi overrides, line separators, and the lone surrogates that stand
+# for undecodable bytes in names.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def shown(text: str) -> str:
@@ -24,6 +25,8 @@ def shown(text: str) -> str:
         c = ord(m.group())
         if 0xDC80 <= c <= 0xDCFF:  # surrogateescape of an undecodable byte
             return f"\\x{c - 0xDC00:02x}"
+        if c > 0xFF:
+            return f"\\u{c:04x}"
         return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m.group(), f"\\x{c:02x}")
 
     return _UNSAFE.sub(escape, text)
