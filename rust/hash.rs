@@ -177,6 +177,31 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 /// Hex of an integer digest, zero-padded to `width` digits (big-endian, like zlib prints).
+/// The CRC of `a` followed by `b`, from the CRCs of each (hex, as hashsync prints them) and
+/// the length of `b`: what lets parts hashed separately (or out of order) be checked as a whole.
+pub fn crc_combine(alg: Algorithm, first: &str, second: &str, second_len: u64) -> Result<String> {
+    let crc = alg.crc().ok_or_else(|| {
+        Error::InvalidValue(format!(
+            "{} is not a CRC; combinable: crc32, crc32c, crc64nvme",
+            alg.name()
+        ))
+    })?;
+    let width = alg.crc_hex_width();
+    let parse = |text: &str| {
+        let text = text.trim();
+        if text.is_empty() || text.len() > width {
+            return Err(Error::InvalidValue(format!(
+                "{text:?} is not a {width}-digit hex {}",
+                alg.name()
+            )));
+        }
+        u64::from_str_radix(text, 16)
+            .map_err(|_| Error::InvalidValue(format!("{text:?} is not a hex {}", alg.name())))
+    };
+    let combined = crc_fast::checksum_combine(crc, parse(first)?, parse(second)?, second_len);
+    Ok(int_hex(combined, width))
+}
+
 pub fn int_hex(value: u64, width: usize) -> String {
     format!("{value:0width$x}")
 }
@@ -355,6 +380,21 @@ mod tests {
             Algorithm::from_name(alg).unwrap(),
             PartRule::default(),
         )
+    }
+
+    #[test]
+    fn crc_combine_equals_the_crc_of_the_concatenation() {
+        for name in ["crc32", "crc32c", "crc64nvme"] {
+            let alg = Algorithm::from_name(name).unwrap();
+            let (a, b) = (&CHECK[..4], &CHECK[4..]);
+            let joined = crc_combine(alg, &hb(name, a), &hb(name, b), b.len() as u64).unwrap();
+            assert_eq!(joined, hb(name, CHECK), "{name}");
+        }
+        let sha = Algorithm::from_name("sha256").unwrap();
+        assert!(crc_combine(sha, "00", "00", 1).is_err());
+        let crc = Algorithm::from_name("crc32").unwrap();
+        assert!(crc_combine(crc, "xyz", "00", 1).is_err());
+        assert!(crc_combine(crc, "123456789", "00", 1).is_err());
     }
 
     #[test]

@@ -333,6 +333,20 @@ fn hash_files<'py>(
 }
 
 /// The S3 ETag a file gets when uploaded with `part_size` parts above `threshold`.
+/// The CRC of two pieces of data one after the other, from their CRCs and the second's length.
+#[pyfunction]
+#[pyo3(signature = (algorithm, first, second, second_len))]
+fn crc_combine(
+    py: Python<'_>,
+    algorithm: &str,
+    first: &str,
+    second: &str,
+    second_len: u64,
+) -> PyResult<String> {
+    let alg = Algorithm::from_name(algorithm).map_err(|e| to_pyerr(py, e))?;
+    crate::hash::crc_combine(alg, first, second, second_len).map_err(|e| to_pyerr(py, e))
+}
+
 #[pyfunction]
 #[pyo3(signature = (path, *, part_size=DEFAULT_PART_SIZE, threshold=None, threads=None, progress=None))]
 fn etag(
@@ -916,6 +930,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_file, m)?)?;
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(etag, m)?)?;
+    m.add_function(wrap_pyfunction!(crc_combine, m)?)?;
     m.add_function(wrap_pyfunction!(etag_matches, m)?)?;
     m.add_function(wrap_pyfunction!(match_etag, m)?)?;
     m.add_class::<PyHasher>()?;

@@ -298,3 +298,19 @@ def test_etag_matches_exact_even_split(tmp_path_factory, seed, size, part):
     path = tmp_path_factory.mktemp("e") / "f"
     path.write_bytes(data)
     assert hashsync.etag_matches(path, reference(data, "etag", even))
+
+
+def test_crc_combine_matches_zlib_and_the_whole():
+    import zlib
+
+    from hashsync._native import crc_combine
+
+    a, b = b"hello, ", b"world" * 1000
+    assert crc_combine("crc32", f"{zlib.crc32(a):08x}", f"{zlib.crc32(b):08x}", len(b)) == (
+        f"{zlib.crc32(a + b):08x}"
+    )
+    for alg in ("crc32c", "crc64nvme"):
+        parts = hashsync.hash_bytes(a, alg), hashsync.hash_bytes(b, alg)
+        assert crc_combine(alg, *parts, len(b)) == hashsync.hash_bytes(a + b, alg)
+    with pytest.raises(hashsync.errors.InvalidArgument):
+        crc_combine("sha256", "00", "00", 1)

@@ -672,3 +672,51 @@ def test_more_hostile_cli_input(tmp_path):
     assert r.returncode == 1 and "missing.sum" in json.loads(r.stdout)["error"]["message"]
     r = cli("cleanup", str(tmp_path), "--json")
     assert r.returncode == 1 and "not an s3://" in json.loads(r.stdout)["error"]["message"]
+
+
+MMAP_WRITER = """
+import mmap, os, sys
+path, size, stop, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+mm = mmap.mmap(os.open(path, os.O_RDWR), size)
+n = 0
+while not os.path.exists(stop):
+    n += 1
+    block = bytes([65 + n % 26]) * 2**20
+    for off in range(0, size, 2**20):
+        mm[off : off + 2**20] = block[: size - off]
+    if n % 8 == 0:
+        open(count, "w").write(str(n))
+"""
+
+
+@pytest.mark.s3
+def test_multipart_upload_through_a_shared_mmap_writer_is_never_torn(s3_server, bucket, tmp_path):
+    # Writes to already-dirty mmap pages move no timestamp, so only the CRC of the bytes
+    # actually sent, checked against the announced one, can tell.
+    size = 4 * PART + 123
+    src = tmp_path / "src"
+    write_tree(src, {"db.bin": b"Z" * size})
+    remote = s3(s3_server, bucket)
+    assert sync(src, remote).transferred == ["db.bin"]
+    (src / "db.bin").write_bytes(b"A" * size)
+    stop, count = tmp_path / "stop", tmp_path / "count"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", MMAP_WRITER, str(src / "db.bin"), str(size), str(stop), str(count)]
+    )
+    try:
+        time.sleep(1.0)  # every page dirtied once: from here on no timestamp moves
+        before = int(count.read_text() or 0) if count.exists() else 0
+        result = sync(src, remote)
+        after = int(count.read_text() or 0) if count.exists() else 0
+    finally:
+        stop.touch()
+        writer.wait(timeout=30)
+    assert after > before, "the writer did not run during the sync"
+    obj = s3_server.client().get_object(Bucket=bucket, Key="db.bin")
+    stored = obj["Body"].read()
+    assert obj["Metadata"]["hashsync-crc64nvme"] == hashsync.hash_bytes(stored, "crc64nvme")
+    if result.failed:
+        assert stored == b"Z" * size, "a failed upload replaced the object"
+    else:
+        assert len(set(stored)) == 1, "the stored object mixes versions"
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

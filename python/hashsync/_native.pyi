@@ -14,6 +14,7 @@ __all__ = [
     "hash_file",
     "hash_files",
     "etag",
+    "crc_combine",
     "etag_matches",
     "match_etag",
     "Hasher",
@@ -150,6 +151,17 @@ def hash_files(
         NotFound, PermissionDenied, IsADirectory, FileChanged: For the first failing file
             (its path is in the message), unless ``return_exceptions`` is true.
         KeyboardInterrupt: Ctrl-C stops all workers within half a second.
+    """
+
+def crc_combine(algorithm: str, first: str, second: str, second_len: int) -> str:
+    """The CRC of two pieces of data one after the other, from their CRCs (hex).
+
+    ``crc_combine("crc64nvme", hash_bytes(a, "crc64nvme"), hash_bytes(b, "crc64nvme"), len(b))``
+    equals ``hash_bytes(a + b, "crc64nvme")``; parts hashed separately can be checked whole.
+
+    Raises:
+        UnknownAlgorithm: Not an algorithm name.
+        InvalidArgument: Not a CRC (crc32, crc32c, crc64nvme), or a digest that is not hex.
     """
 
 def etag(

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import hashsync
+from hashsync._native import crc_combine
 from hashsync._redact import redact, redact_url
 from hashsync.atomic import same_version, settled_fstat
 from hashsync.errors import (
@@ -815,6 +816,10 @@ class S3Storage(ReadWriteStorage):
                 if len(data) != size:
                     raise _changed(path, key)
                 unchanged()
+                # A second read must give the same bytes: writes through a shared mmap move no
+                # timestamp, and one read racing them may see a mix that never existed whole.
+                if os.pread(fh.fileno(), size + 1, 0) != data:
+                    raise _changed(path, key)
                 metadata[CRC64_METADATA] = hashsync.hash_bytes(data, "crc64nvme")
                 digest = hashlib.md5(data, usedforsecurity=False)
                 response = self._put_small(
@@ -994,6 +999,19 @@ class S3Storage(ReadWriteStorage):
             )
         full = self._full(key)
         digests: list[bytes] = [b""] * count
+        crcs: list[str] = [""] * count
+
+        def sent_as_announced() -> None:
+            # The bytes actually sent must be the bytes the metadata's CRC64NVME describes: a
+            # writer that timestamps cannot reveal (a shared mmap) would otherwise be stored torn.
+            whole = crcs[0]
+            for number in range(2, count + 1):
+                length = min(self.part_size, size - (number - 1) * self.part_size)
+                whole = crc_combine("crc64nvme", whole, crcs[number - 1], length)
+            if whole != metadata.get(CRC64_METADATA, whole):
+                raise FileChanged(f"{key!r}: the file changed while it was uploaded")
+            if before_complete is not None:
+                before_complete()
 
         def send(upload_id: str, number: int, held: tuple[str, int] | None) -> dict[str, Any]:
             # Parts are read into memory; the storage-wide slots bound that memory when many
@@ -1009,6 +1027,7 @@ class S3Storage(ReadWriteStorage):
                 raise IntegrityError(f"{key!r}: file shrank during the upload")
             digest = hashlib.md5(data, usedforsecurity=False)
             digests[number - 1] = digest.digest()
+            crcs[number - 1] = hashsync.hash_bytes(data, "crc64nvme")
             if held is not None and held == (digest.hexdigest(), length):
                 # A resumed upload already holds exactly these bytes.
                 if report is not None:
@@ -1030,7 +1049,7 @@ class S3Storage(ReadWriteStorage):
             return {"PartNumber": number, "ETag": part["ETag"]}
 
         response = self._multipart(
-            key, metadata, count, send, conditions, before_complete, identity=identity
+            key, metadata, count, send, conditions, sent_as_announced, identity=identity
         )
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return response, f"{combined}-{count}"
