@@ -18,46 +18,11 @@ from hypothesis import strategies as st
 
 import hashsync
 from hashsync import errors, sync
-from hashsync.storage import S3Storage, SimpleLocalStorage
+from hashsync.storage import SimpleLocalStorage
 from refs import MIB
+from sync_helpers import PART, cli, keys, s3, write_tree
 
 pytestmark = pytest.mark.s3
-PART = 5 * MIB
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-
-
-def s3(server, bucket, prefix="", **kw) -> S3Storage:
-    return S3Storage(
-        bucket,
-        prefix,
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        part_size=PART,
-        max_attempts=2,
-        **kw,
-    )
-
-
-def keys(storage) -> dict[str, str]:
-    return {o.key: o.hash for o in storage.list()}
-
-
-def cli(*args, env, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "hashsync", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 # -- round trips ----------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import hashsync
 from hashsync import errors, sync
 from hashsync.storage import S3Storage, SimpleLocalStorage
 from refs import MIB
+from sync_helpers import PART, cli, keys, s3, write_tree
 
-PART = 5 * MIB
 SETPRIV = shutil.which("setpriv")
 # Root reads everything; without these capabilities it obeys file modes like any user.
 NO_READ_OVERRIDE = [
@@ -28,41 +28,6 @@ NO_READ_OVERRIDE = [
     "--bounding-set=-dac_override,-dac_read_search",
     "--",
 ]
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-
-
-def s3(server, bucket, prefix="", **kw) -> S3Storage:
-    return S3Storage(
-        bucket,
-        prefix,
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        part_size=PART,
-        max_attempts=2,
-        **kw,
-    )
-
-
-def keys(storage) -> dict[str, str]:
-    return {o.key: o.hash for o in storage.list()}
-
-
-def cli(*args, env=None, timeout=120, prefix=()):
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "hashsync", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env if env is not None else dict(os.environ),
-        timeout=timeout,
-    )
 
 
 def assert_no_traceback(r: subprocess.CompletedProcess) -> None:
@@ -684,8 +649,9 @@ while not os.path.exists(stop):
     block = bytes([65 + n % 26]) * 2**20
     for off in range(0, size, 2**20):
         mm[off : off + 2**20] = block[: size - off]
-    if n % 8 == 0:
-        open(count, "w").write(str(n))
+    if n % 8 == 0:  # atomically: a reader never sees a half-written count
+        open(count + ".tmp", "w").write(str(n))
+        os.replace(count + ".tmp", count)
 """
 
 

@@ -147,10 +147,9 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     stale = store.abort_incomplete_uploads(older_than=args.older_than, dry_run=True)
     not_aborted = []
     if not args.dryrun:
-        aborted = store.abort_incomplete_uploads(older_than=args.older_than)
-        done = {u.upload_id for u in aborted}
-        not_aborted = [u for u in stale if u.upload_id not in done]
-        stale = aborted
+        outcome = [(u, store.abort_upload(u)) for u in stale]
+        not_aborted = [u for u, ok in outcome if not ok]
+        stale = [u for u, ok in outcome if ok]
     for u in not_aborted:
         err(f"could not abort {u.key} (upload {u.upload_id}): the store does not know it")
     if args.json:

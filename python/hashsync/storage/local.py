@@ -231,15 +231,7 @@ class _FilesystemReads:
             if must_exist:
                 raise NotFound(errno.ENOENT, "the directory does not exist", str(self.root))
             return SyncListing([])
-        listing = hashsync.scan(
-            self.root,
-            algorithm="etag" if checksum else None,
-            part_size=self.part_size,
-            filters=list(rules) + INTERNAL_RULES,
-            state=self.hash_state,
-            state_dir=self.hash_state_dir,
-            progress=progress,
-        )
+        listing = self._scan_tree(self.root, rules, checksum=checksum, progress=progress)
         if listing.temporaries and self._reaps_temporaries and reap_temporaries:
             cleanup_listed(self.root, listing.temporaries)
         return SyncListing(listing, errors=list(listing.errors))
@@ -354,16 +346,30 @@ class _FilesystemReads:
             return self.root, ""
         return self.root.joinpath(*directory.split("/")), directory + "/"
 
+    def _scan_tree(
+        self,
+        base: Path,
+        rules: Any,
+        *,
+        checksum: bool,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> hashsync.Listing:
+        """The Rust scan of ``base`` with this storage's part size and hash state options."""
+        return hashsync.scan(
+            base,
+            algorithm="etag" if checksum else None,
+            part_size=self.part_size,
+            filters=[*rules, *INTERNAL_RULES],
+            state=self.hash_state,
+            state_dir=self.hash_state_dir,
+            progress=progress,
+        )
+
     def _scan(self, prefix: str, hashes: bool) -> list[ObjectInfo]:
         base, key_prefix = self._scan_root(prefix)
         if not base.is_dir():
             return []
-        options: dict[str, Any] = {"filters": INTERNAL_RULES, "state": self.hash_state}
-        if hashes:
-            options.update(algorithm="etag", part_size=self.part_size)
-        if self.hash_state_dir is not None:
-            options["state_dir"] = self.hash_state_dir
-        listing = hashsync.scan(base, **options)
+        listing = self._scan_tree(base, (), checksum=hashes)
         errors = listing.errors
         if errors:
             shown = "; ".join(f"{p}: {r}" for p, r in errors[:5])

@@ -1218,23 +1218,26 @@ class S3Storage(ReadWriteStorage):
         stale = [u for u in self.incomplete_uploads(prefix) if u.initiated <= cutoff]
         if dry_run:
             return stale
-        aborted = []
-        for upload in stale:
-            try:
-                self._call(
-                    "AbortMultipartUpload",
-                    upload.key,
-                    self.client.abort_multipart_upload,
-                    Bucket=self.bucket,
-                    Key=self._full(upload.key),
-                    UploadId=upload.upload_id,
-                )
-            except NotFound:
-                # NoSuchUpload: gone meanwhile, or listed under a key the store mangled
-                # (control characters); either way not aborted by this call.
-                continue
-            aborted.append(upload)
-        return aborted
+        return [upload for upload in stale if self.abort_upload(upload)]
+
+    def abort_upload(self, upload: IncompleteUpload) -> bool:
+        """Abort one unfinished multipart upload; False if the store does not know it.
+
+        ``NoSuchUpload`` means it is gone already, or was listed under a key the store
+        mangled (control characters); either way this call did not abort it.
+        """
+        try:
+            self._call(
+                "AbortMultipartUpload",
+                upload.key,
+                self.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._full(upload.key),
+                UploadId=upload.upload_id,
+            )
+        except NotFound:
+            return False
+        return True
 
     def abort_abandoned_uploads(self) -> int:
         """Abort the uploads under this storage that crashed processes of this host left.
