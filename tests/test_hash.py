@@ -247,22 +247,28 @@ def test_progress_exception_stops_work(tmp_path):
 
 def test_ctrl_c_stops_hash_files_quickly(tmp_path):
     paths = []
-    for i in range(4):
+    for i in range(16):
         p = tmp_path / f"big{i}"
         with open(p, "wb") as f:
-            f.truncate(2 * 1024**3)  # 8 GiB of sha256 in all: many seconds of work
+            f.truncate(2 * 1024**3)  # 32 GiB of sha256 in all: far more than the test waits
         paths.append(p)
     sent = []
+    started = threading.Event()
 
     def interrupt():
-        time.sleep(0.3)
+        # From the first progress report on, the work is surely running (a fixed sleep lost
+        # the race once on a loaded machine: the signal came after the work had finished).
+        started.wait(30)
+        time.sleep(0.2)
         sent.append(time.monotonic())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     threading.Thread(target=interrupt).start()
+    t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        hashsync.hash_files(paths, "sha256")
-    assert sent and time.monotonic() - sent[0] < 0.5
+        hashsync.hash_files(paths, "sha256", progress=lambda done, total: started.set())
+    assert sent, f"hash_files finished in {time.monotonic() - t0:.1f} s before the signal"
+    assert time.monotonic() - sent[0] < 0.5
 
 
 def test_etag_matches_infers_part_size(tmp_path):
