@@ -273,27 +273,51 @@ class KeyLock:
     process of this host is broken at once; one from another host (which cannot be checked)
     once it is older than ``stale_after`` seconds.
 
+    With ``refresh`` the lock is a lease: a background thread touches the lock file every
+    ``refresh`` seconds while it is held, and the lock file says so, so a holder that stops
+    refreshing it for ``stale_after`` seconds (hung, or on a host that vanished) loses it to
+    the next process that asks, on this host too.
+
     Args:
         path: The file to lock (it need not exist).
         timeout: Seconds to wait for the lock before giving up.
-        stale_after: Age after which another host's lock is considered abandoned.
+        stale_after: Age after which another host's lock (or any expired lease) is considered
+            abandoned.
+        refresh: Seconds between lease refreshes, or None for a plain lock.
+        lock_path: Where the lock file goes, instead of next to ``path``.
 
     Raises:
         StorageUnavailable: From ``__enter__`` if the lock is not free within ``timeout``.
     """
 
-    def __init__(self, path: Path, *, timeout: float = 60.0, stale_after: float = 600.0) -> None:
-        self.lock_path = path.with_name(f".{_short(path.name)}{LOCK_SUFFIX}")
+    def __init__(
+        self,
+        path: Path,
+        *,
+        timeout: float = 60.0,
+        stale_after: float = 600.0,
+        refresh: float | None = None,
+        lock_path: Path | None = None,
+    ) -> None:
+        self.lock_path = lock_path or path.with_name(f".{_short(path.name)}{LOCK_SUFFIX}")
         self.timeout = timeout
         self.stale_after = stale_after
+        self.refresh = refresh
         self._token = secrets.token_hex(8)
+        self._stop: threading.Event | None = None
 
     def __enter__(self) -> KeyLock:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         body = json.dumps(
-            {"host": _HOST, "pid": os.getpid(), "time": time.time(), "token": self._token}
+            {
+                "host": _HOST,
+                "pid": os.getpid(),
+                "time": time.time(),
+                "token": self._token,
+                "refresh": self.refresh,
+            }
         ).encode()
         while True:
             try:
@@ -305,6 +329,8 @@ class KeyLock:
                     os.write(fd, body)
                 finally:
                     os.close(fd)
+                if self.refresh:
+                    self._start_refreshing()
                 return self
             if time.monotonic() > deadline:
                 raise StorageUnavailable(
@@ -322,7 +348,10 @@ class KeyLock:
             # Vanished (fine, retry) or half-written by a holder still inside __enter__.
             return
         if info.get("host") == _HOST and isinstance(info.get("pid"), int):
-            stale = not _pid_alive(info["pid"])
+            # A live holder of a lease must also keep refreshing it.
+            stale = not _pid_alive(info["pid"]) or (
+                bool(info.get("refresh")) and age > self.stale_after
+            )
         else:
             stale = age > self.stale_after
         if stale:
@@ -351,8 +380,24 @@ class KeyLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.lock_path.unlink()
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+        # Only our own lock file: a lease taken over while we hung is the new holder's.
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(self.lock_path.read_bytes()).get("token") == self._token:
+                self.lock_path.unlink()
+
+    def _start_refreshing(self) -> None:
+        stop = self._stop = threading.Event()
+        path, every = self.lock_path, float(self.refresh or 0)
+
+        def refresh() -> None:
+            while not stop.wait(every):
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+        threading.Thread(target=refresh, name="hashsync-lease", daemon=True).start()
 
 
 class AtomicFile:

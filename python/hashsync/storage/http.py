@@ -403,7 +403,10 @@ class HTTPStorage(ReadOnlyStorage):
         report = current_progress()
         destination._receive(key, lambda tmp: self._download(key, url, tmp, report))
 
-    def _download(self, key: str, url: str, tmp: Path, report: ByteCallback | None = None) -> None:
+    def _download(
+        self, key: str, url: str, tmp: Path, report: ByteCallback | None = None
+    ) -> str | None:
+        """Fill ``tmp``; return the version fetched as :meth:`get_hash` gives it, if known."""
         offset = 0
         total: int | None = None
         validator: str | None = None
@@ -480,6 +483,8 @@ class HTTPStorage(ReadOnlyStorage):
             stamp = modified.timestamp()
             # Set on the temporary: the rename keeps it.
             os.utime(tmp, (stamp, stamp))
+        etag = first.get("ETag")
+        return normalize_hash(etag) if etag else None
 
     def _verify(self, url: str, headers: http.client.HTTPMessage, tmp: Path) -> None:
         md5 = None

@@ -641,7 +641,7 @@ class S3Storage(ReadWriteStorage):
             },
         }
 
-        def fill(tmp: Path) -> None:
+        def fill(tmp: Path) -> str:
             report = current_progress()
             with open(tmp, "wb") as fh:
                 fh.write(body)
@@ -651,11 +651,13 @@ class S3Storage(ReadWriteStorage):
                 self._verify_download(key, head, tmp, body=body)
             stamp = modified.timestamp()
             os.utime(tmp, (stamp, stamp))
+            return _clean_etag(head["ETag"])
 
         destination._receive(key, fill)
         return True
 
-    def _download(self, key: str, head: dict[str, Any], tmp: Path) -> None:
+    def _download(self, key: str, head: dict[str, Any], tmp: Path) -> str:
+        """Fill ``tmp`` with the object's version that ``head`` describes; return its ETag."""
         size = int(head["ContentLength"])
         etag = _clean_etag(head["ETag"])
         ranges = [
@@ -679,6 +681,7 @@ class S3Storage(ReadWriteStorage):
             self._verify_download(key, head, tmp)
         mtime = head["LastModified"].timestamp()
         os.utime(tmp, (mtime, mtime))
+        return etag
 
     def _download_range(
         self,

@@ -1,0 +1,975 @@
+"""The cache classes (seed 001's names): served in place, kept locally, copied in from tiers."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import datetime
+import errno
+import hashlib
+import os
+import stat
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+import hashsync
+from hashsync.atomic import KeyLock, cleanup_once, fsync_directory, temporary_path
+from hashsync.cache import _settings
+from hashsync.cache._index import META_DIR, Entry, Index
+from hashsync.errors import (
+    HashsyncError,
+    HashsyncWarning,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StorageUnavailable,
+)
+from hashsync.storage.base import Storage, reporting_progress, validate_key
+from hashsync.storage.local import LocalStorage, SimpleLocalStorage
+from hashsync.verify import is_content_etag
+
+__all__ = [
+    "Cache",
+    "CacheStats",
+    "CopyToLocalCache",
+    "LocalCache",
+    "LocalReadOnlyCache",
+    "SynchronizedRemoteAndLocalCache",
+    "WriteableCache",
+]
+
+# Entries are read-only: a shared content-addressed copy edited through one key would change
+# every key that links to it.
+_ENTRY_MODE = 0o444
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What a cache holds and how it has been used.
+
+    Attributes:
+        files: Entries in the cache.
+        bytes: Bytes they take on disk (content shared by several keys counts once).
+        max_bytes: The byte budget (None for a cache that holds no copies).
+        hits: ``get`` calls served from the cache, by every process using its directory.
+        misses: ``get`` calls that had to fetch.
+        evictions: Entries removed to stay within the budget.
+    """
+
+    files: int
+    bytes: int
+    max_bytes: int | None
+    hits: int
+    misses: int
+    evictions: int
+
+
+class Cache(abc.ABC):
+    """Files by key, as local paths; subclasses decide where the files come from.
+
+    A cache is a context manager (``with`` closes it) and pickles (for multiprocessing pools
+    and Dask workers): what it holds lives on disk, and clients are rebuilt on the other side.
+    """
+
+    num_workers: int = 1
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Path:
+        """Return a local path holding ``key``'s current content, fetching it if needed.
+
+        Raises:
+            NotFound: No tier has the key (or, offline, it is not cached).
+        """
+
+    def open(self, key: str, mode: str = "r", **kwargs: Any) -> IO[Any]:
+        """Open ``key``'s cached file for reading (``"r"`` or ``"rb"``).
+
+        Raises:
+            InvalidArgument: ``mode`` would write: cached files are read-only.
+            NotFound: As :meth:`get`.
+        """
+        if any(c in mode for c in "wax+"):
+            raise InvalidArgument(f"cached files are read-only; cannot open with mode {mode!r}")
+        return open(self.get(key), mode, **kwargs)  # noqa: SIM115 - the caller owns it
+
+    def get_hash(self, key: str) -> str:
+        """The hash (S3 ETag, as :meth:`Storage.get_hash`) of the content :meth:`get` serves."""
+        return hashsync.etag(self.get(key))
+
+    def get_last_modified(self, key: str) -> datetime.datetime:
+        """When the served content was last modified at its source (UTC)."""
+        ns = self.get(key).stat().st_mtime_ns
+        return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+
+    def get_many(self, keys: Iterable[str], *, progress: bool = True) -> list[Path]:
+        """:meth:`get` many keys on :attr:`num_workers` threads; paths in the keys' order.
+
+        A byte progress bar is drawn on stderr when it is a terminal and ``progress`` is on.
+
+        Raises:
+            HashsyncError: The first key that failed (the others still complete).
+        """
+        keys = list(keys)
+        if not keys:
+            return []
+        from hashsync._progress import byte_progress
+
+        with byte_progress(f"fetching {len(keys)} files", enabled=progress) as bar:
+            done = [0]
+            lock = threading.Lock()
+
+            def moved(n: int) -> None:
+                with lock:
+                    done[0] += n
+                    bar(done[0], 0)
+
+            def one(key: str) -> Path:
+                with reporting_progress(moved):
+                    return self.get(key)
+
+            workers = max(1, min(self.num_workers, len(keys)))
+            if workers == 1:
+                return [one(k) for k in keys]
+            with ThreadPoolExecutor(workers, thread_name_prefix="hashsync-cache") as pool:
+                futures = [pool.submit(one, k) for k in keys]
+                errors = [f.exception() for f in futures]
+                for error in errors:
+                    if error is not None:
+                        raise error
+                return [f.result() for f in futures]
+
+    @abc.abstractmethod
+    def stats(self) -> CacheStats:
+        """Counts of entries, bytes and uses."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Remove every entry that is not pinned."""
+
+    @contextlib.contextmanager
+    def pin(self, keys: Iterable[str]) -> Iterator[None]:
+        """Within the block, the entries of ``keys`` are never evicted (by any process)."""
+        yield
+
+    def close(self) -> None:  # noqa: B027 - a hook; most caches hold nothing to close
+        """Release connections and flush counters; the files stay."""
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class WriteableCache(Cache):
+    """A cache that files can be put into and deleted from."""
+
+    @abc.abstractmethod
+    def put(self, key: str, file: str | os.PathLike[str]) -> Path:
+        """Copy the local ``file`` into the cache as ``key``; return the entry's path."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` from the cache (and, for a synchronized cache, from its remote).
+
+        Raises:
+            NotFound: The key is not there.
+        """
+
+
+class LocalReadOnlyCache(Cache):
+    """Files served in place from a local or mounted storage, without copying.
+
+    The shared read-only tier of a cluster (a network share every machine mounts): nothing
+    is written, nothing counts against a budget, and ``clear`` refuses.
+
+    Args:
+        storage: A storage with local paths (``LocalStorage`` or ``ReadOnlyFilesystemStorage``).
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        if not getattr(storage, "is_local", False) or not hasattr(storage, "path"):
+            raise InvalidArgument(
+                f"LocalReadOnlyCache serves files in place and needs a local storage, "
+                f"not {storage!r}"
+            )
+        self.storage = storage
+        self._hits = 0
+        self._misses = 0
+
+    def __repr__(self) -> str:
+        return f"LocalReadOnlyCache({self.storage!r})"
+
+    def get(self, key: str) -> Path:
+        """Return the storage's path of ``key``.
+
+        Raises:
+            NotFound: The storage has no such file.
+        """
+        path: Path = self.storage.path(key)  # type: ignore[attr-defined]
+        if not self.storage.exists(key):
+            self._misses += 1
+            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self.storage!r}")
+        self._hits += 1
+        return path
+
+    def get_hash(self, key: str) -> str:
+        """The storage's hash of ``key``."""
+        return self.storage.get_hash(key)
+
+    def get_last_modified(self, key: str) -> datetime.datetime:
+        """The storage's last-modified time of ``key``."""
+        return self.storage.get_last_modified(key)
+
+    def stats(self) -> CacheStats:
+        """Files and bytes in the storage; hits and misses of this object."""
+        files = size = 0
+        for info in self.storage.list(**({"hashes": False} if _lists_hashes(self.storage) else {})):
+            files += 1
+            size += info.size
+        return CacheStats(files, size, None, self._hits, self._misses, 0)
+
+    def clear(self) -> None:
+        """Refuse: a read-only cache's files are not hashsync's to delete.
+
+        Raises:
+            PermissionDenied: Always.
+        """
+        raise PermissionDenied(errno.EACCES, f"{self!r} is read-only; nothing was removed")
+
+
+def _lists_hashes(storage: Storage) -> bool:
+    import inspect
+
+    return "hashes" in inspect.signature(storage.list).parameters
+
+
+class _Inbox(LocalStorage):
+    """The destination a source downloads one entry into: the file is verified by the source,
+    then published by the cache's index (dedup, rename, budget) instead of renamed directly."""
+
+    def __init__(self, cache: _IndexedCache, key: str, source: str) -> None:
+        # No super().__init__: the root exists and nothing here is configurable.
+        self.root = cache.storage.root
+        self.part_size = cache.storage.part_size
+        self.hash_state = False
+        self.hash_state_dir = None
+        self.lock_timeout = cache.storage.lock_timeout
+        self._cache = cache
+        self._key = key
+        self._source = source
+        self.entry: Entry | None = None
+
+    def path(self, key: str) -> Path:
+        return self._cache.storage.path(self._key)
+
+    def _receive(
+        self,
+        key: str,
+        fill: Callable[[Path], object],
+        *,
+        check: Callable[[Path], None] | None = None,
+    ) -> None:
+        final = self.path(key)
+        self._cache.storage._refuse_links(self._key, final)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidArgument(
+                f"cannot cache key {self._key!r}: a parent path is a cached file"
+            ) from None
+        cleanup_once(final.parent)
+        tmp = temporary_path(final)
+        try:
+            version = fill(tmp)
+            if not tmp.exists():
+                tmp.touch()  # a 0-byte copy may never open its file
+            self.entry = self._cache._publish(
+                self._key,
+                tmp,
+                final,
+                version=version if isinstance(version, str) else None,
+                source=self._source,
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+class _IndexedCache(Cache):
+    """Entries in a local storage's directory, indexed, in budget; fetched by subclasses."""
+
+    _ACCESS_RESOLUTION_NS = 1_000_000_000  # last-access updates at most once a second per key
+
+    def __init__(
+        self,
+        local_storage: LocalStorage | str | os.PathLike[str],
+        *,
+        max_size_bytes: int | None = None,
+        num_workers: int | None = None,
+        max_age: float | None = 0.0,
+        shared: bool = False,
+        locking: bool = True,
+        lock_timeout: float = 600.0,
+        dedup: bool = True,
+    ) -> None:
+        if not isinstance(local_storage, LocalStorage):
+            local_storage = SimpleLocalStorage(local_storage)
+        self.storage = local_storage
+        self.max_size_bytes = _settings.max_size_bytes(max_size_bytes)
+        self.num_workers = _settings.num_workers(num_workers)
+        if max_age is not None and max_age < 0:
+            raise InvalidArgument(f"max_age must not be negative, not {max_age}")
+        self.max_age = max_age
+        self.shared = shared
+        self.locking = locking
+        self.lock_timeout = lock_timeout
+        self.dedup = dedup
+        self._start()
+
+    def _start(self) -> None:
+        self.storage.create_root()
+        if self.shared:
+            with contextlib.suppress(OSError):
+                os.chmod(self.storage.root, 0o2775)
+        self.index = Index(self.storage.root, dedup=self.dedup)
+        self._pending = {"hits": 0, "misses": 0}
+        self._pending_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("index", "_pending", "_pending_lock"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.storage!r})"
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        with self._pending_lock:
+            self._pending[name] += 1
+
+    def _take_counts(self) -> dict[str, int]:
+        with self._pending_lock:
+            counts, self._pending = self._pending, {"hits": 0, "misses": 0}
+        return counts
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        if key == META_DIR or key.startswith(META_DIR + "/"):
+            raise InvalidArgument(f"key {key!r} is reserved for the cache's own index")
+        return self.storage.path(key)
+
+    def _intact(self, key: str, path: Path) -> Entry | None:
+        entry = self.index.lookup(key)
+        if entry is None:
+            return None
+        try:
+            st: os.stat_result | None = path.lstat()
+        except OSError:
+            st = None
+        return entry if entry.intact(st) and stat.S_ISREG(st.st_mode) else None  # type: ignore[union-attr]
+
+    def _hit(self, entry: Entry, path: Path) -> Path:
+        self._count("hits")
+        now = time.time_ns()
+        if now - entry.last_access >= self._ACCESS_RESOLUTION_NS:
+            self.index.touch(entry.key, now, self._take_counts())
+        return path
+
+    def _publish(
+        self, key: str, tmp: Path, final: Path, *, version: str | None, source: str
+    ) -> Entry:
+        size = tmp.stat().st_size
+        if size > self.max_size_bytes:
+            raise InvalidArgument(
+                f"{key!r} ({size} bytes) is larger than the cache's budget of "
+                f"{self.max_size_bytes} bytes"
+            )
+        digest = hashsync.hash_file(tmp, "blake3")
+        modified_ns = tmp.stat().st_mtime_ns
+        os.chmod(tmp, _ENTRY_MODE if self.shared else _ENTRY_MODE & ~_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        counts = self._take_counts()
+        entry, _ = self.index.publish(
+            key,
+            tmp,
+            final,
+            digest=digest,
+            version=version,
+            source=source,
+            modified_ns=modified_ns,
+            max_bytes=self.max_size_bytes,
+            counts=counts,
+        )
+        fsync_directory(final.parent)
+        return entry
+
+    # -- the Cache API ---------------------------------------------------------------
+
+    def get_last_modified(self, key: str) -> datetime.datetime:
+        """When the served content was last modified at its source (UTC)."""
+        self.get(key)
+        entry = self.index.lookup(key)
+        ns = entry.modified_ns if entry is not None else self._path(key).stat().st_mtime_ns
+        return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+
+    def get_hash(self, key: str) -> str:
+        """The source's hash of the served content (else its S3 ETag with 8 MiB parts)."""
+        path = self.get(key)
+        entry = self.index.lookup(key)
+        if entry is not None and entry.version:
+            return entry.version
+        return hashsync.etag(path)
+
+    def stats(self) -> CacheStats:
+        """Entries and bytes in the directory; hits, misses and evictions of all processes."""
+        counts = self._take_counts()
+        if any(counts.values()):
+            with self.index.transaction() as db:
+                self.index.add_counts(db, counts)
+        c = self.index.counters()
+        return CacheStats(
+            self.index.count(), c["bytes"], self.max_size_bytes, c["hits"], c["misses"],
+            c["evictions"],
+        )  # fmt: skip
+
+    def clear(self) -> None:
+        """Remove every entry that is not pinned (the files too)."""
+        self.index.clear()
+
+    @contextlib.contextmanager
+    def pin(self, keys: Iterable[str]) -> Iterator[None]:
+        """Within the block, the entries of ``keys`` are never evicted (by any process).
+
+        A pin of a process that dies ends with it.
+        """
+        token = self.index.pin([validate_key(k) for k in keys])
+        try:
+            yield
+        finally:
+            self.index.unpin(token)
+
+    def evict(self, key: str) -> bool:
+        """Remove ``key``'s local entry (never its source); True if there was one."""
+        self._path(key)
+        return self.index.remove(key) is not None
+
+    def entries(self) -> list[Entry]:
+        """The index's entries, least recently used first."""
+        return self.index.entries()
+
+    def prune(self) -> dict[str, Any]:
+        """Tidy the directory: what crashes and outside edits left, and what is over budget.
+
+        Drops index rows whose file is gone or was altered, removes files that are no entry
+        (orphans: a process killed between publishing and recording), temporaries of dead
+        processes, content copies no entry uses, expired leases and empty directories, then
+        evicts down to the budget. The cache directory belongs to the cache: any other file in
+        it is an orphan.
+
+        Returns:
+            ``{"dropped", "orphans", "temporaries", "objects", "evicted"}``: what went.
+        """
+        from hashsync.atomic import TMP_MARK, cleanup_stale_temporaries
+
+        dropped, _ = self.index.reconcile()
+        root = self.storage.root
+        temporaries: list[str] = []
+        orphans: list[str] = []
+        with self.index.transaction() as db:
+            known = {k for (k,) in db.execute("SELECT key FROM entries").fetchall()}
+            for directory, dirs, files in os.walk(root):
+                here = Path(directory)
+                if here == root:
+                    dirs[:] = [d for d in dirs if d != META_DIR]
+                if any(TMP_MARK in name for name in files):
+                    temporaries += [str(p) for p in cleanup_stale_temporaries(here)]
+                for name in files:
+                    if TMP_MARK in name or name.endswith(".hashsync-lock"):
+                        continue
+                    key = (here / name).relative_to(root).as_posix()
+                    if key not in known:
+                        with contextlib.suppress(FileNotFoundError):
+                            (here / name).unlink()
+                            orphans.append(key)
+            used = {d for (d,) in db.execute("SELECT DISTINCT digest FROM entries WHERE linked")}
+            objects = 0
+            if self.index.objects.is_dir():
+                for bucket in self.index.objects.iterdir():
+                    cleanup_stale_temporaries(bucket)
+                    for obj in bucket.iterdir():
+                        if TMP_MARK not in obj.name and obj.name not in used:
+                            with contextlib.suppress(FileNotFoundError):
+                                obj.unlink()
+                                objects += 1
+        leases = self.index.meta / "leases"
+        if leases.is_dir():
+            for lease in leases.iterdir():
+                # Entering and leaving a lease breaks it if its holder is dead or expired.
+                with contextlib.suppress(StorageUnavailable, OSError):
+                    with KeyLock(lease, lock_path=lease, timeout=0.0, stale_after=60.0):
+                        pass
+        for directory, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
+            if Path(directory) != root and not Path(directory).is_relative_to(self.index.meta):
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+        evicted = self.index.enforce(self.max_size_bytes)
+        self.index.reconcile()
+        return {
+            "dropped": dropped,
+            "orphans": orphans,
+            "temporaries": temporaries,
+            "objects": objects,
+            "evicted": evicted,
+        }
+
+    def verify(self, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Re-hash every entry (BLAKE3, through the hash state cache) and drop corrupt ones.
+
+        Unchanged files are not read again (the hash state cache knows them by device, inode,
+        size, mtime and ctime); a file whose bytes differ from what was published is removed,
+        so the next ``get`` fetches it again.
+
+        Returns:
+            ``{"checked": N, "corrupt": [keys]}``.
+        """
+        from hashsync.atomic import INTERNAL_RULES
+
+        listing = hashsync.scan(
+            self.storage.root,
+            algorithm="blake3",
+            filters=[*INTERNAL_RULES, ("exclude", f"{META_DIR}/*")],
+            progress=progress,
+        )
+        corrupt: list[str] = []
+        entries = self.index.entries()
+        for entry in entries:
+            found = listing.find(entry.key)
+            if found is None or found.size != entry.size or found.digest != entry.digest:
+                corrupt.append(entry.key)
+                path = self.storage.path(entry.key)
+                with self.index.transaction() as db:
+                    gone = self.index._remove(db, entry.key)
+                    if gone is not None:
+                        with contextlib.suppress(OSError):
+                            st = path.lstat()
+                            if st.st_ino == gone.ino:
+                                path.unlink()
+                        obj = self.index.objects / gone.digest[:2] / gone.digest
+                        with contextlib.suppress(OSError):
+                            if obj.stat().st_ino == gone.ino:
+                                obj.unlink()
+        return {"checked": len(entries), "corrupt": corrupt}
+
+    def close(self) -> None:
+        """Flush this process's counters and close this thread's index connection."""
+        counts = self._take_counts()
+        if any(counts.values()):
+            with contextlib.suppress(Exception), self.index.transaction() as db:
+                self.index.add_counts(db, counts)
+        self.index.close()
+
+
+class LocalCache(_IndexedCache, WriteableCache):
+    """A local directory of files put there by the program, kept within a byte budget.
+
+    Args:
+        storage: The directory (a LocalStorage, or a path for a SimpleLocalStorage).
+        max_size_bytes: Byte budget (default ``$HASHSYNC_CACHE_SIZE_BYTES``, else 128 GiB);
+            least recently used entries are evicted after every insertion.
+        shared: Keep files and directories group-readable (multi-user machines).
+        dedup: Store identical content once, through hard links.
+    """
+
+    def __init__(
+        self,
+        storage: LocalStorage | str | os.PathLike[str],
+        *,
+        max_size_bytes: int | None = None,
+        shared: bool = False,
+        dedup: bool = True,
+    ) -> None:
+        super().__init__(storage, max_size_bytes=max_size_bytes, shared=shared, dedup=dedup)
+
+    def get(self, key: str) -> Path:
+        """Return the path of ``key``'s entry.
+
+        Raises:
+            NotFound: Nothing was put under ``key`` (or it was evicted, or altered on disk).
+        """
+        path = self._path(key)
+        entry = self._intact(key, path)
+        if entry is None:
+            self._count("misses")
+            raise NotFound(errno.ENOENT, f"key {key!r} is not in {self!r}")
+        return self._hit(entry, path)
+
+    def put(self, key: str, file: str | os.PathLike[str]) -> Path:
+        """Copy ``file`` into the cache as ``key`` (atomically); return the entry's path.
+
+        Raises:
+            NotFound: ``file`` does not exist.
+            FileChanged: ``file`` changed while it was copied.
+            InvalidArgument: It is larger than the whole budget.
+        """
+        path = self._path(key)
+        source = Path(file).expanduser().absolute()
+        inbox = _Inbox(self, key, "put")
+        inbox._import(key, source)
+        return path
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``'s entry.
+
+        Raises:
+            NotFound: The key is not in the cache.
+        """
+        self._path(key)
+        if self.index.remove(key) is None:
+            raise NotFound(errno.ENOENT, f"key {key!r} is not in {self!r}")
+
+
+class CopyToLocalCache(_IndexedCache):
+    """Local copies of files from a list of storage tiers, verified, revalidated, in budget.
+
+    ``get(key)`` serves the local copy while its source still has the same version (asked at
+    most every ``max_age`` seconds), and otherwise fetches it from the first tier that has
+    the key (``prefer="first"``: e.g. a shared network share, then S3) or from the tier
+    whose copy is newest (``prefer="newest"``). A copy is published under its key's path only
+    after its size and hash were verified, through a temporary file and a rename. Eight
+    processes asking for one key download it once (a lease file, refreshed while the
+    download runs); if the lease cannot be had (a holder that hangs, a filesystem where
+    exclusive creation does not work) each downloads for itself, and the result is still
+    one correct entry.
+
+    Args:
+        read_storages: The tiers, in order (a single storage is accepted too).
+        local_storage: Where entries live (a LocalStorage or a path); default
+            ``$HASHSYNC_CACHE_DIR/caches/default``.
+        prefer: ``"first"`` or ``"newest"``.
+        max_size_bytes: Byte budget (``$HASHSYNC_CACHE_SIZE_BYTES``, else 128 GiB).
+        num_workers: Threads of :meth:`get_many` (``$HASHSYNC_NUM_WORKERS``, else the CPUs).
+        max_age: Seconds a served entry may go without asking its source; ``0`` asks on
+            every ``get`` (one HEAD), ``None`` never asks again.
+        offline: Serve only what is cached; ``NotFound`` otherwise (default
+            ``$HASHSYNC_OFFLINE``).
+        shared: Keep files and directories group-readable (multi-user machines).
+        locking: Use lease files against duplicate downloads (correctness never needs them).
+        lock_timeout: Seconds to wait for another process's download of the same key before
+            downloading it too.
+        dedup: Store identical content once, through hard links.
+    """
+
+    def __init__(
+        self,
+        read_storages: Storage | Sequence[Storage],
+        local_storage: LocalStorage | str | os.PathLike[str] | None = None,
+        *,
+        prefer: Literal["first", "newest"] = "first",
+        max_size_bytes: int | None = None,
+        num_workers: int | None = None,
+        max_age: float | None = 0.0,
+        offline: bool | None = None,
+        shared: bool = False,
+        locking: bool = True,
+        lock_timeout: float = 600.0,
+        dedup: bool = True,
+    ) -> None:
+        tiers = [read_storages] if isinstance(read_storages, Storage) else list(read_storages)
+        if not tiers or not all(isinstance(s, Storage) for s in tiers):
+            raise InvalidArgument("read_storages must be a non-empty list of storages")
+        if prefer not in ("first", "newest"):
+            raise InvalidArgument(f"prefer must be 'first' or 'newest', not {prefer!r}")
+        self.read_storages = tiers
+        self.prefer = prefer
+        self._offline = offline
+        if local_storage is None:
+            local_storage = _settings.caches_dir() / "default"
+        super().__init__(
+            local_storage,
+            max_size_bytes=max_size_bytes,
+            num_workers=num_workers,
+            max_age=max_age,
+            shared=shared,
+            locking=locking,
+            lock_timeout=lock_timeout,
+            dedup=dedup,
+        )
+
+    @property
+    def offline(self) -> bool:
+        """Whether only cached entries are served (the argument, else ``$HASHSYNC_OFFLINE``)."""
+        return self._offline if self._offline is not None else _settings.offline()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.read_storages!r}, {self.storage!r})"
+
+    # Subclasses map a cache key to (storage, key-at-that-storage) pairs.
+    def _tiers(self, key: str) -> list[tuple[Storage, str]]:
+        return [(storage, key) for storage in self.read_storages]
+
+    def get(self, key: str) -> Path:
+        """Return a local path with ``key``'s current content.
+
+        Raises:
+            NotFound: No tier has the key (offline: it is not cached).
+            IntegrityError: Every download failed verification.
+            StorageUnavailable: No tier could be reached and nothing is cached.
+        """
+        path = self._path(key)
+        entry = self._intact(key, path)
+        if entry is not None:
+            fresh = self._still_current(entry, path)
+            if fresh:
+                return self._hit(entry, path)
+        elif self.offline:
+            self._count("misses")
+            raise NotFound(errno.ENOENT, f"key {key!r} is not cached and HASHSYNC_OFFLINE is set")
+        self._count("misses")
+        return self._fetch(key, path, stale=entry)
+
+    def _still_current(self, entry: Entry, path: Path) -> bool:
+        """Whether ``entry`` may be served: fresh enough, or confirmed by its source now."""
+        if self.offline:
+            return True
+        now = time.time_ns()
+        if self.max_age is None or now - entry.validated < self.max_age * 1e9:
+            return True
+        tier = next(
+            ((s, k) for s, k in self._tiers(entry.key) if repr(s) == entry.source), None
+        )
+        if tier is None:
+            return False  # its tier is no longer configured
+        storage, source_key = tier
+        try:
+            current = storage.get_hash(source_key)
+        except (StorageUnavailable, PermissionDenied) as exc:
+            warnings.warn(
+                f"serving cached {entry.key!r}: could not check it at {storage!r}: {exc}",
+                HashsyncWarning,
+                stacklevel=4,
+            )
+            return True
+        except HashsyncError:
+            # Gone there (look in the other tiers, or report it gone), or a source that
+            # cannot name its version without a download (an HTTP server without ETags).
+            return False
+        if entry.version is not None:
+            same = entry.version == current
+        else:
+            same = _content_has_hash(path, current, storage)
+        if same:
+            self.index.validated(entry.key, now, None if entry.version else current)
+        return same
+
+    def _fetch(self, key: str, path: Path, *, stale: Entry | None) -> Path:
+        with self._lease(key):
+            # Another process may have fetched it while we waited for the lease.
+            entry = self._intact(key, path)
+            if entry is not None and (stale is None or entry.validated > stale.validated):
+                return path
+            return self._download(key, path)
+
+    @contextlib.contextmanager
+    def _lease(self, key: str) -> Iterator[None]:
+        if not self.locking:
+            yield
+            return
+        lease_file = self.index.meta / "leases" / hashlib.sha256(key.encode()).hexdigest()[:32]
+        lease = KeyLock(
+            lease_file,
+            timeout=self.lock_timeout,
+            stale_after=60.0,
+            refresh=10.0,
+            lock_path=lease_file,
+        )
+        try:
+            lease.__enter__()
+        except StorageUnavailable:
+            # Waited long enough: download too. The result is still one correct entry.
+            warnings.warn(
+                f"{key!r}: another process's download did not finish in "
+                f"{self.lock_timeout:g} s; downloading it here too",
+                HashsyncWarning,
+                stacklevel=5,
+            )
+            yield
+            return
+        try:
+            yield
+        finally:
+            lease.__exit__(None, None, None)
+
+    def _download(self, key: str, path: Path) -> Path:
+        tiers = self._tiers(key)
+        if not tiers:
+            raise NotFound(errno.ENOENT, f"no source for key {key!r} in {self!r}")
+        if self.prefer == "newest" and len(tiers) > 1:
+            dated: list[tuple[datetime.datetime, int, Storage, str]] = []
+            for i, (storage, source_key) in enumerate(tiers):
+                with contextlib.suppress(NotFound, StorageUnavailable, PermissionDenied):
+                    dated.append((storage.get_last_modified(source_key), -i, storage, source_key))
+            dated.sort(reverse=True)
+            tiers = [(s, k) for _, _, s, k in dated] or tiers
+        errors: list[HashsyncError] = []
+        for storage, source_key in tiers:
+            inbox = _Inbox(self, key, repr(storage))
+            try:
+                storage.copy(source_key, inbox)
+            except NotFound as exc:
+                errors.append(exc)
+                continue
+            except (StorageUnavailable, PermissionDenied) as exc:
+                errors.append(exc)
+                continue
+            return path
+        # Nowhere to be had: a copy whose source says it is gone must not be served.
+        if errors and all(isinstance(e, NotFound) for e in errors):
+            self.index.remove(key)
+            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self._where()}")
+        stale = self._intact(key, path)
+        if stale is not None:
+            warnings.warn(
+                f"serving cached {key!r}: no tier could be reached ({errors[-1]})",
+                HashsyncWarning,
+                stacklevel=4,
+            )
+            return path
+        raise errors[-1]
+
+    def _where(self) -> str:
+        return ", ".join(repr(s) for s in self.read_storages)
+
+
+def _content_has_hash(path: Path, current: str, storage: Storage) -> bool:
+    """Whether the local file's content is what the source's hash ``current`` names."""
+    if not is_content_etag(current):
+        return False
+    part_size = getattr(storage, "part_size", hashsync.DEFAULT_PART_SIZE)
+    if "-" not in current:
+        return hashsync.hash_file(path, "md5") == current
+    return hashsync.etag(path, part_size=part_size) == current or hashsync.etag_matches(
+        path, current
+    )
+
+
+class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
+    """A local cache of one read-write remote: writes go to both, reads refresh from it.
+
+    ``put`` uploads first and publishes the local copy only once the remote has it, so both
+    hold the same version; ``delete`` removes both; ``get`` fetches again when the remote's
+    hash differs from the local copy's (checked at most every ``max_age`` seconds).
+
+    Args:
+        remote_storage: The read-write remote (e.g. an S3Storage).
+        local_storage: Where entries live (a LocalStorage or a path).
+        max_size_bytes: Byte budget (``$HASHSYNC_CACHE_SIZE_BYTES``, else 128 GiB).
+        **options: As :class:`CopyToLocalCache` (``max_age``, ``num_workers``, ...).
+    """
+
+    def __init__(
+        self,
+        remote_storage: Storage,
+        local_storage: LocalStorage | str | os.PathLike[str] | None = None,
+        *,
+        max_size_bytes: int | None = None,
+        **options: Any,
+    ) -> None:
+        if not hasattr(remote_storage, "copy_from"):
+            raise InvalidArgument(f"{remote_storage!r} is read-only; use CopyToLocalCache")
+        options.pop("prefer", None)
+        super().__init__(
+            [remote_storage], local_storage, max_size_bytes=max_size_bytes, **options
+        )
+        self.remote_storage = remote_storage
+
+    def put(self, key: str, file: str | os.PathLike[str]) -> Path:
+        """Upload ``file`` as ``key``, then keep the same bytes locally; return the local path.
+
+        Raises:
+            NotFound: ``file`` does not exist.
+            FileChanged: ``file`` changed while it was read.
+            StorageUnavailable: The remote could not be reached (nothing changed locally).
+        """
+        path = self._path(key)
+        source = Path(file).expanduser().absolute()
+        self.remote_storage.copy_from(key, _SingleFile(source))  # type: ignore[attr-defined]
+        version = self.remote_storage.get_hash(key)
+        # The local entry is the remote's new version: taken from the local file (the same
+        # bytes, no download) and kept only if it is what the remote now names.
+        inbox = _Inbox(self, key, repr(self.remote_storage))
+        inbox._import(key, source)
+        if _content_has_hash(path, version, self.remote_storage):
+            self.index.validated(key, time.time_ns(), version)
+        else:
+            self.index.remove(key)  # changed after the upload: the next get fetches it
+        return path
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` from the remote and from the local cache.
+
+        Raises:
+            NotFound: Neither has the key.
+        """
+        self._path(key)
+        found = self.index.remove(key) is not None
+        try:
+            self.remote_storage.delete(key)  # type: ignore[attr-defined]
+        except NotFound:
+            if not found:
+                raise
+
+
+class _SingleFile(LocalStorage):
+    """One local file, under whatever key an upload names it."""
+
+    def __init__(self, file: Path) -> None:
+        super().__init__(file.parent, create=False, hash_state=False)
+        self._file = file
+
+    def path(self, key: str) -> Path:
+        return self._file
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it, which races with other threads creating
+    # files; Linux shows it in /proc.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK

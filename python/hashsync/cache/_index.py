@@ -1,0 +1,466 @@
+"""A cache directory's own index: entries, content-addressed copies, pins and counters.
+
+One SQLite database per cache directory (``.hashsync-cache/index.db``, in WAL mode) is shared
+by every process using the directory. Every change that publishes or evicts an entry runs in
+one ``BEGIN IMMEDIATE`` transaction that also renames the file into place, so the byte budget
+is kept by whichever process inserts, and no evictor can remove a file another process is
+publishing at that moment. Correctness of what is served never depends on this database: an
+entry is served only when the file at its path is still the one the index describes (same
+inode, size and mtime), and files without an index row are orphans that ``prune`` removes.
+
+Identical content is stored once: an entry's file is a hard link to
+``.hashsync-cache/objects/<b3[:2]>/<b3>`` (its BLAKE3), where the filesystem allows links, and
+such a copy's bytes count once however many keys link to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hashsync.atomic import _HOST, _pid_alive, temporary_path
+
+__all__ = ["META_DIR", "Entry", "Index"]
+
+#: The directory under a cache's root that holds hashsync's bookkeeping; never a key.
+META_DIR = ".hashsync-cache"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries(
+    key TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    linked INTEGER NOT NULL,
+    version TEXT,
+    source TEXT,
+    modified_ns INTEGER NOT NULL,
+    last_access INTEGER NOT NULL,
+    validated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_access);
+CREATE INDEX IF NOT EXISTS entries_digest ON entries(digest);
+CREATE TABLE IF NOT EXISTS pins(key TEXT NOT NULL, owner TEXT NOT NULL, host TEXT, pid INTEGER);
+CREATE INDEX IF NOT EXISTS pins_key ON pins(key);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_COUNTERS = ("bytes", "hits", "misses", "evictions")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the index.
+
+    Attributes:
+        key: The cache key.
+        size: Bytes.
+        ino: Inode of the published file (with ``mtime_ns``, how an altered file is noticed).
+        mtime_ns: The published file's mtime.
+        digest: BLAKE3 of the content (its content address).
+        linked: The file shares the content-addressed copy (hard link).
+        version: What the source's ``get_hash`` said of the fetched data, when known.
+        source: Which storage it came from (its repr), or ``"put"``.
+        modified_ns: The source's last-modified time (ns since the epoch).
+        last_access: When it was last used (ns since the epoch; the LRU order).
+        validated: When the source last confirmed it (ns since the epoch).
+    """
+
+    key: str
+    size: int
+    ino: int
+    mtime_ns: int
+    digest: str
+    linked: bool
+    version: str | None
+    source: str | None
+    modified_ns: int
+    last_access: int
+    validated: int
+
+    def intact(self, st: os.stat_result | None) -> bool:
+        """Whether ``st`` (of the entry's path) is still the file this entry published.
+
+        ctime is not compared: linking another key to the same content changes it.
+        """
+        return (
+            st is not None
+            and (st.st_ino, st.st_size, st.st_mtime_ns) == (self.ino, self.size, self.mtime_ns)
+        )
+
+
+_COLUMNS = ", ".join(Entry.__dataclass_fields__)
+
+
+def _entry(row: tuple[Any, ...] | None) -> Entry | None:
+    if row is None:
+        return None
+    values = list(row)
+    values[5] = bool(values[5])
+    return Entry(*values)
+
+
+class Index:
+    """The index of one cache directory, usable from many threads and processes at once.
+
+    Args:
+        root: The cache's root (entries live at their key's path below it).
+        dedup: Store identical content once, through hard links.
+    """
+
+    def __init__(self, root: Path, *, dedup: bool = True) -> None:
+        self.root = root
+        self.meta = root / META_DIR
+        self.objects = self.meta / "objects"
+        self.dedup = dedup
+        self._local = threading.local()
+        self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.meta.mkdir(parents=True, exist_ok=True)
+        self._db()
+
+    # -- connections -----------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None and getattr(self._local, "pid", None) == os.getpid():
+            return db
+        db = sqlite3.connect(
+            self.meta / "index.db", timeout=120.0, isolation_level=None, check_same_thread=True
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            pass  # a filesystem without shared memory (some network mounts): rollback journal
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for name in _COUNTERS:
+                db.execute("INSERT OR IGNORE INTO counters VALUES (?, 0)", (name,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._local.db = db
+        self._local.pid = os.getpid()
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): one writer at a time, across processes."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- reading ---------------------------------------------------------------------
+
+    def lookup(self, key: str) -> Entry | None:
+        """The entry of ``key``, or None."""
+        row = self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,))
+        return _entry(row.fetchone())
+
+    def entries(self) -> list[Entry]:
+        """Every entry, least recently used first."""
+        rows = self._db().execute(f"SELECT {_COLUMNS} FROM entries ORDER BY last_access, rowid")
+        return [e for e in map(_entry, rows.fetchall()) if e is not None]
+
+    def counters(self) -> dict[str, int]:
+        """The persistent counters: bytes, hits, misses, evictions."""
+        rows = self._db().execute("SELECT name, value FROM counters").fetchall()
+        return {name: int(value) for name, value in rows}
+
+    def count(self) -> int:
+        """How many entries there are."""
+        return int(self._db().execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    # -- writing ---------------------------------------------------------------------
+
+    def add_counts(self, db: sqlite3.Connection, counts: dict[str, int]) -> None:
+        """Add ``counts`` to the persistent counters, inside ``db``'s transaction."""
+        for name, value in counts.items():
+            if value:
+                db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (value, name))
+
+    def touch(self, key: str, now: int, counts: dict[str, int]) -> None:
+        """Record a use of ``key`` now (and flush this process's pending counters)."""
+        with self.transaction() as db:
+            db.execute("UPDATE entries SET last_access = ? WHERE key = ?", (now, key))
+            self.add_counts(db, counts)
+
+    def validated(self, key: str, now: int, version: str | None) -> None:
+        """Record that the source confirmed ``key`` (whose version is ``version``) now."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE entries SET validated = ?, last_access = ?, "
+                "version = COALESCE(?, version) WHERE key = ?",
+                (now, now, version, key),
+            )
+
+    def publish(
+        self,
+        key: str,
+        tmp: Path,
+        final: Path,
+        *,
+        digest: str,
+        version: str | None,
+        source: str | None,
+        modified_ns: int,
+        max_bytes: int,
+        counts: dict[str, int],
+    ) -> tuple[Entry, int]:
+        """Rename the verified ``tmp`` to ``final`` as ``key``'s entry, then keep the budget.
+
+        Returns:
+            The new entry and how many entries were evicted to make room.
+        """
+        now = time.time_ns()
+        with self.transaction() as db:
+            linked = self._link_content(db, tmp, final, digest)
+            st = final.stat()
+            old = _entry(
+                db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
+            )
+            freed = 0
+            if old is not None:
+                db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                freed = self._charge(db, old)
+            added = st.st_size
+            if linked and db.execute(
+                "SELECT 1 FROM entries WHERE digest = ? AND linked LIMIT 1", (digest,)
+            ).fetchone():
+                added = 0  # the content is already paid for
+            entry = Entry(
+                key, st.st_size, st.st_ino, st.st_mtime_ns, digest, linked, version, source,
+                modified_ns, now, now,
+            )  # fmt: skip
+            db.execute(
+                f"INSERT INTO entries ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                (*_values(entry),),
+            )
+            db.execute(
+                "UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added - freed,)
+            )
+            self.add_counts(db, counts)
+            evicted = self._evict(db, max_bytes, keep=key)
+        return entry, evicted
+
+    def _link_content(self, db: sqlite3.Connection, tmp: Path, final: Path, digest: str) -> bool:
+        """Move ``tmp`` to ``final``, sharing the content-addressed copy; True if linked."""
+        if not self.dedup:
+            os.replace(tmp, final)
+            return False
+        obj = self.objects / digest[:2] / digest
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(tmp, obj)
+        except FileExistsError:
+            if self._object_trusted(db, obj, digest):
+                # Same content already stored: the key becomes another name for it.
+                shared = temporary_path(final)
+                os.link(obj, shared)
+                os.replace(shared, final)
+                tmp.unlink()
+                return True
+            # A copy no entry vouches for (altered, or left by a crash): ours replaces it.
+            spare = temporary_path(obj)
+            os.link(tmp, spare)
+            os.replace(spare, obj)
+        except OSError:
+            # No hard links here (some FUSE and network filesystems): a plain copy.
+            os.replace(tmp, final)
+            return False
+        os.replace(tmp, final)
+        return True
+
+    def _object_trusted(self, db: sqlite3.Connection, obj: Path, digest: str) -> bool:
+        row = db.execute(
+            "SELECT ino, mtime_ns, size FROM entries WHERE digest = ? AND linked LIMIT 1",
+            (digest,),
+        ).fetchone()
+        try:
+            st = obj.stat()
+        except OSError:
+            return False
+        return row is not None and (st.st_ino, st.st_mtime_ns, st.st_size) == tuple(row)
+
+    def _charge(self, db: sqlite3.Connection, gone: Entry) -> int:
+        """Bytes freed by removing ``gone``'s row (already deleted); drops an unused copy."""
+        if not gone.linked:
+            return gone.size
+        if db.execute(
+            "SELECT 1 FROM entries WHERE digest = ? AND linked LIMIT 1", (gone.digest,)
+        ).fetchone():
+            return 0
+        obj = self.objects / gone.digest[:2] / gone.digest
+        with contextlib.suppress(OSError):
+            if obj.stat().st_ino == gone.ino:
+                obj.unlink()
+        return gone.size
+
+    def _unlink_entry_file(self, gone: Entry) -> None:
+        path = self.root.joinpath(*gone.key.split("/"))
+        with contextlib.suppress(OSError):
+            if gone.intact(path.lstat()):
+                path.unlink()
+
+    def remove(self, key: str, counts: dict[str, int] | None = None) -> Entry | None:
+        """Drop ``key``'s entry and its file; return the entry removed, if any."""
+        with self.transaction() as db:
+            gone = self._remove(db, key)
+            if counts:
+                self.add_counts(db, counts)
+        return gone
+
+    def _remove(self, db: sqlite3.Connection, key: str) -> Entry | None:
+        gone = _entry(
+            db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
+        )
+        if gone is None:
+            return None
+        db.execute("DELETE FROM entries WHERE key = ?", (key,))
+        self._unlink_entry_file(gone)
+        freed = self._charge(db, gone)
+        db.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (freed,))
+        return gone
+
+    def _evict(self, db: sqlite3.Connection, max_bytes: int, keep: str | None = None) -> int:
+        total = int(db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0])
+        if total <= max_bytes:
+            return 0
+        self._drop_dead_pins(db)
+        evicted = 0
+        while total > max_bytes:
+            rows = db.execute(
+                "SELECT key FROM entries WHERE key NOT IN (SELECT key FROM pins) AND key != ? "
+                "ORDER BY last_access, rowid LIMIT 64",
+                (keep or "",),
+            ).fetchall()
+            if not rows:
+                break  # what is left is pinned (or the entry just added)
+            for (key,) in rows:
+                gone = self._remove(db, key)
+                if gone is not None:
+                    evicted += 1
+                    total = int(
+                        db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0]
+                    )
+                if total <= max_bytes:
+                    break
+        db.execute("UPDATE counters SET value = value + ? WHERE name = 'evictions'", (evicted,))
+        return evicted
+
+    def enforce(self, max_bytes: int) -> int:
+        """Evict least recently used entries until the cache fits ``max_bytes``."""
+        with self.transaction() as db:
+            return self._evict(db, max_bytes)
+
+    # -- pins ------------------------------------------------------------------------
+
+    def pin(self, keys: Iterable[str]) -> str:
+        """Pin ``keys`` (they are never evicted) until :meth:`unpin` with the returned token."""
+        token = f"{self._owner}-{secrets.token_hex(4)}"
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO pins VALUES (?, ?, ?, ?)",
+                [(key, token, _HOST, os.getpid()) for key in keys],
+            )
+        return token
+
+    def unpin(self, token: str) -> None:
+        """Release the pins made with ``token``."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM pins WHERE owner = ?", (token,))
+
+    def _drop_dead_pins(self, db: sqlite3.Connection) -> None:
+        # Pins of a process that died (SIGKILL skips the context manager's exit) must not
+        # keep entries forever; pins of other hosts cannot be checked and stay.
+        for owner, pid in db.execute(
+            "SELECT DISTINCT owner, pid FROM pins WHERE host = ?", (_HOST,)
+        ).fetchall():
+            if pid != os.getpid() and not _pid_alive(int(pid)):
+                db.execute("DELETE FROM pins WHERE owner = ?", (owner,))
+
+    # -- whole cache -----------------------------------------------------------------
+
+    def clear(self) -> int:
+        """Remove every entry that is not pinned; return how many."""
+        with self.transaction() as db:
+            self._drop_dead_pins(db)
+            keys = [
+                k
+                for (k,) in db.execute(
+                    "SELECT key FROM entries WHERE key NOT IN (SELECT key FROM pins)"
+                ).fetchall()
+            ]
+            for key in keys:
+                self._remove(db, key)
+        return len(keys)
+
+    def reconcile(self) -> tuple[list[str], int]:
+        """Drop rows whose file is gone or altered; recount the bytes.
+
+        Returns:
+            The keys dropped, and the byte total after recounting.
+        """
+        dropped: list[str] = []
+        with self.transaction() as db:
+            for entry in map(_entry, db.execute(f"SELECT {_COLUMNS} FROM entries").fetchall()):
+                assert entry is not None
+                path = self.root.joinpath(*entry.key.split("/"))
+                try:
+                    st: os.stat_result | None = path.lstat()
+                except OSError:
+                    st = None
+                if not entry.intact(st):
+                    db.execute("DELETE FROM entries WHERE key = ?", (entry.key,))
+                    dropped.append(entry.key)
+            total = db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM ("
+                "SELECT MAX(size) AS size FROM entries WHERE linked GROUP BY digest "
+                "UNION ALL SELECT size FROM entries WHERE NOT linked)"
+            ).fetchone()[0]
+            db.execute("UPDATE counters SET value = ? WHERE name = 'bytes'", (int(total),))
+        return dropped, int(total)
+
+    def known_objects(self) -> set[str]:
+        """Digests some linked entry still uses."""
+        rows = self._db().execute("SELECT DISTINCT digest FROM entries WHERE linked").fetchall()
+        return {d for (d,) in rows}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_local"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+        self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _values(entry: Entry) -> tuple[Any, ...]:
+    return tuple(getattr(entry, name) for name in Entry.__dataclass_fields__)
