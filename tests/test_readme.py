@@ -29,12 +29,20 @@ def test_readme_python_examples_run(s3_server, s3_env, tmp_path, monkeypatch):
     (data / "shard-000.tar").write_bytes(random.Random(0).randbytes(9 * 1024**2))
     (data / "model.safetensors").write_bytes(b"weights" * 1000)
     (data / "scratch.tmp").write_bytes(b"excluded")
+    share = tmp_path / "share" / "datasets" / "train"
+    share.mkdir(parents=True)
+    (share / "0.parquet").write_bytes(b"on the share")
+    s3_server.client().put_object(Bucket="bucket", Key="datasets/train/1.parquet", Body=b"in S3")
+    s3_server.client().put_object(Bucket="bucket", Key="datasets/train/0.parquet", Body=b"in S3")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("HASHSYNC_CONFIG", str(tmp_path / "no-config.yaml"))
     namespace: dict[str, object] = {"__name__": "readme"}
     for number, block in enumerate(python_blocks(), 1):
         code = compile(block, f"README.md python block {number}", "exec")
         exec(code, namespace)  # noqa: S102 - the README is this repository's own text
+    assert (tmp_path / "scratch" / "cache" / "train" / "0.parquet").read_bytes() == b"on the share"
+    assert (tmp_path / "scratch" / "cache" / "train" / "1.parquet").read_bytes() == b"in S3"
     assert (tmp_path / "cache" / "shard-000.tar").read_bytes() == (
         data / "shard-000.tar"
     ).read_bytes()

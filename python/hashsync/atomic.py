@@ -305,9 +305,9 @@ class KeyLock:
         self.refresh = refresh
         self._token = secrets.token_hex(8)
         self._stop: threading.Event | None = None
+        self._ino = -1
 
     def __enter__(self) -> KeyLock:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         body = json.dumps(
@@ -324,9 +324,13 @@ class KeyLock:
                 fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 self._break_if_stale()
+            except FileNotFoundError:
+                self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+                continue
             else:
                 try:
                     os.write(fd, body)
+                    self._ino = os.fstat(fd).st_ino
                 finally:
                     os.close(fd)
                 if self.refresh:
@@ -381,23 +385,68 @@ class KeyLock:
         tb: TracebackType | None,
     ) -> None:
         if self._stop is not None:
-            self._stop.set()
+            _leases.release(self.lock_path)
             self._stop = None
         # Only our own lock file: a lease taken over while we hung is the new holder's.
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(self.lock_path.read_bytes()).get("token") == self._token:
+        with contextlib.suppress(OSError):
+            if os.stat(self.lock_path).st_ino == self._ino:
                 self.lock_path.unlink()
 
     def _start_refreshing(self) -> None:
-        stop = self._stop = threading.Event()
-        path, every = self.lock_path, float(self.refresh or 0)
+        _leases.hold(self.lock_path, float(self.refresh or 0))
+        self._stop = threading.Event()  # marks "refreshing"; released in __exit__
 
-        def refresh() -> None:
-            while not stop.wait(every):
+
+class _LeaseRefresher:
+    """One thread per process that touches every held lease file on time.
+
+    A thread per lease would cost a thread start for every cached download; leases are
+    many and short, so they share one.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[Path, tuple[float, float]] = {}  # path -> (interval, next due)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._period = 60.0
+
+    def hold(self, path: Path, every: float) -> None:
+        with self._lock:
+            self._held[path] = (every, time.monotonic() + every)
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="hashsync-leases", daemon=True
+                )
+                self._thread.start()
+            elif every < self._period:
+                self._wake.notify()  # a shorter period than the thread sleeps for
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            self._held.pop(path, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [p for p, (_, at) in self._held.items() if at <= now]
+                for p in due:
+                    every = self._held[p][0]
+                    self._held[p] = (every, now + every)
+                # Waking on a fixed period (the shortest one held) instead of at each due time
+                # keeps hold() from waking this thread for every short lease.
+                self._period = min((every for every, _ in self._held.values()), default=60.0)
+            for p in due:
                 with contextlib.suppress(OSError):
-                    os.utime(path)
+                    os.utime(p)
+            with self._lock:
+                self._wake.wait(self._period)
 
-        threading.Thread(target=refresh, name="hashsync-lease", daemon=True).start()
+
+_leases = _LeaseRefresher()
 
 
 class AtomicFile:

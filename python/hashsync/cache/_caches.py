@@ -106,7 +106,7 @@ class Cache(abc.ABC):
     def get_last_modified(self, key: str) -> datetime.datetime:
         """When the served content was last modified at its source (UTC)."""
         ns = self.get(key).stat().st_mtime_ns
-        return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
 
     def get_many(self, keys: Iterable[str], *, progress: bool = True) -> list[Path]:
         """:meth:`get` many keys on :attr:`num_workers` threads; paths in the keys' order.
@@ -257,8 +257,11 @@ def _lists_hashes(storage: Storage) -> bool:
 
 
 class _Inbox(LocalStorage):
-    """The destination a source downloads one entry into: the file is verified by the source,
-    then published by the cache's index (dedup, rename, budget) instead of renamed directly."""
+    """The destination a source downloads one entry into.
+
+    The source fills and verifies the temporary file as for any LocalStorage; the cache's
+    index then publishes it (dedup, rename, budget) instead of a plain rename.
+    """
 
     def __init__(self, cache: _IndexedCache, key: str, source: str) -> None:
         # No super().__init__: the root exists and nothing here is configurable.
@@ -434,7 +437,7 @@ class _IndexedCache(Cache):
         self.get(key)
         entry = self.index.lookup(key)
         ns = entry.modified_ns if entry is not None else self._path(key).stat().st_mtime_ns
-        return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
 
     def get_hash(self, key: str) -> str:
         """The source's hash of the served content (else its S3 ETag with 8 MiB parts)."""
@@ -758,9 +761,7 @@ class CopyToLocalCache(_IndexedCache):
         now = time.time_ns()
         if self.max_age is None or now - entry.validated < self.max_age * 1e9:
             return True
-        tier = next(
-            ((s, k) for s, k in self._tiers(entry.key) if repr(s) == entry.source), None
-        )
+        tier = next(((s, k) for s, k in self._tiers(entry.key) if repr(s) == entry.source), None)
         if tier is None:
             return False  # its tier is no longer configured
         storage, source_key = tier
@@ -901,9 +902,7 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
         if not hasattr(remote_storage, "copy_from"):
             raise InvalidArgument(f"{remote_storage!r} is read-only; use CopyToLocalCache")
         options.pop("prefer", None)
-        super().__init__(
-            [remote_storage], local_storage, max_size_bytes=max_size_bytes, **options
-        )
+        super().__init__([remote_storage], local_storage, max_size_bytes=max_size_bytes, **options)
         self.remote_storage = remote_storage
 
     def put(self, key: str, file: str | os.PathLike[str]) -> Path:

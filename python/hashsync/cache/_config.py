@@ -207,9 +207,7 @@ def _build(name: str, conf: dict[str, Any], path: Path, lines: dict[str, int]) -
         size = conf.get("max_size_bytes", conf.get("max_size"))
         max_size = _settings.max_size_bytes(None, size)
         workers = _settings.num_workers(None, conf.get("num_workers"))
-        max_age = (
-            _settings.parse_max_age(str(conf["max_age"])) if "max_age" in conf else 0.0
-        )
+        max_age = _settings.parse_max_age(str(conf["max_age"])) if "max_age" in conf else 0.0
     except (InvalidArgument, ValueError) as exc:
         key = "max_age" if "max_age" in str(exc) else "max_size"
         raise fail(key, str(exc)) from None

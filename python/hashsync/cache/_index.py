@@ -92,9 +92,10 @@ class Entry:
 
         ctime is not compared: linking another key to the same content changes it.
         """
-        return (
-            st is not None
-            and (st.st_ino, st.st_size, st.st_mtime_ns) == (self.ino, self.size, self.mtime_ns)
+        return st is not None and (st.st_ino, st.st_size, st.st_mtime_ns) == (
+            self.ino,
+            self.size,
+            self.mtime_ns,
         )
 
 
@@ -123,6 +124,7 @@ class Index:
         self.objects = self.meta / "objects"
         self.dedup = dedup
         self._local = threading.local()
+        self._write_lock = threading.Lock()
         self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
         self.meta.mkdir(parents=True, exist_ok=True)
         self._db()
@@ -160,13 +162,16 @@ class Index:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``): one writer at a time, across processes."""
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        # Threads of one process queue here: SQLite's own busy handler sleeps for
+        # milliseconds between retries, which would serialise a pool of downloads.
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection."""
@@ -249,9 +254,12 @@ class Index:
                 db.execute("DELETE FROM entries WHERE key = ?", (key,))
                 freed = self._charge(db, old)
             added = st.st_size
-            if linked and db.execute(
-                "SELECT 1 FROM entries WHERE digest = ? AND linked LIMIT 1", (digest,)
-            ).fetchone():
+            if (
+                linked
+                and db.execute(
+                    "SELECT 1 FROM entries WHERE digest = ? AND linked LIMIT 1", (digest,)
+                ).fetchone()
+            ):
                 added = 0  # the content is already paid for
             entry = Entry(
                 key, st.st_size, st.st_ino, st.st_mtime_ns, digest, linked, version, source,
@@ -454,11 +462,13 @@ class Index:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_local"] = None
+        state["_write_lock"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+        self._write_lock = threading.Lock()
         self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
 
 

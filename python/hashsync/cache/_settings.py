@@ -92,9 +92,7 @@ def num_workers(argument: int | None, configured: object = None) -> int:
     """Parallel downloads: argument, ``$HASHSYNC_NUM_WORKERS``, config, the CPU count."""
     if argument is not None and argument < 1:
         raise InvalidArgument(f"num_workers must be at least 1, not {argument}")
-    return setting(
-        argument, "HASHSYNC_NUM_WORKERS", configured, os.cpu_count() or 1, parse_workers
-    )
+    return setting(argument, "HASHSYNC_NUM_WORKERS", configured, os.cpu_count() or 1, parse_workers)
 
 
 def offline() -> bool:

@@ -100,8 +100,7 @@ def _run(args: argparse.Namespace) -> int:
                 for e in cache.entries()
             ]
             text = "\n".join(
-                f"{format_size(r['size']):>10}  {r['last_access']}  {shown(r['key'])}"
-                for r in rows
+                f"{format_size(r['size']):>10}  {r['last_access']}  {shown(r['key'])}" for r in rows
             )
             _out(args, rows, text)
             return EXIT_OK

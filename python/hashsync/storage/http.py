@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hashsync._redact import redact, redact_url
 from hashsync.errors import (
@@ -188,6 +188,15 @@ class HTTPStorage(ReadOnlyStorage):
         self.max_attempts = max_attempts
         self.verify = verify
         self.list_workers = list_workers
+        self._opener = urllib.request.build_opener(_RedirectHandler)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_opener", None)  # handlers hold sockets; rebuilt on the other side
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._opener = urllib.request.build_opener(_RedirectHandler)
 
     def __repr__(self) -> str:

@@ -499,8 +499,8 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         Other storages use this to download into a LocalStorage. ``fill`` creates the file
         at the path it gets (and may set its mtime) and may return the version it wrote, as
         the source's ``get_hash`` names it (the caches record it); if it raises, the
-        temporary is removed and nothing changes. ``check``, called with the final path under the key's lock
-        right before the rename, may raise to cancel the write.
+        temporary is removed and nothing changes. ``check``, called with the final path
+        under the key's lock right before the rename, may raise to cancel the write.
         """
         self._check_writable()
         final = self.path(key)

@@ -237,6 +237,29 @@ class S3Storage(ReadWriteStorage):
             raise InvalidArgument(f"invalid bucket name {bucket!r}")
         if not _MIN_PART <= part_size <= _MAX_PART:
             raise InvalidArgument(f"part_size {part_size} is outside S3's limits (5 MiB to 5 GiB)")
+        # What a pickled copy is rebuilt from: no client, and no credentials (a worker
+        # resolves its own, from its environment or profile, like boto3 itself).
+        self._options: dict[str, Any] | None = (
+            None
+            if client is not None
+            else {
+                "bucket": bucket,
+                "prefix": prefix,
+                "endpoint_url": endpoint_url,
+                "region_name": region_name,
+                "profile_name": profile_name,
+                "anonymous": anonymous,
+                "addressing_style": addressing_style,
+                "part_size": part_size,
+                "max_concurrency": max_concurrency,
+                "max_attempts": max_attempts,
+                "connect_timeout": connect_timeout,
+                "read_timeout": read_timeout,
+                "conditional_writes": conditional_writes,
+                "claim_ttl": claim_ttl,
+                "verify": verify,
+            }
+        )
         if conditional_writes not in ("native", "claim"):
             raise InvalidArgument(
                 f"conditional_writes must be 'native' or 'claim', not {conditional_writes!r}"
@@ -367,6 +390,17 @@ class S3Storage(ReadWriteStorage):
         if scheme.lower() != "s3" or not sep or not bucket:
             raise InvalidArgument(f"not an s3://bucket/prefix URL: {redact_url(url)!r}")
         return cls(bucket, prefix, **options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._options is None:
+            raise TypeError(
+                f"{self!r} was built around a given boto3 client and cannot be pickled; "
+                "build it from its endpoint and settings instead"
+            )
+        return {"options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["options"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"S3Storage('s3://{self.bucket}/{self.prefix}')"
