@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
 PYTEST_ARGS ?=
 
-.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync lint fmt clean
+.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync bench-cache lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only \
 		--benchmark-json=benches/results/bench.json -q
 	$(PY) benches/report.py benches/results/bench.json | tee benches/results/latest.md
+
+bench-cache: build ## Cache get_many vs hashsync.sync, a boto3 loop and a process pool (~2 min)
+	$(PY) benches/cache_bench.py
 
 bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
 	$(VENV)/bin/hashsync bench

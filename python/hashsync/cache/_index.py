@@ -205,9 +205,11 @@ class Index:
 
     def add_counts(self, db: sqlite3.Connection, counts: dict[str, int]) -> None:
         """Add ``counts`` to the persistent counters, inside ``db``'s transaction."""
-        for name, value in counts.items():
-            if value:
-                db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (value, name))
+        if any(counts.values()):
+            db.executemany(
+                "UPDATE counters SET value = value + ? WHERE name = ?",
+                [(value, name) for name, value in counts.items() if value],
+            )
 
     def touch(self, key: str, now: int, counts: dict[str, int]) -> None:
         """Record a use of ``key`` now (and flush this process's pending counters)."""
@@ -272,8 +274,10 @@ class Index:
             db.execute(
                 "UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added - freed,)
             )
+            # (Not UPDATE ... RETURNING: that needs SQLite 3.35, older than some distributions.)
+            total = db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0]
             self.add_counts(db, counts)
-            evicted = self._evict(db, max_bytes, keep=key)
+            evicted = self._evict(db, max_bytes, keep=key) if total > max_bytes else 0
         return entry, evicted
 
     def _link_content(self, db: sqlite3.Connection, tmp: Path, final: Path, digest: str) -> bool:
