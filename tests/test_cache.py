@@ -580,3 +580,39 @@ def test_warnings_are_hashsync_warnings(tmp_path):
         cache = CopyToLocalCache([tree(tmp_path / "src", {"k": b"x"})], tmp_path / "cache")
         cache.get("k")
         cache.get("k")
+
+
+def test_a_damaged_index_is_set_aside_and_nothing_wrong_is_served(tmp_path):
+    src = tree(tmp_path / "src", {"k": b"right"})
+    cache = CopyToLocalCache([src], tmp_path / "cache")
+    cache.get("k")
+    cache.close()
+    index = tmp_path / "cache" / ".hashsync-cache" / "index.db"
+    for suffix in ("-wal", "-shm"):
+        Path(str(index) + suffix).unlink(missing_ok=True)
+    index.write_bytes(b"garbage" * 1000)
+    with pytest.warns(errors.HashsyncWarning, match="damaged"):
+        again = CopyToLocalCache([src], tmp_path / "cache")
+    assert again.stats().files == 0
+    (tmp_path / "src" / "k").write_bytes(b"newer")
+    assert again.get("k").read_bytes() == b"newer"
+    assert list((tmp_path / "cache" / ".hashsync-cache").glob("index.db.corrupt-*"))
+
+
+def test_an_unusable_cache_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(errors.HashsyncError):
+        LocalCache(tmp_path / "file" / "cache")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    script = (
+        "import sys; from hashsync.cache import LocalCache; from hashsync import errors\n"
+        f"try:\n    LocalCache({str(ro / 'cache')!r})\n"
+        "except errors.PermissionDenied as e:\n    print('denied', e); sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search", "--"]  # fmt: skip
+    r = subprocess.run([*drop, sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

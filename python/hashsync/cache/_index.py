@@ -16,17 +16,20 @@ such a copy's bytes count once however many keys link to it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hashsync.atomic import _HOST, _pid_alive, temporary_path
+from hashsync.errors import FileSystemError, HashsyncWarning, PermissionDenied
 
 __all__ = ["META_DIR", "Entry", "Index"]
 
@@ -126,8 +129,17 @@ class Index:
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
-        self.meta.mkdir(parents=True, exist_ok=True)
-        self._db()
+        try:
+            self.meta.mkdir(parents=True, exist_ok=True)
+            self._db()
+        except PermissionError as exc:
+            raise PermissionDenied(
+                errno.EACCES, f"cannot use {root} as a cache directory: {exc.strerror}"
+            ) from None
+        except sqlite3.OperationalError as exc:
+            raise FileSystemError(
+                errno.EIO, f"cannot use {root} as a cache directory: {exc}"
+            ) from None
 
     # -- connections -----------------------------------------------------------------
 
@@ -135,27 +147,59 @@ class Index:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is not None and getattr(self._local, "pid", None) == os.getpid():
             return db
+        try:
+            db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if "not a database" not in str(exc) and "malformed" not in str(exc):
+                raise FileSystemError(
+                    errno.EIO, f"cannot open the cache index {self.meta / 'index.db'}: {exc}"
+                ) from None
+            # A damaged index only costs what it described: set it aside and start again;
+            # files it listed become orphans (served never, removed by prune, fetched again).
+            path = self.meta / "index.db"
+            aside = path.with_name(f"index.db.corrupt-{int(time.time())}-{secrets.token_hex(2)}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(path) + suffix)
+            warnings.warn(
+                f"the cache index {path} was damaged ({exc}); it was moved to {aside.name} "
+                "and the cache starts empty",
+                HashsyncWarning,
+                stacklevel=3,
+            )
+            db = self._open()
+        self._local.db = db
+        self._local.pid = os.getpid()
+        return db
+
+    def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(
             self.meta / "index.db", timeout=120.0, isolation_level=None, check_same_thread=True
         )
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError:
-            pass  # a filesystem without shared memory (some network mounts): rollback journal
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            for name in _COUNTERS:
-                db.execute("INSERT OR IGNORE INTO counters VALUES (?, 0)", (name,))
-            db.execute("COMMIT")
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc):
+                    raise
+                # A filesystem without shared memory (some network mounts): rollback journal.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                for name in _COUNTERS:
+                    db.execute("INSERT OR IGNORE INTO counters VALUES (?, 0)", (name,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         except BaseException:
-            db.execute("ROLLBACK")
+            db.close()
             raise
-        self._local.db = db
-        self._local.pid = os.getpid()
         return db
 
     @contextlib.contextmanager
