@@ -616,3 +616,16 @@ def test_an_unusable_cache_directory_is_a_clear_error(tmp_path):
             "--bounding-set=-dac_override,-dac_read_search", "--"]  # fmt: skip
     r = subprocess.run([*drop, sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_shared_caches_are_group_readable_whatever_the_umask(tmp_path):
+    src = tree(tmp_path / "src", {"a/b/k.bin": b"x"})
+    old = os.umask(0o077)
+    try:
+        cache = CopyToLocalCache([src], tmp_path / "cache", shared=True)
+        path = cache.get("a/b/k.bin")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o444
+    for d in (path.parent, path.parent.parent):
+        assert d.stat().st_mode & 0o070 == 0o070, oct(d.stat().st_mode)

@@ -288,6 +288,8 @@ class _Inbox(LocalStorage):
         final = self.path(key)
         self._cache.storage._refuse_links(self._key, final)
         try:
+            if self._cache.shared and not final.parent.is_dir():
+                _make_shared_dirs(self._cache.storage.root, final.parent)
             final.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise InvalidArgument(
@@ -953,6 +955,19 @@ class _SingleFile(LocalStorage):
 
     def path(self, key: str) -> Path:
         return self._file
+
+
+def _make_shared_dirs(root: Path, directory: Path) -> None:
+    """Create ``directory`` below ``root`` group-writable and set-gid, whatever the umask."""
+    missing = []
+    here = directory
+    while here != root and not here.is_dir():
+        missing.append(here)
+        here = here.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+            os.chmod(d, 0o2775)
 
 
 def _read_umask() -> int:
