@@ -44,7 +44,7 @@ impl Default for ScanOptions {
 }
 
 /// What hashsync's atomic writes put in the names of their temporary files
-/// (`.NAME.hashsync-tmp-HOST-PID-RANDOM`, see `hashsync/storage/_atomic.py`).
+/// (`.NAME.hashsync-tmp-HOST-PID-RANDOM`, see `hashsync/atomic.py`).
 pub const TEMPORARY_MARK: &str = ".hashsync-tmp-";
 
 struct RawFile {

@@ -8,15 +8,16 @@ edited file and the size/mtime tools transfer none.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from hashsync.testing.benchmark import main
+from hashsync.testing.benchmark import main, write_report
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
-def test_quick_benchmark(tmp_path):
+def test_quick_benchmark(tmp_path, monkeypatch):
     assert main(["--quick", "--out", str(tmp_path), "--name", "q"]) == 0
     report = json.loads((tmp_path / "q.json").read_text())
     runs = report["runs"]
@@ -33,11 +34,17 @@ def test_quick_benchmark(tmp_path):
     md = (tmp_path / "q.md").read_text()
     assert "| edit-same-size |" in md and "hashsync/awscli" in md
     assert (tmp_path / "q.png").stat().st_size > 1000
+    # The same results without matplotlib: written first, the chart skipped, nothing lost.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    r = report
+    plain = tmp_path / "plain"
+    assert not write_report(plain, "q", r["meta"], r["summary"], r["checks"], r["runs"], "t")
+    assert (plain / "q.md").read_text() == md
+    assert json.loads((plain / "q.json").read_text()) == report
+    assert not (plain / "q.png").exists()
 
 
 def test_chart_is_skipped_without_matplotlib(tmp_path, monkeypatch):
-    import sys
-
     from hashsync.testing.benchmark import chart
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError

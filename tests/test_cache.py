@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hashsync import errors
+from hashsync.atomic import TMP_MARK
 from hashsync.cache import (
     CopyToLocalCache,
     LocalCache,
@@ -30,8 +31,6 @@ from hashsync.cache._config import ConfigError
 from hashsync.storage import ReadOnlyFilesystemStorage, SimpleLocalStorage
 from storage_helpers import serve_directory
 from sync_helpers import s3
-
-TMP_MARK = ".hashsync-tmp-"
 
 
 @pytest.fixture(autouse=True)

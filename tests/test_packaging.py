@@ -33,6 +33,16 @@ def test_sync_after_a_bare_import(tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+def test_stubbed_return_types_match_the_extension(tmp_path):
+    # stubtest checks names and signatures, not return types: these once drifted.
+    from hashsync import _native
+
+    (tmp_path / "f").write_bytes(b"x")
+    assert isinstance(_native.default_cache_dir(), Path)
+    assert isinstance(_native.scan(tmp_path).root, Path)
+    assert _native.diff([], []).unchanged == 0
+
+
 def test_public_names_are_exported_with_all():
     import hashsync
 

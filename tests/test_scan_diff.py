@@ -271,8 +271,10 @@ def test_two_processes_scanning_at_once(settled_tree, state_dir):
 # same brand-new HASHSYNC_CACHE_DIR at once: the window in which one creates the schema while
 # another looks at it is a few microseconds, and only a simultaneous start reaches it.
 FRESH_STATE_IN_CHILD = """
-import json, os, sys, time, traceback
+import json, os, sys, time, traceback, warnings
 import hashsync
+# The hash state falling back to "unavailable" (a warning) would hide a schema race.
+warnings.simplefilter("error")
 tree, work, me = sys.argv[1], sys.argv[2], sys.argv[3]
 n, rounds = int(sys.argv[4]), int(sys.argv[5])
 problems = []
@@ -294,6 +296,8 @@ for r in range(rounds):
             if call == "scan":
                 listing = hashsync.scan(tree, algorithm="sha256")
                 problems += [f"scan: {p}: {why}" for p, why in listing.errors]
+                if listing.stats["state_unavailable"]:
+                    problems.append("scan: hash state unavailable")
                 if len(listing) != 3:
                     problems.append(f"scan: {len(listing)} entries")
             else:

@@ -62,6 +62,35 @@ def test_unreadable_source_entries_suppress_delete(tmp_path):
     assert "deleted nothing" in r.stderr
 
 
+def test_a_source_file_changing_while_hashed_suppresses_delete(tmp_path):
+    # A file whose stat moves under the hasher is left out of the listing as a scan error;
+    # its destination copy (and everything else) must survive --delete.
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"ok.txt": b"o"})
+    (src / "busy.bin").write_bytes(os.urandom(64 * MIB))
+    write_tree(dst, {"ok.txt": b"o", "busy.bin": b"old", "extra": b"x"})
+    stop = threading.Event()
+
+    def touch() -> None:
+        ns = time.time_ns()
+        while not stop.is_set():
+            ns += 1_000
+            os.utime(src / "busy.bin", ns=(ns, ns))
+
+    toucher = threading.Thread(target=touch)
+    toucher.start()
+    try:
+        result = sync(src, dst, delete=True)
+    finally:
+        stop.set()
+        toucher.join()
+    assert [p for p, _ in result.scan_errors] == ["busy.bin"], result.scan_errors
+    assert "changed while being hashed" in result.scan_errors[0][1]
+    assert result.delete_suppressed and result.deleted == []
+    assert not result.ok
+    assert (dst / "busy.bin").read_bytes() == b"old" and (dst / "extra").exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
 def test_unreadable_destination_entry_is_not_overwritten(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -273,6 +302,18 @@ def test_control_characters_in_keys_are_escaped(tmp_path):
     assert json.loads(r.stdout)["transferred"] == [nasty]  # JSON stays exact
     r = cli("diff", tmp_path / "src", tmp_path / "dst")
     assert "\x1b" not in r.stdout and "evil\\x1b" in r.stdout
+    # A failure line names the key too: escaped on the terminal, exact in JSON.
+    (tmp_path / "src3").mkdir()
+    (tmp_path / "src3" / nasty).write_bytes(b"z")
+    (tmp_path / "dst3" / nasty).mkdir(parents=True)
+    (tmp_path / "dst3" / nasty / "inside").write_bytes(b"keep")
+    r = cli("sync", tmp_path / "src3", tmp_path / "dst3")
+    assert r.returncode == 2, r.stderr
+    assert "\x1b" not in r.stderr + r.stdout and "\r" not in r.stderr + r.stdout
+    assert "evil\\x1b]0;owned" in r.stderr
+    r = cli("sync", tmp_path / "src3", tmp_path / "dst3", "--json")
+    assert [f["key"] for f in json.loads(r.stdout)["failed"]] == [nasty]
+    assert (tmp_path / "dst3" / nasty / "inside").read_bytes() == b"keep"
 
 
 # -- 11. listings the request did not ask for, and names like ours ------------------------------

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
+from pathlib import Path
 from typing import Final, Literal, Self, final, overload
 
 from typing_extensions import Buffer
@@ -295,7 +296,7 @@ class Listing:
         are correct either way).
         """
     @property
-    def root(self) -> str | None:
+    def root(self) -> Path | None:
         """The scanned directory (None for listings built from entries)."""
     @property
     def algorithm(self) -> str | None:
@@ -400,7 +401,7 @@ def tree_hash(
         InvalidArgument: Part of the tree could not be read (the message names it).
     """
 
-def default_cache_dir() -> str:
+def default_cache_dir() -> Path:
     """``$HASHSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/hashsync``, else ``~/.cache/hashsync``."""
 
 def filter_paths(paths: Iterable[str], filters: Iterable[tuple[str, str]]) -> list[bool]:

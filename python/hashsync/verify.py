@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import hashsync
 from hashsync.errors import IntegrityError, InvalidArgument
 
-__all__ = ["is_content_etag", "parse_digest", "verify_file"]
+__all__ = ["content_matches_etag", "is_content_etag", "parse_digest", "verify_file"]
 
 # An ETag that is an MD5 of the content (single part) or of the part MD5s ("-N").
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
@@ -29,6 +29,17 @@ def is_content_etag(etag: str) -> bool:
     ETags of objects encrypted with SSE-KMS/SSE-C, or made up by a server, are not.
     """
     return _MD5_ETAG.match(etag) is not None
+
+
+def content_matches_etag(
+    path: str | os.PathLike[str], etag: str, *, part_sizes: Sequence[int] = ()
+) -> bool:
+    """Whether the file's content is what the MD5-based S3 ``etag`` names.
+
+    A multipart ETag is tried with each of ``part_sizes``, then with the part sizes inferred
+    from its ``-N``. An ETag that is not MD5-based (see :func:`is_content_etag`) never matches.
+    """
+    return is_content_etag(etag) and _etag_ok(path, etag, part_sizes, None, None)
 
 
 def parse_digest(value: str) -> tuple[str, str]:

@@ -33,7 +33,7 @@ from hashsync.errors import (
 )
 from hashsync.storage.base import Storage, reporting_progress, validate_key
 from hashsync.storage.local import LocalStorage, SimpleLocalStorage
-from hashsync.verify import is_content_etag
+from hashsync.verify import content_matches_etag
 
 __all__ = [
     "Cache",
@@ -500,7 +500,7 @@ class _IndexedCache(Cache):
         Returns:
             ``{"dropped", "orphans", "temporaries", "objects", "evicted"}``: what went.
         """
-        from hashsync.atomic import TMP_MARK, cleanup_stale_temporaries
+        from hashsync.atomic import TMP_MARK, cleanup_stale_temporaries, is_internal_name
 
         dropped, _ = self.index.reconcile()
         root = self.storage.root
@@ -515,7 +515,7 @@ class _IndexedCache(Cache):
                 if any(TMP_MARK in name for name in files):
                     temporaries += [str(p) for p in cleanup_stale_temporaries(here)]
                 for name in files:
-                    if TMP_MARK in name or name.endswith(".hashsync-lock"):
+                    if is_internal_name(name):
                         continue
                     key = (here / name).relative_to(root).as_posix()
                     if key not in known:
@@ -871,14 +871,8 @@ class CopyToLocalCache(_IndexedCache):
 
 def _content_has_hash(path: Path, current: str, storage: Storage) -> bool:
     """Whether the local file's content is what the source's hash ``current`` names."""
-    if not is_content_etag(current):
-        return False
     part_size = getattr(storage, "part_size", hashsync.DEFAULT_PART_SIZE)
-    if "-" not in current:
-        return hashsync.hash_file(path, "md5") == current
-    return hashsync.etag(path, part_size=part_size) == current or hashsync.etag_matches(
-        path, current
-    )
+    return content_matches_etag(path, current, part_sizes=[part_size])
 
 
 class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):

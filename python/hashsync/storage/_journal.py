@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import hashsync
-from hashsync.atomic import _HOST, _pid_alive
+from hashsync.atomic import _HOST, _pid_alive, temporary_path
 
 __all__ = ["UploadJournal", "journal"]
 
@@ -55,7 +55,7 @@ class UploadJournal:
         path = self.directory / name
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = temporary_path(path)
             tmp.write_text(json.dumps(body))
             os.replace(tmp, path)
         except OSError:

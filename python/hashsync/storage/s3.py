@@ -1191,8 +1191,8 @@ class S3Storage(ReadWriteStorage):
 
     def transfer_from(self, key: str, source: Storage) -> None:
         """Upload, server-side copy (from S3 on the same endpoint), or copy through a temp dir."""
-        if isinstance(source, S3Storage):
-            self.copy_object_from(source, key)
+        if self.can_copy_server_side(source):
+            self.copy_object_from(source, key)  # type: ignore[arg-type]
             return
         super().transfer_from(key, source)
 

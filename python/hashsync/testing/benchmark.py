@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hashsync
 from hashsync.errors import MissingDependency, missing_extra
@@ -549,33 +550,45 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line(p, quick=args.quick),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    md = markdown(meta, summary, checks)
-    # The results first: a missing plotting library must not lose minutes of measurements.
-    (args.out / f"{stem}.md").write_text(md)
-    (args.out / f"{stem}.json").write_text(
-        json.dumps(
-            {"meta": meta, "summary": summary, "checks": checks, "runs": [vars(r) for r in runs]},
-            indent=2,
-        )
-    )
-    charted = chart(
-        summary,
-        args.out / f"{stem}.png",
+    title = (
         f"{p.files:,} files + {p.big_files}x{p.big_mib} MiB on SeaweedFS, {meta['cpu']}, "
-        f"{meta['cores']} cores",
+        f"{meta['cores']} cores"
     )
+    write_report(args.out, stem, meta, summary, checks, [vars(r) for r in runs], title)
+    return 0
+
+
+def write_report(
+    out: Path,
+    stem: str,
+    meta: dict[str, Any],
+    summary: dict[str, Any],
+    checks: dict[str, Any],
+    runs: list[dict[str, Any]],
+    title: str,
+) -> bool:
+    """Write ``stem``.md and .json into ``out``, then the chart; return whether it was drawn.
+
+    The results come first: a missing plotting library must not lose minutes of measurements.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(meta, summary, checks)
+    (out / f"{stem}.md").write_text(md)
+    (out / f"{stem}.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "checks": checks, "runs": runs}, indent=2)
+    )
+    charted = chart(summary, out / f"{stem}.png", title)
     print()
     print(md)
     if charted:
-        print(f"({meta['seconds']} s; report in {args.out}/{stem}.md, .json, .png)")
+        print(f"({meta['seconds']} s; report in {out}/{stem}.md, .json, .png)")
     else:
-        print(f"({meta['seconds']} s; report in {args.out}/{stem}.md and .json)")
+        print(f"({meta['seconds']} s; report in {out}/{stem}.md and .json)")
         print(
             "chart skipped: matplotlib is not installed (pip install 'hashsync[bench]')",
             file=sys.stderr,
         )
-    return 0
+    return charted
 
 
 if __name__ == "__main__":

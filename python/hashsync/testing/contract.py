@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import hashsync
+from hashsync.atomic import is_internal_name
 from hashsync.errors import NotFound, PermissionDenied, PreconditionFailed
 from hashsync.storage import (
     ReadOnlyStorage,
@@ -57,7 +58,7 @@ def blob(size: int) -> bytes:
 
 def temp_leftovers(directory: Path) -> list[str]:
     """Names of hashsync's temporaries and locks left anywhere under ``directory``."""
-    return [p.name for p in directory.rglob("*") if ".hashsync-" in p.name]
+    return [p.name for p in directory.rglob("*") if is_internal_name(p.name)]
 
 
 class StorageContract:
