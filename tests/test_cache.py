@@ -124,6 +124,23 @@ def test_identical_content_is_stored_once_and_counted_once(tmp_path):
     assert not any((tmp_path / "cache" / ".hashsync-cache" / "objects").rglob("*.*"))
 
 
+def test_putting_the_same_content_again_keeps_one_copy_and_no_debris(tmp_path):
+    # rename(2) between two names of one file does nothing: a re-publish of content the key
+    # already links to once left the temporary name behind and dropped the shared copy.
+    cache = LocalCache(tmp_path / "cache")
+    f = tmp_path / "f"
+    f.write_bytes(b"same" * 1000)
+    for _ in range(3):
+        path = cache.put("k.bin", f)
+    objects = [p for p in (tmp_path / "cache" / ".hashsync-cache" / "objects").rglob("*")]
+    objects = [p for p in objects if p.is_file()]
+    assert len(objects) == 1 and objects[0].stat().st_ino == path.stat().st_ino
+    assert not [p for p in (tmp_path / "cache").rglob("*") if TMP_MARK in p.name]
+    assert cache.stats().bytes == 4000 == disk_bytes(tmp_path / "cache")
+    cache.put("other.bin", f)  # a second key still shares the one copy
+    assert cache.stats().bytes == 4000 == disk_bytes(tmp_path / "cache")
+
+
 def test_pinned_entries_are_never_evicted(tmp_path):
     cache = LocalCache(tmp_path / "cache", max_size_bytes=3000)
     for i in range(3):

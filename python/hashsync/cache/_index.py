@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NUL
 """
 
 _COUNTERS = ("bytes", "hits", "misses", "evictions")
+_OPEN_TIMEOUT = 120.0  # seconds to wait for other processes opening or writing the index
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,14 @@ class Entry:
 _COLUMNS = ", ".join(Entry.__dataclass_fields__)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = a.stat(), b.lstat()
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _entry(row: tuple[Any, ...] | None) -> Entry | None:
     if row is None:
         return None
@@ -148,7 +157,7 @@ class Index:
         if db is not None and getattr(self._local, "pid", None) == os.getpid():
             return db
         try:
-            db = self._open()
+            db = self._open_when_free()
         except sqlite3.DatabaseError as exc:
             if "not a database" not in str(exc) and "malformed" not in str(exc):
                 raise FileSystemError(
@@ -169,14 +178,31 @@ class Index:
                 HashsyncWarning,
                 stacklevel=3,
             )
-            db = self._open()
+            db = self._open_when_free()
         self._local.db = db
         self._local.pid = os.getpid()
         return db
 
+    def _open_when_free(self) -> sqlite3.Connection:
+        # Switching a new database to WAL takes a lock that SQLite's busy handler does not
+        # wait for: processes opening a fresh cache together get "database is locked" at once.
+        deadline = time.monotonic() + _OPEN_TIMEOUT
+        delay = 0.005
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+            delay = min(delay * 2, 0.25)
+
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(
-            self.meta / "index.db", timeout=120.0, isolation_level=None, check_same_thread=True
+            self.meta / "index.db",
+            timeout=_OPEN_TIMEOUT,
+            isolation_level=None,
+            check_same_thread=True,
         )
         try:
             try:
@@ -295,18 +321,16 @@ class Index:
             old = _entry(
                 db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
             )
-            freed = 0
-            if old is not None:
-                db.execute("DELETE FROM entries WHERE key = ?", (key,))
-                freed = self._charge(db, old)
-            added = st.st_size
-            if (
+            # Paid for already when any entry (the replaced one too) links this content.
+            paid = (
                 linked
                 and db.execute(
                     "SELECT 1 FROM entries WHERE digest = ? AND linked LIMIT 1", (digest,)
                 ).fetchone()
-            ):
-                added = 0  # the content is already paid for
+            )
+            added = 0 if paid else st.st_size
+            if old is not None:
+                db.execute("DELETE FROM entries WHERE key = ?", (key,))
             entry = Entry(
                 key, st.st_size, st.st_ino, st.st_mtime_ns, digest, linked, version, source,
                 modified_ns, now, now,
@@ -315,6 +339,8 @@ class Index:
                 f"INSERT INTO entries ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
                 (*_values(entry),),
             )
+            # Charged after the new row exists: content it shares with the old one stays.
+            freed = self._charge(db, old) if old is not None else 0
             db.execute(
                 "UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added - freed,)
             )
@@ -336,9 +362,12 @@ class Index:
         except FileExistsError:
             if self._object_trusted(db, obj, digest):
                 # Same content already stored: the key becomes another name for it.
-                shared = temporary_path(final)
-                os.link(obj, shared)
-                os.replace(shared, final)
+                if not _same_file(obj, final):
+                    shared = temporary_path(final)
+                    os.link(obj, shared)
+                    # (rename(2) onto another name of the same file does nothing and leaves
+                    # the source name: hence the check above.)
+                    os.replace(shared, final)
                 tmp.unlink()
                 return True
             # A copy no entry vouches for (altered, or left by a crash): ours replaces it.
