@@ -421,11 +421,18 @@ pub fn default_threads() -> usize {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .unwrap_or_else(cpus)
+}
+
+/// The CPUs this process may use, asked once: `available_parallelism` reads cgroup files
+/// (several syscalls), which per `hash_file` call was most of the cost of hashing a small file.
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// Hashes every path; results are in input order. With `fail_fast`, the first error cancels the

@@ -306,6 +306,8 @@ class KeyLock:
         self._token = secrets.token_hex(8)
         self._stop: threading.Event | None = None
         self._ino = -1
+        #: Whether ``__enter__`` found the lock held and had to wait (or break it).
+        self.waited = False
 
     def __enter__(self) -> KeyLock:
         deadline = time.monotonic() + self.timeout
@@ -323,6 +325,7 @@ class KeyLock:
             try:
                 fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
+                self.waited = True
                 self._break_if_stale()
             except FileNotFoundError:
                 self.lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -437,8 +440,12 @@ class _LeaseRefresher:
                     every = self._held[p][0]
                     self._held[p] = (every, now + every)
                 # Waking on a fixed period (the shortest one held) instead of at each due time
-                # keeps hold() from waking this thread for every short lease.
-                self._period = min((every for every, _ in self._held.values()), default=60.0)
+                # keeps hold() from waking this thread for every short lease; with nothing
+                # held the period stays, or the next hold() would wake it (a GIL handoff per
+                # cached download).
+                self._period = min(
+                    (every for every, _ in self._held.values()), default=self._period
+                )
             for p in due:
                 with contextlib.suppress(OSError):
                     os.utime(p)

@@ -137,6 +137,7 @@ class Index:
         self.dedup = dedup
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._buckets: set[str] = set()  # object directories known to exist
         self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             self.meta.mkdir(parents=True, exist_ok=True)
@@ -212,6 +213,8 @@ class Index:
                     raise
                 # A filesystem without shared memory (some network mounts): rollback journal.
             db.execute("PRAGMA synchronous=NORMAL")
+            # Reads through a shared mapping instead of one pread per page and statement.
+            db.execute("PRAGMA mmap_size=268435456")
             db.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA.split(";"):
@@ -318,19 +321,22 @@ class Index:
         with self.transaction() as db:
             linked = self._link_content(db, tmp, final, digest)
             st = final.stat()
-            old = _entry(
-                db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
-            )
-            # Paid for already when any entry (the replaced one too) links this content.
-            paid = (
-                linked
-                and db.execute(
-                    "SELECT 1 FROM entries WHERE digest = ? AND linked LIMIT 1", (digest,)
-                ).fetchone()
-            )
-            added = 0 if paid else st.st_size
-            if old is not None:
+            # One statement for what a cold insert needs to know (each one is a GIL handoff
+            # in a pool of downloading threads): the bytes counted, whether any entry (the
+            # replaced one too) already pays for this content, whether the key had an entry.
+            before, paid, replaces = db.execute(
+                "SELECT (SELECT value FROM counters WHERE name = 'bytes'), "
+                "EXISTS(SELECT 1 FROM entries WHERE digest = ? AND linked), "
+                "EXISTS(SELECT 1 FROM entries WHERE key = ?)",
+                (digest, key),
+            ).fetchone()
+            old = None
+            if replaces:
+                old = _entry(
+                    db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
+                )
                 db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            added = 0 if linked and paid else st.st_size
             entry = Entry(
                 key, st.st_size, st.st_ino, st.st_mtime_ns, digest, linked, version, source,
                 modified_ns, now, now,
@@ -344,8 +350,7 @@ class Index:
             db.execute(
                 "UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added - freed,)
             )
-            # (Not UPDATE ... RETURNING: that needs SQLite 3.35, older than some distributions.)
-            total = db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0]
+            total = int(before) + added - freed
             self.add_counts(db, counts)
             evicted = self._evict(db, max_bytes, keep=key) if total > max_bytes else 0
         return entry, evicted
@@ -356,9 +361,8 @@ class Index:
             os.replace(tmp, final)
             return False
         obj = self.objects / digest[:2] / digest
-        obj.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(tmp, obj)
+            self._link_object(tmp, obj)
         except FileExistsError:
             if self._object_trusted(db, obj, digest):
                 # Same content already stored: the key becomes another name for it.
@@ -380,6 +384,17 @@ class Index:
             return False
         os.replace(tmp, final)
         return True
+
+    def _link_object(self, tmp: Path, obj: Path) -> None:
+        if obj.parent.name not in self._buckets:
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            self._buckets.add(obj.parent.name)
+        try:
+            os.link(tmp, obj)
+        except FileNotFoundError:
+            # Its directory went (the cache directory was emptied by hand): make it again.
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            os.link(tmp, obj)
 
     def _object_trusted(self, db: sqlite3.Connection, obj: Path, digest: str) -> bool:
         row = db.execute(
