@@ -13,7 +13,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -119,7 +118,7 @@ class Cache(abc.ABC):
         keys = list(keys)
         if not keys:
             return []
-        from hashsync._progress import byte_progress
+        from hashsync._progress import _quiet, byte_progress
 
         with byte_progress(f"fetching {len(keys)} files", enabled=progress) as bar:
             done = [0]
@@ -134,16 +133,13 @@ class Cache(abc.ABC):
                 with reporting_progress(moved):
                     return self.get(key)
 
+            if bar is _quiet:
+                one = self.get  # no bar drawn: no byte counting per chunk either
+
             workers = max(1, min(self.num_workers, len(keys)))
             if workers == 1:
                 return [one(k) for k in keys]
-            with ThreadPoolExecutor(workers, thread_name_prefix="hashsync-cache") as pool:
-                futures = [pool.submit(one, k) for k in keys]
-                errors = [f.exception() for f in futures]
-                for error in errors:
-                    if error is not None:
-                        raise error
-                return [f.result() for f in futures]
+            return _run_on_threads(one, keys, workers)
 
     @abc.abstractmethod
     def stats(self) -> CacheStats:
@@ -171,6 +167,49 @@ class Cache(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _run_on_threads(fn: Callable[[str], Path], keys: list[str], workers: int) -> list[Path]:
+    """``[fn(k) for k in keys]`` on ``workers`` threads that take the next key when free.
+
+    No future per key: with thousands of small files, creating futures and waking the caller
+    on every completion cost as much GIL time as the downloads' own bookkeeping. A failed key
+    does not stop the others; the first failure (in key order) is raised once all are done.
+    Ctrl-C stops handing out keys, lets the running ones finish, and is re-raised.
+    """
+    results: list[Path | None] = [None] * len(keys)
+    errors: list[BaseException | None] = [None] * len(keys)
+    todo = iter(range(len(keys)))  # next() on a range iterator is atomic under the GIL
+    stop = threading.Event()
+
+    def work() -> None:
+        for i in todo:
+            if stop.is_set():
+                return
+            try:
+                results[i] = fn(keys[i])
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+                errors[i] = exc
+
+    threads = [
+        threading.Thread(target=work, name=f"hashsync-cache-{n}", daemon=True)
+        for n in range(workers)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except BaseException:
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    for error in errors:
+        if error is not None:
+            raise error
+    return results  # type: ignore[return-value]
 
 
 class WriteableCache(Cache):
@@ -299,8 +338,6 @@ class _Inbox(LocalStorage):
         tmp = temporary_path(final)
         try:
             version = fill(tmp)
-            if not tmp.exists():
-                tmp.touch()  # a 0-byte copy may never open its file
             self.entry = self._cache._publish(
                 self._key,
                 tmp,
@@ -308,9 +345,10 @@ class _Inbox(LocalStorage):
                 version=version if isinstance(version, str) else None,
                 source=self._source,
             )
-        finally:
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+            raise
 
 
 class _IndexedCache(Cache):
@@ -415,20 +453,23 @@ class _IndexedCache(Cache):
     def _publish(
         self, key: str, tmp: Path, final: Path, *, version: str | None, source: str
     ) -> Entry:
-        size = tmp.stat().st_size
-        if size > self.max_size_bytes:
-            raise InvalidArgument(
-                f"{key!r} ({size} bytes) is larger than the cache's budget of "
-                f"{self.max_size_bytes} bytes"
-            )
-        digest = hashsync.hash_file(tmp, "blake3")
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            modified_ns = os.fstat(fd).st_mtime_ns
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:
+            tmp.touch()  # a 0-byte copy may never open its file
+            fd = os.open(tmp, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if st.st_size > self.max_size_bytes:
+                raise InvalidArgument(
+                    f"{key!r} ({st.st_size} bytes) is larger than the cache's budget of "
+                    f"{self.max_size_bytes} bytes"
+                )
             os.fchmod(fd, _ENTRY_MODE if self.shared else _ENTRY_MODE & ~_umask())
             os.fsync(fd)
         finally:
             os.close(fd)
+        digest = hashsync.hash_file(tmp, "blake3")
         counts = self._due_counts()
         entry, _ = self.index.publish(
             key,
@@ -437,7 +478,8 @@ class _IndexedCache(Cache):
             digest=digest,
             version=version,
             source=source,
-            modified_ns=modified_ns,
+            modified_ns=st.st_mtime_ns,
+            stat=st,
             max_bytes=self.max_size_bytes,
             counts=counts,
         )

@@ -309,18 +309,21 @@ class Index:
         version: str | None,
         source: str | None,
         modified_ns: int,
+        stat: os.stat_result,
         max_bytes: int,
         counts: dict[str, int],
     ) -> tuple[Entry, int]:
         """Rename the verified ``tmp`` to ``final`` as ``key``'s entry, then keep the budget.
+
+        ``stat`` is ``tmp``'s (a rename keeps inode, size and mtime).
 
         Returns:
             The new entry and how many entries were evicted to make room.
         """
         now = time.time_ns()
         with self.transaction() as db:
-            linked = self._link_content(db, tmp, final, digest)
-            st = final.stat()
+            linked, shared = self._link_content(db, tmp, final, digest)
+            st = shared or stat
             # One statement for what a cold insert needs to know (each one is a GIL handoff
             # in a pool of downloading threads): the bytes counted, whether any entry (the
             # replaced one too) already pays for this content, whether the key had an entry.
@@ -355,16 +358,24 @@ class Index:
             evicted = self._evict(db, max_bytes, keep=key) if total > max_bytes else 0
         return entry, evicted
 
-    def _link_content(self, db: sqlite3.Connection, tmp: Path, final: Path, digest: str) -> bool:
-        """Move ``tmp`` to ``final``, sharing the content-addressed copy; True if linked."""
+    def _link_content(
+        self, db: sqlite3.Connection, tmp: Path, final: Path, digest: str
+    ) -> tuple[bool, os.stat_result | None]:
+        """Move ``tmp`` to ``final``, sharing the content-addressed copy.
+
+        Returns:
+            Whether ``final`` is linked to the copy, and the copy's stat when ``final`` became
+            another name of a copy stored before (else ``final`` is ``tmp``'s inode).
+        """
         if not self.dedup:
             os.replace(tmp, final)
-            return False
+            return False, None
         obj = self.objects / digest[:2] / digest
         try:
             self._link_object(tmp, obj)
         except FileExistsError:
-            if self._object_trusted(db, obj, digest):
+            stored = self._trusted_object(db, obj, digest)
+            if stored is not None:
                 # Same content already stored: the key becomes another name for it.
                 if not _same_file(obj, final):
                     shared = temporary_path(final)
@@ -373,7 +384,7 @@ class Index:
                     # the source name: hence the check above.)
                     os.replace(shared, final)
                 tmp.unlink()
-                return True
+                return True, stored
             # A copy no entry vouches for (altered, or left by a crash): ours replaces it.
             spare = temporary_path(obj)
             os.link(tmp, spare)
@@ -381,9 +392,9 @@ class Index:
         except OSError:
             # No hard links here (some FUSE and network filesystems): a plain copy.
             os.replace(tmp, final)
-            return False
+            return False, None
         os.replace(tmp, final)
-        return True
+        return True, None
 
     def _link_object(self, tmp: Path, obj: Path) -> None:
         if obj.parent.name not in self._buckets:
@@ -396,7 +407,13 @@ class Index:
             obj.parent.mkdir(parents=True, exist_ok=True)
             os.link(tmp, obj)
 
-    def _object_trusted(self, db: sqlite3.Connection, obj: Path, digest: str) -> bool:
+    def _trusted_object(
+        self, db: sqlite3.Connection, obj: Path, digest: str
+    ) -> os.stat_result | None:
+        """The stored copy's stat if an entry vouches for it, else None.
+
+        An entry vouches for ``obj`` when it links to it: same inode, mtime and size.
+        """
         row = db.execute(
             "SELECT ino, mtime_ns, size FROM entries WHERE digest = ? AND linked LIMIT 1",
             (digest,),
@@ -404,8 +421,10 @@ class Index:
         try:
             st = obj.stat()
         except OSError:
-            return False
-        return row is not None and (st.st_ino, st.st_mtime_ns, st.st_size) == tuple(row)
+            return None
+        if row is None or (st.st_ino, st.st_mtime_ns, st.st_size) != tuple(row):
+            return None
+        return st
 
     def _charge(self, db: sqlite3.Connection, gone: Entry) -> int:
         """Bytes freed by removing ``gone``'s row (already deleted); drops an unused copy."""

@@ -141,15 +141,17 @@ def _link_below(root: Path, path: Path) -> str | None:
     Listings skip links, so a key never names one: finding one means the tree changed
     since, or the key leads somewhere the listing did not look.
     """
-    current = root
-    for part in path.relative_to(root).parts:
-        current = current / part
+    # Strings, not Paths: this runs for every file a sync or a cache writes.
+    current = os.fspath(root)
+    parts = path.relative_to(root).parts
+    for i, part in enumerate(parts):
+        current = os.path.join(current, part)
         try:
             st = os.lstat(current)
         except (FileNotFoundError, NotADirectoryError):
             return None
         if stat.S_ISLNK(st.st_mode):
-            return current.relative_to(root).as_posix()
+            return "/".join(parts[: i + 1])
     return None
 
 
