@@ -38,7 +38,7 @@ demo: build ## Sync a dataset to a local S3 server; show the edit aws s3 sync mi
 hash-demo: build ## Hash a generated tree with hashsync and with hashlib, and compare
 	$(PY) examples/hash_demo.py
 
-bench: bench-micro bench-sync ## Run every benchmark and refresh the README's tables
+bench: bench-micro bench-sync bench-cache ## Run every benchmark and refresh the README's tables
 	$(PY) benches/update_readme.py
 
 bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~6 min)
@@ -46,8 +46,8 @@ bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~
 		--benchmark-json=benches/results/bench.json -q
 	$(PY) benches/report.py benches/results/bench.json | tee benches/results/latest.md
 
-bench-cache: build ## Cache get_many vs hashsync.sync, a boto3 loop and a process pool (~2 min)
-	$(PY) benches/cache_bench.py
+bench-cache: build ## Cache get_many vs hashsync.sync, a boto3 loop and a process pool (~4 min)
+	$(PY) benches/cache_bench.py --files 2000 --rounds 5
 
 bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
 	$(VENV)/bin/hashsync bench

@@ -8,13 +8,14 @@ Measured side by side in one run, each round in a fresh directory, medians repor
 - ``seed 004 pool``: seed 004's approach, a process pool calling ``download_file`` per key;
 - warm ``get`` of a cached key without revalidation (``max_age=None``), and with it (a HEAD).
 
-Run: ``make bench-cache`` (or ``python benches/cache_bench.py --files 2000 --rounds 3``).
+Run: ``make bench-cache`` (= ``python benches/cache_bench.py --files 2000 --rounds 5``).
 Writes ``benches/results/cache.md`` and ``cache.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import multiprocessing
 import os
@@ -147,8 +148,13 @@ def main() -> None:
 
     med = {name: statistics.median(v) for name, v in times.items()}
     base = med["hashsync get_many"]
+    # Rounds alternate the methods, so each round's pair ran on the same machine state.
+    paired = [
+        g / y for g, y in zip(times["hashsync get_many"], times["hashsync.sync"], strict=True)
+    ]
     lines = [
-        f"`get_many` of {args.files} objects of 4-64 KiB from SeaweedFS on 127.0.0.1, cold "
+        f"{datetime.date.today()}: `get_many` of {args.files} objects of 4-64 KiB from SeaweedFS "
+        f"on 127.0.0.1, cold "
         f"(fresh directory each round), medians of {args.rounds} rounds, "
         f"{os.cpu_count()} CPUs. Command: `python benches/cache_bench.py --files {args.files} "
         f"--rounds {args.rounds}` (`make bench-cache`).",
@@ -159,6 +165,11 @@ def main() -> None:
     for name, value in med.items():
         lines.append(f"| {name} | {value:.2f} | {value / base:.2f}x |")
     lines += [
+        "",
+        f"Ratios of the medians: `get_many` / `hashsync.sync` = "
+        f"{base / med['hashsync.sync']:.2f} (issue-12 target: at most 1.2); boto3 loop / "
+        f"`get_many` = {med['boto3 loop'] / base:.2f} (target: at least 3); "
+        f"per round, `get_many` / `hashsync.sync` ranged {min(paired):.2f}-{max(paired):.2f}.",
         "",
         f"Warm `get` of a cached key, no revalidation (`max_age=None`): "
         f"{statistics.median(warm) * 1e6:.1f} µs per call (median of 5 x {args.warm_calls}); "

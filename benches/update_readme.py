@@ -1,4 +1,4 @@
-"""Puts the latest benchmark tables into README.md, between the bench/sync marker comments."""
+"""Puts the latest benchmark tables into README.md, between the bench/sync/cache marker comments."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = {
     "bench": ROOT / "benches" / "results" / "latest.md",
     "sync": ROOT / "benches" / "results" / "sync.md",
+    "cache": ROOT / "benches" / "results" / "cache.md",
 }
 
 

@@ -215,3 +215,53 @@ def _s3(server, bucket):
         aws_secret_access_key=server.secret_key,
         part_size=5 * 2**20,
     )
+
+
+INTERRUPTED_IN_CHILD = """
+import sys
+from hashsync.cache import CopyToLocalCache
+from hashsync.storage import S3Storage
+endpoint, bucket, access, secret, root = sys.argv[1:]
+remote = S3Storage(bucket, endpoint_url=endpoint, aws_access_key_id=access,
+                   aws_secret_access_key=secret)
+cache = CopyToLocalCache([remote], root, num_workers=2)
+try:
+    cache.get_many([f"k/{i:03d}" for i in range(200)], progress=False)
+except KeyboardInterrupt:
+    print("interrupted", cache.stats().files, flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.s3
+def test_ctrl_c_stops_get_many_soon_and_leaves_only_whole_entries(s3_server, bucket, tmp_path):
+    client = s3_server.client()
+    bodies = {f"k/{i:03d}": os.urandom(5000 + i) for i in range(200)}
+    for key, body in bodies.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    root = tmp_path / "cache"
+    # 0.2 s per request: 200 keys on 2 threads would take 20 s.
+    with rewriting_proxy(s3_server.endpoint_url, delay=0.2) as url:
+        args = [url, bucket, s3_server.access_key, s3_server.secret_key, str(root)]
+        child = subprocess.Popen(
+            [sys.executable, "-c", INTERRUPTED_IN_CHILD, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(root.glob("k/*")):
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = child.communicate(timeout=30)
+        stopped = time.monotonic() - sent
+    assert child.returncode == 130, err
+    assert stopped < 5, f"took {stopped:.1f} s to stop"  # the running gets finish, no more start
+    held = int(out.split()[1])
+    assert 0 < held < 200
+    cache = CopyToLocalCache([_s3(s3_server, bucket)], root, max_age=None)
+    assert cache.stats().files == held
+    for entry in cache.entries():
+        assert cache.get(entry.key).read_bytes() == bodies[entry.key]
+    assert not [p for p in root.rglob("*") if TMP_MARK in p.name]
