@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,6 +126,26 @@ def test_wheel_in_a_fresh_venv_syncs_to_s3(fresh_venv, s3_server, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "back" / "d" / "a.txt").read_bytes() == b"hello"
+    # A cache named in a YAML config file (PyYAML is a declared dependency), and its CLI.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"default: data\ncaches:\n  data:\n    type: copy-to-local\n"
+        f"    storages: [s3://{bucket}/p]\n    directory: {tmp_path / 'cached'}\n"
+    )
+    env["HASHSYNC_CONFIG"] = str(config)
+    code = "from hashsync.cache import get_cache; print(get_cache().get('d/a.txt').read_text())"
+    r = subprocess.run(
+        [str(fresh_venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "hello", r.stderr
+    r = subprocess.run(
+        [hs, "cache", "stats", "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0 and json.loads(r.stdout)["files"] == 1, r.stdout + r.stderr
     # The benchmark's tools are an extra: one line naming it, no traceback.
     r = subprocess.run(
         [hs, "bench", "--quick"], capture_output=True, text=True, env=env, timeout=300
