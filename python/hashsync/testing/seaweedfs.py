@@ -462,6 +462,13 @@ class SeaweedFS:
             # The default 1 s pre-stop pause only helps real clusters drain; it makes every
             # test teardown a second slower.
             "-volume.preStopSeconds=0",
+            # Every bucket is a collection with volumes of its own. Left alone, weed mini sizes
+            # volumes from the disk (1 GiB on a 250 GB disk) and allows free space / volume size
+            # of them: about 70 buckets on a machine with 70 GB free, fewer on a fuller one,
+            # after which writes fail with InternalError "no free volumes left". Small sparse
+            # volumes and a fixed count make the limit independent of the machine.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=1000",
             # Real S3 answers NoSuchBucket; weed mini would quietly create the bucket for
             # the admin identity, hiding exactly the error paths tests want to exercise.
             "-s3.autoCreateBucket=false",
