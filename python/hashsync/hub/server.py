@@ -1,0 +1,292 @@
+"""The dataset hub server: share the subdirectories of one directory over HTTP.
+
+``hashsync serve ROOT`` (or ``python -m hashsync.hub``) runs :func:`create_app` on uvicorn. Each
+subdirectory of ROOT is a dataset. Endpoints (seed 002's, DSX Hub):
+
+- ``GET /datasets``: the dataset names;
+- ``GET /manifest/{dataset}``: ``[{"path", "size", "hash"}]``, ``hash`` the ``sha256:<hex>`` of
+  the whole content, computed by the Rust scan with the hash state cache (an unchanged dataset
+  is not re-read; an edited file is noticed on the next request); with an ETag (``304`` to
+  ``If-None-Match``) and gzip when accepted;
+- ``GET /file/{dataset}/{path}``: the file, with a strong ETag (its content hash),
+  Last-Modified, ``Range`` (206, 416 when unsatisfiable) and ``If-Range``;
+- ``GET /health`` and ``/docs``: without authentication.
+
+Every other endpoint wants ``Authorization: Bearer <key>``, compared in constant time with each
+configured key. Files are found through the dataset's manifest, never by joining the request's
+path onto ROOT: ``..``, absolute paths, percent-encoded or double-encoded variants, backslashes
+and symbolic links (which the scan does not follow) all name no manifest entry and get 404;
+every refusal is logged.
+
+Needs the ``hub`` extra (FastAPI, uvicorn).
+"""
+
+# No "from __future__ import annotations": FastAPI reads the endpoints' annotations at runtime,
+# and Request is imported inside create_app (the server's dependencies are an extra).
+
+import email.utils
+import errno
+import gzip
+import hmac
+import logging
+import os
+import stat
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hashsync.errors import InvalidArgument, missing_extra
+from hashsync.hub._manifest import Manifest, ManifestEntry, scan_dataset, valid_dataset_name
+
+__all__ = ["DatasetRoot", "create_app"]
+
+log = logging.getLogger("hashsync.hub")
+
+
+class DatasetRoot:
+    """The datasets under one directory, with their manifests kept current.
+
+    A manifest is rebuilt on every manifest request (cheap: the hash state cache re-reads only
+    changed files) and whenever a file request finds its file changed since the last scan.
+
+    Args:
+        root: The directory whose subdirectories are the datasets.
+        state_dir: Where the hash state cache lives (default ``$HASHSYNC_CACHE_DIR``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, state_dir: str | None = None) -> None:
+        self.root = Path(root).absolute()
+        if not self.root.is_dir():
+            raise InvalidArgument(f"dataset root {self.root} is not a directory")
+        self.state_dir = state_dir
+        self._manifests: dict[str, Manifest] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def datasets(self) -> list[str]:
+        """The dataset names: subdirectories of the root that are not hidden or links."""
+        names = []
+        with os.scandir(self.root) as it:
+            for entry in it:
+                if valid_dataset_name(entry.name) and entry.is_dir(follow_symlinks=False):
+                    names.append(entry.name)
+        return sorted(names)
+
+    def _directory(self, dataset: str) -> Path | None:
+        # Looked up among the listed names: the request's text is never joined onto the root.
+        if dataset not in self.datasets():
+            return None
+        return self.root / dataset
+
+    def manifest(self, dataset: str, *, fresh: bool = True) -> Manifest | None:
+        """The dataset's manifest (rescanned unless ``fresh`` is False), or None if unknown."""
+        directory = self._directory(dataset)
+        if directory is None:
+            return None
+        with self._guard:
+            lock = self._locks.setdefault(dataset, threading.Lock())
+        with lock:
+            if fresh or dataset not in self._manifests:
+                manifest = scan_dataset(directory, state_dir=self.state_dir)
+                for path, why in manifest.errors:
+                    log.warning("dataset %r: %s left out of the manifest: %s", dataset, path, why)
+                self._manifests[dataset] = manifest
+            return self._manifests[dataset]
+
+    def open_file(self, dataset: str, path: str) -> tuple[int, os.stat_result, ManifestEntry]:
+        """Open a dataset file by its manifest path: ``(fd, stat, current entry)``.
+
+        Raises:
+            FileNotFoundError: No such dataset, no such manifest entry, or the file is a link
+                or otherwise not the regular file the manifest names (logged as a refusal).
+        """
+        manifest = self.manifest(dataset, fresh=False)
+        if manifest is None:
+            raise _refused(dataset, path, "no such dataset")
+        entry = manifest.entries.get(path)
+        if entry is None:
+            raise _refused(dataset, path, "not in the dataset's manifest")
+        fd = self._open_entry(dataset, entry.path)
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            # Edited since the last scan: rescan (only this file is re-read) for its new hash.
+            os.close(fd)
+            manifest = self.manifest(dataset) or manifest
+            entry = manifest.entries.get(path)  # type: ignore[assignment]
+            if entry is None:
+                raise _refused(dataset, path, "no longer in the dataset")
+            fd = self._open_entry(dataset, entry.path)
+            st = os.fstat(fd)
+        return fd, st, entry
+
+    def _open_entry(self, dataset: str, relative: str) -> int:
+        # Component by component without following links: a directory swapped for a link
+        # after the scan must not lead out of the dataset.
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in [dataset, *relative.split("/")]:
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+                        raise _refused(dataset, relative, "a link, or gone") from None
+                    raise
+                os.close(fd)
+                fd = nxt
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _refused(dataset, relative, "not a regular file")
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _refused(dataset: str, path: str, why: str) -> FileNotFoundError:
+    log.warning("refused %r in dataset %r: %s", path, dataset, why)
+    return FileNotFoundError(errno.ENOENT, "not found")
+
+
+def create_app(
+    root: str | os.PathLike[str],
+    *,
+    api_keys: Sequence[str] = (),
+    no_auth: bool = False,
+    state_dir: str | None = None,
+) -> Any:
+    """Build the hub's FastAPI application.
+
+    Args:
+        root: The dataset root.
+        api_keys: Accepted Bearer keys (any of them).
+        no_auth: Serve without keys (only sensible on 127.0.0.1; :func:`serve` enforces that).
+        state_dir: Where the hash state cache lives.
+
+    Raises:
+        InvalidArgument: No keys and not ``no_auth``, or ``root`` is not a directory.
+        MissingDependency: FastAPI is not installed.
+    """
+    try:
+        from fastapi import Depends, FastAPI, HTTPException, Request
+        from fastapi.exception_handlers import http_exception_handler
+        from fastapi.responses import FileResponse, JSONResponse, Response
+        from starlette.exceptions import HTTPException as StarletteHTTPException
+    except ImportError:
+        raise missing_extra("the hub server", "hub") from None
+
+    keys = [k.encode() for k in api_keys if k]
+    if not keys and not no_auth:
+        raise InvalidArgument("the hub server needs an API key (HASHSYNC_HUB_API_KEY) or no_auth")
+    datasets = DatasetRoot(root, state_dir=state_dir)
+    app = FastAPI(
+        title="hashsync dataset hub",
+        description="Datasets shared by content hash (seed 002's DSX Hub API).",
+        version=_version(),
+    )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            # A path no route matches (e.g. an encoded "/" in a dataset name): a refusal too.
+            log.warning("refused %s %r: no such endpoint", request.method, request.url.path)
+        return await http_exception_handler(request, exc)
+
+    def authorized(request: Request) -> None:
+        if not keys:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        token = given.strip().encode()
+        # Every key is compared, in constant time, whatever matched: no timing tells which.
+        ok = False
+        for key in keys:
+            ok |= hmac.compare_digest(token, key)
+        if scheme.lower() != "bearer" or not ok:
+            log.warning("refused %s %s: missing or wrong API key", request.method, request.url.path)
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        """Liveness check (no authentication)."""
+        return {"status": "ok"}
+
+    @app.get("/datasets", dependencies=[Depends(authorized)])
+    def list_datasets() -> list[str]:
+        """The dataset names."""
+        return datasets.datasets()
+
+    @app.get("/manifest/{dataset}", dependencies=[Depends(authorized)])
+    def manifest(dataset: str, request: Request) -> Response:
+        """The dataset's files: ``[{"path", "size", "hash": "sha256:<hex>"}]``."""
+        m = datasets.manifest(dataset)
+        if m is None:
+            _refused(dataset, "", "no such dataset")
+            raise HTTPException(status_code=404, detail="no such dataset")
+        body, etag = m.body(), m.etag()
+        headers = {"ETag": etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+        if etag in _etags(request.headers.get("if-none-match", "")):
+            return Response(status_code=304, headers=headers)
+        if "gzip" in request.headers.get("accept-encoding", "").lower():
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, media_type="application/json", headers=headers)
+
+    @app.head("/file/{dataset}/{path:path}", include_in_schema=False)
+    @app.get("/file/{dataset}/{path:path}", dependencies=[Depends(authorized)])
+    def file(dataset: str, path: str, request: Request) -> Response:
+        """A file of the dataset (``Range`` and ``If-Range`` supported)."""
+        try:
+            fd, st, entry = datasets.open_file(dataset, path)
+        except FileNotFoundError:
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        return _file_response(
+            FileResponse,
+            fd,
+            datasets.root / dataset / entry.path,
+            st,
+            headers={
+                "ETag": '"' + entry.hash.partition(":")[2] + '"',
+                "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
+                "X-Hashsync-Hash": entry.hash,
+            },
+        )
+
+    return app
+
+
+def _file_response(
+    base: Any, fd: int, path: Path, st: os.stat_result, headers: dict[str, str]
+) -> Any:
+    """Starlette's FileResponse (Range, If-Range, 416, HEAD) over an already opened file.
+
+    It is served through ``/proc/self/fd`` (never the path again), so a name swapped for a link
+    after the checks changes nothing; the descriptor is closed once the response is done.
+    """
+    via_fd = os.path.isdir("/proc/self/fd")
+
+    class _Response(base):  # type: ignore[misc, valid-type]
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                os.close(fd)
+
+    return _Response(
+        f"/proc/self/fd/{fd}" if via_fd else path,
+        stat_result=st,
+        media_type="application/octet-stream",
+        headers=headers,
+    )
+
+
+def _etags(header: str) -> list[str]:
+    return [t.strip().removeprefix("W/") for t in header.split(",") if t.strip()]
+
+
+def _version() -> str:
+    import hashsync
+
+    return hashsync.__version__
