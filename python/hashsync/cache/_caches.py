@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 import hashsync
-from hashsync.atomic import KeyLock, cleanup_once, temporary_path
+from hashsync.atomic import KeyLock, cleanup_once, is_internal_name, temporary_path
 from hashsync.cache import _settings
 from hashsync.cache._index import META_DIR, Entry, Index
 from hashsync.errors import (
@@ -29,9 +29,10 @@ from hashsync.errors import (
     NotFound,
     PermissionDenied,
     StorageUnavailable,
+    UnsafePath,
 )
 from hashsync.storage.base import Storage, reporting_progress, validate_key
-from hashsync.storage.local import LocalStorage, SimpleLocalStorage
+from hashsync.storage.local import LocalStorage, SimpleLocalStorage, _link_below
 from hashsync.verify import content_matches_etag
 
 __all__ = [
@@ -258,6 +259,13 @@ class LocalReadOnlyCache(Cache):
             NotFound: The storage has no such file.
         """
         path: Path = self.storage.path(key)  # type: ignore[attr-defined]
+        where = _link_below(Path(self.storage.root), path)  # type: ignore[attr-defined]
+        if where is not None:
+            raise UnsafePath(
+                errno.ELOOP,
+                f"refusing to serve {key!r} from {self.storage!r}: {where!r} is a symbolic "
+                "link (it may lead outside the storage)",
+            )
         if not self.storage.exists(key):
             self._misses += 1
             raise NotFound(errno.ENOENT, f"key {key!r} not found in {self.storage!r}")
@@ -295,6 +303,29 @@ def _lists_hashes(storage: Storage) -> bool:
     return "hashes" in inspect.signature(storage.list).parameters
 
 
+_MAX_KEY_BYTES = 1024  # S3's limit; deeper keys would only fail later, less clearly
+
+
+def _check_cache_key(key: str) -> str:
+    """``key`` if a cache can hold it at its path, else InvalidArgument saying why."""
+    validate_key(key)
+    if key == META_DIR or key.startswith(META_DIR + "/"):
+        raise InvalidArgument(f"key {key!r} is reserved for the cache's own index")
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"key {key!r} is not valid UTF-8") from None
+    if len(raw) > _MAX_KEY_BYTES:
+        raise InvalidArgument(f"key of {len(raw)} bytes is longer than {_MAX_KEY_BYTES}")
+    for part in key.split("/"):
+        if len(part.encode()) > 255:
+            raise InvalidArgument(f"key {key!r} has a name longer than 255 bytes")
+        if is_internal_name(part):
+            # Scans, verify and prune take such names for hashsync's temporaries and locks.
+            raise InvalidArgument(f"key {key!r} is named like a hashsync temporary or lock file")
+    return key
+
+
 class _Inbox(LocalStorage):
     """The destination a source downloads one entry into.
 
@@ -313,6 +344,8 @@ class _Inbox(LocalStorage):
         self._key = key
         self._source = source
         self.entry: Entry | None = None
+
+    _same_file_is_done = False  # a file already at the key's path still has to be recorded
 
     def path(self, key: str) -> Path:
         return self._cache.storage.path(self._key)
@@ -334,6 +367,14 @@ class _Inbox(LocalStorage):
             raise InvalidArgument(
                 f"cannot cache key {self._key!r}: a parent path is a cached file"
             ) from None
+        except PermissionError as exc:
+            raise PermissionDenied(
+                errno.EACCES, f"cannot write {self._key!r} in {self._cache!r}: {exc.strerror}"
+            ) from None
+        if final.is_dir() and not final.is_symlink():
+            raise InvalidArgument(
+                f"cannot cache key {self._key!r}: it is a directory of other cached keys"
+            )
         cleanup_once(final.parent)
         tmp = temporary_path(final)
         try:
@@ -387,7 +428,7 @@ class _IndexedCache(Cache):
         if self.shared:
             with contextlib.suppress(OSError):
                 os.chmod(self.storage.root, 0o2775)
-        self.index = Index(self.storage.root, dedup=self.dedup)
+        self.index = Index(self.storage.root, dedup=self.dedup, shared=self.shared)
         self._pending = {"hits": 0, "misses": 0}
         self._pending_lock = threading.Lock()
         self._flushed = time.monotonic()
@@ -428,9 +469,7 @@ class _IndexedCache(Cache):
         return self._take_counts()
 
     def _path(self, key: str) -> Path:
-        validate_key(key)
-        if key == META_DIR or key.startswith(META_DIR + "/"):
-            raise InvalidArgument(f"key {key!r} is reserved for the cache's own index")
+        _check_cache_key(key)
         return self.storage.path(key)
 
     def _intact(self, key: str, path: Path) -> Entry | None:
@@ -619,6 +658,9 @@ class _IndexedCache(Cache):
         """
         from hashsync.atomic import INTERNAL_RULES
 
+        # The entries first: one published while the scan runs is not judged by a listing
+        # that could not see it.
+        entries = self.index.entries()
         listing = hashsync.scan(
             self.storage.root,
             algorithm="blake3",
@@ -626,23 +668,30 @@ class _IndexedCache(Cache):
             progress=progress,
         )
         corrupt: list[str] = []
-        entries = self.index.entries()
         for entry in entries:
             found = listing.find(entry.key)
-            if found is None or found.size != entry.size or found.digest != entry.digest:
+            if found is not None and found.size == entry.size and found.digest == entry.digest:
+                continue
+            path = self.storage.path(entry.key)
+            with self.index.transaction() as db:
+                now = self.index.lookup(entry.key)
+                if now is None or (now.ino, now.mtime_ns, now.digest) != (
+                    entry.ino,
+                    entry.mtime_ns,
+                    entry.digest,
+                ):
+                    continue  # replaced (or removed) since the snapshot: not what was checked
+                gone = self.index._remove(db, entry.key)
                 corrupt.append(entry.key)
-                path = self.storage.path(entry.key)
-                with self.index.transaction() as db:
-                    gone = self.index._remove(db, entry.key)
-                    if gone is not None:
-                        with contextlib.suppress(OSError):
-                            st = path.lstat()
-                            if st.st_ino == gone.ino:
-                                path.unlink()
-                        obj = self.index.objects / gone.digest[:2] / gone.digest
-                        with contextlib.suppress(OSError):
-                            if obj.stat().st_ino == gone.ino:
-                                obj.unlink()
+                if gone is not None:
+                    with contextlib.suppress(OSError):
+                        st = path.lstat()
+                        if st.st_ino == gone.ino:
+                            path.unlink()
+                    obj = self.index.objects / gone.digest[:2] / gone.digest
+                    with contextlib.suppress(OSError):
+                        if obj.stat().st_ino == gone.ino:
+                            obj.unlink()
         return {"checked": len(entries), "corrupt": corrupt}
 
     def close(self) -> None:
@@ -697,7 +746,7 @@ class LocalCache(_IndexedCache, WriteableCache):
             InvalidArgument: It is larger than the whole budget.
         """
         path = self._path(key)
-        source = Path(file).expanduser().absolute()
+        source = _source_file(file)
         inbox = _Inbox(self, key, "put")
         inbox._import(key, source)
         return path
@@ -769,6 +818,9 @@ class CopyToLocalCache(_IndexedCache):
         self._offline = offline
         if local_storage is None:
             local_storage = _settings.caches_dir() / "default"
+        if not isinstance(local_storage, LocalStorage):
+            local_storage = SimpleLocalStorage(local_storage)
+        _refuse_overlap(tiers, local_storage)
         super().__init__(
             local_storage,
             max_size_bytes=max_size_bytes,
@@ -906,6 +958,9 @@ class CopyToLocalCache(_IndexedCache):
             except (StorageUnavailable, PermissionDenied) as exc:
                 errors.append(exc)
                 continue
+            except PermissionError as exc:  # a local tier's file that this user cannot read
+                errors.append(PermissionDenied(errno.EACCES, f"{storage!r}: {exc}"))
+                continue
             return path
         # Nowhere to be had: a copy whose source says it is gone must not be served.
         if errors and all(isinstance(e, NotFound) for e in errors):
@@ -923,6 +978,23 @@ class CopyToLocalCache(_IndexedCache):
 
     def _where(self) -> str:
         return ", ".join(repr(s) for s in self.read_storages)
+
+
+def _refuse_overlap(tiers: list[Storage], local: LocalStorage) -> None:
+    """Refuse a tier that is the cache's own directory, or inside it, or around it.
+
+    Publishing makes entries read-only hard links and ``prune`` removes what is not an entry:
+    done to a tier, that would change or delete the source data.
+    """
+    here = local.location()
+    for tier in tiers:
+        there = tier.location()
+        if here is None or there is None or here[0] != there[0]:
+            continue
+        if here[1].startswith(there[1]) or there[1].startswith(here[1]):
+            raise InvalidArgument(
+                f"{tier!r} and the cache directory {local!r} overlap; keep the cache elsewhere"
+            )
 
 
 def _content_has_hash(path: Path, current: str, storage: Storage) -> bool:
@@ -968,13 +1040,25 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
             StorageUnavailable: The remote could not be reached (nothing changed locally).
         """
         path = self._path(key)
-        source = Path(file).expanduser().absolute()
+        source = _source_file(file)
+        size = source.stat().st_size
+        if size > self.max_size_bytes:
+            raise InvalidArgument(
+                f"{key!r} ({size} bytes) is larger than the cache's budget of "
+                f"{self.max_size_bytes} bytes; nothing was uploaded"
+            )
         self.remote_storage.copy_from(key, _SingleFile(source))  # type: ignore[attr-defined]
-        version = self.remote_storage.get_hash(key)
-        # The local entry is the remote's new version: taken from the local file (the same
-        # bytes, no download) and kept only if it is what the remote now names.
-        inbox = _Inbox(self, key, repr(self.remote_storage))
-        inbox._import(key, source)
+        # From here the remote holds the new version: a local copy of the old one must go
+        # whatever happens next.
+        try:
+            version = self.remote_storage.get_hash(key)
+            # The local entry is the remote's new version: taken from the local file (the
+            # same bytes, no download) and kept only if it is what the remote now names.
+            inbox = _Inbox(self, key, repr(self.remote_storage))
+            inbox._import(key, source)
+        except BaseException:
+            self.index.remove(key)
+            raise
         if _content_has_hash(path, version, self.remote_storage):
             self.index.validated(key, time.time_ns(), version)
         else:
@@ -994,6 +1078,24 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
         except NotFound:
             if not found:
                 raise
+
+
+def _source_file(file: str | os.PathLike[str]) -> Path:
+    """The regular file to ``put``, or NotFound / InvalidArgument / PermissionDenied."""
+    source = Path(file).expanduser().absolute()
+    try:
+        st = source.stat()
+    except FileNotFoundError:
+        raise NotFound(errno.ENOENT, f"no such file to put: {str(source)!r}") from None
+    except PermissionError as exc:
+        raise PermissionDenied(
+            errno.EACCES, f"cannot read {str(source)!r}: {exc.strerror}"
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgument(f"can only put a regular file, not {str(source)!r}")
+    if not os.access(source, os.R_OK):
+        raise PermissionDenied(errno.EACCES, f"cannot read {str(source)!r}: permission denied")
+    return source
 
 
 class _SingleFile(LocalStorage):

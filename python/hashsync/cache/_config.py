@@ -53,6 +53,22 @@ _KEYS = {
     "endpoint_url",
 }
 
+# What each setting may be (YAML gives ints, strings, lists, booleans).
+_KINDS: dict[str, tuple[type, ...]] = {
+    "type": (str,),
+    "storages": (str, list),
+    "storage": (str,),
+    "remote": (str,),
+    "directory": (str,),
+    "max_size": (int, str),
+    "max_size_bytes": (int, str),
+    "num_workers": (int, str),
+    "prefer": (str,),
+    "max_age": (int, float, str),
+    "shared": (bool,),
+    "endpoint_url": (str,),
+}
+
 
 class ConfigError(InvalidArgument):
     """The config file is not valid YAML or names an unknown setting; says file, line and key."""
@@ -111,13 +127,31 @@ def load_config(path: Path | None = None) -> tuple[dict[str, Any], dict[str, int
         raise ConfigError(f"{path}:{lines.get('caches', 1)}: 'caches' must be a mapping")
     for name, settings in caches.items():
         here = f"caches.{name}"
+        if not isinstance(name, str) or not _plain_name(name):
+            # The name becomes a directory under the caches directory.
+            raise ConfigError(
+                f"{path}:{lines.get(here, 1)}: cache name {name!r} must be a plain name "
+                "(no '/', not hidden)"
+            )
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}:{lines.get(here, 1)}: cache {name!r} must be a mapping")
-        for key in settings:
+        for key, value in settings.items():
             if key not in _KEYS:
                 raise ConfigError(
                     f"{path}:{lines.get(f'{here}.{key}', 1)}: cache {name!r}: unknown key "
                     f"{key!r} (one of {', '.join(sorted(_KEYS))})"
+                )
+            kinds = _KINDS[key]
+            wrong = not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))
+            if key == "storages" and isinstance(value, list):
+                wrong = not all(isinstance(v, str) for v in value)
+            if wrong:
+                expected = " or ".join({str: "text", int: "a number", float: "a number",
+                                        list: "a list of URLs", bool: "true or false"}[k]
+                                       for k in kinds)  # fmt: skip
+                raise ConfigError(
+                    f"{path}:{lines.get(f'{here}.{key}', 1)}: cache {name!r}: {key}: expected "
+                    f"{expected}, got {value!r}"
                 )
         kind = settings.get("type", "copy-to-local")
         if kind not in _TYPES:
@@ -126,11 +160,15 @@ def load_config(path: Path | None = None) -> tuple[dict[str, Any], dict[str, int
                 f"one of {', '.join(_TYPES)}"
             )
     default = data.get("default")
-    if default is not None and default not in caches:
+    if default is not None and (not isinstance(default, str) or default not in caches):
         raise ConfigError(
             f"{path}:{lines.get('default', 1)}: default {default!r} is not a configured cache"
         )
     return data, lines
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
 
 
 def _lines(node: Any, prefix: str, out: dict[str, int]) -> None:
@@ -203,15 +241,22 @@ def _build(name: str, conf: dict[str, Any], path: Path, lines: dict[str, int]) -
 
     kind = conf.get("type", "copy-to-local")
     directory = Path(conf.get("directory") or _settings.caches_dir() / name).expanduser()
+    size_key = "max_size_bytes" if "max_size_bytes" in conf else "max_size"
     try:
-        size = conf.get("max_size_bytes", conf.get("max_size"))
-        max_size = _settings.max_size_bytes(None, size)
+        max_size = _settings.max_size_bytes(None, conf.get(size_key))
+    except (InvalidArgument, ValueError) as exc:
+        raise fail(size_key, str(exc)) from None
+    try:
         workers = _settings.num_workers(None, conf.get("num_workers"))
+    except (InvalidArgument, ValueError) as exc:
+        raise fail("num_workers", str(exc)) from None
+    try:
         max_age = _settings.parse_max_age(str(conf["max_age"])) if "max_age" in conf else 0.0
     except (InvalidArgument, ValueError) as exc:
-        key = "max_age" if "max_age" in str(exc) else "max_size"
-        raise fail(key, str(exc)) from None
-    shared = bool(conf.get("shared", False))
+        raise fail("max_age", str(exc)) from None
+    if max_age is not None and max_age < 0:
+        raise fail("max_age", f"must not be negative, not {conf['max_age']!r}")
+    shared = conf.get("shared", False) is True
     if kind == "local-read-only":
         if "storage" not in conf:
             raise fail("storage", "a local-read-only cache needs 'storage'")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hashsync.atomic import _HOST, _pid_alive, temporary_path
-from hashsync.errors import FileSystemError, HashsyncWarning, PermissionDenied
+from hashsync.errors import FileSystemError, HashsyncWarning, PermissionDenied, StorageUnavailable
 
 __all__ = ["META_DIR", "Entry", "Index"]
 
@@ -130,11 +130,12 @@ class Index:
         dedup: Store identical content once, through hard links.
     """
 
-    def __init__(self, root: Path, *, dedup: bool = True) -> None:
+    def __init__(self, root: Path, *, dedup: bool = True, shared: bool = False) -> None:
         self.root = root
         self.meta = root / META_DIR
         self.objects = self.meta / "objects"
         self.dedup = dedup
+        self.shared = shared
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._buckets: set[str] = set()  # object directories known to exist
@@ -142,6 +143,8 @@ class Index:
         try:
             self.meta.mkdir(parents=True, exist_ok=True)
             self._db()
+            if shared:
+                self._share()
         except PermissionError as exc:
             raise PermissionDenied(
                 errno.EACCES, f"cannot use {root} as a cache directory: {exc.strerror}"
@@ -150,6 +153,16 @@ class Index:
             raise FileSystemError(
                 errno.EIO, f"cannot use {root} as a cache directory: {exc}"
             ) from None
+
+    def _share(self) -> None:
+        """Make the index usable by the group (other users of a shared cache write it too)."""
+        for directory in (self.meta, self.meta / "leases", self.objects):
+            directory.mkdir(exist_ok=True)
+            with contextlib.suppress(PermissionError):  # another user's: they made it so
+                os.chmod(directory, 0o2775)
+        for name in ("index.db", "index.db-wal", "index.db-shm"):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                os.chmod(self.meta / name, 0o664)
 
     # -- connections -----------------------------------------------------------------
 
@@ -238,7 +251,16 @@ class Index:
         # Threads of one process queue here: SQLite's own busy handler sleeps for
         # milliseconds between retries, which would serialise a pool of downloads.
         with self._write_lock:
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                # Another process held the index for the whole busy timeout (a prune of a huge
+                # tree, a process stopped while writing).
+                raise StorageUnavailable(
+                    errno.EAGAIN,
+                    f"the cache index {self.meta / 'index.db'} stayed busy for "
+                    f"{_OPEN_TIMEOUT:g} s: {exc}",
+                ) from None
             try:
                 yield db
             except BaseException:
@@ -382,7 +404,11 @@ class Index:
                     os.link(obj, shared)
                     # (rename(2) onto another name of the same file does nothing and leaves
                     # the source name: hence the check above.)
-                    os.replace(shared, final)
+                    try:
+                        os.replace(shared, final)
+                    except BaseException:
+                        shared.unlink(missing_ok=True)
+                        raise
                 tmp.unlink()
                 return True, stored
             # A copy no entry vouches for (altered, or left by a crash): ours replaces it.
@@ -399,6 +425,9 @@ class Index:
     def _link_object(self, tmp: Path, obj: Path) -> None:
         if obj.parent.name not in self._buckets:
             obj.parent.mkdir(parents=True, exist_ok=True)
+            if self.shared:
+                with contextlib.suppress(PermissionError):
+                    os.chmod(obj.parent, 0o2775)
             self._buckets.add(obj.parent.name)
         try:
             os.link(tmp, obj)
@@ -441,9 +470,11 @@ class Index:
         return gone.size
 
     def _unlink_entry_file(self, gone: Entry) -> None:
+        # The entry's own inode, even if it was edited since (its bytes are counted until
+        # now and must go with it); a different file put there by someone else is left.
         path = self.root.joinpath(*gone.key.split("/"))
         with contextlib.suppress(OSError):
-            if gone.intact(path.lstat()):
+            if path.lstat().st_ino == gone.ino:
                 path.unlink()
 
     def remove(self, key: str, counts: dict[str, int] | None = None) -> Entry | None:

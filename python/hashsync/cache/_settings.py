@@ -80,6 +80,8 @@ def parse_max_age(text: str) -> float | None:
 
 def max_size_bytes(argument: int | None, configured: object = None) -> int:
     """The byte budget: argument, ``$HASHSYNC_CACHE_SIZE_BYTES``, config, 128 GiB."""
+    if argument is not None and (not isinstance(argument, int) or isinstance(argument, bool)):
+        raise InvalidArgument(f"max_size_bytes must be a whole number of bytes, not {argument!r}")
     value = setting(
         argument, "HASHSYNC_CACHE_SIZE_BYTES", configured, DEFAULT_MAX_SIZE_BYTES, parse_size
     )

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hashsync._redact import redact
 from hashsync.cache import _settings
 from hashsync.cache._caches import CopyToLocalCache
 from hashsync.errors import InvalidArgument, NotFound
@@ -43,7 +44,13 @@ def url_key(url: str) -> tuple[str, str, str, str]:
     Raises:
         InvalidArgument: Not an ``s3://``, ``http://`` or ``https://`` URL of a file.
     """
-    parts = urllib.parse.urlsplit(url)
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidArgument(f"not a URL: {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise InvalidArgument(f"not a valid URL: {redact(url)!r} ({exc})") from None
     scheme = parts.scheme.lower()
     if scheme == "s3":
         bucket, key = parts.netloc, urllib.parse.unquote(parts.path.lstrip("/"))
@@ -161,7 +168,12 @@ def local_path(url: str | os.PathLike[str]) -> Path:
         InvalidArgument: Not a path or a supported URL.
     """
     text = os.fspath(url)
-    parts = urllib.parse.urlsplit(text)
+    if not text.strip():
+        raise InvalidArgument("an empty string is not a path or URL")
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"not a valid URL: {redact(text)!r} ({exc})") from None
     if parts.scheme in ("", "file") or (len(parts.scheme) == 1 and text[1:2] == ":"):
         return Path(urllib.parse.unquote(parts.path) if parts.scheme == "file" else text)
     cache = url_cache()

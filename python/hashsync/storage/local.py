@@ -471,6 +471,9 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
 
     # -- writing -----------------------------------------------------------------------
 
+    #: Whether importing a file onto itself is already done (a cache must still record it).
+    _same_file_is_done = True
+
     def _refuse_links(self, key: str, final: Path) -> None:
         """Refuse to write ``final`` if a path component below the root is a symbolic link.
 
@@ -535,7 +538,7 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
     def _import(self, key: str, src: Path, *, check: Callable[[Path], None] | None = None) -> None:
         final = self.path(key)
         with contextlib.suppress(OSError):
-            if os.path.samefile(src, final) and check is None:
+            if self._same_file_is_done and os.path.samefile(src, final) and check is None:
                 return
 
         report = current_progress()
