@@ -260,3 +260,37 @@ def test_a_shared_cache_is_usable_by_another_member_of_the_group(tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["from", "root", "from", "nobody"]
+
+
+def test_an_index_deleted_under_a_live_cache_does_not_split_the_budget(tmp_path):
+    cache = LocalCache(tmp_path / "cache", max_size_bytes=30)
+    cache.put("a", _file(tmp_path, "s", b"0123456789"))
+    index = tmp_path / "cache" / ".hashsync-cache" / "index.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    other = LocalCache(tmp_path / "cache", max_size_bytes=30)
+    for i in range(3):
+        cache.put(f"old{i}", _file(tmp_path, f"o{i}", b"%010d" % (i + 10)))
+        other.put(f"new{i}", _file(tmp_path, f"n{i}", b"%010d" % (i + 100)))
+    assert cache.stats() == other.stats()  # one index, seen by both
+    assert cache.stats().bytes <= 30
+
+
+def test_an_index_truncated_under_a_live_cache_is_a_clear_error(tmp_path):
+    first = LocalCache(tmp_path / "cache")
+    first.put("a", _file(tmp_path, "s", b"hello"))
+    first.close()
+    cache = LocalCache(tmp_path / "cache")
+    cache.get("a")
+    index = tmp_path / "cache" / ".hashsync-cache" / "index.db"
+    with open(index, "r+b") as f:
+        f.truncate(0)
+    with open(index, "r+b") as f:
+        f.write(b"\0" * 4096)
+    for call in (lambda: cache.get("a"), lambda: cache.put("b", tmp_path / "s")):
+        with pytest.raises(errors.HashsyncError):
+            call()
+    cache.close()
+    with pytest.warns(errors.HashsyncWarning, match="damaged"):
+        again = LocalCache(tmp_path / "cache")
+    assert again.stats().files == 0

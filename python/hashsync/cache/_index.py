@@ -106,6 +106,21 @@ class Entry:
 _COLUMNS = ", ".join(Entry.__dataclass_fields__)
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _damaged(path: Path, exc: Exception) -> FileSystemError:
+    return FileSystemError(
+        errno.EIO,
+        f"the cache index {path} is damaged or unreadable ({exc}); it is set aside (and the "
+        "cache starts empty) when the cache is next opened",
+    )
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         sa, sb = a.stat(), b.lstat()
@@ -195,6 +210,19 @@ class Index:
             db = self._open_when_free()
         self._local.db = db
         self._local.pid = os.getpid()
+        self._local.ino = _inode(self.meta / "index.db")
+        return db
+
+    def _current_db(self) -> sqlite3.Connection:
+        """This thread's connection, reopened if ``index.db`` was replaced or removed.
+
+        A connection to a deleted index would keep a private budget of its own (and a prune
+        through it would take the new index's files for orphans).
+        """
+        db = self._db()
+        if _inode(self.meta / "index.db") != getattr(self._local, "ino", None):
+            self.close()
+            db = self._db()
         return db
 
     def _open_when_free(self) -> sqlite3.Connection:
@@ -247,13 +275,15 @@ class Index:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``): one writer at a time, across processes."""
-        db = self._db()
+        db = self._current_db()
         # Threads of one process queue here: SQLite's own busy handler sleeps for
         # milliseconds between retries, which would serialise a pool of downloads.
         with self._write_lock:
             try:
                 db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
+                if not isinstance(exc, sqlite3.OperationalError) or "locked" not in str(exc):
+                    raise _damaged(self.meta / "index.db", exc) from None
                 # Another process held the index for the whole busy timeout (a prune of a huge
                 # tree, a process stopped while writing).
                 raise StorageUnavailable(
@@ -263,6 +293,12 @@ class Index:
                 ) from None
             try:
                 yield db
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise
+                raise _damaged(self.meta / "index.db", exc) from None
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -279,8 +315,11 @@ class Index:
 
     def lookup(self, key: str) -> Entry | None:
         """The entry of ``key``, or None."""
-        row = self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,))
-        return _entry(row.fetchone())
+        try:
+            row = self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,))
+            return _entry(row.fetchone())
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.meta / "index.db", exc) from None
 
     def entries(self) -> list[Entry]:
         """Every entry, least recently used first."""
