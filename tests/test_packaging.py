@@ -146,6 +146,21 @@ def test_wheel_in_a_fresh_venv_syncs_to_s3(fresh_venv, s3_server, tmp_path):
         [hs, "cache", "stats", "--json"], capture_output=True, text=True, env=env, timeout=120
     )
     assert r.returncode == 0 and json.loads(r.stdout)["files"] == 1, r.stdout + r.stderr
+    # The hub server is an extra too; the client is not.
+    r = subprocess.run(
+        [hs, "serve", str(tmp_path), "--no-auth"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "pip install 'hashsync[hub]'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code = "from hashsync.hub import DatasetHubClient; print(DatasetHubClient)"
+    r = subprocess.run(
+        [str(fresh_venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
     # The benchmark's tools are an extra: one line naming it, no traceback.
     r = subprocess.run(
         [hs, "bench", "--quick"], capture_output=True, text=True, env=env, timeout=300
