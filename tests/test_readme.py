@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 from pathlib import Path
 
 import pytest
+
+from hashsync.hub import DatasetHubClient
+from hub_helpers import running_hub
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -34,13 +38,28 @@ def test_readme_python_examples_run(s3_server, s3_env, tmp_path, monkeypatch):
     (share / "0.parquet").write_bytes(b"on the share")
     s3_server.client().put_object(Bucket="bucket", Key="datasets/train/1.parquet", Body=b"in S3")
     s3_server.client().put_object(Bucket="bucket", Key="datasets/train/0.parquet", Body=b"in S3")
+    # The hub example's server: a real one, at the address the README names.
+    hub_root = tmp_path / "hub"
+    (hub_root / "mnist" / "train").mkdir(parents=True)
+    (hub_root / "mnist" / "train" / "0.png").write_bytes(b"\x89PNG" + bytes(100))
+    (hub_root / "cifar10").mkdir()
+    hub = contextlib.ExitStack()
+    hub_url = hub.enter_context(running_hub(hub_root, keys=("secret1",)))
+    original_init = DatasetHubClient.__init__
+
+    def at_test_hub(self, base_url, *args, **kwargs):
+        original_init(self, base_url.replace("http://gpu-box:8000", hub_url), *args, **kwargs)
+
+    monkeypatch.setattr(DatasetHubClient, "__init__", at_test_hub)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HASHSYNC_CONFIG", str(tmp_path / "no-config.yaml"))
     namespace: dict[str, object] = {"__name__": "readme"}
-    for number, block in enumerate(python_blocks(), 1):
-        code = compile(block, f"README.md python block {number}", "exec")
-        exec(code, namespace)  # noqa: S102 - the README is this repository's own text
+    with hub:
+        for number, block in enumerate(python_blocks(), 1):
+            code = compile(block, f"README.md python block {number}", "exec")
+            exec(code, namespace)  # noqa: S102 - the README is this repository's own text
+    assert (tmp_path / "cache" / "mnist" / "train" / "0.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "scratch" / "cache" / "train" / "0.parquet").read_bytes() == b"on the share"
     assert (tmp_path / "scratch" / "cache" / "train" / "1.parquet").read_bytes() == b"in S3"
     assert (tmp_path / "cache" / "shard-000.tar").read_bytes() == (
