@@ -88,7 +88,7 @@ def test_eight_processes_get_one_key(s3_server, bucket, tmp_path, locking):
     cache = LocalCache(root)
     assert cache.get("shared/model.bin").read_bytes() == body
     assert cache.stats().files == 1
-    assert not [p for p in root.rglob("*") if TMP_MARK in p.name]
+    assert not [p for p in root.rglob("*") if TMP_MARK in p.name], out
 
 
 BUDGET_IN_CHILD = """
@@ -228,7 +228,9 @@ cache = CopyToLocalCache([remote], root, num_workers=2)
 try:
     cache.get_many([f"k/{i:03d}" for i in range(200)], progress=False)
 except KeyboardInterrupt:
-    print("interrupted", cache.stats().files, flush=True)
+    import os, pathlib
+    left = [p.name for p in pathlib.Path(root).rglob("*") if ".hashsync-tmp-" in p.name]
+    print("interrupted", cache.stats().files, os.getpid(), left, flush=True)
     sys.exit(130)
 """
 
@@ -264,4 +266,4 @@ def test_ctrl_c_stops_get_many_soon_and_leaves_only_whole_entries(s3_server, buc
     assert cache.stats().files == held
     for entry in cache.entries():
         assert cache.get(entry.key).read_bytes() == bodies[entry.key]
-    assert not [p for p in root.rglob("*") if TMP_MARK in p.name]
+    assert not [p for p in root.rglob("*") if TMP_MARK in p.name], out

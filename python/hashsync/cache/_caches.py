@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 import hashsync
+from hashsync._threads import run_on_threads
 from hashsync.atomic import KeyLock, cleanup_once, is_internal_name, temporary_path
 from hashsync.cache import _settings
 from hashsync.cache._index import META_DIR, Entry, Index
@@ -140,7 +141,7 @@ class Cache(abc.ABC):
             workers = max(1, min(self.num_workers, len(keys)))
             if workers == 1:
                 return [one(k) for k in keys]
-            return _run_on_threads(one, keys, workers)
+            return run_on_threads(one, keys, workers)
 
     @abc.abstractmethod
     def stats(self) -> CacheStats:
@@ -168,49 +169,6 @@ class Cache(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _run_on_threads(fn: Callable[[str], Path], keys: list[str], workers: int) -> list[Path]:
-    """``[fn(k) for k in keys]`` on ``workers`` threads that take the next key when free.
-
-    No future per key: with thousands of small files, creating futures and waking the caller
-    on every completion cost as much GIL time as the downloads' own bookkeeping. A failed key
-    does not stop the others; the first failure (in key order) is raised once all are done.
-    Ctrl-C stops handing out keys, lets the running ones finish, and is re-raised.
-    """
-    results: list[Path | None] = [None] * len(keys)
-    errors: list[BaseException | None] = [None] * len(keys)
-    todo = iter(range(len(keys)))  # next() on a range iterator is atomic under the GIL
-    stop = threading.Event()
-
-    def work() -> None:
-        for i in todo:
-            if stop.is_set():
-                return
-            try:
-                results[i] = fn(keys[i])
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller below
-                errors[i] = exc
-
-    threads = [
-        threading.Thread(target=work, name=f"hashsync-cache-{n}", daemon=True)
-        for n in range(workers)
-    ]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
-    except BaseException:
-        stop.set()
-        for t in threads:
-            t.join()
-        raise
-    for error in errors:
-        if error is not None:
-            raise error
-    return results  # type: ignore[return-value]
 
 
 class WriteableCache(Cache):

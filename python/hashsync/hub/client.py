@@ -26,9 +26,9 @@ from typing import Any
 
 import hashsync
 from hashsync._redact import redact
+from hashsync._threads import run_on_threads
 from hashsync.atomic import TMP_MARK, KeyLock, atomic_destination, cleanup_once, fsync_directory
 from hashsync.errors import (
-    HashsyncError,
     HashsyncWarning,
     IntegrityError,
     InvalidArgument,
@@ -283,7 +283,7 @@ class DatasetHubClient:
             def one(path: str) -> None:
                 self._download(dataset, manifest[path], self._local(dataset, path), moved)
 
-            _on_threads(one, todo, self.num_workers)
+            run_on_threads(one, todo, self.num_workers)
         return [self._local(dataset, p) for p in wanted]
 
     def stream(
@@ -554,22 +554,6 @@ def _checked_manifest(value: Any, client: DatasetHubClient) -> list[dict[str, An
                 f"{client!r}: the manifest names an unsafe path {item['path']!r}"
             ) from None
     return value
-
-
-def _on_threads(fn: Callable[[str], None], items: list[str], workers: int) -> None:
-    if not items:
-        return
-    failures: list[BaseException] = []
-    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="hashsync-hub") as pool:
-        for future in [pool.submit(fn, item) for item in items]:
-            exc = future.exception()
-            if exc is not None:
-                failures.append(exc)
-    if failures:
-        first = failures[0]
-        if len(failures) > 1 and isinstance(first, HashsyncError):
-            first.add_note(f"... and {len(failures) - 1} more file(s) failed")
-        raise first
 
 
 def _tree_bytes(directory: Path) -> int:
