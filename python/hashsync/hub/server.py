@@ -74,10 +74,17 @@ class DatasetRoot:
         return sorted(names)
 
     def _directory(self, dataset: str) -> Path | None:
-        # Looked up among the listed names: the request's text is never joined onto the root.
-        if dataset not in self.datasets():
+        # Only a name that /datasets would list: one component, no separator or dot-name, a
+        # real directory (not a link) right under the root. Checked with one lstat per
+        # request instead of listing the root each time.
+        if not valid_dataset_name(dataset):
             return None
-        return self.root / dataset
+        directory = self.root / dataset
+        try:
+            st = directory.lstat()
+        except OSError:
+            return None
+        return directory if stat.S_ISDIR(st.st_mode) else None
 
     def manifest(self, dataset: str, *, fresh: bool = True) -> Manifest | None:
         """The dataset's manifest (rescanned unless ``fresh`` is False), or None if unknown."""
