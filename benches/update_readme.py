@@ -1,4 +1,4 @@
-"""Puts the latest benchmark tables into README.md, between the bench/sync/cache marker comments."""
+"""Puts the latest benchmark tables into README.md, between its marker comments."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ SECTIONS = {
     "bench": ROOT / "benches" / "results" / "latest.md",
     "sync": ROOT / "benches" / "results" / "sync.md",
     "cache": ROOT / "benches" / "results" / "cache.md",
+    "hub": ROOT / "benches" / "results" / "hub.md",
 }
 
 
