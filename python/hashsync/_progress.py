@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -34,6 +35,23 @@ def shown(text: str) -> str:
 
 def _quiet(_done: int, _total: int) -> None:
     return None
+
+
+def byte_counter(bar: ProgressFn, total: int = 0) -> Callable[[int], None]:
+    """A callback adding each call's byte count to a running total shown on ``bar``.
+
+    Safe to call from several download threads at once.
+    """
+    done = 0
+    lock = threading.Lock()
+
+    def moved(n: int) -> None:
+        nonlocal done
+        with lock:
+            done += n
+            bar(done, total)
+
+    return moved
 
 
 def _byte_columns(*extra: object) -> tuple[object, ...]:

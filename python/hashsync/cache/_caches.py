@@ -120,16 +120,10 @@ class Cache(abc.ABC):
         keys = list(keys)
         if not keys:
             return []
-        from hashsync._progress import _quiet, byte_progress
+        from hashsync._progress import _quiet, byte_counter, byte_progress
 
         with byte_progress(f"fetching {len(keys)} files", enabled=progress) as bar:
-            done = [0]
-            lock = threading.Lock()
-
-            def moved(n: int) -> None:
-                with lock:
-                    done[0] += n
-                    bar(done[0], 0)
+            moved = byte_counter(bar)
 
             def one(key: str) -> Path:
                 with reporting_progress(moved):

@@ -268,17 +268,11 @@ class DatasetHubClient:
             raise NotFound(errno.ENOENT, f"not in dataset {dataset!r}: {missing[:5]}")
         local = self._kept_digests(dataset)
         todo = [p for p in wanted if local.get(p) != manifest[p]["hash"]]
-        from hashsync._progress import byte_progress
+        from hashsync._progress import byte_counter, byte_progress
 
         total = sum(manifest[p]["size"] for p in todo)
         with byte_progress(f"{dataset}: {len(todo)} files", enabled=progress) as bar:
-            done = [0]
-            lock = threading.Lock()
-
-            def moved(n: int) -> None:
-                with lock:
-                    done[0] += n
-                    bar(done[0], total)
+            moved = byte_counter(bar, total)
 
             def one(path: str) -> None:
                 self._download(dataset, manifest[path], self._local(dataset, path), moved)
@@ -480,10 +474,11 @@ class DatasetHubClient:
                 # only if the file is still the version they came from.
                 with open(fd, "rb", closefd=False) as fh:
                     fh.seek(0)
-                    shutil.copyfileobj(_Hashing(fh, digest), _Null(), _CHUNK)  # type: ignore[misc]
+                    for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                        digest.update(chunk)
                 if have < entry["size"]:
                     headers = {"Range": f"bytes={have}-", "If-Range": f'"{entry["hash"][7:]}"'}
-            if have < entry["size"] or have == 0:
+            if have < entry["size"]:
                 response = self._request(url, headers, stream=True, ok=(200, 206))
                 try:
                     if response.status == 200:  # the version changed, or no range: restart
@@ -509,21 +504,6 @@ class DatasetHubClient:
         finally:
             if fd >= 0:
                 os.close(fd)
-
-
-class _Hashing:
-    def __init__(self, fh: Any, digest: Any) -> None:
-        self._fh, self._digest = fh, digest
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self._fh.read(n)
-        self._digest.update(data)
-        return data
-
-
-class _Null:
-    def write(self, data: bytes) -> int:
-        return len(data)
 
 
 def _check(hexdigest: str, size: int, entry: dict[str, Any], what: str) -> None:
