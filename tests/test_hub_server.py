@@ -84,6 +84,11 @@ def test_every_other_endpoint_needs_a_key(hub, headers):
     for path in ("/datasets", "/manifest/mnist", "/file/mnist/a.txt"):
         r = get(hub, path, headers)
         assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer", path
+    # HEAD too: it would tell a file's existence, size and content hash.
+    for path in ("/file/mnist/a.txt", "/manifest/mnist", "/datasets"):
+        r = urllib3.request("HEAD", hub + path, headers=headers, retries=False)
+        assert r.status in (401, 405), (path, r.status)
+        assert "ETag" not in r.headers and "X-Hashsync-Hash" not in r.headers, path
 
 
 def test_several_keys(root):
@@ -106,7 +111,12 @@ def test_manifest_hashes_whole_content_and_revalidates(hub, root):
         "train/0.bin": (root / "mnist" / "train" / "0.bin").read_bytes(),
     }
     assert manifest == [
-        {"path": p, "size": len(d), "hash": "sha256:" + hashlib.sha256(d).hexdigest()}
+        {
+            "path": p,
+            "size": len(d),
+            "hash": "sha256:" + hashlib.sha256(d).hexdigest(),
+            "mtime": (root / "mnist" / p).stat().st_mtime_ns / 1_000_000_000,
+        }
         for p, d in sorted(want.items())
     ]  # the symbolic links are not in it
     etag = r.headers["ETag"]

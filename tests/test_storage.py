@@ -521,6 +521,7 @@ def test_concurrent_copies_of_one_key_never_expose_partial_files(tmp_path):
 
 
 def test_every_registered_scheme_runs_the_contract(tmp_path):
+    import test_hub_storage  # noqa: F401 - defines the hub contract class
     import test_storage_s3  # noqa: F401 - defines the S3 contract classes
 
     from hashsync.testing.contract import StorageContract
@@ -538,6 +539,8 @@ def test_every_registered_scheme_runs_the_contract(tmp_path):
         "s3": "s3://bucket/prefix",
         "http": "http://127.0.0.1:1/base/",
         "https": "https://127.0.0.1:1/base/",
+        "hub": "hub://127.0.0.1:1/dataset",
+        "hubs": "hubs://127.0.0.1:1/dataset",
     }
     for scheme in registered_schemes():
         assert scheme in samples, f"no contract sample for the registered scheme {scheme!r}"

@@ -288,7 +288,13 @@ def plan_sync(
     """
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
-    options = {"checksum": compare == "checksum", "progress": progress}
+    # Both sides give digests of the source's kind (a hub's SHA-256, else S3 ETags), so a
+    # local destination is hashed the way the source can be compared with.
+    options = {
+        "checksum": compare == "checksum",
+        "progress": progress,
+        "algorithm": source.hash_algorithm,
+    }
     src = source.list_for_sync(rules, must_exist=True, reap_temporaries=reap_temporaries, **options)
     dst = destination.list_for_sync(rules, reap_temporaries=reap_temporaries, **options)
     return hashsync.diff(src.entries, dst.entries, compare=compare), src, dst

@@ -17,7 +17,13 @@ from collections.abc import Callable, Sequence
 import hashsync
 from hashsync.errors import IntegrityError, InvalidArgument
 
-__all__ = ["content_matches_etag", "is_content_etag", "parse_digest", "verify_file"]
+__all__ = [
+    "content_matches_etag",
+    "content_matches_hash",
+    "is_content_etag",
+    "parse_digest",
+    "verify_file",
+]
 
 # An ETag that is an MD5 of the content (single part) or of the part MD5s ("-N").
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
@@ -40,6 +46,24 @@ def content_matches_etag(
     from its ``-N``. An ETag that is not MD5-based (see :func:`is_content_etag`) never matches.
     """
     return is_content_etag(etag) and _etag_ok(path, etag, part_sizes, None, None)
+
+
+def content_matches_hash(
+    path: str | os.PathLike[str], value: str, *, part_sizes: Sequence[int] = ()
+) -> bool:
+    """Whether the file's content is what a storage's hash ``value`` names.
+
+    ``value`` is what :meth:`Storage.get_hash` returns: an S3 ETag (see
+    :func:`content_matches_etag`) or an ``"<algorithm>:<hex>"`` digest (a hub's
+    ``"sha256:<hex>"``). Anything else never matches.
+    """
+    if ":" not in value:
+        return content_matches_etag(path, value, part_sizes=part_sizes)
+    try:
+        algorithm, want = parse_digest(value)
+    except InvalidArgument:
+        return False
+    return hashsync.hash_file(path, algorithm) == want
 
 
 def parse_digest(value: str) -> tuple[str, str]:

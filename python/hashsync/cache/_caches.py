@@ -34,7 +34,7 @@ from hashsync.errors import (
 )
 from hashsync.storage.base import Storage, reporting_progress, validate_key
 from hashsync.storage.local import LocalStorage, SimpleLocalStorage, _link_below
-from hashsync.verify import content_matches_etag
+from hashsync.verify import content_matches_hash
 
 __all__ = [
     "Cache",
@@ -952,7 +952,7 @@ def _refuse_overlap(tiers: list[Storage], local: LocalStorage) -> None:
 def _content_has_hash(path: Path, current: str, storage: Storage) -> bool:
     """Whether the local file's content is what the source's hash ``current`` names."""
     part_size = getattr(storage, "part_size", hashsync.DEFAULT_PART_SIZE)
-    return content_matches_etag(path, current, part_sizes=[part_size])
+    return content_matches_hash(path, current, part_sizes=[part_size])
 
 
 class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):

@@ -37,12 +37,13 @@ _SIGNING = {
 def url_key(url: str) -> tuple[str, str, str, str]:
     """Split a remote URL into ``(cache key, scheme, storage base, key at the storage)``.
 
-    The cache key is ``s3/BUCKET/KEY`` or ``SCHEME/HOST[:PORT]/PATH``, plus a directory for a
+    The cache key is ``s3/BUCKET/KEY`` or ``SCHEME/HOST[:PORT]/PATH`` (a hub's PATH starts with
+    the dataset), plus a directory for a
     query string (signing parameters of presigned URLs left out), so cached files keep their
     real names. Credentials in the URL never enter the key.
 
     Raises:
-        InvalidArgument: Not an ``s3://``, ``http://`` or ``https://`` URL of a file.
+        InvalidArgument: Not an ``s3://``, ``http(s)://`` or ``hub(s)://`` URL of a file.
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidArgument(f"not a URL: {url!r}")
@@ -80,7 +81,21 @@ def url_key(url: str) -> tuple[str, str, str, str]:
             (scheme, (userinfo + "@" if userinfo else "") + netloc, "/", parts.query, "")
         )
         return f"{where}/{key}", scheme, base, key
-    raise InvalidArgument(f"cannot fetch {url!r}: not a local path or an s3/http(s) URL")
+    if scheme in ("hub", "hubs"):
+        host = parts.hostname or ""
+        if not host or "@" in parts.netloc:
+            raise InvalidArgument(
+                f"{redact(url)!r} is not a hub URL (hub://HOST:PORT/DATASET/PATH)"
+            )
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        dataset, _, key = urllib.parse.unquote(parts.path.lstrip("/")).partition("/")
+        if not dataset or not key or key.endswith("/"):
+            raise InvalidArgument(f"{url!r} names no file (hub://HOST:PORT/DATASET/PATH)")
+        validate_key(dataset)
+        validate_key(key)
+        base = f"{scheme}://{netloc}/{urllib.parse.quote(dataset, safe='')}"
+        return f"{scheme}/{netloc}/{dataset}/{key}", scheme, base, key
+    raise InvalidArgument(f"cannot fetch {url!r}: not a local path or an s3, http(s) or hub URL")
 
 
 class _UrlCache(CopyToLocalCache):
@@ -159,9 +174,10 @@ def local_path(url: str | os.PathLike[str]) -> Path:
     """A local path with the content of ``url``, downloaded (verified) into the cache if needed.
 
     A local path (or ``file://`` URL) comes back as is, so code can treat every location
-    alike. ``s3://`` and ``http(s)://`` URLs are cached in ``$HASHSYNC_CACHE_DIR/caches/urls``
-    under their bucket or host and path, and checked against their source on every call
-    (one HEAD; with ``HASHSYNC_OFFLINE=1`` only cached files are served).
+    alike. ``s3://``, ``http(s)://`` and ``hub://`` URLs are cached in
+    ``$HASHSYNC_CACHE_DIR/caches/urls`` under their bucket or host and path, and checked
+    against their source on every call (one HEAD; with ``HASHSYNC_OFFLINE=1`` only cached
+    files are served).
 
     Raises:
         NotFound: The remote has no such object (offline: it is not cached).

@@ -202,9 +202,11 @@ def register(sub: Any) -> None:
         help="make DST hold what SRC holds, deciding by content",
         description=(
             "Copy new and changed files from SRC to DST (local directories, s3://bucket/prefix, "
-            "http(s)://; S3 to S3 copies server-side). Unlike aws s3 sync, a file whose content "
-            "changed is copied even if its size is the same and its mtime older. Local digests "
-            "come from the hash state cache; S3 digests from the listing (ETags)."
+            "http(s)://, and as SRC hub://host:port/dataset with the key in "
+            "HASHSYNC_HUB_API_KEY; S3 to S3 copies server-side). Unlike aws s3 sync, a file "
+            "whose content changed is copied even if its size is the same and its mtime older. "
+            "Local digests come from the hash state cache; S3 digests from the listing (ETags); "
+            "a hub's from its manifest (SHA-256, and the local side is hashed the same way)."
         ),
         epilog="Exit codes: 0 ok, 1 failure, 2 some files failed or were skipped.",
     )

@@ -6,5 +6,6 @@ Seed 002 (DSX Hub) with whole-content hashes. The server (:mod:`hashsync.hub.ser
 
 from hashsync.hub._manifest import Manifest, ManifestEntry, scan_dataset
 from hashsync.hub.client import DatasetHubClient
+from hashsync.hub.storage import HubStorage
 
-__all__ = ["DatasetHubClient", "Manifest", "ManifestEntry", "scan_dataset"]
+__all__ = ["DatasetHubClient", "HubStorage", "Manifest", "ManifestEntry", "scan_dataset"]

@@ -41,8 +41,17 @@ class ManifestEntry:
     hash: str
 
     def public(self) -> dict[str, Any]:
-        """The entry as the manifest's JSON shows it (the seed's fields)."""
-        return {"path": self.path, "size": self.size, "hash": self.hash}
+        """The entry as the manifest's JSON shows it: the seed's fields, and ``mtime``.
+
+        ``mtime`` (seconds since the epoch, as ``os.stat``) is an addition: a hub storage
+        lists it as the file's last-modified time (clients of the seed ignore it).
+        """
+        return {
+            "path": self.path,
+            "size": self.size,
+            "hash": self.hash,
+            "mtime": self.mtime_ns / 1_000_000_000,
+        }
 
 
 @dataclass

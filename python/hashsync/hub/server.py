@@ -4,10 +4,11 @@
 subdirectory of ROOT is a dataset. Endpoints (seed 002's, DSX Hub):
 
 - ``GET /datasets``: the dataset names;
-- ``GET /manifest/{dataset}``: ``[{"path", "size", "hash"}]``, ``hash`` the ``sha256:<hex>`` of
-  the whole content, computed by the Rust scan with the hash state cache (an unchanged dataset
-  is not re-read; an edited file is noticed on the next request); with an ETag (``304`` to
-  ``If-None-Match``) and gzip when accepted;
+- ``GET /manifest/{dataset}``: ``[{"path", "size", "hash", "mtime"}]``, ``hash`` the
+  ``sha256:<hex>`` of the whole content, computed by the Rust scan with the hash state cache (an
+  unchanged dataset is not re-read; an edited file is noticed on the next request), ``mtime``
+  in seconds (an addition to the seed's fields); with an ETag (``304`` to ``If-None-Match``) and
+  gzip when accepted;
 - ``GET /file/{dataset}/{path}``: the file, with a strong ETag (its content hash),
   Last-Modified, ``Range`` (206, 416 when unsatisfiable) and ``If-Range``;
 - ``GET /health`` and ``/docs``: without authentication.
@@ -36,8 +37,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hashsync._native import filter_paths
+from hashsync.atomic import INTERNAL_RULES
 from hashsync.errors import InvalidArgument, missing_extra
 from hashsync.hub._manifest import Manifest, ManifestEntry, scan_dataset, valid_dataset_name
+from hashsync.storage.base import validate_key
 
 __all__ = ["DatasetRoot", "create_app"]
 
@@ -48,7 +52,8 @@ class DatasetRoot:
     """The datasets under one directory, with their manifests kept current.
 
     A manifest is rebuilt on every manifest request (cheap: the hash state cache re-reads only
-    changed files) and whenever a file request finds its file changed since the last scan.
+    changed files) and whenever a file request finds its file changed, or added, since the last
+    scan.
 
     Args:
         root: The directory whose subdirectories are the datasets.
@@ -63,6 +68,8 @@ class DatasetRoot:
         self._manifests: dict[str, Manifest] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # Files that existed but a rescan still left out, by (dataset, path): their identity.
+        self._unservable: dict[tuple[str, str], tuple[int, ...]] = {}
 
     def datasets(self) -> list[str]:
         """The dataset names: subdirectories of the root that are not hidden or links."""
@@ -112,6 +119,12 @@ class DatasetRoot:
         if manifest is None:
             raise _refused(dataset, path, "no such dataset")
         entry = manifest.entries.get(path)
+        if entry is None and self._appeared(dataset, path):
+            # Added since the last scan: rescan once (unchanged files are not re-read).
+            manifest = self.manifest(dataset) or manifest
+            entry = manifest.entries.get(path)
+            if entry is None:
+                self._remember_unservable(dataset, path)
         if entry is None:
             raise _refused(dataset, path, "not in the dataset's manifest")
         fd = self._open_entry(dataset, entry.path)
@@ -127,26 +140,78 @@ class DatasetRoot:
             st = os.fstat(fd)
         return fd, st, entry
 
-    def _open_entry(self, dataset: str, relative: str) -> int:
+    def _appeared(self, dataset: str, path: str) -> bool:
+        """Whether ``path`` names a servable file the last scan did not see.
+
+        Only a valid key that is not hashsync's own temporary, found as a regular file by the
+        same link-refusing walk that serves files, and not already rescanned for in vain
+        (unreadable, say): a request for a name that does not exist never costs a scan.
+        """
+        try:
+            validate_key(path)
+        except InvalidArgument:
+            return False
+        if not filter_paths([path], list(INTERNAL_RULES))[0]:
+            return False
+        try:
+            fd = self._walk(dataset, path)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        with self._guard:
+            return self._unservable.get((dataset, path)) != _identity(st)
+
+    def _remember_unservable(self, dataset: str, path: str) -> None:
+        try:
+            fd = self._walk(dataset, path)
+        except OSError:
+            return
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        with self._guard:
+            if len(self._unservable) >= 4096:
+                self._unservable.pop(next(iter(self._unservable)))
+            self._unservable[(dataset, path)] = _identity(st)
+
+    def _walk(self, dataset: str, relative: str) -> int:
         # Component by component without following links: a directory swapped for a link
         # after the scan must not lead out of the dataset.
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for part in [dataset, *relative.split("/")]:
-                try:
-                    nxt = os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
-                        raise _refused(dataset, relative, "a link, or gone") from None
-                    raise
+                nxt = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open_entry(self, dataset: str, relative: str) -> int:
+        try:
+            fd = self._walk(dataset, relative)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+                raise _refused(dataset, relative, "a link, or gone") from None
+            raise
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise _refused(dataset, relative, "not a regular file")
             return fd
         except BaseException:
             os.close(fd)
             raise
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _refused(dataset: str, path: str, why: str) -> FileNotFoundError:
@@ -241,7 +306,10 @@ def create_app(
             headers["Content-Encoding"] = "gzip"
         return Response(body, media_type="application/json", headers=headers)
 
-    @app.head("/file/{dataset}/{path:path}", include_in_schema=False)
+    # HEAD needs the key as much as GET: it tells a file's size and content hash.
+    @app.head(
+        "/file/{dataset}/{path:path}", include_in_schema=False, dependencies=[Depends(authorized)]
+    )
     @app.get("/file/{dataset}/{path:path}", dependencies=[Depends(authorized)])
     def file(dataset: str, path: str, request: Request) -> Response:
         """A file of the dataset (``Range`` and ``If-Range`` supported)."""

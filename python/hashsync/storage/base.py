@@ -88,6 +88,13 @@ def _to_ns(when: datetime.datetime | None) -> int:
     return int(when.timestamp() * 1_000_000_000) if when else 0
 
 
+def _bare_digest(value: str | None) -> str | None:
+    """A listing's digest: an ETag as is, ``"sha256:<hex>"`` as its hex part."""
+    if value is None or ":" not in value:
+        return value
+    return value.partition(":")[2]
+
+
 def validate_key(key: object) -> str:
     """Check that ``key`` is a usable storage key and return it.
 
@@ -176,6 +183,11 @@ class Storage(abc.ABC):
     #: or "copy" is named from this).
     is_local: bool = False
 
+    #: What :meth:`get_hash` returns: ``"etag"`` (an S3 ETag, the default) or the name of a
+    #: digest algorithm (a hub's ``"sha256"``: ``get_hash`` gives ``"sha256:<hex>"``). A sync
+    #: asks both sides for digests of the source's algorithm.
+    hash_algorithm: str = "etag"
+
     def location(self) -> tuple[tuple[str, ...], str] | None:
         """Where the keys live, for overlap checks: ``(namespace, prefix)``, or None.
 
@@ -192,6 +204,7 @@ class Storage(abc.ABC):
         progress: Callable[[int, int], object] | None = None,
         must_exist: bool = False,
         reap_temporaries: bool = True,
+        algorithm: str | None = None,
     ) -> SyncListing:
         """List every entry for a sync, filtered by ``rules`` (include/exclude globs).
 
@@ -206,16 +219,26 @@ class Storage(abc.ABC):
             must_exist: Raise NotFound if the location itself does not exist (a source).
             reap_temporaries: Remove stale temporaries the listing comes across (off for a
                 dry run or a diff, which change nothing).
+            algorithm: The digests wanted: ``"etag"`` or an algorithm name (bare hex
+                digests); None means :attr:`hash_algorithm`. A storage that cannot give
+                them leaves the digests out (None), and a checksum sync then copies.
         """
         from hashsync._native import FileEntry, filter_paths
 
+        wanted_algorithm = algorithm or self.hash_algorithm
+        own = wanted_algorithm == self.hash_algorithm
         infos = list(self.list(""))
         keys = [info.key for info in infos]
         wanted = filter_paths(keys, list(rules))
         kept = filter_paths(keys, list(rules) + INTERNAL_RULES)
         listing = SyncListing(
             [
-                FileEntry(info.key, info.size, _to_ns(info.last_modified), info.hash)
+                FileEntry(
+                    info.key,
+                    info.size,
+                    _to_ns(info.last_modified),
+                    _bare_digest(info.hash) if checksum and own else None,
+                )
                 for info, keep in zip(infos, kept, strict=True)
                 if keep
             ]
@@ -252,7 +275,8 @@ class Storage(abc.ABC):
         This is the S3 ETag (lowercase hex, no quotes): what S3 reports for an object, and
         for a local file the ETag its content gets when uploaded with the storage's part size.
         Two storages holding the same bytes (written with the same part size) return the
-        same string.
+        same string. A storage whose :attr:`hash_algorithm` is not ``"etag"`` returns
+        ``"<algorithm>:<hex>"`` instead (a hub: ``"sha256:<hex>"`` of the whole content).
 
         Args:
             key: The object's key.

@@ -220,8 +220,12 @@ class _FilesystemReads:
         progress: Callable[[int, int], object] | None = None,
         must_exist: bool = False,
         reap_temporaries: bool = True,
+        algorithm: str | None = None,
     ) -> SyncListing:
-        """Scan the root in Rust: ETags with :attr:`part_size`, from the hash state cache.
+        """Scan the root in Rust, with digests from the hash state cache.
+
+        Digests are ETags with :attr:`part_size` parts, or of ``algorithm`` when one is given
+        (a sync from a hub compares SHA-256).
 
         Stale temporaries of killed writers that the scan comes across are removed (in
         writable storages). See :meth:`Storage.list_for_sync`.
@@ -233,7 +237,9 @@ class _FilesystemReads:
             if must_exist:
                 raise NotFound(errno.ENOENT, "the directory does not exist", str(self.root))
             return SyncListing([])
-        listing = self._scan_tree(self.root, rules, checksum=checksum, progress=progress)
+        listing = self._scan_tree(
+            self.root, rules, checksum=checksum, progress=progress, algorithm=algorithm
+        )
         if listing.temporaries and self._reaps_temporaries and reap_temporaries:
             cleanup_listed(self.root, listing.temporaries)
         return SyncListing(listing, errors=list(listing.errors))
@@ -355,11 +361,12 @@ class _FilesystemReads:
         *,
         checksum: bool,
         progress: Callable[[int, int], object] | None = None,
+        algorithm: str | None = None,
     ) -> hashsync.Listing:
         """The Rust scan of ``base`` with this storage's part size and hash state options."""
         return hashsync.scan(
             base,
-            algorithm="etag" if checksum else None,
+            algorithm=(algorithm or "etag") if checksum else None,
             part_size=self.part_size,
             filters=[*rules, *INTERNAL_RULES],
             state=self.hash_state,

@@ -1,7 +1,8 @@
 """``open_storage`` and the registry of URL schemes it understands.
 
 Built in: plain paths and ``file://`` (:class:`SimpleLocalStorage`), ``s3://bucket/prefix``
-(:class:`S3Storage`), ``http://`` and ``https://`` (:class:`HTTPStorage`). Other packages add
+(:class:`S3Storage`), ``http://`` and ``https://`` (:class:`HTTPStorage`), ``hub://`` and
+``hubs://`` (a dataset of a hashsync hub, :class:`hashsync.hub.HubStorage`). Other packages add
 schemes with :func:`register_scheme`::
 
     register_scheme("gs", lambda url, **options: MyGCSStorage.from_url(url, **options))
@@ -81,20 +82,28 @@ def _http(url: str, **options: Any) -> Storage:
     return HTTPStorage(url, **options)
 
 
+def _hub(url: str, **options: Any) -> Storage:
+    from hashsync.hub.storage import HubStorage
+
+    return HubStorage.from_url(url, **options)
+
+
 def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage:
     """Return the storage for a path or URL.
 
     Args:
         url_or_path: A local path (``"data"``, ``Path("data")``), ``file:///abs/path``,
             ``s3://bucket/prefix``, ``http(s)://host/path`` (credentials and a query
-            string are passed on: ``https://user:pw@host/path?token=...``), or a URL of a
-            scheme added with :func:`register_scheme`.
+            string are passed on: ``https://user:pw@host/path?token=...``),
+            ``hub://host:port/dataset[/prefix]`` (``hubs://`` over HTTPS; the key from
+            ``api_key=`` or ``$HASHSYNC_HUB_API_KEY``), or a URL of a scheme added with
+            :func:`register_scheme`.
         **options: Passed to the storage class (e.g. ``endpoint_url=`` for S3,
             ``part_size=`` for local and S3 storages).
 
     Returns:
-        A :class:`SimpleLocalStorage`, :class:`S3Storage`, :class:`HTTPStorage` or whatever
-        the scheme's factory returns.
+        A :class:`SimpleLocalStorage`, :class:`S3Storage`, :class:`HTTPStorage`,
+        :class:`~hashsync.hub.HubStorage` or whatever the scheme's factory returns.
 
     Raises:
         InvalidArgument: The URL's scheme is unknown.
@@ -122,5 +131,12 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
         raise InvalidArgument(f"invalid URL {redact_url(url_or_path)!r}: {exc}") from None
 
 
-for _scheme, _factory in (("file", _local), ("s3", _s3), ("http", _http), ("https", _http)):
+for _scheme, _factory in (
+    ("file", _local),
+    ("s3", _s3),
+    ("http", _http),
+    ("https", _http),
+    ("hub", _hub),
+    ("hubs", _hub),
+):
     register_scheme(_scheme, _factory)

@@ -56,6 +56,18 @@ def blob(size: int) -> bytes:
     return _BLOB[:size]
 
 
+def expected_hash(storage: Storage, path: Path) -> str:
+    """What ``storage.get_hash`` must say of a key holding the content of the file ``path``.
+
+    An S3 ETag with :data:`PART` parts, or ``"<algorithm>:<hex>"`` for a storage whose
+    :attr:`~hashsync.storage.Storage.hash_algorithm` is a digest (a hub's SHA-256).
+    """
+    algorithm = storage.hash_algorithm
+    if algorithm == "etag":
+        return hashsync.etag(path, part_size=PART)
+    return f"{algorithm}:{hashsync.hash_file(path, algorithm)}"
+
+
 def temp_leftovers(directory: Path) -> list[str]:
     """Names of hashsync's temporaries and locks left anywhere under ``directory``."""
     return [p.name for p in directory.rglob("*") if is_internal_name(p.name)]
@@ -117,12 +129,14 @@ class StorageContract:
         target = dest.path("dir/obj.bin")
         assert target.read_bytes() == data
         assert temp_leftovers(dest.root) == []
-        # get_hash is comparable: the remote hash equals the local copy's.
-        expected = hashsync.etag(target, part_size=PART)
-        assert storage.get_hash("dir/obj.bin") == expected
-        assert dest.get_hash("dir/obj.bin") == expected
+        # get_hash is comparable: the remote hash is the local copy's, of the same kind.
+        assert storage.get_hash("dir/obj.bin") == expected_hash(storage, target)
+        etag = hashsync.etag(target, part_size=PART)
+        assert dest.get_hash("dir/obj.bin") == etag
+        if storage.hash_algorithm == "etag":
+            assert storage.get_hash("dir/obj.bin") == etag
         if size >= PART:
-            assert expected.endswith(f"-{-(-size // PART)}")
+            assert etag.endswith(f"-{-(-size // PART)}")
 
     def test_copy_replaces_existing_file(self, storage, put, dest):
         put("k", b"new content")
@@ -203,6 +217,15 @@ class StorageContract:
             assert info.size == keys.index(info.key)
             assert info.hash == storage.get_hash(info.key)
             assert info.last_modified == storage.get_last_modified(info.key)
+
+    def test_sync_listing_digests_are_the_hashes(self, storage, put):
+        put("a", b"one")
+        put("b/c", blob(PART + 1))
+        listing = storage.list_for_sync([])
+        digests = {entry.path: entry.digest for entry in listing.entries}
+        # A sync compares bare digests: get_hash without an "<algorithm>:" label.
+        assert digests == {k: storage.get_hash(k).rpartition(":")[2] for k in ("a", "b/c")}
+        assert listing.errors == []
 
     def test_list_empty(self, storage):
         assert list(storage.list()) == []
@@ -353,4 +376,8 @@ class ReadOnlyContract(StorageContract):
                 continue  # HTTPStorage has no write methods at all
             with pytest.raises(PermissionDenied):
                 method(*args)
-        assert storage.get_hash("k") == hashsync.hash_bytes(b"x", "md5")
+        algorithm = storage.hash_algorithm
+        if algorithm == "etag":
+            assert storage.get_hash("k") == hashsync.hash_bytes(b"x", "md5")
+        else:
+            assert storage.get_hash("k") == f"{algorithm}:{hashsync.hash_bytes(b'x', algorithm)}"
