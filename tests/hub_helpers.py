@@ -19,13 +19,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_hub(root: Path, *, keys: tuple[str, ...] = (KEY,), **options) -> Iterator[str]:
-    """Serve ``root`` with uvicorn until the block ends; yields the base URL."""
+def running_hub(
+    root: Path, *, keys: tuple[str, ...] = (KEY,), without: tuple[str, ...] = (), **options
+) -> Iterator[str]:
+    """Serve ``root`` with uvicorn until the block ends; yields the base URL.
+
+    ``without`` names routes (paths such as ``"/bundle/{dataset}"``) to leave out: a hub of
+    an older version, or the seed's.
+    """
     import uvicorn
 
     from hashsync.hub.server import create_app
 
     app = create_app(root, api_keys=keys, **options)
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in without]
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")

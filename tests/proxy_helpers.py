@@ -21,8 +21,12 @@ def rewriting_proxy(
     *,
     delay: float | list[float] = 0.0,
     log: list[tuple[str, str]] | None = None,
+    rewrite_methods: tuple[str, ...] = ("GET",),
 ) -> Iterator[str]:
-    """Forward every request to ``upstream``; pass each GET body through ``rewrite``.
+    """Forward every request to ``upstream``; pass each GET answer through ``rewrite``.
+
+    ``rewrite_methods`` names the methods whose answers are rewritten (``("POST",)`` for the
+    hub's bundles).
 
     The Host header is kept as the client sent it, so SigV4 signatures stay valid. ``delay``
     seconds are added before each request is forwarded (a slow link; a one-element list can be
@@ -50,7 +54,7 @@ def rewriting_proxy(
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-            if self.command == "GET" and rewrite is not None:
+            if self.command in rewrite_methods and rewrite is not None:
                 data = rewrite(self.path, data)
             self.send_response(resp.status)
             for k, v in resp.getheaders():

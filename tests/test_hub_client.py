@@ -244,3 +244,125 @@ def test_a_download_killed_with_sigkill_leaves_no_file_under_its_final_name(root
         client = DatasetHubClient(url2, KEY, cache_dir=cache)
         paths = client.download_dataset("mnist", progress=False)
         assert final in paths and final.read_bytes() == (root / "mnist" / "big.bin").read_bytes()
+
+
+# -- bundles: many small files per request ---------------------------------------------------
+
+
+@pytest.fixture
+def many_small(root) -> dict[str, bytes]:
+    files = {f"s/{i:04d}.bin": os.urandom(100 + (i * 53) % 4000) for i in range(300)}
+    for rel, data in files.items():
+        path = root / "small" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def test_small_files_come_in_bundles(hub, many_small, tmp_path, log):
+    client = DatasetHubClient(hub, KEY, cache_dir=tmp_path / "cache", num_workers=2)
+    client.download_dataset("small", progress=False)
+    for rel, data in many_small.items():
+        assert (tmp_path / "cache" / "small" / rel).read_bytes() == data
+    posts = [p for m, p in log if m == "POST"]
+    # 300 files on 2 workers: bundles of ceil(300 / 8) = 38 files, no per-file request.
+    assert posts == ["/bundle/small"] * 8 and file_requests(log, "small") == []
+    log.clear()
+    streamed = list(client.stream("small", prefetch=3))
+    assert [p for p, _ in streamed] == sorted(many_small)
+    assert all(data == many_small[p] for p, data in streamed)
+    assert [p for m, p in log if m == "POST"] == ["/bundle/small"] * 5  # 64 files each
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if ".hashsync-" in p.name]
+    assert leftovers == []
+
+
+def test_a_corrupted_or_truncated_bundle_keeps_only_verified_files(root, many_small, tmp_path):
+    def flip_one(path: str, body: bytes) -> bytes:
+        # Flip one byte of the first file's content (right after its header line).
+        at = body.index(b"\n") + 1
+        return body[:at] + bytes([body[at] ^ 1]) + body[at + 1 :]
+
+    def cut(path: str, body: bytes) -> bytes:
+        return body[: len(body) // 2]
+
+    for rewrite, error in ((flip_one, errors.IntegrityError), (cut, errors.IntegrityError)):
+        cache = tmp_path / f"cache-{rewrite.__name__}"
+        with (
+            running_hub(root) as url,
+            rewriting_proxy(url, rewrite, rewrite_methods=("POST",)) as bad,
+        ):
+            client = DatasetHubClient(bad, KEY, cache_dir=cache, num_workers=2)
+            with pytest.raises(error):
+                client.download_dataset("small", progress=False)
+            with pytest.raises(error):
+                list(client.stream("small"))
+        kept = [p for p in (cache / "small").rglob("*") if p.is_file()]
+        assert kept, "the other files of the bundles are kept"
+        for p in kept:
+            assert p.read_bytes() == many_small[p.relative_to(cache / "small").as_posix()]
+        assert len(kept) < len(many_small)
+        # The next run against a good hub fetches exactly what is missing.
+        with running_hub(root) as url:
+            client = DatasetHubClient(url, KEY, cache_dir=cache, num_workers=2)
+            client.download_dataset("small", progress=False)
+        assert len([p for p in (cache / "small").rglob("*") if p.is_file()]) == len(many_small)
+
+
+def test_a_hub_without_bundles_gets_one_request_per_file(root, many_small, tmp_path):
+    log: list[tuple[str, str]] = []
+    with (
+        running_hub(root, without=("/bundle/{dataset}",)) as url,
+        rewriting_proxy(url, log=log) as proxied,
+    ):
+        client = DatasetHubClient(proxied, KEY, cache_dir=tmp_path / "cache", num_workers=2)
+        client.download_dataset("small", progress=False)
+        assert len(list(client.stream("small"))) == 300
+    for rel, data in many_small.items():
+        assert (tmp_path / "cache" / "small" / rel).read_bytes() == data
+    # A refused bundle request per worker at most (they ask at once), then one GET per file
+    # (download, then stream).
+    posts = [p for m, p in log if m == "POST"]
+    assert set(posts) == {"/bundle/small"} and len(posts) <= 2
+    assert len(file_requests(log, "small")) == 600
+
+
+def test_a_file_removed_after_the_manifest_fails_alone(hub, root, many_small, tmp_path):
+    client = DatasetHubClient(hub, KEY, cache_dir=tmp_path / "cache", num_workers=2)
+    client.get_manifest("small")
+    (root / "small" / "s" / "0001.bin").unlink()
+    # The kept manifest is revalidated: it now lacks the file, so nothing fails...
+    assert len(client.download_dataset("small", progress=False)) == 299
+    # ...but a file list naming it does, and only it.
+    with pytest.raises(errors.NotFound):
+        client.download_dataset("small", ["s/0000.bin", "s/0001.bin"], progress=False)
+
+
+def test_write_files_atomically_reports_each_failure_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from hashsync import atomic
+
+    (tmp_path / "blocker").write_bytes(b"a file where a directory should be")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old.bin").write_bytes(b"old")
+    files = [
+        (tmp_path / "d" / "a.bin", b"a" * 70_000),
+        (tmp_path / "blocker" / "b.bin", b"b"),
+        (tmp_path / "d" / "old.bin", b"new"),
+        (tmp_path / "e" / "f" / "empty.bin", b""),
+    ]
+    for flush in (True, False):
+        # With syncfs, and as where it is missing (one fsync per file).
+        monkeypatch.setattr(atomic, "_syncfs", lambda _d, ok=flush: ok)
+        results = atomic.write_files_atomically(files)
+        assert [r is None for r in results] == [True, False, True, True]
+        assert isinstance(results[1], OSError)
+        for final, data in (files[0], files[2], files[3]):
+            assert final.read_bytes() == data
+        assert [p.name for p in tmp_path.rglob("*") if ".hashsync-" in p.name] == []
+
+
+def test_syncfs_flushes_here():
+    from hashsync import atomic
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs is Linux only")
+    assert atomic._syncfs(Path.cwd()) is True

@@ -314,3 +314,57 @@ def test_no_auth_serves_loopback_only_with_a_warning(root, tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert "without authentication" in err
+
+
+def post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None):
+    return urllib3.request(
+        "POST", url + path, body=body, headers={**AUTH, **(headers or {})}, retries=False
+    )
+
+
+def frames(data: bytes) -> list[tuple[dict, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        header = json.loads(data[pos:end])
+        pos = end + 1
+        size = header.get("size", 0)
+        out.append((header, data[pos : pos + size]))
+        pos += size
+    return out
+
+
+def test_bundle_serves_many_files_in_one_answer(hub, root, caplog):
+    (root / "mnist" / "big.bin").write_bytes(b"b" * (1024 * 1024 + 1))
+    get(hub, "/manifest/mnist", AUTH)
+    paths = ["train/0.bin", "a.txt", "../cifar/x.bin", "leak.txt", "big.bin", "nope", "a.txt"]
+    with caplog.at_level(logging.WARNING, logger="hashsync.hub"):
+        r = post(hub, "/bundle/mnist", json.dumps({"paths": paths}).encode())
+    assert r.status == 200
+    got = frames(r.data)
+    assert [h["path"] for h, _ in got] == paths
+    for header, data in got:
+        if header["path"] in ("train/0.bin", "a.txt"):
+            want = (root / "mnist" / header["path"]).read_bytes()
+            assert data == want and header["size"] == len(want)
+            assert header["hash"] == "sha256:" + hashlib.sha256(want).hexdigest()
+        else:
+            assert "error" in header and data == b"", header
+    assert "../cifar/x.bin" in caplog.text and "leak.txt" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"paths": "a.txt"}', b'{"paths": [1]}',
+     json.dumps({"paths": ["a.txt"] * 4097}).encode()],
+)  # fmt: skip
+def test_bundle_refuses_bad_requests(hub, body):
+    assert post(hub, "/bundle/mnist", body).status == 400
+
+
+def test_bundle_needs_a_key_and_a_dataset(hub):
+    body = json.dumps({"paths": ["a.txt"]}).encode()
+    assert post(hub, "/bundle/mnist", body, {"Authorization": "Bearer wrong"}).status == 401
+    r = post(hub, "/bundle/nope", body)
+    assert r.status == 404 and r.json()["detail"] == "no such dataset"
+    assert post(hub, "/bundle/linked-dataset", body).status == 404

@@ -23,6 +23,11 @@ __all__ = ["Manifest", "ManifestEntry", "scan_dataset", "valid_dataset_name"]
 #: The digest algorithm of manifest hashes (``"sha256:<hex>"``).
 ALGORITHM = "sha256"
 
+#: Limits of one ``POST /bundle`` request: paths, request body, and size of each file.
+BUNDLE_MAX_FILES = 4096
+BUNDLE_MAX_BODY = 4 * 1024 * 1024
+BUNDLE_MAX_FILE_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ManifestEntry:

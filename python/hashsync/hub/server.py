@@ -11,6 +11,8 @@ subdirectory of ROOT is a dataset. Endpoints (seed 002's, DSX Hub):
   gzip when accepted;
 - ``GET /file/{dataset}/{path}``: the file, with a strong ETag (its content hash),
   Last-Modified, ``Range`` (206, 416 when unsatisfiable) and ``If-Range``;
+- ``POST /bundle/{dataset}``: many small files in one answer (a hashsync addition, so that
+  thousands of small files do not cost a request each);
 - ``GET /health`` and ``/docs``: without authentication.
 
 Every other endpoint wants ``Authorization: Bearer <key>``, compared in constant time with each
@@ -29,18 +31,27 @@ import email.utils
 import errno
 import gzip
 import hmac
+import json
 import logging
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hashsync._native import filter_paths
 from hashsync.atomic import INTERNAL_RULES
 from hashsync.errors import InvalidArgument, missing_extra
-from hashsync.hub._manifest import Manifest, ManifestEntry, scan_dataset, valid_dataset_name
+from hashsync.hub._manifest import (
+    BUNDLE_MAX_BODY,
+    BUNDLE_MAX_FILE_BYTES,
+    BUNDLE_MAX_FILES,
+    Manifest,
+    ManifestEntry,
+    scan_dataset,
+    valid_dataset_name,
+)
 from hashsync.storage.base import validate_key
 
 __all__ = ["DatasetRoot", "create_app"]
@@ -241,7 +252,7 @@ def create_app(
     try:
         from fastapi import Depends, FastAPI, HTTPException, Request
         from fastapi.exception_handlers import http_exception_handler
-        from fastapi.responses import FileResponse, JSONResponse, Response
+        from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
         from starlette.exceptions import HTTPException as StarletteHTTPException
     except ImportError:
         raise missing_extra("the hub server", "hub") from None
@@ -306,6 +317,29 @@ def create_app(
             headers["Content-Encoding"] = "gzip"
         return Response(body, media_type="application/json", headers=headers)
 
+    @app.post("/bundle/{dataset}", dependencies=[Depends(authorized)])
+    async def bundle(dataset: str, request: Request) -> Response:
+        """Many small files in one answer (a hashsync addition; seed clients never ask).
+
+        The body is ``{"paths": [...]}`` (at most 4,096 paths of files up to 1 MiB). The
+        answer is, per path in order, one JSON line ``{"path", "size", "hash"}`` followed by
+        exactly ``size`` bytes, or ``{"path", "error"}`` for a file that cannot be served
+        (refused like ``/file``, or larger than 1 MiB: fetch it with ``/file``).
+        """
+        raw = await request.body()
+        paths = _bundle_paths(raw)
+        if paths is None:
+            raise HTTPException(
+                status_code=400,
+                detail=f'expected {{"paths": [...]}}, at most {BUNDLE_MAX_FILES} strings',
+            )
+        if datasets.manifest(dataset, fresh=False) is None:
+            _refused(dataset, "", "no such dataset")
+            raise HTTPException(status_code=404, detail="no such dataset")
+        return StreamingResponse(
+            _bundle_frames(datasets, dataset, paths), media_type="application/x-hashsync-bundle"
+        )
+
     # HEAD needs the key as much as GET: it tells a file's size and content hash.
     @app.head(
         "/file/{dataset}/{path:path}", include_in_schema=False, dependencies=[Depends(authorized)]
@@ -355,6 +389,68 @@ def _file_response(
         media_type="application/octet-stream",
         headers=headers,
     )
+
+
+def _bundle_paths(raw: bytes) -> list[str] | None:
+    """The paths of a bundle request, or None if the body is not what it must be."""
+    if len(raw) > BUNDLE_MAX_BODY:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    paths = value.get("paths") if isinstance(value, dict) else None
+    if (
+        not isinstance(paths, list)
+        or len(paths) > BUNDLE_MAX_FILES
+        or not all(isinstance(p, str) for p in paths)
+    ):
+        return None
+    return paths
+
+
+def _bundle_frames(datasets: DatasetRoot, dataset: str, paths: list[str]) -> Iterator[bytes]:
+    """The bundle answer in pieces of about 1 MiB.
+
+    Starlette runs a synchronous iterator one step per thread hop, so frames are gathered
+    rather than yielded one by one.
+    """
+    pending: list[bytes] = []
+    size = 0
+    for frame in _frames(datasets, dataset, paths):
+        pending.append(frame)
+        size += len(frame)
+        if size >= 1024 * 1024:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _frames(datasets: DatasetRoot, dataset: str, paths: list[str]) -> Iterator[bytes]:
+    for path in paths:
+        try:
+            fd, st, entry = datasets.open_file(dataset, path)
+        except FileNotFoundError:
+            yield _frame({"path": path, "error": "not found"})
+            continue
+        try:
+            if st.st_size > BUNDLE_MAX_FILE_BYTES:
+                yield _frame({"path": path, "error": "larger than 1 MiB: fetch it from /file"})
+                continue
+            # One read of what the file holds now; a file rewritten since it was hashed does
+            # not match the hash sent, and the client refuses it.
+            data = os.pread(fd, st.st_size + 1, 0)
+        finally:
+            os.close(fd)
+        if len(data) != entry.size:
+            yield _frame({"path": path, "error": "changed while being read"})
+            continue
+        yield _frame({"path": path, "size": len(data), "hash": entry.hash}) + data
+
+
+def _frame(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n"
 
 
 def _etags(header: str) -> list[str]:
