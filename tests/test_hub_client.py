@@ -343,26 +343,29 @@ def test_write_files_atomically_reports_each_failure_and_leaves_no_temporary(tmp
     (tmp_path / "blocker").write_bytes(b"a file where a directory should be")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "old.bin").write_bytes(b"old")
+    (tmp_path / "d" / "keep.bin").write_bytes(b"kept")
     files = [
         (tmp_path / "d" / "a.bin", b"a" * 70_000),
         (tmp_path / "blocker" / "b.bin", b"b"),
         (tmp_path / "d" / "old.bin", b"new"),
         (tmp_path / "e" / "f" / "empty.bin", b""),
+        (tmp_path / "d" / "keep.bin", b"not flushed"),
     ]
-    for flush in (True, False):
-        # With syncfs, and as where it is missing (one fsync per file).
-        monkeypatch.setattr(atomic, "_syncfs", lambda _d, ok=flush: ok)
-        results = atomic.write_files_atomically(files)
-        assert [r is None for r in results] == [True, False, True, True]
-        assert isinstance(results[1], OSError)
-        for final, data in (files[0], files[2], files[3]):
-            assert final.read_bytes() == data
-        assert [p.name for p in tmp_path.rglob("*") if ".hashsync-" in p.name] == []
+    real = atomic._fsync_path
+    flushed = []
 
+    def fsync(path):
+        flushed.append(path)
+        if ".keep.bin." in path.name:
+            raise OSError(5, "I/O error")  # as a failing disk would
+        real(path)
 
-def test_syncfs_flushes_here():
-    from hashsync import atomic
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("syncfs is Linux only")
-    assert atomic._syncfs(Path.cwd()) is True
+    monkeypatch.setattr(atomic, "_fsync_path", fsync)
+    results = atomic.write_files_atomically(files)
+    assert [r is None for r in results] == [True, False, True, True, False]
+    assert isinstance(results[1], OSError) and results[4].errno == 5
+    for final, data in files[0:1] + files[2:4]:
+        assert final.read_bytes() == data
+    assert (tmp_path / "d" / "keep.bin").read_bytes() == b"kept"  # never replaced unflushed
+    assert len(flushed) == 4  # every written temporary was fsynced before its rename
+    assert [p.name for p in tmp_path.rglob("*") if ".hashsync-" in p.name] == []

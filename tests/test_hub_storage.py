@@ -440,3 +440,18 @@ def test_refusals_are_logged_but_keys_never(hub, dataset, caplog):
     with caplog.at_level(logging.WARNING, logger="hashsync.hub"):
         assert not storage.exists("no/such/file")
     assert "no/such/file" in caplog.text and KEY not in caplog.text
+
+
+def test_a_hostile_manifest_cannot_make_a_sync_write_outside(hub, dataset, tmp_path):
+    import gzip
+
+    _root, name = dataset
+    evil = [{"path": "../../escape.txt", "size": 1, "hash": "sha256:" + "0" * 64, "mtime": 0}]
+
+    def rewrite(path: str, body: bytes) -> bytes:
+        return gzip.compress(json.dumps(evil).encode()) if path.startswith("/manifest/") else body
+
+    with rewriting_proxy(hub, rewrite) as bad:
+        with pytest.raises(errors.IntegrityError, match="unsafe path"):
+            hashsync.sync(HubStorage(bad, name, api_key=KEY), tmp_path / "local" / "deep")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "local").exists()

@@ -16,6 +16,7 @@ everyone). A lock whose holder died is broken; see :class:`KeyLock`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -24,7 +25,6 @@ import os
 import re
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -268,42 +268,53 @@ def commit(tmp: Path, final: Path) -> None:
     fsync_directory(final.parent)
 
 
-def _syncfs(directory: Path) -> bool:
-    """Flush every file of the filesystem holding ``directory`` (Linux ``syncfs``).
+_fsync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_fsync_pool_lock = threading.Lock()
 
-    Returns whether it could (False elsewhere, or when the call failed).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    global _libc
-    try:
-        if _libc is None:
-            import ctypes
 
-            _libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except (OSError, AttributeError):
-        return False
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        return bool(_libc.syncfs(fd) == 0)
-    except AttributeError:
-        return False
+        os.fsync(fd)
     finally:
         os.close(fd)
 
 
-_libc: Any = None
+def _fsync_all(paths: list[Path]) -> list[BaseException | None]:
+    """Fsync many files at once; per file, None or the error.
+
+    Concurrent fsyncs share journal commits: about 3x faster here than one after another,
+    and unlike ``syncfs`` they do not wait for other programs' dirty data.
+    """
+    global _fsync_pool
+    if len(paths) < 2:
+        return [_capture(_fsync_path, p) for p in paths]
+    with _fsync_pool_lock:
+        if _fsync_pool is None:
+            _fsync_pool = concurrent.futures.ThreadPoolExecutor(
+                16, thread_name_prefix="hashsync-fsync"
+            )
+        pool = _fsync_pool
+    return list(pool.map(lambda p: _capture(_fsync_path, p), paths))
+
+
+def _capture(fn: Any, *args: Any) -> BaseException | None:
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def write_files_atomically(files: list[tuple[Path, bytes]]) -> list[BaseException | None]:
-    """Write many small files, each atomically, with one flush for all of them.
+    """Write many small files, each atomically, flushed together.
 
-    Each file is written to a temporary, which is renamed over its final name only once the
-    data is on disk, so a file under its final name is always complete, as with
-    :func:`atomic_destination`. Instead of one fsync per file, the temporaries are flushed
-    together (Linux ``syncfs`` of their filesystem; elsewhere, or if that fails, one fsync
-    each), then renamed, then each directory involved is fsynced once. After a crash before
-    that last step some files may still have their old content, never a torn one.
+    Each file is written to a temporary, which is renamed over its final name only once its
+    data is on disk (fsynced), so a file under its final name is always complete, as with
+    :func:`atomic_destination`. The temporaries are fsynced concurrently rather than one
+    after another, then renamed, then each directory involved is fsynced once (not once per
+    file). After a crash before that last step some files may still have their old content,
+    never a torn one.
 
     Returns:
         Per file, None or the error that kept it from being written (its temporary removed).
@@ -329,23 +340,12 @@ def write_files_atomically(files: list[tuple[Path, bytes]]) -> list[BaseExceptio
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
             results[i] = exc
-    # One syncfs per filesystem involved (a subdirectory may be a mount point).
-    filesystems: dict[int, Path] = {}
-    try:
-        for _, _, final in written:
-            filesystems.setdefault(os.stat(final.parent).st_dev, final.parent)
-        flushed = all(_syncfs(directory) for directory in filesystems.values())
-    except OSError:
-        flushed = False
+    synced = _fsync_all([tmp for _, tmp, _ in written])
     directories: dict[Path, None] = {}
-    for i, tmp, final in written:
+    for (i, tmp, final), failed in zip(written, synced, strict=True):
         try:
-            if not flushed:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            if failed is not None:
+                raise failed
             os.replace(tmp, final)
             directories[final.parent] = None
         except OSError as exc:
