@@ -308,3 +308,28 @@ def test_multipart_server_side_copy_path(s3_server, bucket, tmp_path, monkeypatc
     assert second.get_size("blob") == len(data)
     sync(second, tmp_path / "down")
     assert (tmp_path / "down" / "blob").read_bytes() == data
+
+
+def test_progress_may_be_a_callback_a_bool_or_none(tmp_path, monkeypatch):
+    from hashsync import _progress
+
+    write_tree(tmp_path / "src", {"a": b"x" * 1000, "b/c": b"y" * 500})
+    seen: list[tuple[int, int]] = []
+    assert hashsync.sync(tmp_path / "src", tmp_path / "d1", progress=lambda *a: seen.append(a)).ok
+    assert seen[-1] == (1500, 1500)
+    assert hashsync.sync(tmp_path / "src", tmp_path / "d2", progress=False).ok
+    assert hashsync.sync(tmp_path / "src", tmp_path / "d3", progress=None).ok
+    # True draws a bar (stderr is no terminal here, so the bar's callback does nothing).
+    bars: list[str] = []
+    real = _progress.byte_progress
+
+    def recording(description, **kw):
+        bars.append(description)
+        return real(description, **kw)
+
+    monkeypatch.setattr(_progress, "byte_progress", recording)
+    assert hashsync.sync(tmp_path / "src", tmp_path / "d4", progress=True).ok
+    assert bars == ["sync"] and (tmp_path / "d4" / "b" / "c").read_bytes() == b"y" * 500
+    with pytest.raises(errors.InvalidArgument, match="progress"):
+        hashsync.sync(tmp_path / "src", tmp_path / "d5", progress="yes")
+    assert not (tmp_path / "d5").exists()

@@ -329,7 +329,7 @@ def sync(
     filters: Sequence[tuple[str, str]] | None = None,
     compare: Compare = "checksum",
     workers: int | None = None,
-    progress: Callable[[int, int], object] | None = None,
+    progress: Callable[[int, int], object] | bool | None = None,
     endpoint_url: str | None = None,
     on_event: Callable[[TransferEvent], object] | None = None,
     on_plan: Callable[[hashsync.Plan], object] | None = None,
@@ -354,7 +354,8 @@ def sync(
             rule) or ``"size"``.
         workers: Files transferred at once (default ``HASHSYNC_NUM_WORKERS`` or 16).
         progress: ``progress(done_bytes, total_bytes)``, called from this thread while hashing
-            and after each finished transfer.
+            and after each finished transfer; ``True`` draws a byte progress bar on stderr
+            (when it is a terminal); ``False`` or None, nothing.
         endpoint_url: Endpoint for ``s3://`` URLs (else ``AWS_ENDPOINT_URL(_S3)``).
         on_event: Called from this thread with a :class:`TransferEvent` per finished file.
         on_plan: Called with the :class:`hashsync.Plan` once both sides are compared, before
@@ -376,6 +377,34 @@ def sync(
         InvalidArgument: Bad options; source and destination overlap; an empty source with
             ``delete`` and without ``allow_empty_source``.
     """
+    if isinstance(progress, bool):
+        if not progress:
+            progress = None
+        else:
+            from hashsync._progress import byte_progress
+
+            with byte_progress("sync") as bar:
+                return sync(
+                    source,
+                    destination,
+                    delete=delete,
+                    dry_run=dry_run,
+                    include=include,
+                    exclude=exclude,
+                    filters=filters,
+                    compare=compare,
+                    workers=workers,
+                    progress=bar,
+                    endpoint_url=endpoint_url,
+                    on_event=on_event,
+                    on_plan=on_plan,
+                    allow_empty_source=allow_empty_source,
+                    max_delete=max_delete,
+                )
+    elif progress is not None and not callable(progress):
+        raise InvalidArgument(
+            f"progress must be a callable progress(done, total), True or False, not {progress!r}"
+        )
     started = time.monotonic()
     rules = _rules(include, exclude, filters)
     src = resolve_storage(source, role="source", endpoint_url=endpoint_url)
