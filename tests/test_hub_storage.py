@@ -7,10 +7,16 @@ import http.server
 import json
 import logging
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import urllib3
 
 import hashsync
 from hashsync import errors
@@ -455,3 +461,49 @@ def test_a_hostile_manifest_cannot_make_a_sync_write_outside(hub, dataset, tmp_p
         with pytest.raises(errors.IntegrityError, match="unsafe path"):
             hashsync.sync(HubStorage(bad, name, api_key=KEY), tmp_path / "local" / "deep")
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "local").exists()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_a_file_the_hub_cannot_read_suppresses_delete(tmp_path):
+    """The hub leaves an unreadable file out of its manifest; a sync must not take that to
+    mean "deleted" and remove the local copy."""
+    root = tmp_path / "datasets"
+    write_tree(root / "ds", {"a.txt": b"a", "secret.bin": b"s"})
+    (root / "ds" / "secret.bin").chmod(0o000)
+    local = tmp_path / "local"
+    write_tree(local, {"secret.bin": b"the local copy", "gone.txt": b"g"})
+    port = free_port()
+    env = {
+        **os.environ,
+        "HASHSYNC_HUB_API_KEY": KEY,
+        "HASHSYNC_CACHE_DIR": str(tmp_path / "server-state"),
+    }
+    drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search", "--"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*drop, sys.executable, "-m", "hashsync", "serve", str(root), "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if urllib3.request("GET", url + "/health", retries=False).status == 200:
+                    break
+            except urllib3.exceptions.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        result = hashsync.sync(HubStorage(url, "ds", api_key=KEY), local, delete=True)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert (local / "a.txt").read_bytes() == b"a"
+    assert (local / "secret.bin").read_bytes() == b"the local copy"
+    assert (local / "gone.txt").exists()  # nothing deleted while the source is incomplete
+    assert result.delete_suppressed and not result.ok
+    assert any("could not read" in reason for _, reason in result.scan_errors)
+    assert "secret.bin" in stderr  # the server logged what it left out

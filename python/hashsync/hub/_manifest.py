@@ -79,8 +79,10 @@ class Manifest:
         return json.dumps(items, separators=(",", ":")).encode()
 
     def etag(self) -> str:
-        """A strong ETag of :meth:`body` (quoted)."""
-        return '"' + hashlib.sha256(self.body()).hexdigest()[:40] + '"'
+        """A strong ETag of :meth:`body` and of how many files were left out (quoted)."""
+        digest = hashlib.sha256(self.body())
+        digest.update(b"unreadable:%d" % len(self.errors))
+        return '"' + digest.hexdigest()[:40] + '"'
 
 
 def valid_dataset_name(name: str) -> bool:

@@ -110,6 +110,8 @@ class DatasetHubClient:
         self._digest_lock = threading.Lock()
         # Whether the hub answers POST /bundle (a seed hub does not): None until asked.
         self._bundles: bool | None = None
+        # Per dataset, how many files the hub's last manifest left out as unreadable.
+        self.unreadable: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"DatasetHubClient({redact(self.base_url)!r}, cache_dir={self.cache_dir!r})"
@@ -218,6 +220,8 @@ class DatasetHubClient:
                 headers["If-None-Match"] = tag_file.read_text().strip()
         try:
             response = self._request(f"/manifest/{quoted}", headers, ok=(200, 304))
+            left_out = response.headers.get("X-Hashsync-Unreadable", "0")
+            self.unreadable[dataset] = int(left_out) if left_out.isdigit() else 0
         except StorageUnavailable as exc:
             if cached is None:
                 raise

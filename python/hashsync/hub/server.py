@@ -310,6 +310,10 @@ def create_app(
             raise HTTPException(status_code=404, detail="no such dataset")
         body, etag = m.body(), m.etag()
         headers = {"ETag": etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+        if m.errors:
+            # Files left out because they could not be read: a client must not take their
+            # absence for a deletion (the paths are in the server's log).
+            headers["X-Hashsync-Unreadable"] = str(len(m.errors))
         if etag in _etags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers=headers)
         if "gzip" in request.headers.get("accept-encoding", "").lower():

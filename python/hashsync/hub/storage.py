@@ -12,9 +12,7 @@ Needs no server dependencies (the client's urllib3 comes with boto3).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import email.utils
 import errno
 import hashlib
 import os
@@ -31,10 +29,12 @@ from hashsync.hub.client import DatasetHubClient
 from hashsync.storage.base import (
     ObjectInfo,
     ReadOnlyStorage,
+    SyncListing,
     current_progress,
     validate_key,
     validate_prefix,
 )
+from hashsync.storage.http import _http_date
 from hashsync.storage.local import LocalStorage, _check_destination
 
 __all__ = ["HubStorage"]
@@ -237,6 +237,24 @@ class HubStorage(ReadOnlyStorage):
             )
         yield from sorted(infos)
 
+    def list_for_sync(self, rules: Any, **options: Any) -> SyncListing:
+        """List for a sync (see :meth:`Storage.list_for_sync`).
+
+        Files the hub could not read are an error of the listing, so a sync deletes nothing
+        on their account.
+        """
+        listing = super().list_for_sync(rules, **options)
+        left_out = self.client.unreadable.get(self.dataset, 0)
+        if left_out:
+            listing.errors.append(
+                (
+                    "",
+                    f"the hub could not read {left_out} file(s) of dataset {self.dataset!r} "
+                    "and left them out of its manifest (its log names them)",
+                )
+            )
+        return listing
+
     # -- downloading -------------------------------------------------------------------
 
     def copy(self, key: str, destination: LocalStorage) -> None:
@@ -327,15 +345,4 @@ def _announced_hash(headers: Any) -> str | None:
     etag = headers.get("ETag") or ""
     if etag and not etag.startswith("W/"):
         return etag.strip('"').lower()
-    return None
-
-
-def _http_date(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    with contextlib.suppress(TypeError, ValueError):
-        parsed = email.utils.parsedate_to_datetime(value)
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=datetime.UTC)
-        return parsed.astimezone(datetime.UTC)
     return None
