@@ -31,6 +31,7 @@ from hashsync._native import (
 )
 from hashsync.engine import SyncResult, TransferEvent, plan_sync, sync
 from hashsync.errors import HashsyncError
+from hashsync.treecache import TreeCache, TreeCacheStatus
 
 __all__ = [
     "ALGORITHMS",
@@ -42,6 +43,8 @@ __all__ = [
     "Plan",
     "SyncResult",
     "TransferEvent",
+    "TreeCache",
+    "TreeCacheStatus",
     "__version__",
     "default_cache_dir",
     "diff",

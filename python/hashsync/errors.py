@@ -27,6 +27,7 @@ __all__ = [
     "StorageUnavailable",
     "UnknownAlgorithm",
     "UnsafePath",
+    "WaitTimeout",
     "describe",
     "error_for_status",
     "missing_extra",
@@ -106,6 +107,10 @@ class PreconditionFailed(HashsyncError):
 
 class StorageUnavailable(HashsyncError, ConnectionError):
     """A store could not be reached (refused, DNS failure, timeout) after retries."""
+
+
+class WaitTimeout(HashsyncError, TimeoutError):
+    """Waited longer than allowed for another process (a TreeCache builder holding the lease)."""
 
 
 class IntegrityError(HashsyncError):

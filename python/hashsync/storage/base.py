@@ -336,6 +336,34 @@ class Storage(abc.ABC):
             One :class:`ObjectInfo` per object.
         """
 
+    def read_bytes(self, key: str, *, max_size: int = 64 * 1024**2) -> bytes:
+        """Return the content of a small object, verified like any :meth:`copy`.
+
+        Meant for small metadata objects (manifests, leases); the object passes through a
+        temporary directory.
+
+        Args:
+            key: The object's key.
+            max_size: Refuse objects larger than this many bytes.
+
+        Raises:
+            NotFound: No object has this key.
+            IntegrityError: The object is larger than ``max_size``, or its data did not match
+                what the store announced.
+        """
+        from hashsync.errors import IntegrityError
+        from hashsync.storage.local import TemporaryLocalStorage
+
+        size = self.get_size(key)
+        if size > max_size:
+            raise IntegrityError(f"{key!r} in {self!r} is {size} bytes, more than {max_size}")
+        with TemporaryLocalStorage() as scratch:
+            self.copy(key, scratch)
+            data = scratch.path(key).read_bytes()
+        if len(data) > max_size:
+            raise IntegrityError(f"{key!r} in {self!r} grew past {max_size} bytes while read")
+        return data
+
     def close(self) -> None:  # noqa: B027 - deliberately a no-op hook, not abstract
         """Release what the storage holds (connections, temporary directories)."""
 
@@ -455,6 +483,40 @@ class ReadWriteStorage(Storage):
             PreconditionFailed: The object has a different hash, does not exist although a
                 hash was given, or exists although ``hash`` is ``None``.
         """
+
+    def write_bytes(
+        self, key: str, data: bytes, *, create_only: bool = False, if_hash: str | None = None
+    ) -> str:
+        """Store ``data`` under ``key`` and return the new object's hash.
+
+        Meant for small metadata objects. With ``create_only`` the write fails if the key
+        exists; with ``if_hash`` it fails unless the object still has that hash (the same
+        compare-and-swap as :meth:`copy_from_if_overwriting_hash`). Stores override this to
+        send one request.
+
+        Args:
+            key: The key to write.
+            data: The whole content.
+            create_only: Write only if no object has the key (``If-None-Match: *``).
+            if_hash: Write only if the object has this hash now (``If-Match``).
+
+        Raises:
+            PreconditionFailed: The condition did not hold.
+            InvalidArgument: Both conditions were given.
+        """
+        from hashsync.storage.local import TemporaryLocalStorage
+
+        if create_only and if_hash is not None:
+            raise InvalidArgument("give create_only or if_hash, not both")
+        with TemporaryLocalStorage() as scratch:
+            target = scratch.path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            if create_only or if_hash is not None:
+                self.copy_from_if_overwriting_hash(key, if_hash, scratch)
+            else:
+                self.copy_from(key, scratch)
+            return scratch.get_hash(key)
 
     @abc.abstractmethod
     def delete_if_hash_matches(self, key: str, hash: str) -> None:

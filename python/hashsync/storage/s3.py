@@ -1364,6 +1364,51 @@ class S3Storage(ReadWriteStorage):
                     f"(the store refused the write: {exc})"
                 ) from exc
 
+    def write_bytes(
+        self, key: str, data: bytes, *, create_only: bool = False, if_hash: str | None = None
+    ) -> str:
+        """Store ``data`` with one PutObject, its condition checked by the store alone.
+
+        Unlike :meth:`copy_from_if_overwriting_hash` there is no HEAD first, so a store that
+        ignores ``If-None-Match`` / ``If-Match`` really does ignore them here (which is how
+        :mod:`hashsync.treecache` finds such stores out). With ``conditional_writes="claim"``
+        the write also takes the claim on the version it replaces.
+
+        Returns:
+            The new object's ETag (checked against the MD5 of ``data``).
+
+        Raises:
+            PreconditionFailed: The store refused the condition.
+            InvalidArgument: Both conditions were given.
+        """
+        validate_key(key)
+        if create_only and if_hash is not None:
+            raise InvalidArgument("give create_only or if_hash, not both")
+        expected = None if if_hash is None else normalize_hash(if_hash)
+        conditions: dict[str, str] = {}
+        if create_only:
+            conditions["IfNoneMatch"] = "*"
+        elif expected is not None:
+            conditions["IfMatch"] = _quoted(expected)
+        md5 = hashlib.md5(data)
+        claim = self._claim(key, expected) if conditions else contextlib.nullcontext()
+        with claim:
+            try:
+                answer = self._put_small(
+                    key, data, base64.b64encode(md5.digest()).decode(), {}, conditions
+                )
+            except NotFound as exc:
+                if expected is None:
+                    raise
+                raise PreconditionFailed(_mismatch(key, self, expected, None)) from exc
+        etag = _clean_etag(answer.get("ETag", ""))
+        if etag and etag != md5.hexdigest():
+            raise IntegrityError(
+                f"the store answered ETag {etag} for {key!r}, not the MD5 {md5.hexdigest()} of "
+                "what was sent"
+            )
+        return etag or md5.hexdigest()
+
     def delete_if_hash_matches(self, key: str, hash: str) -> None:
         """Delete the object only if its ETag is ``hash`` (``If-Match`` on DeleteObject).
 

@@ -1,0 +1,201 @@
+"""The manifest of a TreeCache copy: which files make up the base tree, with their digests.
+
+A remote copy is complete when its manifest exists *and* every object the manifest names is
+there with the size and ETag the manifest gives (Nix's rule: the ``.narinfo`` is written last,
+so a store path without one does not exist; Bazel's lesson: an entry whose blobs are gone must
+not be served). The manifest is uploaded after every file it names, create-only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hashsync
+from hashsync.errors import IntegrityError, InvalidArgument
+from hashsync.storage.base import ObjectInfo, validate_key
+
+FORMAT = "hashsync-treecache/1"
+META_DIR = ".hashsync"
+MANIFEST_KEY = f"{META_DIR}/manifest.json"
+LEASE_KEY = f"{META_DIR}/lease.json"
+# Which derived files this machine last saw identical on both sides (local only).
+SYNCED_FILE = f"{META_DIR}/synced.json"
+MAX_MANIFEST_BYTES = 256 * 1024**2
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_HEX = re.compile(r"[0-9a-f]+")
+_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]{1,5})?")
+
+
+def check_segment(value: object, what: str) -> str:
+    """``value`` if it can be one segment of a key: letters, digits, ``.``, ``_``, ``-``.
+
+    Raises:
+        InvalidArgument: Anything else (``/``, ``..``, empty, spaces, over 200 characters).
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise InvalidArgument(
+            f"{what} must be 1-200 letters, digits, '.', '_' or '-' (starting with a letter or "
+            f"digit, no '..'), not {value!r}"
+        )
+    return value
+
+
+def is_meta(path: str) -> bool:
+    """Whether ``path`` is TreeCache bookkeeping rather than a file of the tree."""
+    return path == META_DIR or path.startswith(META_DIR + "/")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file of the base tree."""
+
+    size: int
+    etag: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a complete copy holds; see the module documentation."""
+
+    name: str
+    key: str
+    files: Mapping[str, FileRecord]
+    part_size: int
+    tree_hash: str
+    created: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    )
+    tool: str = f"hashsync {hashsync.__version__}"
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all base files."""
+        return sum(r.size for r in self.files.values())
+
+    def to_json(self) -> bytes:
+        """The manifest as written to ``.hashsync/manifest.json`` (keys sorted, stable)."""
+        doc = {
+            "format": FORMAT,
+            "name": self.name,
+            "key": self.key,
+            "created": self.created,
+            "tool": self.tool,
+            "part_size": self.part_size,
+            "tree_hash": self.tree_hash,
+            "files": {
+                path: {"size": r.size, "etag": r.etag, "sha256": r.sha256}
+                for path, r in sorted(self.files.items())
+            },
+        }
+        return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, name: str, key: str) -> Manifest:
+        """Parse and check a manifest; it must belong to ``name`` and ``key``.
+
+        Raises:
+            IntegrityError: Not a manifest of this copy, or malformed (bad JSON, a path that
+                is not a valid key or leaves the tree, a digest that is not hex).
+        """
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IntegrityError(f"the manifest is not JSON: {e}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise IntegrityError(f"not a {FORMAT} manifest")
+        if doc.get("name") != name or doc.get("key") != key:
+            raise IntegrityError(
+                f"the manifest is for {doc.get('name')!r}-{doc.get('key')!r}, not {name}-{key}"
+            )
+        files = doc.get("files")
+        part_size = doc.get("part_size")
+        tree = doc.get("tree_hash")
+        if not isinstance(files, dict) or not isinstance(part_size, int) or part_size <= 0:
+            raise IntegrityError("the manifest has no valid 'files' or 'part_size'")
+        if not isinstance(tree, str) or len(tree) != 64 or not _HEX.fullmatch(tree):
+            raise IntegrityError("the manifest has no valid 'tree_hash'")
+        records: dict[str, FileRecord] = {}
+        for path, rec in files.items():
+            try:
+                validate_key(path)
+            except InvalidArgument as e:
+                raise IntegrityError(f"the manifest names an invalid path: {e}") from None
+            if is_meta(path) or not isinstance(rec, dict):
+                raise IntegrityError(f"the manifest names {path!r}, which cannot be a tree file")
+            size, etag, sha = rec.get("size"), rec.get("etag"), rec.get("sha256")
+            if (
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 0
+                or not isinstance(etag, str)
+                or not _ETAG.fullmatch(etag)
+                or not isinstance(sha, str)
+                or len(sha) != 64
+                or not _HEX.fullmatch(sha)
+            ):
+                raise IntegrityError(f"the manifest's record of {path!r} is malformed")
+            records[path] = FileRecord(size, etag, sha)
+        if tree_hash_of(records) != tree:
+            raise IntegrityError("the manifest's tree_hash does not match its files")
+        return cls(
+            name=name,
+            key=key,
+            files=records,
+            part_size=part_size,
+            tree_hash=tree,
+            created=str(doc.get("created", "")),
+            tool=str(doc.get("tool", "")),
+        )
+
+    def missing_or_different(self, listing: Iterable[ObjectInfo]) -> list[str]:
+        """The manifest's files that ``listing`` lacks or has with another size or ETag."""
+        seen = {info.key: info for info in listing}
+        bad = []
+        for path, rec in self.files.items():
+            info = seen.get(path)
+            if info is None or info.size != rec.size or (info.hash or "").lower() != rec.etag:
+                bad.append(path)
+        return sorted(bad)
+
+
+def tree_hash_of(files: Mapping[str, FileRecord]) -> str:
+    """:func:`hashsync.tree_hash` (SHA-256) of a tree holding exactly ``files``."""
+    h = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.encode()):
+        h.update(b"file\0" + path.encode() + b"\0" + files[path].sha256.encode() + b"\n")
+    return h.hexdigest()
+
+
+def describe_tree(root: Path, part_size: int) -> dict[str, FileRecord]:
+    """Hash every file under ``root`` except bookkeeping: size, ETag and SHA-256 each.
+
+    Raises:
+        IntegrityError: A file could not be read, or changed between the two hashing passes.
+    """
+    rules = [("exclude", f"{META_DIR}/*")]
+    by_sha = hashsync.scan(root, algorithm="sha256", filters=rules)
+    by_etag = hashsync.scan(root, algorithm="etag", filters=rules, part_size=part_size)
+    problems = list(by_sha.errors) + list(by_etag.errors)
+    if problems:
+        path, why = problems[0]
+        raise IntegrityError(
+            f"cannot describe {root}: {len(problems)} files unreadable, e.g. {path}: {why}"
+        )
+    etags = {e.path: (e.size, e.digest) for e in by_etag}
+    files: dict[str, FileRecord] = {}
+    for e in by_sha:
+        size, etag = etags.get(e.path, (None, None))
+        if size != e.size or etag is None or e.digest is None:
+            raise IntegrityError(f"{root / e.path} changed while it was hashed")
+        files[e.path] = FileRecord(e.size, etag, e.digest)
+    if len(files) != len(etags):
+        raise IntegrityError(f"files appeared or vanished under {root} while it was hashed")
+    return files

@@ -1,0 +1,888 @@
+"""TreeCache: a local directory built once, stored remotely under its input's content hash."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import secrets
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hashsync
+from hashsync import atomic
+from hashsync._progress import byte_progress
+from hashsync.errors import (
+    HashsyncError,
+    HashsyncWarning,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    WaitTimeout,
+    describe,
+)
+from hashsync.storage.base import ObjectInfo, ReadWriteStorage, Storage
+from hashsync.storage.local import LocalStorage, SimpleLocalStorage, TemporaryLocalStorage
+from hashsync.storage.registry import open_storage
+from hashsync.treecache._lease import Lease, LeaseWatch, conditional_writes_honoured
+from hashsync.treecache._manifest import (
+    MANIFEST_KEY,
+    MAX_MANIFEST_BYTES,
+    META_DIR,
+    SYNCED_FILE,
+    Manifest,
+    check_segment,
+    describe_tree,
+    is_meta,
+    tree_hash_of,
+)
+
+Build = Callable[[Path], object]
+_EXCLUDE_META = [f"{META_DIR}/*"]
+_BUILD_MARK = ".hashsync-build-"
+
+
+class _RemoteFailed(Exception):
+    """A remote operation failed; carries the hashsync error that says why."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(describe(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _remote_errors() -> Iterator[None]:
+    """Turn what a store can throw into :class:`_RemoteFailed`."""
+    try:
+        yield
+    except (HashsyncError, OSError) as e:
+        raise _RemoteFailed(e) from e
+
+
+@dataclass
+class TreeCacheStatus:
+    """Where a TreeCache's copies stand (:meth:`TreeCache.status`, ``hashsync treecache status``).
+
+    Attributes:
+        local_dir: The local directory.
+        remote_url: Where the remote copy lives (``{remote}/{name}-{key}``).
+        local: ``"complete"`` (manifest and every file it names), ``"incomplete"``, ``"missing"``.
+        remote: ``"complete"``, ``"incomplete"`` (objects without a valid manifest, or a
+            manifest naming objects that are gone or different), ``"missing"``,
+            ``"unreachable"`` (with :attr:`remote_error`).
+        remote_error: Why the remote could not be read, if it could not.
+        files: Base files in the manifest (local, else remote); ``bytes``: their total size.
+        tree_hash: The base tree's :func:`hashsync.tree_hash`, from the manifest.
+        derived_local_only: Derived files only this machine has (a sync uploads them).
+        derived_remote_only: Derived files only the remote has (a sync downloads them).
+        derived_different: Derived files both have with different content.
+        lease: Who holds the build lease (host, pid, times), if anyone.
+    """
+
+    local_dir: str
+    remote_url: str
+    local: str
+    remote: str
+    remote_error: str | None = None
+    files: int = 0
+    bytes: int = 0
+    tree_hash: str | None = None
+    derived_local_only: list[str] = field(default_factory=list)
+    derived_remote_only: list[str] = field(default_factory=list)
+    derived_different: list[str] = field(default_factory=list)
+    lease: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as plain JSON-ready data (what ``--json`` prints)."""
+        return asdict(self)
+
+
+@dataclass
+class _Remote:
+    storage: Storage
+    manifest: Manifest | None
+    objects: list[ObjectInfo]
+    state: str
+    why: str = ""
+
+
+class TreeCache:
+    """A local directory mirrored at ``{remote}/{name}-{key}/``, built at most once.
+
+    ``key`` names what the directory was built from (a content hash of its input, see
+    :meth:`for_source`), so every machine that needs the same build finds it under the same
+    name. The remote copy is complete once ``.hashsync/manifest.json`` exists there (uploaded
+    after every file it names) and every object it names has the size and ETag it records.
+    Files added to the directory later (indexes, statistics: *derived files*) are not in the
+    manifest and are synced both ways by :meth:`ensure` and :meth:`sync`. Deletions are not
+    synced: a derived file missing on one side is copied from the other.
+
+    Remote failures (an unreachable endpoint, missing credentials, access denied, a missing
+    bucket) never stop local work in :meth:`ensure` and :meth:`sync`: they become a
+    :class:`~hashsync.errors.HashsyncWarning`. :meth:`pull` and :meth:`push` are explicit
+    transfers and raise instead.
+
+    Example:
+        >>> cache = TreeCache.for_source("raw/", "prepared/", "s3://bucket/caches", name="prep")
+        >>> path = cache.ensure(lambda out: preprocess("raw/", out))  # doctest: +SKIP
+        >>> cache.sync()  # after writing an index into path  # doctest: +SKIP
+        (0, 1)
+
+    Args:
+        local_dir: The local directory (created when built or downloaded).
+        remote: Where copies are kept: ``s3://bucket/prefix``, a local or shared directory,
+            ``file://`` (read-only ``http(s)://`` and ``hub://`` work for pulling).
+        name: What is cached (letters, digits, ``.``, ``_``, ``-``), e.g. ``"slipcache"``.
+        key: The content hash of the input (same characters), e.g. from :func:`hashsync.tree_hash`.
+        verbose: Show byte progress bars on a terminal and say what is being done.
+        lease_ttl: Seconds without a refresh after which a builder's lease counts as abandoned
+            (it is refreshed every quarter of this while building and uploading).
+        wait_timeout: Seconds to wait for another machine's build before building here
+            (with ``build``; without, :class:`~hashsync.errors.WaitTimeout`).
+        poll_interval: Seconds between checks while waiting (default: ``lease_ttl / 8``,
+            at most 5).
+        endpoint_url: Endpoint of an S3-compatible store for ``s3://`` remotes.
+        storage_options: Further options for the remote storage (see
+            :func:`hashsync.storage.open_storage`).
+
+    Raises:
+        InvalidArgument: A bad name, key, remote or option.
+    """
+
+    def __init__(
+        self,
+        local_dir: str | os.PathLike[str],
+        remote: str | os.PathLike[str],
+        *,
+        name: str,
+        key: str,
+        verbose: bool = True,
+        lease_ttl: float = 60.0,
+        wait_timeout: float = 3600.0,
+        poll_interval: float | None = None,
+        endpoint_url: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = check_segment(name, "name")
+        self.key = check_segment(key, "key")
+        if not isinstance(local_dir, str | os.PathLike) or not os.fspath(local_dir):
+            raise InvalidArgument(f"local_dir must be a path, not {local_dir!r}")
+        if not isinstance(remote, str | os.PathLike) or not os.fspath(remote).strip("/"):
+            raise InvalidArgument(f"remote must be a URL or a directory, not {remote!r}")
+        if not lease_ttl > 0 or not wait_timeout >= 0:
+            raise InvalidArgument("lease_ttl must be positive and wait_timeout not negative")
+        self.local_dir = Path(local_dir).expanduser().absolute()
+        self.remote_url = f"{os.fspath(remote).rstrip('/')}/{self.name}-{self.key}"
+        self.verbose = verbose
+        self.lease_ttl = float(lease_ttl)
+        self.wait_timeout = float(wait_timeout)
+        self.poll_interval = (
+            float(poll_interval) if poll_interval is not None else min(5.0, self.lease_ttl / 8)
+        )
+        self._options = dict(storage_options or {})
+        if endpoint_url is not None:
+            self._options["endpoint_url"] = endpoint_url
+        self._storage: Storage | None = None
+        self._native_conditions = True
+
+    @classmethod
+    def for_source(
+        cls,
+        source_dir: str | os.PathLike[str],
+        local_dir: str | os.PathLike[str],
+        remote: str | os.PathLike[str],
+        *,
+        name: str,
+        **options: Any,
+    ) -> TreeCache:
+        """A TreeCache keyed by the :func:`hashsync.tree_hash` (SHA-256) of ``source_dir``.
+
+        Args:
+            source_dir: The input the directory is built from.
+            local_dir: See :class:`TreeCache`.
+            remote: See :class:`TreeCache`.
+            name: See :class:`TreeCache`.
+            **options: The other arguments of :class:`TreeCache`.
+
+        Raises:
+            NotFound: ``source_dir`` does not exist.
+        """
+        return cls(local_dir, remote, name=name, key=hashsync.tree_hash(source_dir), **options)
+
+    def __repr__(self) -> str:
+        return f"TreeCache({str(self.local_dir)!r}, {self.remote_url!r})"
+
+    # -- the remote ------------------------------------------------------------------------
+
+    def _remote(self) -> Storage:
+        if self._storage is None:
+            storage = open_storage(self.remote_url, **self._options)
+            if isinstance(storage, ReadWriteStorage) and not conditional_writes_honoured(storage):
+                from hashsync.storage.s3 import S3Storage
+
+                self._native_conditions = False
+                if isinstance(storage, S3Storage):
+                    storage.close()
+                    storage = open_storage(
+                        self.remote_url, **{**self._options, "conditional_writes": "claim"}
+                    )
+                warnings.warn(
+                    f"the store behind {self.remote_url} ignores conditional writes "
+                    "(If-None-Match / If-Match); TreeCache falls back to claim objects and "
+                    "read-back leases, so two machines building at the same moment may both "
+                    "build (the copy stays consistent: its manifest is checked on every read)",
+                    HashsyncWarning,
+                    stacklevel=3,
+                )
+            self._storage = storage
+        return self._storage
+
+    def _writable(self, storage: Storage) -> ReadWriteStorage:
+        if not isinstance(storage, ReadWriteStorage):
+            raise PermissionDenied(f"{self.remote_url} is read-only: nothing can be uploaded")
+        return storage
+
+    def _read_remote(self) -> _Remote:
+        with _remote_errors():
+            storage = self._remote()
+            objects = [i for i in storage.list() if not is_meta(i.key)]
+            try:
+                data = storage.read_bytes(MANIFEST_KEY, max_size=MAX_MANIFEST_BYTES)
+            except NotFound:
+                state = "incomplete" if objects else "missing"
+                return _Remote(storage, None, objects, state, "no manifest")
+        try:
+            manifest = Manifest.from_json(data, name=self.name, key=self.key)
+        except IntegrityError as e:
+            return _Remote(storage, None, objects, "incomplete", f"bad manifest: {e}")
+        bad = manifest.missing_or_different(objects)
+        if bad:
+            return _Remote(
+                storage,
+                None,
+                objects,
+                "incomplete",
+                f"{len(bad)} files of the manifest missing or different, e.g. {bad[0]!r}",
+            )
+        return _Remote(storage, manifest, objects, "complete")
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            import sys
+
+            print(f"hashsync treecache: {text}", file=sys.stderr)
+
+    def _warn(self, text: str) -> None:
+        warnings.warn(text, HashsyncWarning, stacklevel=3)
+
+    # -- the local copy --------------------------------------------------------------------
+
+    def _local_manifest(self) -> Manifest | None:
+        """The local copy's manifest if the copy is complete (every file there, right size)."""
+        path = self.local_dir / MANIFEST_KEY
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise InvalidArgument(f"{self.local_dir} is not a directory") from None
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            doc = json.loads(data)
+            if isinstance(doc, dict) and (doc.get("name"), doc.get("key")) != (
+                self.name,
+                self.key,
+            ):
+                raise InvalidArgument(
+                    f"{self.local_dir} holds {doc.get('name')}-{doc.get('key')}, not "
+                    f"{self.name}-{self.key}; use another local directory"
+                )
+        try:
+            manifest = Manifest.from_json(data, name=self.name, key=self.key)
+        except IntegrityError as e:
+            self._warn(f"{path} is damaged ({e}); the local copy counts as incomplete")
+            return None
+        for rel, rec in manifest.files.items():
+            try:
+                st = os.lstat(self.local_dir / rel)
+            except OSError:
+                return None
+            if not os.path.isfile(self.local_dir / rel) or st.st_size != rec.size:
+                return None
+        return manifest
+
+    def _local_storage(self) -> LocalStorage:
+        return SimpleLocalStorage(self.local_dir)
+
+    def _write_local_meta(self, rel: str, data: bytes) -> None:
+        path = self.local_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        failed = atomic.write_files_atomically([(path, data)])[0]
+        if failed is not None:
+            raise failed
+
+    def _synced(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.local_dir / SYNCED_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def _save_synced(self, synced: dict[str, str]) -> None:
+        self._write_local_meta(SYNCED_FILE, json.dumps(synced, indent=1, sort_keys=True).encode())
+
+    def _part_size(self) -> int:
+        with contextlib.suppress(_RemoteFailed):
+            with _remote_errors():
+                return int(getattr(self._remote(), "part_size", hashsync.DEFAULT_PART_SIZE))
+        return hashsync.DEFAULT_PART_SIZE
+
+    # -- building --------------------------------------------------------------------------
+
+    def _clean_abandoned_builds(self) -> None:
+        parent = self.local_dir.parent
+        mark = f".{self.local_dir.name}{_BUILD_MARK}"
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(parent):
+                if not entry.name.startswith(mark):
+                    continue
+                host, _, pid = entry.name[len(mark) :].partition("-")
+                pid = pid.partition("-")[0]
+                if host == atomic._HOST and pid.isdigit() and not atomic._pid_alive(int(pid)):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+
+    def _build_here(self, build: Build) -> Manifest:
+        """Run ``build`` into a fresh staging directory, describe it, move it into place."""
+        self.local_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._clean_abandoned_builds()
+        staging = self.local_dir.with_name(
+            f".{self.local_dir.name}{_BUILD_MARK}{atomic._HOST}-{os.getpid()}-"
+            f"{secrets.token_hex(4)}"
+        )
+        staging.mkdir()
+        try:
+            self._say(f"building {self.name}-{self.key[:12]} in {staging}")
+            build(staging)
+            shutil.rmtree(staging / META_DIR, ignore_errors=True)
+            part_size = self._part_size()
+            files = describe_tree(staging, part_size)
+            manifest = Manifest(
+                name=self.name,
+                key=self.key,
+                files=files,
+                part_size=part_size,
+                tree_hash=tree_hash_of(files),
+            )
+            self._move_into_place(staging, manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._write_local_meta(MANIFEST_KEY, manifest.to_json())
+        return manifest
+
+    def _move_into_place(self, staging: Path, manifest: Manifest) -> None:
+        with contextlib.suppress(OSError):
+            self.local_dir.rmdir()  # only if empty
+        try:
+            os.rename(staging, self.local_dir)
+            return
+        except OSError:
+            pass  # the directory has files (an interrupted copy): merge into it
+        target = self._local_storage()
+        target.create_root()
+        source = SimpleLocalStorage(staging)
+        for rel in manifest.files:
+            target.copy_from(rel, source)
+
+    # -- transfers -------------------------------------------------------------------------
+
+    def _download(self, remote: _Remote) -> int:
+        """Fetch the whole remote copy (base and derived files), verified; return files fetched."""
+        manifest = remote.manifest
+        assert manifest is not None
+        self._say(f"downloading {self.name}-{self.key[:12]} from {self.remote_url}")
+        with _remote_errors(), byte_progress("download", enabled=self.verbose) as bar:
+            result = hashsync.sync(
+                remote.storage,
+                self._local_storage(),
+                exclude=_EXCLUDE_META,
+                progress=bar,
+                allow_empty_source=True,
+            )
+            if not result.ok:
+                key, why = (result.failed or result.scan_errors)[0]
+                raise IntegrityError(f"download of {self.remote_url} incomplete: {key}: {why}")
+            # The files came verified against the ETags listed just before; the manifest must
+            # still describe the copy now (a repair could have replaced it meanwhile).
+            after = [i for i in remote.storage.list() if not is_meta(i.key)]
+        bad = manifest.missing_or_different(after)
+        if bad:
+            raise _RemoteFailed(
+                IntegrityError(f"{self.remote_url} changed during the download ({bad[0]!r})")
+            )
+        synced = self._synced()
+        synced.update({i.key: i.hash for i in after if i.key not in manifest.files and i.hash})
+        self._save_synced(synced)
+        self._write_local_meta(MANIFEST_KEY, manifest.to_json())
+        return len(result.transferred)
+
+    def _upload(self, storage: ReadWriteStorage, manifest: Manifest, lease: Lease) -> int:
+        """Upload the local copy while holding ``lease``; the manifest goes last."""
+        self._say(f"uploading {self.name}-{self.key[:12]} to {self.remote_url}")
+        with _remote_errors():
+            with contextlib.suppress(NotFound):
+                storage.delete(MANIFEST_KEY)  # a damaged one: readers must not trust it
+            with byte_progress("upload", enabled=self.verbose) as bar:
+                result = hashsync.sync(
+                    self._local_storage(),
+                    storage,
+                    delete=True,
+                    exclude=_EXCLUDE_META,
+                    progress=bar,
+                    allow_empty_source=True,
+                )
+            if not result.ok:
+                key, why = (result.failed or result.scan_errors)[0]
+                raise IntegrityError(f"upload to {self.remote_url} incomplete: {key}: {why}")
+            listing = [i for i in storage.list() if not is_meta(i.key)]
+            bad = manifest.missing_or_different(listing)
+            if bad:
+                raise IntegrityError(
+                    f"after the upload {self.remote_url} does not match the manifest: {bad[0]!r}"
+                )
+            if lease.lost.is_set():
+                raise PreconditionFailed("the build lease was taken over; manifest not written")
+            try:
+                storage.write_bytes(MANIFEST_KEY, manifest.to_json(), create_only=True)
+            except PreconditionFailed:
+                self._warn(f"another machine completed {self.remote_url} first; kept its copy")
+                return len(result.transferred)
+        synced = self._synced()
+        synced.update({i.key: i.hash for i in listing if i.key not in manifest.files and i.hash})
+        self._save_synced(synced)
+        return len(result.transferred)
+
+    def _claim(self, storage: ReadWriteStorage, stale: str | None = None) -> Lease | None:
+        """Take the build lease (over ``stale``, if given) and confirm the copy is still missing.
+
+        The re-check matters: a builder may have written its manifest and released the lease
+        between this process's first look and its claim; uploading now would replace a good
+        copy.
+        """
+        lease = Lease(storage, ttl=self.lease_ttl, native=self._native_conditions)
+        with _remote_errors():
+            got = lease.acquire() if stale is None else lease.take_over(stale)
+            if not got:
+                return None
+            try:
+                complete = self._read_remote().manifest is not None
+            except BaseException:
+                lease.release()
+                raise
+        if complete:
+            lease.release()
+            return None
+        return lease
+
+    def _publish(self, remote: _Remote, manifest: Manifest) -> int:
+        """Upload a complete local copy to a remote without one, if no one else is."""
+        with _remote_errors():
+            storage = self._writable(remote.storage)
+        lease = self._claim(storage)
+        if lease is None:
+            self._say("another machine is uploading (or has uploaded) this copy; not uploading")
+            return 0
+        lease.start_refreshing()
+        try:
+            return self._upload(storage, manifest, lease)
+        finally:
+            lease.release()
+
+    def _build_and_publish(self, storage: ReadWriteStorage, build: Build, lease: Lease) -> None:
+        lease.start_refreshing()
+        try:
+            manifest = self._build_here(build)
+            try:
+                self._upload(storage, manifest, lease)
+            except _RemoteFailed as e:
+                self._warn(f"built {self.local_dir} but could not upload it: {e}")
+        finally:
+            lease.release()
+
+    def _build_or_wait(self, remote: _Remote, build: Build | None) -> None:
+        """Neither copy is complete: claim the key and build, or wait for whoever has it."""
+        storage = remote.storage
+        writable = storage if isinstance(storage, ReadWriteStorage) else None
+        watch = LeaseWatch(storage, ttl=self.lease_ttl)
+        deadline = time.monotonic() + self.wait_timeout
+        said = False
+        while True:
+            if build is not None and writable is not None:
+                lease = self._claim(writable)
+                if lease is not None:
+                    self._build_and_publish(writable, build, lease)
+                    return
+            with _remote_errors():
+                etag, stale = watch.poll()
+            if etag is None or stale:
+                current = self._read_remote()
+                if current.manifest is not None:
+                    self._download(current)
+                    return
+            if etag is None:
+                if build is None:
+                    raise NotFound(
+                        f"no complete copy at {self.remote_url} and no local copy in "
+                        f"{self.local_dir}; pass build= to make one"
+                    )
+                if writable is None:
+                    self._build_here(build)
+                    return
+                continue  # the holder let go: try to claim it
+            if stale and build is not None and writable is not None:
+                lease = self._claim(writable, stale=etag)
+                if lease is not None:
+                    self._say(f"took over the abandoned build lease of {_holder(watch.holder)}")
+                    self._build_and_publish(writable, build, lease)
+                    return
+                continue
+            if time.monotonic() > deadline:
+                if build is None:
+                    raise WaitTimeout(
+                        f"waited {self.wait_timeout:g} s for {_holder(watch.holder)} to finish "
+                        f"building {self.remote_url}"
+                    )
+                self._warn(
+                    f"waited {self.wait_timeout:g} s for {_holder(watch.holder)} to build "
+                    f"{self.remote_url}; building here without uploading"
+                )
+                self._build_here(build)
+                return
+            if not said:
+                self._say(f"waiting for {_holder(watch.holder)}, who is building this copy")
+                said = True
+            time.sleep(self.poll_interval)
+            with _remote_errors():
+                if storage.exists(MANIFEST_KEY):
+                    current = self._read_remote()
+                    if current.manifest is not None:
+                        self._download(current)
+                        return
+
+    # -- derived files ---------------------------------------------------------------------
+
+    def _derived_plan(
+        self, remote: _Remote, manifest: Manifest
+    ) -> tuple[dict[str, Any], dict[str, ObjectInfo], list[tuple[str, str]]]:
+        listing = hashsync.scan(
+            self.local_dir,
+            algorithm="etag",
+            part_size=manifest.part_size,
+            filters=[("exclude", p) for p in _EXCLUDE_META],
+        )
+        local = {e.path: e for e in listing if e.path not in manifest.files}
+        theirs = {i.key: i for i in remote.objects if i.key not in manifest.files}
+        return local, theirs, list(listing.errors)
+
+    def _same(self, rel: str, entry: Any, info: ObjectInfo) -> bool:
+        if entry.size != info.size or info.hash is None:
+            return False
+        if entry.digest == info.hash:
+            return True
+        # Different part sizes give different multipart ETags for the same bytes.
+        return "-" in info.hash and hashsync.etag_matches(self.local_dir / rel, info.hash)
+
+    def _sync_derived(
+        self, remote: _Remote, manifest: Manifest, *, down: bool, up: bool
+    ) -> tuple[int, int]:
+        storage = remote.storage
+        local, theirs, errors = self._derived_plan(remote, manifest)
+        for rel, why in errors:
+            self._warn(f"derived file {rel} could not be read and is not synced: {why}")
+        unreadable = {rel for rel, _ in errors}
+        synced = self._synced()
+        here = self._local_storage()
+        downloaded = uploaded = 0
+
+        def fetch(rel: str) -> None:
+            nonlocal downloaded
+            storage.copy(rel, here)
+            downloaded += 1
+
+        def send(rel: str, expected: str | None) -> bool:
+            nonlocal uploaded
+            try:
+                self._writable(storage).copy_from_if_overwriting_hash(rel, expected, here)
+            except PreconditionFailed:
+                self._warn(f"{rel} changed on {self.remote_url} during the sync; sync again")
+                return False
+            uploaded += 1
+            return True
+
+        with _remote_errors():
+            for rel in sorted(set(local) | set(theirs)):
+                if rel in unreadable:
+                    continue
+                mine, info = local.get(rel), theirs.get(rel)
+                if info is None:
+                    if up and send(rel, None):
+                        synced[rel] = mine.digest
+                    continue
+                if mine is None:
+                    if down:
+                        fetch(rel)
+                        synced[rel] = info.hash or ""
+                    continue
+                if self._same(rel, mine, info):
+                    synced[rel] = info.hash or ""
+                    continue
+                base = synced.get(rel)
+                if base is not None and base == info.hash:
+                    if up and send(rel, info.hash):
+                        synced[rel] = mine.digest
+                elif base is not None and base == mine.digest:
+                    if down:
+                        fetch(rel)
+                        synced[rel] = info.hash or ""
+                elif down and up:
+                    d, u, loser = self._resolve_conflict(storage, rel, mine, info)
+                    downloaded += d
+                    uploaded += u
+                    for name in (rel, loser):
+                        synced[name] = here.get_hash(name)
+                else:
+                    self._warn(
+                        f"{rel} was changed both here and on {self.remote_url}; "
+                        "`sync` keeps the newer and the other as a .conflict copy"
+                    )
+            self._save_synced(synced)
+        return downloaded, uploaded
+
+    def _resolve_conflict(
+        self, storage: Storage, rel: str, mine: Any, info: ObjectInfo
+    ) -> tuple[int, int, str]:
+        """Keep the newer version as ``rel`` on both sides and the other as a conflict copy.
+
+        Returns:
+            Files downloaded, files uploaded, and the conflict copy's name.
+        """
+        writable = self._writable(storage)
+        here = self._local_storage()
+        local_time = mine.mtime_ns / 1e9
+        remote_time = info.last_modified.timestamp()
+        if local_time >= remote_time:
+            loser = _conflict_name(rel, info.last_modified)
+            with TemporaryLocalStorage(dir=self.local_dir / META_DIR) as scratch:
+                storage.copy(rel, scratch)
+                os.replace(scratch.path(rel), self.local_dir / loser)
+            writable.copy_from_if_overwriting_hash(rel, info.hash, here)
+        else:
+            loser = _conflict_name(rel, datetime.datetime.fromtimestamp(local_time, datetime.UTC))
+            os.replace(self.local_dir / rel, self.local_dir / loser)
+            storage.copy(rel, here)
+        with contextlib.suppress(PreconditionFailed):
+            writable.copy_from_if_overwriting_hash(loser, None, here)
+        self._warn(
+            f"{rel} was changed both here and on {self.remote_url}: kept the newer, the other "
+            f"is {loser}"
+        )
+        return (1, 2, loser) if local_time >= remote_time else (1, 1, loser)
+
+    # -- public operations -----------------------------------------------------------------
+
+    def ensure(self, build: Build | None = None) -> Path:
+        """Make the local directory hold the copy, whichever side has it; return its path.
+
+        Remote complete and local missing: download it, verified. Remote missing: claim the
+        build lease, ``build(path)`` into an empty directory (moved into place when it
+        returns), upload it, write the manifest last; other machines calling ``ensure`` meanwhile
+        wait for that manifest and download, and take over if the builder stops refreshing its
+        lease. Both complete: sync derived files both ways. Local complete and remote missing:
+        upload. Remote failures become warnings; the local copy (or a local build) is used.
+
+        Args:
+            build: Called with a directory to fill when no copy exists anywhere.
+
+        Returns:
+            The local directory.
+
+        Raises:
+            NotFound: No copy anywhere (or the remote unreadable) and no ``build``.
+            WaitTimeout: Without ``build``, another machine's build took longer than
+                ``wait_timeout``.
+            InvalidArgument: The local directory holds another key's copy.
+        """
+        if build is not None and not callable(build):
+            raise InvalidArgument(f"build must be callable as build(path), not {build!r}")
+        local = self._local_manifest()
+        try:
+            remote = self._read_remote()
+            if local is not None and remote.manifest is not None:
+                self._sync_both(remote, local)
+            elif remote.manifest is not None:
+                self._download(remote)
+            elif local is not None:
+                self._publish(remote, local)
+            else:
+                self._build_or_wait(remote, build)
+        except _RemoteFailed as e:
+            if self._local_manifest() is not None:
+                self._warn(f"remote cache unavailable, using the local copy: {e}")
+            elif build is not None:
+                self._warn(f"remote cache unavailable, building locally: {e}")
+                self._build_here(build)
+            else:
+                raise NotFound(
+                    f"no local copy in {self.local_dir}, no build function, and the remote "
+                    f"cache is unavailable: {e}"
+                ) from e.error
+        return self.local_dir
+
+    def _sync_both(self, remote: _Remote, local: Manifest) -> tuple[int, int]:
+        assert remote.manifest is not None
+        if remote.manifest.tree_hash != local.tree_hash:
+            self._warn(
+                f"{self.local_dir} was built separately and differs from {self.remote_url}; "
+                "derived files are not synced (remove the local directory to adopt the remote)"
+            )
+            return 0, 0
+        return self._sync_derived(remote, local, down=True, up=True)
+
+    def sync(self) -> tuple[int, int]:
+        """Sync derived files both ways; return ``(downloaded, uploaded)``.
+
+        A file on one side only is copied to the other. A file changed on one side since the
+        last sync replaces the other's copy. A file changed on both keeps the newer (by
+        modification time) under its name and the other as ``NAME.conflict-<UTC time>``, on
+        both sides, with a warning. With no complete remote copy, the local copy is uploaded.
+        A remote failure is a warning and returns ``(0, 0)``.
+
+        Raises:
+            NotFound: There is no complete local copy (call :meth:`ensure` first).
+        """
+        local = self._require_local()
+        try:
+            remote = self._read_remote()
+            if remote.manifest is None:
+                return 0, self._publish(remote, local)
+            return self._sync_both(remote, local)
+        except _RemoteFailed as e:
+            self._warn(f"remote cache unavailable, nothing synced: {e}")
+            return 0, 0
+
+    def _require_local(self) -> Manifest:
+        local = self._local_manifest()
+        if local is None:
+            raise NotFound(f"no complete copy in {self.local_dir} (call ensure() or pull first)")
+        return local
+
+    def pull(self) -> int:
+        """Download the remote copy, or only its new derived files; return files downloaded.
+
+        Raises:
+            NotFound: The remote has no complete copy.
+            StorageUnavailable, PermissionDenied: The remote cannot be read.
+        """
+        try:
+            remote = self._read_remote()
+            if remote.manifest is None:
+                raise NotFound(f"no complete copy at {self.remote_url} ({remote.why})")
+            local = self._local_manifest()
+            if local is None:
+                return self._download(remote)
+            return self._sync_derived(remote, local, down=True, up=False)[0]
+        except _RemoteFailed as e:
+            raise e.error from None
+
+    def push(self) -> int:
+        """Upload the local copy, or only its new derived files; return files uploaded.
+
+        Raises:
+            NotFound: There is no complete local copy.
+            PreconditionFailed: Another machine is uploading this copy right now.
+            StorageUnavailable, PermissionDenied: The remote cannot be written.
+        """
+        local = self._require_local()
+        try:
+            remote = self._read_remote()
+            if remote.manifest is None:
+                storage = self._writable(remote.storage)
+                lease = Lease(storage, ttl=self.lease_ttl, native=self._native_conditions)
+                with _remote_errors():
+                    if not lease.acquire():
+                        raise PreconditionFailed(f"another machine is uploading {self.remote_url}")
+                lease.start_refreshing()
+                try:
+                    return self._upload(storage, local, lease)
+                finally:
+                    lease.release()
+            if remote.manifest.tree_hash != local.tree_hash:
+                raise PreconditionFailed(
+                    f"{self.remote_url} holds a different build of this key; not overwritten"
+                )
+            return self._sync_derived(remote, local, down=False, up=True)[1]
+        except _RemoteFailed as e:
+            raise e.error from None
+
+    def status(self) -> TreeCacheStatus:
+        """Report both copies, derived-file differences and the lease; changes nothing."""
+        local = self._local_manifest()
+        if local is not None:
+            local_state = "complete"
+        elif self.local_dir.exists() and any(self.local_dir.iterdir()):
+            local_state = "incomplete"
+        else:
+            local_state = "missing"
+        status = TreeCacheStatus(str(self.local_dir), self.remote_url, local_state, "missing")
+        if local is not None:
+            status.files, status.bytes, status.tree_hash = (
+                len(local.files),
+                local.total_bytes,
+                local.tree_hash,
+            )
+        try:
+            remote = self._read_remote()
+            with _remote_errors():
+                watch = LeaseWatch(remote.storage, ttl=self.lease_ttl)
+                if watch.poll()[0] is not None:
+                    status.lease = watch.holder or {"holder": "unknown"}
+        except _RemoteFailed as e:
+            status.remote, status.remote_error = "unreachable", str(e)
+            return status
+        status.remote = remote.state
+        if remote.state == "incomplete":
+            status.remote_error = remote.why
+        base = local or remote.manifest
+        if base is not None and local is None:
+            status.files, status.bytes, status.tree_hash = (
+                len(base.files),
+                base.total_bytes,
+                base.tree_hash,
+            )
+        if local is not None and remote.manifest is not None:
+            mine, theirs, _ = self._derived_plan(remote, local)
+            status.derived_local_only = sorted(set(mine) - set(theirs))
+            status.derived_remote_only = sorted(set(theirs) - set(mine))
+            status.derived_different = sorted(
+                r for r in set(mine) & set(theirs) if not self._same(r, mine[r], theirs[r])
+            )
+        return status
+
+
+def _holder(holder: dict[str, Any]) -> str:
+    if holder.get("host") and holder.get("pid"):
+        return f"process {holder['pid']} on {holder['host']}"
+    return "another process"
+
+
+def _conflict_name(rel: str, when: datetime.datetime) -> str:
+    stamp = when.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{rel}.conflict-{stamp}"
