@@ -105,3 +105,401 @@ def test_seed_000_scenarios_in_order(tmp_path, remote, s3_server, bucket):
     assert (local / "label_index.npy").read_bytes() == b"index v1"
     assert (local / "normalization_stats.json").read_text() == '{"mean": 0.5}'
     assert build.calls == 1
+
+
+BUILDER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import hashsync
+
+    local, remote, ttl, pause, log = sys.argv[1:6]
+
+    def build(out):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(float(pause))
+        (out / "big.bin").write_bytes(b"x" * 100_000)
+        (out / "sub").mkdir()
+        (out / "sub" / "small.txt").write_text("built")
+
+    cache = hashsync.TreeCache(local, remote, name="slipcache", key="k1", verbose=False,
+                               lease_ttl=float(ttl), poll_interval=0.2)
+    cache.ensure(build)
+    print("ok", (Path(local) / "sub" / "small.txt").read_text())
+    """
+)
+
+
+def start_builder(tmp_path, local, remote, *, ttl=30.0, pause=2.0) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            BUILDER_SCRIPT,
+            str(local),
+            remote,
+            str(ttl),
+            str(pause),
+            str(tmp_path / "builds.log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def builds(tmp_path) -> list[str]:
+    log = tmp_path / "builds.log"
+    return log.read_text().split() if log.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("ttl", "pause"),
+    [(30.0, 2.0), (1.0, 3.0)],
+    ids=["short-build", "build-outlasting-the-lease-ttl"],
+)
+def test_two_processes_calling_ensure_at_once_build_once(
+    tmp_path, remote, s3_server, bucket, ttl, pause
+):
+    # With a build three times the lease's TTL, only the refreshes keep the waiter away.
+    procs = [
+        start_builder(tmp_path, tmp_path / f"machine{i}", remote, ttl=ttl, pause=pause)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, errtext) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, errtext
+        assert out.strip() == "ok built"
+    assert len(builds(tmp_path)) == 1
+    assert set(remote_keys(s3_server, bucket)) == {
+        "big.bin",
+        "sub/small.txt",
+        ".hashsync/manifest.json",
+    }
+    a = without_meta(tmp_path / "machine0", tmp_path / "a")
+    b = without_meta(tmp_path / "machine1", tmp_path / "b")
+    assert hashsync.tree_hash(a) == hashsync.tree_hash(b)
+
+
+def test_a_killed_builder_is_taken_over_after_its_lease_expires(
+    tmp_path, remote, s3_server, bucket
+):
+    victim = start_builder(tmp_path, tmp_path / "victim", remote, ttl=2.0, pause=600)
+    deadline = time.monotonic() + 60
+    while not builds(tmp_path):
+        assert time.monotonic() < deadline and victim.poll() is None, victim.stderr.read()
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert ".hashsync/lease.json" in remote_keys(s3_server, bucket)
+
+    build = Builder()
+    started = time.monotonic()
+    make_cache(tmp_path / "heir", remote, lease_ttl=2.0, poll_interval=0.2).ensure(build)
+    waited = time.monotonic() - started
+    assert build.calls == 1
+    assert waited >= 2.0  # the lease had to go stale first
+    stored = remote_keys(s3_server, bucket)
+    assert set(stored) == set(BASE) | {".hashsync/manifest.json"}  # lease released
+    # A third machine downloads the heir's build.
+    later = Builder()
+    make_cache(tmp_path / "third", remote).ensure(later)
+    assert later.calls == 0
+    assert (tmp_path / "third" / "meta/info.json").read_bytes() == BASE["meta/info.json"]
+
+
+def test_a_waiter_without_build_times_out_while_the_builder_is_alive(tmp_path, remote):
+    builder = start_builder(tmp_path, tmp_path / "builder", remote, ttl=30.0, pause=600)
+    try:
+        deadline = time.monotonic() + 60
+        while not builds(tmp_path):
+            assert time.monotonic() < deadline and builder.poll() is None
+            time.sleep(0.05)
+        with pytest.raises(WaitTimeout, match="waited 1 s"):
+            make_cache(tmp_path / "waiter", remote, wait_timeout=1, poll_interval=0.2).ensure()
+        assert not (tmp_path / "waiter").exists()
+    finally:
+        builder.kill()
+        builder.wait()
+
+
+def test_neither_copy_and_no_build_is_a_clear_error(tmp_path, remote):
+    with pytest.raises(NotFound, match="pass build="):
+        make_cache(tmp_path / "cache", remote).ensure()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_unreachable_endpoint_is_a_warning_and_local_work_goes_on(tmp_path, s3_env):
+    from hub_helpers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    local = tmp_path / "cache"
+    build = Builder()
+    options = {"storage_options": {"max_attempts": 1, "connect_timeout": 1}}
+    with pytest.warns(HashsyncWarning, match="remote cache unavailable, building locally"):
+        assert make_cache(local, "s3://b/caches", endpoint_url=dead, **options).ensure(build)
+    assert build.calls == 1
+    assert (local / "data/shard-000.bin").read_bytes() == BASE["data/shard-000.bin"]
+    # The next call uses the local copy, still with a warning, and builds nothing.
+    with pytest.warns(HashsyncWarning, match="using the local copy"):
+        make_cache(local, "s3://b/caches", endpoint_url=dead, **options).ensure(build)
+    assert build.calls == 1
+    with pytest.warns(HashsyncWarning, match="nothing synced"):
+        assert make_cache(local, "s3://b/caches", endpoint_url=dead, **options).sync() == (0, 0)
+    status = make_cache(local, "s3://b/caches", endpoint_url=dead, **options).status()
+    assert (status.local, status.remote) == ("complete", "unreachable")
+    # Without a local copy or a build there is nothing to work with: a clear error.
+    with pytest.raises(NotFound, match="remote cache is unavailable"):
+        make_cache(tmp_path / "other", "s3://b/caches", endpoint_url=dead, **options).ensure()
+
+
+def test_a_missing_bucket_and_bad_credentials_are_warnings(tmp_path, s3_env, monkeypatch):
+    build = Builder()
+    with pytest.warns(HashsyncWarning, match="does not exist"):
+        make_cache(tmp_path / "a", "s3://no-such-bucket-here/c").ensure(build)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.warns(HashsyncWarning, match="remote cache unavailable"):
+        make_cache(tmp_path / "b", "s3://no-such-bucket-here/c").ensure(build)
+    assert build.calls == 2
+
+
+def test_a_remote_copy_without_its_manifest_is_repaired(tmp_path, remote, s3_server, bucket):
+    store = s3(s3_server, bucket, "caches/slipcache-k1")
+    # A builder that died mid-upload: some files, one of them torn, no manifest.
+    store.write_bytes("data/shard-000.bin", b"torn")
+    store.write_bytes("junk-from-the-dead-build.tmp", b"junk")
+    assert make_cache(tmp_path / "x", remote).status().remote == "incomplete"
+    build = Builder()
+    make_cache(tmp_path / "cache", remote).ensure(build)
+    assert build.calls == 1
+    assert set(remote_keys(s3_server, bucket)) == set(BASE) | {".hashsync/manifest.json"}
+    fresh = Builder()
+    make_cache(tmp_path / "reader", remote).ensure(fresh)
+    assert fresh.calls == 0
+    assert (tmp_path / "reader/data/shard-000.bin").read_bytes() == BASE["data/shard-000.bin"]
+
+
+def test_a_manifest_naming_missing_or_changed_objects_is_not_served(
+    tmp_path, remote, s3_server, bucket
+):
+    make_cache(tmp_path / "cache", remote).ensure(Builder())
+    store = s3(s3_server, bucket, "caches/slipcache-k1")
+    store.delete("meta/info.json")  # Bazel #12423: the entry is there, a blob is gone
+    status = make_cache(tmp_path / "reader", remote).status()
+    assert status.remote == "incomplete" and "meta/info.json" in status.remote_error
+    with pytest.raises(NotFound):
+        make_cache(tmp_path / "reader", remote).ensure()
+    assert not (tmp_path / "reader" / "data").exists()
+    build = Builder()
+    make_cache(tmp_path / "repairer", remote).ensure(build)
+    assert build.calls == 1
+    assert make_cache(tmp_path / "reader", remote).status().remote == "complete"
+    store.write_bytes("meta/info.json", b'{"samples": 3}')  # same key, other content
+    assert make_cache(tmp_path / "reader", remote).status().remote == "incomplete"
+
+
+def test_hostile_remote_manifests_are_treated_as_missing(tmp_path, remote, s3_server, bucket):
+    store = s3(s3_server, bucket, "caches/slipcache-k1")
+    evil = {
+        "format": "hashsync-treecache/1",
+        "name": "slipcache",
+        "key": "k1",
+        "part_size": 8388608,
+        "tree_hash": "0" * 64,
+        "files": {"../../escape.txt": {"size": 1, "etag": "0" * 32, "sha256": "0" * 64}},
+    }
+    store.write_bytes(".hashsync/manifest.json", json.dumps(evil).encode())
+    status = make_cache(tmp_path / "x", remote).status()
+    assert status.remote == "incomplete" and "invalid path" in status.remote_error
+    for garbage in (b"not json", b"[]", json.dumps({**evil, "key": "k2"}).encode()):
+        store.write_bytes(".hashsync/manifest.json", garbage)
+        assert make_cache(tmp_path / "x", remote).status().remote == "incomplete"
+    assert not (tmp_path / "escape.txt").exists()
+    make_cache(tmp_path / "cache", remote).ensure(Builder())  # repaired over it
+    assert make_cache(tmp_path / "y", remote).status().remote == "complete"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"name": "../../etc"}, {"name": "a/b"}, {"key": ""}, {"key": "k 1"}, {"key": ".."}],
+)
+def test_bad_names_and_keys_are_refused(tmp_path, kw):
+    args = {"name": "slipcache", "key": "k1", **kw}
+    with pytest.raises(InvalidArgument):
+        TreeCache(tmp_path / "c", "s3://b/p", **args)
+
+
+def test_a_local_directory_holding_another_key_is_refused(tmp_path, remote):
+    make_cache(tmp_path / "cache", remote).ensure(Builder())
+    with pytest.raises(InvalidArgument, match="holds slipcache-k1"):
+        make_cache(tmp_path / "cache", remote, key="k2").ensure(Builder())
+
+
+def test_for_source_keys_by_tree_hash(tmp_path, remote):
+    write_tree(tmp_path / "src", {"a.txt": b"a", "b/c.txt": b"c"})
+    cache = TreeCache.for_source(tmp_path / "src", tmp_path / "out", remote, name="prep")
+    assert cache.key == hashsync.tree_hash(tmp_path / "src")
+    assert cache.remote_url == f"{remote}/prep-{cache.key}"
+    with pytest.raises(NotFound):
+        TreeCache.for_source(tmp_path / "nope", tmp_path / "out", remote, name="prep")
+
+
+def _two_machines(tmp_path, remote):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_cache(a, remote).ensure(Builder())
+    make_cache(b, remote).ensure(Builder())
+    return a, b
+
+
+def _set_mtime(path: Path, when: float) -> None:
+    os.utime(path, (when, when))
+
+
+def test_edits_on_one_side_flow_to_the_other_without_conflicts(tmp_path, remote):
+    a, b = _two_machines(tmp_path, remote)
+    (a / "stats.json").write_text("v1")
+    assert make_cache(a, remote).sync() == (0, 1)
+    assert make_cache(b, remote).sync() == (1, 0)
+    (b / "stats.json").write_text("v2, longer")
+    assert make_cache(b, remote).sync() == (0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no conflict warning
+        assert make_cache(a, remote).sync() == (1, 0)
+    assert (a / "stats.json").read_text() == "v2, longer"
+    # Same size, same mtime as before: still caught, by content.
+    before = (a / "stats.json").stat().st_mtime
+    (a / "stats.json").write_text("v3, longer")
+    _set_mtime(a / "stats.json", before)
+    assert make_cache(a, remote).sync() == (0, 1)
+    assert make_cache(b, remote).sync() == (1, 0)
+    assert (b / "stats.json").read_text() == "v3, longer"
+
+
+@pytest.mark.parametrize("newer", ["local", "remote"])
+def test_conflicting_edits_keep_the_newer_and_a_conflict_copy(tmp_path, remote, newer):
+    a, b = _two_machines(tmp_path, remote)
+    (a / "stats.json").write_text("base")
+    make_cache(a, remote).sync()
+    make_cache(b, remote).sync()
+    (a / "stats.json").write_text("from a")
+    make_cache(a, remote).sync()  # the remote now has "from a", written just now
+    (b / "stats.json").write_text("from b")
+    _set_mtime(b / "stats.json", time.time() + (3600 if newer == "local" else -3600))
+    with pytest.warns(HashsyncWarning, match="changed both here and on"):
+        make_cache(b, remote).sync()
+    conflicts = sorted(p.name for p in b.glob("stats.json.conflict-*"))
+    assert len(conflicts) == 1
+    winner, loser = ("from b", "from a") if newer == "local" else ("from a", "from b")
+    assert (b / "stats.json").read_text() == winner
+    assert (b / conflicts[0]).read_text() == loser
+    # Machine a ends with the same two files, without a conflict of its own.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_cache(a, remote).sync()
+    assert (a / "stats.json").read_text() == winner
+    assert (a / conflicts[0]).read_text() == loser
+    assert make_cache(a, remote).sync() == (0, 0) == make_cache(b, remote).sync()
+
+
+def test_pull_and_push_go_one_way_and_leave_conflicts(tmp_path, remote):
+    a, b = _two_machines(tmp_path, remote)
+    (a / "index.bin").write_bytes(b"idx")
+    assert make_cache(a, remote).pull() == 0
+    assert make_cache(a, remote).push() == 1
+    assert make_cache(b, remote).push() == 0
+    assert make_cache(b, remote).pull() == 1
+    (a / "index.bin").write_bytes(b"idx a")
+    (b / "index.bin").write_bytes(b"idx b")
+    assert make_cache(a, remote).push() == 1
+    with pytest.warns(HashsyncWarning, match="changed both"):
+        assert make_cache(b, remote).pull() == 0
+    assert (b / "index.bin").read_bytes() == b"idx b"
+
+
+def test_symlinks_and_bookkeeping_are_not_uploaded(tmp_path, remote, s3_server, bucket):
+    local = tmp_path / "cache"
+    make_cache(local, remote).ensure(Builder())
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(tmp_path / "secret.txt", local / "link.txt")
+    os.symlink(tmp_path, local / "linkdir")
+    (local / "real.txt").write_text("real")
+    assert make_cache(local, remote).sync() == (0, 1)
+    stored = remote_keys(s3_server, bucket)
+    assert "real.txt" in stored
+    assert not any("link" in k or "secret" in k for k in stored)
+    assert not any(k.startswith(".hashsync/") and k != ".hashsync/manifest.json" for k in stored)
+
+
+def test_a_remote_derived_file_is_not_written_through_a_local_symlinked_directory(
+    tmp_path, remote, s3_server, bucket
+):
+    a, b = _two_machines(tmp_path, remote)
+    (a / "idx").mkdir()
+    (a / "idx" / "labels.bin").write_bytes(b"labels")
+    make_cache(a, remote).sync()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, b / "idx")
+    with pytest.warns(HashsyncWarning, match="idx/labels.bin not synced"):
+        make_cache(b, remote).sync()
+    assert not (outside / "labels.bin").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_an_unreadable_derived_file_is_skipped_and_the_rest_synced(
+    tmp_path, remote, s3_server, bucket, s3_env
+):
+    local = tmp_path / "cache"
+    make_cache(local, remote).ensure(Builder())
+    (local / "locked.bin").write_bytes(b"locked")
+    (local / "locked.bin").chmod(0o000)
+    (local / "open.bin").write_bytes(b"open")
+    os.chmod(tmp_path, 0o777)
+    code = (
+        "import sys, hashsync; c = hashsync.TreeCache(sys.argv[1], sys.argv[2], "
+        "name='slipcache', key='k1', verbose=False); print(c.sync())"
+    )
+    r = subprocess.run(
+        ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+         "--bounding-set=-dac_override,-dac_read_search", "--",
+         sys.executable, "-c", code, str(local), remote],
+        capture_output=True, text=True,
+        env={**os.environ, "HASHSYNC_CACHE_DIR": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "(0, 1)"
+    assert "locked.bin could not be read" in r.stderr
+    stored = remote_keys(s3_server, bucket)
+    assert "open.bin" in stored and "locked.bin" not in stored
+    assert (local / "locked.bin").exists()
+
+
+def test_a_failing_build_leaves_nothing_and_frees_the_lease(tmp_path, remote, s3_server, bucket):
+    def broken(out: Path) -> None:
+        (out / "half.bin").write_bytes(b"half")
+        raise RuntimeError("preprocessing failed")
+
+    with pytest.raises(RuntimeError, match="preprocessing failed"):
+        make_cache(tmp_path / "cache", remote).ensure(broken)
+    assert not (tmp_path / "cache").exists()
+    assert not list(tmp_path.glob(".cache.hashsync-build-*"))
+    assert remote_keys(s3_server, bucket) == {}
+    build = Builder()
+    make_cache(tmp_path / "cache", remote).ensure(build)  # no stale lease in the way
+    assert build.calls == 1
+
+
+def test_a_builder_killed_locally_leaves_a_staging_dir_the_next_build_removes(tmp_path, remote):
+    victim = start_builder(tmp_path, tmp_path / "cache", remote, ttl=1.0, pause=600)
+    deadline = time.monotonic() + 60
+    while not builds(tmp_path):
+        assert time.monotonic() < deadline and victim.poll() is None
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert list(tmp_path.glob(".cache.hashsync-build-*"))
+    assert not (tmp_path / "cache").exists()  # nothing half-built under the final name
+    make_cache(tmp_path / "cache", remote, lease_ttl=1.0, poll_interval=0.1).ensure(Builder())
+    assert not list(tmp_path.glob(".cache.hashsync-build-*"))
+    assert (tmp_path / "cache" / "meta/info.json").exists()

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -17,19 +18,22 @@ from typing import Any
 
 import hashsync
 from hashsync import atomic
-from hashsync._progress import byte_progress
+from hashsync._progress import byte_counter, byte_progress
 from hashsync.errors import (
+    FileSystemError,
     HashsyncError,
     HashsyncWarning,
     IntegrityError,
     InvalidArgument,
+    NotARegularFile,
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    UnsafePath,
     WaitTimeout,
     describe,
 )
-from hashsync.storage.base import ObjectInfo, ReadWriteStorage, Storage
+from hashsync.storage.base import ObjectInfo, ReadWriteStorage, Storage, reporting_progress
 from hashsync.storage.local import LocalStorage, SimpleLocalStorage, TemporaryLocalStorage
 from hashsync.storage.registry import open_storage
 from hashsync.treecache._lease import Lease, LeaseWatch, conditional_writes_honoured
@@ -48,6 +52,7 @@ from hashsync.treecache._manifest import (
 Build = Callable[[Path], object]
 _EXCLUDE_META = [f"{META_DIR}/*"]
 _BUILD_MARK = ".hashsync-build-"
+_FILE_ERRORS = (IntegrityError, NotFound, UnsafePath, NotARegularFile, FileSystemError)
 
 
 class _RemoteFailed(Exception):
@@ -191,6 +196,7 @@ class TreeCache:
         if endpoint_url is not None:
             self._options["endpoint_url"] = endpoint_url
         self._storage: Storage | None = None
+        self._checked: ReadWriteStorage | None = None
         self._native_conditions = True
 
     @classmethod
@@ -224,26 +230,35 @@ class TreeCache:
 
     def _remote(self) -> Storage:
         if self._storage is None:
-            storage = open_storage(self.remote_url, **self._options)
-            if isinstance(storage, ReadWriteStorage) and not conditional_writes_honoured(storage):
+            self._storage = open_storage(self.remote_url, **self._options)
+        return self._storage
+
+    def _for_writing(self, storage: Storage) -> ReadWriteStorage:
+        """``storage`` for leases and uploads, once its store's conditions are checked.
+
+        The probe writes, so it runs only when something is about to be written.
+        """
+        writable = self._writable(storage)
+        if self._checked is None:
+            self._native_conditions = conditional_writes_honoured(writable)
+            if not self._native_conditions:
                 from hashsync.storage.s3 import S3Storage
 
-                self._native_conditions = False
-                if isinstance(storage, S3Storage):
-                    storage.close()
-                    storage = open_storage(
+                if isinstance(writable, S3Storage):
+                    claiming = open_storage(
                         self.remote_url, **{**self._options, "conditional_writes": "claim"}
                     )
+                    writable = self._writable(claiming)
                 warnings.warn(
                     f"the store behind {self.remote_url} ignores conditional writes "
                     "(If-None-Match / If-Match); TreeCache falls back to claim objects and "
                     "read-back leases, so two machines building at the same moment may both "
                     "build (the copy stays consistent: its manifest is checked on every read)",
                     HashsyncWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-            self._storage = storage
-        return self._storage
+            self._checked = writable
+        return self._checked
 
     def _writable(self, storage: Storage) -> ReadWriteStorage:
         if not isinstance(storage, ReadWriteStorage):
@@ -294,16 +309,15 @@ class TreeCache:
             return None
         except NotADirectoryError:
             raise InvalidArgument(f"{self.local_dir} is not a directory") from None
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
+        try:
             doc = json.loads(data)
-            if isinstance(doc, dict) and (doc.get("name"), doc.get("key")) != (
-                self.name,
-                self.key,
-            ):
-                raise InvalidArgument(
-                    f"{self.local_dir} holds {doc.get('name')}-{doc.get('key')}, not "
-                    f"{self.name}-{self.key}; use another local directory"
-                )
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if isinstance(doc, dict) and (doc.get("name"), doc.get("key")) != (self.name, self.key):
+            raise InvalidArgument(
+                f"{self.local_dir} holds {doc.get('name')}-{doc.get('key')}, not "
+                f"{self.name}-{self.key}; use another local directory"
+            )
         try:
             manifest = Manifest.from_json(data, name=self.name, key=self.key)
         except IntegrityError as e:
@@ -314,7 +328,7 @@ class TreeCache:
                 st = os.lstat(self.local_dir / rel)
             except OSError:
                 return None
-            if not os.path.isfile(self.local_dir / rel) or st.st_size != rec.size:
+            if not stat.S_ISREG(st.st_mode) or st.st_size != rec.size:
                 return None
         return manifest
 
@@ -477,8 +491,9 @@ class TreeCache:
         between this process's first look and its claim; uploading now would replace a good
         copy.
         """
-        lease = Lease(storage, ttl=self.lease_ttl, native=self._native_conditions)
         with _remote_errors():
+            storage = self._for_writing(storage)
+            lease = Lease(storage, ttl=self.lease_ttl, native=self._native_conditions)
             got = lease.acquire() if stale is None else lease.take_over(stale)
             if not got:
                 return None
@@ -502,7 +517,7 @@ class TreeCache:
             return 0
         lease.start_refreshing()
         try:
-            return self._upload(storage, manifest, lease)
+            return self._upload(lease.storage, manifest, lease)
         finally:
             lease.release()
 
@@ -528,7 +543,7 @@ class TreeCache:
             if build is not None and writable is not None:
                 lease = self._claim(writable)
                 if lease is not None:
-                    self._build_and_publish(writable, build, lease)
+                    self._build_and_publish(lease.storage, build, lease)
                     return
             with _remote_errors():
                 etag, stale = watch.poll()
@@ -551,7 +566,7 @@ class TreeCache:
                 lease = self._claim(writable, stale=etag)
                 if lease is not None:
                     self._say(f"took over the abandoned build lease of {_holder(watch.holder)}")
-                    self._build_and_publish(writable, build, lease)
+                    self._build_and_publish(lease.storage, build, lease)
                     return
                 continue
             if time.monotonic() > deadline:
@@ -620,50 +635,65 @@ class TreeCache:
         def send(rel: str, expected: str | None) -> bool:
             nonlocal uploaded
             try:
-                self._writable(storage).copy_from_if_overwriting_hash(rel, expected, here)
+                self._for_writing(storage).copy_from_if_overwriting_hash(rel, expected, here)
             except PreconditionFailed:
                 self._warn(f"{rel} changed on {self.remote_url} during the sync; sync again")
                 return False
             uploaded += 1
             return True
 
-        with _remote_errors():
-            for rel in sorted(set(local) | set(theirs)):
-                if rel in unreadable:
-                    continue
-                mine, info = local.get(rel), theirs.get(rel)
-                if info is None:
-                    if up and send(rel, None):
-                        synced[rel] = mine.digest
-                    continue
-                if mine is None:
-                    if down:
-                        fetch(rel)
-                        synced[rel] = info.hash or ""
-                    continue
-                if self._same(rel, mine, info):
+        def step(rel: str) -> None:
+            nonlocal downloaded, uploaded
+            mine, info = local.get(rel), theirs.get(rel)
+            if info is None:
+                if up and send(rel, None):
+                    synced[rel] = mine.digest
+                return
+            if mine is None:
+                if down:
+                    fetch(rel)
                     synced[rel] = info.hash or ""
-                    continue
-                base = synced.get(rel)
-                if base is not None and base == info.hash:
-                    if up and send(rel, info.hash):
-                        synced[rel] = mine.digest
-                elif base is not None and base == mine.digest:
-                    if down:
-                        fetch(rel)
-                        synced[rel] = info.hash or ""
-                elif down and up:
-                    d, u, loser = self._resolve_conflict(storage, rel, mine, info)
-                    downloaded += d
-                    uploaded += u
-                    for name in (rel, loser):
-                        synced[name] = here.get_hash(name)
-                else:
-                    self._warn(
-                        f"{rel} was changed both here and on {self.remote_url}; "
-                        "`sync` keeps the newer and the other as a .conflict copy"
-                    )
-            self._save_synced(synced)
+                return
+            if self._same(rel, mine, info):
+                synced[rel] = info.hash or ""
+                return
+            base = synced.get(rel)
+            if base is not None and base == info.hash:
+                if up and send(rel, info.hash):
+                    synced[rel] = mine.digest
+            elif base is not None and base == mine.digest:
+                if down:
+                    fetch(rel)
+                    synced[rel] = info.hash or ""
+            elif down and up:
+                d, u, loser = self._resolve_conflict(storage, rel, mine, info)
+                downloaded += d
+                uploaded += u
+                for name in (rel, loser):
+                    synced[name] = here.get_hash(name)
+            else:
+                self._warn(
+                    f"{rel} was changed both here and on {self.remote_url}; "
+                    "`sync` keeps the newer and the other as a .conflict copy"
+                )
+
+        with (
+            _remote_errors(),
+            byte_progress("derived files", enabled=self.verbose) as bar,
+            reporting_progress(byte_counter(bar)),
+        ):
+            try:
+                for rel in sorted(set(local) | set(theirs)):
+                    if rel in unreadable:
+                        continue
+                    try:
+                        step(rel)
+                    except _FILE_ERRORS as e:
+                        # One file's trouble (changed while read, vanished, a link in the
+                        # way) skips that file; the store's trouble stops the sync.
+                        self._warn(f"derived file {rel} not synced: {describe(e)}")
+            finally:
+                self._save_synced(synced)
         return downloaded, uploaded
 
     def _resolve_conflict(
@@ -674,7 +704,7 @@ class TreeCache:
         Returns:
             Files downloaded, files uploaded, and the conflict copy's name.
         """
-        writable = self._writable(storage)
+        writable = self._for_writing(storage)
         here = self._local_storage()
         local_time = mine.mtime_ns / 1e9
         remote_time = info.last_modified.timestamp()
@@ -814,14 +844,14 @@ class TreeCache:
         try:
             remote = self._read_remote()
             if remote.manifest is None:
-                storage = self._writable(remote.storage)
-                lease = Lease(storage, ttl=self.lease_ttl, native=self._native_conditions)
-                with _remote_errors():
-                    if not lease.acquire():
-                        raise PreconditionFailed(f"another machine is uploading {self.remote_url}")
+                lease = self._claim(self._writable(remote.storage))
+                if lease is None:
+                    raise PreconditionFailed(
+                        f"another machine is uploading (or has uploaded) {self.remote_url}"
+                    )
                 lease.start_refreshing()
                 try:
-                    return self._upload(storage, local, lease)
+                    return self._upload(lease.storage, local, lease)
                 finally:
                     lease.release()
             if remote.manifest.tree_hash != local.tree_hash:
