@@ -22,6 +22,7 @@ def rewriting_proxy(
     delay: float | list[float] = 0.0,
     log: list[tuple[str, str]] | None = None,
     rewrite_methods: tuple[str, ...] = ("GET",),
+    rewrite_request: Callable[[str, str, dict[str, str], bytes], dict[str, str]] | None = None,
 ) -> Iterator[str]:
     """Forward every request to ``upstream``; pass each GET answer through ``rewrite``.
 
@@ -30,7 +31,8 @@ def rewriting_proxy(
 
     The Host header is kept as the client sent it, so SigV4 signatures stay valid. ``delay``
     seconds are added before each request is forwarded (a slow link; a one-element list can be
-    changed while the proxy runs); ``log`` collects
+    changed while the proxy runs); ``rewrite_request(method, path, headers, body)`` returns the
+    headers to forward instead of the client's; ``log`` collects
     ``(method, path)`` of every request. Yields the proxy's base URL.
     """
     target = urllib.parse.urlsplit(upstream)
@@ -51,6 +53,8 @@ def rewriting_proxy(
             body = self.rfile.read(length) if length else None
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            if rewrite_request is not None:
+                headers = rewrite_request(self.command, self.path, headers, body or b"")
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
@@ -85,3 +89,30 @@ def rewriting_proxy(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def ignoring_conditions(access_key: str, secret_key: str):
+    """A ``rewrite_request`` that makes a store ignore ``If-None-Match`` / ``If-Match``.
+
+    Some S3-compatible stores accepted the headers and did nothing with them. The headers are
+    dropped and the request is signed again (SigV4 covers them), so the real server sees a
+    plain, validly signed write.
+    """
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    dropped = {"if-none-match", "if-match", "authorization", "x-amz-date"}
+
+    def rewrite(method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+        if not any(k.lower() in ("if-none-match", "if-match") for k in headers):
+            return headers
+        auth = next(v for k, v in headers.items() if k.lower() == "authorization")
+        region = auth.split("Credential=", 1)[1].split("/")[2]
+        kept = {k: v for k, v in headers.items() if k.lower() not in dropped}
+        host = next(v for k, v in headers.items() if k.lower() == "host")
+        request = AWSRequest(method=method, url=f"http://{host}{path}", data=body, headers=kept)
+        S3SigV4Auth(Credentials(access_key, secret_key), "s3", region).add_auth(request)
+        return dict(request.headers.items())
+
+    return rewrite

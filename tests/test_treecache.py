@@ -131,7 +131,7 @@ BUILDER_SCRIPT = textwrap.dedent(
 )
 
 
-def start_builder(tmp_path, local, remote, *, ttl=30.0, pause=2.0) -> subprocess.Popen:
+def start_builder(tmp_path, local, remote, *, ttl=30.0, pause=2.0, env=None) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -146,6 +146,7 @@ def start_builder(tmp_path, local, remote, *, ttl=30.0, pause=2.0) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -503,3 +504,64 @@ def test_a_builder_killed_locally_leaves_a_staging_dir_the_next_build_removes(tm
     make_cache(tmp_path / "cache", remote, lease_ttl=1.0, poll_interval=0.1).ensure(Builder())
     assert not list(tmp_path.glob(".cache.hashsync-build-*"))
     assert (tmp_path / "cache" / "meta/info.json").exists()
+
+
+def test_seaweedfs_honours_conditional_writes(s3_server, bucket):
+    from hashsync.treecache._lease import conditional_writes_honoured
+
+    assert conditional_writes_honoured(s3(s3_server, bucket, "p")) is True
+
+
+def test_a_store_ignoring_conditional_writes_is_found_out_and_leases_fall_back(
+    tmp_path, s3_server, bucket, s3_env
+):
+    from hashsync.treecache import _lease
+    from proxy_helpers import ignoring_conditions, rewriting_proxy
+
+    rewrite = ignoring_conditions(s3_server.access_key, s3_server.secret_key)
+    log: list[tuple[str, str]] = []
+    with rewriting_proxy(s3_server.endpoint_url, rewrite_request=rewrite, log=log) as proxy:
+        # The proxy really does make conditions void: a second create-only write succeeds.
+        plain = s3(s3_server, bucket, "plain")
+        voided = type(plain)(bucket, "plain", endpoint_url=proxy, max_attempts=1)
+        voided.write_bytes("x", b"1", create_only=True)
+        voided.write_bytes("x", b"2", create_only=True)
+        assert plain.read_bytes("x") == b"2"
+
+        build = Builder()
+        remote = f"s3://{bucket}/caches"
+        with pytest.warns(HashsyncWarning, match="ignores conditional writes"):
+            make_cache(tmp_path / "a", remote, endpoint_url=proxy).ensure(build)
+        assert build.calls == 1
+        assert set(remote_keys(s3_server, bucket)) == set(BASE) | {".hashsync/manifest.json"}
+        assert any("probe-" in path for method, path in log if method == "PUT")
+        remembered = json.loads(_lease._memory_file().read_text())
+        assert [v["honoured"] for k, v in remembered.items() if k.startswith(proxy)] == [False]
+
+        # Remembered on disk: a new process (here: a cleared memory) does not probe again.
+        _lease._known.clear()
+        log.clear()
+        (tmp_path / "a" / "index.bin").write_bytes(b"index")
+        with pytest.warns(HashsyncWarning, match="ignores conditional writes"):
+            assert make_cache(tmp_path / "a", remote, endpoint_url=proxy).sync() == (0, 1)
+        assert not any("probe-" in path for _, path in log)
+        # Readers need no probe at all, and get the copy.
+        make_cache(tmp_path / "c", remote, endpoint_url=proxy).ensure(Builder())
+        assert (tmp_path / "c" / "index.bin").read_bytes() == b"index"
+
+
+def test_two_builders_on_a_store_ignoring_conditions_still_build_once(
+    tmp_path, s3_server, bucket, s3_env
+):
+    from proxy_helpers import ignoring_conditions, rewriting_proxy
+
+    rewrite = ignoring_conditions(s3_server.access_key, s3_server.secret_key)
+    with rewriting_proxy(s3_server.endpoint_url, rewrite_request=rewrite) as proxy:
+        env = {"AWS_ENDPOINT_URL": proxy, "AWS_ENDPOINT_URL_S3": proxy}
+        remote = f"s3://{bucket}/caches"
+        procs = [start_builder(tmp_path, tmp_path / f"m{i}", remote, env=env) for i in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, errtext) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, errtext
+        assert "ignores conditional writes" in errtext
+    assert len(builds(tmp_path)) == 1
