@@ -565,3 +565,65 @@ def test_two_builders_on_a_store_ignoring_conditions_still_build_once(
         assert p.returncode == 0, errtext
         assert "ignores conditional writes" in errtext
     assert len(builds(tmp_path)) == 1
+
+
+def test_cli_status_pull_push_sync(tmp_path, remote, s3_server, bucket):
+    from sync_helpers import cli
+
+    write_tree(tmp_path / "src", {"raw.txt": b"raw input"})
+    key = hashsync.tree_hash(tmp_path / "src")
+    env = {**os.environ}
+    built = tmp_path / "built"
+    TreeCache.for_source(tmp_path / "src", built, remote, name="prep", verbose=False).ensure(
+        Builder()
+    )
+    common = ["--remote", remote, "--name", "prep"]
+
+    r = cli("treecache", "status", tmp_path / "fresh", *common, "--source", tmp_path / "src",
+            "--json", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert (status["local"], status["remote"], status["files"]) == ("missing", "complete", 4)
+    assert status["remote_url"] == f"{remote}/prep-{key}"
+
+    r = cli("treecache", "pull", tmp_path / "fresh", *common, "--key", key, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["downloaded"] == 4
+    assert (tmp_path / "fresh/data/shard-001.bin").read_bytes() == BASE["data/shard-001.bin"]
+
+    (tmp_path / "fresh" / "index.bin").write_bytes(b"index")
+    r = cli("treecache", "status", tmp_path / "fresh", *common, "--key", key, env=env)
+    assert "derived only here: index.bin" in r.stdout
+    r = cli("treecache", "push", tmp_path / "fresh", *common, "--key", key, env=env)
+    assert (r.returncode, r.stdout.strip()) == (0, "0 downloaded, 1 uploaded"), r.stderr
+    r = cli("treecache", "sync", built, *common, "--key", key, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["downloaded"] == 1
+    assert (built / "index.bin").read_bytes() == b"index"
+
+
+def test_cli_errors_are_one_line_and_exit_1(tmp_path, remote, s3_env):
+    from hub_helpers import free_port
+    from sync_helpers import cli
+
+    common = ["--remote", remote, "--name", "prep", "--key", "k1"]
+    r = cli("treecache", "pull", tmp_path / "x", *common)
+    assert r.returncode == 1 and "no complete copy" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli("treecache", "sync", tmp_path / "x", *common, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["type"] == "NotFound"
+    r = cli("treecache", "status", tmp_path / "x", "--remote", remote, "--name", "../x",
+            "--key", "k")  # fmt: skip
+    assert r.returncode == 1 and "name must be" in r.stderr
+    r = cli("treecache", "pull", tmp_path / "x", *common, "--source", tmp_path)
+    assert r.returncode == 1 and "not allowed with" in r.stderr
+    make_cache(tmp_path / "x", remote, key="k1").ensure(Builder())
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "AWS_MAX_ATTEMPTS": "1"}
+    r = cli("treecache", "sync", tmp_path / "x", "--remote", "s3://b/c", "--name", "slipcache",
+            "--key", "k1", "--endpoint-url", dead, env=env)  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    r = cli("treecache", "status", tmp_path / "x", "--remote", "s3://b/c", "--name",
+            "slipcache", "--key", "k1", "--endpoint-url", dead, "--json", env=env)  # fmt: skip
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["remote"] == "unreachable"

@@ -23,6 +23,7 @@ from hashsync.cli import cache as cache_commands
 from hashsync.cli import hash as hash_commands
 from hashsync.cli import serve as serve_commands
 from hashsync.cli import sync as sync_commands
+from hashsync.cli import treecache as treecache_commands
 from hashsync.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, err
 from hashsync.errors import describe
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync_commands.register(sub)
     cache_commands.register(sub)
     serve_commands.register(sub)
+    treecache_commands.register(sub)
 
     b = sub.add_parser(
         "bench",

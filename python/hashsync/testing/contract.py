@@ -27,7 +27,7 @@ import pytest
 
 import hashsync
 from hashsync.atomic import is_internal_name
-from hashsync.errors import NotFound, PermissionDenied, PreconditionFailed
+from hashsync.errors import IntegrityError, NotFound, PermissionDenied, PreconditionFailed
 from hashsync.storage import (
     ReadOnlyStorage,
     ReadWriteStorage,
@@ -227,6 +227,12 @@ class StorageContract:
         assert digests == {k: storage.get_hash(k).rpartition(":")[2] for k in ("a", "b/c")}
         assert listing.errors == []
 
+    def test_read_bytes(self, storage, put):
+        put("small/m.json", b'{"a": 1}')
+        assert storage.read_bytes("small/m.json") == b'{"a": 1}'
+        with pytest.raises(IntegrityError):
+            storage.read_bytes("small/m.json", max_size=3)
+
     def test_list_empty(self, storage):
         assert list(storage.list()) == []
 
@@ -354,6 +360,26 @@ class ReadWriteContract(StorageContract):
         assert not storage.exists("k")
         with pytest.raises(NotFound, match="'k'"):
             storage.delete_if_hash_matches("k", hashsync.hash_bytes(b"content", "md5"))
+
+    def test_write_bytes_and_read_bytes(self, storage):
+        etag = storage.write_bytes("meta/m.json", b"one")
+        assert etag == storage.get_hash("meta/m.json") == hashsync.hash_bytes(b"one", "md5")
+        assert storage.read_bytes("meta/m.json") == b"one"
+        with pytest.raises(PreconditionFailed):
+            storage.write_bytes("meta/m.json", b"two", create_only=True)
+        with pytest.raises(PreconditionFailed):
+            storage.write_bytes("meta/m.json", b"two", if_hash=hashsync.hash_bytes(b"x", "md5"))
+        assert storage.read_bytes("meta/m.json") == b"one"
+        new = storage.write_bytes("meta/m.json", b"two", if_hash=etag)
+        assert storage.read_bytes("meta/m.json") == b"two" and new != etag
+        with pytest.raises(PreconditionFailed):
+            storage.write_bytes("meta/absent", b"x", if_hash=etag)
+        assert not storage.exists("meta/absent")
+        assert storage.write_bytes("meta/new", b"", create_only=True)
+        with pytest.raises(IntegrityError):
+            storage.read_bytes("meta/m.json", max_size=2)
+        with pytest.raises(NotFound):
+            storage.read_bytes("meta/absent")
 
 
 class ReadOnlyContract(StorageContract):

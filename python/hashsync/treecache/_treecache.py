@@ -786,17 +786,20 @@ class TreeCache:
             return 0, 0
         return self._sync_derived(remote, local, down=True, up=True)
 
-    def sync(self) -> tuple[int, int]:
+    def sync(self, *, strict: bool = False) -> tuple[int, int]:
         """Sync derived files both ways; return ``(downloaded, uploaded)``.
 
         A file on one side only is copied to the other. A file changed on one side since the
         last sync replaces the other's copy. A file changed on both keeps the newer (by
         modification time) under its name and the other as ``NAME.conflict-<UTC time>``, on
         both sides, with a warning. With no complete remote copy, the local copy is uploaded.
-        A remote failure is a warning and returns ``(0, 0)``.
+
+        Args:
+            strict: Raise remote failures instead of warning and returning ``(0, 0)``.
 
         Raises:
             NotFound: There is no complete local copy (call :meth:`ensure` first).
+            StorageUnavailable, PermissionDenied: With ``strict``, the remote failed.
         """
         local = self._require_local()
         try:
@@ -805,6 +808,8 @@ class TreeCache:
                 return 0, self._publish(remote, local)
             return self._sync_both(remote, local)
         except _RemoteFailed as e:
+            if strict:
+                raise e.error from None
             self._warn(f"remote cache unavailable, nothing synced: {e}")
             return 0, 0
 
