@@ -627,3 +627,49 @@ def test_cli_errors_are_one_line_and_exit_1(tmp_path, remote, s3_env):
             "slipcache", "--key", "k1", "--endpoint-url", dead, "--json", env=env)  # fmt: skip
     assert r.returncode == 0
     assert json.loads(r.stdout)["remote"] == "unreachable"
+
+
+def test_a_base_file_edited_locally_is_noticed_and_restored(tmp_path, remote):
+    local = tmp_path / "cache"
+    make_cache(local, remote).ensure(Builder())
+    path = local / "meta/info.json"
+    edited = BASE["meta/info.json"].replace(b"2", b"9")  # same size
+    path.write_bytes(edited)
+    with pytest.warns(HashsyncWarning, match="changed after it was made"):
+        make_cache(local, remote).ensure()
+    assert path.read_bytes() == BASE["meta/info.json"]
+    # Unchanged files are not re-read: a second ensure hashes nothing and warns nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_cache(local, remote).ensure()
+
+
+def test_hostile_remote_keys_skip_that_file_only(tmp_path, remote, s3_server, bucket):
+    # SeaweedFS refuses dot segments itself; what it accepts: names that clash with each other
+    # locally, bookkeeping names, control characters.
+    a, b = _two_machines(tmp_path, remote)
+    raw = s3(s3_server, bucket).client
+    evil = {
+        "clash": b"a file",
+        "clash/inner.txt": b"a file under a file",
+        ".hashsync/synced.json": b'{"stats.json": "0"}',
+        ".hashsync/stats.json": b"{}",
+        "esc\x1b]0;title\x07.txt": b"escape sequence in a name",
+    }
+    for key, body in evil.items():
+        raw.put_object(Bucket=bucket, Key=f"caches/slipcache-k1/{key}", Body=body)
+    (a / "fine.txt").write_text("fine")
+    make_cache(a, remote).sync()
+    synced_before = (b / ".hashsync/synced.json").read_bytes()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_cache(b, remote).sync()
+    messages = [str(w.message) for w in caught]
+    assert (b / "fine.txt").read_text() == "fine"
+    assert not any("remote cache unavailable" in m for m in messages)
+    assert any("clash/inner.txt not synced" in m for m in messages)
+    assert (b / "clash").read_bytes() == b"a file"
+    # Bookkeeping is never taken from the remote.
+    assert b'"0"' not in (b / ".hashsync/synced.json").read_bytes()
+    assert synced_before != b'{"stats.json": "0"}'
+    assert (b / "esc\x1b]0;title\x07.txt").exists()

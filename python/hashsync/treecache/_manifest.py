@@ -26,6 +26,10 @@ MANIFEST_KEY = f"{META_DIR}/manifest.json"
 LEASE_KEY = f"{META_DIR}/lease.json"
 # Which derived files this machine last saw identical on both sides (local only).
 SYNCED_FILE = f"{META_DIR}/synced.json"
+# Size, mtime and inode of each base file when it was last known to match the manifest (local
+# only): git's index trick, so a later edit, even one keeping the size, is noticed without
+# re-reading unchanged files.
+STATS_FILE = f"{META_DIR}/stats.json"
 MAX_MANIFEST_BYTES = 256 * 1024**2
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")

@@ -41,6 +41,7 @@ from hashsync.treecache._manifest import (
     MANIFEST_KEY,
     MAX_MANIFEST_BYTES,
     META_DIR,
+    STATS_FILE,
     SYNCED_FILE,
     Manifest,
     check_segment,
@@ -52,7 +53,15 @@ from hashsync.treecache._manifest import (
 Build = Callable[[Path], object]
 _EXCLUDE_META = [f"{META_DIR}/*"]
 _BUILD_MARK = ".hashsync-build-"
-_FILE_ERRORS = (IntegrityError, NotFound, UnsafePath, NotARegularFile, FileSystemError)
+# A hostile or odd key (InvalidArgument) is one file's trouble too.
+_FILE_ERRORS = (
+    IntegrityError,
+    NotFound,
+    UnsafePath,
+    NotARegularFile,
+    FileSystemError,
+    InvalidArgument,
+)
 
 
 class _RemoteFailed(Exception):
@@ -323,6 +332,9 @@ class TreeCache:
         except IntegrityError as e:
             self._warn(f"{path} is damaged ({e}); the local copy counts as incomplete")
             return None
+        known = self._stats()
+        stats: dict[str, list[int]] = {}
+        changed: list[str] = []
         for rel, rec in manifest.files.items():
             try:
                 st = os.lstat(self.local_dir / rel)
@@ -330,7 +342,42 @@ class TreeCache:
                 return None
             if not stat.S_ISREG(st.st_mode) or st.st_size != rec.size:
                 return None
+            stats[rel] = [st.st_size, st.st_mtime_ns, st.st_ino]
+            if known.get(rel) != stats[rel]:
+                changed.append(rel)
+        if changed:
+            digests = hashsync.hash_files(
+                [self.local_dir / rel for rel in changed], "sha256", return_exceptions=True
+            )
+            edited = [
+                rel
+                for rel, digest in zip(changed, digests, strict=True)
+                if digest != manifest.files[rel].sha256
+            ]
+            if edited:
+                self._warn(
+                    f"{len(edited)} files of the copy in {self.local_dir} were changed after it "
+                    f"was made (e.g. {edited[0]}); they will be restored"
+                )
+                return None
+            self._write_local_meta(STATS_FILE, json.dumps(stats).encode())
         return manifest
+
+    def _stats(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.local_dir / STATS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _seal_local(self, manifest: Manifest) -> None:
+        """Mark the local copy complete: record its files' stats, then write the manifest."""
+        stats = {}
+        for rel in manifest.files:
+            st = os.lstat(self.local_dir / rel)
+            stats[rel] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        self._write_local_meta(STATS_FILE, json.dumps(stats).encode())
+        self._write_local_meta(MANIFEST_KEY, manifest.to_json())
 
     def _local_storage(self) -> LocalStorage:
         return SimpleLocalStorage(self.local_dir)
@@ -399,7 +446,7 @@ class TreeCache:
             self._move_into_place(staging, manifest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._write_local_meta(MANIFEST_KEY, manifest.to_json())
+        self._seal_local(manifest)
         return manifest
 
     def _move_into_place(self, staging: Path, manifest: Manifest) -> None:
@@ -445,7 +492,7 @@ class TreeCache:
         synced = self._synced()
         synced.update({i.key: i.hash for i in after if i.key not in manifest.files and i.hash})
         self._save_synced(synced)
-        self._write_local_meta(MANIFEST_KEY, manifest.to_json())
+        self._seal_local(manifest)
         return len(result.transferred)
 
     def _upload(self, storage: ReadWriteStorage, manifest: Manifest, lease: Lease) -> int:
