@@ -12,6 +12,7 @@ SECTIONS = {
     "sync": ROOT / "benches" / "results" / "sync.md",
     "cache": ROOT / "benches" / "results" / "cache.md",
     "hub": ROOT / "benches" / "results" / "hub.md",
+    "treecache": ROOT / "benches" / "results" / "treecache.md",
 }
 
 

@@ -50,3 +50,39 @@ def cli(*args, env=None, timeout=120, prefix=()):
         env=env if env is not None else dict(os.environ),
         timeout=timeout,
     )
+
+
+def stderr_on_a_terminal(args: list[str], timeout: float = 120) -> tuple[str, str]:
+    """Run ``python -m hashsync ARGS`` with stderr on a pseudo-terminal and stdout piped.
+
+    Returns what was drawn on the terminal and what went to stdout.
+    """
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hashsync", *args],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=timeout)
+    reader.join(timeout=10)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace"), out.decode()

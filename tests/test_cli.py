@@ -114,3 +114,22 @@ def test_bad_arguments(files):
     assert "is not a size" in r.stderr
     assert run("--help").returncode == 0
     assert "--check" in run("hash", "--help").stdout
+
+
+def test_sync_bar_goes_to_the_terminal_and_output_to_stdout(tmp_path):
+    # A user in a terminal piping the output on: the bar is drawn on stderr, stdout stays
+    # clean (plain lines, or one JSON document with --json).
+    from sync_helpers import stderr_on_a_terminal, write_tree
+
+    write_tree(tmp_path / "src", {f"f{i}.bin": bytes(100_000) for i in range(20)})
+    drawn, out = stderr_on_a_terminal(
+        ["sync", str(tmp_path / "src"), str(tmp_path / "dst"), "--verbose"]
+    )
+    assert "\x1b[" in drawn
+    assert "\x1b" not in out and out.count("copy: ") == 20
+    (tmp_path / "src" / "f0.bin").write_bytes(b"changed")
+    drawn, out = stderr_on_a_terminal(
+        ["sync", str(tmp_path / "src"), str(tmp_path / "dst"), "--json", "--verbose"]
+    )
+    assert json.loads(out)["transferred"] == ["f0.bin"]
+    assert "copy: f0.bin" in drawn

@@ -60,6 +60,8 @@ def test_readme_python_examples_run(s3_server, s3_env, tmp_path, monkeypatch):
             code = compile(block, f"README.md python block {number}", "exec")
             exec(code, namespace)  # noqa: S102 - the README is this repository's own text
     assert (tmp_path / "cache" / "mnist" / "train" / "0.png").read_bytes().startswith(b"\x89PNG")
+    assert namespace["uploaded"] == 1 and namespace["downloaded"] == 0
+    assert (tmp_path / "prepared" / "weights.bin").read_bytes() == b"weights" * 1000
     assert (tmp_path / "scratch" / "cache" / "train" / "0.parquet").read_bytes() == b"on the share"
     assert (tmp_path / "scratch" / "cache" / "train" / "1.parquet").read_bytes() == b"in S3"
     assert (tmp_path / "cache" / "shard-000.tar").read_bytes() == (

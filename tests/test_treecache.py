@@ -673,3 +673,39 @@ def test_hostile_remote_keys_skip_that_file_only(tmp_path, remote, s3_server, bu
     assert b'"0"' not in (b / ".hashsync/synced.json").read_bytes()
     assert synced_before != b'{"stats.json": "0"}'
     assert (b / "esc\x1b]0;title\x07.txt").exists()
+
+
+def test_progress_is_drawn_on_a_terminal_only(tmp_path, remote):
+    from sync_helpers import cli, stderr_on_a_terminal
+
+    make_cache(tmp_path / "built", remote).ensure(Builder())
+    common = ["--remote", remote, "--name", "slipcache", "--key", "k1"]
+    drawn, _ = stderr_on_a_terminal(["treecache", "pull", str(tmp_path / "a"), *common])
+    assert "download" in drawn and "\x1b[" in drawn  # rich's bar, with bytes
+    assert "MiB" in drawn or "KiB" in drawn
+    quiet, _ = stderr_on_a_terminal(
+        ["treecache", "pull", str(tmp_path / "b"), *common, "--no-progress"]
+    )
+    assert "download" not in quiet
+    piped = cli("treecache", "pull", tmp_path / "c", *common)
+    assert piped.returncode == 0 and "\x1b[" not in piped.stderr
+    assert (tmp_path / "b/meta/info.json").exists() and (tmp_path / "c/meta/info.json").exists()
+
+
+def test_a_shared_directory_works_as_the_remote(tmp_path):
+    share = tmp_path / "share"
+    build = Builder()
+    make_cache(tmp_path / "a", share, storage_options={}).ensure(build)
+    assert (share / "slipcache-k1" / ".hashsync" / "manifest.json").exists()
+    make_cache(tmp_path / "b", share, storage_options={}).ensure(build)
+    assert build.calls == 1
+    (tmp_path / "b" / "index.bin").write_bytes(b"i")
+    assert make_cache(tmp_path / "b", share, storage_options={}).sync() == (0, 1)
+    assert make_cache(tmp_path / "a", f"file://{share}", storage_options={}).sync() == (1, 0)
+    procs = [
+        start_builder(tmp_path, tmp_path / f"m{i}", str(tmp_path / "share2")) for i in range(2)
+    ]
+    for p in procs:
+        out, errtext = p.communicate(timeout=120)
+        assert p.returncode == 0, errtext
+    assert len(builds(tmp_path)) == 1

@@ -74,6 +74,18 @@ def _byte_columns(*extra: object) -> tuple[object, ...]:
     )
 
 
+def _on_stderr() -> dict[str, object]:
+    """Options that keep a rich bar on stderr and leave stdout alone.
+
+    rich draws on stdout by default, so a bar was lost when stdout was piped (``--json | jq``)
+    although stderr was a terminal; and its stdout redirection would move printed output
+    through the bar's console.
+    """
+    from rich.console import Console
+
+    return {"console": Console(stderr=True), "redirect_stdout": False}
+
+
 @contextmanager
 def byte_progress(description: str, *, enabled: bool = True) -> Iterator[ProgressFn]:
     """A ``progress(done, total)`` callback drawing a byte-level bar on stderr.
@@ -86,7 +98,7 @@ def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Progres
         return
     from rich.progress import Progress
 
-    with Progress(*_byte_columns(), transient=True) as bar:
+    with Progress(*_byte_columns(), transient=True, **_on_stderr()) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
@@ -102,8 +114,11 @@ class SyncDisplay:
     (or plainly to stdout when there is no bar).
     """
 
-    def __init__(self, *, enabled: bool, verbose: bool, dry_run: bool) -> None:
+    def __init__(
+        self, *, enabled: bool, verbose: bool, dry_run: bool, lines_to_stderr: bool = False
+    ) -> None:
         self.verbose = verbose
+        self.lines_to_stderr = lines_to_stderr
         self.dry_run = dry_run
         self._enabled = enabled and sys.stderr.isatty()
         self._progress = None
@@ -117,7 +132,9 @@ class SyncDisplay:
             from rich.progress import Progress, TextColumn
 
             self._progress = Progress(
-                *_byte_columns(TextColumn("{task.fields[files]}")), transient=True
+                *_byte_columns(TextColumn("{task.fields[files]}")),
+                transient=True,
+                **_on_stderr(),
             )
             self._progress.__enter__()
         return self
@@ -165,7 +182,9 @@ class SyncDisplay:
 
     def line(self, text: str, *, err: bool = False) -> None:
         """Prints a line without breaking the bar."""
-        if self._progress is not None:
+        err = err or self.lines_to_stderr
+        if self._progress is not None and (err or sys.stdout.isatty()):
+            # Above the bar, on the terminal the bar is drawn on.
             self._progress.console.print(text, markup=False, highlight=False)
         else:
             print(text, file=sys.stderr if err else sys.stdout)

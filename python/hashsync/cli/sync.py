@@ -77,8 +77,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     import hashsync.engine as engine
 
     src, dst = open_sides(args)
+    # The bar is drawn on stderr, so it can accompany --json; per-file lines then go to stderr
+    # too, keeping stdout one JSON document.
     display = SyncDisplay(
-        enabled=not args.no_progress and not args.json, verbose=args.verbose, dry_run=args.dryrun
+        enabled=not args.no_progress,
+        verbose=args.verbose,
+        dry_run=args.dryrun,
+        lines_to_stderr=args.json,
     )
     phase = {"transfer": False}
 

@@ -152,8 +152,8 @@ class TreeCache:
 
     Args:
         local_dir: The local directory (created when built or downloaded).
-        remote: Where copies are kept: ``s3://bucket/prefix``, a local or shared directory,
-            ``file://`` (read-only ``http(s)://`` and ``hub://`` work for pulling).
+        remote: Where copies are kept: ``s3://bucket/prefix`` (any S3-compatible store), or
+            a directory on a shared filesystem (a path or ``file://``).
         name: What is cached (letters, digits, ``.``, ``_``, ``-``), e.g. ``"slipcache"``.
         key: The content hash of the input (same characters), e.g. from :func:`hashsync.tree_hash`.
         verbose: Show byte progress bars on a terminal and say what is being done.
