@@ -195,6 +195,9 @@ def test_a_killed_builder_is_taken_over_after_its_lease_expires(
     victim.wait()
     assert ".hashsync/lease.json" in remote_keys(s3_server, bucket)
 
+    # Without a build function there is nothing to wait for once the lease is stale.
+    with pytest.raises(NotFound, match="stopped refreshing its lease"):
+        make_cache(tmp_path / "reader", remote, lease_ttl=2.0, poll_interval=0.2).ensure()
     build = Builder()
     started = time.monotonic()
     make_cache(tmp_path / "heir", remote, lease_ttl=2.0, poll_interval=0.2).ensure(build)
@@ -659,7 +662,8 @@ def test_hostile_remote_keys_skip_that_file_only(tmp_path, remote, s3_server, bu
     for key, body in evil.items():
         raw.put_object(Bucket=bucket, Key=f"caches/slipcache-k1/{key}", Body=body)
     (a / "fine.txt").write_text("fine")
-    make_cache(a, remote).sync()
+    with pytest.warns(HashsyncWarning, match="clash/inner.txt not synced"):
+        make_cache(a, remote).sync()
     synced_before = (b / ".hashsync/synced.json").read_bytes()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -709,3 +713,67 @@ def test_a_shared_directory_works_as_the_remote(tmp_path):
         out, errtext = p.communicate(timeout=120)
         assert p.returncode == 0, errtext
     assert len(builds(tmp_path)) == 1
+
+
+def test_a_build_whose_output_is_still_being_written_is_refused(
+    tmp_path, remote, s3_server, bucket
+):
+    import threading
+
+    from hashsync.errors import IntegrityError
+
+    stop = threading.Event()
+
+    def sloppy(out: Path) -> None:
+        # Returns while a background writer still appends to one of its files.
+        (out / "log.txt").write_bytes(b"")
+
+        def keep_writing() -> None:
+            try:
+                with open(out / "log.txt", "ab") as f:
+                    while not stop.is_set():
+                        f.write(os.urandom(4096))
+                        f.flush()
+                        time.sleep(0.0005)
+            except OSError:
+                pass
+
+        threading.Thread(target=keep_writing, daemon=True).start()
+        time.sleep(0.05)
+
+    try:
+        with pytest.raises(IntegrityError, match="changed|appeared or vanished"):
+            make_cache(tmp_path / "cache", remote).ensure(sloppy)
+    finally:
+        stop.set()
+    assert not (tmp_path / "cache" / ".hashsync").exists()
+    assert remote_keys(s3_server, bucket) == {}  # nothing uploaded, the lease released
+
+
+def test_a_download_killed_midway_is_completed_by_the_next_ensure(
+    tmp_path, remote, s3_server, bucket
+):
+    from proxy_helpers import rewriting_proxy
+
+    many = {f"part/{i:03d}.bin": os.urandom(2000 + i) for i in range(120)}
+    make_cache(tmp_path / "built", remote).ensure(Builder(many))
+    local = tmp_path / "victim"
+    code = (
+        "import sys, hashsync; hashsync.TreeCache(sys.argv[1], sys.argv[2], name='slipcache', "
+        "key='k1', verbose=False, endpoint_url=sys.argv[3]).ensure()"
+    )
+    with rewriting_proxy(s3_server.endpoint_url, delay=0.1) as slow:
+        victim = subprocess.Popen([sys.executable, "-c", code, str(local), remote, slow])
+        deadline = time.monotonic() + 60
+        while not (local / "part").exists() or len(list((local / "part").iterdir())) < 10:
+            assert time.monotonic() < deadline and victim.poll() is None
+            time.sleep(0.02)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+    assert not (local / ".hashsync" / "manifest.json").exists()  # not complete, not claimed
+    status = make_cache(local, remote).status()
+    assert status.local == "incomplete"
+    make_cache(local, remote).ensure()
+    for rel, data in many.items():
+        assert (local / rel).read_bytes() == data
+    assert not [p for p in local.rglob("*") if ".hashsync-tmp" in p.name]

@@ -609,6 +609,12 @@ class TreeCache:
                     self._build_here(build)
                     return
                 continue  # the holder let go: try to claim it
+            if stale and build is None:
+                raise NotFound(
+                    f"no complete copy at {self.remote_url}: its builder "
+                    f"({_holder(watch.holder)}) stopped refreshing its lease; pass build= to "
+                    "take over"
+                )
             if stale and build is not None and writable is not None:
                 lease = self._claim(writable, stale=etag)
                 if lease is not None:
