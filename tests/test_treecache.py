@@ -566,6 +566,7 @@ def test_two_builders_on_a_store_ignoring_conditions_still_build_once(
         outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, errtext) in zip(procs, outs, strict=True):
         assert p.returncode == 0, errtext
+        assert out.strip() == "ok built"
         assert "ignores conditional writes" in errtext
     assert len(builds(tmp_path)) == 1
 
