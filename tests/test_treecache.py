@@ -270,14 +270,22 @@ def test_a_missing_bucket_and_bad_credentials_are_warnings(tmp_path, s3_env, mon
 
 def test_a_remote_copy_without_its_manifest_is_repaired(tmp_path, remote, s3_server, bucket):
     store = s3(s3_server, bucket, "caches/slipcache-k1")
-    # A builder that died mid-upload: some files, one of them torn, no manifest.
+    # A builder that died mid-upload: the files it announced, some uploaded, one torn, no
+    # manifest; and a derived file another machine had synced into the copy.
+    dead_build = [*BASE, "only-in-the-dead-build.bin"]
+    store.write_bytes(".hashsync/pending.json", json.dumps({"files": dead_build}).encode())
     store.write_bytes("data/shard-000.bin", b"torn")
-    store.write_bytes("junk-from-the-dead-build.tmp", b"junk")
+    store.write_bytes("only-in-the-dead-build.bin", b"junk")
+    store.write_bytes("label_index.npy", b"someone's index")
     assert make_cache(tmp_path / "x", remote).status().remote == "incomplete"
     build = Builder()
     make_cache(tmp_path / "cache", remote).ensure(build)
     assert build.calls == 1
-    assert set(remote_keys(s3_server, bucket)) == set(BASE) | {".hashsync/manifest.json"}
+    assert set(remote_keys(s3_server, bucket)) == set(BASE) | {
+        ".hashsync/manifest.json",
+        "label_index.npy",  # derived files are never deleted
+    }
+    assert (tmp_path / "cache" / "label_index.npy").read_bytes() == b"someone's index"
     fresh = Builder()
     make_cache(tmp_path / "reader", remote).ensure(fresh)
     assert fresh.calls == 0
@@ -326,12 +334,22 @@ def test_hostile_remote_manifests_are_treated_as_missing(tmp_path, remote, s3_se
 
 @pytest.mark.parametrize(
     "kw",
-    [{"name": "../../etc"}, {"name": "a/b"}, {"key": ""}, {"key": "k 1"}, {"key": ".."}],
+    [
+        {"name": "../../etc"},
+        {"name": "a/b"},
+        {"key": ""},
+        {"key": "k 1"},
+        {"key": ".."},
+        {"remote": "s3://"},  # an empty bucket variable: not a folder named "s3:"
+        {"remote": "s3:///"},
+        {"remote": ""},
+        {"remote": 3},
+    ],
 )
-def test_bad_names_and_keys_are_refused(tmp_path, kw):
-    args = {"name": "slipcache", "key": "k1", **kw}
+def test_bad_names_keys_and_remotes_are_refused(tmp_path, kw):
+    args = {"name": "slipcache", "key": "k1", "remote": "s3://b/p", **kw}
     with pytest.raises(InvalidArgument):
-        TreeCache(tmp_path / "c", "s3://b/p", **args)
+        TreeCache(tmp_path / "c", **args)
 
 
 def test_a_local_directory_holding_another_key_is_refused(tmp_path, remote):
@@ -778,3 +796,150 @@ def test_a_download_killed_midway_is_completed_by_the_next_ensure(
     for rel, data in many.items():
         assert (local / rel).read_bytes() == data
     assert not [p for p in local.rglob("*") if ".hashsync-tmp" in p.name]
+
+
+# -- found by an adversarial review --------------------------------------------------------
+
+
+def test_conflicts_in_the_same_second_on_two_machines_lose_no_edit(tmp_path, remote):
+    a, b = _two_machines(tmp_path, remote)
+    c = tmp_path / "c"
+    make_cache(c, remote).ensure(Builder())
+    (a / "f.txt").write_text("V0")
+    make_cache(a, remote).sync()
+    make_cache(b, remote).sync()
+    make_cache(c, remote).sync()
+    second = int(time.time()) - 60
+    (a / "f.txt").write_text("edit by a")
+    _set_mtime(a / "f.txt", second + 0.2)
+    (b / "f.txt").write_text("edit by b")
+    _set_mtime(b / "f.txt", second + 0.6)
+    (c / "f.txt").write_text("edit by c, the newest")
+    make_cache(c, remote).sync()
+    with pytest.warns(HashsyncWarning, match="changed both"):
+        make_cache(b, remote).sync()
+    with pytest.warns(HashsyncWarning, match="changed both"):
+        make_cache(a, remote).sync()
+    for machine in (a, b, c, a, b, c):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            make_cache(machine, remote).sync()
+    for machine in (a, b, c):
+        contents = {p.read_text() for p in machine.glob("f.txt*")}
+        assert contents == {"edit by a", "edit by b", "edit by c, the newest"}, machine
+        assert (machine / "f.txt").read_text() == "edit by c, the newest"
+
+
+def test_a_builder_paused_past_its_lease_uploads_nothing(tmp_path, remote, s3_server, bucket):
+    victim = start_builder(tmp_path, tmp_path / "victim", remote, ttl=1.0, pause=3.0)
+    deadline = time.monotonic() + 60
+    while not builds(tmp_path):
+        assert time.monotonic() < deadline and victim.poll() is None
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        build = Builder()
+        make_cache(tmp_path / "heir", remote, lease_ttl=1.0, poll_interval=0.1).ensure(build)
+        assert build.calls == 1
+        heirs = remote_keys(s3_server, bucket)
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    out, errtext = victim.communicate(timeout=60)
+    assert victim.returncode == 0, errtext
+    assert "could not upload" in errtext or "took over" in errtext
+    assert remote_keys(s3_server, bucket) == heirs  # the heir's copy is untouched
+    assert make_cache(tmp_path / "reader", remote).status().remote == "complete"
+
+
+def test_restoring_base_files_keeps_local_derived_edits(tmp_path, remote):
+    a, b = _two_machines(tmp_path, remote)
+    (a / "idx.txt").write_text("v1")
+    make_cache(a, remote).sync()
+    make_cache(b, remote).sync()
+    (b / "idx.txt").write_text("b's precious edit")
+    (b / "meta/info.json").write_bytes(BASE["meta/info.json"].replace(b"2", b"7"))
+    with pytest.warns(HashsyncWarning, match="will be restored"):
+        make_cache(b, remote).ensure()
+    assert (b / "meta/info.json").read_bytes() == BASE["meta/info.json"]
+    assert (b / "idx.txt").read_text() == "b's precious edit"
+    make_cache(a, remote).sync()
+    assert (a / "idx.txt").read_text() == "b's precious edit"
+    # pull only downloads: a local edit stays local.
+    (b / "idx.txt").write_text("edit 2")
+    (b / "meta/info.json").unlink()
+    assert make_cache(b, remote).pull() == 1
+    assert (b / "idx.txt").read_text() == "edit 2"
+
+
+def test_repairing_a_damaged_remote_keeps_other_machines_derived_files(
+    tmp_path, remote, s3_server, bucket
+):
+    a, b = _two_machines(tmp_path, remote)
+    (b / "b_index.txt").write_text("b's index")
+    make_cache(b, remote).sync()
+    s3(s3_server, bucket, "caches/slipcache-k1").delete("meta/info.json")
+    make_cache(a, remote).sync()  # republishes the base from a
+    assert make_cache(tmp_path / "r", remote).status().remote == "complete"
+    assert "b_index.txt" in remote_keys(s3_server, bucket)
+    assert (a / "b_index.txt").read_text() == "b's index"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_a_remote_that_refuses_writes_still_gives_downloads(tmp_path):
+    share = tmp_path / "share"
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_cache(a, share, storage_options={}).ensure(Builder())
+    make_cache(b, share, storage_options={}).ensure(Builder())
+    (a / "new.idx").write_text("from a")
+    make_cache(a, share, storage_options={}).sync()
+    (b / "a_local.idx").write_text("only b")  # sorts first: its upload fails first
+    subprocess.run(["chmod", "-R", "a-w", str(share)], check=True)
+    code = (
+        "import sys, hashsync; c = hashsync.TreeCache(sys.argv[1], sys.argv[2], "
+        "name='slipcache', key='k1', verbose=False); print(c.sync())"
+    )
+    r = subprocess.run(
+        ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+         "--bounding-set=-dac_override,-dac_read_search", "--",
+         sys.executable, "-c", code, str(b), str(share)],
+        capture_output=True, text=True,
+        env={**os.environ, "HASHSYNC_CACHE_DIR": str(tmp_path / "state")},
+    )  # fmt: skip
+    subprocess.run(["chmod", "-R", "u+w", str(share)], check=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "(1, 0)", r.stderr
+    assert "cannot be uploaded" in r.stderr
+    assert (b / "new.idx").read_text() == "from a"
+
+
+def test_a_remote_key_clashing_with_a_base_path_skips_only_that_key(
+    tmp_path, remote, s3_server, bucket
+):
+    a = tmp_path / "a"
+    make_cache(a, remote).ensure(Builder())
+    raw = s3(s3_server, bucket).client
+    raw.put_object(Bucket=bucket, Key="caches/slipcache-k1/meta/info.json/child", Body=b"x")
+    raw.put_object(Bucket=bucket, Key="caches/slipcache-k1/ok.idx", Body=b"ok")
+    with pytest.warns(HashsyncWarning, match="meta/info.json/child not synced"):
+        assert make_cache(a, remote).sync() == (1, 0)
+    with pytest.warns(HashsyncWarning, match="meta/info.json/child not synced"):
+        make_cache(tmp_path / "new", remote).ensure()
+    assert (tmp_path / "new/meta/info.json").read_bytes() == BASE["meta/info.json"]
+    assert (tmp_path / "new/ok.idx").read_bytes() == b"ok"
+
+
+def test_a_manifest_whose_sha256_lies_is_not_trusted(tmp_path, remote, s3_server, bucket):
+    from hashsync.treecache._manifest import FileRecord, Manifest, tree_hash_of
+
+    make_cache(tmp_path / "a", remote).ensure(Builder())
+    store = s3(s3_server, bucket, "caches/slipcache-k1")
+    good = Manifest.from_json(
+        store.read_bytes(".hashsync/manifest.json"), name="slipcache", key="k1"
+    )
+    files = {p: FileRecord(r.size, r.etag, "0" * 64) for p, r in good.files.items()}
+    lie = Manifest("slipcache", "k1", files, good.part_size, tree_hash_of(files))
+    store.delete(".hashsync/manifest.json")
+    store.write_bytes(".hashsync/manifest.json", lie.to_json())
+    with pytest.raises(NotFound, match="SHA-256"):
+        make_cache(tmp_path / "b", remote).ensure()
+    assert not (tmp_path / "b" / ".hashsync" / "manifest.json").exists()

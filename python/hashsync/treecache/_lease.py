@@ -170,6 +170,8 @@ class Lease:
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The refresher thread and confirm() must not race each other's If-Match.
+        self._lock = threading.Lock()
 
     def _body(self) -> bytes:
         self._seq += 1
@@ -223,17 +225,37 @@ class Lease:
 
     def refresh(self) -> None:
         """Rewrite the lease so waiters see its holder alive; sets :attr:`lost` if taken over."""
-        if self.etag is None or self.lost.is_set():
-            return
-        try:
-            if self.native:
-                self.etag = self.storage.write_bytes(LEASE_KEY, self._body(), if_hash=self.etag)
-            elif self.storage.get_hash(LEASE_KEY) == self.etag:
-                self.etag = self.storage.write_bytes(LEASE_KEY, self._body())
-            else:
-                raise PreconditionFailed("the lease was replaced")
-        except (PreconditionFailed, NotFound):
-            self.lost.set()
+        with self._lock:
+            if self.etag is None or self.lost.is_set():
+                return
+            try:
+                if self.native:
+                    self.etag = self.storage.write_bytes(LEASE_KEY, self._body(), if_hash=self.etag)
+                elif self.storage.get_hash(LEASE_KEY) == self.etag:
+                    self.etag = self.storage.write_bytes(LEASE_KEY, self._body())
+                else:
+                    raise PreconditionFailed("the lease was replaced")
+            except (PreconditionFailed, FileNotFoundError):
+                # FileNotFoundError covers NotFound, and a directory store whose lease folder
+                # went away with the lease.
+                self.lost.set()
+
+    def confirm(self) -> None:
+        """Refresh now and make sure the lease is still this process's.
+
+        Called before anything on the remote is replaced or deleted, so a builder that was
+        paused past the lease's TTL (and taken over) stops instead of undoing the new holder's
+        work.
+
+        Raises:
+            PreconditionFailed: Another process holds the lease now.
+        """
+        self.refresh()
+        if self.lost.is_set():
+            raise PreconditionFailed(
+                "the build lease was taken over by another process (this one did not refresh "
+                "it in time); nothing more is uploaded"
+            )
 
     def start_refreshing(self) -> None:
         """Refresh every ``ttl / 4`` seconds on a daemon thread until :meth:`release`."""

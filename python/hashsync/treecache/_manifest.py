@@ -24,6 +24,10 @@ FORMAT = "hashsync-treecache/1"
 META_DIR = ".hashsync"
 MANIFEST_KEY = f"{META_DIR}/manifest.json"
 LEASE_KEY = f"{META_DIR}/lease.json"
+# The base files a builder is about to upload, written before the first of them (remote only):
+# a builder that takes over after a crash deletes those its own build does not have. Without
+# it, a dead build's files would be indistinguishable from other machines' derived files.
+PENDING_KEY = f"{META_DIR}/pending.json"
 # Which derived files this machine last saw identical on both sides (local only).
 SYNCED_FILE = f"{META_DIR}/synced.json"
 # Size, mtime and inode of each base file when it was last known to match the manifest (local

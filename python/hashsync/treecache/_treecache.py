@@ -19,6 +19,7 @@ from typing import Any
 import hashsync
 from hashsync import atomic
 from hashsync._progress import byte_counter, byte_progress
+from hashsync._threads import run_on_threads
 from hashsync.errors import (
     FileSystemError,
     HashsyncError,
@@ -41,6 +42,7 @@ from hashsync.treecache._manifest import (
     MANIFEST_KEY,
     MAX_MANIFEST_BYTES,
     META_DIR,
+    PENDING_KEY,
     STATS_FILE,
     SYNCED_FILE,
     Manifest,
@@ -61,7 +63,12 @@ _FILE_ERRORS = (
     NotARegularFile,
     FileSystemError,
     InvalidArgument,
+    PreconditionFailed,  # the remote file changed during the sync: the next sync sees it
+    IsADirectoryError,  # a remote key that cannot be a file here (a directory holds its name)
+    NotADirectoryError,
+    FileExistsError,
 )
+_WORKERS = 16
 
 
 class _RemoteFailed(Exception):
@@ -189,12 +196,21 @@ class TreeCache:
         self.key = check_segment(key, "key")
         if not isinstance(local_dir, str | os.PathLike) or not os.fspath(local_dir):
             raise InvalidArgument(f"local_dir must be a path, not {local_dir!r}")
-        if not isinstance(remote, str | os.PathLike) or not os.fspath(remote).strip("/"):
-            raise InvalidArgument(f"remote must be a URL or a directory, not {remote!r}")
+        text = os.fspath(remote) if isinstance(remote, str | os.PathLike) else ""
+        _scheme, scheme_sep, location = str(text).partition("://")
+        if (
+            not isinstance(text, str)
+            or not text.strip("/")
+            or (scheme_sep and not location.strip("/"))
+        ):
+            # "s3://" (an empty bucket variable) must not become a local folder named "s3:".
+            raise InvalidArgument(
+                f"remote must be a URL with a location, or a directory, not {remote!r}"
+            )
         if not lease_ttl > 0 or not wait_timeout >= 0:
             raise InvalidArgument("lease_ttl must be positive and wait_timeout not negative")
         self.local_dir = Path(local_dir).expanduser().absolute()
-        self.remote_url = f"{os.fspath(remote).rstrip('/')}/{self.name}-{self.key}"
+        self.remote_url = f"{text.rstrip('/')}/{self.name}-{self.key}"
         self.verbose = verbose
         self.lease_ttl = float(lease_ttl)
         self.wait_timeout = float(wait_timeout)
@@ -318,6 +334,8 @@ class TreeCache:
             return None
         except NotADirectoryError:
             raise InvalidArgument(f"{self.local_dir} is not a directory") from None
+        except PermissionError as e:
+            raise PermissionDenied(e.errno, f"cannot read {path}: {e.strerror}") from None
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError):
@@ -465,71 +483,139 @@ class TreeCache:
 
     # -- transfers -------------------------------------------------------------------------
 
-    def _download(self, remote: _Remote) -> int:
-        """Fetch the whole remote copy (base and derived files), verified; return files fetched."""
+    def _transfer(
+        self, keys: list[str], total: int, what: str, one: Callable[[str], object]
+    ) -> None:
+        """``one(key)`` for every key on a pool of threads, with one byte bar for all."""
+        if not keys:
+            return
+        with byte_progress(what, enabled=self.verbose) as bar:
+            moved = byte_counter(bar, total)
+
+            def run(key: str) -> None:
+                with reporting_progress(moved):
+                    one(key)
+
+            run_on_threads(run, keys, workers=min(_WORKERS, len(keys)))
+
+    def _download(self, remote: _Remote, *, up: bool) -> tuple[int, int]:
+        """Restore the base files from the remote copy, then sync derived files.
+
+        Only base files the local directory lacks (or holds with other content) are fetched,
+        each verified against its ETag while it arrives and against the manifest's SHA-256
+        after; local derived files are left to the derived sync, so an edit made here is
+        uploaded or kept as a conflict copy, never overwritten.
+
+        Returns:
+            Files downloaded and uploaded.
+        """
         manifest = remote.manifest
         assert manifest is not None
-        self._say(f"downloading {self.name}-{self.key[:12]} from {self.remote_url}")
-        with _remote_errors(), byte_progress("download", enabled=self.verbose) as bar:
-            result = hashsync.sync(
-                remote.storage,
-                self._local_storage(),
-                exclude=_EXCLUDE_META,
-                progress=bar,
-                allow_empty_source=True,
+        storage = remote.storage
+        here = self._local_storage()
+        here.create_root()
+        present = {
+            e.path: e
+            for e in hashsync.scan(
+                self.local_dir,
+                algorithm="etag",
+                part_size=manifest.part_size,
+                filters=[("exclude", p) for p in _EXCLUDE_META],
             )
-            if not result.ok:
-                key, why = (result.failed or result.scan_errors)[0]
-                raise IntegrityError(f"download of {self.remote_url} incomplete: {key}: {why}")
-            # The files came verified against the ETags listed just before; the manifest must
-            # still describe the copy now (a repair could have replaced it meanwhile).
-            after = [i for i in remote.storage.list() if not is_meta(i.key)]
+        }
+        todo = []
+        for rel, rec in sorted(manifest.files.items()):
+            have = present.get(rel)
+            if have is None or have.size != rec.size or have.digest != rec.etag:
+                todo.append(rel)
+        if todo:
+            self._say(f"downloading {self.name}-{self.key[:12]} from {self.remote_url}")
+        with _remote_errors():
+            total = sum(manifest.files[rel].size for rel in todo)
+            self._transfer(todo, total, "download", lambda rel: storage.copy(rel, here))
+            # Verified against the ETags listed before; the manifest must still describe the
+            # copy now (a repair could have replaced it meanwhile).
+            after = [i for i in storage.list() if not is_meta(i.key)]
         bad = manifest.missing_or_different(after)
         if bad:
             raise _RemoteFailed(
                 IntegrityError(f"{self.remote_url} changed during the download ({bad[0]!r})")
             )
-        synced = self._synced()
-        synced.update({i.key: i.hash for i in after if i.key not in manifest.files and i.hash})
-        self._save_synced(synced)
+        digests = hashsync.hash_files([self.local_dir / rel for rel in todo], "sha256")
+        wrong = [r for r, d in zip(todo, digests, strict=True) if d != manifest.files[r].sha256]
+        if wrong:
+            raise _RemoteFailed(
+                IntegrityError(
+                    f"the manifest of {self.remote_url} gives {wrong[0]!r} another SHA-256 than "
+                    "its content has (the ETag matched): the manifest is wrong"
+                )
+            )
         self._seal_local(manifest)
-        return len(result.transferred)
+        current = _Remote(storage, manifest, after, "complete")
+        down_more, uploaded = self._sync_derived(current, manifest, down=True, up=up)
+        return len(todo) + down_more, uploaded
 
-    def _upload(self, storage: ReadWriteStorage, manifest: Manifest, lease: Lease) -> int:
-        """Upload the local copy while holding ``lease``; the manifest goes last."""
-        self._say(f"uploading {self.name}-{self.key[:12]} to {self.remote_url}")
+    def _upload(
+        self, storage: ReadWriteStorage, manifest: Manifest, lease: Lease, *, down: bool
+    ) -> int:
+        """Upload the base files while holding ``lease``, the manifest last; sync derived files.
+
+        Derived files already on the remote (other machines' indexes) are left alone: the
+        derived sync that follows merges them like any other.
+
+        Returns:
+            Files uploaded.
+        """
+        here = self._local_storage()
         with _remote_errors():
+            lease.confirm()  # before anything is replaced: a taken-over lease stops here
+            theirs = {i.key: i for i in storage.list() if not is_meta(i.key)}
             with contextlib.suppress(NotFound):
                 storage.delete(MANIFEST_KEY)  # a damaged one: readers must not trust it
-            with byte_progress("upload", enabled=self.verbose) as bar:
-                result = hashsync.sync(
-                    self._local_storage(),
-                    storage,
-                    delete=True,
-                    exclude=_EXCLUDE_META,
-                    progress=bar,
-                    allow_empty_source=True,
-                )
-            if not result.ok:
-                key, why = (result.failed or result.scan_errors)[0]
-                raise IntegrityError(f"upload to {self.remote_url} incomplete: {key}: {why}")
+            for rel in self._abandoned_files(storage, manifest):
+                if rel in theirs:
+                    with contextlib.suppress(NotFound):
+                        storage.delete(rel)
+                    del theirs[rel]
+            pending = {"files": sorted(manifest.files), "lease": lease.owner}
+            storage.write_bytes(PENDING_KEY, json.dumps(pending).encode())
+            todo = []
+            for rel, rec in sorted(manifest.files.items()):
+                have = theirs.get(rel)
+                if have is None or have.size != rec.size or (have.hash or "") != rec.etag:
+                    todo.append(rel)
+            self._say(f"uploading {self.name}-{self.key[:12]} to {self.remote_url}")
+            total = sum(manifest.files[rel].size for rel in todo)
+            self._transfer(todo, total, "upload", lambda rel: storage.copy_from(rel, here))
             listing = [i for i in storage.list() if not is_meta(i.key)]
             bad = manifest.missing_or_different(listing)
             if bad:
                 raise IntegrityError(
                     f"after the upload {self.remote_url} does not match the manifest: {bad[0]!r}"
                 )
-            if lease.lost.is_set():
-                raise PreconditionFailed("the build lease was taken over; manifest not written")
+            lease.confirm()
             try:
                 storage.write_bytes(MANIFEST_KEY, manifest.to_json(), create_only=True)
             except PreconditionFailed:
                 self._warn(f"another machine completed {self.remote_url} first; kept its copy")
-                return len(result.transferred)
-        synced = self._synced()
-        synced.update({i.key: i.hash for i in listing if i.key not in manifest.files and i.hash})
-        self._save_synced(synced)
-        return len(result.transferred)
+                return len(todo)
+            with contextlib.suppress(NotFound):
+                storage.delete(PENDING_KEY)
+        current = _Remote(storage, manifest, listing, "complete")
+        return len(todo) + self._sync_derived(current, manifest, down=down, up=True)[1]
+
+    def _abandoned_files(self, storage: Storage, manifest: Manifest) -> list[str]:
+        """Files a crashed builder announced and this build does not have (remote junk)."""
+        try:
+            doc = json.loads(storage.read_bytes(PENDING_KEY, max_size=MAX_MANIFEST_BYTES))
+        except (NotFound, ValueError, IntegrityError):
+            return []
+        files = doc.get("files") if isinstance(doc, dict) else None
+        if not isinstance(files, list):
+            return []
+        return [
+            f for f in files if isinstance(f, str) and f not in manifest.files and not is_meta(f)
+        ]
 
     def _claim(self, storage: ReadWriteStorage, stale: str | None = None) -> Lease | None:
         """Take the build lease (over ``stale``, if given) and confirm the copy is still missing.
@@ -564,7 +650,7 @@ class TreeCache:
             return 0
         lease.start_refreshing()
         try:
-            return self._upload(lease.storage, manifest, lease)
+            return self._upload(lease.storage, manifest, lease, down=True)
         finally:
             lease.release()
 
@@ -573,7 +659,7 @@ class TreeCache:
         try:
             manifest = self._build_here(build)
             try:
-                self._upload(storage, manifest, lease)
+                self._upload(storage, manifest, lease, down=True)
             except _RemoteFailed as e:
                 self._warn(f"built {self.local_dir} but could not upload it: {e}")
         finally:
@@ -597,7 +683,7 @@ class TreeCache:
             if etag is None or stale:
                 current = self._read_remote()
                 if current.manifest is not None:
-                    self._download(current)
+                    self._download(current, up=True)
                     return
             if etag is None:
                 if build is None:
@@ -642,7 +728,7 @@ class TreeCache:
                 if storage.exists(MANIFEST_KEY):
                     current = self._read_remote()
                     if current.manifest is not None:
-                        self._download(current)
+                        self._download(current, up=True)
                         return
 
     # -- derived files ---------------------------------------------------------------------
@@ -685,12 +771,24 @@ class TreeCache:
             storage.copy(rel, here)
             downloaded += 1
 
+        # A read-only remote, or credentials that may read but not write, still get downloads.
+        can_send = [up and isinstance(storage, ReadWriteStorage)]
+
         def send(rel: str, expected: str | None) -> bool:
             nonlocal uploaded
+            if not can_send[0]:
+                return False
             try:
                 self._for_writing(storage).copy_from_if_overwriting_hash(rel, expected, here)
             except PreconditionFailed:
                 self._warn(f"{rel} changed on {self.remote_url} during the sync; sync again")
+                return False
+            except PermissionError as e:  # PermissionDenied, or a directory store's EACCES
+                can_send[0] = False
+                self._warn(
+                    f"derived files cannot be uploaded to {self.remote_url} ({describe(e)}); "
+                    "downloading only"
+                )
                 return False
             uploaded += 1
             return True
@@ -718,7 +816,7 @@ class TreeCache:
                 if down:
                     fetch(rel)
                     synced[rel] = info.hash or ""
-            elif down and up:
+            elif down and can_send[0]:
                 d, u, loser = self._resolve_conflict(storage, rel, mine, info)
                 downloaded += d
                 uploaded += u
@@ -754,30 +852,46 @@ class TreeCache:
     ) -> tuple[int, int, str]:
         """Keep the newer version as ``rel`` on both sides and the other as a conflict copy.
 
+        The copy's name carries the losing version's time and the start of its ETag, so two
+        conflicts in the same second (or one resolved on two machines) never share a name
+        unless they hold the same bytes. The losing version is saved before anything replaces
+        it.
+
         Returns:
             Files downloaded, files uploaded, and the conflict copy's name.
         """
         writable = self._for_writing(storage)
         here = self._local_storage()
         local_time = mine.mtime_ns / 1e9
-        remote_time = info.last_modified.timestamp()
-        if local_time >= remote_time:
-            loser = _conflict_name(rel, info.last_modified)
-            with TemporaryLocalStorage(dir=self.local_dir / META_DIR) as scratch:
-                storage.copy(rel, scratch)
-                os.replace(scratch.path(rel), self.local_dir / loser)
+        if local_time >= info.last_modified.timestamp():
+            loser = _conflict_name(rel, info.last_modified, info.hash or "")
+            if not (self.local_dir / loser).exists():
+                with TemporaryLocalStorage(dir=self.local_dir / META_DIR) as scratch:
+                    storage.copy(rel, scratch)
+                    if not hashsync.etag_matches(scratch.path(rel), info.hash or ""):
+                        raise PreconditionFailed(f"{rel} changed on {self.remote_url} meanwhile")
+                    os.replace(scratch.path(rel), self.local_dir / loser)
             writable.copy_from_if_overwriting_hash(rel, info.hash, here)
+            sent = 1
         else:
-            loser = _conflict_name(rel, datetime.datetime.fromtimestamp(local_time, datetime.UTC))
+            when = datetime.datetime.fromtimestamp(local_time, datetime.UTC)
+            loser = _conflict_name(rel, when, mine.digest or "")
             os.replace(self.local_dir / rel, self.local_dir / loser)
             storage.copy(rel, here)
-        with contextlib.suppress(PreconditionFailed):
+            sent = 0
+        try:
             writable.copy_from_if_overwriting_hash(loser, None, here)
+            sent += 1
+        except PreconditionFailed:
+            if storage.get_hash(loser) != here.get_hash(loser):
+                self._warn(
+                    f"{self.remote_url} has another file named {loser}; kept both as they are"
+                )
         self._warn(
             f"{rel} was changed both here and on {self.remote_url}: kept the newer, the other "
             f"is {loser}"
         )
-        return (1, 2, loser) if local_time >= remote_time else (1, 1, loser)
+        return 1, sent, loser
 
     # -- public operations -----------------------------------------------------------------
 
@@ -811,7 +925,7 @@ class TreeCache:
             if local is not None and remote.manifest is not None:
                 self._sync_both(remote, local)
             elif remote.manifest is not None:
-                self._download(remote)
+                self._download(remote, up=True)
             elif local is not None:
                 self._publish(remote, local)
             else:
@@ -885,7 +999,7 @@ class TreeCache:
                 raise NotFound(f"no complete copy at {self.remote_url} ({remote.why})")
             local = self._local_manifest()
             if local is None:
-                return self._download(remote)
+                return self._download(remote, up=False)[0]
             return self._sync_derived(remote, local, down=True, up=False)[0]
         except _RemoteFailed as e:
             raise e.error from None
@@ -909,7 +1023,7 @@ class TreeCache:
                     )
                 lease.start_refreshing()
                 try:
-                    return self._upload(lease.storage, local, lease)
+                    return self._upload(lease.storage, local, lease, down=False)
                 finally:
                     lease.release()
             if remote.manifest.tree_hash != local.tree_hash:
@@ -971,6 +1085,6 @@ def _holder(holder: dict[str, Any]) -> str:
     return "another process"
 
 
-def _conflict_name(rel: str, when: datetime.datetime) -> str:
+def _conflict_name(rel: str, when: datetime.datetime, digest: str) -> str:
     stamp = when.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{rel}.conflict-{stamp}"
+    return f"{rel}.conflict-{stamp}-{digest[:8]}"
