@@ -24,16 +24,15 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
 
 def s3(server, bucket, prefix="", **kw) -> S3Storage:
     """An S3Storage on the test server with 5 MiB parts and few retries."""
-    return S3Storage(
-        bucket,
-        prefix,
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        part_size=PART,
-        max_attempts=2,
+    options = {
+        "endpoint_url": server.endpoint_url,
+        "aws_access_key_id": server.access_key,
+        "aws_secret_access_key": server.secret_key,
+        "part_size": PART,
+        "max_attempts": 2,
         **kw,
-    )
+    }
+    return S3Storage(bucket, prefix, **options)
 
 
 def keys(storage) -> dict[str, str]:

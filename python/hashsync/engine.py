@@ -27,7 +27,6 @@ import hashsync
 from hashsync._native import filter_paths
 from hashsync.errors import (
     FileChanged,
-    HashsyncError,
     InvalidArgument,
     describe,
 )
@@ -546,12 +545,11 @@ def sync(
         result.delete_suppressed = True
     if to_delete and not result.delete_suppressed:
         assert isinstance(dst, ReadWriteStorage)
-        for key in to_delete:
-            try:
-                dst.delete(key)
+        for key, exc in zip(to_delete, dst.delete_many(to_delete), strict=True):
+            if exc is None:
                 result.deleted.append(key)
                 event = TransferEvent("delete", key, 0)
-            except HashsyncError as exc:
+            else:
                 result.failed.append((key, describe(exc)))
                 event = TransferEvent("delete", key, 0, describe(exc))
             if on_event is not None:

@@ -22,6 +22,7 @@ from hashsync.errors import InvalidArgument
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from hashsync.errors import HashsyncError
     from hashsync.storage.local import LocalStorage
 
 __all__ = [
@@ -449,6 +450,27 @@ class ReadWriteStorage(Storage):
         Raises:
             NotFound: No object has this key.
         """
+
+    def delete_many(self, keys: Sequence[str]) -> list[HashsyncError | None]:
+        """Delete many objects; return one outcome per key, in order.
+
+        ``None`` means the key is gone (deleted now, or, where the store does not tell, absent
+        already); otherwise the error that kept it. One key's failure does not stop the others.
+        Stores override this to batch (S3: DeleteObjects, 1,000 keys a request).
+
+        Args:
+            keys: The keys to delete (each at most once).
+        """
+        from hashsync.errors import HashsyncError
+
+        outcomes: list[HashsyncError | None] = []
+        for key in keys:
+            try:
+                self.delete(key)
+                outcomes.append(None)
+            except HashsyncError as e:
+                outcomes.append(e)
+        return outcomes
 
     @abc.abstractmethod
     def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:

@@ -54,7 +54,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -125,6 +125,9 @@ PART_SIZE_METADATA = "hashsync-part-size"
 # kept by all of them.
 CRC64_METADATA = "hashsync-crc64nvme"
 CLAIMS_DIR = ".hashsync-claims"
+# DeleteObjects takes at most 1,000 keys; a few requests in flight keep the store busy.
+_DELETE_BATCH = 1000
+_DELETE_PARALLEL = 8
 # The largest object a single CopyObject may copy.
 _MAX_COPY_OBJECT = 5 * 1024**3
 _MAX_PARTS = 10_000
@@ -1173,6 +1176,64 @@ class S3Storage(ReadWriteStorage):
         self._call(
             "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
         )
+
+    def delete_many(self, keys: Sequence[str]) -> list[HashsyncError | None]:
+        """Delete keys with DeleteObjects, 1,000 a request, several requests at once.
+
+        A key S3 reports an error for keeps its error; a key that did not exist counts as
+        deleted (S3 does not say). A batch the store refuses as a whole (a store without
+        DeleteObjects, a lost connection) is retried one DeleteObject per key, so every key
+        ends with its own outcome.
+        """
+        outcomes: list[HashsyncError | None] = [None] * len(keys)
+        where: dict[str, int] = {}
+        valid: list[str] = []
+        for i, key in enumerate(keys):
+            try:
+                where[self._full(key)] = i
+                valid.append(key)
+            except HashsyncError as e:
+                outcomes[i] = e
+        batches = [valid[i : i + _DELETE_BATCH] for i in range(0, len(valid), _DELETE_BATCH)]
+
+        def one_by_one(batch: list[str]) -> None:
+            for key in batch:
+                try:
+                    self._call(
+                        "DELETE",
+                        key,
+                        self.client.delete_object,
+                        Bucket=self.bucket,
+                        Key=self._full(key),
+                    )
+                except HashsyncError as e:
+                    outcomes[where[self._full(key)]] = e
+
+        def send(batch: list[str]) -> None:
+            try:
+                answer = self._call(
+                    "DELETE",
+                    None,
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True},
+                )
+            except HashsyncError:
+                one_by_one(batch)
+                return
+            for error in answer.get("Errors", []):
+                full = error.get("Key", "")
+                code = str(error.get("Code", ""))
+                if full not in where:
+                    continue
+                message = redact(
+                    f"DELETE key {full[len(self.prefix) :]!r} (s3://{self.bucket}/{full}): "
+                    f"{error.get('Message') or code} ({code})"
+                )
+                outcomes[where[full]] = error_for_status(None, message, code=code)
+
+        _run_parallel(send, batches, workers=_DELETE_PARALLEL)
+        return outcomes
 
     # -- sync seams -------------------------------------------------------------------
 

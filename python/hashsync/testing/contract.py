@@ -27,7 +27,13 @@ import pytest
 
 import hashsync
 from hashsync.atomic import is_internal_name
-from hashsync.errors import IntegrityError, NotFound, PermissionDenied, PreconditionFailed
+from hashsync.errors import (
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+)
 from hashsync.storage import (
     ReadOnlyStorage,
     ReadWriteStorage,
@@ -360,6 +366,18 @@ class ReadWriteContract(StorageContract):
         assert not storage.exists("k")
         with pytest.raises(NotFound, match="'k'"):
             storage.delete_if_hash_matches("k", hashsync.hash_bytes(b"content", "md5"))
+
+    def test_delete_many(self, storage, put):
+        for k in ("a", "b/c", "b/d", "keep"):
+            put(k, k.encode())
+        outcomes = storage.delete_many(["a", "b/c", "missing", "b/d", "../escape"])
+        assert len(outcomes) == 5
+        assert outcomes[0] is None and outcomes[1] is None and outcomes[3] is None
+        # A key that was not there: gone either way (S3 does not say), or NotFound.
+        assert outcomes[2] is None or isinstance(outcomes[2], NotFound)
+        assert isinstance(outcomes[4], InvalidArgument)
+        assert [o.key for o in storage.list()] == ["keep"]
+        assert storage.delete_many([]) == []
 
     def test_write_bytes_and_read_bytes(self, storage):
         etag = storage.write_bytes("meta/m.json", b"one")
