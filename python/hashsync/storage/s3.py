@@ -318,20 +318,21 @@ class S3Storage(ReadWriteStorage):
         connect_timeout: float,
         read_timeout: float,
     ) -> BaseClient:
-        import boto3
+        # botocore directly, not boto3: boto3's session imports s3transfer and the AWS CRT
+        # (about 80 ms of every command's start-up) for transfer methods hashsync never uses.
         import botocore.exceptions
         from botocore import UNSIGNED
         from botocore.config import Config
 
+        session = _botocore_session()
+        if profile_name is not None:
+            session.set_config_variable("profile", profile_name)
+        if region_name is not None:
+            session.set_config_variable("region", region_name)
+        if aws_access_key_id or aws_secret_access_key or aws_session_token:
+            session.set_credentials(aws_access_key_id, aws_secret_access_key, aws_session_token)
         try:
-            session = boto3.session.Session(
-                botocore_session=_botocore_session(),
-                aws_access_key_id=aws_access_key_id,
-                aws_secret_access_key=aws_secret_access_key,
-                aws_session_token=aws_session_token,
-                region_name=region_name,
-                profile_name=profile_name,
-            )
+            session.get_scoped_config()  # a missing profile is an error now, not at first use
         except botocore.exceptions.ProfileNotFound as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -351,7 +352,9 @@ class S3Storage(ReadWriteStorage):
             if anonymous:
                 options["signature_version"] = UNSIGNED
             try:
-                return session.client("s3", endpoint_url=endpoint_url, config=Config(**options))
+                return session.create_client(
+                    "s3", endpoint_url=endpoint_url, config=Config(**options)
+                )
             except (ValueError, botocore.exceptions.BotoCoreError) as exc:
                 raise InvalidArgument(f"cannot create an S3 client: {redact(str(exc))}") from None
 
