@@ -943,3 +943,17 @@ def test_a_manifest_whose_sha256_lies_is_not_trusted(tmp_path, remote, s3_server
     with pytest.raises(NotFound, match="SHA-256"):
         make_cache(tmp_path / "b", remote).ensure()
     assert not (tmp_path / "b" / ".hashsync" / "manifest.json").exists()
+
+
+def test_two_processes_on_one_local_directory_take_turns(tmp_path, remote, s3_server, bucket):
+    # A notebook and a job on one machine: the second waits for the first instead of building
+    # or downloading into the same directory at the same time.
+    local = tmp_path / "shared-local"
+    procs = [start_builder(tmp_path, local, remote, pause=1.5) for _ in range(2)]
+    for p in procs:
+        out, errtext = p.communicate(timeout=120)
+        assert p.returncode == 0, errtext
+        assert out.strip() == "ok built"
+    assert len(builds(tmp_path)) == 1
+    assert not list(tmp_path.glob("*.hashsync-lock"))
+    assert make_cache(local, remote).status().local == "complete"

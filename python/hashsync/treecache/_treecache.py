@@ -325,6 +325,21 @@ class TreeCache:
 
     # -- the local copy --------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _local_lock(self) -> Iterator[None]:
+        """One process at a time changes the local directory and its bookkeeping.
+
+        Two processes on one machine (a notebook and a training job) would otherwise each
+        rewrite ``synced.json`` from their own snapshot, or restore files the other is
+        downloading. The lock is a refreshed lease next to the directory, so a killed holder
+        frees it.
+        """
+        self.local_dir.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.KeyLock(
+            self.local_dir, timeout=self.wait_timeout, stale_after=60.0, refresh=10.0
+        ):
+            yield
+
     def _local_manifest(self) -> Manifest | None:
         """The local copy's manifest if the copy is complete (every file there, right size)."""
         path = self.local_dir / MANIFEST_KEY
@@ -919,6 +934,11 @@ class TreeCache:
         """
         if build is not None and not callable(build):
             raise InvalidArgument(f"build must be callable as build(path), not {build!r}")
+        with self._local_lock():
+            self._ensure(build)
+        return self.local_dir
+
+    def _ensure(self, build: Build | None) -> None:
         local = self._local_manifest()
         try:
             remote = self._read_remote()
@@ -941,7 +961,6 @@ class TreeCache:
                     f"no local copy in {self.local_dir}, no build function, and the remote "
                     f"cache is unavailable: {e}"
                 ) from e.error
-        return self.local_dir
 
     def _sync_both(self, remote: _Remote, local: Manifest) -> tuple[int, int]:
         assert remote.manifest is not None
@@ -968,6 +987,10 @@ class TreeCache:
             NotFound: There is no complete local copy (call :meth:`ensure` first).
             StorageUnavailable, PermissionDenied: With ``strict``, the remote failed.
         """
+        with self._local_lock():
+            return self._sync(strict)
+
+    def _sync(self, strict: bool) -> tuple[int, int]:
         local = self._require_local()
         try:
             remote = self._read_remote()
@@ -993,6 +1016,10 @@ class TreeCache:
             NotFound: The remote has no complete copy.
             StorageUnavailable, PermissionDenied: The remote cannot be read.
         """
+        with self._local_lock():
+            return self._pull()
+
+    def _pull(self) -> int:
         try:
             remote = self._read_remote()
             if remote.manifest is None:
@@ -1012,6 +1039,10 @@ class TreeCache:
             PreconditionFailed: Another machine is uploading this copy right now.
             StorageUnavailable, PermissionDenied: The remote cannot be written.
         """
+        with self._local_lock():
+            return self._push()
+
+    def _push(self) -> int:
         local = self._require_local()
         try:
             remote = self._read_remote()
