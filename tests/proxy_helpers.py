@@ -23,7 +23,7 @@ def rewriting_proxy(
     log: list[tuple[str, str]] | None = None,
     rewrite_methods: tuple[str, ...] = ("GET",),
     rewrite_request: Callable[[str, str, dict[str, str], bytes], dict[str, str]] | None = None,
-    answer_instead: Callable[[str, str], tuple[int, bytes] | None] | None = None,
+    answer_instead: Callable[[str, str, dict[str, str]], tuple[int, bytes] | None] | None = None,
 ) -> Iterator[str]:
     """Forward every request to ``upstream``; pass each GET answer through ``rewrite``.
 
@@ -33,7 +33,7 @@ def rewriting_proxy(
     The Host header is kept as the client sent it, so SigV4 signatures stay valid. ``delay``
     seconds are added before each request is forwarded (a slow link; a one-element list can be
     changed while the proxy runs); ``rewrite_request(method, path, headers, body)`` returns the
-    headers to forward instead of the client's; ``answer_instead(method, path)`` may return
+    headers to forward instead of the client's; ``answer_instead(method, path, headers)`` may return
     ``(status, body)`` to answer without forwarding (a store lacking an API); ``log`` collects
     ``(method, path)`` of every request. Yields the proxy's base URL.
     """
@@ -53,7 +53,11 @@ def rewriting_proxy(
                 time.sleep(pause)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-            canned = answer_instead(self.command, self.path) if answer_instead else None
+            canned = (
+                answer_instead(self.command, self.path, dict(self.headers.items()))
+                if answer_instead
+                else None
+            )
             if canned is not None:
                 self.send_response(canned[0])
                 self.send_header("Content-Length", str(len(canned[1])))

@@ -65,7 +65,7 @@ def test_a_store_without_delete_objects_gets_one_delete_per_key(s3_server, bucke
     extra = _seed(s3_server, bucket, tmp_path, 12, 3)
     log: list = []
 
-    def not_implemented(method: str, path: str) -> tuple[int, bytes] | None:
+    def not_implemented(method: str, path: str, _headers: dict) -> tuple[int, bytes] | None:
         if method == "POST" and "delete" in path:
             return 501, b"<Error><Code>NotImplemented</Code><Message>no</Message></Error>"
         return None

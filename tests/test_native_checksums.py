@@ -1,0 +1,112 @@
+"""S3's native full-object CRC64NVME: sent on uploads, used to verify downloads (SeaweedFS)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+import hashsync
+from hashsync.errors import IntegrityError
+from hashsync.storage import SimpleLocalStorage
+from proxy_helpers import rewriting_proxy
+from sync_helpers import s3
+
+MIB = 1024**2
+
+
+def _b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def test_uploads_carry_the_native_checksum(s3_server, bucket, tmp_path):
+    data = os.urandom(100_000)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.bin").write_bytes(data)
+    hashsync.sync(tmp_path / "src", s3(s3_server, bucket, "p"))
+    head = s3_server.client().head_object(Bucket=bucket, Key="p/a.bin", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC64NVME"] == _b64(hashsync.hash_bytes(data, "crc64nvme"))
+    # write_bytes goes through the same PUT.
+    s3(s3_server, bucket, "p").write_bytes("meta.json", b"{}")
+    head = s3_server.client().head_object(Bucket=bucket, Key="p/meta.json", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC64NVME"] == _b64(hashsync.hash_bytes(b"{}", "crc64nvme"))
+
+
+def _upload_like_an_aws_sdk(client, bucket: str, key: str, data: bytes, part: int) -> None:
+    """A multipart upload with a full-object CRC64NVME and no hashsync metadata."""
+    m = client.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm="CRC64NVME", ChecksumType="FULL_OBJECT"
+    )
+    parts = []
+    for n, offset in enumerate(range(0, len(data), part), 1):
+        r = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=m["UploadId"],
+            PartNumber=n,
+            Body=data[offset : offset + part],
+            ChecksumCRC64NVME=_b64(hashsync.hash_bytes(data[offset : offset + part], "crc64nvme")),
+        )
+        parts.append(
+            {"PartNumber": n, "ETag": r["ETag"], "ChecksumCRC64NVME": r["ChecksumCRC64NVME"]}
+        )
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=m["UploadId"],
+        MultipartUpload={"Parts": parts},
+        ChecksumCRC64NVME=_b64(hashsync.hash_bytes(data, "crc64nvme")),
+        ChecksumType="FULL_OBJECT",
+    )
+
+
+def test_another_tools_multipart_object_is_verified_by_its_native_checksum(
+    s3_server, bucket, tmp_path
+):
+    # 6 MiB + 1 byte parts: no part size hashsync would guess.
+    data = os.urandom(13 * MIB)
+    _upload_like_an_aws_sdk(s3_server.client(), bucket, "p/model.bin", data, 6 * MIB + 1)
+    dest = SimpleLocalStorage(tmp_path / "ok")
+    s3(s3_server, bucket, "p").copy("model.bin", dest)
+    assert dest.path("model.bin").read_bytes() == data
+
+    def flip(path: str, body: bytes) -> bytes:
+        if "model.bin" not in path or len(body) < 1000:
+            return body
+        return body[:500] + bytes([body[500] ^ 1]) + body[501:]
+
+    with rewriting_proxy(s3_server.endpoint_url, flip) as proxy:
+        bad = SimpleLocalStorage(tmp_path / "bad")
+        with pytest.raises(IntegrityError, match="CRC64NVME"):
+            s3(s3_server, bucket, "p", endpoint_url=proxy).copy("model.bin", bad)
+    assert not bad.exists("model.bin")
+
+
+def test_a_store_refusing_the_checksum_header_gets_plain_puts(s3_server, bucket, tmp_path):
+    log: list = []
+
+    def refuse(method: str, path: str, headers: dict) -> tuple[int, bytes] | None:
+        if method == "PUT" and any(k.lower() == "x-amz-checksum-crc64nvme" for k in headers):
+            return 400, (
+                b"<Error><Code>InvalidRequest</Code><Message>unknown checksum algorithm"
+                b"</Message></Error>"
+            )
+        return None
+
+    (tmp_path / "src").mkdir()
+    for i in range(3):
+        (tmp_path / "src" / f"f{i}.bin").write_bytes(os.urandom(1000))
+    with rewriting_proxy(s3_server.endpoint_url, log=log, answer_instead=refuse) as proxy:
+        remote = s3(s3_server, bucket, "p", endpoint_url=proxy, max_concurrency=1)
+        result = hashsync.sync(tmp_path / "src", remote, workers=1)
+    assert result.ok and len(result.transferred) == 3
+    puts = [path for method, path in log if method == "PUT"]
+    # The first file: refused with the header (lean path, then boto3), then sent plain;
+    # the others plain at once.
+    assert len(puts) == 5
+    for i in range(3):
+        assert (
+            s3(s3_server, bucket, "p").read_bytes(f"f{i}.bin")
+            == (tmp_path / "src" / f"f{i}.bin").read_bytes()
+        )
