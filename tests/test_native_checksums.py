@@ -110,3 +110,34 @@ def test_a_store_refusing_the_checksum_header_gets_plain_puts(s3_server, bucket,
             s3(s3_server, bucket, "p").read_bytes(f"f{i}.bin")
             == (tmp_path / "src" / f"f{i}.bin").read_bytes()
         )
+
+
+def test_multipart_uploads_carry_a_full_object_checksum(s3_server, bucket, tmp_path):
+    data = os.urandom(11 * MIB)  # 3 parts of 5 MiB
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(data)
+    result = hashsync.sync(tmp_path / "src", s3(s3_server, bucket, "p"))
+    assert result.ok
+    head = s3_server.client().head_object(Bucket=bucket, Key="p/big.bin", ChecksumMode="ENABLED")
+    assert head["ChecksumType"] == "FULL_OBJECT"
+    assert head["ChecksumCRC64NVME"] == _b64(hashsync.hash_bytes(data, "crc64nvme"))
+    assert head["ETag"].strip('"') == hashsync.etag(tmp_path / "src" / "big.bin", part_size=5 * MIB)
+
+
+def test_a_store_refusing_checksummed_multipart_uploads_gets_plain_ones(
+    s3_server, bucket, tmp_path
+):
+    def refuse(method: str, path: str, headers: dict) -> tuple[int, bytes] | None:
+        if "uploads" in path and any(k.lower() == "x-amz-checksum-algorithm" for k in headers):
+            return 400, b"<Error><Code>InvalidRequest</Code><Message>no</Message></Error>"
+        return None
+
+    data = os.urandom(11 * MIB)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(data)
+    with rewriting_proxy(s3_server.endpoint_url, answer_instead=refuse) as proxy:
+        result = hashsync.sync(tmp_path / "src", s3(s3_server, bucket, "p", endpoint_url=proxy))
+    assert result.ok, result.failed
+    dest = SimpleLocalStorage(tmp_path / "back")
+    s3(s3_server, bucket, "p").copy("big.bin", dest)
+    assert dest.path("big.bin").read_bytes() == data

@@ -602,7 +602,7 @@ class S3Storage(ReadWriteStorage):
         checksum: dict[str, str] = {}
         if self._native_checksums:
             crc = metadata.get(CRC64_METADATA) or hashsync.hash_bytes(data, "crc64nvme")
-            checksum["ChecksumCRC64NVME"] = base64.b64encode(bytes.fromhex(crc)).decode()
+            checksum["ChecksumCRC64NVME"] = _b64_hex(crc)
         try:
             return self._put_once(key, data, md5_b64, metadata, {**conditions, **checksum})
         except (PreconditionFailed, PermissionDenied, NotFound, StorageUnavailable):
@@ -963,8 +963,15 @@ class S3Storage(ReadWriteStorage):
         before_complete: Callable[[], None] | None = None,
         *,
         identity: dict[str, Any] | None = None,
+        crc64nvme: str | None = None,
     ) -> dict[str, Any]:
         """Create a multipart upload, ``send`` parts 1..count in parallel, complete.
+
+        With ``crc64nvme`` (the whole content's, hex) the upload is created with S3's native
+        FULL_OBJECT CRC64NVME checksum and completed with it, so the store checks the
+        assembled object; ``send`` must then give each part's ``ChecksumCRC64NVME``. A store
+        that refuses to create such an upload raises :class:`_ChecksumRefused` before any
+        part was sent.
 
         ``send(upload_id, number, held)`` uploads one part; ``held`` is ``(etag, size)`` of
         that part when the store already has it from a resumed upload. ``before_complete``
@@ -1001,15 +1008,26 @@ class S3Storage(ReadWriteStorage):
                         Bucket=self.bucket, Key=full, UploadId=old_id
                     )
             jr.remove(record)
+        native: dict[str, str] = {}
+        if crc64nvme is not None:
+            native = {"ChecksumAlgorithm": "CRC64NVME", "ChecksumType": "FULL_OBJECT"}
         if upload_id is None:
-            upload_id = self._call(
-                "CreateMultipartUpload",
-                key,
-                self.client.create_multipart_upload,
-                Bucket=self.bucket,
-                Key=full,
-                Metadata=metadata,
-            )["UploadId"]
+            try:
+                upload_id = self._call(
+                    "CreateMultipartUpload",
+                    key,
+                    self.client.create_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=full,
+                    Metadata=metadata,
+                    **native,
+                )["UploadId"]
+            except (PermissionDenied, NotFound, StorageUnavailable):
+                raise
+            except HashsyncError as exc:
+                if not native:
+                    raise
+                raise _ChecksumRefused(str(exc)) from exc
         record = jr.record(
             endpoint, self.bucket, full, {"upload_id": upload_id, "identity": identity}
         )
@@ -1030,6 +1048,11 @@ class S3Storage(ReadWriteStorage):
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
                 **(conditions or {}),
+                **(
+                    {"ChecksumCRC64NVME": _b64_hex(crc64nvme), "ChecksumType": "FULL_OBJECT"}
+                    if crc64nvme is not None
+                    else {}
+                ),
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -1113,11 +1136,12 @@ class S3Storage(ReadWriteStorage):
             digest = hashlib.md5(data, usedforsecurity=False)
             digests[number - 1] = digest.digest()
             crcs[number - 1] = hashsync.hash_bytes(data, "crc64nvme")
+            checksum = {"ChecksumCRC64NVME": _b64_hex(crcs[number - 1])} if native else {}
             if held is not None and held == (digest.hexdigest(), length):
                 # A resumed upload already holds exactly these bytes.
                 if report is not None:
                     report(length)
-                return {"PartNumber": number, "ETag": _quoted(held[0])}
+                return {"PartNumber": number, "ETag": _quoted(held[0]), **checksum}
             part = self._call(
                 "UploadPart",
                 key,
@@ -1128,14 +1152,32 @@ class S3Storage(ReadWriteStorage):
                 PartNumber=number,
                 Body=data,
                 ContentMD5=base64.b64encode(digest.digest()).decode(),
+                **checksum,
             )
             if report is not None:
                 report(length)
-            return {"PartNumber": number, "ETag": part["ETag"]}
+            return {"PartNumber": number, "ETag": part["ETag"], **checksum}
 
-        response = self._multipart(
-            key, metadata, count, send, conditions, sent_as_announced, identity=identity
-        )
+        native = self._native_checksums and CRC64_METADATA in metadata
+        # A resumed upload must have been created the same way (with or without checksums).
+        identity = None if identity is None else {**identity, "native_checksum": native}
+        try:
+            response = self._multipart(
+                key,
+                metadata,
+                count,
+                send,
+                conditions,
+                sent_as_announced,
+                identity=identity,
+                crc64nvme=metadata[CRC64_METADATA] if native else None,
+            )
+        except _ChecksumRefused:
+            self._native_checksums = native = False
+            identity = None if identity is None else {**identity, "native_checksum": False}
+            response = self._multipart(
+                key, metadata, count, send, conditions, sent_as_announced, identity=identity
+            )
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return response, f"{combined}-{count}"
 
@@ -1595,6 +1637,15 @@ class S3Storage(ReadWriteStorage):
                 IfMatch=head["ETag"],
             )
         return True
+
+
+class _ChecksumRefused(Exception):
+    """The store would not create a multipart upload with a native checksum."""
+
+
+def _b64_hex(hex_digest: str) -> str:
+    """A hex digest as S3's checksum headers write it (base64 of the big-endian bytes)."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
 def _native_crc64(head: dict[str, Any]) -> str | None:
