@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = {
     "bench": ROOT / "benches" / "results" / "latest.md",
     "sync": ROOT / "benches" / "results" / "sync.md",
+    "counts": ROOT / "benches" / "results" / "sync-counts-table.md",
     "cache": ROOT / "benches" / "results" / "cache.md",
     "hub": ROOT / "benches" / "results" / "hub.md",
     "treecache": ROOT / "benches" / "results" / "treecache.md",

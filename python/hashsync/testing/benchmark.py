@@ -679,7 +679,10 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(meta, summary, checks)
     if counts is not None:
-        md += counts_markdown(counts)
+        table = counts_markdown(counts)
+        md += table
+        # The table alone, for the README (benches/update_readme.py).
+        (out / f"{stem}-table.md").write_text(table[table.index("| scenario") :])
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.json").write_text(
         json.dumps(
