@@ -468,6 +468,23 @@ def test_a_remote_derived_file_is_not_written_through_a_local_symlinked_director
     assert not (outside / "labels.bin").exists()
 
 
+def sync_without_read_override(
+    local: Path, remote: str, state: Path
+) -> subprocess.CompletedProcess:
+    """``TreeCache(local, remote).sync()`` as root without CAP_DAC_OVERRIDE (modes apply)."""
+    code = (
+        "import sys, hashsync; c = hashsync.TreeCache(sys.argv[1], sys.argv[2], "
+        "name='slipcache', key='k1', verbose=False); print(c.sync())"
+    )
+    return subprocess.run(
+        ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+         "--bounding-set=-dac_override,-dac_read_search", "--",
+         sys.executable, "-c", code, str(local), remote],
+        capture_output=True, text=True,
+        env={**os.environ, "HASHSYNC_CACHE_DIR": str(state)},
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
 def test_an_unreadable_derived_file_is_skipped_and_the_rest_synced(
     tmp_path, remote, s3_server, bucket, s3_env
@@ -478,17 +495,7 @@ def test_an_unreadable_derived_file_is_skipped_and_the_rest_synced(
     (local / "locked.bin").chmod(0o000)
     (local / "open.bin").write_bytes(b"open")
     os.chmod(tmp_path, 0o777)
-    code = (
-        "import sys, hashsync; c = hashsync.TreeCache(sys.argv[1], sys.argv[2], "
-        "name='slipcache', key='k1', verbose=False); print(c.sync())"
-    )
-    r = subprocess.run(
-        ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
-         "--bounding-set=-dac_override,-dac_read_search", "--",
-         sys.executable, "-c", code, str(local), remote],
-        capture_output=True, text=True,
-        env={**os.environ, "HASHSYNC_CACHE_DIR": str(tmp_path / "state")},
-    )  # fmt: skip
+    r = sync_without_read_override(local, remote, tmp_path / "state")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "(0, 1)"
     assert "locked.bin could not be read" in r.stderr
@@ -894,17 +901,7 @@ def test_a_remote_that_refuses_writes_still_gives_downloads(tmp_path):
     make_cache(a, share, storage_options={}).sync()
     (b / "a_local.idx").write_text("only b")  # sorts first: its upload fails first
     subprocess.run(["chmod", "-R", "a-w", str(share)], check=True)
-    code = (
-        "import sys, hashsync; c = hashsync.TreeCache(sys.argv[1], sys.argv[2], "
-        "name='slipcache', key='k1', verbose=False); print(c.sync())"
-    )
-    r = subprocess.run(
-        ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
-         "--bounding-set=-dac_override,-dac_read_search", "--",
-         sys.executable, "-c", code, str(b), str(share)],
-        capture_output=True, text=True,
-        env={**os.environ, "HASHSYNC_CACHE_DIR": str(tmp_path / "state")},
-    )  # fmt: skip
+    r = sync_without_read_override(b, str(share), tmp_path / "state")
     subprocess.run(["chmod", "-R", "u+w", str(share)], check=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "(1, 0)", r.stderr

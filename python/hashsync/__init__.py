@@ -10,6 +10,8 @@ Example:
     'cbf43926'
 """
 
+from typing import TYPE_CHECKING, Any
+
 from hashsync._native import (
     ALGORITHMS,
     DEFAULT_PART_SIZE,
@@ -31,7 +33,9 @@ from hashsync._native import (
 )
 from hashsync.engine import SyncResult, TransferEvent, plan_sync, sync
 from hashsync.errors import HashsyncError
-from hashsync.treecache import TreeCache, TreeCacheStatus
+
+if TYPE_CHECKING:
+    from hashsync.treecache import TreeCache, TreeCacheStatus
 
 __all__ = [
     "ALGORITHMS",
@@ -59,3 +63,13 @@ __all__ = [
     "sync",
     "tree_hash",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # TreeCache is imported on first use: every command pays for what `import hashsync`
+    # loads, and most never touch it (about 15 ms of start-up).
+    if name in ("TreeCache", "TreeCacheStatus"):
+        from hashsync import treecache
+
+        return getattr(treecache, name)
+    raise AttributeError(f"module 'hashsync' has no attribute {name!r}")

@@ -612,10 +612,8 @@ class S3Storage(ReadWriteStorage):
             checksum["ChecksumCRC64NVME"] = _b64_hex(crc)
         try:
             return self._put_once(key, data, md5_b64, metadata, {**conditions, **checksum})
-        except (PreconditionFailed, PermissionDenied, NotFound, StorageUnavailable):
-            raise
         except HashsyncError as e:
-            if not checksum or "BadDigest" in str(e):
+            if not checksum or not _may_refuse_checksums(e):
                 raise
             # A store that does not know the header; only if the plain request then succeeds
             # is the header blamed (and dropped for this storage's later uploads).
@@ -1030,10 +1028,8 @@ class S3Storage(ReadWriteStorage):
                     Metadata=metadata,
                     **native,
                 )["UploadId"]
-            except (PermissionDenied, NotFound, StorageUnavailable):
-                raise
             except HashsyncError as exc:
-                if not native:
+                if not native or not _may_refuse_checksums(exc):
                     raise
                 raise _ChecksumRefused(str(exc)) from exc
         record = jr.record(
@@ -1645,6 +1641,17 @@ class S3Storage(ReadWriteStorage):
                 IfMatch=head["ETag"],
             )
         return True
+
+
+def _may_refuse_checksums(exc: HashsyncError) -> bool:
+    """Whether a failed request could be a store that does not know S3's checksum headers.
+
+    Not when the store answered about access, existence, a condition or its own health, nor
+    when it checked the checksum and found the data wrong (BadDigest).
+    """
+    if isinstance(exc, PreconditionFailed | PermissionDenied | NotFound | StorageUnavailable):
+        return False
+    return "BadDigest" not in str(exc)
 
 
 class _ChecksumRefused(Exception):

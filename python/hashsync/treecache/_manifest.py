@@ -165,11 +165,14 @@ class Manifest:
 
     def missing_or_different(self, listing: Iterable[ObjectInfo]) -> list[str]:
         """The manifest's files that ``listing`` lacks or has with another size or ETag."""
-        seen = {info.key: info for info in listing}
+        return self.not_matching({info.key: (info.size, info.hash) for info in listing})
+
+    def not_matching(self, seen: Mapping[str, tuple[int, str | None]]) -> list[str]:
+        """The manifest's files ``seen`` (path -> size, ETag) lacks or has otherwise, sorted."""
         bad = []
         for path, rec in self.files.items():
-            info = seen.get(path)
-            if info is None or info.size != rec.size or (info.hash or "").lower() != rec.etag:
+            size, etag = seen.get(path, (None, None))
+            if size != rec.size or (etag or "").lower() != rec.etag:
                 bad.append(path)
         return sorted(bad)
 

@@ -293,7 +293,7 @@ class TreeCache:
     def _read_remote(self) -> _Remote:
         with _remote_errors():
             storage = self._remote()
-            objects = [i for i in storage.list() if not is_meta(i.key)]
+            objects = _tree_objects(storage)
             try:
                 data = storage.read_bytes(MANIFEST_KEY, max_size=MAX_MANIFEST_BYTES)
             except NotFound:
@@ -529,20 +529,13 @@ class TreeCache:
         storage = remote.storage
         here = self._local_storage()
         here.create_root()
-        present = {
-            e.path: e
-            for e in hashsync.scan(
-                self.local_dir,
-                algorithm="etag",
-                part_size=manifest.part_size,
-                filters=[("exclude", p) for p in _EXCLUDE_META],
-            )
-        }
-        todo = []
-        for rel, rec in sorted(manifest.files.items()):
-            have = present.get(rel)
-            if have is None or have.size != rec.size or have.digest != rec.etag:
-                todo.append(rel)
+        present = hashsync.scan(
+            self.local_dir,
+            algorithm="etag",
+            part_size=manifest.part_size,
+            filters=[("exclude", p) for p in _EXCLUDE_META],
+        )
+        todo = manifest.not_matching({e.path: (e.size, e.digest) for e in present})
         if todo:
             self._say(f"downloading {self.name}-{self.key[:12]} from {self.remote_url}")
         with _remote_errors():
@@ -550,7 +543,7 @@ class TreeCache:
             self._transfer(todo, total, "download", lambda rel: storage.copy(rel, here))
             # Verified against the ETags listed before; the manifest must still describe the
             # copy now (a repair could have replaced it meanwhile).
-            after = [i for i in storage.list() if not is_meta(i.key)]
+            after = _tree_objects(storage)
         bad = manifest.missing_or_different(after)
         if bad:
             raise _RemoteFailed(
@@ -584,7 +577,7 @@ class TreeCache:
         here = self._local_storage()
         with _remote_errors():
             lease.confirm()  # before anything is replaced: a taken-over lease stops here
-            theirs = {i.key: i for i in storage.list() if not is_meta(i.key)}
+            theirs = {i.key: i for i in _tree_objects(storage)}
             with contextlib.suppress(NotFound):
                 storage.delete(MANIFEST_KEY)  # a damaged one: readers must not trust it
             for rel in self._abandoned_files(storage, manifest):
@@ -594,15 +587,11 @@ class TreeCache:
                     del theirs[rel]
             pending = {"files": sorted(manifest.files), "lease": lease.owner}
             storage.write_bytes(PENDING_KEY, json.dumps(pending).encode())
-            todo = []
-            for rel, rec in sorted(manifest.files.items()):
-                have = theirs.get(rel)
-                if have is None or have.size != rec.size or (have.hash or "") != rec.etag:
-                    todo.append(rel)
+            todo = manifest.missing_or_different(theirs.values())
             self._say(f"uploading {self.name}-{self.key[:12]} to {self.remote_url}")
             total = sum(manifest.files[rel].size for rel in todo)
             self._transfer(todo, total, "upload", lambda rel: storage.copy_from(rel, here))
-            listing = [i for i in storage.list() if not is_meta(i.key)]
+            listing = _tree_objects(storage)
             bad = manifest.missing_or_different(listing)
             if bad:
                 raise IntegrityError(
@@ -1108,6 +1097,11 @@ class TreeCache:
                 r for r in set(mine) & set(theirs) if not self._same(r, mine[r], theirs[r])
             )
         return status
+
+
+def _tree_objects(storage: Storage) -> list[ObjectInfo]:
+    """The remote copy's objects, without its bookkeeping (``.hashsync/``)."""
+    return [i for i in storage.list() if not is_meta(i.key)]
 
 
 def _holder(holder: dict[str, Any]) -> str:
