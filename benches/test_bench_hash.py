@@ -106,3 +106,25 @@ def test_hash(benchmark, request, dataset, algorithm, tool):
     # Both contenders must compute the same digests, or the comparison means nothing.
     if tool == "python":
         assert digests == hashsync.hash_files(paths, algorithm)
+
+
+def _two_dd_readers(paths):
+    """Read every file with ``dd`` to /dev/null, two at a time: the page-cache copy limit."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(path):
+        subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none"], check=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(read, paths))
+
+
+@pytest.mark.parametrize("dataset", ["big_files"])
+def test_dd_readers(benchmark, request, dataset):
+    """The reference the issue-15 target is set against: two ``dd`` readers of (a)."""
+    paths = request.getfixturevalue(dataset)
+    total = sum(p.stat().st_size for p in paths)
+    benchmark.group = f"{dataset}:dd"
+    benchmark.extra_info.update(kind="dd", dataset=dataset, bytes=total, files=len(paths))
+    benchmark.pedantic(_two_dd_readers, args=(paths,), rounds=5, iterations=1, warmup_rounds=1)

@@ -14,6 +14,8 @@ Example:
     '49f68a5c8493ec2c0bf489821c21fc3b'
 """
 
+from typing import TYPE_CHECKING, Any
+
 from hashsync.storage.base import (
     ObjectInfo,
     ReadOnlyStorage,
@@ -21,7 +23,6 @@ from hashsync.storage.base import (
     Storage,
     validate_key,
 )
-from hashsync.storage.http import HTTPStorage
 from hashsync.storage.local import (
     LocalStorage,
     PartitioningLocalStorage,
@@ -30,7 +31,10 @@ from hashsync.storage.local import (
     TemporaryLocalStorage,
 )
 from hashsync.storage.registry import open_storage, register_scheme, registered_schemes
-from hashsync.storage.s3 import S3Storage
+
+if TYPE_CHECKING:
+    from hashsync.storage.http import HTTPStorage
+    from hashsync.storage.s3 import S3Storage
 
 __all__ = [
     "HTTPStorage",
@@ -49,3 +53,17 @@ __all__ = [
     "registered_schemes",
     "validate_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The network backends load on first use: a command that syncs two local trees, or S3
+    # only, does not pay for http.client / email parsing and the like at start-up.
+    if name == "S3Storage":
+        from hashsync.storage.s3 import S3Storage
+
+        return S3Storage
+    if name == "HTTPStorage":
+        from hashsync.storage.http import HTTPStorage
+
+        return HTTPStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Lean S3 requests for path-style endpoints: signed by botocore, sent with urllib3.
+"""Lean S3 requests for path-style endpoints: signed by :mod:`._sigv4`, sent with http.client.
 
 boto3 spends a few milliseconds of Python per request (its event system, serialisers and
 parsers) and ~100 us per listed object; with many small files that, not the network, bounds a
@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime
+import http.client
+import threading
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any
 
 from hashsync.errors import IntegrityError
+from hashsync.storage._sigv4 import Credentials, sign
 from hashsync.storage.base import ObjectInfo
 
 __all__ = ["FallBack", "RawClient", "list_objects"]
@@ -31,41 +36,147 @@ class FallBack(Exception):
     """The fast path cannot answer; use boto3."""
 
 
+class _Connections:
+    """Keep-alive HTTP connections to one endpoint, one borrowed per request (thread-safe).
+
+    http.client rather than urllib3: it is already loaded for other reasons, costs nothing
+    extra at start-up, and spends less Python per request. A connection that sat idle may have
+    been closed by the server; a request that fails on such a reused connection before any
+    answer arrived is sent once more on a fresh one.
+    """
+
+    _IDLE_SECONDS = 4.0
+
+    def __init__(self, endpoint_url: str, timeout: float, ca_bundle: str | None) -> None:
+        parts = urllib.parse.urlsplit(endpoint_url)
+        self.https = parts.scheme.lower() == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port
+        self.timeout = timeout
+        self.ca_bundle = ca_bundle
+        self._idle: list[tuple[float, http.client.HTTPConnection]] = []
+        self._lock = threading.Lock()
+        self._context: Any = None
+
+    def _new(self) -> http.client.HTTPConnection:
+        if not self.https:
+            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        if self._context is None:
+            import ssl
+
+            self._context = ssl.create_default_context(cafile=self.ca_bundle)
+        return http.client.HTTPSConnection(
+            self.host, self.port, timeout=self.timeout, context=self._context
+        )
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                since, conn = self._idle.pop()
+                if now - since < self._IDLE_SECONDS:
+                    return conn, True
+                conn.close()
+        return self._new(), False
+
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None = None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send a request; the caller reads the answer and then calls :meth:`done`."""
+        for attempt in (0, 1):
+            conn, reused = self._take()
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                return conn, conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if not reused or attempt:
+                    raise FallBack(str(exc)) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise FallBack(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the idle connections (borrowed ones close when returned)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_idle", None):
+            self.close()
+
+    def done(
+        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, reuse: bool
+    ) -> None:
+        """Return ``conn`` to the pool if its answer was read to the end, else close it."""
+        if reuse and response.isclosed() and not response.will_close:
+            with self._lock:
+                self._idle.append((time.monotonic(), conn))
+        else:
+            conn.close()
+
+
 class RawClient:
-    """Signed requests to one bucket of a path-style endpoint (thread-safe)."""
+    """Signed requests to one bucket of a path-style endpoint (thread-safe).
+
+    Args:
+        endpoint_url: The store's endpoint.
+        region: The signing region.
+        credentials: Called before each request for the current credentials (refreshable
+            ones stay fresh); None, or None returned, sends unsigned requests.
+        bucket: The bucket.
+        timeout: Connect and read timeout in seconds.
+        ca_bundle: CA certificates for https endpoints (``AWS_CA_BUNDLE``).
+    """
 
     def __init__(
-        self, endpoint_url: str, region: str, credentials: Any, bucket: str, timeout: float
+        self,
+        endpoint_url: str,
+        region: str,
+        credentials: Callable[[], Credentials | None] | None,
+        bucket: str,
+        timeout: float,
+        ca_bundle: str | None = None,
     ) -> None:
-        import urllib3
-        from botocore.auth import S3SigV4Auth
-
         self.base = endpoint_url.rstrip("/") + "/" + urllib.parse.quote(bucket)
-        frozen = credentials.get_frozen_credentials() if credentials is not None else None
-        self.signer = S3SigV4Auth(frozen, "s3", region) if frozen is not None else None
-        self.http = urllib3.PoolManager(
-            maxsize=32,
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, redirect=False),
-            timeout=urllib3.Timeout(connect=10, read=timeout),
-        )
+        self.region = region
+        self.credentials = credentials
+        self.http = _Connections(endpoint_url, timeout, ca_bundle)
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.http.close()
+
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        credentials = self.credentials() if self.credentials is not None else None
+        if credentials is not None:
+            headers = sign(method, url, headers, body, credentials, self.region)
+        parts = urllib.parse.urlsplit(url)
+        target = parts.path + ("?" + parts.query if parts.query else "")
+        return self.http.request(method, target, headers, body)
+
+    def _read(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> bytes:
+        try:
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.http.done(conn, response, reuse=False)
+            raise FallBack(str(exc)) from exc
+        self.http.done(conn, response, reuse=True)
+        return body
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """PUT ``data`` at ``key``; returns the response headers, or raises FallBack."""
-        from botocore.awsrequest import AWSRequest
-
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
-        request = AWSRequest(method="PUT", url=url, data=data, headers=headers)
-        if self.signer is not None:
-            self.signer.add_auth(request)
-        try:
-            response = self.http.request(
-                "PUT", url, body=data, headers=dict(request.headers.items()), retries=False
-            )
-        except Exception as exc:
-            raise FallBack(str(exc)) from exc
+        conn, response = self._send("PUT", url, headers, data)
+        self._read(conn, response)
         if response.status != 200:
             raise FallBack(f"HTTP {response.status}")
-        return {k.lower(): v for k, v in response.headers.items()}
+        return {k.lower(): v for k, v in response.getheaders()}
 
     def get_small(self, key: str, limit: int) -> tuple[dict[str, str], bytes] | None:
         """GET ``key`` if it is at most ``limit`` bytes: (headers, body), or None if larger.
@@ -73,52 +184,31 @@ class RawClient:
         One ranged request: the first ``limit`` bytes and, in Content-Range, the total size.
         A larger object's body is not read (the connection is dropped instead).
         """
-        from botocore.awsrequest import AWSRequest
-
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
-        headers = {"Range": f"bytes=0-{limit - 1}"}
-        request = AWSRequest(method="GET", url=url, headers=headers)
-        if self.signer is not None:
-            self.signer.add_auth(request)
-        try:
-            response = self.http.request(
-                "GET",
-                url,
-                headers=dict(request.headers.items()),
-                preload_content=False,
-                retries=False,
-            )
-        except Exception as exc:
-            raise FallBack(str(exc)) from exc
-        try:
-            answer = {k.lower(): v for k, v in response.headers.items()}
-            if response.status == 206:
-                total = answer.get("content-range", "").rpartition("/")[2]
-            elif response.status == 200:
-                total = answer.get("content-length", "")
-            elif response.status == 416:
+        conn, response = self._send("GET", url, {"Range": f"bytes=0-{limit - 1}"})
+        answer = {k.lower(): v for k, v in response.getheaders()}
+        if response.status == 206:
+            total = answer.get("content-range", "").rpartition("/")[2]
+        elif response.status == 200:
+            total = answer.get("content-length", "")
+        else:
+            self._read(conn, response)
+            if response.status == 416:
                 # An empty object has no byte 0 to range over.
                 return None
-            else:
-                raise FallBack(f"HTTP {response.status}")
+            raise FallBack(f"HTTP {response.status}")
+        if not total.isdigit() or int(total) > limit:
+            self.http.done(conn, response, reuse=False)
             if not total.isdigit():
                 raise FallBack("no object size in the answer")
-            if int(total) > limit:
-                return None
-            try:
-                body = response.read()
-            except Exception as exc:
-                raise FallBack(str(exc)) from exc
-            if len(body) != int(total):
-                raise FallBack("short body")
-            answer["content-length"] = total
-            return answer, body
-        finally:
-            response.release_conn() if response.status in (200, 206) else response.close()
+            return None
+        body = self._read(conn, response)
+        if len(body) != int(total):
+            raise FallBack("short body")
+        answer["content-length"] = total
+        return answer, body
 
     def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:
-        from botocore.awsrequest import AWSRequest
-
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         if token:
             params["continuation-token"] = token
@@ -126,17 +216,12 @@ class RawClient:
             params["delimiter"] = delimiter
         query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
         url = f"{self.base}?{query}"
-        request = AWSRequest(method="GET", url=url)
-        if self.signer is not None:
-            self.signer.add_auth(request)
-        try:
-            response = self.http.request("GET", url, headers=dict(request.headers.items()))
-        except Exception as exc:  # connection errors: let boto3 retry and map them
-            raise FallBack(str(exc)) from exc
-        if response.status != 200:
+        conn, response = self._send("GET", url, {})
+        data = self._read(conn, response)
+        if response.status != 200:  # errors: boto3 retries and maps them
             raise FallBack(f"HTTP {response.status}")
         try:
-            return ET.fromstring(response.data)
+            return ET.fromstring(data)
         except ET.ParseError as exc:
             raise FallBack(str(exc)) from exc
 

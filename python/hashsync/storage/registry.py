@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +66,9 @@ def _local(url: str, **options: Any) -> Storage:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise InvalidArgument(f"file URL with a remote host is not supported: {redact_url(url)!r}")
-    return _path(urllib.request.url2pathname(parts.path), **options)
+    from urllib.request import url2pathname
+
+    return _path(url2pathname(parts.path), **options)
 
 
 def _s3(url: str, **options: Any) -> Storage:

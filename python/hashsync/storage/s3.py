@@ -44,12 +44,10 @@ import base64
 import concurrent.futures
 import contextlib
 import datetime
-import email.utils
 import errno
 import hashlib
 import json
 import os
-import re
 import socket
 import threading
 import time
@@ -73,7 +71,7 @@ from hashsync.errors import (
     StorageUnavailable,
     error_for_status,
 )
-from hashsync.storage import _s3list
+from hashsync.storage import _s3list, _sigv4
 from hashsync.storage._journal import journal
 from hashsync.storage.base import (
     ByteCallback,
@@ -157,11 +155,6 @@ def _botocore_session() -> Any:
     session = botocore.session.Session()
     session.register_component("data_loader", loader)
     return session
-
-
-def _is_aws(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return re.search(r"(^|\.)amazonaws\.com(\.cn)?$", host) is not None
 
 
 def _quoted(etag: str) -> str:
@@ -282,20 +275,34 @@ class S3Storage(ReadWriteStorage):
         self.claim_ttl = claim_ttl
         self.verify = verify
         self.anonymous = anonymous
+        self.read_timeout = read_timeout
+        self._client_lock = threading.Lock()
+        self._static: _sigv4.StaticSettings | None = None
         if client is None:
-            client = self._make_client(
-                endpoint_url=endpoint_url,
-                region_name=region_name,
-                profile_name=profile_name,
-                anonymous=anonymous,
-                aws_access_key_id=aws_access_key_id,
-                aws_secret_access_key=aws_secret_access_key,
-                aws_session_token=aws_session_token,
-                addressing_style=addressing_style,
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-            )
-        self.client = client
+            settings = {
+                "endpoint_url": endpoint_url,
+                "region_name": region_name,
+                "profile_name": profile_name,
+                "anonymous": anonymous,
+                "aws_access_key_id": aws_access_key_id,
+                "aws_secret_access_key": aws_secret_access_key,
+                "aws_session_token": aws_session_token,
+                "addressing_style": addressing_style,
+            }
+            self._static = _sigv4.static_settings(**settings)
+            if self._static is None:
+                client = self._make_client(**settings, connect_timeout=connect_timeout)
+            else:
+                # Everything the lean request path needs is known: the botocore client (a
+                # quarter of a second to import and build) waits until an operation needs it.
+                self._build_client = lambda: self._make_client(
+                    **settings, connect_timeout=connect_timeout
+                )
+                self._path_style = True
+                self.endpoint_url = self._static.endpoint_url
+        self._client = client
+        if client is not None:
+            self.endpoint_url = str(client.meta.endpoint_url).rstrip("/")
         self._part_slots = threading.BoundedSemaphore(max_concurrency)
         # Keys a listing showed larger than a part (few: big files), so a download goes
         # straight to HEAD + ranged GETs instead of a lean GET of one part that is thrown away.
@@ -304,6 +311,8 @@ class S3Storage(ReadWriteStorage):
     _session: Any = None
     _path_style: bool = False
     _raw: Any = None
+    endpoint_url: str
+    """The endpoint requests go to (no trailing slash)."""
     # Whether single PUTs send x-amz-checksum-crc64nvme (turned off once a store refuses it).
     _native_checksums: bool = True
 
@@ -321,7 +330,6 @@ class S3Storage(ReadWriteStorage):
         aws_session_token: str | None,
         addressing_style: str | None,
         connect_timeout: float,
-        read_timeout: float,
     ) -> BaseClient:
         # botocore directly, not boto3: boto3's session imports s3transfer and the AWS CRT
         # (about 80 ms of every command's start-up) for transfer methods hashsync never uses.
@@ -345,7 +353,7 @@ class S3Storage(ReadWriteStorage):
             options: dict[str, Any] = {
                 "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
                 "connect_timeout": connect_timeout,
-                "read_timeout": read_timeout,
+                "read_timeout": self.read_timeout,
                 "max_pool_connections": max(10, 2 * self.max_concurrency),
                 # Content-MD5 is sent explicitly; botocore's default CRC32 trailers are not
                 # understood by every S3-compatible store.
@@ -371,17 +379,26 @@ class S3Storage(ReadWriteStorage):
             # Known to be custom up front: saves building the client twice.
             probe = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
             probe = probe or os.environ.get("AWS_ENDPOINT_URL", "")
-            if not _is_aws(probe):
+            if not _sigv4.is_aws(probe):
                 addressing_style = "path"
         client = build(addressing_style)
         if addressing_style is None:
-            if not _is_aws(client.meta.endpoint_url):
+            if not _sigv4.is_aws(client.meta.endpoint_url):
                 # Virtual-hosted addressing needs wildcard DNS that custom stores lack.
                 client = build("path")
                 addressing_style = "path"
         self._session = session
         self._path_style = addressing_style == "path"
         return client
+
+    @property
+    def client(self) -> BaseClient:
+        """The botocore S3 client (built on first use when the settings allowed waiting)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._build_client()
+        return self._client
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Storage:
@@ -418,8 +435,11 @@ class S3Storage(ReadWriteStorage):
 
     def close(self) -> None:
         """Close the client's pooled connections."""
-        with contextlib.suppress(Exception):
-            self.client.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        if self._raw is not None:
+            self._raw.close()
 
     # -- errors ------------------------------------------------------------------------
 
@@ -561,10 +581,6 @@ class S3Storage(ReadWriteStorage):
         (custom S3-compatible stores), where the request URL is simple to build; anything
         unusual (an error answer, a redirect) falls back to boto3, which maps the errors.
         """
-        if not getattr(self, "_path_style", False) or self._session is None:
-            return None
-        from hashsync.storage import _s3list
-
         raw = self._raw_client()
         if raw is None:
             return None
@@ -575,21 +591,44 @@ class S3Storage(ReadWriteStorage):
 
     def _raw_client(self) -> Any:
         """The lean request path (:mod:`._s3list`) for path-style endpoints, else None."""
-        if not self._path_style or self._session is None:
+        if not self._path_style:
+            return None
+        if self._static is None and (self._session is None or _sigv4.proxied(self.endpoint_url)):
             return None
         if self._raw is None:
-            from hashsync.storage import _s3list
-
             with _loader_lock:
                 if self._raw is None:
                     self._raw = _s3list.RawClient(
-                        endpoint_url=self.client.meta.endpoint_url,
-                        region=self.client.meta.region_name or "us-east-1",
-                        credentials=None if self.anonymous else self._session.get_credentials(),
+                        endpoint_url=self.endpoint_url,
+                        region=self._region(),
+                        credentials=self._credential_source(),
                         bucket=self.bucket,
-                        timeout=self.client.meta.config.read_timeout,
+                        timeout=self.read_timeout,
+                        ca_bundle=self._static.ca_bundle if self._static else None,
                     )
         return self._raw
+
+    def _region(self) -> str:
+        if self._static is not None:
+            return self._static.region
+        return self.client.meta.region_name or "us-east-1"
+
+    def _credential_source(self) -> Callable[[], _sigv4.Credentials | None] | None:
+        if self.anonymous:
+            return None
+        if self._static is not None:
+            fixed = self._static.credentials
+            return lambda: fixed
+        found = self._session.get_credentials()
+        if found is None:
+            return None
+
+        def current() -> _sigv4.Credentials:
+            # Asked per request: botocore refreshes expiring (assumed-role, SSO) credentials.
+            frozen = found.get_frozen_credentials()
+            return _sigv4.Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+        return current
 
     def _put_small(
         self,
@@ -631,8 +670,6 @@ class S3Storage(ReadWriteStorage):
     ) -> dict[str, Any]:
         raw = self._raw_client()
         if raw is not None:
-            from hashsync.storage import _s3list
-
             headers = {"Content-MD5": md5_b64, "Content-Length": str(len(data))}
             if "ChecksumCRC64NVME" in conditions:
                 headers["x-amz-checksum-crc64nvme"] = conditions["ChecksumCRC64NVME"]
@@ -700,8 +737,6 @@ class S3Storage(ReadWriteStorage):
         if raw is None or key in self._listed_large:
             # Known to be large from a listing: the ranged GET would fetch a part for nothing.
             return False
-        from hashsync.storage import _s3list
-
         try:
             got = raw.get_small(self._full(key), self.part_size)
         except _s3list.FallBack:
@@ -709,6 +744,8 @@ class S3Storage(ReadWriteStorage):
         if got is None:
             return False
         headers, body = got
+        import email.utils
+
         modified = email.utils.parsedate_to_datetime(headers.get("last-modified", ""))
         head = {
             "ETag": headers.get("etag", ""),
@@ -990,7 +1027,7 @@ class S3Storage(ReadWriteStorage):
         aborted otherwise.
         """
         full = self._full(key)
-        endpoint = str(self.client.meta.endpoint_url)
+        endpoint = self.endpoint_url
         jr = journal()
         upload_id: str | None = None
         held: dict[int, tuple[str, int]] = {}
@@ -1203,7 +1240,7 @@ class S3Storage(ReadWriteStorage):
             PreconditionFailed: The source object changed during the copy.
         """
         validate_key(key)
-        if source.client.meta.endpoint_url != self.client.meta.endpoint_url:
+        if source.endpoint_url != self.endpoint_url:
             with TemporaryLocalStorage() as staging:
                 source.copy(key, staging)
                 self.copy_from(key, staging)
@@ -1330,16 +1367,13 @@ class S3Storage(ReadWriteStorage):
 
     def location(self) -> tuple[tuple[str, ...], str] | None:
         """``(("s3", endpoint, bucket), prefix)``, the endpoint normalised (scheme, host case)."""
-        parts = urllib.parse.urlsplit(str(self.client.meta.endpoint_url))
+        parts = urllib.parse.urlsplit(self.endpoint_url)
         endpoint = f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}"
         return ("s3", endpoint, self.bucket), self.prefix
 
     def can_copy_server_side(self, source: Storage) -> bool:
         """True for another S3Storage on the same endpoint (CopyObject / UploadPartCopy)."""
-        return (
-            isinstance(source, S3Storage)
-            and source.client.meta.endpoint_url == self.client.meta.endpoint_url
-        )
+        return isinstance(source, S3Storage) and source.endpoint_url == self.endpoint_url
 
     def transfer_from(self, key: str, source: Storage) -> None:
         """Upload, server-side copy (from S3 on the same endpoint), or copy through a temp dir."""
@@ -1439,7 +1473,7 @@ class S3Storage(ReadWriteStorage):
         """
         jr = journal()
         aborted = 0
-        endpoint = str(self.client.meta.endpoint_url)
+        endpoint = self.endpoint_url
         for record, info in jr.abandoned(endpoint, self.bucket, None, prefix=self.prefix):
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(

@@ -1,0 +1,251 @@
+"""AWS Signature Version 4 for S3 requests, and the settings that need no botocore.
+
+Importing botocore and loading its S3 model costs about 0.25 s, more than a no-op sync of a
+small tree takes altogether. The lean request path (:mod:`._s3list`) therefore signs its own
+requests: header-based SigV4 exactly as botocore's ``S3SigV4Auth`` does it (the tests compare
+both signatures byte for byte). :func:`static_settings` says when endpoint, region and
+credentials are fully known from arguments and environment variables, so that a storage can
+postpone building its botocore client until an operation needs it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import os
+import urllib.parse
+from typing import NamedTuple
+
+__all__ = ["Credentials", "StaticSettings", "is_aws", "proxied", "sign", "static_settings"]
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# Headers botocore leaves unsigned (proxies and HTTP stacks may change them).
+_UNSIGNED = frozenset(
+    (
+        "authorization",
+        "baggage",
+        "connection",
+        "expect",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "traceparent",
+        "tracestate",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "x-amzn-trace-id",
+    )
+)
+# Config-file settings that change nothing the lean path does (anything else in the
+# default profile, e.g. an endpoint, a CA bundle or an addressing style, leaves it to botocore).
+_HARMLESS_CONFIG = frozenset(("region", "output", "cli_pager", "cli_timestamp_format"))
+
+
+class Credentials(NamedTuple):
+    """An access key, its secret and an optional session token."""
+
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+
+class StaticSettings(NamedTuple):
+    """Everything a path-style request needs, known without botocore."""
+
+    endpoint_url: str
+    region: str
+    credentials: Credentials | None  # None: anonymous (unsigned) requests
+    ca_bundle: str | None
+
+
+def _key(secret: str, date: str, region: str) -> bytes:
+    k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+    for part in (region, "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    return k
+
+
+def _canonical_query(query: str) -> str:
+    # The URL's query is already percent-encoded the way SigV4 wants (urlencode with quote);
+    # botocore sorts the raw pairs, and so does this.
+    if not query:
+        return ""
+    pairs = sorted(pair.partition("=")[::2] for pair in query.split("&"))
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def sign(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    credentials: Credentials,
+    region: str,
+    *,
+    now: datetime.datetime | None = None,
+) -> dict[str, str]:
+    """Return ``headers`` plus the SigV4 headers for an S3 request (header-based signing).
+
+    Args:
+        method: HTTP method.
+        url: The full request URL, path and query already percent-encoded.
+        headers: Headers to send; all of them except hop-by-hop ones are signed.
+        body: The request body, hashed into the signature (as botocore does for bodies
+            held in memory).
+        credentials: Who signs.
+        region: The signing region.
+        now: The signing time (UTC); the current time if None.
+    """
+    parts = urllib.parse.urlsplit(url)
+    when = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+    out = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-amz-date")}
+    out["X-Amz-Date"] = when
+    if credentials.token:
+        out["X-Amz-Security-Token"] = credentials.token
+    out["X-Amz-Content-SHA256"] = payload
+    signed: dict[str, str] = {}
+    for name, value in out.items():
+        lname = name.lower()
+        if lname not in _UNSIGNED:
+            signed[lname] = " ".join(value.split())
+    if "host" not in signed:
+        default_port = {"http": 80, "https": 443}.get(parts.scheme)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        signed["host"] = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+    names = sorted(signed)
+    canonical = "\n".join(
+        (
+            method.upper(),
+            parts.path or "/",
+            _canonical_query(parts.query),
+            "".join(f"{n}:{signed[n]}\n" for n in names),
+            ";".join(names),
+            payload,
+        )
+    )
+    scope = f"{when[:8]}/{region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ("AWS4-HMAC-SHA256", when, scope, hashlib.sha256(canonical.encode()).hexdigest())
+    )
+    signature = hmac.new(
+        _key(credentials.secret_key, when[:8], region), to_sign.encode(), hashlib.sha256
+    ).hexdigest()
+    out["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    return out
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def is_aws(url: str) -> bool:
+    """Whether ``url`` is an AWS S3 endpoint (virtual-hosted addressing, region redirects)."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    return host == "amazonaws.com" or host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def proxied(endpoint_url: str) -> bool:
+    """Whether a proxy variable applies to ``endpoint_url``.
+
+    botocore honours proxy variables and urllib3 does not, so the lean path steps aside.
+    """
+    parts = urllib.parse.urlsplit(endpoint_url)
+    scheme = parts.scheme.lower()
+    names = (f"{scheme}_proxy", "all_proxy")
+    if not any(_env(n) or _env(n.upper()) for n in names):
+        return False
+    host = (parts.hostname or "").lower()
+    bypass = _env("no_proxy") or _env("NO_PROXY") or ""
+    for entry in (e.strip().lower() for e in bypass.split(",")):
+        entry = entry.split(":")[0] if entry.count(":") == 1 else entry
+        entry = entry.lstrip(".")
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return False
+    return True
+
+
+def _config_region() -> tuple[bool, str | None]:
+    """(usable, region) from the default profile of the AWS config file.
+
+    Not usable when the file sets anything beyond a region and output preferences.
+    """
+    path = os.path.expanduser(_env("AWS_CONFIG_FILE") or "~/.aws/config")
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return True, None
+    except OSError:
+        return False, None
+    if not text.strip():
+        return True, None
+    import configparser
+
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read_string(text.decode())
+    except (configparser.Error, UnicodeDecodeError):
+        return False, None
+    if not parser.has_section("default"):
+        return True, None
+    if set(parser.options("default")) - _HARMLESS_CONFIG:
+        return False, None
+    return True, parser.get("default", "region", fallback=None)
+
+
+def static_settings(
+    *,
+    endpoint_url: str | None,
+    region_name: str | None,
+    profile_name: str | None,
+    anonymous: bool,
+    aws_access_key_id: str | None,
+    aws_secret_access_key: str | None,
+    aws_session_token: str | None,
+    addressing_style: str | None,
+) -> StaticSettings | None:
+    """The settings botocore would arrive at, when arguments and environment alone decide them.
+
+    None when anything needs botocore: a profile, an AWS endpoint, virtual addressing,
+    credentials from files or instance metadata, a proxy, an unusual config file.
+    """
+    if profile_name is not None or _env("AWS_PROFILE") or _env("AWS_DEFAULT_PROFILE"):
+        return None
+    if addressing_style not in (None, "path"):
+        return None
+    ignore_env = (_env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") or "").lower() == "true"
+    endpoint = endpoint_url
+    if endpoint is None and not ignore_env:
+        endpoint = _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
+    if endpoint is None or is_aws(endpoint) or proxied(endpoint):
+        return None
+    if urllib.parse.urlsplit(endpoint).scheme.lower() not in ("http", "https"):
+        return None
+    credentials: Credentials | None = None
+    if not anonymous:
+        if aws_access_key_id or aws_secret_access_key or aws_session_token:
+            if not (aws_access_key_id and aws_secret_access_key):
+                return None
+            credentials = Credentials(aws_access_key_id, aws_secret_access_key, aws_session_token)
+        else:
+            key, secret = _env("AWS_ACCESS_KEY_ID"), _env("AWS_SECRET_ACCESS_KEY")
+            if not (key and secret):
+                return None
+            token = _env("AWS_SESSION_TOKEN") or _env("AWS_SECURITY_TOKEN")
+            credentials = Credentials(key, secret, token)
+    usable, config_region = _config_region()
+    if not usable:
+        return None
+    region = region_name or _env("AWS_DEFAULT_REGION") or config_region or "us-east-1"
+    return StaticSettings(endpoint.rstrip("/"), region, credentials, _env("AWS_CA_BUNDLE"))
