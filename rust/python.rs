@@ -684,6 +684,8 @@ fn scan_options(
     threads: Option<usize>,
     state: bool,
     state_dir: Option<PathBuf>,
+    subdir: Option<String>,
+    recursive: bool,
 ) -> PyResult<ScanOptions> {
     let algorithm = algorithm
         .map(self::algorithm)
@@ -706,6 +708,8 @@ fn scan_options(
         follow_symlinks,
         threads: self::threads(threads)?,
         state_dir: state.then(|| state_dir.unwrap_or_else(crate::state::default_cache_dir)),
+        subdir: subdir.unwrap_or_default(),
+        recursive,
     })
 }
 
@@ -725,7 +729,7 @@ fn filter_paths(
 #[pyfunction]
 #[pyo3(signature = (root, *, algorithm=None, include=None, exclude=None, filters=None,
                     follow_symlinks=false, part_size=DEFAULT_PART_SIZE, threads=None,
-                    state=true, state_dir=None, progress=None))]
+                    state=true, state_dir=None, progress=None, subdir=None, recursive=true))]
 #[allow(clippy::too_many_arguments)]
 fn scan(
     py: Python<'_>,
@@ -740,6 +744,8 @@ fn scan(
     state: bool,
     state_dir: Option<PathBuf>,
     progress: Option<Bound<'_, PyAny>>,
+    subdir: Option<String>,
+    recursive: bool,
 ) -> PyResult<PyListing> {
     let opts = scan_options(
         py,
@@ -752,6 +758,8 @@ fn scan(
         threads,
         state,
         state_dir,
+        subdir,
+        recursive,
     )?;
     let ctl = Control::default();
     let listing = run_watched(py, progress.as_ref(), &ctl, || {
@@ -907,6 +915,8 @@ fn tree_hash(
         threads,
         state,
         state_dir,
+        None,
+        true,
     )?;
     let alg = opts.algorithm.expect("set above");
     let ctl = Control::default();

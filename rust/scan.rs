@@ -28,6 +28,12 @@ pub struct ScanOptions {
     pub threads: usize,
     /// Directory of the hash state cache; `None` disables it.
     pub state_dir: Option<PathBuf>,
+    /// Scan only this subdirectory of the root (`/`-separated, relative); paths stay relative
+    /// to the root. Empty: the whole root. One segment of a sharded sync.
+    pub subdir: String,
+    /// Descend into subdirectories; `false` lists only the files directly in the scanned
+    /// directory.
+    pub recursive: bool,
 }
 
 impl Default for ScanOptions {
@@ -39,6 +45,8 @@ impl Default for ScanOptions {
             follow_symlinks: false,
             threads: engine::default_threads(),
             state_dir: None,
+            subdir: String::new(),
+            recursive: true,
         }
     }
 }
@@ -218,6 +226,9 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
     if !seen_any && !rel.is_empty() {
         out.empty_dirs.push(rel.to_string());
     }
+    if !opts.recursive {
+        subdirs.clear();
+    }
     let below = subdirs
         .into_par_iter()
         .map(|(abs, rel, id)| {
@@ -236,10 +247,18 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     if !meta.is_dir() {
         return Err(Error::NotADirectory(root.to_path_buf()));
     }
+    let Some((start, start_meta)) = segment_start(root, opts)? else {
+        // The subdirectory does not exist here (or is a link a scan would skip): nothing to
+        // list, as a scan of the whole root would list nothing under it.
+        let mut listing = Listing::from_sorted(&[])?;
+        listing.root = Some(root.to_path_buf());
+        listing.algorithm = opts.algorithm.map(|a| a.name().to_string());
+        return Ok(listing);
+    };
     let pool = engine::pool(opts.threads.max(1));
-    let root_id = [(meta.dev(), meta.ino())];
-    let mut walked = pool.install(|| walk_dir(root, "", &root_id, opts));
-    walked.dirs -= 1; // the root itself
+    let root_id = [(start_meta.dev(), start_meta.ino())];
+    let mut walked = pool.install(|| walk_dir(&start, &opts.subdir, &root_id, opts));
+    walked.dirs -= 1; // the scanned directory itself
     if ctl.cancelled() {
         return Err(Error::Cancelled);
     }
@@ -348,6 +367,39 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     Ok(listing)
 }
 
+/// Where a scan of `opts.subdir` starts, or None when that directory is missing or reached
+/// through a symbolic link that the scan would not follow.
+fn segment_start(root: &Path, opts: &ScanOptions) -> Result<Option<(PathBuf, Metadata)>> {
+    if opts.subdir.is_empty() {
+        let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+        return Ok(Some((root.to_path_buf(), meta)));
+    }
+    let mut at = root.to_path_buf();
+    for part in opts.subdir.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(Error::InvalidValue(format!(
+                "subdir must be a relative path without '.', '..' or empty parts: {:?}",
+                opts.subdir
+            )));
+        }
+        at.push(part);
+        let meta = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&at, e)),
+        };
+        if meta.file_type().is_symlink() && !opts.follow_symlinks {
+            return Ok(None);
+        }
+    }
+    match std::fs::metadata(&at) {
+        Ok(m) if m.is_dir() => Ok(Some((at, m))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&at, e)),
+    }
+}
+
 fn error_reason(e: &Error) -> String {
     match e {
         Error::Io { source, .. } => strerror(source),
@@ -429,6 +481,37 @@ mod tests {
         }
         std::fs::create_dir_all(d.join("empty")).unwrap();
         d
+    }
+
+    fn paths_of(d: &Path, subdir: &str, recursive: bool) -> Vec<String> {
+        let opts = ScanOptions {
+            subdir: subdir.to_string(),
+            recursive,
+            ..Default::default()
+        };
+        let l = scan(d, &opts, &Control::default()).unwrap();
+        l.iter().map(|e| e.path.to_string()).collect()
+    }
+
+    #[test]
+    fn a_segment_is_a_slice_of_the_whole_scan() {
+        let d = tree("segment");
+        assert_eq!(paths_of(&d, "", false), vec!["a.txt"]);
+        assert_eq!(paths_of(&d, "sub", false), vec!["sub/b.bin"]);
+        assert_eq!(paths_of(&d, "sub", true), vec!["sub/b.bin", "sub/deep/c.txt"]);
+        assert_eq!(paths_of(&d, "sub/deep", true), vec!["sub/deep/c.txt"]);
+        // Missing, a file, or a link the scan does not follow: nothing there.
+        assert!(paths_of(&d, "missing/x", true).is_empty());
+        assert!(paths_of(&d, "a.txt", true).is_empty());
+        std::os::unix::fs::symlink(d.join("sub"), d.join("link")).unwrap();
+        assert!(paths_of(&d, "link", true).is_empty());
+        for bad in ["../x", "sub/../sub", "/etc", "sub//deep", "./sub"] {
+            let opts = ScanOptions {
+                subdir: bad.to_string(),
+                ..Default::default()
+            };
+            assert!(scan(&d, &opts, &Control::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -335,6 +335,8 @@ def scan(
     state: bool = True,
     state_dir: _StrPath | None = None,
     progress: _Progress | None = None,
+    subdir: str | None = None,
+    recursive: bool = True,
 ) -> Listing:
     """Scans a directory tree in parallel.
 
@@ -355,8 +357,14 @@ def scan(
     sockets and devices are skipped. Unreadable entries go to :attr:`Listing.errors` and do not
     abort the scan.
 
+    ``subdir`` scans one subdirectory of ``root`` (``"a/b"``), paths still relative to
+    ``root``: a missing subdirectory, or one reached through a symlink that is not followed,
+    lists nothing. ``recursive=False`` lists only the files directly in it (or in ``root``).
+    Together they scan one segment of a sharded sync.
+
     Raises:
         NotFound: ``root`` does not exist.
+        InvalidArgument: ``subdir`` is absolute or has empty, ``.`` or ``..`` parts.
         NotADirectory: ``root`` is not a directory.
     """
 

@@ -161,6 +161,16 @@ class SyncDisplay:
                 "syncing", total=None, files=f"0/{files_total} files"
             )
 
+    def segments(self, done: int, total: int, moved: int) -> None:
+        """Progress of a sharded sync: segments finished, and bytes they transferred."""
+        if self._progress is None:
+            return
+        if self._copy_task is None:
+            self._copy_task = self._progress.add_task("segments", total=None, files="")
+        self._progress.update(
+            self._copy_task, completed=moved, total=None, files=f"{done}/{total} segments"
+        )
+
     def bytes(self, done: int, total: int) -> None:
         """Byte-level transfer progress."""
         if self._progress is not None and self._copy_task is not None:

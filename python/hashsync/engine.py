@@ -35,7 +35,7 @@ from hashsync.storage import (
     Storage,
     open_storage,
 )
-from hashsync.storage.base import SyncListing, reporting_progress
+from hashsync.storage.base import Segment, SyncListing, reporting_progress
 
 __all__ = ["Compare", "SyncResult", "TransferEvent", "plan_sync", "resolve_storage", "sync"]
 
@@ -280,20 +280,24 @@ def plan_sync(
     compare: Compare = "checksum",
     progress: Callable[[int, int], object] | None = None,
     reap_temporaries: bool = False,
+    segment: Segment | None = None,
 ) -> tuple[hashsync.Plan, SyncListing, SyncListing]:
     """Lists both sides and diffs them; returns ``(plan, source_listing, destination_listing)``.
 
-    Each side lists itself (:meth:`Storage.list_for_sync`); the source must exist.
+    Each side lists itself (:meth:`Storage.list_for_sync`), only ``segment`` if given; the
+    source must exist.
     """
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
     # Both sides give digests of the source's kind (a hub's SHA-256, else S3 ETags), so a
     # local destination is hashed the way the source can be compared with.
-    options = {
+    options: dict[str, Any] = {
         "checksum": compare == "checksum",
         "progress": progress,
         "algorithm": source.hash_algorithm,
     }
+    if segment is not None:
+        options["segment"] = segment
     src = source.list_for_sync(rules, must_exist=True, reap_temporaries=reap_temporaries, **options)
     dst = destination.list_for_sync(rules, reap_temporaries=reap_temporaries, **options)
     return hashsync.diff(src.entries, dst.entries, compare=compare), src, dst
@@ -334,6 +338,8 @@ def sync(
     on_plan: Callable[[hashsync.Plan], object] | None = None,
     allow_empty_source: bool = False,
     max_delete: int | None = None,
+    scheduler: Any = None,
+    on_segments: Callable[[int, int, int], object] | None = None,
 ) -> SyncResult:
     """Makes ``destination`` hold the files of ``source``, deciding by content.
 
@@ -364,6 +370,14 @@ def sync(
             this allows it.
         max_delete: With ``delete``, delete nothing when more than this many files would be
             deleted (rclone's ``--max-delete``, all or nothing).
+        scheduler: Run the sync sharded on Dask (``pip install hashsync[dask]``): a
+            ``dask.distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
+            ``"local:N"`` for a local cluster of N worker processes. The key space is cut into
+            segments (directories), each listed, compared and transferred by one task; the
+            options, the result and the ``--delete`` rules are those of a local sync (see
+            :mod:`hashsync.distributed`). ``on_event`` and ``on_plan`` are not called then.
+        on_segments: With ``scheduler``, called as tasks finish with ``(segments done,
+            segments planned, bytes transferred so far)``.
 
     Returns:
         What was transferred, deleted, skipped and failed.
@@ -399,12 +413,13 @@ def sync(
                     on_plan=on_plan,
                     allow_empty_source=allow_empty_source,
                     max_delete=max_delete,
+                    scheduler=scheduler,
+                    on_segments=on_segments,
                 )
     elif progress is not None and not callable(progress):
         raise InvalidArgument(
             f"progress must be a callable progress(done, total), True or False, not {progress!r}"
         )
-    started = time.monotonic()
     rules = _rules(include, exclude, filters)
     src = resolve_storage(source, role="source", endpoint_url=endpoint_url)
     dst = resolve_storage(destination, role="destination", endpoint_url=endpoint_url)
@@ -416,14 +431,77 @@ def sync(
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
     rules = check_overlap(src, dst, rules)
+    if scheduler is not None:
+        from hashsync.distributed import sync_on_dask
 
+        return sync_on_dask(
+            src,
+            dst,
+            scheduler,
+            rules=rules,
+            delete=delete,
+            dry_run=dry_run,
+            compare=compare,
+            workers=workers,
+            progress=progress,
+            allow_empty_source=allow_empty_source,
+            max_delete=max_delete,
+            on_segment=on_segments,
+        )
+    return sync_storages(
+        src,
+        dst,
+        rules,
+        delete=delete,
+        dry_run=dry_run,
+        compare=compare,
+        workers=workers,
+        progress=progress,
+        on_event=on_event,
+        on_plan=on_plan,
+        allow_empty_source=allow_empty_source,
+        max_delete=max_delete,
+    )
+
+
+def sync_storages(
+    src: Storage,
+    dst: Storage,
+    rules: FilterRules,
+    *,
+    delete: bool = False,
+    dry_run: bool = False,
+    compare: Compare = "checksum",
+    workers: int = _DEFAULT_WORKERS,
+    progress: Callable[[int, int], object] | None = None,
+    on_event: Callable[[TransferEvent], object] | None = None,
+    on_plan: Callable[[hashsync.Plan], object] | None = None,
+    allow_empty_source: bool = False,
+    max_delete: int | None = None,
+    segment: Segment | None = None,
+    on_listings: Callable[[hashsync.Plan, SyncListing, SyncListing], object] | None = None,
+) -> SyncResult:
+    """:func:`sync` between two storages whose options were already checked.
+
+    With ``segment``, only that slice of the keys is synced: one task of a sharded sync, which
+    learns the plan and both listings through ``on_listings``.
+    """
+    started = time.monotonic()
     result = SyncResult(dry_run=dry_run)
     # The source first: a destination is created only once the source is known to exist.
     plan, src_listing, dst_listing = plan_sync(
-        src, dst, rules=rules, compare=compare, progress=progress, reap_temporaries=not dry_run
+        src,
+        dst,
+        rules=rules,
+        compare=compare,
+        progress=progress,
+        reap_temporaries=not dry_run,
+        segment=segment,
     )
     if on_plan is not None:
         on_plan(plan)
+    if on_listings is not None:
+        on_listings(plan, src_listing, dst_listing)
     result.skipped = plan.unchanged
     result.skipped_keys.extend(src_listing.skipped)
     src_errors = src_listing.errors

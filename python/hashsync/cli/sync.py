@@ -114,6 +114,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             on_plan=on_plan,
             allow_empty_source=args.allow_empty_source,
             max_delete=args.max_delete,
+            scheduler=args.scheduler,
+            on_segments=display.segments if args.scheduler else None,
         )
 
     for path, why in result.scan_errors:
@@ -243,6 +245,14 @@ def register(sub: Any) -> None:
         default=None,
         metavar="N",
         help="files transferred at once (default: $HASHSYNC_NUM_WORKERS or 16)",
+    )
+    y.add_argument(
+        "--scheduler",
+        metavar="ADDRESS|local:N",
+        default=None,
+        help="run sharded on Dask (needs hashsync[dask]): a scheduler address such as "
+        "tcp://host:8786, or local:N for N local worker processes; the key space is cut into "
+        "directory segments, one task each, with the same options, output and exit codes",
     )
     y.add_argument("-v", "--verbose", action="store_true", help="print a line per transfer")
     y.set_defaults(func=_cmd_sync, follow_symlinks=False)

@@ -155,6 +155,35 @@ def validate_prefix(prefix: object) -> str:
 FilterRules = Sequence[tuple[str, str]]
 
 
+class Segment(NamedTuple):
+    """A slice of a sync's key space, synced on its own (one task of a sharded sync).
+
+    Attributes:
+        prefix: ``""`` or a directory-like prefix ending in ``/``.
+        shallow: Only the keys directly under ``prefix`` (no further ``/``); else every key
+            under it.
+    """
+
+    prefix: str = ""
+    shallow: bool = False
+
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` belongs to this segment."""
+        if not key.startswith(self.prefix):
+            return False
+        return not self.shallow or "/" not in key[len(self.prefix) :]
+
+    def check(self) -> Segment:
+        """Return the segment if its prefix is usable.
+
+        Raises:
+            InvalidArgument: The prefix is not ``""`` or a valid key followed by ``/``.
+        """
+        if self.prefix and not (self.prefix.endswith("/") and validate_prefix(self.prefix)):
+            raise InvalidArgument(f"a segment prefix must end in '/': {self.prefix!r}")
+        return self
+
+
 @dataclass
 class SyncListing:
     """One side of a sync, as its storage listed it (:meth:`Storage.list_for_sync`).
@@ -206,6 +235,7 @@ class Storage(abc.ABC):
         must_exist: bool = False,
         reap_temporaries: bool = True,
         algorithm: str | None = None,
+        segment: Segment | None = None,
     ) -> SyncListing:
         """List every entry for a sync, filtered by ``rules`` (include/exclude globs).
 
@@ -223,12 +253,13 @@ class Storage(abc.ABC):
             algorithm: The digests wanted: ``"etag"`` or an algorithm name (bare hex
                 digests); None means :attr:`hash_algorithm`. A storage that cannot give
                 them leaves the digests out (None), and a checksum sync then copies.
+            segment: List only this slice of the keys (keys stay relative to the storage).
         """
         from hashsync._native import FileEntry, filter_paths
 
         wanted_algorithm = algorithm or self.hash_algorithm
         own = wanted_algorithm == self.hash_algorithm
-        infos = list(self.list(""))
+        infos = list(self.list_segment(segment or Segment()))
         keys = [info.key for info in infos]
         wanted = filter_paths(keys, list(rules))
         kept = filter_paths(keys, list(rules) + INTERNAL_RULES)
@@ -250,6 +281,60 @@ class Storage(abc.ABC):
             if want and not keep
         ]
         return listing
+
+    #: Whether :meth:`list_level` and :meth:`count_keys` are cheap (a directory read, one
+    #: delimited LIST), so that a sharded sync can plan segments over this storage; the
+    #: defaults list everything, and the planner then keeps the whole sync in one segment.
+    lists_by_level: bool = False
+
+    def list_segment(self, segment: Segment) -> Iterator[ObjectInfo]:
+        """Yield the objects of ``segment``, in key order.
+
+        The default filters :meth:`list` of the segment's prefix; stores that can list one
+        level (S3's delimiter) override it so that a shallow segment does not list the tree.
+        """
+        for info in self.list(segment.check().prefix):
+            if segment.contains(info.key):
+                yield info
+
+    def list_level(self, prefix: str = "") -> tuple[int, list[str]]:
+        """Count the keys directly under ``prefix`` and name its subdirectories.
+
+        What a sharded sync's planner looks at, one level at a time.
+
+        Args:
+            prefix: ``""`` or a prefix ending in ``/``.
+
+        Returns:
+            ``(number of keys directly under prefix, sorted sub-prefixes ending in "/")``;
+            ``(0, [])`` when nothing is there.
+        """
+        Segment(prefix).check()
+        files = 0
+        subdirs: set[str] = set()
+        for info in self.list(prefix):
+            rest = info.key[len(prefix) :]
+            head, sep, _ = rest.partition("/")
+            if sep:
+                subdirs.add(prefix + head + "/")
+            else:
+                files += 1
+        return files, sorted(subdirs)
+
+    def count_keys(self, prefix: str, limit: int) -> int:
+        """Count the keys under ``prefix``, stopping at ``limit`` (a size estimate).
+
+        Args:
+            prefix: ``""`` or a prefix ending in ``/``.
+            limit: Stop counting here; the result is ``min(count, limit)``.
+        """
+        Segment(prefix).check()
+        n = 0
+        for _ in self.list(prefix):
+            n += 1
+            if n >= limit:
+                break
+        return n
 
     @abc.abstractmethod
     def copy(self, key: str, destination: LocalStorage) -> None:

@@ -51,6 +51,7 @@ from hashsync.storage.base import (
     ObjectInfo,
     ReadOnlyStorage,
     ReadWriteStorage,
+    Segment,
     Storage,
     SyncListing,
     current_progress,
@@ -221,8 +222,9 @@ class _FilesystemReads:
         must_exist: bool = False,
         reap_temporaries: bool = True,
         algorithm: str | None = None,
+        segment: Segment | None = None,
     ) -> SyncListing:
-        """Scan the root in Rust, with digests from the hash state cache.
+        """Scan the root (or one segment of it) in Rust, with digests from the hash state cache.
 
         Digests are ETags with :attr:`part_size` parts, or of ``algorithm`` when one is given
         (a sync from a hub compares SHA-256).
@@ -237,8 +239,15 @@ class _FilesystemReads:
             if must_exist:
                 raise NotFound(errno.ENOENT, "the directory does not exist", str(self.root))
             return SyncListing([])
+        segment = (segment or Segment()).check()
         listing = self._scan_tree(
-            self.root, rules, checksum=checksum, progress=progress, algorithm=algorithm
+            self.root,
+            rules,
+            checksum=checksum,
+            progress=progress,
+            algorithm=algorithm,
+            subdir=segment.prefix.rstrip("/") or None,
+            recursive=not segment.shallow,
         )
         if listing.temporaries and self._reaps_temporaries and reap_temporaries:
             cleanup_listed(self.root, listing.temporaries)
@@ -362,6 +371,8 @@ class _FilesystemReads:
         checksum: bool,
         progress: Callable[[int, int], object] | None = None,
         algorithm: str | None = None,
+        subdir: str | None = None,
+        recursive: bool = True,
     ) -> hashsync.Listing:
         """The Rust scan of ``base`` with this storage's part size and hash state options."""
         return hashsync.scan(
@@ -372,7 +383,50 @@ class _FilesystemReads:
             state=self.hash_state,
             state_dir=self.hash_state_dir,
             progress=progress,
+            subdir=subdir,
+            recursive=recursive,
         )
+
+    lists_by_level = True
+
+    def list_level(self, prefix: str = "") -> tuple[int, list[str]]:
+        """Count the files directly in the directory ``prefix`` and name its subdirectories.
+
+        Symbolic links are neither (a scan skips them); see :meth:`Storage.list_level`.
+        """
+        Segment(prefix).check()
+        files = 0
+        subdirs = []
+        try:
+            with os.scandir(self.root / prefix if prefix else self.root) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(prefix + entry.name + "/")
+                        elif entry.is_file(follow_symlinks=False):
+                            files += 1
+                    except OSError:
+                        files += 1  # let the scan of the segment report it
+        except (FileNotFoundError, NotADirectoryError):
+            return 0, []
+        return files, sorted(subdirs)
+
+    def count_keys(self, prefix: str, limit: int) -> int:
+        """Count the files under the directory ``prefix``, stopping at ``limit``."""
+        Segment(prefix).check()
+        n = 0
+        stack = [self.root / prefix if prefix else self.root]
+        while stack and n < limit:
+            try:
+                with os.scandir(stack.pop()) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(Path(entry.path))
+                        else:
+                            n += 1
+            except OSError:
+                continue
+        return min(n, limit)
 
     def _scan(self, prefix: str, hashes: bool) -> list[ObjectInfo]:
         base, key_prefix = self._scan_root(prefix)
@@ -828,6 +882,9 @@ class PartitioningLocalStorage(LocalStorage):
 
     # Files sit behind hashed directories: list keys through list(), not a plain scan.
     list_for_sync = Storage.list_for_sync
+    lists_by_level = False
+    list_level = Storage.list_level
+    count_keys = Storage.count_keys
 
 
 class ReadOnlyFilesystemStorage(_FilesystemReads, ReadOnlyStorage):

@@ -77,6 +77,7 @@ from hashsync.storage.base import (
     ByteCallback,
     ObjectInfo,
     ReadWriteStorage,
+    Segment,
     Storage,
     current_progress,
     validate_key,
@@ -570,6 +571,76 @@ class S3Storage(ReadWriteStorage):
                     )
         except Exception as exc:
             raise self._error(exc, prefix, "LIST") from exc
+
+    lists_by_level = True
+
+    def list_segment(self, segment: Segment) -> Iterator[ObjectInfo]:
+        """Yield the objects of ``segment``; a shallow one is one delimited listing."""
+        if not segment.check().shallow:
+            yield from self.list(segment.prefix)
+            return
+        yield from self._level(segment.prefix)[0]
+
+    def list_level(self, prefix: str = "") -> tuple[int, list[str]]:
+        """One delimited listing of ``prefix``: see :meth:`Storage.list_level`."""
+        objects, subdirs = self._level(Segment(prefix).check().prefix)
+        return len(objects), subdirs
+
+    def count_keys(self, prefix: str, limit: int) -> int:
+        """Count the objects under ``prefix`` page by page, stopping at ``limit``."""
+        Segment(prefix).check()
+        raw = self._raw_client()
+        if raw is not None:
+            with contextlib.suppress(_s3list.FallBack):
+                pages = max(1, -(-limit // 1000))
+                objects, _, _ = raw.walk(self.prefix + prefix, len(self.prefix), max_pages=pages)
+                return min(len(objects), limit)
+        return super().count_keys(prefix, limit)
+
+    def _level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
+        """The objects directly under ``prefix`` and its sub-prefixes.
+
+        One ListObjectsV2 with ``delimiter=/``; keys relative to this storage, claims and
+        folder markers left out.
+        """
+        full = self.prefix + prefix
+        objects: list[ObjectInfo] | None = None
+        raw = self._raw_client()
+        if raw is not None:
+            with contextlib.suppress(_s3list.FallBack):
+                objects, common, _ = raw.walk(full, len(self.prefix), delimiter="/")
+        if objects is None:
+            objects, common = [], []
+            paginator = self.client.get_paginator("list_objects_v2")
+            try:
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+                    for item in page.get("Contents", []):
+                        key = item["Key"]
+                        if not key.startswith(full):
+                            raise _s3list.outside_prefix(key, full)
+                        objects.append(
+                            ObjectInfo(
+                                key[len(self.prefix) :],
+                                int(item["Size"]),
+                                item["LastModified"].astimezone(datetime.UTC),
+                                _clean_etag(item["ETag"]) if item.get("ETag") else None,
+                            )
+                        )
+                    for cp in page.get("CommonPrefixes", []):
+                        if not cp["Prefix"].startswith(full):
+                            raise _s3list.outside_prefix(cp["Prefix"], full)
+                        common.append(cp["Prefix"])
+            except Exception as exc:
+                raise self._error(exc, prefix, "LIST") from exc
+        claims = self.prefix + CLAIMS_DIR + "/"
+        kept = []
+        for info in objects:
+            if not info.key.endswith("/"):
+                if info.size > self.part_size:
+                    self._listed_large[info.key] = info.size
+                kept.append(info)
+        subdirs = sorted(p[len(self.prefix) :] for p in common if p != claims)
+        return kept, subdirs
 
     def _fast_list(self, prefix: str) -> list[ObjectInfo] | None:
         """The whole listing through :mod:`hashsync.storage._s3list`, or None to use boto3.
