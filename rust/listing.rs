@@ -113,6 +113,41 @@ impl Listing {
         None
     }
 
+    /// The entries whose paths start with `prefix` (only those with no further `/` when
+    /// `shallow`), as a listing of the same root and algorithm: one segment of a sync.
+    /// Errors, empty directories and temporaries are not carried over.
+    pub fn select(&self, prefix: &str, shallow: bool) -> Listing {
+        let start = {
+            let (mut lo, mut hi) = (0, self.len());
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if self.get(mid).path < prefix {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let mut out = Listing {
+            root: self.root.clone(),
+            algorithm: self.algorithm.clone(),
+            ..Default::default()
+        };
+        for i in start..self.len() {
+            let e = self.get(i);
+            let Some(rest) = e.path.strip_prefix(prefix) else {
+                break;
+            };
+            if shallow && rest.contains('/') {
+                continue;
+            }
+            // A slice of a valid listing: sorted, unique, and smaller than it.
+            out.push(e).expect("a slice of a listing fits where the listing did");
+        }
+        out
+    }
+
     fn push(&mut self, e: Entry<'_>) -> Result<()> {
         self.paths.push_str(e.path);
         self.path_ends.push(offset(self.paths.len())?);
@@ -228,5 +263,26 @@ mod tests {
         assert_eq!(l.find("a/x"), Some(1));
         assert_eq!(l.find("c"), None);
         assert!(Listing::from_entries(vec![e("a", 1, None), e("a", 2, None)]).is_err());
+    }
+
+    #[test]
+    fn select_takes_one_segment() {
+        let e = |p| Entry {
+            path: p,
+            size: 1,
+            mtime_ns: 7,
+            digest: Some("ab"),
+        };
+        let l = Listing::from_entries(
+            ["a.txt", "a/b.txt", "a/b/c", "a/d", "a0", "b/x", "top"].map(e),
+        )
+        .unwrap();
+        let paths = |s: Listing| s.iter().map(|e| e.path.to_string()).collect::<Vec<_>>();
+        assert_eq!(paths(l.select("a/", false)), ["a/b.txt", "a/b/c", "a/d"]);
+        assert_eq!(paths(l.select("a/", true)), ["a/b.txt", "a/d"]);
+        assert_eq!(paths(l.select("", true)), ["a.txt", "a0", "top"]);
+        assert_eq!(paths(l.select("", false)).len(), 7);
+        assert!(l.select("zz/", false).is_empty());
+        assert_eq!(l.select("a/b/", false).get(0).digest, Some("ab"));
     }
 }

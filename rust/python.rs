@@ -551,6 +551,15 @@ impl PyListing {
         self.inner.find(path).is_some()
     }
 
+    /// The entries under `prefix` (only those directly in it when `shallow`), as a listing
+    /// with the same root and algorithm.
+    #[pyo3(signature = (prefix, shallow=false))]
+    fn select(&self, prefix: &str, shallow: bool) -> PyListing {
+        PyListing {
+            inner: Arc::new(self.inner.select(prefix, shallow)),
+        }
+    }
+
     /// The entry for `path`, or None.
     fn find(&self, path: &str) -> Option<PyFileEntry> {
         self.inner

@@ -273,6 +273,11 @@ class Listing:
     def __getitem__(self, index: slice, /) -> list[FileEntry]: ...
     def __iter__(self) -> Iterator[FileEntry]: ...
     def __contains__(self, path: object, /) -> bool: ...
+    def select(self, prefix: str, shallow: bool = False) -> Listing:
+        """The entries under ``prefix`` as a listing with the same root and algorithm.
+
+        With ``shallow``, only those directly in it: one segment of a sharded sync.
+        """
     def find(self, path: str) -> FileEntry | None:
         """The entry for ``path`` (binary search), or None."""
     def paths(self) -> list[str]:

@@ -135,6 +135,15 @@ class _Counter:
             self.value += n
 
 
+# Sources with more entries than this are synced segment by segment (hashsync.segments).
+SEGMENTED_ABOVE = 1_000_000
+
+
+def _segmented_above() -> int:
+    value = os.environ.get("HASHSYNC_SEGMENTED_ABOVE", "")
+    return int(value) if value.isdigit() else SEGMENTED_ABOVE
+
+
 def _default_workers() -> int:
     value = os.environ.get("HASHSYNC_NUM_WORKERS", "").strip()
     if value:
@@ -281,11 +290,12 @@ def plan_sync(
     progress: Callable[[int, int], object] | None = None,
     reap_temporaries: bool = False,
     segment: Segment | None = None,
+    source_listing: SyncListing | None = None,
 ) -> tuple[hashsync.Plan, SyncListing, SyncListing]:
     """Lists both sides and diffs them; returns ``(plan, source_listing, destination_listing)``.
 
     Each side lists itself (:meth:`Storage.list_for_sync`), only ``segment`` if given; the
-    source must exist.
+    source must exist. A ``source_listing`` made earlier is used instead of listing the source.
     """
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
@@ -298,7 +308,11 @@ def plan_sync(
     }
     if segment is not None:
         options["segment"] = segment
-    src = source.list_for_sync(rules, must_exist=True, reap_temporaries=reap_temporaries, **options)
+    src = source_listing
+    if src is None:
+        src = source.list_for_sync(
+            rules, must_exist=True, reap_temporaries=reap_temporaries, **options
+        )
     dst = destination.list_for_sync(rules, reap_temporaries=reap_temporaries, **options)
     return hashsync.diff(src.entries, dst.entries, compare=compare), src, dst
 
@@ -479,6 +493,7 @@ def sync_storages(
     allow_empty_source: bool = False,
     max_delete: int | None = None,
     segment: Segment | None = None,
+    source_listing: SyncListing | None = None,
     on_listings: Callable[[hashsync.Plan, SyncListing, SyncListing], object] | None = None,
 ) -> SyncResult:
     """:func:`sync` between two storages whose options were already checked.
@@ -487,6 +502,39 @@ def sync_storages(
     learns the plan and both listings through ``on_listings``.
     """
     started = time.monotonic()
+    if segment is None and source_listing is None and src.lists_by_level and dst.lists_by_level:
+        # A huge source is synced segment by segment, so that the whole destination listing
+        # never sits in memory next to the whole source listing.
+        source_listing = src.list_for_sync(
+            rules,
+            must_exist=True,
+            reap_temporaries=not dry_run,
+            checksum=compare == "checksum",
+            progress=progress,
+            algorithm=src.hash_algorithm,
+        )
+        if len(source_listing.entries) > _segmented_above():
+            from hashsync.segments import sync_in_segments
+
+            result = sync_in_segments(
+                src,
+                dst,
+                rules,
+                source_listing,
+                delete=delete,
+                options={
+                    "dry_run": dry_run,
+                    "compare": compare,
+                    "workers": workers,
+                    "progress": progress,
+                    "on_event": on_event,
+                    "on_plan": on_plan,
+                },
+                allow_empty_source=allow_empty_source,
+                max_delete=max_delete,
+            )
+            result.seconds = time.monotonic() - started
+            return result
     result = SyncResult(dry_run=dry_run)
     # The source first: a destination is created only once the source is known to exist.
     plan, src_listing, dst_listing = plan_sync(
@@ -497,6 +545,7 @@ def sync_storages(
         progress=progress,
         reap_temporaries=not dry_run,
         segment=segment,
+        source_listing=source_listing,
     )
     if on_plan is not None:
         on_plan(plan)
@@ -522,23 +571,16 @@ def sync_storages(
     to_delete = plan.delete if delete else []
 
     if delete and to_delete:
-        if not allow_empty_source and len(src_listing.entries) == 0 and not src_errors:
-            raise InvalidArgument(
-                f"the source {src!r} lists no files, so --delete would delete all "
-                f"{len(to_delete)} files of {dst!r}; check the source, or pass "
-                "--allow-empty-source (allow_empty_source=True) if that is what you want"
-            )
-        if src_errors:
-            result.delete_suppressed_reason = (
-                f"{len(src_errors)} source entries could not be listed or hashed, so their "
-                "destination copies would look deletable"
-            )
-        elif max_delete is not None and len(to_delete) > max_delete:
-            result.delete_suppressed_reason = (
-                f"{len(to_delete)} files would be deleted, more than max_delete={max_delete}"
-            )
-        elif result.failed:
-            result.delete_suppressed_reason = f"{len(result.failed)} transfers failed"
+        result.delete_suppressed_reason = delete_refusal(
+            src,
+            dst,
+            len(to_delete),
+            source_entries=len(src_listing.entries),
+            source_errors=len(src_errors),
+            failed=len(result.failed),
+            allow_empty_source=allow_empty_source,
+            max_delete=max_delete,
+        )
     result.delete_suppressed = result.delete_suppressed_reason is not None
 
     if dry_run:
@@ -634,6 +676,41 @@ def sync_storages(
                 on_event(event)
     result.seconds = time.monotonic() - started
     return result
+
+
+def delete_refusal(
+    src: Storage,
+    dst: Storage,
+    deletions: int,
+    *,
+    source_entries: int,
+    source_errors: int,
+    failed: int,
+    allow_empty_source: bool,
+    max_delete: int | None,
+) -> str | None:
+    """Why ``deletions`` deletions must not run, or None: the rules of ``--delete``.
+
+    Raises:
+        InvalidArgument: The source lists nothing at all (a wrong prefix, an unmounted disk)
+            and ``allow_empty_source`` is not set.
+    """
+    if not allow_empty_source and source_entries == 0 and not source_errors:
+        raise InvalidArgument(
+            f"the source {src!r} lists no files, so --delete would delete all "
+            f"{deletions} files of {dst!r}; check the source, or pass "
+            "--allow-empty-source (allow_empty_source=True) if that is what you want"
+        )
+    if source_errors:
+        return (
+            f"{source_errors} source entries could not be listed or hashed, so their "
+            "destination copies would look deletable"
+        )
+    if max_delete is not None and deletions > max_delete:
+        return f"{deletions} files would be deleted, more than max_delete={max_delete}"
+    if failed:
+        return f"{failed} transfers failed"
+    return None
 
 
 def _under_any(path: str, errors: Sequence[tuple[str, str]]) -> str | None:

@@ -299,6 +299,9 @@ def list_objects(lister: RawClient, *, root_prefix: str, prefix: str) -> list[Ob
     # Up to 1,000 objects come in one page: most syncs (CI jobs, pipelines) need no more.
     first, _, complete = lister.walk(full, len(root_prefix), max_pages=1)
     if complete:
+        # S3 lists in UTF-8 byte order; SeaweedFS lists a directory's keys before a sibling
+        # "a.txt" < "a/x". Code-point order of str is UTF-8 byte order.
+        first.sort(key=lambda o: o.key)
         return first
     # Larger: split at the first "/" after the prefix, then list the subtrees side by side.
     top, subtrees, _ = lister.walk(full, len(root_prefix), delimiter="/")
