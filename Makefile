@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
 PYTEST_ARGS ?=
 
-.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync bench-cache bench-hub bench-treecache lint fmt clean
+.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync bench-cache bench-hub bench-treecache bench-segments lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,7 +38,7 @@ demo: build ## Sync a dataset to a local S3 server; show the edit aws s3 sync mi
 hash-demo: build ## Hash a generated tree with hashsync and with hashlib, and compare
 	$(PY) examples/hash_demo.py
 
-bench: bench-micro bench-sync bench-cache bench-hub bench-treecache ## Run every benchmark and refresh the README's tables
+bench: bench-micro bench-sync bench-cache bench-hub bench-treecache bench-segments ## Run every benchmark and refresh the README's tables
 	$(PY) benches/update_readme.py
 
 bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~6 min)
@@ -54,6 +54,9 @@ bench-hub: build ## Hub client vs a sequential client and curl, from a local hub
 
 bench-treecache: build ## TreeCache build/download/no-op against plain sync and s5cmd (~2 min)
 	$(PY) benches/treecache_bench.py --files 2000 --rounds 3
+
+bench-segments: build ## Dask overhead (local:2 vs one process) and peak memory per million entries (~6 min)
+	$(PY) benches/segments_bench.py --files 20000 --rounds 2
 
 bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
 	$(VENV)/bin/hashsync bench

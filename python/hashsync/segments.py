@@ -323,7 +323,12 @@ def sync_in_segments(
     entries = len(source_listing.entries)
     if isinstance(source_listing.entries, list):
         source_listing.entries.sort(key=lambda e: e.path)
-    batches = plan_segments(src, dst, workers=max(1, entries // SEGMENT_ENTRIES))
+    # Coarse segments: each one is a listing request at least, and one machine gains nothing
+    # from thousands of them (tens of thousands of entries each is small enough).
+    batches_wanted = max(1, entries // SEGMENT_ENTRIES)
+    batches = plan_segments(
+        src, dst, workers=batches_wanted, max_segments=max(16, 4 * batches_wanted)
+    )
     outcomes = [
         run_segments(src, dst, batch, rules, options, source_listing=source_listing)
         for batch in batches

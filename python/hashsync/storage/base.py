@@ -155,6 +155,17 @@ def validate_prefix(prefix: object) -> str:
 FilterRules = Sequence[tuple[str, str]]
 
 
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class Segment(NamedTuple):
     """A slice of a sync's key space, synced on its own (one task of a sharded sync).
 
@@ -259,12 +270,13 @@ class Storage(abc.ABC):
 
         wanted_algorithm = algorithm or self.hash_algorithm
         own = wanted_algorithm == self.hash_algorithm
-        infos = list(self.list_segment(segment or Segment()))
-        keys = [info.key for info in infos]
-        wanted = filter_paths(keys, list(rules))
-        kept = filter_paths(keys, list(rules) + INTERNAL_RULES)
-        listing = SyncListing(
-            [
+        listing = SyncListing([])
+        # In chunks: never the whole listing as ObjectInfo and as FileEntry at once.
+        for infos in _chunks(self.list_segment(segment or Segment()), 50_000):
+            keys = [info.key for info in infos]
+            wanted = filter_paths(keys, list(rules))
+            kept = filter_paths(keys, list(rules) + INTERNAL_RULES)
+            listing.entries.extend(
                 FileEntry(
                     info.key,
                     info.size,
@@ -273,13 +285,12 @@ class Storage(abc.ABC):
                 )
                 for info, keep in zip(infos, kept, strict=True)
                 if keep
-            ]
-        )
-        listing.skipped = [
-            (key, "named like a hashsync temporary or lock file; not transferred")
-            for key, want, keep in zip(keys, wanted, kept, strict=True)
-            if want and not keep
-        ]
+            )
+            listing.skipped.extend(
+                (key, "named like a hashsync temporary or lock file; not transferred")
+                for key, want, keep in zip(keys, wanted, kept, strict=True)
+                if want and not keep
+            )
         return listing
 
     #: Whether :meth:`list_level` and :meth:`count_keys` are cheap (a directory read, one
