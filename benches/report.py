@@ -38,7 +38,7 @@ def hash_table(data: dict) -> str:
                 f"Two `dd` readers (`dd bs=1M of=/dev/null`, 2 at a time, median of 5) read "
                 f"the same files at {reference:.2f} GB/s.\n"
             )
-        extra = " | hashsync / dd |" if reference else ""
+        extra = " hashsync / dd |" if reference else ""
         out.append(f"| algorithm | hashsync | GB/s | Python baseline | GB/s | speed-up |{extra}")
         out.append("|---|---:|---:|---|---:|---:|" + ("---:|" if reference else ""))
         for (ds, algorithm), tools in sorted(rows.items()):

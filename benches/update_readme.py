@@ -14,6 +14,7 @@ SECTIONS = {
     "cache": ROOT / "benches" / "results" / "cache.md",
     "hub": ROOT / "benches" / "results" / "hub.md",
     "treecache": ROOT / "benches" / "results" / "treecache.md",
+    "segments": ROOT / "benches" / "results" / "segments.md",
 }
 
 

@@ -262,15 +262,23 @@ paths = st.lists(
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(src_paths=paths, dst_paths=paths, probe=st.integers(1, 5), budget=st.integers(1, 12))
+@given(
+    src_paths=paths,
+    dst_paths=paths,
+    probe=st.integers(1, 5),
+    budget=st.integers(1, 12),
+    target=st.one_of(st.none(), st.integers(1, 30)),
+)
 def test_segments_cover_every_key_exactly_once(
-    tmp_path_factory, src_paths, dst_paths, probe, budget
+    tmp_path_factory, src_paths, dst_paths, probe, budget, target
 ):
     base = tmp_path_factory.mktemp("plan")
     write_tree(base / "s", {p: b"s" for p in src_paths})
     write_tree(base / "d", {p: b"d" for p in dst_paths})
     src, dst = SimpleLocalStorage(base / "s"), SimpleLocalStorage(base / "d")
-    batches = distributed.plan_segments(src, dst, workers=2, probe_limit=probe, max_segments=budget)
+    batches = distributed.plan_segments(
+        src, dst, workers=2, probe_limit=probe, max_segments=budget, target_segments=target
+    )
     segments = [seg for batch in batches for seg in batch]
     for key in set(src_paths) | set(dst_paths):
         assert sum(seg.contains(key) for seg in segments) == 1, (key, segments)
@@ -281,9 +289,12 @@ def test_segments_cover_every_key_exactly_once(
 
 def test_s3_segments_list_one_level(s3_server, bucket):
     store = s3(s3_server, bucket, "lvl")
-    for k in ("top.txt", "a/1", "a/b/2", "c/3", "c/d/e/4"):
+    for k in ("top.txt", "a/1", "a/b/2", "c/3", "c/d/e/4", "a b/5", "p+q/6", "%41/7", "é/8"):
         store.write_bytes(k, b"x")
-    assert store.list_level("") == (1, ["a/", "c/"])
+    assert store.list_level("") == (1, ["%41/", "a b/", "a/", "c/", "p+q/", "é/"])
+    for odd in ("%41/", "a b/", "p+q/", "é/"):
+        assert [o.key[len(odd) :] for o in store.list_segment(Segment(odd))] != []
+        assert store.count_keys(odd, 10) == 1
     assert store.list_level("c/") == (1, ["c/d/"])
     assert [o.key for o in store.list_segment(Segment("", shallow=True))] == ["top.txt"]
     assert [o.key for o in store.list_segment(Segment("c/"))] == ["c/3", "c/d/e/4"]

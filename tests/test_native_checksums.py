@@ -141,3 +141,57 @@ def test_a_store_refusing_checksummed_multipart_uploads_gets_plain_ones(
     dest = SimpleLocalStorage(tmp_path / "back")
     s3(s3_server, bucket, "p").copy("big.bin", dest)
     assert dest.path("big.bin").read_bytes() == data
+
+
+def test_an_unmatchable_multipart_etag_is_settled_by_the_native_checksum(
+    s3_server, bucket, tmp_path
+):
+    # Another tool's object with parts of 6 MiB + 1 byte: its ETag cannot be matched by
+    # part-size inference, so without the checksum every sync would upload the file again.
+    data = os.urandom(13 * MIB)
+    _upload_like_an_aws_sdk(s3_server.client(), bucket, "q/model.bin", data, 6 * MIB + 1)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(data)
+    (src / "small.txt").write_bytes(b"small")
+    s3(s3_server, bucket, "q").write_bytes("small.txt", b"small")
+    log: list[tuple[str, str]] = []
+    with rewriting_proxy(s3_server.endpoint_url, log=log) as proxy:
+        r = hashsync.sync(src, s3(s3_server, bucket, "q", endpoint_url=proxy))
+    assert r.transferred == [] and r.skipped == 2
+    # One HEAD, for the unresolved object only; no upload.
+    assert [(m, p.split("?")[0]) for m, p in log if m != "GET"] == [
+        ("HEAD", f"/{bucket}/q/model.bin")
+    ]
+    # The other way round too.
+    r = hashsync.sync(s3(s3_server, bucket, "q"), src)
+    assert r.transferred == [] and r.skipped == 2
+    # Same size, other content: copied.
+    changed = bytearray(data)
+    changed[7 * MIB] ^= 1
+    (src / "model.bin").write_bytes(bytes(changed))
+    r = hashsync.sync(src, s3(s3_server, bucket, "q"))
+    assert r.transferred == ["model.bin"]
+
+
+def test_an_unmatchable_etag_without_a_checksum_is_copied(s3_server, bucket, tmp_path):
+    data = os.urandom(11 * MIB)
+    client = s3_server.client()
+    m = client.create_multipart_upload(Bucket=bucket, Key="n/x.bin")
+    parts = []
+    for n, offset in enumerate(range(0, len(data), 5 * MIB + 7), 1):
+        part = data[offset : offset + 5 * MIB + 7]
+        r = client.upload_part(
+            Bucket=bucket, Key="n/x.bin", UploadId=m["UploadId"], PartNumber=n, Body=part
+        )
+        parts.append({"PartNumber": n, "ETag": r["ETag"]})
+    client.complete_multipart_upload(
+        Bucket=bucket, Key="n/x.bin", UploadId=m["UploadId"], MultipartUpload={"Parts": parts}
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.bin").write_bytes(data)
+    r = hashsync.sync(src, s3(s3_server, bucket, "n"))
+    assert r.transferred == ["x.bin"]  # nothing vouches for the old copy: uploaded
+    r = hashsync.sync(src, s3(s3_server, bucket, "n"))
+    assert r.transferred == []  # hashsync's own upload has a matchable ETag and a checksum

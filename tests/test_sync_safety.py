@@ -38,13 +38,16 @@ def assert_no_traceback(r: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
-def test_unreadable_source_entries_suppress_delete(tmp_path):
+@pytest.mark.parametrize("segmented", [False, True], ids=["whole", "segment-by-segment"])
+def test_unreadable_source_entries_suppress_delete(tmp_path, segmented):
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, {"secret/a.txt": b"a", "unread.txt": b"u", "ok.txt": b"o"})
     write_tree(dst, {"secret/a.txt": b"a", "unread.txt": b"u", "ok.txt": b"o", "extra": b"x"})
     (src / "secret").chmod(0o000)
     (src / "unread.txt").chmod(0o000)
     env = {**os.environ, "HASHSYNC_CACHE_DIR": str(tmp_path / "state")}
+    if segmented:
+        env["HASHSYNC_SEGMENTED_ABOVE"] = "1"
     os.chmod(tmp_path, 0o777)  # the state directory is created as a non-privileged root
     try:
         r = cli("sync", src, dst, "--delete", "--json", env=env, prefix=NO_READ_OVERRIDE)

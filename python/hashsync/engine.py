@@ -25,8 +25,10 @@ from typing import Any, Literal
 
 import hashsync
 from hashsync._native import filter_paths
+from hashsync._threads import run_on_threads
 from hashsync.errors import (
     FileChanged,
+    HashsyncError,
     InvalidArgument,
     describe,
 )
@@ -568,6 +570,9 @@ def sync_storages(
             result.failed.append(
                 (e.path, f"not written: the destination entry {blocked!r} could not be read")
             )
+    if compare == "checksum" and to_copy:
+        to_copy, settled = _settle_by_crc64(src, dst, to_copy, dst_listing, workers)
+        result.skipped += settled
     to_delete = plan.delete if delete else []
 
     if delete and to_delete:
@@ -676,6 +681,57 @@ def sync_storages(
                 on_event(event)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _settle_by_crc64(
+    src: Storage,
+    dst: Storage,
+    to_copy: list[hashsync.FileEntry],
+    dst_listing: SyncListing,
+    workers: int,
+) -> tuple[list[hashsync.FileEntry], int]:
+    """Drop the copies that the store's CRC64NVME shows to be unneeded; returns (rest, dropped).
+
+    A multipart ETag made with a part size that inference cannot find (another tool's, or
+    uneven parts) says nothing about content, so the diff counts such a file as changed and
+    every sync would copy it again. Where the object carries a whole-content CRC64NVME (one
+    HEAD per such object, never for others), it is compared with the local file's instead.
+    """
+    local, remote = (src, dst) if src.is_local else (dst, src)
+    crc_of = getattr(remote, "get_crc64nvme", None)
+    if src.is_local == dst.is_local or crc_of is None or not hasattr(local, "path"):
+        return to_copy, 0
+    entries = dst_listing.entries
+    find = entries.find if hasattr(entries, "find") else {e.path: e for e in entries}.get
+    candidates = []
+    for e in to_copy:
+        other = find(e.path)
+        if other is None or other.size != e.size:
+            continue
+        remote_etag = (other if src.is_local else e).digest or ""
+        if "-" in remote_etag:
+            candidates.append(e)
+    if not candidates:
+        return to_copy, 0
+
+    def remote_crc(entry: hashsync.FileEntry) -> str | None:
+        try:
+            return crc_of(entry.path)
+        except (HashsyncError, OSError):
+            return None  # copy it, as without the check
+
+    remote_crcs = run_on_threads(remote_crc, candidates, workers)
+    paths = [local.path(e.path) for e in candidates]
+    try:
+        local_crcs = hashsync.hash_files(paths, "crc64nvme")
+    except (HashsyncError, OSError):
+        return to_copy, 0
+    same = {
+        e.path
+        for e, theirs, ours in zip(candidates, remote_crcs, local_crcs, strict=True)
+        if theirs is not None and theirs == ours
+    }
+    return [e for e in to_copy if e.path not in same], len(same)
 
 
 def delete_refusal(

@@ -94,18 +94,24 @@ def plan_segments(
     workers: int = 1,
     max_segments: int = MAX_SEGMENTS,
     probe_limit: int = PROBE_LIMIT,
+    target_segments: int | None = None,
 ) -> list[list[Segment]]:
     """Cut the key space of ``source`` (and ``destination``) into batches of segments.
 
-    Every key lies in exactly one segment. Storages that cannot list one level cheaply
+    Every key lies in exactly one segment. The root is always split one level; then
+    directories found to hold at least ``probe_limit`` keys are split, a few per round, until
+    there are about ``target_segments`` segments (each split costs a listing request and one
+    probe per subdirectory, and each segment costs its own listing requests later, so no more
+    are made than the workers can use). Storages that cannot list one level cheaply
     (:attr:`Storage.lists_by_level` false: HTTP, the hub) give one segment for everything.
 
     Args:
         source: The source storage.
         destination: The destination, whose extra subdirectories (deletions) get segments too.
         workers: Workers the batches are for.
-        max_segments: Stop splitting beyond this many segments.
+        max_segments: Never split beyond this many segments.
         probe_limit: Keys counted per subdirectory to estimate its size.
+        target_segments: Segments wanted (default: 16 per worker).
 
     Returns:
         Batches (lists of segments), each meant for one task, largest first.
@@ -113,31 +119,35 @@ def plan_segments(
     sides = [s for s in (source, destination) if s is not None]
     if not all(s.lists_by_level for s in sides):
         return [[Segment()]]
+    target = min(max_segments, target_segments or 4 * BATCHES_PER_WORKER * max(1, workers))
+
+    def split(prefix: str) -> tuple[int, list[tuple[str, int]]] | None:
+        files, subdirs = _levels(sides, prefix)
+        if not all(_valid_prefix(p) for p in subdirs):
+            return None  # a key with an empty path part ("a//b") under it: no clean split
+        return files, [(p, sum(s.count_keys(p, probe_limit) for s in sides)) for p in subdirs]
+
     sized: list[tuple[Segment, int]] = []  # (segment, estimated keys)
-    frontier = [""]
+    big: list[str] = []  # directories with at least probe_limit keys, not split
+    pending = [""]
     with cf.ThreadPoolExecutor(16) as pool:
-        while frontier:
-            levels = list(pool.map(lambda p: _levels(sides, p), frontier))
-            next_frontier: list[str] = []
-            probes: list[str] = []
-            for prefix, (files, subdirs) in zip(frontier, levels, strict=True):
-                if not all(_valid_prefix(p) for p in subdirs):
-                    # A key with an empty path part ("a//b") under it: no clean split here.
+        while pending:
+            for prefix, parts in zip(pending, pool.map(split, pending), strict=True):
+                if parts is None:
                     sized.append((Segment(prefix), probe_limit))
                     continue
+                files, subdirs = parts
                 sized.append((Segment(prefix, shallow=True), files))
-                probes.extend(subdirs)
-            counts = list(
-                pool.map(lambda p: sum(s.count_keys(p, probe_limit) for s in sides), probes)
-            )
-            budget = max_segments - len(sized) - len(probes)
-            for prefix, n in zip(probes, counts, strict=True):
-                if n >= probe_limit and budget > 0:
-                    next_frontier.append(prefix)
-                    budget -= 1
-                else:
-                    sized.append((Segment(prefix), n))
-            frontier = next_frontier
+                for sub, n in subdirs:
+                    if n >= probe_limit:
+                        big.append(sub)
+                    else:
+                        sized.append((Segment(sub), n))
+            room = target - len(sized) - len(big)
+            # A split turns one segment into several: a few at a time keeps near the target.
+            take = min(len(big), max(1, room // 4)) if room > 0 else 0
+            pending, big = big[:take], big[take:]
+    sized.extend((Segment(p), probe_limit) for p in big)
     return _pack(sized, workers, probe_limit)
 
 
@@ -326,9 +336,7 @@ def sync_in_segments(
     # Coarse segments: each one is a listing request at least, and one machine gains nothing
     # from thousands of them (tens of thousands of entries each is small enough).
     batches_wanted = max(1, entries // SEGMENT_ENTRIES)
-    batches = plan_segments(
-        src, dst, workers=batches_wanted, max_segments=max(16, 4 * batches_wanted)
-    )
+    batches = plan_segments(src, dst, workers=batches_wanted, target_segments=4 * batches_wanted)
     outcomes = [
         run_segments(src, dst, batch, rules, options, source_listing=source_listing)
         for batch in batches

@@ -572,6 +572,22 @@ class S3Storage(ReadWriteStorage):
         except Exception as exc:
             raise self._error(exc, prefix, "LIST") from exc
 
+    def get_crc64nvme(self, key: str) -> str | None:
+        """The object's whole-content CRC64NVME (hex), or None if it carries none (one HEAD).
+
+        From hashsync's upload metadata, else S3's native full-object checksum (which AWS
+        SDKs have sent by default since 2025): unlike a multipart ETag, it does not depend on
+        the part size, so it can compare content where an ETag cannot be matched.
+
+        Raises:
+            NotFound: No object has this key.
+        """
+        head = self._head(key, ChecksumMode="ENABLED")
+        crc = (head.get("Metadata") or {}).get(CRC64_METADATA, "")
+        if len(crc) == 16 and all(c in "0123456789abcdef" for c in crc):
+            return crc
+        return _native_crc64(head)
+
     lists_by_level = True
 
     def list_segment(self, segment: Segment) -> Iterator[ObjectInfo]:
