@@ -150,6 +150,33 @@ def write_tree(root: Path, files: int, seed: int = 1) -> None:
         p.write_bytes(rng.randbytes(rng.randint(1024, 32 * 1024)))
 
 
+def listing_rates(bucket: str, prefix: str, files: int) -> dict[str, list[float]]:
+    """Listing speed in keys per second and CPU microseconds per key.
+
+    One sequential lister (what one segment's listing does), and the storage's own listing
+    (subtrees in parallel).
+    """
+    from hashsync.storage import S3Storage
+
+    store = S3Storage(bucket)
+    raw = store._raw_client()
+    out: dict[str, list[float]] = {}
+    for name, run in (
+        ("one lister", lambda: raw.walk(prefix, 0)[0]),
+        ("parallel subtrees", lambda: list(store.list(prefix))),
+    ):
+        rates, cpu = [], []
+        for _ in range(5):
+            t, c = time.perf_counter(), time.process_time()
+            listed = run()
+            rates.append(len(listed) / (time.perf_counter() - t))
+            cpu.append((time.process_time() - c) / max(1, len(listed)) * 1e6)
+            assert len(listed) == files, len(listed)
+        out[f"list|{name}|keys/s"] = rates
+        out[f"list|{name}|cpu us/key"] = cpu
+    return out
+
+
 def overhead(work: Path, files: int, rounds: int) -> dict:
     import dask.distributed as dd
 
@@ -180,6 +207,7 @@ def overhead(work: Path, files: int, rounds: int) -> dict:
                         times.setdefault(f"{scenario}|{method}", []).append(time.perf_counter() - t)
                         assert result.ok, result.failed[:3]
                     print(f"  round {r + 1}: {method} done", flush=True)
+            times.update(listing_rates(f"{BUCKET}", "single-0/", files))
         finally:
             client.close()
             cluster.close()
@@ -223,6 +251,18 @@ def main() -> None:
             one = statistics.median(times[f"{scenario}|single"])
             two = statistics.median(times[f"{scenario}|local:2"])
             lines.append(f"| {scenario} | {one:.2f} s | {two:.2f} s | {two / one:.2f} |")
+        lines += [
+            "",
+            f"**Listing throughput** ({args.files:,} objects, median of 5; CPU time of the "
+            "listing process per key):",
+            "",
+            "| lister | keys/s | CPU per key |",
+            "|---|---:|---:|",
+        ]
+        for name in ("one lister", "parallel subtrees"):
+            rate = statistics.median(times[f"list|{name}|keys/s"])
+            cpu = statistics.median(times[f"list|{name}|cpu us/key"])
+            lines.append(f"| {name} | {rate:,.0f} | {cpu:.1f} us |")
         lines.append("")
     memory = {}
     for mode in ("baseline", "whole", "segmented"):

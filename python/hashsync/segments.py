@@ -111,7 +111,7 @@ def plan_segments(
         workers: Workers the batches are for.
         max_segments: Never split beyond this many segments.
         probe_limit: Keys counted per subdirectory to estimate its size.
-        target_segments: Segments wanted (default: 16 per worker).
+        target_segments: Segments wanted (default: 8 per worker).
 
     Returns:
         Batches (lists of segments), each meant for one task, largest first.
@@ -119,30 +119,31 @@ def plan_segments(
     sides = [s for s in (source, destination) if s is not None]
     if not all(s.lists_by_level for s in sides):
         return [[Segment()]]
-    target = min(max_segments, target_segments or 4 * BATCHES_PER_WORKER * max(1, workers))
+    target = min(max_segments, target_segments or 2 * BATCHES_PER_WORKER * max(1, workers))
 
-    def split(prefix: str) -> tuple[int, list[tuple[str, int]]] | None:
-        files, subdirs = _levels(sides, prefix)
-        if not all(_valid_prefix(p) for p in subdirs):
-            return None  # a key with an empty path part ("a//b") under it: no clean split
-        return files, [(p, sum(s.count_keys(p, probe_limit) for s in sides)) for p in subdirs]
+    def probe(prefix: str) -> int:
+        return sum(s.count_keys(prefix, probe_limit) for s in sides)
 
     sized: list[tuple[Segment, int]] = []  # (segment, estimated keys)
     big: list[str] = []  # directories with at least probe_limit keys, not split
     pending = [""]
     with cf.ThreadPoolExecutor(16) as pool:
         while pending:
-            for prefix, parts in zip(pending, pool.map(split, pending), strict=True):
-                if parts is None:
+            subdirs: list[str] = []
+            for prefix, (files, subs) in zip(
+                pending, pool.map(lambda p: _levels(sides, p), pending), strict=True
+            ):
+                if not all(_valid_prefix(p) for p in subs):
+                    # A key with an empty path part ("a//b") under it: no clean split here.
                     sized.append((Segment(prefix), probe_limit))
                     continue
-                files, subdirs = parts
                 sized.append((Segment(prefix, shallow=True), files))
-                for sub, n in subdirs:
-                    if n >= probe_limit:
-                        big.append(sub)
-                    else:
-                        sized.append((Segment(sub), n))
+                subdirs.extend(subs)
+            for sub, n in zip(subdirs, pool.map(probe, subdirs), strict=True):
+                if n >= probe_limit:
+                    big.append(sub)
+                else:
+                    sized.append((Segment(sub), n))
             room = target - len(sized) - len(big)
             # A split turns one segment into several: a few at a time keeps near the target.
             take = min(len(big), max(1, room // 4)) if room > 0 else 0

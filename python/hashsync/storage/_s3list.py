@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime
 import http.client
+import re
 import threading
 import time
 import urllib.parse
@@ -208,22 +209,47 @@ class RawClient:
         answer["content-length"] = total
         return answer, body
 
-    def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:
+    def _page_bytes(
+        self, prefix: str, token: str | None, delimiter: str | None, max_keys: int | None = None
+    ) -> bytes:
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         if token:
             params["continuation-token"] = token
         if delimiter:
             params["delimiter"] = delimiter
+        if max_keys:
+            params["max-keys"] = str(max_keys)
         query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
-        url = f"{self.base}?{query}"
-        conn, response = self._send("GET", url, {})
+        conn, response = self._send("GET", f"{self.base}?{query}", {})
         data = self._read(conn, response)
         if response.status != 200:  # errors: boto3 retries and maps them
             raise FallBack(f"HTTP {response.status}")
+        return data
+
+    def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:
+        """One parsed ListObjectsV2 page."""
         try:
-            return ET.fromstring(data)
+            return ET.fromstring(self._page_bytes(prefix, token, delimiter))
         except ET.ParseError as exc:
             raise FallBack(str(exc)) from exc
+
+    def count(self, prefix: str, limit: int) -> int:
+        """How many objects are under ``prefix``, counting up to ``limit``.
+
+        An estimate for planning: pages are counted, not parsed; folder markers count too.
+        """
+        n, token = 0, None
+        while n < limit:
+            data = self._page_bytes(prefix, token, None, max_keys=min(1000, limit - n))
+            # Keys are XML-escaped, so "<Key>" only ever opens an element.
+            n += data.count(b"<Key>")
+            if b"<IsTruncated>true</IsTruncated>" not in data:
+                break
+            found = re.search(rb"<NextContinuationToken>([^<]+)</NextContinuationToken>", data)
+            if found is None:
+                raise FallBack("truncated page without a continuation token")
+            token = found.group(1).decode()
+        return min(n, limit)
 
     def walk(
         self,

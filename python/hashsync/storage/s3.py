@@ -608,9 +608,7 @@ class S3Storage(ReadWriteStorage):
         raw = self._raw_client()
         if raw is not None:
             with contextlib.suppress(_s3list.FallBack):
-                pages = max(1, -(-limit // 1000))
-                objects, _, _ = raw.walk(self.prefix + prefix, len(self.prefix), max_pages=pages)
-                return min(len(objects), limit)
+                return raw.count(self.prefix + prefix, limit)
         return super().count_keys(prefix, limit)
 
     def _level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
