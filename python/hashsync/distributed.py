@@ -98,6 +98,19 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         yield client
 
 
+def _submit(
+    client: Any, tag: str, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
+) -> list[Any]:
+    """One task per argument tuple, named ``hashsync-<tag>-<run>-<i>``, rerun if a worker dies."""
+    run_id = uuid.uuid4().hex[:12]
+    return [
+        client.submit(
+            fn, *args, key=f"hashsync-{tag}-{run_id}-{i}", retries=TASK_RETRIES, pure=False
+        )
+        for i, args in enumerate(calls)
+    ]
+
+
 def _gather_in_order(client: Any, futures: list[Any], on_done: Callable[[Any], None]) -> list[Any]:
     """Results of ``futures`` as they finish; the first task error cancels the rest."""
     distributed = _require_dask()
@@ -134,21 +147,9 @@ def sync_on_dask(
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         batches = plan_segments(src, dst, workers=n_workers)
         options = {"dry_run": dry_run, "compare": compare, "workers": workers}
-        run_id = uuid.uuid4().hex[:12]
-        futures = [
-            client.submit(
-                run_segments,
-                src,
-                dst,
-                batch,
-                rules,
-                options,
-                key=f"hashsync-segments-{run_id}-{i}",
-                retries=TASK_RETRIES,
-                pure=False,
-            )
-            for i, batch in enumerate(batches)
-        ]
+        futures = _submit(
+            client, "segments", run_segments, [(src, dst, b, rules, options) for b in batches]
+        )
         done = {"segments": 0, "bytes": 0}
         total_segments = sum(len(b) for b in batches)
 
@@ -164,17 +165,7 @@ def sync_on_dask(
         result, to_delete, source_entries, source_errors = merge_outcomes(outcomes, dry_run=dry_run)
 
         def delete_chunks(chunks: list[list[str]]) -> list[list[tuple[str, str]]]:
-            futures = [
-                client.submit(
-                    delete_keys,
-                    dst,
-                    chunk,
-                    key=f"hashsync-delete-{run_id}-{i}",
-                    retries=TASK_RETRIES,
-                    pure=False,
-                )
-                for i, chunk in enumerate(chunks)
-            ]
+            futures = _submit(client, "delete", delete_keys, [(dst, c) for c in chunks])
             return _gather_in_order(client, futures, lambda _: None)
 
         finish_deletes(
@@ -249,20 +240,12 @@ def tree_hash(
     with dask_client(scheduler) as client:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         batches = plan_segments(storage, workers=n_workers)
-        run_id = uuid.uuid4().hex[:12]
-        futures = [
-            client.submit(
-                _segment_records,
-                root,
-                algorithm,
-                batch,
-                follow_symlinks,
-                key=f"hashsync-treehash-{run_id}-{i}",
-                retries=TASK_RETRIES,
-                pure=False,
-            )
-            for i, batch in enumerate(batches)
-        ]
+        futures = _submit(
+            client,
+            "treehash",
+            _segment_records,
+            [(root, algorithm, b, follow_symlinks) for b in batches],
+        )
         parts = _gather_in_order(client, futures, lambda _: None)
     hasher = hashsync.Hasher(algorithm)
     # Each part is sorted by path (code-point order of str is the UTF-8 byte order).

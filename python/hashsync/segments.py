@@ -226,15 +226,20 @@ def run_segments(
         plan, src_listing, _ = seen
         out.source_entries += len(src_listing.entries)
         out.source_errors += len(src_listing.errors)
-        out.transferred.extend(r.transferred)
-        out.bytes_transferred += r.bytes_transferred
-        out.skipped += r.skipped
-        out.failed.extend(r.failed)
-        out.scan_errors.extend(r.scan_errors)
-        out.skipped_keys.extend(r.skipped_keys)
+        _add(out, r)
         out.to_delete.extend(plan.delete)
         out.segments += 1
     return out
+
+
+def _add(into: Any, part: Any) -> None:
+    """Add what ``part`` did to ``into`` (SyncResults and SegmentOutcomes share these fields)."""
+    into.transferred.extend(part.transferred)
+    into.bytes_transferred += part.bytes_transferred
+    into.skipped += part.skipped
+    into.failed.extend(part.failed)
+    into.scan_errors.extend(part.scan_errors)
+    into.skipped_keys.extend(part.skipped_keys)
 
 
 def delete_keys(destination: ReadWriteStorage, keys: Sequence[str]) -> list[tuple[str, str]]:
@@ -256,12 +261,7 @@ def merge_outcomes(
     to_delete: list[str] = []
     source_entries = source_errors = 0
     for o in outcomes:
-        result.transferred.extend(o.transferred)
-        result.bytes_transferred += o.bytes_transferred
-        result.skipped += o.skipped
-        result.failed.extend(o.failed)
-        result.scan_errors.extend(o.scan_errors)
-        result.skipped_keys.extend(o.skipped_keys)
+        _add(result, o)
         to_delete.extend(o.to_delete)
         source_entries += o.source_entries
         source_errors += o.source_errors
