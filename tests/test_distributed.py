@@ -244,6 +244,10 @@ def test_cli_sharded_sync_json_and_exit_code(s3_server, bucket, tmp_path, s3_env
     done = cli("sync", src, f"s3://{bucket}/cli", "--scheduler", "local:1", "--json")
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["transferred"]) == 50
+    (src / "d0" / "new.txt").parent.mkdir(exist_ok=True)
+    (src / "d0" / "new.txt").write_bytes(b"new")
+    done = cli("sync", src, f"s3://{bucket}/cli", "--scheduler", "local:1", "-v")
+    assert done.returncode == 0 and done.stdout.splitlines() == ["upload: d0/new.txt"]
     done = cli("sync", src, f"s3://{bucket}/cli", "--scheduler", "local:zero")
     assert done.returncode == 1 and "local:N" in done.stderr and "Traceback" not in done.stderr
 

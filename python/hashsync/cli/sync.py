@@ -118,6 +118,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             on_segments=display.segments if args.scheduler else None,
         )
 
+    if args.scheduler and args.verbose and not args.dryrun:
+        # Tasks report per segment, not per file: the lines come once they are all done.
+        action = engine._action(src, dst)
+        for key in result.transferred:
+            display.line(f"{action}: {shown(key)}")
+        for key in result.deleted:
+            display.line(f"delete: {shown(key)}")
     for path, why in result.scan_errors:
         err(f"skipped {path}: {why}")
     for key, why in result.skipped_keys:
