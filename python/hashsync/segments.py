@@ -3,8 +3,8 @@
 A huge sync is cut into *segments* (:class:`~hashsync.storage.base.Segment`: the keys under a
 directory-like prefix, or only those directly in it). The planner walks both sides one level at
 a time (a directory read, or one delimited LIST) and probes each subdirectory's size with a
-single page of at most 1,000 keys; a subdirectory that fills the page is explored a level
-deeper while the number of segments stays under ``max_segments``. Segments are packed into
+single page of at most 200 keys; subdirectories that fill the page are split a level deeper,
+a few per round, until there are about 8 segments per worker. Segments are packed into
 batches of similar estimated size. Each segment is then listed, compared and transferred by
 the ordinary engine, deleting nothing; deletions are decided once every segment is done, by
 the same rules as a single sync (:func:`hashsync.engine.delete_refusal`).
@@ -37,9 +37,11 @@ __all__ = [
     "sync_in_segments",
 ]
 
-# One S3 page: a subdirectory with fewer keys is listed whole by one request, so its size is
-# known exactly; one that fills the page is "big" and worth splitting.
-PROBE_LIMIT = 1000
+# Keys counted per subdirectory (one LIST page of this size): fewer means the size is known;
+# a directory that fills the page is "big" and worth splitting. A 1,000-key page costs a store
+# five times the work of a 200-key one (SeaweedFS here: 17 ms against 3 ms) and the planner
+# needs no more than "big or not".
+PROBE_LIMIT = 200
 MAX_SEGMENTS = 4096
 # Batches per worker: enough to even out segments of unequal size, few enough to keep the
 # scheduler's per-task overhead (a few ms) negligible.
@@ -127,7 +129,8 @@ def plan_segments(
     sized: list[tuple[Segment, int]] = []  # (segment, estimated keys)
     big: list[str] = []  # directories with at least probe_limit keys, not split
     pending = [""]
-    with cf.ThreadPoolExecutor(16) as pool:
+    # Probes are latency-bound on a remote store: many in flight.
+    with cf.ThreadPoolExecutor(32) as pool:
         while pending:
             subdirs: list[str] = []
             for prefix, (files, subs) in zip(
