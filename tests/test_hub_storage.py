@@ -507,3 +507,19 @@ def test_a_file_the_hub_cannot_read_suppresses_delete(tmp_path):
     assert result.delete_suppressed and not result.ok
     assert any("could not read" in reason for _, reason in result.scan_errors)
     assert "secret.bin" in stderr  # the server logged what it left out
+
+
+def test_a_pickled_hub_storage_carries_no_api_key(hub, datasets, monkeypatch):
+    import pickle
+
+    (datasets / "pickled").mkdir(exist_ok=True)
+    (datasets / "pickled" / "a.txt").write_bytes(b"a")
+    monkeypatch.delenv("HASHSYNC_HUB_API_KEY", raising=False)
+    monkeypatch.delenv("DSX_API_KEY", raising=False)
+    blob = pickle.dumps(HubStorage(hub, "pickled", api_key=KEY, prefix="", timeout=10))
+    assert KEY.encode() not in blob
+    # The other side takes its key from its own environment.
+    with pytest.raises(errors.PermissionDenied):
+        list(pickle.loads(blob).list())
+    monkeypatch.setenv("HASHSYNC_HUB_API_KEY", KEY)
+    assert [o.key for o in pickle.loads(blob).list()] == ["a.txt"]

@@ -227,6 +227,19 @@ def test_http_repr_hides_credentials_and_token():
     assert "hunter2" not in str(vars(storage))
 
 
+def test_http_storages_with_credentials_are_not_pickled():
+    import pickle
+
+    for storage in (
+        HTTPStorage("http://user:hunter2@host/base"),
+        HTTPStorage("http://host/base", headers={"Authorization": "Bearer hunter2"}),
+    ):
+        with pytest.raises(TypeError, match="credentials"):
+            pickle.dumps(storage)
+    plain = pickle.loads(pickle.dumps(HTTPStorage("http://host/base/")))
+    assert plain.url("k") == "http://host/base/k"
+
+
 def test_http_credentials_and_token_list_read_copy(guarded, dest):
     storage = HTTPStorage(_url(guarded), verify=True, timeout=5, max_attempts=2)
     listed = {info.key: info for info in storage.list()}

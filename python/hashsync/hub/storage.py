@@ -56,6 +56,9 @@ def _api_key_from_environment() -> str | None:
 class HubStorage(ReadOnlyStorage):
     """The files of one hub dataset, read-only, hashed by the manifest's SHA-256.
 
+    Pickled (for pool processes and Dask workers) without its API key: the other side takes
+    its own from ``HASHSYNC_HUB_API_KEY``.
+
     Args:
         base_url: The hub, e.g. ``"http://gpu-box:8000"``.
         dataset: The dataset's name.
@@ -102,6 +105,21 @@ class HubStorage(ReadOnlyStorage):
         self.dataset = dataset
         self.prefix = prefix
         self.max_attempts = max_attempts
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never the API key: the other side (a pool process, a Dask worker) takes its own from
+        # HASHSYNC_HUB_API_KEY, as an S3Storage takes its credentials from the environment.
+        return {
+            "base_url": self.client.base_url,
+            "dataset": self.dataset,
+            "prefix": self.prefix,
+            "timeout": self.client.timeout,
+            "max_attempts": self.max_attempts,
+            "max_connections": self.client.num_workers,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> HubStorage:

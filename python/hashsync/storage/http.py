@@ -191,6 +191,12 @@ class HTTPStorage(ReadOnlyStorage):
         self._opener = urllib.request.build_opener(_RedirectHandler)
 
     def __getstate__(self) -> dict[str, Any]:
+        if self._auth or any(name.lower() == "authorization" for name in self.headers):
+            # Credentials are never sent along (to pool processes, Dask workers).
+            raise TypeError(
+                f"{self!r} carries credentials (in its URL or an Authorization header) and is "
+                "not pickled with them; build the storage where it is used instead"
+            )
         state = self.__dict__.copy()
         state.pop("_opener", None)  # handlers hold sockets; rebuilt on the other side
         return state
