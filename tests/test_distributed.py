@@ -316,3 +316,14 @@ def test_local_segment_scan_does_not_follow_links(tmp_path):
     with pytest.raises(InvalidArgument):
         store.list_for_sync([], segment=Segment("../"))
     assert Path(tmp_path / "t" / "real" / "a.txt").exists()
+
+
+def test_distributed_tree_hash_follows_links_like_the_local_one(client, tmp_path):
+    tree = tmp_path / "linked"
+    write_tree(tree, {"top.txt": b"t", "real/a.txt": b"a", "real/deep/b.txt": b"b"})
+    (tree / "link").symlink_to(tree / "real")
+    (tree / "real" / "deep" / "c").mkdir()
+    for follow in (False, True):
+        assert distributed.tree_hash(
+            tree, "sha256", scheduler=client, follow_symlinks=follow
+        ) == hashsync.tree_hash(tree, "sha256", follow_symlinks=follow), follow

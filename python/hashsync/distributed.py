@@ -239,7 +239,9 @@ def tree_hash(
     storage = ReadOnlyFilesystemStorage(root)
     with dask_client(scheduler) as client:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        batches = plan_segments(storage, workers=n_workers)
+        # The planner reads levels without following links; a followed link to a directory
+        # would fall between its segments, so such a tree is hashed as one segment.
+        batches = [[Segment()]] if follow_symlinks else plan_segments(storage, workers=n_workers)
         futures = _submit(
             client,
             "treehash",
