@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import hashsync
 from hashsync import distributed
 from hashsync.errors import InvalidArgument, MissingDependency
-from hashsync.storage import SimpleLocalStorage
+from hashsync.storage import S3Storage, SimpleLocalStorage
 from hashsync.storage.base import Segment
 from proxy_helpers import rewriting_proxy
 from sync_helpers import cli, keys, s3, write_tree
@@ -295,14 +295,17 @@ def test_s3_segments_list_one_level(s3_server, bucket):
     store = s3(s3_server, bucket, "lvl")
     for k in ("top.txt", "a/1", "a/b/2", "c/3", "c/d/e/4", "a b/5", "p+q/6", "%41/7", "é/8"):
         store.write_bytes(k, b"x")
-    assert store.list_level("") == (1, ["%41/", "a b/", "a/", "c/", "p+q/", "é/"])
-    for odd in ("%41/", "a b/", "p+q/", "é/"):
-        assert [o.key[len(odd) :] for o in store.list_segment(Segment(odd))] != []
-        assert store.count_keys(odd, 10) == 1
-    assert store.list_level("c/") == (1, ["c/d/"])
-    assert [o.key for o in store.list_segment(Segment("", shallow=True))] == ["top.txt"]
-    assert [o.key for o in store.list_segment(Segment("c/"))] == ["c/3", "c/d/e/4"]
-    assert store.count_keys("", 3) == 3
+    # The lean request path, and botocore's (a storage built around a given client).
+    lean, through_boto = store, S3Storage(bucket, "lvl", client=s3_server.client())
+    for store in (lean, through_boto):
+        assert store.list_level("") == (1, ["%41/", "a b/", "a/", "c/", "p+q/", "é/"])
+        for odd in ("%41/", "a b/", "p+q/", "é/"):
+            assert [o.key[len(odd) :] for o in store.list_segment(Segment(odd))] != []
+            assert store.count_keys(odd, 10) == 1
+        assert store.list_level("c/") == (1, ["c/d/"])
+        assert [o.key for o in store.list_segment(Segment("", shallow=True))] == ["top.txt"]
+        assert [o.key for o in store.list_segment(Segment("c/"))] == ["c/3", "c/d/e/4"]
+        assert store.count_keys("", 3) == 3
     with pytest.raises(InvalidArgument):
         store.list_level("../")
 

@@ -98,6 +98,10 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         yield client
 
 
+def _worker_count(client: Any) -> int:
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
 def _submit(
     client: Any, tag: str, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
 ) -> list[Any]:
@@ -144,8 +148,7 @@ def sync_on_dask(
     """:func:`hashsync.sync` sharded on Dask; call that with ``scheduler=`` instead."""
     started = time.monotonic()
     with dask_client(scheduler) as client:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        batches = plan_segments(src, dst, workers=n_workers)
+        batches = plan_segments(src, dst, workers=_worker_count(client))
         options = {"dry_run": dry_run, "compare": compare, "workers": workers}
         futures = _submit(
             client, "segments", run_segments, [(src, dst, b, rules, options) for b in batches]
@@ -238,10 +241,13 @@ def tree_hash(
         raise InvalidArgument(f"unknown algorithm {algorithm!r}")
     storage = ReadOnlyFilesystemStorage(root)
     with dask_client(scheduler) as client:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         # The planner reads levels without following links; a followed link to a directory
         # would fall between its segments, so such a tree is hashed as one segment.
-        batches = [[Segment()]] if follow_symlinks else plan_segments(storage, workers=n_workers)
+        batches = (
+            [[Segment()]]
+            if follow_symlinks
+            else plan_segments(storage, workers=_worker_count(client))
+        )
         futures = _submit(
             client,
             "treehash",

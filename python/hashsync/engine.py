@@ -283,6 +283,18 @@ def _rules(
     return [("exclude", p) for p in as_list(exclude)] + [("include", p) for p in as_list(include)]
 
 
+def _listing_options(
+    source: Storage, compare: Compare, progress: Callable[[int, int], object] | None
+) -> dict[str, Any]:
+    # Both sides give digests of the source's kind (a hub's SHA-256, else S3 ETags), so a
+    # local destination is hashed the way the source can be compared with.
+    return {
+        "checksum": compare == "checksum",
+        "progress": progress,
+        "algorithm": source.hash_algorithm,
+    }
+
+
 def plan_sync(
     source: Storage,
     destination: Storage,
@@ -301,13 +313,7 @@ def plan_sync(
     """
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
-    # Both sides give digests of the source's kind (a hub's SHA-256, else S3 ETags), so a
-    # local destination is hashed the way the source can be compared with.
-    options: dict[str, Any] = {
-        "checksum": compare == "checksum",
-        "progress": progress,
-        "algorithm": source.hash_algorithm,
-    }
+    options = _listing_options(source, compare, progress)
     if segment is not None:
         options["segment"] = segment
     src = source_listing
@@ -511,9 +517,7 @@ def sync_storages(
             rules,
             must_exist=True,
             reap_temporaries=not dry_run,
-            checksum=compare == "checksum",
-            progress=progress,
-            algorithm=src.hash_algorithm,
+            **_listing_options(src, compare, progress),
         )
         if len(source_listing.entries) > _segmented_above():
             from hashsync.segments import sync_in_segments
@@ -702,7 +706,13 @@ def _settle_by_crc64(
     if src.is_local == dst.is_local or crc_of is None or not hasattr(local, "path"):
         return to_copy, 0
     entries = dst_listing.entries
-    find = entries.find if hasattr(entries, "find") else {e.path: e for e in entries}.get
+    # A store's listing is a plain list: index only the multipart entries, the only ones the
+    # check can apply to (no dictionary of every object on each sync with changes).
+    find = (
+        entries.find
+        if hasattr(entries, "find")
+        else {e.path: e for e in entries if "-" in (e.digest or "")}.get
+    )
     candidates = []
     for e in to_copy:
         other = find(e.path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures as cf
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,8 @@ def select(listing: SyncListing, segment: Segment) -> SyncListing:
         return SyncListing(entries.select(segment.prefix, segment.shallow))
     start = bisect.bisect_left(entries, segment.prefix, key=lambda e: e.path)
     chosen = []
-    for e in entries[start:]:
+    # islice, not entries[start:]: no copy of the rest of the listing per segment.
+    for e in itertools.islice(entries, start, None):
         if not e.path.startswith(segment.prefix):
             break
         if segment.contains(e.path):

@@ -158,7 +158,7 @@ def is_aws(url: str) -> bool:
 def proxied(endpoint_url: str) -> bool:
     """Whether a proxy variable applies to ``endpoint_url``.
 
-    botocore honours proxy variables and urllib3 does not, so the lean path steps aside.
+    botocore honours proxy variables and the lean path (http.client) does not, so it steps aside.
     """
     parts = urllib.parse.urlsplit(endpoint_url)
     scheme = parts.scheme.lower()

@@ -542,33 +542,52 @@ class S3Storage(ReadWriteStorage):
             PermissionDenied: Listing is not allowed.
         """
         validate_prefix(prefix)
-        claims = self.prefix + CLAIMS_DIR + "/"
         fast = self._fast_list(prefix)
-        if fast is not None:
-            for info in fast:
-                if not info.key.endswith("/") and not (self.prefix + info.key).startswith(claims):
-                    if info.size > self.part_size:
-                        self._listed_large[info.key] = info.size
-                    yield info
-            return
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        pages = [fast] if fast is not None else (objs for objs, _ in self._boto_pages(prefix))
+        for objects in pages:
+            yield from self._kept(objects)
+
+    def _kept(self, objects: list[ObjectInfo]) -> Iterator[ObjectInfo]:
+        """``objects`` without folder markers and claims; notes the ones larger than a part."""
+        claims = self.prefix + CLAIMS_DIR + "/"
+        for info in objects:
+            if info.key.endswith("/") or (self.prefix + info.key).startswith(claims):
+                continue
+            if info.size > self.part_size:
+                self._listed_large[info.key] = info.size
+            yield info
+
+    def _boto_pages(
+        self, prefix: str, delimiter: str | None = None
+    ) -> Iterator[tuple[list[ObjectInfo], list[str]]]:
+        """ListObjectsV2 pages through botocore: (objects, common prefixes) per page.
+
+        Object keys are relative to this storage; common prefixes are full keys.
+        """
+        full = self.prefix + prefix
+        options = {"Bucket": self.bucket, "Prefix": full}
+        if delimiter:
+            options["Delimiter"] = delimiter
         try:
-            for page in pages:
+            for page in self.client.get_paginator("list_objects_v2").paginate(**options):
+                objects = []
                 for item in page.get("Contents", []):
-                    full = item["Key"]
-                    if not full.startswith(self.prefix + prefix):
-                        raise _s3list.outside_prefix(full, self.prefix + prefix)
-                    if full.endswith("/") or full.startswith(claims):
-                        continue
-                    if int(item["Size"]) > self.part_size:
-                        self._listed_large[full[len(self.prefix) :]] = int(item["Size"])
-                    yield ObjectInfo(
-                        full[len(self.prefix) :],
-                        int(item["Size"]),
-                        item["LastModified"].astimezone(datetime.UTC),
-                        _clean_etag(item["ETag"]) if item.get("ETag") else None,
+                    key = item["Key"]
+                    if not key.startswith(full):
+                        raise _s3list.outside_prefix(key, full)
+                    objects.append(
+                        ObjectInfo(
+                            key[len(self.prefix) :],
+                            int(item["Size"]),
+                            item["LastModified"].astimezone(datetime.UTC),
+                            _clean_etag(item["ETag"]) if item.get("ETag") else None,
+                        )
                     )
+                common = [cp["Prefix"] for cp in page.get("CommonPrefixes", [])]
+                for p in common:
+                    if not p.startswith(full):
+                        raise _s3list.outside_prefix(p, full)
+                yield objects, common
         except Exception as exc:
             raise self._error(exc, prefix, "LIST") from exc
 
@@ -617,44 +636,19 @@ class S3Storage(ReadWriteStorage):
         One ListObjectsV2 with ``delimiter=/``; keys relative to this storage, claims and
         folder markers left out.
         """
-        full = self.prefix + prefix
         objects: list[ObjectInfo] | None = None
         raw = self._raw_client()
         if raw is not None:
             with contextlib.suppress(_s3list.FallBack):
-                objects, common, _ = raw.walk(full, len(self.prefix), delimiter="/")
+                objects, common, _ = raw.walk(self.prefix + prefix, len(self.prefix), "/")
         if objects is None:
             objects, common = [], []
-            paginator = self.client.get_paginator("list_objects_v2")
-            try:
-                for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
-                    for item in page.get("Contents", []):
-                        key = item["Key"]
-                        if not key.startswith(full):
-                            raise _s3list.outside_prefix(key, full)
-                        objects.append(
-                            ObjectInfo(
-                                key[len(self.prefix) :],
-                                int(item["Size"]),
-                                item["LastModified"].astimezone(datetime.UTC),
-                                _clean_etag(item["ETag"]) if item.get("ETag") else None,
-                            )
-                        )
-                    for cp in page.get("CommonPrefixes", []):
-                        if not cp["Prefix"].startswith(full):
-                            raise _s3list.outside_prefix(cp["Prefix"], full)
-                        common.append(cp["Prefix"])
-            except Exception as exc:
-                raise self._error(exc, prefix, "LIST") from exc
+            for page_objects, page_common in self._boto_pages(prefix, "/"):
+                objects.extend(page_objects)
+                common.extend(page_common)
         claims = self.prefix + CLAIMS_DIR + "/"
-        kept = []
-        for info in objects:
-            if not info.key.endswith("/"):
-                if info.size > self.part_size:
-                    self._listed_large[info.key] = info.size
-                kept.append(info)
         subdirs = sorted(p[len(self.prefix) :] for p in common if p != claims)
-        return kept, subdirs
+        return list(self._kept(objects)), subdirs
 
     def _fast_list(self, prefix: str) -> list[ObjectInfo] | None:
         """The whole listing through :mod:`hashsync.storage._s3list`, or None to use boto3.
