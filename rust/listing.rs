@@ -27,6 +27,8 @@ pub struct ScanStats {
     pub dirs: u64,
     pub excluded: u64,
     pub symlinks_skipped: u64,
+    /// hashsync's own lock files (and temporaries of other kinds than regular files).
+    pub internal_skipped: u64,
     pub special_skipped: u64,
     pub digests_computed: u64,
     pub digests_reused: u64,
@@ -55,6 +57,9 @@ pub struct Listing {
     /// hashsync's temporary files seen by the scan (never listed as entries), so that a
     /// caller can remove those that crashed writers left.
     pub temporaries: Vec<String>,
+    /// The symbolic links the scan met: skipped ones when it does not follow links (what a
+    /// sync reports and protects), followed ones when it does (where reads may pass a link).
+    pub symlinks: Vec<String>,
     pub stats: ScanStats,
     /// Set when the scan was asked to use the hash state cache and could not.
     pub state_unavailable: Option<StateUnavailable>,
@@ -143,7 +148,8 @@ impl Listing {
                 continue;
             }
             // A slice of a valid listing: sorted, unique, and smaller than it.
-            out.push(e).expect("a slice of a listing fits where the listing did");
+            out.push(e)
+                .expect("a slice of a listing fits where the listing did");
         }
         out
     }
@@ -273,10 +279,9 @@ mod tests {
             mtime_ns: 7,
             digest: Some("ab"),
         };
-        let l = Listing::from_entries(
-            ["a.txt", "a/b.txt", "a/b/c", "a/d", "a0", "b/x", "top"].map(e),
-        )
-        .unwrap();
+        let l =
+            Listing::from_entries(["a.txt", "a/b.txt", "a/b/c", "a/d", "a0", "b/x", "top"].map(e))
+                .unwrap();
         let paths = |s: Listing| s.iter().map(|e| e.path.to_string()).collect::<Vec<_>>();
         assert_eq!(paths(l.select("a/", false)), ["a/b.txt", "a/b/c", "a/d"]);
         assert_eq!(paths(l.select("a/", true)), ["a/b.txt", "a/d"]);

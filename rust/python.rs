@@ -584,14 +584,22 @@ impl PyListing {
         self.inner.empty_dirs.clone()
     }
 
-    /// Temporary files of hashsync (``*.hashsync-tmp-*``) the scan saw; never listed as entries.
+    /// Temporary files of hashsync (``.NAME.hashsync-tmp-HOST-PID-RANDOM``) the scan saw;
+    /// never listed as entries.
     #[getter]
     fn temporaries(&self) -> Vec<String> {
         self.inner.temporaries.clone()
     }
 
-    /// Scan counters: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
-    /// digests_computed, digests_reused, bytes_hashed, errors, state_unavailable.
+    /// The symbolic links the scan met: those it skipped (``follow_symlinks=False``; links
+    /// to files the filters exclude are left out) or those it followed.
+    #[getter]
+    fn symlinks(&self) -> Vec<String> {
+        self.inner.symlinks.clone()
+    }
+
+    /// Scan counters: files, bytes, dirs, excluded, symlinks_skipped, internal_skipped,
+    /// special_skipped, digests_computed, digests_reused, bytes_hashed, errors, state_unavailable.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.inner.stats;
@@ -601,6 +609,7 @@ impl PyListing {
         d.set_item("dirs", s.dirs)?;
         d.set_item("excluded", s.excluded)?;
         d.set_item("symlinks_skipped", s.symlinks_skipped)?;
+        d.set_item("internal_skipped", s.internal_skipped)?;
         d.set_item("special_skipped", s.special_skipped)?;
         d.set_item("digests_computed", s.digests_computed)?;
         d.set_item("digests_reused", s.digests_reused)?;
@@ -732,6 +741,13 @@ fn filter_paths(
 ) -> PyResult<Vec<bool>> {
     let filter = Filter::from_pairs(&filters).map_err(|e| to_pyerr(py, e))?;
     Ok(paths.iter().map(|p| filter.is_included(p)).collect())
+}
+
+/// Whether a file name (one path component) is exactly one of hashsync's temporary or lock
+/// file names, random parts included; anything else is a user's file.
+#[pyfunction]
+fn is_internal_name(name: &str) -> bool {
+    crate::scan::internal_name(name).is_some()
 }
 
 /// Scans a directory tree into a Listing.
@@ -958,6 +974,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPlan>()?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(filter_paths, m)?)?;
+    m.add_function(wrap_pyfunction!(is_internal_name, m)?)?;
     m.add_function(wrap_pyfunction!(diff, m)?)?;
     m.add_function(wrap_pyfunction!(tree_hash, m)?)?;
     m.add_function(wrap_pyfunction!(default_cache_dir, m)?)?;

@@ -54,6 +54,68 @@ impl Default for ScanOptions {
 /// What hashsync's atomic writes put in the names of their temporary files
 /// (`.NAME.hashsync-tmp-HOST-PID-RANDOM`, see `hashsync/atomic.py`).
 pub const TEMPORARY_MARK: &str = ".hashsync-tmp-";
+/// Ends the name of a key's lock file (`.NAME.hashsync-lock`).
+pub const LOCK_SUFFIX: &str = ".hashsync-lock";
+
+/// Which of hashsync's own files a name is, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Internal {
+    /// `.NAME.hashsync-tmp-HOST-PID-RANDOM` (an atomic write in flight, or a killed one's
+    /// debris) or `.NAME.hashsync-tmp-partial-HEX16` (the hub client's resumable download).
+    Temporary,
+    /// `.NAME.hashsync-lock`, or `.NAME.hashsync-lock.broken-TOKEN16` (a lock being broken).
+    Lock,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `name` (one path component) is exactly a name hashsync writes for itself.
+///
+/// Only the full patterns count, random parts included: `report.hashsync-tmp-v2.txt` or
+/// `db.hashsync-lock` are a user's files and are synced like any other.
+pub fn internal_name(name: &str) -> Option<Internal> {
+    // Every internal name is ".STEM<marker>..." with a non-empty STEM.
+    let body = name.strip_prefix('.')?;
+    if let Some(at) = body.rfind(TEMPORARY_MARK) {
+        let rest = &body[at + TEMPORARY_MARK.len()..];
+        if at > 0 {
+            if let Some(token) = rest.strip_prefix("partial-") {
+                if is_hex(token, 16) {
+                    return Some(Internal::Temporary);
+                }
+            }
+            let mut parts = rest.splitn(3, '-');
+            if let (Some(host), Some(pid), Some(random)) =
+                (parts.next(), parts.next(), parts.next())
+            {
+                if is_hex(host, 8)
+                    && !pid.is_empty()
+                    && pid.len() <= 10
+                    && pid.bytes().all(|b| b.is_ascii_digit())
+                    && is_hex(random, 8)
+                {
+                    return Some(Internal::Temporary);
+                }
+            }
+        }
+    }
+    if let Some(stem) = body.strip_suffix(LOCK_SUFFIX) {
+        if !stem.is_empty() {
+            return Some(Internal::Lock);
+        }
+    }
+    if let Some(at) = body.rfind(".hashsync-lock.broken-") {
+        let token = &body[at + ".hashsync-lock.broken-".len()..];
+        if at > 0 && is_hex(token, 16) {
+            return Some(Internal::Lock);
+        }
+    }
+    None
+}
 
 struct RawFile {
     rel: String,
@@ -66,9 +128,10 @@ struct WalkOut {
     errors: Vec<(String, String)>,
     empty_dirs: Vec<String>,
     temporaries: Vec<String>,
+    symlinks: Vec<String>,
     dirs: u64,
     excluded: u64,
-    symlinks: u64,
+    internal: u64,
     special: u64,
 }
 
@@ -81,9 +144,10 @@ impl WalkOut {
         self.errors.append(&mut other.errors);
         self.empty_dirs.append(&mut other.empty_dirs);
         self.temporaries.append(&mut other.temporaries);
+        self.symlinks.append(&mut other.symlinks);
         self.dirs += other.dirs;
         self.excluded += other.excluded;
-        self.symlinks += other.symlinks;
+        self.internal += other.internal;
         self.special += other.special;
         self
     }
@@ -149,11 +213,35 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
                 continue;
             }
         };
+        if !ft.is_dir() {
+            match internal_name(name) {
+                // Never data: a download in flight, or the debris of a killed one.
+                Some(Internal::Temporary) if ft.is_file() => {
+                    out.temporaries.push(child_rel);
+                    continue;
+                }
+                Some(_) => {
+                    out.internal += 1;
+                    continue;
+                }
+                None => {}
+            }
+        }
         let meta = if ft.is_symlink() {
+            // Recorded either way: a skipped link is reported (its destination copy must not
+            // look deletable); a followed one marks where later reads may pass through a link.
             if !opts.follow_symlinks {
-                out.symlinks += 1;
+                // A link to a file that the filters exclude would not be synced anyway.
+                let excluded_file = std::fs::metadata(&child_abs).is_ok_and(|m| !m.is_dir())
+                    && !opts.filter.is_included(&child_rel);
+                if excluded_file {
+                    out.excluded += 1;
+                } else {
+                    out.symlinks.push(child_rel);
+                }
                 continue;
             }
+            out.symlinks.push(child_rel.clone());
             match std::fs::metadata(&child_abs) {
                 Ok(m) => m,
                 Err(e) => {
@@ -177,11 +265,6 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
             subdirs.push((child_abs, child_rel, id));
             continue;
         } else if ft.is_file() {
-            if name.contains(TEMPORARY_MARK) {
-                // Never data: a download in flight, or the debris of a killed one.
-                out.temporaries.push(child_rel);
-                continue;
-            }
             match ent.metadata() {
                 Ok(m) => m,
                 Err(e) => {
@@ -265,6 +348,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     walked.files.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
     walked.empty_dirs.sort_unstable();
     walked.temporaries.sort_unstable();
+    walked.symlinks.sort_unstable();
     walked.errors.sort();
 
     let mut stats = ScanStats {
@@ -272,7 +356,12 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
         bytes: walked.files.iter().map(|f| f.key.size).sum(),
         dirs: walked.dirs,
         excluded: walked.excluded,
-        symlinks_skipped: walked.symlinks,
+        symlinks_skipped: if opts.follow_symlinks {
+            0
+        } else {
+            walked.symlinks.len() as u64
+        },
+        internal_skipped: walked.internal,
         special_skipped: walked.special,
         ..Default::default()
     };
@@ -362,6 +451,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
     listing.errors = errors;
     listing.empty_dirs = walked.empty_dirs;
     listing.temporaries = walked.temporaries;
+    listing.symlinks = walked.symlinks;
     listing.stats = stats;
     listing.state_unavailable = state_unavailable;
     Ok(listing)
@@ -498,7 +588,10 @@ mod tests {
         let d = tree("segment");
         assert_eq!(paths_of(&d, "", false), vec!["a.txt"]);
         assert_eq!(paths_of(&d, "sub", false), vec!["sub/b.bin"]);
-        assert_eq!(paths_of(&d, "sub", true), vec!["sub/b.bin", "sub/deep/c.txt"]);
+        assert_eq!(
+            paths_of(&d, "sub", true),
+            vec!["sub/b.bin", "sub/deep/c.txt"]
+        );
         assert_eq!(paths_of(&d, "sub/deep", true), vec!["sub/deep/c.txt"]);
         // Missing, a file, or a link the scan does not follow: nothing there.
         assert!(paths_of(&d, "missing/x", true).is_empty());
@@ -512,6 +605,98 @@ mod tests {
             };
             assert!(scan(&d, &opts, &Control::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn internal_names_are_recognised_exactly() {
+        for ours in [
+            ".b.bin.hashsync-tmp-0a1b2c3d-1-deadbeef",
+            ".x.hashsync-tmp-0a1b2c3d-4194304-00000000",
+            ".a.hashsync-tmp-b.hashsync-tmp-0a1b2c3d-12-deadbeef",
+            ".f.txt.hashsync-tmp-partial-0123456789abcdef",
+        ] {
+            assert_eq!(internal_name(ours), Some(Internal::Temporary), "{ours}");
+        }
+        for ours in [
+            ".db.hashsync-lock",
+            ".k.hashsync-lock.broken-0123456789abcdef",
+        ] {
+            assert_eq!(internal_name(ours), Some(Internal::Lock), "{ours}");
+        }
+        for users in [
+            "report.hashsync-tmp-v2.txt",
+            "db.hashsync-lock",
+            ".hashsync-lock",
+            ".hashsync-tmp-0a1b2c3d-1-deadbeef",
+            ".b.hashsync-tmp-0a1b2c3d-1-deadbeef.txt",
+            ".b.hashsync-tmp-0A1B2C3D-1-deadbeef",
+            ".b.hashsync-tmp-0a1b2c3d--deadbeef",
+            ".b.hashsync-tmp-0a1b2c3d-1-deadbee",
+            ".b.hashsync-tmp-partial-0123",
+            ".db.hashsync-lock.bak",
+            ".db.hashsync-lock.broken-xyz",
+            "notes.txt",
+        ] {
+            assert_eq!(internal_name(users), None, "{users}");
+        }
+    }
+
+    #[test]
+    fn users_files_named_like_ours_are_listed() {
+        let d = tree("lookalikes");
+        for name in [
+            "report.hashsync-tmp-v2.txt",
+            "db.hashsync-lock",
+            ".db.hashsync-lock",
+        ] {
+            std::fs::write(d.join(name), "x").unwrap();
+        }
+        let l = scan(&d, &ScanOptions::default(), &Control::default()).unwrap();
+        let paths: Vec<_> = l.iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "a.txt",
+                "db.hashsync-lock",
+                "report.hashsync-tmp-v2.txt",
+                "sub/b.bin",
+                "sub/deep/c.txt"
+            ]
+        );
+        assert_eq!(l.stats.internal_skipped, 1);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_recorded_whether_skipped_or_followed() {
+        let d = tree("links");
+        std::os::unix::fs::symlink(d.join("a.txt"), d.join("file-link")).unwrap();
+        std::os::unix::fs::symlink(d.join("sub"), d.join("dir-link")).unwrap();
+        std::os::unix::fs::symlink(d.join("missing"), d.join("dangling")).unwrap();
+        let ctl = Control::default();
+        let skipped = scan(&d, &ScanOptions::default(), &ctl).unwrap();
+        assert_eq!(skipped.symlinks, vec!["dangling", "dir-link", "file-link"]);
+        assert_eq!(skipped.stats.symlinks_skipped, 3);
+        let opts = ScanOptions {
+            follow_symlinks: true,
+            ..Default::default()
+        };
+        let followed = scan(&d, &opts, &ctl).unwrap();
+        assert_eq!(followed.symlinks, vec!["dangling", "dir-link", "file-link"]);
+        let paths: Vec<_> = followed.iter().map(|e| e.path).collect();
+        assert!(paths.contains(&"dir-link/deep/c.txt") && paths.contains(&"file-link"));
+        assert_eq!(followed.errors.len(), 1, "{:?}", followed.errors);
+        // A link to a file that the filters exclude is not worth reporting.
+        let filtered = ScanOptions {
+            filter: Filter::new(vec![Rule {
+                include: false,
+                pattern: Pattern::new("file-*"),
+            }]),
+            ..Default::default()
+        };
+        let l = scan(&d, &filtered, &ctl).unwrap();
+        assert_eq!(l.symlinks, vec!["dangling", "dir-link"]);
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

@@ -24,6 +24,7 @@ __all__ = [
     "Plan",
     "scan",
     "filter_paths",
+    "is_internal_name",
     "diff",
     "tree_hash",
     "default_cache_dir",
@@ -290,12 +291,21 @@ class Listing:
         """Directories with no entries at all."""
     @property
     def temporaries(self) -> list[str]:
-        """Temporary files of hashsync (``*.hashsync-tmp-*``) seen; never listed as entries."""
+        """Temporary files of hashsync (``.NAME.hashsync-tmp-HOST-PID-RANDOM``) seen.
+
+        Never listed as entries.
+        """
+    @property
+    def symlinks(self) -> list[str]:
+        """The symbolic links met: skipped ones, or followed ones with ``follow_symlinks``.
+
+        Links to files that the filters exclude are not among the skipped ones.
+        """
     @property
     def stats(self) -> dict[str, int]:
         """Scan counters.
 
-        Keys: files, bytes, dirs, excluded, symlinks_skipped, special_skipped,
+        Keys: files, bytes, dirs, excluded, symlinks_skipped, internal_skipped, special_skipped,
         digests_computed, digests_reused, bytes_hashed, errors, state_unavailable (1 if the
         hash state cache was asked for but could not be opened, read or written; the digests
         are correct either way).
@@ -416,6 +426,12 @@ def tree_hash(
 
 def default_cache_dir() -> Path:
     """``$HASHSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/hashsync``, else ``~/.cache/hashsync``."""
+
+def is_internal_name(name: str) -> bool:
+    """Whether a file name is exactly one of hashsync's temporary or lock file names.
+
+    The full patterns, random parts included; anything else is a user's file.
+    """
 
 def filter_paths(paths: Iterable[str], filters: Iterable[tuple[str, str]]) -> list[bool]:
     """Which ``paths`` the ordered ``("include" | "exclude", pattern)`` rules keep.

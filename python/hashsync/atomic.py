@@ -32,10 +32,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from hashsync._native import is_internal_name as _native_is_internal_name
 from hashsync.errors import StorageUnavailable
 
 __all__ = [
-    "INTERNAL_RULES",
     "LOCK_SUFFIX",
     "TMP_MARK",
     "AtomicFile",
@@ -48,6 +48,7 @@ __all__ = [
     "cleanup_stale_temporaries",
     "commit",
     "write_files_atomically",
+    "is_internal_key",
     "is_internal_name",
     "temporary_path",
 ]
@@ -58,11 +59,6 @@ TMP_MARK = ".hashsync-tmp-"
 #: Ends the name of a key's lock file (``.NAME.hashsync-lock``); a lock being broken is
 #: renamed to ``.NAME.hashsync-lock.broken-TOKEN`` first.
 LOCK_SUFFIX = ".hashsync-lock"
-#: Filter rules (scanner glob syntax, ``*`` crosses ``/``) that keep all of these out of data.
-INTERNAL_RULES: list[tuple[str, str]] = [
-    ("exclude", f"*{TMP_MARK}*"),
-    ("exclude", f"*{LOCK_SUFFIX}*"),
-]
 _TMP_RE = re.compile(re.escape(TMP_MARK) + r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
 # Leaves room for the ".", the marker, host, pid and random parts within NAME_MAX (255).
 _MAX_STEM_BYTES = 180
@@ -120,8 +116,20 @@ _HOST = _host_tag()
 
 
 def is_internal_name(name: str) -> bool:
-    """Return whether a file name is one of ours (a temporary or a lock file), not data."""
-    return TMP_MARK in name or LOCK_SUFFIX in name
+    """Return whether a file name is one of ours (a temporary or a lock file), not data.
+
+    Only the exact patterns hashsync writes count, random parts included
+    (``.NAME.hashsync-tmp-HOST-PID-RANDOM``, ``.NAME.hashsync-tmp-partial-HEX``,
+    ``.NAME.hashsync-lock`` and its ``.broken-TOKEN``): ``report.hashsync-tmp-v2.txt`` is a
+    user's file. Scans skip exactly these names (the rule lives in the Rust scanner).
+    """
+    # The substring test first: almost every name fails it, without a call into Rust.
+    return (TMP_MARK in name or LOCK_SUFFIX in name) and _native_is_internal_name(name)
+
+
+def is_internal_key(key: str) -> bool:
+    """Return whether the last component of a ``/``-separated key is an internal name."""
+    return is_internal_name(key.rpartition("/")[2])
 
 
 def _short(name: str) -> str:

@@ -78,6 +78,10 @@ class SyncResult:
         scan_errors: ``(path, reason)`` for entries that could not be listed or hashed.
         skipped_keys: ``(key, reason)`` for source entries that exist but are never
             transferred (remote objects named like hashsync's temporary files).
+        skipped_links: Symbolic links of a local source that were not followed
+            (``follow_symlinks=False``): not transferred, and what the destination holds at
+            or below them is never deleted. Skipping them was asked for, so they do not
+            make :attr:`ok` false.
         delete_suppressed: True when ``delete`` was asked but nothing was deleted because it
             was not safe: a transfer failed, the source could not be read completely, or the
             deletions exceeded ``max_delete``. ``delete_suppressed_reason`` says which.
@@ -93,6 +97,7 @@ class SyncResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     scan_errors: list[tuple[str, str]] = field(default_factory=list)
     skipped_keys: list[tuple[str, str]] = field(default_factory=list)
+    skipped_links: list[str] = field(default_factory=list)
     delete_suppressed: bool = False
     delete_suppressed_reason: str | None = None
     dry_run: bool = False
@@ -118,6 +123,7 @@ class SyncResult:
             "failed": [{"key": k, "reason": r} for k, r in self.failed],
             "scan_errors": [{"path": p, "reason": r} for p, r in self.scan_errors],
             "skipped_keys": [{"key": k, "reason": r} for k, r in self.skipped_keys],
+            "skipped_links": self.skipped_links,
             "delete_suppressed": self.delete_suppressed,
             "delete_suppressed_reason": self.delete_suppressed_reason,
             "dry_run": self.dry_run,
@@ -362,6 +368,7 @@ def sync(
     max_delete: int | None = None,
     scheduler: Any = None,
     on_segments: Callable[[int, int, int], object] | None = None,
+    follow_symlinks: bool = True,
 ) -> SyncResult:
     """Makes ``destination`` hold the files of ``source``, deciding by content.
 
@@ -400,6 +407,13 @@ def sync(
             :mod:`hashsync.distributed`). ``on_event`` and ``on_plan`` are not called then.
         on_segments: With ``scheduler``, called as tasks finish with ``(segments done,
             segments planned, bytes transferred so far)``.
+        follow_symlinks: Follow the symbolic links of a local source, to files and to
+            directories (loops are detected and reported), as ``aws s3 sync`` does: a link is
+            synced as the file it points to, a dangling one is an error for its key (and so
+            suppresses ``delete``). ``False`` skips them, lists them in
+            ``SyncResult.skipped_links`` and never deletes their destination copies. Decided
+            when the source is listed: an entry swapped for a link afterwards is not read.
+            Links in a local destination are never followed (nothing is written through one).
 
     Returns:
         What was transferred, deleted, skipped and failed.
@@ -437,6 +451,7 @@ def sync(
                     max_delete=max_delete,
                     scheduler=scheduler,
                     on_segments=on_segments,
+                    follow_symlinks=follow_symlinks,
                 )
     elif progress is not None and not callable(progress):
         raise InvalidArgument(
@@ -444,7 +459,9 @@ def sync(
         )
     rules = _rules(include, exclude, filters)
     src = resolve_storage(source, role="source", endpoint_url=endpoint_url)
+    src = src.with_symlinks_followed(follow_symlinks)
     dst = resolve_storage(destination, role="destination", endpoint_url=endpoint_url)
+    dst = dst.with_symlinks_followed(False)
     workers = workers if workers is not None else _default_workers()
     if workers < 1:
         raise InvalidArgument("workers must be at least 1")
@@ -559,15 +576,17 @@ def sync_storages(
         on_listings(plan, src_listing, dst_listing)
     result.skipped = plan.unchanged
     result.skipped_keys.extend(src_listing.skipped)
+    result.skipped_links.extend(src_listing.links_skipped)
     src_errors = src_listing.errors
     dst_errors = dst_listing.errors
     result.scan_errors.extend(src_errors + dst_errors)
 
     # Never overwrite what could not be seen: a destination entry that could not be read
     # (or a directory that could not be listed) keeps whatever it holds.
+    unreadable = covering(where for where, _ in dst_errors)
     to_copy = []
     for e in plan.copy_entries():
-        blocked = _under_any(e.path, dst_errors)
+        blocked = unreadable(e.path)
         if blocked is None:
             to_copy.append(e)
         else:
@@ -577,7 +596,7 @@ def sync_storages(
     if compare == "checksum" and to_copy:
         to_copy, settled = _settle_by_crc64(src, dst, to_copy, dst_listing, workers)
         result.skipped += settled
-    to_delete = plan.delete if delete else []
+    to_delete = spare_links(plan.delete, src_listing.links_skipped) if delete else []
 
     if delete and to_delete:
         result.delete_suppressed_reason = delete_refusal(
@@ -694,54 +713,17 @@ def _settle_by_crc64(
     dst_listing: SyncListing,
     workers: int,
 ) -> tuple[list[hashsync.FileEntry], int]:
-    """Drop the copies that the store's CRC64NVME shows to be unneeded; returns (rest, dropped).
+    """Drop the copies that the store shows to be unneeded; returns (rest, dropped).
 
     A multipart ETag made with a part size that inference cannot find (another tool's, or
-    uneven parts) says nothing about content, so the diff counts such a file as changed and
-    every sync would copy it again. Where the object carries a whole-content CRC64NVME (one
-    HEAD per such object, never for others), it is compared with the local file's instead.
+    uneven parts) says nothing the diff can use, so it counts such a file as changed and
+    every sync would copy it again. For those entries only, the store is asked for the
+    object's CRC64NVME, else its real part sizes, else the size-and-mtime rule decides with a
+    warning (see :func:`hashsync._settle.settle_multipart`).
     """
-    local, remote = (src, dst) if src.is_local else (dst, src)
-    crc_of = getattr(remote, "get_crc64nvme", None)
-    if src.is_local == dst.is_local or crc_of is None or not hasattr(local, "path"):
-        return to_copy, 0
-    entries = dst_listing.entries
-    # A store's listing is a plain list: index only the multipart entries, the only ones the
-    # check can apply to (no dictionary of every object on each sync with changes).
-    find = (
-        entries.find
-        if hasattr(entries, "find")
-        else {e.path: e for e in entries if "-" in (e.digest or "")}.get
-    )
-    candidates = []
-    for e in to_copy:
-        other = find(e.path)
-        if other is None or other.size != e.size:
-            continue
-        remote_etag = (other if src.is_local else e).digest or ""
-        if "-" in remote_etag:
-            candidates.append(e)
-    if not candidates:
-        return to_copy, 0
+    from hashsync._settle import settle_multipart
 
-    def remote_crc(entry: hashsync.FileEntry) -> str | None:
-        try:
-            return crc_of(entry.path)
-        except (HashsyncError, OSError):
-            return None  # copy it, as without the check
-
-    remote_crcs = run_on_threads(remote_crc, candidates, workers)
-    paths = [local.path(e.path) for e in candidates]
-    try:
-        local_crcs = hashsync.hash_files(paths, "crc64nvme")
-    except (HashsyncError, OSError):
-        return to_copy, 0
-    same = {
-        e.path
-        for e, theirs, ours in zip(candidates, remote_crcs, local_crcs, strict=True)
-        if theirs is not None and theirs == ours
-    }
-    return [e for e in to_copy if e.path not in same], len(same)
+    return settle_multipart(src, dst, to_copy, dst_listing.entries, workers)
 
 
 def delete_refusal(
@@ -779,17 +761,36 @@ def delete_refusal(
     return None
 
 
-def _under_any(path: str, errors: Sequence[tuple[str, str]]) -> str | None:
-    """The error path that is ``path`` itself or a directory containing it, if any."""
-    if not errors:
-        return None
-    bad = {where.strip("/") for where, _ in errors}
-    if "" in bad or "." in bad:
-        return "."
-    candidate = path
-    while True:
-        if candidate in bad:
-            return candidate
-        candidate, sep, _ = candidate.rpartition("/")
-        if not sep:
+def covering(paths: Iterable[str]) -> Callable[[str], str | None]:
+    """A lookup: the one of ``paths`` that is a key itself or a directory above it, or None.
+
+    ``""`` or ``"."`` among ``paths`` (the root) covers every key and is returned as ``"."``.
+    """
+    marked = {p.strip("/") for p in paths}
+
+    def find(key: str) -> str | None:
+        if not marked:
             return None
+        if "" in marked or "." in marked:
+            return "."
+        candidate = key
+        while True:
+            if candidate in marked:
+                return candidate
+            candidate, sep, _ = candidate.rpartition("/")
+            if not sep:
+                return None
+
+    return find
+
+
+def spare_links(keys: Sequence[str], links_skipped: Sequence[str]) -> list[str]:
+    """``keys`` less those at or below a source link that was not followed.
+
+    A skipped link is not a missing file: the destination's copy of what it points to (or of
+    what lies under a linked directory) is what the user has, not an extra to delete.
+    """
+    if not links_skipped:
+        return list(keys)
+    linked = covering(links_skipped)
+    return [k for k in keys if linked(k) is None]

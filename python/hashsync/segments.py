@@ -195,6 +195,7 @@ class SegmentOutcome:
     failed: list[tuple[str, str]] = field(default_factory=list)
     scan_errors: list[tuple[str, str]] = field(default_factory=list)
     skipped_keys: list[tuple[str, str]] = field(default_factory=list)
+    skipped_links: list[str] = field(default_factory=list)
     to_delete: list[str] = field(default_factory=list)
     source_entries: int = 0
     source_errors: int = 0
@@ -245,6 +246,7 @@ def _add(into: Any, part: Any) -> None:
     into.failed.extend(part.failed)
     into.scan_errors.extend(part.scan_errors)
     into.skipped_keys.extend(part.skipped_keys)
+    into.skipped_links.extend(part.skipped_links)
 
 
 def delete_keys(destination: ReadWriteStorage, keys: Sequence[str]) -> list[tuple[str, str]]:
@@ -271,6 +273,7 @@ def merge_outcomes(
         source_entries += o.source_entries
         source_errors += o.source_errors
     result.transferred.sort()
+    result.skipped_links.sort()
     return result, sorted(set(to_delete)), source_entries, source_errors
 
 
@@ -290,9 +293,13 @@ def finish_deletes(
     """Decide, then run, the deletions of a segmented sync, once every segment is done.
 
     ``delete_chunks`` deletes lists of keys (here or as Dask tasks) and returns the failures.
+    Keys at or below a source link that was not followed (``result.skipped_links``, from
+    every segment: a linked directory and its destination copy may be in different ones)
+    are never deleted.
     """
-    from hashsync.engine import delete_refusal
+    from hashsync.engine import delete_refusal, spare_links
 
+    to_delete = spare_links(to_delete, result.skipped_links)
     if not to_delete:
         return
     result.delete_suppressed_reason = delete_refusal(
@@ -351,6 +358,7 @@ def sync_in_segments(
     # The slices carry no listing errors: those of the whole source count once.
     result.scan_errors[:0] = source_listing.errors
     result.skipped_keys[:0] = source_listing.skipped
+    result.skipped_links[:0] = source_listing.links_skipped
     source_errors = len(source_listing.errors)
     if covered != entries:
         # The tree changed between listing and planning (a directory vanished or appeared).

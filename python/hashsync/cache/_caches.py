@@ -573,7 +573,7 @@ class _IndexedCache(Cache):
                 for bucket in self.index.objects.iterdir():
                     cleanup_stale_temporaries(bucket)
                     for obj in bucket.iterdir():
-                        if TMP_MARK not in obj.name and obj.name not in used:
+                        if not is_internal_name(obj.name) and obj.name not in used:
                             with contextlib.suppress(FileNotFoundError):
                                 obj.unlink()
                                 objects += 1
@@ -608,15 +608,13 @@ class _IndexedCache(Cache):
         Returns:
             ``{"checked": N, "corrupt": [keys]}``.
         """
-        from hashsync.atomic import INTERNAL_RULES
-
         # The entries first: one published while the scan runs is not judged by a listing
         # that could not see it.
         entries = self.index.entries()
         listing = hashsync.scan(
             self.storage.root,
             algorithm="blake3",
-            filters=[*INTERNAL_RULES, ("exclude", f"{META_DIR}/*")],
+            filters=[("exclude", f"{META_DIR}/*")],
             progress=progress,
         )
         corrupt: list[str] = []

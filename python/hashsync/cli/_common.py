@@ -98,6 +98,13 @@ def add_side_args(p: argparse.ArgumentParser, json_help: str) -> None:
         help="checksum (default): by content; size-mtime: the aws s3 sync rule; size: size only",
     )
     add_filter_args(p)
+    p.add_argument(
+        "--no-follow-symlinks",
+        dest="follow_symlinks",
+        action="store_false",
+        help="skip symbolic links in a local SRC instead of syncing what they point to; "
+        "skipped links are reported and their DST copies are never deleted",
+    )
     p.add_argument("--no-state", action="store_true", help="don't use the hash state cache")
     p.add_argument("--json", action="store_true", help=json_help)
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -108,7 +115,9 @@ def open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
 
     endpoint = getattr(args, "endpoint_url", None)
     src = resolve_storage(args.source, role="source", endpoint_url=endpoint)
+    src = src.with_symlinks_followed(getattr(args, "follow_symlinks", True))
     dst = resolve_storage(args.destination, role="destination", endpoint_url=endpoint)
+    dst = dst.with_symlinks_followed(False)
     if getattr(args, "no_state", False):
         for side in (src, dst):
             if hasattr(side, "hash_state"):  # the filesystem storages

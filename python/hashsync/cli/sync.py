@@ -25,7 +25,7 @@ from hashsync.cli._common import (
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from hashsync.engine import plan_sync
+    from hashsync.engine import plan_sync, spare_links
 
     src_store, dst_store = open_sides(args)
     with byte_progress("checking", enabled=not args.no_progress) as progress:
@@ -37,14 +37,17 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         err(f"{path}: {why}")
     dst_paths = set(_paths(dst.entries))
     copy = plan.copy
+    # What lies at or below a link the source skipped is not "only in the destination".
+    only_in_dst = spare_links(plan.delete, src.links_skipped)
     if args.json:
         json.dump(
             {
                 "copy": [{"path": p, "new": p not in dst_paths} for p in copy],
-                "delete": plan.delete,
+                "delete": only_in_dst,
                 "unchanged": plan.unchanged,
                 "copy_bytes": plan.copy_bytes,
                 "errors": [{"path": p, "reason": r} for p, r in errors_seen],
+                "skipped_links": src.links_skipped,
             },
             sys.stdout,
             indent=2,
@@ -53,18 +56,25 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     else:
         for p in copy:
             print(f"{'~' if p in dst_paths else '+'} {shown(p)}")
-        for p in plan.delete:
+        for p in only_in_dst:
             print(f"- {shown(p)}")
         reused = sum(getattr(x.entries, "stats", {}).get("digests_reused", 0) for x in (src, dst))
         print(
-            f"{len(copy)} to copy ({format_size(plan.copy_bytes)}), {len(plan.delete)} only in "
+            f"{len(copy)} to copy ({format_size(plan.copy_bytes)}), {len(only_in_dst)} only in "
             f"destination, {plan.unchanged} unchanged"
+            + _links_note(src.links_skipped)
             + (f"; {reused} digests reused from the hash state cache" if reused else ""),
             file=sys.stderr,
         )
     if errors_seen:
         return EXIT_PARTIAL
-    return EXIT_FAILURE if args.exit_code and plan else EXIT_OK
+    return EXIT_FAILURE if args.exit_code and (copy or only_in_dst) else EXIT_OK
+
+
+def _links_note(links: list[str]) -> str:
+    if not links:
+        return ""
+    return f", {len(links)} symbolic link{'s' * (len(links) != 1)} skipped"
 
 
 def _paths(listing: Any) -> list[str]:
@@ -116,6 +126,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             max_delete=args.max_delete,
             scheduler=args.scheduler,
             on_segments=display.segments if args.scheduler else None,
+            follow_symlinks=args.follow_symlinks,
         )
 
     if args.scheduler and args.verbose and not args.dryrun:
@@ -129,6 +140,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         err(f"skipped {path}: {why}")
     for key, why in result.skipped_keys:
         err(f"skipped {key}: {why}")
+    if args.verbose:
+        for link in result.skipped_links:
+            err(f"skipped {link}: a symbolic link (--no-follow-symlinks)")
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         print()
@@ -143,7 +157,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         print(
             f"{verb} {len(result.transferred)} files ({format_size(result.bytes_transferred)}), "
             f"{'would delete' if args.dryrun else 'deleted'} {len(result.deleted)}, "
-            f"{result.skipped} unchanged, {len(result.failed)} failed in {result.seconds:.2f} s",
+            f"{result.skipped} unchanged, {len(result.failed)} failed"
+            + _links_note(result.skipped_links)
+            + f" in {result.seconds:.2f} s",
             file=sys.stderr,
         )
     if result.delete_suppressed:
@@ -262,7 +278,7 @@ def register(sub: Any) -> None:
         "directory segments, one task each, with the same options, output and exit codes",
     )
     y.add_argument("-v", "--verbose", action="store_true", help="print a line per transfer")
-    y.set_defaults(func=_cmd_sync, follow_symlinks=False)
+    y.set_defaults(func=_cmd_sync)
 
     c = sub.add_parser(
         "cleanup",

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import hashsync
-from hashsync.atomic import INTERNAL_RULES
 from hashsync.errors import InvalidArgument
 
 __all__ = ["Manifest", "ManifestEntry", "scan_dataset", "valid_dataset_name"]
@@ -106,9 +105,7 @@ def scan_dataset(directory: Path, *, state_dir: str | os.PathLike[str] | None = 
     """
     if not directory.is_dir() or directory.is_symlink():
         raise InvalidArgument(f"{directory} is not a dataset directory")
-    listing = hashsync.scan(
-        directory, algorithm=ALGORITHM, filters=list(INTERNAL_RULES), state_dir=state_dir
-    )
+    listing = hashsync.scan(directory, algorithm=ALGORITHM, state_dir=state_dir)
     entries = {
         e.path: ManifestEntry(e.path, e.size, e.mtime_ns, f"{ALGORITHM}:{e.digest}")
         for e in listing

@@ -439,9 +439,7 @@ class DatasetHubClient:
         directory = self.cache_dir / dataset
         if not directory.is_dir():
             return {}
-        from hashsync.atomic import INTERNAL_RULES
-
-        listing = hashsync.scan(directory, algorithm=ALGORITHM, filters=list(INTERNAL_RULES))
+        listing = hashsync.scan(directory, algorithm=ALGORITHM)
         return {e.path: f"{ALGORITHM}:{e.digest}" for e in listing if e.digest is not None}
 
     def _group(

@@ -40,8 +40,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hashsync._native import filter_paths
-from hashsync.atomic import INTERNAL_RULES
+from hashsync.atomic import is_internal_key
 from hashsync.errors import InvalidArgument, missing_extra
 from hashsync.hub._manifest import (
     BUNDLE_MAX_BODY,
@@ -162,7 +161,7 @@ class DatasetRoot:
             validate_key(path)
         except InvalidArgument:
             return False
-        if not filter_paths([path], list(INTERNAL_RULES))[0]:
+        if is_internal_key(path):
             return False
         try:
             fd = self._walk(dataset, path)

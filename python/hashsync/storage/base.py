@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from hashsync.atomic import INTERNAL_RULES
+from hashsync.atomic import is_internal_key
 from hashsync.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from hashsync.storage.local import LocalStorage
 
 __all__ = [
-    "INTERNAL_RULES",
     "ByteCallback",
     "SyncListing",
     "ObjectInfo",
@@ -205,11 +204,14 @@ class SyncListing:
         errors: ``(path, reason)`` for entries that exist but could not be listed or hashed;
             a sync deletes nothing when the source has any, and never writes over them.
         skipped: ``(key, reason)`` for entries that exist but are never transferred.
+        links_skipped: Symbolic links a filesystem listing did not follow (files or
+            directories); what the destination holds at or below them is never deleted.
     """
 
     entries: Any
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    links_skipped: list[str] = field(default_factory=list)
 
 
 class Storage(abc.ABC):
@@ -228,6 +230,15 @@ class Storage(abc.ABC):
     #: digest algorithm (a hub's ``"sha256"``: ``get_hash`` gives ``"sha256:<hex>"``). A sync
     #: asks both sides for digests of the source's algorithm.
     hash_algorithm: str = "etag"
+
+    def with_symlinks_followed(self, follow: bool) -> Storage:
+        """This storage, or a copy that follows symbolic links (``follow``) or skips them.
+
+        Only filesystem storages have links; every other storage returns itself. A sync
+        follows the links of a local source (``follow_symlinks=True``, as ``aws s3 sync``
+        does) and never those of its destination.
+        """
+        return self
 
     def location(self) -> tuple[tuple[str, ...], str] | None:
         """Where the keys live, for overlap checks: ``(namespace, prefix)``, or None.
@@ -275,22 +286,23 @@ class Storage(abc.ABC):
         for infos in _chunks(self.list_segment(segment or Segment()), 50_000):
             keys = [info.key for info in infos]
             wanted = filter_paths(keys, list(rules))
-            kept = filter_paths(keys, list(rules) + INTERNAL_RULES)
-            listing.entries.extend(
-                FileEntry(
-                    info.key,
-                    info.size,
-                    _to_ns(info.last_modified),
-                    _bare_digest(info.hash) if checksum and own else None,
+            for info, want in zip(infos, wanted, strict=True):
+                if not want:
+                    continue
+                if is_internal_key(info.key):
+                    # A local copy would be taken for debris and removed by the next scan.
+                    listing.skipped.append(
+                        (info.key, "named like a hashsync temporary or lock file; not transferred")
+                    )
+                    continue
+                listing.entries.append(
+                    FileEntry(
+                        info.key,
+                        info.size,
+                        _to_ns(info.last_modified),
+                        _bare_digest(info.hash) if checksum and own else None,
+                    )
                 )
-                for info, keep in zip(infos, kept, strict=True)
-                if keep
-            )
-            listing.skipped.extend(
-                (key, "named like a hashsync temporary or lock file; not transferred")
-                for key, want, keep in zip(keys, wanted, kept, strict=True)
-                if want and not keep
-            )
         return listing
 
     #: Whether :meth:`list_level` and :meth:`count_keys` are cheap (a directory read, one

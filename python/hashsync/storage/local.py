@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import datetime
 import errno
 import hashlib
@@ -47,7 +48,6 @@ from hashsync.errors import (
     UnsafePath,
 )
 from hashsync.storage.base import (
-    INTERNAL_RULES,
     ObjectInfo,
     ReadOnlyStorage,
     ReadWriteStorage,
@@ -136,11 +136,12 @@ def _copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:
         shutil.copyfileobj(fin, fout, 1024**2)
 
 
-def _link_below(root: Path, path: Path) -> str | None:
+def _link_below(root: Path, path: Path, allowed: frozenset[str] = frozenset()) -> str | None:
     """The first component of ``path`` below ``root`` that is a symbolic link, or None.
 
-    Listings skip links, so a key never names one: finding one means the tree changed
-    since, or the key leads somewhere the listing did not look.
+    Links whose relative path is in ``allowed`` (those a listing followed) are passed through.
+    Listings that skip links never name a key through one: finding one means the tree
+    changed since, or the key leads somewhere the listing did not look.
     """
     # Strings, not Paths: this runs for every file a sync or a cache writes.
     current = os.fspath(root)
@@ -152,7 +153,9 @@ def _link_below(root: Path, path: Path) -> str | None:
         except (FileNotFoundError, NotADirectoryError):
             return None
         if stat.S_ISLNK(st.st_mode):
-            return "/".join(parts[: i + 1])
+            where = "/".join(parts[: i + 1])
+            if where not in allowed:
+                return where
     return None
 
 
@@ -168,7 +171,11 @@ def open_nofollow(path: Path) -> IO[bytes]:
 
 
 def _source_file(source: object, key: str) -> Path:
-    """The local file behind ``source``'s ``key``, checked to be a regular file, not a link."""
+    """The local file behind ``source``'s ``key``, checked to be a regular file.
+
+    No path component may be a symbolic link, except the links that a listing of a storage
+    following links (:attr:`_FilesystemReads.follow_symlinks`) went through.
+    """
     path_of = getattr(source, "path", None)
     if not callable(path_of):
         raise InvalidArgument(
@@ -176,13 +183,20 @@ def _source_file(source: object, key: str) -> Path:
         )
     path = Path(path_of(key))
     root = getattr(source, "root", None)
-    where = _link_below(Path(root), path) if root is not None else None
+    where = None
+    if root is not None:
+        where = _link_below(Path(root), path, getattr(source, "_links_readable", frozenset()))
     if where is not None:
         raise UnsafePath(
             errno.ELOOP,
             f"refusing to read key {key!r} of {source!r}: {where!r} is a symbolic link "
-            "(it was not one when the source was listed, or leads outside it)",
+            "that the listing did not follow (it was not a link then, or links are not "
+            "followed)",
         )
+    if os.path.islink(path):
+        # A link the listing followed: read what it points to (readers refuse a link in the
+        # last component, so that nothing else is ever read through one).
+        path = Path(os.path.realpath(path))
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -190,6 +204,16 @@ def _source_file(source: object, key: str) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise NotFound(errno.ENOENT, f"key {key!r} not found in {source!r} (not a file)")
     return path
+
+
+class _AnyLink(frozenset[str]):
+    """Every link is readable: a following storage that has not listed anything yet."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ANY_LINK = _AnyLink()
 
 
 def _check_destination(destination: object) -> LocalStorage:
@@ -208,6 +232,44 @@ class _FilesystemReads:
     is_local = True
     # Whether scans may remove stale temporaries (never in a read-only storage).
     _reaps_temporaries = False
+    #: Whether listings follow symbolic links (files and directories, loops detected) and
+    #: reads pass through the links they followed. Off by default: a storage used as a
+    #: destination or a cache never looks through links; a sync follows a local source's.
+    follow_symlinks = False
+    # The links (relative paths) that listings followed; None until a listing ran. Following
+    # is decided at listing time: a path swapped for a link afterwards is refused on read.
+    _followed_links: frozenset[str] | None = None
+
+    def with_symlinks_followed(self, follow: bool) -> Any:
+        """This storage, or a copy of it that follows symbolic links (or not) when listing.
+
+        See :meth:`Storage.with_symlinks_followed`.
+        """
+        if follow == self.follow_symlinks:
+            return self
+        twin = copy.copy(self)
+        twin.follow_symlinks = follow
+        twin._followed_links = None
+        return twin
+
+    @property
+    def _links_readable(self) -> frozenset[str] | _AnyLink:
+        """The links a read may pass through: none unless following, then what was listed."""
+        if not self.follow_symlinks:
+            return frozenset()
+        return _ANY_LINK if self._followed_links is None else self._followed_links
+
+    def _record_links(self, listing: hashsync.Listing, prefix: str = "") -> list[str]:
+        """Note what a listing (of the directory ``prefix``) did with links.
+
+        Returns:
+            The links it skipped (relative to the root).
+        """
+        if not self.follow_symlinks:
+            return [prefix + link for link in listing.symlinks]
+        met = frozenset(prefix + link for link in listing.symlinks)
+        self._followed_links = met if self._followed_links is None else self._followed_links | met
+        return []
 
     def location(self) -> tuple[tuple[str, ...], str] | None:
         """``(("file",), "<resolved root>/")``: overlaps are judged on the real paths."""
@@ -251,7 +313,9 @@ class _FilesystemReads:
         )
         if listing.temporaries and self._reaps_temporaries and reap_temporaries:
             cleanup_listed(self.root, listing.temporaries)
-        return SyncListing(listing, errors=list(listing.errors))
+        return SyncListing(
+            listing, errors=list(listing.errors), links_skipped=self._record_links(listing)
+        )
 
     def _relpath(self, key: str) -> str:
         """Where ``key`` lives, relative to the root (``/``-separated)."""
@@ -379,12 +443,13 @@ class _FilesystemReads:
             base,
             algorithm=(algorithm or "etag") if checksum else None,
             part_size=self.part_size,
-            filters=[*rules, *INTERNAL_RULES],
+            filters=list(rules),
             state=self.hash_state,
             state_dir=self.hash_state_dir,
             progress=progress,
             subdir=subdir,
             recursive=recursive,
+            follow_symlinks=self.follow_symlinks,
         )
 
     lists_by_level = True
@@ -392,18 +457,20 @@ class _FilesystemReads:
     def list_level(self, prefix: str = "") -> tuple[int, list[str]]:
         """Count the files directly in the directory ``prefix`` and name its subdirectories.
 
-        Symbolic links are neither (a scan skips them); see :meth:`Storage.list_level`.
+        Symbolic links count as what they point to when the storage follows them, else as
+        neither (a scan skips them); see :meth:`Storage.list_level`.
         """
         Segment(prefix).check()
         files = 0
         subdirs = []
+        follow = self.follow_symlinks
         try:
             with os.scandir(self.root / prefix if prefix else self.root) as entries:
                 for entry in entries:
                     try:
-                        if entry.is_dir(follow_symlinks=False):
+                        if entry.is_dir(follow_symlinks=follow):
                             subdirs.append(prefix + entry.name + "/")
-                        elif entry.is_file(follow_symlinks=False):
+                        elif entry.is_file(follow_symlinks=follow):
                             files += 1
                     except OSError:
                         files += 1  # let the scan of the segment report it
@@ -420,7 +487,8 @@ class _FilesystemReads:
             try:
                 with os.scandir(stack.pop()) as entries:
                     for entry in entries:
-                        if entry.is_dir(follow_symlinks=False):
+                        # Bounded by ``limit`` even through a link loop.
+                        if entry.is_dir(follow_symlinks=self.follow_symlinks):
                             stack.append(Path(entry.path))
                         else:
                             n += 1
@@ -433,6 +501,7 @@ class _FilesystemReads:
         if not base.is_dir():
             return []
         listing = self._scan_tree(base, (), checksum=hashes)
+        self._record_links(listing, key_prefix)
         errors = listing.errors
         if errors:
             shown = "; ".join(f"{p}: {r}" for p, r in errors[:5])
@@ -468,6 +537,8 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         hash_state: Use the on-disk hash state cache in :meth:`list`.
         hash_state_dir: Where that cache lives (default: :func:`hashsync.default_cache_dir`).
         lock_timeout: Seconds a conditional write waits for another writer's lock.
+        follow_symlinks: List through symbolic links below ``root`` (see
+            :attr:`follow_symlinks`); writes never go through one either way.
         create: Create ``root`` now. ``False`` defers that to :meth:`create_root` or the
             first write (a sync creates its destination only once the source is listed).
 
@@ -484,9 +555,11 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         hash_state: bool = True,
         hash_state_dir: str | os.PathLike[str] | None = None,
         lock_timeout: float = 60.0,
+        follow_symlinks: bool = False,
         create: bool = True,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
+        self.follow_symlinks = follow_symlinks
         if self.root.exists() and not self.root.is_dir():
             raise InvalidArgument(f"storage root {str(self.root)!r} is not a directory")
         if create:
@@ -899,6 +972,7 @@ class ReadOnlyFilesystemStorage(_FilesystemReads, ReadOnlyStorage):
         part_size: As for :class:`LocalStorage`.
         hash_state: As for :class:`LocalStorage`.
         hash_state_dir: As for :class:`LocalStorage`.
+        follow_symlinks: As for :class:`LocalStorage`.
 
     Raises:
         NotFound: ``root_path`` does not exist.
@@ -912,8 +986,10 @@ class ReadOnlyFilesystemStorage(_FilesystemReads, ReadOnlyStorage):
         part_size: int = hashsync.DEFAULT_PART_SIZE,
         hash_state: bool = True,
         hash_state_dir: str | os.PathLike[str] | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         self.root = Path(root_path).expanduser().absolute()
+        self.follow_symlinks = follow_symlinks
         if not self.root.exists():
             raise NotFound(errno.ENOENT, f"storage root {str(self.root)!r} does not exist")
         if not self.root.is_dir():
