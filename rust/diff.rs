@@ -18,6 +18,10 @@ pub enum Compare {
     /// `aws s3 sync`'s rule: same size, and the source is not newer than the target (in whole
     /// seconds).
     SizeMtime,
+    /// `aws s3 sync`'s rule for downloads: same size, and the target (a local file) is not
+    /// newer than the source object (exactly, not in whole seconds). A download stamps the file with the object's
+    /// Last-Modified, so a newer local file means a local edit, which is replaced.
+    SizeMtimeDownload,
     /// Same size.
     Size,
 }
@@ -31,6 +35,14 @@ impl Compare {
             other => Err(Error::InvalidValue(format!(
                 "unknown comparison {other:?}; valid: checksum, size-mtime, size"
             ))),
+        }
+    }
+
+    /// The rule for a download (a store to local files): only size-mtime differs.
+    pub fn for_download(self) -> Self {
+        match self {
+            Compare::SizeMtime => Compare::SizeMtimeDownload,
+            other => other,
         }
     }
 }
@@ -67,6 +79,15 @@ fn judge(s: Entry<'_>, t: Entry<'_>, cmp: Compare, can_infer: bool) -> Verdict {
             // Whole seconds: S3 keeps Last-Modified in seconds, so a file uploaded in the
             // second it was written would otherwise look newer than its own copy forever.
             if s.mtime_ns.div_euclid(1_000_000_000) > t.mtime_ns.div_euclid(1_000_000_000) {
+                Verdict::Differs
+            } else {
+                Verdict::Same
+            }
+        }
+        Compare::SizeMtimeDownload => {
+            // Exact, as aws compares: a download stamps the file with the object's
+            // Last-Modified to the nanosecond, so only a later local write is newer.
+            if t.mtime_ns > s.mtime_ns {
                 Verdict::Differs
             } else {
                 Verdict::Same
@@ -187,6 +208,12 @@ mod tests {
         assert_eq!(p.copy_bytes, 4);
         let p = diff(&src, &dst, Compare::SizeMtime, &ctl).unwrap();
         assert_eq!((p.copy, p.unchanged), (vec![0, 1], 1)); // b is newer at the source
+                                                            // Downloading, the target's newer copy (a local edit) is what gets replaced.
+        let newer_target = listing(&[("b", 2, 9 * S, Some("y")), ("c", 3, 9 * S, Some("q"))]);
+        let p = diff(&src, &newer_target, Compare::SizeMtimeDownload, &ctl).unwrap();
+        assert_eq!((p.copy, p.unchanged), (vec![0, 1], 1)); // b: local newer; c: older
+        let p = diff(&src, &dst, Compare::SizeMtimeDownload, &ctl).unwrap();
+        assert_eq!((p.copy, p.unchanged), (vec![0], 2)); // the object is newer: kept
         let p = diff(&src, &dst, Compare::Size, &ctl).unwrap();
         assert_eq!((p.copy, p.unchanged), (vec![0], 2));
         let p = diff(&src, &src, Compare::Checksum, &ctl).unwrap();

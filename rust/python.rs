@@ -892,15 +892,19 @@ impl PyPlan {
 
 /// Diffs two listings (or sequences of FileEntry).
 #[pyfunction]
-#[pyo3(signature = (source, target, *, compare="checksum", progress=None))]
+#[pyo3(signature = (source, target, *, compare="checksum", progress=None, download=false))]
 fn diff(
     py: Python<'_>,
     source: &Bound<'_, PyAny>,
     target: &Bound<'_, PyAny>,
     compare: &str,
     progress: Option<Bound<'_, PyAny>>,
+    download: bool,
 ) -> PyResult<PyPlan> {
-    let cmp = Compare::from_name(compare).map_err(|e| to_pyerr(py, e))?;
+    let mut cmp = Compare::from_name(compare).map_err(|e| to_pyerr(py, e))?;
+    if download {
+        cmp = cmp.for_download();
+    }
     let (s, t) = (listing_of(source)?, listing_of(target)?);
     let ctl = Control::default();
     let plan = run_watched(py, progress.as_ref(), &ctl, || {

@@ -389,14 +389,17 @@ def diff(
     *,
     compare: Literal["checksum", "size-mtime", "size"] = "checksum",
     progress: _Progress | None = None,
+    download: bool = False,
 ) -> Plan:
     """Compares two listings by a sorted merge.
 
     ``"checksum"``: same size and same digest; when the digests are S3 ETags of different
     part sizes and one side is a scanned local directory, its file is checked against the other
     side's ETag by part-size inference (:func:`etag_matches`). A side without a digest counts as
-    changed. ``"size-mtime"``: the ``aws s3 sync`` rule (size differs, or the source is newer).
-    ``"size"``: size differs.
+    changed. ``"size-mtime"``: the ``aws s3 sync`` rule (size differs, or the source is newer,
+    in whole seconds); with ``download`` (a store's objects to local files), aws's download
+    rule instead: size differs, or the target is newer (a download stamps files with the
+    object's Last-Modified, so a newer local file is a local edit). ``"size"``: size differs.
     """
 
 def tree_hash(
