@@ -18,6 +18,7 @@ import pytest
 import hashsync
 from hashsync.errors import HashsyncWarning, InvalidArgument, NotFound, WaitTimeout
 from hashsync.treecache import TreeCache
+from hashsync.treecache._state import state_path
 from sync_helpers import s3, write_tree
 
 BASE = {
@@ -59,6 +60,11 @@ class Builder:
 
 def remote_keys(s3_server, bucket, prefix="caches/slipcache-k1") -> dict[str, str]:
     return {i.key: i.hash for i in s3(s3_server, bucket, prefix).list()}
+
+
+def recorded_state(local: Path) -> dict:
+    """This machine's bookkeeping of the copy in ``local`` (under $HASHSYNC_CACHE_DIR)."""
+    return json.loads(state_path(local).read_bytes())
 
 
 def without_meta(local: Path, into: Path) -> Path:
@@ -690,7 +696,7 @@ def test_hostile_remote_keys_skip_that_file_only(tmp_path, remote, s3_server, bu
     (a / "fine.txt").write_text("fine")
     with pytest.warns(HashsyncWarning, match="clash/inner.txt not synced"):
         make_cache(a, remote).sync()
-    synced_before = (b / ".hashsync/synced.json").read_bytes()
+    synced_before = recorded_state(b)["synced"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_cache(b, remote).sync()
@@ -700,8 +706,10 @@ def test_hostile_remote_keys_skip_that_file_only(tmp_path, remote, s3_server, bu
     assert any("clash/inner.txt not synced" in m for m in messages)
     assert (b / "clash").read_bytes() == b"a file"
     # Bookkeeping is never taken from the remote.
-    assert b'"0"' not in (b / ".hashsync/synced.json").read_bytes()
-    assert synced_before != b'{"stats.json": "0"}'
+    assert "0" not in recorded_state(b)["synced"].values()
+    assert synced_before != {"stats.json": "0"}
+    assert not (b / ".hashsync/synced.json").exists()
+    assert not (b / ".hashsync/stats.json").exists()
     assert (b / "esc\x1b]0;title\x07.txt").exists()
 
 
@@ -954,3 +962,174 @@ def test_two_processes_on_one_local_directory_take_turns(tmp_path, remote, s3_se
     assert len(builds(tmp_path)) == 1
     assert not list(tmp_path.glob("*.hashsync-lock"))
     assert make_cache(local, remote).status().local == "complete"
+
+
+# -- per-machine bookkeeping lives in $HASHSYNC_CACHE_DIR, not in the local copy (issue 23) --
+
+
+def local_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()}
+
+
+def state_files(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / "treecache" / "local").glob("*.json"))
+
+
+def test_a_built_copy_and_its_download_are_the_same_tree(tmp_path, remote, monkeypatch):
+    machine_a, machine_b = tmp_path / "machine-a", tmp_path / "machine-b"
+    a, b = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(machine_a))
+    make_cache(a, remote).ensure(Builder())
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(machine_b))
+    make_cache(b, remote).ensure()
+    content = set(BASE) | {".hashsync/manifest.json"}
+    assert local_files(a) == content == local_files(b)
+    assert hashsync.tree_hash(a) == hashsync.tree_hash(b)
+    # Syncing derived files records what each side last saw, on each machine, not in the copy.
+    (b / "index.bin").write_bytes(b"index")
+    assert make_cache(b, remote).sync() == (0, 1)
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(machine_a))
+    assert make_cache(a, remote).sync() == (1, 0)
+    assert local_files(a) == content | {"index.bin"} == local_files(b)
+    assert hashsync.tree_hash(a) == hashsync.tree_hash(b)
+    assert len(state_files(machine_a)) == 1 == len(state_files(machine_b))
+
+
+class HashSpy:
+    """Records the files hashsync.hash_files is asked to read."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.paths: list[str] = []
+        real = hashsync.hash_files
+
+        def spy(paths, *args, **kw):
+            paths = list(paths)
+            self.paths += [Path(p).name for p in paths]
+            return real(paths, *args, **kw)
+
+        monkeypatch.setattr(hashsync, "hash_files", spy)
+
+
+def test_bookkeeping_is_per_local_directory_and_spares_rehashing(tmp_path, remote, monkeypatch):
+    a, b = _two_machines(tmp_path, remote)
+    assert state_path(a) != state_path(b)
+    assert recorded_state(a)["local_dir"] == os.path.realpath(a)
+    assert set(recorded_state(a)["stats"]) == set(BASE)
+    assert len(state_files(tmp_path / "hashsync-cache")) == 2
+    # The key is the resolved path: another name for the same directory finds its state.
+    (tmp_path / "alias").symlink_to(a)
+    assert state_path(tmp_path / "alias") == state_path(a)
+    spy = HashSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_cache(a, remote).ensure()
+        assert spy.paths == []  # unchanged files are not read again
+        os.utime(a / "meta/info.json")  # same content, new mtime: re-hashed once, then known
+        make_cache(a, remote).ensure()
+        assert spy.paths == ["info.json"]
+        make_cache(a, remote).ensure()
+        assert spy.paths == ["info.json"]
+    assert local_files(a) == set(BASE) | {".hashsync/manifest.json"}
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "another directory's"])
+def test_a_missing_or_damaged_state_costs_only_speed(tmp_path, remote, damage):
+    a, b = _two_machines(tmp_path, remote)
+    (a / "index.bin").write_bytes(b"index v1")
+    assert make_cache(a, remote).sync() == (0, 1)
+    assert make_cache(b, remote).sync() == (1, 0)
+    (b / "index.bin").write_bytes(b"index v2")
+    _set_mtime(b / "index.bin", time.time() + 3600)
+    edited = BASE["meta/info.json"].replace(b"2", b"9")  # same size
+    (b / "meta/info.json").write_bytes(edited)
+    _set_mtime(b / "meta/info.json", (a / "meta/info.json").stat().st_mtime)
+    if damage == "missing":
+        state_path(b).unlink()
+    elif damage == "garbage":
+        state_path(b).write_bytes(b"\0{not json")
+    else:
+        shutil.copyfile(state_path(a), state_path(b))
+    # Without the stats every base file is hashed, so the edit is found and restored; without
+    # the sync record the derived edit is a conflict: both versions are kept, none lost.
+    with pytest.warns(HashsyncWarning) as caught:
+        make_cache(b, remote).ensure()
+    messages = " ".join(str(w.message) for w in caught)
+    assert "changed after it was made" in messages and "changed both" in messages
+    assert (b / "meta/info.json").read_bytes() == BASE["meta/info.json"]
+    assert (b / "index.bin").read_bytes() == b"index v2"
+    [conflict] = b.glob("index.bin.conflict-*")
+    assert conflict.read_bytes() == b"index v1"
+    assert recorded_state(b)["local_dir"] == os.path.realpath(b)  # written anew
+    assert make_cache(b, remote).sync() == (0, 0)
+    make_cache(a, remote).sync()
+    assert hashsync.tree_hash(a) == hashsync.tree_hash(b)
+
+
+@pytest.mark.parametrize("how", ["rebuilt", "copied in"])
+def test_the_state_of_a_removed_copy_is_not_applied_to_a_new_one(tmp_path, remote, s3_env, how):
+    from hub_helpers import free_port
+
+    local = tmp_path / "cache"
+    make_cache(local, remote).ensure(Builder())
+    shutil.copytree(local, tmp_path / "aside")  # like `cp -a`: mtimes kept, manifest included
+    (local / "index.bin").write_bytes(b"index v1")
+    assert make_cache(local, remote).sync() == (0, 1)
+    shutil.rmtree(local)
+    # A new copy in the same place that never saw v1.
+    if how == "rebuilt":  # while the remote is out of reach
+        dead = f"http://127.0.0.1:{free_port()}"
+        options = {"storage_options": {"max_attempts": 1, "connect_timeout": 1}}
+        with pytest.warns(HashsyncWarning, match="building locally"):
+            make_cache(local, "s3://b/caches", endpoint_url=dead, **options).ensure(Builder())
+    else:
+        shutil.copytree(tmp_path / "aside", local)
+    (local / "index.bin").write_bytes(b"index v2")
+    _set_mtime(local / "index.bin", time.time() - 3600)
+    # Had the old record ("v1 is in sync") been trusted, v2 would silently replace v1.
+    with pytest.warns(HashsyncWarning, match="changed both"):
+        make_cache(local, remote).sync()
+    assert (local / "index.bin").read_bytes() == b"index v1"
+    [conflict] = local.glob("index.bin.conflict-*")
+    assert conflict.read_bytes() == b"index v2"
+
+
+def test_an_earlier_versions_bookkeeping_is_moved_out_of_the_copy(tmp_path, remote, monkeypatch):
+    a, b = _two_machines(tmp_path, remote)
+    (a / "index.bin").write_bytes(b"index v1")
+    make_cache(a, remote).sync()
+    make_cache(b, remote).sync()
+    # What an earlier version left in b: its two maps inside the copy, no state outside.
+    state = recorded_state(b)
+    (b / ".hashsync/stats.json").write_text(json.dumps(state["stats"]))
+    (b / ".hashsync/synced.json").write_text(json.dumps(state["synced"]))
+    state_path(b).unlink()
+    assert make_cache(b, remote).status().local == "complete"
+    assert (b / ".hashsync/stats.json").exists()  # status changes nothing
+    assert not state_path(b).exists()
+    # Migrated: no base file re-hashed, and the edit flows without a conflict.
+    (b / "index.bin").write_bytes(b"index v2")
+    spy = HashSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_cache(b, remote).sync() == (0, 1)
+        assert make_cache(a, remote).sync() == (1, 0)
+    assert spy.paths == []
+    assert local_files(b) == set(BASE) | {".hashsync/manifest.json", "index.bin"}
+    assert set(recorded_state(b)["stats"]) == set(BASE)
+    assert "index.bin" in recorded_state(b)["synced"]
+    assert hashsync.tree_hash(a) == hashsync.tree_hash(b)
+
+
+@pytest.mark.filterwarnings("ignore:the hash state cache:hashsync.errors.HashsyncWarning")
+def test_an_unwritable_cache_dir_costs_speed_not_the_copy(tmp_path, remote, monkeypatch):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(blocked))
+    local = tmp_path / "cache"
+    with pytest.warns(HashsyncWarning, match=r"cannot record .*HASHSYNC_CACHE_DIR"):
+        make_cache(local, remote).ensure(Builder())
+    assert local_files(local) == set(BASE) | {".hashsync/manifest.json"}
+    (local / "index.bin").write_bytes(b"index")
+    with pytest.warns(HashsyncWarning, match="cannot record"):
+        assert make_cache(local, remote).sync() == (0, 1)
+    assert local_files(local) == set(BASE) | {".hashsync/manifest.json", "index.bin"}

@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
             "A TreeCache is a local directory built from some input (a preprocessed dataset, "
             "an index) and stored at REMOTE/NAME-KEY/, where KEY is a content hash of the "
             "input. A manifest written last marks a complete remote copy; files added later "
-            "(derived files) are synced both ways. In Python: hashsync.TreeCache(...).ensure("
+            "(derived files) are synced both ways. LOCAL_DIR holds the content and the "
+            "manifest only; this machine's bookkeeping of it lives under "
+            "$HASHSYNC_CACHE_DIR/treecache/local/. In Python: hashsync.TreeCache(...).ensure("
             "build)."
         ),
     )

@@ -28,12 +28,8 @@ LEASE_KEY = f"{META_DIR}/lease.json"
 # a builder that takes over after a crash deletes those its own build does not have. Without
 # it, a dead build's files would be indistinguishable from other machines' derived files.
 PENDING_KEY = f"{META_DIR}/pending.json"
-# Which derived files this machine last saw identical on both sides (local only).
-SYNCED_FILE = f"{META_DIR}/synced.json"
-# Size, mtime and inode of each base file when it was last known to match the manifest (local
-# only): git's index trick, so a later edit, even one keeping the size, is noticed without
-# re-reading unchanged files.
-STATS_FILE = f"{META_DIR}/stats.json"
+# A local copy holds the manifest only: this machine's bookkeeping of it lives under
+# $HASHSYNC_CACHE_DIR (see _state.py), so every machine's copy is the same tree.
 MAX_MANIFEST_BYTES = 256 * 1024**2
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")

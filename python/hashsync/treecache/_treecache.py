@@ -43,14 +43,13 @@ from hashsync.treecache._manifest import (
     MAX_MANIFEST_BYTES,
     META_DIR,
     PENDING_KEY,
-    STATS_FILE,
-    SYNCED_FILE,
     Manifest,
     check_segment,
     describe_tree,
     is_meta,
     tree_hash_of,
 )
+from hashsync.treecache._state import LocalState
 
 Build = Callable[[Path], object]
 _EXCLUDE_META = [f"{META_DIR}/*"]
@@ -151,6 +150,11 @@ class TreeCache:
     :class:`~hashsync.errors.HashsyncWarning`. :meth:`pull` and :meth:`push` are explicit
     transfers and raise instead.
 
+    The local directory holds the tree and its manifest only, the same bytes on every
+    machine. What this machine knows about it (file stats that spare re-hashing, the derived
+    files last seen in sync) lives under ``$HASHSYNC_CACHE_DIR/treecache/local/``, keyed by the
+    directory's resolved path; losing it costs a re-hash, never a file.
+
     Example:
         >>> cache = TreeCache.for_source("raw/", "prepared/", "s3://bucket/caches", name="prep")
         >>> path = cache.ensure(lambda out: preprocess("raw/", out))  # doctest: +SKIP
@@ -223,6 +227,7 @@ class TreeCache:
         self._storage: Storage | None = None
         self._checked: ReadWriteStorage | None = None
         self._native_conditions = True
+        self._state_warned = False
 
     @classmethod
     def for_source(
@@ -330,7 +335,7 @@ class TreeCache:
         """One process at a time changes the local directory and its bookkeeping.
 
         Two processes on one machine (a notebook and a training job) would otherwise each
-        rewrite ``synced.json`` from their own snapshot, or restore files the other is
+        rewrite its bookkeeping from their own snapshot, or restore files the other is
         downloading. The lock is a refreshed lease next to the directory, so a killed holder
         frees it.
         """
@@ -340,8 +345,13 @@ class TreeCache:
         ):
             yield
 
-    def _local_manifest(self) -> Manifest | None:
-        """The local copy's manifest if the copy is complete (every file there, right size)."""
+    def _local_manifest(self, *, save: bool = True) -> Manifest | None:
+        """The local copy's manifest if the copy is complete (every file there, right size).
+
+        Args:
+            save: Record what was verified (and move an earlier version's bookkeeping out of
+                the copy). Only under the local lock: :meth:`status` reads without it.
+        """
         path = self.local_dir / MANIFEST_KEY
         try:
             data = path.read_bytes()
@@ -365,7 +375,8 @@ class TreeCache:
         except IntegrityError as e:
             self._warn(f"{path} is damaged ({e}); the local copy counts as incomplete")
             return None
-        known = self._stats()
+        state = self._load_state()
+        known = state.stats
         stats: dict[str, list[int]] = {}
         changed: list[str] = []
         for rel, rec in manifest.files.items():
@@ -393,24 +404,40 @@ class TreeCache:
                     f"was made (e.g. {edited[0]}); they will be restored"
                 )
                 return None
-            self._write_local_meta(STATS_FILE, json.dumps(stats).encode())
+        if save and (state.legacy or stats != known):
+            state.stats = stats
+            self._save_state(state)
         return manifest
 
-    def _stats(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.local_dir / STATS_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+    def _load_state(self) -> LocalState:
+        return LocalState.load(self.local_dir, name=self.name, key=self.key)
+
+    def _save_state(self, state: LocalState) -> None:
+        failed = state.save(self.local_dir, name=self.name, key=self.key)
+        if failed is not None and not self._state_warned:
+            self._state_warned = True
+            self._warn(
+                f"cannot record this machine's bookkeeping of {self.local_dir} under "
+                f"$HASHSYNC_CACHE_DIR ({describe(failed)}); the copy is re-hashed on every "
+                "use, and a derived file changed on one side may be kept as a conflict copy"
+            )
 
     def _seal_local(self, manifest: Manifest) -> None:
-        """Mark the local copy complete: record its files' stats, then write the manifest."""
+        """Mark the local copy complete: write the manifest, then record its files' stats.
+
+        What this machine knew of derived files survives only if it described the copy
+        being sealed (a restore of edited base files), not an earlier copy in its place.
+        """
+        state = self._load_state()
         stats = {}
         for rel in manifest.files:
             st = os.lstat(self.local_dir / rel)
             stats[rel] = [st.st_size, st.st_mtime_ns, st.st_ino]
-        self._write_local_meta(STATS_FILE, json.dumps(stats).encode())
+        # The manifest first: the state names the manifest it describes, and a crash before
+        # the state is written only costs one re-hash.
         self._write_local_meta(MANIFEST_KEY, manifest.to_json())
+        state.stats = stats
+        self._save_state(state)
 
     def _local_storage(self) -> LocalStorage:
         return SimpleLocalStorage(self.local_dir)
@@ -423,16 +450,14 @@ class TreeCache:
             raise failed
 
     def _synced(self) -> dict[str, str]:
-        try:
-            data = json.loads((self.local_dir / SYNCED_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+        return dict(self._load_state().synced)
 
     def _save_synced(self, synced: dict[str, str]) -> None:
-        self._write_local_meta(SYNCED_FILE, json.dumps(synced, indent=1, sort_keys=True).encode())
+        state = self._load_state()
+        if state.synced == synced and not state.legacy:
+            return  # a no-op sync rewrites nothing (the state also holds every file's stats)
+        state.synced = synced
+        self._save_state(state)
 
     def _part_size(self) -> int:
         with contextlib.suppress(_RemoteFailed):
@@ -1056,7 +1081,7 @@ class TreeCache:
 
     def status(self) -> TreeCacheStatus:
         """Report both copies, derived-file differences and the lease; changes nothing."""
-        local = self._local_manifest()
+        local = self._local_manifest(save=False)
         if local is not None:
             local_state = "complete"
         elif self.local_dir.exists() and any(self.local_dir.iterdir()):
