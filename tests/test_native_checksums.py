@@ -174,7 +174,9 @@ def test_an_unmatchable_multipart_etag_is_settled_by_the_native_checksum(
     assert r.transferred == ["model.bin"]
 
 
-def test_an_unmatchable_etag_without_a_checksum_is_copied(s3_server, bucket, tmp_path):
+def test_an_unmatchable_etag_without_a_checksum_is_checked_by_part_sizes(
+    s3_server, bucket, tmp_path
+):
     data = os.urandom(11 * MIB)
     client = s3_server.client()
     m = client.create_multipart_upload(Bucket=bucket, Key="n/x.bin")
@@ -192,6 +194,12 @@ def test_an_unmatchable_etag_without_a_checksum_is_copied(s3_server, bucket, tmp
     src.mkdir()
     (src / "x.bin").write_bytes(data)
     r = hashsync.sync(src, s3(s3_server, bucket, "n"))
-    assert r.transferred == ["x.bin"]  # nothing vouches for the old copy: uploaded
+    # No checksum, but the store reports the part sizes (HEAD ?partNumber=N): same content.
+    assert r.transferred == [] and r.skipped == 1
+    changed = bytearray(data)
+    changed[6 * MIB] ^= 1
+    (src / "x.bin").write_bytes(bytes(changed))
+    r = hashsync.sync(src, s3(s3_server, bucket, "n"))
+    assert r.transferred == ["x.bin"]  # same size, other content: uploaded
     r = hashsync.sync(src, s3(s3_server, bucket, "n"))
     assert r.transferred == []  # hashsync's own upload has a matchable ETag and a checksum

@@ -717,13 +717,63 @@ def _settle_by_crc64(
 
     A multipart ETag made with a part size that inference cannot find (another tool's, or
     uneven parts) says nothing the diff can use, so it counts such a file as changed and
-    every sync would copy it again. For those entries only, the store is asked for the
-    object's CRC64NVME, else its real part sizes, else the size-and-mtime rule decides with a
-    warning (see :func:`hashsync._settle.settle_multipart`).
+    every sync would copy it again. For those entries only (never for others), the store is
+    asked for the object's whole-content CRC64NVME, else its real part sizes, else the
+    size-and-mtime rule decides with a warning (see :mod:`hashsync._settle`).
     """
-    from hashsync._settle import settle_multipart
+    from hashsync._settle import ask_store, by_size_and_mtime
 
-    return settle_multipart(src, dst, to_copy, dst_listing.entries, workers)
+    local, remote = (src, dst) if src.is_local else (dst, src)
+    askable = hasattr(remote, "get_crc64nvme") and hasattr(local, "path")
+    if src.is_local == dst.is_local or not askable:
+        return to_copy, 0
+    entries = dst_listing.entries
+    # A store's listing is a plain list: index only the multipart entries, the only ones the
+    # check can apply to (no dictionary of every object on each sync with changes).
+    find = (
+        entries.find
+        if hasattr(entries, "find")
+        else {e.path: e for e in entries if "-" in (e.digest or "")}.get
+    )
+    candidates = []
+    for e in to_copy:
+        other = find(e.path)
+        if other is None or other.size != e.size:
+            continue
+        remote_etag = (other if src.is_local else e).digest or ""
+        if "-" in remote_etag:
+            candidates.append((e, other, remote_etag))
+    if not candidates:
+        return to_copy, 0
+
+    def ask(candidate: tuple[hashsync.FileEntry, hashsync.FileEntry, str]) -> tuple[str, Any]:
+        e, _, etag = candidate
+        try:
+            return ask_store(remote, local.path(e.path), e.path, etag, e.size)
+        except (HashsyncError, OSError):
+            return "copy", None  # as without the check
+
+    answers = run_on_threads(ask, candidates, workers)
+    same: set[str] = set()
+    by_crc: list[tuple[hashsync.FileEntry, str]] = []
+    weak: list[tuple[hashsync.FileEntry, hashsync.FileEntry]] = []
+    for (e, other, _), (how, value) in zip(candidates, answers, strict=True):
+        if how == "etag" and value:
+            same.add(e.path)
+        elif how == "crc":
+            by_crc.append((e, value))
+        elif how == "weak":
+            weak.append((e, other))
+    if by_crc:
+        try:
+            ours = hashsync.hash_files([local.path(e.path) for e, _ in by_crc], "crc64nvme")
+        except (HashsyncError, OSError):
+            ours = [None] * len(by_crc)  # copy them, as without the check
+        same.update(
+            e.path for (e, theirs), mine in zip(by_crc, ours, strict=True) if theirs == mine
+        )
+    same.update(by_size_and_mtime(weak, remote))
+    return [e for e in to_copy if e.path not in same], len(same)
 
 
 def delete_refusal(

@@ -5,6 +5,12 @@ temporary file must have the announced size and match whichever digests the stor
 store gives differs (hashsync's CRC64NVME metadata, an MD5 ETag, a multipart ``-N`` ETag of any
 part size, ``Content-MD5``, a hub manifest's ``sha256:<hex>``), so :func:`verify_file` takes
 them all and checks each one that is given.
+
+A multipart ETag made with uneven parts (any sizes are legal) cannot be matched by inferring
+one part size; a reader that can learn the real part sizes (S3's ``HEAD ?partNumber=N``) passes
+them as ``part_lengths`` and the ETag is then checked exactly. Where they cannot be learned
+either, nothing can verify the data: it is accepted with a :class:`HashsyncWarning` that says so,
+rather than refused on every attempt (the size is still checked).
 """
 
 from __future__ import annotations
@@ -12,21 +18,25 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 
 import hashsync
-from hashsync.errors import IntegrityError, InvalidArgument
+from hashsync.errors import HashsyncWarning, IntegrityError, InvalidArgument
 
 __all__ = [
     "content_matches_etag",
     "content_matches_hash",
     "is_content_etag",
+    "multipart_etag",
     "parse_digest",
     "verify_file",
 ]
 
 # An ETag that is an MD5 of the content (single part) or of the part MD5s ("-N").
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+# Reads of a part for its MD5: large enough that hashlib hashes without the GIL most of the time.
+_READ_CHUNK = 8 * 1024**2
 
 
 def is_content_etag(etag: str) -> bool:
@@ -66,6 +76,47 @@ def content_matches_hash(
     return hashsync.hash_file(path, algorithm) == want
 
 
+def multipart_etag(
+    path: str | os.PathLike[str], part_lengths: Sequence[int], *, data: bytes | None = None
+) -> str:
+    """The S3 ETag of content uploaded in parts of exactly ``part_lengths`` bytes, in order.
+
+    Unlike :func:`hashsync.etag`, the parts need not share one size (S3 allows any sizes from
+    5 MiB, the last one smaller). A file shorter than the parts add up to gets the ETag of what
+    it holds, which then does not match; the caller compares the total with the file's size.
+
+    Args:
+        path: The file.
+        part_lengths: The size of each part, in order.
+        data: The file's content, if already in memory (then ``path`` is not read).
+
+    Returns:
+        ``"<md5 of the part MD5s>-<number of parts>"``, without quotes.
+    """
+    digests = []
+    if data is not None:
+        view = memoryview(data)
+        offset = 0
+        for length in part_lengths:
+            part = view[offset : offset + length]
+            digests.append(hashlib.md5(part, usedforsecurity=False).digest())
+            offset += length
+    else:
+        with open(path, "rb", buffering=0) as fh:
+            for length in part_lengths:
+                md5 = hashlib.md5(usedforsecurity=False)
+                left = length
+                while left > 0:
+                    chunk = fh.read(min(left, _READ_CHUNK))
+                    if not chunk:
+                        break
+                    md5.update(chunk)
+                    left -= len(chunk)
+                digests.append(md5.digest())
+    joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+    return f"{joined}-{len(digests)}"
+
+
 def parse_digest(value: str) -> tuple[str, str]:
     """Split a ``"<algorithm>:<hex>"`` digest (a hub manifest's ``hash``) into its parts.
 
@@ -90,6 +141,7 @@ def verify_file(
     etag: str | None = None,
     part_sizes: Sequence[int] = (),
     more_part_sizes: Callable[[], Sequence[int]] | None = None,
+    part_lengths: Callable[[], Sequence[int] | None] | None = None,
     data: bytes | None = None,
 ) -> None:
     """Check that a file holds what its store announced; every check given must pass.
@@ -106,6 +158,14 @@ def verify_file(
             with what ``more_part_sizes()`` returns (a costlier lookup, asked last).
         part_sizes: Part sizes to try first for a multipart ETag (e.g. recorded in metadata).
         more_part_sizes: Called only when nothing else matched.
+        part_lengths: Called only when even ``more_part_sizes`` did not match: the exact size
+            of each part of a multipart ETag, in order (uneven parts, as the store reports
+            them), or None if they cannot be learned. Lengths as many as the ETag's ``-N``
+            settle the check either way: the ETag they give must match. Without usable
+            lengths the ETag cannot be checked at all: the data passes (the other checks
+            still apply), with a :class:`HashsyncWarning` that it is not verified unless
+            ``digest``, ``crc64nvme`` or ``md5`` vouched for it. Without this argument, an
+            ETag that no part size matches fails.
         data: The file's content, if already in memory (saves reading it again).
 
     Raises:
@@ -140,7 +200,50 @@ def verify_file(
         and is_content_etag(etag)
         and not _etag_ok(path, etag, part_sizes, more_part_sizes, data)
     ):
-        raise IntegrityError(f"{what}: data does not match its ETag {etag}")
+        if part_lengths is None or "-" not in etag:
+            raise IntegrityError(f"{what}: data does not match its ETag {etag}")
+        # Any content digest given has passed above: then an unusable ETag costs no warning.
+        vouched = digest is not None or crc64nvme is not None or md5 is not None
+        _check_part_lengths(path, what, etag, part_lengths(), data, warn=not vouched)
+
+
+def _check_part_lengths(
+    path: str | os.PathLike[str],
+    what: str,
+    etag: str,
+    lengths: Sequence[int] | None,
+    data: bytes | None,
+    *,
+    warn: bool,
+) -> None:
+    """The last word on a multipart ETag no single part size matched: check it part by part."""
+    count = int(etag.rpartition("-")[2])
+    if lengths is None or len(lengths) != count or count == 0:
+        # Nothing can tell right data from wrong here, and refusing would make the object
+        # unreachable on every attempt although it is most likely fine (aws s3 sync does not
+        # check it at all): keep it, and say plainly that it was not verified.
+        if warn:
+            warnings.warn(
+                f"{what}: not verified: its ETag {etag} is of {count} parts whose sizes cannot "
+                "be inferred and are not reported by the store, and no checksum stands in for "
+                "it; the data is kept as received",
+                HashsyncWarning,
+                stacklevel=3,
+            )
+        return
+    got = len(data) if data is not None else os.stat(path).st_size
+    total = sum(lengths)
+    if total != got:
+        raise IntegrityError(
+            f"{what}: data does not match its ETag {etag}: got {got} bytes, its {count} parts "
+            f"hold {total}"
+        )
+    if multipart_etag(path, lengths, data=data) != etag:
+        shown = ", ".join(str(n) for n in lengths[:5]) + (", ..." if count > 5 else "")
+        raise IntegrityError(
+            f"{what}: data does not match its ETag {etag} (checked with the store's part "
+            f"sizes {shown})"
+        )
 
 
 def _etag_ok(

@@ -199,7 +199,10 @@ class S3Storage(ReadWriteStorage):
             is not atomic (SeaweedFS) let exactly one writer win. See the module docs.
         claim_ttl: Seconds after which another writer's claim counts as abandoned.
         verify: Check downloads against the object's ETag (MD5-based ETags only; objects
-            encrypted with SSE-KMS or SSE-C have ETags that are not content hashes).
+            encrypted with SSE-KMS or SSE-C have ETags that are not content hashes). A
+            multipart ETag of uneven parts is checked with the part sizes the store reports
+            (``HEAD ?partNumber=N``); a store that does not report them leaves such an object
+            unverifiable, and it is downloaded with a :class:`~hashsync.errors.HashsyncWarning`.
         client: A ready boto3 S3 client to use instead of building one (the endpoint,
             credential, retry and timeout arguments are then ignored).
 
@@ -607,6 +610,81 @@ class S3Storage(ReadWriteStorage):
             return crc
         return _native_crc64(head)
 
+    def get_part_sizes(self, key: str, *, etag: str | None = None) -> list[int] | None:
+        """The sizes of the parts the object was uploaded in, in order, as the store reports.
+
+        One ``HEAD ?partNumber=N`` per part: the first tells the part count, the others run in
+        parallel. Worth asking only for a multipart ETag that no single part size matches
+        (another tool's uneven parts): with the real sizes it can be checked exactly.
+
+        Args:
+            key: The object.
+            etag: Pin every request to this ETag (``If-Match``), so all sizes describe one
+                version of the object.
+
+        Returns:
+            The sizes, or None when the store ignores or refuses ``partNumber`` or its
+            answers do not fit together (no parts count, ranges that do not tile the object,
+            a parts count other than ``etag``'s ``-N``).
+
+        Raises:
+            NotFound: No object has this key.
+            PreconditionFailed: The object no longer has ``etag``.
+            StorageUnavailable: The store could not be reached.
+        """
+        return self._part_sizes(key, etag, {})
+
+    def _part_sizes(
+        self, key: str, etag: str | None, asked: dict[int, dict[str, Any] | None]
+    ) -> list[int] | None:
+        """:meth:`get_part_sizes`, reusing the part HEADs in ``asked`` (number -> answer)."""
+
+        def part(number: int) -> tuple[int, int | None, int | None, int] | None:
+            if number not in asked:
+                asked[number] = self._part_head(key, number, etag)
+            return _part_span(asked[number])
+
+        first = part(1)
+        if first is None:
+            return None
+        count = first[3]
+        _, dash, parts = (etag or "").rpartition("-")
+        if dash and parts.isdigit() and int(parts) != count:
+            return None  # not the parts the ETag was made of
+        spans = [first, *_run_parallel(part, range(2, count + 1), self.max_concurrency)]
+        lengths: list[int] = []
+        offset = 0
+        for span in spans:
+            # Every answer must be of the same upload, and each part must start where the one
+            # before it ended: a store that answers something else does not report parts.
+            if span is None or span[3] != count or span[1] not in (None, offset):
+                return None
+            if span[2] is not None and span[2] != first[2]:
+                return None
+            lengths.append(span[0])
+            offset += span[0]
+        if first[2] is not None and offset != first[2]:
+            return None
+        return lengths
+
+    def _part_head(self, key: str, number: int, etag: str | None) -> dict[str, Any] | None:
+        """``HEAD ?partNumber=number`` (pinned to ``etag``), or None if the store refuses it."""
+        import botocore.exceptions
+
+        extra: dict[str, Any] = {"IfMatch": _quoted(etag)} if etag else {}
+        try:
+            return self.client.head_object(
+                Bucket=self.bucket, Key=self._full(key), PartNumber=number, **extra
+            )
+        except botocore.exceptions.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (400, 416, 501):
+                # No such part, or partNumber not implemented: the sizes are not to be had.
+                return None
+            raise self._error(exc, key, "HEAD") from exc
+        except Exception as exc:
+            raise self._error(exc, key, "HEAD") from exc
+
     lists_by_level = True
 
     def list_segment(self, segment: Segment) -> Iterator[ObjectInfo]:
@@ -960,23 +1038,28 @@ class S3Storage(ReadWriteStorage):
             if recorded.isdigit() and _MIN_PART <= int(recorded) <= _MAX_PART
             else []
         )
+        etag = _clean_etag(head["ETag"])
+        # Part HEADs asked for this check, by part number: the first one serves twice.
+        asked: dict[int, dict[str, Any] | None] = {}
+
+        def first_part_size() -> list[int]:
+            # The size of part 1 is the part size of an upload by any tool that uses one
+            # size; asked only when the usual candidates did not match.
+            if 1 not in asked:
+                asked[1] = self._part_head(key, 1, etag)
+            span = _part_span(asked[1])
+            return [span[0]] if span is not None and _MIN_PART <= span[0] <= _MAX_PART else []
+
         verify_file(
             tmp,
             what=what,
-            etag=_clean_etag(head["ETag"]),
+            etag=etag,
             part_sizes=hint,
-            more_part_sizes=lambda: self._first_part_size(key),
+            more_part_sizes=first_part_size,
+            # Last: parts of uneven sizes, one HEAD per part (the object's own are exact).
+            part_lengths=lambda: self._part_sizes(key, etag, asked),
             data=body,
         )
-
-    def _first_part_size(self, key: str) -> list[int]:
-        # The size of part 1 is the part size of an upload by any tool; asked only when the
-        # usual candidates did not match.
-        with contextlib.suppress(HashsyncError):
-            size = int(self._head(key, PartNumber=1)["ContentLength"])
-            if _MIN_PART <= size <= _MAX_PART:
-                return [size]
-        return []
 
     # -- uploading ---------------------------------------------------------------------
 
@@ -1786,6 +1869,32 @@ def _native_crc64(head: dict[str, Any]) -> str | None:
     except ValueError:
         return None
     return raw.hex() if len(raw) == 8 else None
+
+
+def _part_span(head: dict[str, Any] | None) -> tuple[int, int | None, int | None, int] | None:
+    """``(length, start, object size, parts count)`` from a ``HEAD ?partNumber=N`` answer.
+
+    Start and object size come from Content-Range and are None if the store sends none. None
+    for an answer without a parts count (a store that ignored ``partNumber``) or whose
+    Content-Range contradicts its length.
+    """
+    if head is None:
+        return None
+    count = head.get("PartsCount")
+    length = head.get("ContentLength")
+    if not isinstance(count, int) or count < 1 or not isinstance(length, int) or length < 0:
+        return None
+    content_range = head.get("ContentRange")
+    if not content_range:
+        return length, None, None, count
+    unit, _, spec = str(content_range).strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+        return None
+    if int(last) - int(first) + 1 != length:
+        return None
+    return length, int(first), int(total), count
 
 
 def _mismatch(key: str, store: object, expected: str | None, current: str | None) -> str:
