@@ -60,9 +60,8 @@ def test_a_tier_that_overlaps_the_cache_directory_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "key",
     [
-        "notes.hashsync-lock",
-        "x.hashsync-tmp-y",
-        "d/a.hashsync-tmp-0a1b2c3d-99999999-deadbeef",
+        ".notes.hashsync-lock",
+        "d/.a.hashsync-tmp-0a1b2c3d-99999999-deadbeef",
         "\udcff.txt",
         "n" * 256,
         "d/" * 600 + "x",
@@ -73,6 +72,16 @@ def test_keys_the_cache_would_mistake_or_cannot_hold_are_refused(tmp_path, key):
     with pytest.raises(errors.InvalidArgument):
         cache.put(key, _file(tmp_path, "f", b"x"))
     assert cache.stats().files == 0 and not _debris(tmp_path / "cache")
+
+
+def test_keys_only_named_like_ours_are_cached_and_survive_prune_and_verify(tmp_path):
+    lookalikes = ["notes.hashsync-lock", "x.hashsync-tmp-y", "d/a.hashsync-tmp-0a1b2c3d-9-deadbeef"]
+    cache = LocalCache(tmp_path / "cache")
+    for key in lookalikes:
+        cache.put(key, _file(tmp_path, "f", key.encode()))
+    cache.prune()
+    assert cache.verify()["corrupt"] == []
+    assert [cache.get(k).read_bytes() for k in lookalikes] == [k.encode() for k in lookalikes]
 
 
 def test_verify_keeps_entries_published_while_it_runs(tmp_path):

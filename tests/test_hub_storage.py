@@ -372,8 +372,8 @@ def test_a_file_added_after_the_last_scan_is_served(hub, datasets, tmp_path, mon
     assert len(scans) == 1
     # A name that does not exist, a temporary of hashsync, a link: no scan at all.
     os.symlink(datasets / name / "a.txt", datasets / name / "link.txt")
-    (datasets / name / ".x.hashsync-tmp-1-2").write_bytes(b"t")
-    for key in ("nope.txt", "b/nope", "link.txt", ".x.hashsync-tmp-1-2"):
+    (datasets / name / ".x.hashsync-tmp-0a1b2c3d-1-deadbeef").write_bytes(b"t")
+    for key in ("nope.txt", "b/nope", "link.txt", ".x.hashsync-tmp-0a1b2c3d-1-deadbeef"):
         assert not storage.exists(key)
     assert len(scans) == 1
 

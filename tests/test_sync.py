@@ -113,12 +113,15 @@ def test_delete_and_dry_run(s3_server, bucket, tmp_path):
 
 def test_delete_is_suppressed_after_a_failed_transfer(tmp_path):
     write_tree(tmp_path / "src", {"d/x": b"file under d", "ok": b"1"})
-    # In the destination "d" is a file, so "d/x" cannot be written; "stale" is extra.
-    write_tree(tmp_path / "dst", {"d": b"a file where src has a directory", "stale": b"s"})
-    result = sync(tmp_path / "src", tmp_path / "dst", delete=True)
+    write_tree(tmp_path / "dst", {"stale": b"s"})
+
+    def vanish(plan) -> None:  # listed, then gone before its transfer: that transfer fails
+        (tmp_path / "src" / "d" / "x").unlink()
+
+    result = sync(tmp_path / "src", tmp_path / "dst", delete=True, on_plan=vanish)
     assert [k for k, _ in result.failed] == ["d/x"]
     assert result.delete_suppressed and result.deleted == []
-    assert (tmp_path / "dst" / "stale").exists() and (tmp_path / "dst" / "d").is_file()
+    assert (tmp_path / "dst" / "stale").exists()
     assert result.transferred == ["ok"] and not result.ok
 
 

@@ -194,9 +194,7 @@ def test_links_uploaded_like_aws_s3_sync(s3_server, bucket, tmp_path):
     ours = keys(s3(s3_server, bucket, "hs"))
     assert ours == theirs and len(ours) == 6, (ours, theirs)
     # Skipping them, as aws --no-follow-symlinks does, but said.
-    out = cli(
-        "sync", snap, f"s3://{bucket}/skip", "--no-follow-symlinks", "--json", env=env
-    )
+    out = cli("sync", snap, f"s3://{bucket}/skip", "--no-follow-symlinks", "--json", env=env)
     assert json.loads(out.stdout)["skipped_links"] == [
         "config.json",
         "latest",

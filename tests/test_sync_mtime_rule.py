@@ -46,7 +46,12 @@ CASES = {
     "grown.bin": b"CCCCCC",  # size differs
     "equal-second.bin": b"DDDD",  # downloads: 0.4 s newer; uploads: older
 }
-LOCAL = {"same.bin": b"aaaa", "edited.bin": b"bbbb", "grown.bin": b"cc", "equal-second.bin": b"dddd"}
+LOCAL = {
+    "same.bin": b"aaaa",
+    "edited.bin": b"bbbb",
+    "grown.bin": b"cc",
+    "equal-second.bin": b"dddd",
+}
 
 
 def test_downloads_follow_the_aws_rule(s3_server, bucket, tmp_path):

@@ -10,6 +10,7 @@ and modification time (with a warning), as ``aws s3 sync`` does, instead of fail
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -144,6 +145,23 @@ def test_cli_sync_of_uneven_parts_succeeds_and_converges(s3_server, bucket, tmp_
     assert "transferred 0 files" in again.stderr, again.stderr
 
 
+def test_cli_diff_calls_an_unchanged_uneven_object_unchanged(s3_server, bucket, tmp_path, uneven):
+    env = s3_server.env(inherit=True)
+    env["HASHSYNC_CACHE_DIR"] = str(tmp_path / "cache")
+    assert cli("sync", f"s3://{bucket}/p", tmp_path / "down", env=env).returncode == 0
+    for src, dst in (
+        (f"s3://{bucket}/p", tmp_path / "down"),
+        (tmp_path / "down", f"s3://{bucket}/p"),
+    ):
+        d = cli("diff", src, dst, "--exit-code", "--json", env=env)
+        assert d.returncode == 0, (d.stdout, d.stderr)
+        plan = json.loads(d.stdout)
+        assert plan["copy"] == [] and plan["unchanged"] == 1, plan
+    (tmp_path / "down" / KEY).write_bytes(b"x" * len(uneven))  # same size, other content
+    d = cli("diff", tmp_path / "down", f"s3://{bucket}/p", "--exit-code", env=env)
+    assert d.returncode == 1 and d.stdout.split() == ["~", KEY], d.stdout
+
+
 def test_a_corrupt_download_of_known_part_sizes_is_refused(
     s3_server, bucket, tmp_path, uneven, monkeypatch
 ):
@@ -182,12 +200,14 @@ def test_unverifiable_download_is_kept_with_a_warning(s3_server, bucket, tmp_pat
     with pytest.warns(HashsyncWarning, match="size and modification time"):
         again = hashsync.sync(storage, tmp_path / "down")
     assert again.ok and again.transferred == [] and again.skipped == 1
-    # That weaker rule still sees a newer source (a local copy older than the object).
-    old = (tmp_path / "down" / KEY).stat().st_mtime - 3600
-    os.utime(tmp_path / "down" / KEY, (old, old))
-    with pytest.warns(HashsyncWarning, match="size and modification time"):
-        stale = hashsync.sync(storage, tmp_path / "down", dry_run=True)
-    assert stale.transferred == [KEY]
+    # That weaker rule is aws's for downloads: a local file newer than the object is a local
+    # edit (copied again), an older one is not.
+    when = (tmp_path / "down" / KEY).stat().st_mtime
+    for shift, expected in ((3600, [KEY]), (-3600, [])):
+        os.utime(tmp_path / "down" / KEY, (when + shift, when + shift))
+        with pytest.warns(HashsyncWarning, match="size and modification time"):
+            plan = hashsync.sync(storage, tmp_path / "down", dry_run=True)
+        assert plan.transferred == expected, shift
 
 
 # -- comparisons (diff, dry run, repeated syncs) -------------------------------------------------

@@ -72,14 +72,18 @@ def ask_store(
 
 
 def by_size_and_mtime(
-    pairs: Sequence[tuple[hashsync.FileEntry, hashsync.FileEntry]], remote: object
+    pairs: Sequence[tuple[hashsync.FileEntry, hashsync.FileEntry]],
+    remote: object,
+    *,
+    download: bool = False,
 ) -> set[str]:
     """The paths of ``(source, destination)`` entry pairs that the aws s3 sync rule keeps.
 
     Both entries of a pair have the same size (the caller's condition); a pair is unchanged
     unless the source is newer than the destination, in whole seconds (S3's Last-Modified
-    has no more, and a download gives its file exactly that mtime). Warns, naming the files,
-    that they were compared this way.
+    has no more), or with ``download`` unless the local file is newer than the object (a
+    download gives its file exactly the object's mtime; see ``hashsync.diff``). Warns, naming
+    the files, that they were compared this way.
     """
     if not pairs:
         return set()
@@ -93,4 +97,6 @@ def by_size_and_mtime(
         HashsyncWarning,
         stacklevel=3,
     )
+    if download:
+        return {src.path for src, dst in pairs if dst.mtime_ns <= src.mtime_ns}
     return {src.path for src, dst in pairs if src.mtime_ns // _NS <= dst.mtime_ns // _NS}

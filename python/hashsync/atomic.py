@@ -172,7 +172,8 @@ def cleanup_stale_temporaries(directory: Path) -> list[Path]:
         return removed
     now = time.time()
     for name in names:
-        match = _TMP_RE.search(name)
+        # Only hashsync's exact names: a user's "a.hashsync-tmp-..." is never removed.
+        match = _TMP_RE.search(name) if is_internal_name(name) else None
         if match is None:
             continue
         path = directory / name

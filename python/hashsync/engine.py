@@ -13,7 +13,9 @@ size is checked by part-size inference on the local file.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
+import itertools
 import os
 import queue
 import threading
@@ -152,7 +154,7 @@ def _segmented_above() -> int:
     return int(value) if value.isdigit() else SEGMENTED_ABOVE
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
     value = os.environ.get("HASHSYNC_NUM_WORKERS", "").strip()
     if value:
         try:
@@ -328,7 +330,10 @@ def plan_sync(
             rules, must_exist=True, reap_temporaries=reap_temporaries, **options
         )
     dst = destination.list_for_sync(rules, reap_temporaries=reap_temporaries, **options)
-    return hashsync.diff(src.entries, dst.entries, compare=compare), src, dst
+    # aws s3 sync judges mtimes the other way round for downloads; so does hashsync.
+    download = destination.is_local and not source.is_local
+    plan = hashsync.diff(src.entries, dst.entries, compare=compare, download=download)
+    return plan, src, dst
 
 
 def _action(source: Storage, destination: Storage) -> str:
@@ -385,7 +390,8 @@ def sync(
         filters: ``[("exclude", "*"), ("include", "*.txt")]``: rules in your own order, the
             last match winning, exactly like a sequence of ``--exclude``/``--include``.
         compare: ``"checksum"`` (content; default), ``"size-mtime"`` (the ``aws s3 sync``
-            rule) or ``"size"``.
+            rule: a size change, or for uploads and copies a source newer in whole seconds,
+            for downloads a local file newer than the object) or ``"size"``.
         workers: Files transferred at once (default ``HASHSYNC_NUM_WORKERS`` or 16).
         progress: ``progress(done_bytes, total_bytes)``, called from this thread while hashing
             and after each finished transfer; ``True`` draws a byte progress bar on stderr
@@ -462,7 +468,7 @@ def sync(
     src = src.with_symlinks_followed(follow_symlinks)
     dst = resolve_storage(destination, role="destination", endpoint_url=endpoint_url)
     dst = dst.with_symlinks_followed(False)
-    workers = workers if workers is not None else _default_workers()
+    workers = workers if workers is not None else default_workers()
     if workers < 1:
         raise InvalidArgument("workers must be at least 1")
     if max_delete is not None and max_delete < 0:
@@ -594,9 +600,20 @@ def sync_storages(
                 (e.path, f"not written: the destination entry {blocked!r} could not be read")
             )
     if compare == "checksum" and to_copy:
-        to_copy, settled = _settle_by_crc64(src, dst, to_copy, dst_listing, workers)
+        to_copy, settled = settle_unmatched_etags(src, dst, to_copy, dst_listing, workers)
         result.skipped += settled
     to_delete = spare_links(plan.delete, src_listing.links_skipped) if delete else []
+    # Keys of a filesystem destination in the way of a copy (a file where the source has a
+    # directory, or the reverse) are removed before the transfers, with --delete only.
+    replace_first: list[str] = []
+    if dst.is_local and to_copy:
+        may_replace = delete and (max_delete is None or len(to_delete) <= max_delete)
+        to_copy, replace_first, refused = _resolve_conflicts(
+            to_copy, dst_listing.entries, set(to_delete) if may_replace else set()
+        )
+        result.failed.extend(refused)
+        replaced = set(replace_first)
+        to_delete = [k for k in to_delete if k not in replaced]
 
     if delete and to_delete:
         result.delete_suppressed_reason = delete_refusal(
@@ -614,7 +631,7 @@ def sync_storages(
     if dry_run:
         result.transferred = [e.path for e in to_copy]
         result.bytes_transferred = sum(e.size for e in to_copy)
-        result.deleted = [] if result.delete_suppressed else list(to_delete)
+        result.deleted = sorted(replace_first + ([] if result.delete_suppressed else to_delete))
         result.seconds = time.monotonic() - started
         return result
 
@@ -623,6 +640,9 @@ def sync_storages(
     assert isinstance(dst, ReadWriteStorage) or not (to_copy or to_delete)
     if isinstance(dst, ReadWriteStorage):
         dst.prepare_destination()
+    if replace_first:
+        assert isinstance(dst, ReadWriteStorage)
+        to_copy = _replace_in_the_way(dst, replace_first, to_copy, result, on_event)
     action = _action(src, dst)
     total = sum(e.size for e in to_copy)
     if progress is not None:
@@ -706,7 +726,7 @@ def sync_storages(
     return result
 
 
-def _settle_by_crc64(
+def settle_unmatched_etags(
     src: Storage,
     dst: Storage,
     to_copy: list[hashsync.FileEntry],
@@ -772,8 +792,96 @@ def _settle_by_crc64(
         same.update(
             e.path for (e, theirs), mine in zip(by_crc, ours, strict=True) if theirs == mine
         )
-    same.update(by_size_and_mtime(weak, remote))
+    same.update(by_size_and_mtime(weak, remote, download=dst.is_local))
     return [e for e in to_copy if e.path not in same], len(same)
+
+
+def _resolve_conflicts(
+    to_copy: list[hashsync.FileEntry], dst_entries: Any, deletable: set[str]
+) -> tuple[list[hashsync.FileEntry], list[str], list[tuple[str, str]]]:
+    """Split copies into a filesystem destination by whether something is in their way.
+
+    ``f1/inner`` cannot be written where the destination has a file ``f1``, nor ``f1`` where
+    it has a directory ``f1/`` (with files the listing saw). Both sides' listings say what
+    the path must become, so what is in the way is not unseen: it is in the plan's deletions.
+    A copy goes ahead when every key in its way is ``deletable`` (``--delete``).
+
+    Returns:
+        ``(copies to make, destination keys to delete first, (key, reason) refused)``.
+    """
+    paths = (
+        dst_entries.paths()
+        if isinstance(dst_entries, hashsync.Listing)
+        else sorted(e.path for e in dst_entries)
+    )
+    if not paths:
+        return to_copy, [], []
+
+    def present(path: str) -> bool:
+        i = bisect.bisect_left(paths, path)
+        return i < len(paths) and paths[i] == path
+
+    kept: list[hashsync.FileEntry] = []
+    first: dict[str, None] = {}
+    refused: list[tuple[str, str]] = []
+    for e in to_copy:
+        in_the_way: list[str] = []
+        why = ""
+        head = e.path
+        while "/" in head:
+            head = head.rpartition("/")[0]
+            if present(head):
+                in_the_way = [head]
+                why = f"the destination has a file {head!r} where the source has a directory"
+                break
+        inside = e.path + "/"
+        below = []
+        for path in itertools.islice(paths, bisect.bisect_left(paths, inside), None):
+            if not path.startswith(inside):
+                break
+            below.append(path)
+        if below:
+            in_the_way += below
+            why = f"the destination has a directory {e.path!r} where the source has a file"
+        if not in_the_way:
+            kept.append(e)
+        elif all(k in deletable for k in in_the_way):
+            kept.append(e)
+            first.update(dict.fromkeys(in_the_way))
+        else:
+            refused.append((e.path, f"{why}; not replaced without --delete (both kept)"))
+    return kept, list(first), refused
+
+
+def _replace_in_the_way(
+    dst: ReadWriteStorage,
+    keys: list[str],
+    to_copy: list[hashsync.FileEntry],
+    result: SyncResult,
+    on_event: Callable[[TransferEvent], object] | None,
+) -> list[hashsync.FileEntry]:
+    """Delete the destination keys in the way of copies; returns the copies still possible."""
+    failed: dict[str, str] = {}
+    for key, exc in zip(keys, dst.delete_many(keys), strict=True):
+        if exc is None:
+            result.deleted.append(key)
+        else:
+            failed[key] = describe(exc)
+        if on_event is not None:
+            on_event(TransferEvent("delete", key, 0, None if exc is None else describe(exc)))
+    result.failed.extend(failed.items())
+    if not failed:
+        return to_copy
+    blocked = covering(failed)
+    kept = []
+    for e in to_copy:
+        # Blocked by a file above it, or by a directory below it that could not be emptied.
+        hit = blocked(e.path) or next((k for k in failed if k.startswith(e.path + "/")), None)
+        if hit is None:
+            kept.append(e)
+        else:
+            result.failed.append((e.path, f"not written: {hit!r} in its way could not be deleted"))
+    return kept
 
 
 def delete_refusal(

@@ -25,7 +25,12 @@ from hashsync.cli._common import (
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from hashsync.engine import plan_sync, spare_links
+    from hashsync.engine import (
+        default_workers,
+        plan_sync,
+        settle_unmatched_etags,
+        spare_links,
+    )
 
     src_store, dst_store = open_sides(args)
     with byte_progress("checking", enabled=not args.no_progress) as progress:
@@ -36,7 +41,15 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     for path, why in errors_seen:
         err(f"{path}: {why}")
     dst_paths = set(_paths(dst.entries))
-    copy = plan.copy
+    to_copy = plan.copy_entries()
+    settled = 0
+    if args.compare == "checksum" and to_copy:
+        # What a sync would find unchanged after asking the store (uneven multipart parts).
+        to_copy, settled = settle_unmatched_etags(
+            src_store, dst_store, to_copy, dst, default_workers()
+        )
+    copy = [e.path for e in to_copy]
+    copy_bytes = sum(e.size for e in to_copy)
     # What lies at or below a link the source skipped is not "only in the destination".
     only_in_dst = spare_links(plan.delete, src.links_skipped)
     if args.json:
@@ -44,8 +57,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
             {
                 "copy": [{"path": p, "new": p not in dst_paths} for p in copy],
                 "delete": only_in_dst,
-                "unchanged": plan.unchanged,
-                "copy_bytes": plan.copy_bytes,
+                "unchanged": plan.unchanged + settled,
+                "copy_bytes": copy_bytes,
                 "errors": [{"path": p, "reason": r} for p, r in errors_seen],
                 "skipped_links": src.links_skipped,
             },
@@ -60,8 +73,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
             print(f"- {shown(p)}")
         reused = sum(getattr(x.entries, "stats", {}).get("digests_reused", 0) for x in (src, dst))
         print(
-            f"{len(copy)} to copy ({format_size(plan.copy_bytes)}), {len(only_in_dst)} only in "
-            f"destination, {plan.unchanged} unchanged"
+            f"{len(copy)} to copy ({format_size(copy_bytes)}), {len(only_in_dst)} only in "
+            f"destination, {plan.unchanged + settled} unchanged"
             + _links_note(src.links_skipped)
             + (f"; {reused} digests reused from the hash state cache" if reused else ""),
             file=sys.stderr,
@@ -96,6 +109,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         lines_to_stderr=args.json,
     )
     phase = {"transfer": False}
+    reported: set[str] = set()
 
     def progress(done: int, total: int) -> None:
         if phase["transfer"]:
@@ -104,6 +118,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             display.hashing(done, total)
 
     def on_event(event: engine.TransferEvent) -> None:
+        if event.error is not None:
+            reported.add(event.key)
         display.event(event.action, event.key, event.error)
 
     def on_plan(plan: hashsync.Plan) -> None:
@@ -138,6 +154,11 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             display.line(f"delete: {shown(key)}")
     for path, why in result.scan_errors:
         err(f"skipped {path}: {why}")
+    # Refused before any transfer (a conflict, an unreadable destination entry), or in a
+    # dry run: no event said so.
+    for key, why in result.failed:
+        if key not in reported:
+            err(f"failed {key}: {why}")
     for key, why in result.skipped_keys:
         err(f"skipped {key}: {why}")
     if args.verbose:

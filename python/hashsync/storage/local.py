@@ -41,6 +41,7 @@ from hashsync.errors import (
     FileChanged,
     HashsyncError,
     InvalidArgument,
+    IsADirectory,
     NotADirectory,
     NotFound,
     PermissionDenied,
@@ -626,6 +627,14 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
     def _check_writable(self) -> None:
         """Hook for subclasses that can stop accepting writes (a closed temporary store)."""
 
+    def _file_above(self, final: Path) -> str:
+        """The path (relative to the root) of the first non-directory above ``final``."""
+        parts = final.relative_to(self.root).parts[:-1]
+        for i in range(1, len(parts) + 1):
+            if not self.root.joinpath(*parts[:i]).is_dir():
+                return "/".join(parts[:i])
+        return "/".join(parts)
+
     def _receive(
         self,
         key: str,
@@ -647,13 +656,23 @@ class LocalStorage(_FilesystemReads, ReadWriteStorage):
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise InvalidArgument(
-                f"cannot write key {key!r} in {self!r}: a parent path is a file"
+            raise NotADirectory(
+                errno.ENOTDIR,
+                f"cannot write key {key!r} in {self!r}: {self._file_above(final)!r} is a file "
+                "where the key needs a directory (a sync with --delete replaces it)",
             ) from None
         except PermissionError as exc:
             raise PermissionDenied(
                 errno.EACCES, f"cannot write key {key!r} in {self!r}: {exc.strerror}"
             ) from None
+        if final.is_dir():
+            # Found before anything is fetched; a rename onto it would fail naming the
+            # temporary file instead.
+            raise IsADirectory(
+                errno.EISDIR,
+                f"cannot write key {key!r} in {self!r}: it is a directory there (a sync with "
+                "--delete replaces it if it holds nothing the sync did not list)",
+            )
         cleanup_once(final.parent)
         tmp = temporary_path(final)
         try:
