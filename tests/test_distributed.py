@@ -330,3 +330,21 @@ def test_distributed_tree_hash_follows_links_like_the_local_one(client, tmp_path
         assert distributed.tree_hash(
             tree, "sha256", scheduler=client, follow_symlinks=follow
         ) == hashsync.tree_hash(tree, "sha256", follow_symlinks=follow), follow
+
+
+def test_dask_sync_follows_source_links_and_spares_skipped_ones(client, tmp_path):
+    write_tree(tmp_path / "src", {f"ckpt-123/{i}.bin": b"w%d" % i for i in range(4)})
+    (tmp_path / "src" / "latest").symlink_to("ckpt-123")
+    (tmp_path / "src" / "top.bin").symlink_to(tmp_path / "src" / "ckpt-123" / "0.bin")
+    result = hashsync.sync(tmp_path / "src", tmp_path / "dst", scheduler=client)
+    assert result.ok and len(result.transferred) == 9, result
+    assert (tmp_path / "dst" / "latest" / "2.bin").read_bytes() == b"w2"
+    # Skipped links: reported from the workers, and what lies below them is not deleted
+    # (latest/ is a segment of its own on the destination side).
+    result = hashsync.sync(
+        tmp_path / "src", tmp_path / "dst", scheduler=client, delete=True, follow_symlinks=False
+    )
+    assert result.ok and result.deleted == [] and result.skipped_links == ["latest", "top.bin"]
+    assert (tmp_path / "dst" / "latest" / "2.bin").exists() and (
+        tmp_path / "dst" / "top.bin"
+    ).exists()

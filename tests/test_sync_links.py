@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,21 @@ def test_tree_hash_and_scan_agree_with_the_sync_on_links(tmp_path):
     assert listing.symlinks == ["config.json", "model.safetensors", "tokenizer/vocab.txt"]
     assert listing.stats["symlinks_skipped"] == 3
     assert os.path.islink(snap / "config.json")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_a_link_to_an_unreadable_file_is_an_error_not_a_deletion(tmp_path):
+    write_tree(tmp_path / "src", {"a.bin": b"a"})
+    write_tree(tmp_path / "private", {"secret.bin": b"s"})
+    os.chmod(tmp_path / "private" / "secret.bin", 0o600)
+    os.chown(tmp_path / "private" / "secret.bin", 65534, 65534)
+    (tmp_path / "src" / "s.bin").symlink_to(tmp_path / "private" / "secret.bin")
+    write_tree(tmp_path / "dst", {"s.bin": b"copy", "extra": b"x"})
+    drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search", "--"]  # fmt: skip
+    r = cli("sync", tmp_path / "src", tmp_path / "dst", "--delete", "--json", prefix=drop)
+    assert r.returncode == 2, r.stderr
+    out = json.loads(r.stdout)
+    assert [e["path"] for e in out["scan_errors"]] == ["s.bin"] and out["delete_suppressed"]
+    assert (tmp_path / "dst" / "s.bin").read_bytes() == b"copy"
+    assert (tmp_path / "dst" / "extra").exists()

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -260,15 +260,29 @@ class _FilesystemReads:
             return frozenset()
         return _ANY_LINK if self._followed_links is None else self._followed_links
 
-    def _record_links(self, listing: hashsync.Listing, prefix: str = "") -> list[str]:
+    def _links_to(self, directory: str) -> list[str]:
+        """The symbolic links among the components of ``directory`` (relative, ``/``-ended)."""
+        links: list[str] = []
+        parts = [p for p in directory.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            rel = "/".join(parts[:i])
+            if os.path.islink(self.root.joinpath(*parts[:i])):
+                links.append(rel)
+        return links
+
+    def _record_links(
+        self, listing: hashsync.Listing, prefix: str = "", passed: Sequence[str] = ()
+    ) -> list[str]:
         """Note what a listing (of the directory ``prefix``) did with links.
+
+        ``passed``: links on the way to where the listing started, followed too.
 
         Returns:
             The links it skipped (relative to the root).
         """
         if not self.follow_symlinks:
             return [prefix + link for link in listing.symlinks]
-        met = frozenset(prefix + link for link in listing.symlinks)
+        met = frozenset([*(prefix + link for link in listing.symlinks), *passed])
         self._followed_links = met if self._followed_links is None else self._followed_links | met
         return []
 
@@ -314,8 +328,13 @@ class _FilesystemReads:
         )
         if listing.temporaries and self._reaps_temporaries and reap_temporaries:
             cleanup_listed(self.root, listing.temporaries)
+        # A segment's scan starts below the links on its way (a Dask task's "latest/" with
+        # latest -> ckpt-123): the walk never meets them, yet reads pass through them.
+        passed = self._links_to(segment.prefix) if self.follow_symlinks else []
         return SyncListing(
-            listing, errors=list(listing.errors), links_skipped=self._record_links(listing)
+            listing,
+            errors=list(listing.errors),
+            links_skipped=self._record_links(listing, passed=passed),
         )
 
     def _relpath(self, key: str) -> str:
