@@ -56,14 +56,14 @@ def test_seed_api(hub, root, tmp_path):
     client = DatasetHubClient(hub, KEY, cache_dir=tmp_path / "cache")
     assert client.list_datasets() == ["empty", "mnist"]
     manifest = client.get_manifest("mnist")
-    assert len(manifest) == 30 and (tmp_path / "cache" / "mnist_manifest.json").is_file()
+    assert len(manifest) == 30 and (tmp_path / "cache" / ".manifests" / "mnist.json").is_file()
     want = (root / "mnist" / "d1" / "001.bin").read_bytes()
     path = client.get_file("mnist", "d1/001.bin")
     assert path == tmp_path / "cache" / "mnist" / "d1" / "001.bin" and path.read_bytes() == want
     assert client.get_file_bytes("mnist", "d1/001.bin") == want
     assert client.get_file("empty", "zero.txt").read_bytes() == b""
     size = client.get_cache_size("mnist")
-    assert size == len(want) + (tmp_path / "cache" / "mnist_manifest.json").stat().st_size
+    assert size == len(want) + (tmp_path / "cache" / ".manifests" / "mnist.json").stat().st_size
     assert client.clear_cache("mnist") == size and not (tmp_path / "cache" / "mnist").exists()
     assert client.get_cache_size() == client.clear_cache()
     with pytest.raises(ValueError):
@@ -158,7 +158,7 @@ def test_a_corrupted_transfer_is_never_kept(root, tmp_path):
             client.get_file_bytes("mnist", "d0/000.bin")
         with pytest.raises(errors.IntegrityError):
             list(client.stream("mnist", ["d0/000.bin"]))
-    left = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and "manifest" not in p.name]
+    left = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and ".manifests" not in p.parts]
     assert left == []
 
 

@@ -251,7 +251,10 @@ def test_a_corrupted_or_truncated_download_is_refused_and_leaves_nothing(hub, da
 
 
 class _DroppingHub(http.server.ThreadingHTTPServer):
-    """Serves one file like the hub's /file endpoint, dropping the first answer halfway."""
+    """Serves one file like the hub's /file endpoint, dropping the first answer halfway.
+
+    Its /manifest names the file as it is now (not counted in ``requests``).
+    """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -267,6 +270,18 @@ class _DroppingHub(http.server.ThreadingHTTPServer):
                 pass
 
             def do_GET(self):
+                if self.path.startswith("/manifest/"):
+                    entry = {
+                        "path": "f.bin",
+                        "size": len(outer.data),
+                        "hash": f"sha256:{outer.etag}",
+                    }
+                    body = json.dumps([entry]).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 outer.requests.append(dict(self.headers))
                 start = 0
                 ranged = self.headers.get("Range")

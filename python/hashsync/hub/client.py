@@ -3,8 +3,14 @@
 Every file is checked against its manifest hash (SHA-256 of the whole content) while it
 streams; a file lands under its final name only when complete and verified (a temporary file,
 fsynced, renamed). Large downloads that were interrupted resume with ``Range`` + ``If-Range``.
-The cache layout on disk is the seed's: ``<cache_dir>/<dataset>_manifest.json`` and
-``<cache_dir>/<dataset>/<path>``. Needs no server dependencies (urllib3 comes with boto3).
+Files are kept as the seed lays them out, ``<cache_dir>/<dataset>/<path>``; manifests in
+``<cache_dir>/.manifests/<dataset>.json`` (a dataset name never starts with a dot, so no
+dataset can collide with them). Needs no server dependencies (urllib3 comes with boto3).
+
+A hub is trusted with what it serves, not with the client's resources: every answer is read
+up to a bound (a file: its manifest size, plus one byte to see that it is longer; a manifest:
+``max_manifest_bytes`` after decompression), never followed to another origin, and checked
+against the manifest before it is kept.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import urllib.parse
 import warnings
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,6 +68,16 @@ _CHUNK = 1024 * 1024
 RESUME_MIN_BYTES = 8 * 1024 * 1024
 # Small files travel in bundles of at most this many bytes (one request each).
 _BUNDLE_BYTES = 8 * 1024 * 1024
+# A manifest entry is ~150 bytes: 256 MiB of JSON is well over a million files.
+MAX_MANIFEST_BYTES = 256 * 1024**2
+# What is read of an error answer, or of a bundle's per-file header line.
+_SMALL_BODY = 64 * 1024
+# Redirects followed within the hub's own origin (never to another).
+_MAX_REDIRECTS = 3
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Sizes a file can have (off_t).
+_MAX_SIZE = 2**63 - 1
 
 
 class DatasetHubClient:
@@ -73,6 +91,8 @@ class DatasetHubClient:
             on disk (then :meth:`get_file` and :meth:`download_dataset` raise ValueError).
         num_workers: Parallel downloads (default 8).
         timeout: Seconds to wait for a connection or for data before giving up.
+        max_manifest_bytes: The largest manifest accepted, decompressed (default 256 MiB,
+            over a million files): a hub sending more (a compression bomb) is refused.
 
     Raises:
         InvalidArgument: ``base_url`` is not an http(s) URL.
@@ -86,6 +106,7 @@ class DatasetHubClient:
         *,
         num_workers: int = 8,
         timeout: float = 60.0,
+        max_manifest_bytes: int = MAX_MANIFEST_BYTES,
     ) -> None:
         import urllib3
 
@@ -99,10 +120,16 @@ class DatasetHubClient:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.num_workers = num_workers
         self.timeout = timeout
+        self.max_manifest_bytes = max_manifest_bytes
+        self._origin = _origin(self.base_url)
+        # Parsed manifests by dataset: (ETag, entries, entries by path), one per version.
+        self._manifests: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {}
+        self._manifest_lock = threading.Lock()
         self._http = urllib3.PoolManager(
             maxsize=max(num_workers, 16),
+            # Redirects are followed by _request, within the hub's origin only.
             retries=urllib3.Retry(
-                total=3, connect=3, read=2, status=0, backoff_factor=0.2, redirect=2
+                total=3, connect=3, read=2, status=0, backoff_factor=0.2, redirect=False
             ),
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
         )
@@ -118,7 +145,7 @@ class DatasetHubClient:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_http", "_digest_lock"):
+        for name in ("_http", "_digest_lock", "_manifest_lock", "_manifests"):
             state.pop(name)
         return state
 
@@ -129,6 +156,7 @@ class DatasetHubClient:
             state["cache_dir"],
             num_workers=state["num_workers"],
             timeout=state["timeout"],
+            max_manifest_bytes=state.get("max_manifest_bytes", MAX_MANIFEST_BYTES),
         )
 
     # -- requests --------------------------------------------------------------------
@@ -143,35 +171,92 @@ class DatasetHubClient:
         ok: tuple[int, ...] = (200,),
         body: bytes | None = None,
     ) -> Any:
+        """Send a request; return the response, its body not read yet (see :meth:`_read`).
+
+        A redirect is followed only within the hub's origin (scheme, host and port): a hub
+        that sends the client elsewhere (and the API key with it) is refused.
+        """
         import urllib3
 
         sent = dict(headers or {})
         if self.api_key:
             sent["Authorization"] = f"Bearer {self.api_key}"
         url = self.base_url + path
-        try:
-            response = self._http.request(
-                method,
-                url,
-                headers=sent,
-                body=body,
-                preload_content=not stream,
-                decode_content=True,
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise StorageUnavailable(
-                errno.ECONNREFUSED, f"{method} {redact(url)}: hub unreachable ({exc})"
-            ) from None
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                response = self._http.request(
+                    method,
+                    url,
+                    headers=sent,
+                    body=body,
+                    preload_content=False,
+                    decode_content=False,
+                    redirect=False,
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                raise StorageUnavailable(
+                    errno.ECONNREFUSED, f"{method} {redact(url)}: hub unreachable ({exc})"
+                ) from None
+            if response.status not in (301, 302, 303, 307, 308) or response.status in ok:
+                break
+            target = urllib.parse.urljoin(url, response.headers.get("Location", ""))
+            response.release_conn()
+            if _origin(target) != self._origin:
+                raise IntegrityError(
+                    f"{method} {redact(url)}: the hub redirects to another origin "
+                    f"({redact(target)}); refused (the API key would go with it)"
+                )
+            url = target
+        else:
+            raise IntegrityError(f"{method} {redact(url)}: more than {_MAX_REDIRECTS} redirects")
         if response.status not in ok:
             detail = ""
             with contextlib.suppress(Exception):
-                detail = str(json.loads(response.data or b"{}").get("detail", ""))
+                detail = str(json.loads(self._read(response, _SMALL_BODY, "")).get("detail", ""))
             response.release_conn()
             message = f"{method} {redact(url)}: HTTP {response.status}"
             if detail:
-                message += f" ({detail})"
+                message += f" ({detail[:200]})"
             raise error_for_status(response.status, message)
         return response
+
+    def _chunks(self, response: Any, limit: int, what: str) -> Iterator[bytes]:
+        """The decoded body of ``response``, refused as soon as it exceeds ``limit`` bytes.
+
+        gzip is inflated here, never more than the bound allows (a compression bomb stops at
+        ``limit`` + 1 bytes); other content codings are refused.
+        """
+        coding = response.headers.get("Content-Encoding", "").strip().lower()
+        if coding not in ("", "identity", "gzip", "x-gzip"):
+            raise IntegrityError(f"{what}: the hub sent an unknown content coding {coding!r}")
+        inflater = zlib.decompressobj(wbits=31) if coding in ("gzip", "x-gzip") else None
+        seen = 0
+        try:
+            for raw in response.stream(_CHUNK, decode_content=False):
+                data = raw
+                if inflater is not None:
+                    # At most one byte past the bound, whatever the ratio.
+                    data = inflater.decompress(raw, limit + 1 - seen)
+                seen += len(data)
+                if seen > limit:
+                    raise IntegrityError(f"{what}: the hub sent more than {limit} bytes")
+                if data:
+                    yield data
+            if inflater is not None and not inflater.eof and seen:
+                raise IntegrityError(f"{what}: the compressed answer breaks off")
+        except zlib.error as exc:
+            response.close()
+            raise IntegrityError(f"{what}: the compressed answer is corrupt ({exc})") from None
+        except BaseException:
+            # Unread bytes may still be on their way: the connection cannot be reused.
+            response.close()
+            raise
+        finally:
+            response.release_conn()
+
+    def _read(self, response: Any, limit: int, what: str) -> bytes:
+        """The whole decoded body of ``response``, at most ``limit`` bytes (see :meth:`_chunks`)."""
+        return b"".join(self._chunks(response, limit, what))
 
     @staticmethod
     def _dataset(dataset: str) -> str:
@@ -192,7 +277,7 @@ class DatasetHubClient:
             PermissionDenied: The key was refused (401).
             StorageUnavailable: The hub could not be reached.
         """
-        names = json.loads(self._request("/datasets").data)
+        names = _json(self._read(self._request("/datasets"), self.max_manifest_bytes, "/datasets"))
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise IntegrityError(f"{self!r}: /datasets did not answer a list of names")
         return names
@@ -209,37 +294,71 @@ class DatasetHubClient:
             PermissionDenied: The key was refused.
             StorageUnavailable: The hub could not be reached and nothing is kept.
         """
+        return self._manifest(dataset)[1]
+
+    def _manifest(
+        self, dataset: str, *, revalidate: bool = True
+    ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+        """``(ETag, entries, entries by path)`` of the dataset's manifest, parsed once a version.
+
+        ``revalidate=False`` takes the version this client already holds without asking.
+        """
         quoted = self._dataset(dataset)
-        kept = self._manifest_path(dataset)
-        tag_file = kept.with_name(f".{kept.name}.etag") if kept is not None else None
+        with self._manifest_lock:
+            held = self._manifests.get(dataset)
+        if held is not None and not revalidate:
+            return held
+        kept, tag_file = self._manifest_paths(dataset)
         headers = {"Accept-Encoding": "gzip"}
-        cached: list[dict[str, Any]] | None = None
-        if kept is not None and tag_file is not None and kept.is_file() and tag_file.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                cached = _checked_manifest(json.loads(kept.read_bytes()), self)
-                headers["If-None-Match"] = tag_file.read_text().strip()
+        if held is None and kept is not None and tag_file is not None:
+            with contextlib.suppress(OSError, ValueError, IntegrityError):
+                if kept.is_file() and tag_file.is_file():
+                    tag = tag_file.read_text().strip()
+                    entries = _checked_manifest(_json(kept.read_bytes()), self)
+                    held = (tag, entries, {e["path"]: e for e in entries})
+        if held is not None and held[0]:
+            headers["If-None-Match"] = held[0]
+        what = f"{self!r}: manifest of {dataset!r}"
         try:
             response = self._request(f"/manifest/{quoted}", headers, ok=(200, 304))
             left_out = response.headers.get("X-Hashsync-Unreadable", "0")
             self.unreadable[dataset] = int(left_out) if left_out.isdigit() else 0
         except StorageUnavailable as exc:
-            if cached is None:
+            if held is None:
                 raise
             warnings.warn(
-                f"using the kept manifest of {dataset!r}: {exc}", HashsyncWarning, stacklevel=2
+                f"using the kept manifest of {dataset!r}: {exc}", HashsyncWarning, stacklevel=3
             )
-            return cached
-        if response.status == 304 and cached is not None:
-            return cached
-        manifest = _checked_manifest(json.loads(response.data), self)
-        if kept is not None and tag_file is not None:
-            with atomic_destination(kept) as tmp:
-                tmp.write_bytes(response.data if response.data else b"[]")
-            etag = response.headers.get("ETag")
-            if etag:
-                with atomic_destination(tag_file) as tmp:
-                    tmp.write_text(etag)
-        return manifest
+            return held
+        if response.status == 304 and held is not None:
+            response.release_conn()
+        else:
+            raw = self._read(response, self.max_manifest_bytes, what)
+            entries = _checked_manifest(_json(raw or b"[]", what), self)
+            held = (response.headers.get("ETag") or "", entries, {e["path"]: e for e in entries})
+            if kept is not None and tag_file is not None:
+                self._keep_manifest(dataset, raw or b"[]", held[0])
+        with self._manifest_lock:
+            self._manifests[dataset] = held
+        return held
+
+    def _keep_manifest(self, dataset: str, raw: bytes, etag: str) -> None:
+        kept, tag_file = self._manifest_paths(dataset)
+        assert kept is not None and tag_file is not None and self.cache_dir is not None
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_destination(kept) as tmp:
+            tmp.write_bytes(raw)
+        if etag:
+            with atomic_destination(tag_file) as tmp:
+                tmp.write_text(etag)
+        else:
+            tag_file.unlink(missing_ok=True)
+        # Before 0.2 manifests sat beside the datasets as "<dataset>_manifest.json", where a
+        # dataset of that name would collide with them; such leftovers are files, not datasets.
+        for old in (f"{dataset}_manifest.json", f".{dataset}_manifest.json.etag"):
+            if (self.cache_dir / old).is_file() and not (self.cache_dir / old).is_symlink():
+                with contextlib.suppress(OSError):
+                    (self.cache_dir / old).unlink()
 
     def get_file(self, dataset: str, subpath: str) -> Path:
         """A local path holding the file, downloaded (and verified) if needed.
@@ -372,10 +491,11 @@ class DatasetHubClient:
         else:
             self._dataset(dataset)
             _remove(self.cache_dir / dataset)
-            kept = self._manifest_path(dataset)
-            if kept is not None:
-                _remove(kept)
-                _remove(kept.with_name(f".{kept.name}.etag"))
+            for kept in self._manifest_paths(dataset):
+                if kept is not None:
+                    _remove(kept)
+            with self._manifest_lock:
+                self._manifests.pop(dataset, None)
         return freed
 
     def get_cache_size(self, dataset: str | None = None) -> int:
@@ -385,25 +505,27 @@ class DatasetHubClient:
         if dataset is None:
             return _tree_bytes(self.cache_dir)
         self._dataset(dataset)
-        kept = self._manifest_path(dataset)
         size = _tree_bytes(self.cache_dir / dataset)
+        kept = self._manifest_paths(dataset)[0]
         if kept is not None and kept.is_file():
             size += kept.stat().st_size
         return size
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _manifest_path(self, dataset: str) -> Path | None:
+    def _manifest_paths(self, dataset: str) -> tuple[Path | None, Path | None]:
+        """Where the dataset's manifest and its ETag are kept (a dot directory: no dataset)."""
         if self.cache_dir is None:
-            return None
-        return self.cache_dir / f"{dataset}_manifest.json"
+            return None, None
+        where = self.cache_dir / ".manifests"
+        return where / f"{dataset}.json", where / f"{dataset}.etag"
 
-    def _entry(self, dataset: str, path: str) -> dict[str, Any]:
+    def _entry(self, dataset: str, path: str, *, revalidate: bool = True) -> dict[str, Any]:
         validate_key(path)
-        for entry in self.get_manifest(dataset):
-            if entry["path"] == path:
-                return entry
-        raise NotFound(errno.ENOENT, f"{path!r} is not in dataset {dataset!r}")
+        entry = self._manifest(dataset, revalidate=revalidate)[2].get(path)
+        if entry is None:
+            raise NotFound(errno.ENOENT, f"{path!r} is not in dataset {dataset!r}")
+        return entry
 
     def _local(self, dataset: str, path: str) -> Path:
         assert self.cache_dir is not None
@@ -530,19 +652,21 @@ class DatasetHubClient:
             body=body,
             ok=(200, 404, 405),
         )
+        where = f"{self!r}: bundle of {dataset!r}"
         if response.status != 200:
             detail = ""
-            with contextlib.suppress(ValueError, AttributeError):
-                detail = str(json.loads(response.data or b"{}").get("detail", ""))
+            with contextlib.suppress(ValueError, AttributeError, IntegrityError):
+                detail = str(json.loads(self._read(response, _SMALL_BODY, where)).get("detail", ""))
             if detail == "no such dataset":
                 raise NotFound(errno.ENOENT, f"POST {redact(self.base_url + url)}: {detail}")
             self._bundles = False  # no such endpoint: a seed hub, or one before bundles
             return None
         self._bundles = True
-        data: bytes = response.data
+        # The files' bytes and a header line of each: nothing more is read.
+        limit = sum(e["size"] for e in item) + len(item) * _SMALL_BODY
+        data = self._read(response, limit, where)
         out: list[tuple[dict[str, Any], bytes, BaseException | None]] = []
         pos = 0
-        where = f"{self!r}: bundle of {dataset!r}"
         for index, entry in enumerate(item):
             end = data.find(b"\n", pos)
             try:
@@ -581,9 +705,10 @@ class DatasetHubClient:
         return out
 
     def _fetch_bytes(self, dataset: str, entry: dict[str, Any]) -> bytes:
+        what = f"{dataset}/{entry['path']}"
         response = self._request(self._file_url(dataset, entry["path"]))
-        data: bytes = response.data
-        _check(hashlib.sha256(data).hexdigest(), len(data), entry, f"{dataset}/{entry['path']}")
+        data = self._read(response, entry["size"], what)
+        _check(hashlib.sha256(data).hexdigest(), len(data), entry, what)
         return data
 
     def _download(
@@ -603,14 +728,11 @@ class DatasetHubClient:
             with atomic_destination(final) as tmp, open(tmp, "wb") as fh:
                 digest = hashlib.sha256()
                 response = self._request(url, stream=True)
-                try:
-                    for chunk in response.stream(_CHUNK):
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        if moved is not None:
-                            moved(len(chunk))
-                finally:
-                    response.release_conn()
+                for chunk in self._chunks(response, entry["size"], what):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    if moved is not None:
+                        moved(len(chunk))
                 fh.flush()
                 _check(digest.hexdigest(), fh.tell(), entry, what)
             return
@@ -654,19 +776,23 @@ class DatasetHubClient:
                     headers = {"Range": f"bytes={have}-", "If-Range": f'"{entry["hash"][7:]}"'}
             if have < entry["size"]:
                 response = self._request(url, headers, stream=True, ok=(200, 206))
+                if response.status == 200:  # the version changed, or no range: restart
+                    os.ftruncate(fd, 0)
+                    digest, have = hashlib.sha256(), 0
+                os.lseek(fd, have, os.SEEK_SET)
                 try:
-                    if response.status == 200:  # the version changed, or no range: restart
-                        os.ftruncate(fd, 0)
-                        digest, have = hashlib.sha256(), 0
-                    os.lseek(fd, have, os.SEEK_SET)
-                    for chunk in response.stream(_CHUNK):
+                    for chunk in self._chunks(response, entry["size"] - have, what):
                         os.write(fd, chunk)
                         digest.update(chunk)
                         have += len(chunk)
                         if moved is not None:
                             moved(len(chunk))
-                finally:
-                    response.release_conn()
+                except IntegrityError:
+                    # Longer than the manifest says: what was kept cannot be trusted either.
+                    os.close(fd)
+                    fd = -1
+                    partial.unlink(missing_ok=True)
+                    raise
             try:
                 _check(digest.hexdigest(), have, entry, what)
             except IntegrityError:
@@ -687,26 +813,57 @@ def _check(hexdigest: str, size: int, entry: dict[str, Any], what: str) -> None:
         raise IntegrityError(f"{what}: content does not match its manifest hash {entry['hash']}")
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        port = -1
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _json(raw: bytes, what: str = "the hub's answer") -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser's stack, from a hostile hub.
+        raise IntegrityError(f"{what}: not valid JSON") from None
+
+
 def _checked_manifest(value: Any, client: DatasetHubClient) -> list[dict[str, Any]]:
-    """The manifest if it is well-formed (paths are safe keys, sha256 hashes), else an error."""
+    """The manifest if it is well-formed, else an IntegrityError.
+
+    Each entry: a path that is a safe key without control characters (no two alike), a size
+    that is a whole number of bytes a file can have (not a bool), and ``sha256:`` with 64
+    lowercase hex digits.
+    """
     if not isinstance(value, list):
         raise IntegrityError(f"{client!r}: the manifest is not a list")
+    seen: set[str] = set()
     for item in value:
+        size = item.get("size") if isinstance(item, dict) else None
+        digest = item.get("hash") if isinstance(item, dict) else None
+        path = item.get("path") if isinstance(item, dict) else None
         if not (
-            isinstance(item, dict)
-            and isinstance(item.get("path"), str)
-            and isinstance(item.get("size"), int)
-            and isinstance(item.get("hash"), str)
-            and item["hash"].startswith(f"{ALGORITHM}:")
-            and len(item["hash"]) == len(ALGORITHM) + 1 + 64
+            isinstance(path, str)
+            and type(size) is int
+            and 0 <= size <= _MAX_SIZE
+            and isinstance(digest, str)
+            and digest.startswith(f"{ALGORITHM}:")
+            and _HEX64.fullmatch(digest[len(ALGORITHM) + 1 :]) is not None
         ):
             raise IntegrityError(f"{client!r}: malformed manifest entry {str(item)[:200]!r}")
         try:
-            validate_key(item["path"])
+            if _CONTROL.search(path):
+                raise InvalidArgument("control character")
+            validate_key(path)
         except InvalidArgument:
             raise IntegrityError(
-                f"{client!r}: the manifest names an unsafe path {item['path']!r}"
+                f"{client!r}: the manifest names an unsafe path {path!r}"
             ) from None
+        if path in seen:
+            raise IntegrityError(f"{client!r}: the manifest names {path!r} twice")
+        seen.add(path)
     return value
 
 

@@ -278,14 +278,16 @@ class HubStorage(ReadOnlyStorage):
     def copy(self, key: str, destination: LocalStorage) -> None:
         """Download ``key`` into ``destination``, verified against its SHA-256, atomically.
 
-        The content is hashed while it streams and must match the hash the hub announces for
-        it (its strong ETag) and the announced length; the file gets the hub's Last-Modified
-        as its mtime and appears under its name only when complete. A connection lost
-        mid-file resumes with ``Range`` and ``If-Range``.
+        The content is hashed while it streams and must match the manifest's hash and size
+        (the manifest this storage listed; headers of the file's answer are not trusted for
+        that), and no more than that size is read; the file gets the hub's Last-Modified as
+        its mtime and appears under its name only when complete. A connection lost mid-file
+        resumes with ``Range`` and ``If-Range``.
 
         Raises:
             NotFound: The dataset has no such file.
-            IntegrityError: The data did not match its hash or length.
+            IntegrityError: The data did not match the manifest's hash or size (or the file
+                changed on the hub since its manifest was read: a new listing picks it up).
             StorageUnavailable: The hub could not be reached.
         """
         destination = _check_destination(destination)
@@ -294,12 +296,28 @@ class HubStorage(ReadOnlyStorage):
         destination._receive(key, lambda tmp: self._download(key, url, tmp, report))
 
     def _download(self, key: str, url: str, tmp: Path, report: Any) -> str:
+        # The manifest already read (a sync's listing) vouches for the content; the hub's
+        # headers only pin the version a resumed request continues (If-Range). A file that
+        # changed on the hub since is checked against the manifest read again, once.
+        path = self._path(key)
+        entry = self.client._entry(self.dataset, path, revalidate=False)
+        try:
+            return self._fetch(key, url, tmp, report, entry)
+        except IntegrityError:
+            fresh = self.client._entry(self.dataset, path)
+            if fresh == entry:
+                raise
+            return self._fetch(key, url, tmp, report, fresh)
+
+    def _fetch(self, key: str, url: str, tmp: Path, report: Any, entry: dict[str, Any]) -> str:
+        """Download into ``tmp`` what ``entry`` names, reading no more than its size."""
         import urllib3
 
+        size = entry["size"]
+        what = f"{self!r}: {key!r}"
         digest = hashlib.sha256()
         have = 0
-        want: str | None = None
-        total: int | None = None
+        want = entry["hash"].partition(":")[2]
         modified: datetime.datetime | None = None
         with open(tmp, "wb") as out:
             for attempt in range(self.max_attempts):
@@ -316,11 +334,8 @@ class HubStorage(ReadOnlyStorage):
                         out.seek(0)
                         out.truncate()
                         digest, have = hashlib.sha256(), 0
-                        want = _announced_hash(response.headers)
-                        length = response.headers.get("Content-Length", "")
-                        total = int(length) if length.isdigit() else None
                         modified = _http_date(response.headers.get("Last-Modified"))
-                    for chunk in response.stream(_CHUNK):
+                    for chunk in self.client._chunks(response, size - have, what):
                         out.write(chunk)
                         digest.update(chunk)
                         have += len(chunk)
@@ -328,39 +343,20 @@ class HubStorage(ReadOnlyStorage):
                             report(len(chunk))
                     break
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
-                    if want is None or attempt + 1 >= self.max_attempts:
+                    if attempt + 1 >= self.max_attempts:
                         raise StorageUnavailable(
                             errno.EIO,
                             f"GET {redact(self.client.base_url + url)}: connection lost at "
                             f"byte {have} after {attempt + 1} attempts: {exc}",
                         ) from None
                     time.sleep(min(0.2 * 2**attempt, 2.0))
-                finally:
-                    response.release_conn()
             out.flush()
-        what = f"{self!r}: {key!r}"
-        if total is not None and have != total:
-            raise IntegrityError(f"{what}: received {have} bytes, expected {total}")
+        if have != size:
+            raise IntegrityError(f"{what}: received {have} bytes, the manifest says {size}")
         got = digest.hexdigest()
-        if want is None:
-            # A seed (DSX) hub sends no hash with the file: check against its manifest.
-            listed = {i.key: i.hash for i in self.list(key)}.get(key)
-            want = listed.partition(":")[2] if listed else None
-        if want is None:
-            raise IntegrityError(f"{what}: the hub announced no hash to verify the file against")
         if got != want:
-            raise IntegrityError(f"{what}: content does not match its {ALGORITHM} {want}")
+            raise IntegrityError(f"{what}: content does not match its manifest {ALGORITHM} {want}")
         if modified is not None:
             stamp = modified.timestamp()
             os.utime(tmp, (stamp, stamp))  # the rename keeps it
         return f"{ALGORITHM}:{got}"
-
-
-def _announced_hash(headers: Any) -> str | None:
-    value = headers.get("X-Hashsync-Hash") or ""
-    if value.startswith(f"{ALGORITHM}:"):
-        return value.partition(":")[2].lower()
-    etag = headers.get("ETag") or ""
-    if etag and not etag.startswith("W/"):
-        return etag.strip('"').lower()
-    return None
