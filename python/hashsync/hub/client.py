@@ -34,6 +34,7 @@ from typing import Any
 
 import hashsync
 from hashsync._redact import redact
+from hashsync._retry import BASE_DELAY, MAX_DELAY
 from hashsync._threads import run_on_threads
 from hashsync.atomic import (
     TMP_MARK,
@@ -129,7 +130,14 @@ class DatasetHubClient:
             maxsize=max(num_workers, 16),
             # Redirects are followed by _request, within the hub's origin only.
             retries=urllib3.Retry(
-                total=3, connect=3, read=2, status=0, backoff_factor=0.2, redirect=False
+                total=3,
+                connect=3,
+                read=2,
+                status=0,
+                backoff_factor=BASE_DELAY,
+                backoff_max=MAX_DELAY,
+                backoff_jitter=BASE_DELAY,
+                redirect=False,
             ),
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
         )

@@ -16,13 +16,13 @@ import datetime
 import errno
 import hashlib
 import os
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hashsync._redact import redact
+from hashsync._retry import wait_before_retry
 from hashsync.errors import IntegrityError, InvalidArgument, NotFound, StorageUnavailable
 from hashsync.hub._manifest import ALGORITHM, valid_dataset_name
 from hashsync.hub.client import DatasetHubClient
@@ -349,7 +349,7 @@ class HubStorage(ReadOnlyStorage):
                             f"GET {redact(self.client.base_url + url)}: connection lost at "
                             f"byte {have} after {attempt + 1} attempts: {exc}",
                         ) from None
-                    time.sleep(min(0.2 * 2**attempt, 2.0))
+                    wait_before_retry(attempt + 1)
             out.flush()
         if have != size:
             raise IntegrityError(f"{what}: received {have} bytes, the manifest says {size}")

@@ -23,7 +23,6 @@ import html.parser
 import http.client
 import os
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hashsync._redact import redact, redact_url
+from hashsync._retry import wait_before_retry
 from hashsync.errors import (
     HashsyncError,
     IntegrityError,
@@ -233,7 +233,7 @@ class HTTPStorage(ReadOnlyStorage):
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
             if attempt:
-                time.sleep(min(0.1 * 2**attempt, 5.0))
+                wait_before_retry(attempt)
             try:
                 return self._opener.open(request, timeout=self.timeout)
             except urllib.error.HTTPError as exc:
@@ -475,7 +475,7 @@ class HTTPStorage(ReadOnlyStorage):
                                     f"after {failures} attempts: {exc}"
                                 ),
                             ) from exc
-                        time.sleep(min(0.1 * 2**failures, 5.0))
+                        wait_before_retry(failures)
                         continue
                 if total is None or offset >= total:
                     break

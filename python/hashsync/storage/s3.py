@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import hashsync
 from hashsync._native import crc_combine
 from hashsync._redact import redact, redact_url
+from hashsync._retry import wait_before_retry
 from hashsync.atomic import same_version, settled_fstat
 from hashsync.errors import (
     FileChanged,
@@ -997,7 +998,7 @@ class S3Storage(ReadWriteStorage):
                 failures += 1
                 if failures >= self.max_attempts:
                     raise error from exc
-                time.sleep(min(0.1 * 2**failures, 2.0))
+                wait_before_retry(failures)
                 continue
             finally:
                 with contextlib.suppress(Exception):
