@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import hashsync
-from hashsync import segments
+from hashsync.syncing import segmented as segments
 from hashsync.storage.base import Segment
 from sync_helpers import keys, s3, write_tree
 

@@ -1,7 +1,7 @@
 """hashsync: keep files in step across local disk, S3 and HTTP, deciding by content hash.
 
-The hashing core is Rust; every function here releases the GIL while it works. The sync engine
-lives in :mod:`hashsync.engine`, storages in :mod:`hashsync.storage`, errors in
+The hashing core is Rust; every function here releases the GIL while it works. Syncs live in
+:mod:`hashsync.syncing`, storages in :mod:`hashsync.storage`, errors in
 :mod:`hashsync.errors`.
 
 Example:
@@ -31,8 +31,8 @@ from hashsync._native import (
     scan,
     tree_hash,
 )
-from hashsync.engine import SyncResult, TransferEvent, plan_sync, sync
 from hashsync.errors import HashsyncError
+from hashsync.syncing import SyncResult, TransferEvent, plan_sync, sync
 
 if TYPE_CHECKING:
     from hashsync.treecache import TreeCache, TreeCacheStatus

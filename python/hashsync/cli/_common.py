@@ -111,7 +111,7 @@ def add_side_args(p: argparse.ArgumentParser, json_help: str) -> None:
 
 
 def open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
-    from hashsync.engine import resolve_storage
+    from hashsync.syncing.single import resolve_storage
 
     endpoint = getattr(args, "endpoint_url", None)
     src = resolve_storage(args.source, role="source", endpoint_url=endpoint)

@@ -25,7 +25,7 @@ from hashsync.cli._common import (
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from hashsync.engine import (
+    from hashsync.syncing.single import (
         default_workers,
         plan_sync,
         settle_unmatched_etags,
@@ -97,7 +97,8 @@ def _paths(listing: Any) -> list[str]:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    import hashsync.engine as engine
+    from hashsync.syncing import TransferEvent, sync
+    from hashsync.syncing.single import action_name
 
     src, dst = open_sides(args)
     # The bar is drawn on stderr, so it can accompany --json; per-file lines then go to stderr
@@ -117,7 +118,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         else:
             display.hashing(done, total)
 
-    def on_event(event: engine.TransferEvent) -> None:
+    def on_event(event: TransferEvent) -> None:
         if event.error is not None:
             reported.add(event.key)
         display.event(event.action, event.key, event.error)
@@ -127,7 +128,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         display.transferring(len(plan.copy))
 
     with display:
-        result = engine.sync(
+        result = sync(
             src,
             dst,
             delete=args.delete,
@@ -147,7 +148,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     if args.scheduler and args.verbose and not args.dryrun:
         # Tasks report per segment, not per file: the lines come once they are all done.
-        action = engine._action(src, dst)
+        action = action_name(src, dst)
         for key in result.transferred:
             display.line(f"{action}: {shown(key)}")
         for key in result.deleted:
@@ -168,7 +169,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         print()
     else:
-        action = engine._action(src, dst)
+        action = action_name(src, dst)
         if args.dryrun:
             for key in result.transferred:
                 print(f"(dryrun) {action}: {shown(key)}")
