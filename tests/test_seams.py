@@ -131,3 +131,36 @@ KNOWN_CYCLES = [["hashsync.storage.base", "hashsync.storage.local"]]
 
 def test_no_new_import_cycles():
     assert _cycles(_import_graph()) == KNOWN_CYCLES
+
+
+def test_the_thread_map_keeps_order_and_fails_fast_when_asked():
+    import threading
+    import time
+
+    from hashsync._threads import run_on_threads
+
+    assert run_on_threads(lambda x: x * 2, range(50), 8) == [x * 2 for x in range(50)]
+    assert run_on_threads(lambda x: x, [7], 8) == [7]  # no thread for one item
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        with lock:
+            started.append(x)
+        if x == 0:
+            raise ValueError("first")
+        time.sleep(0.01)
+        return x
+
+    try:
+        run_on_threads(work, range(200), 4, fail_fast=True)
+    except ValueError as exc:
+        assert str(exc) == "first"
+    assert len(started) < 50  # nothing new started after the failure
+    started.clear()
+    try:
+        run_on_threads(work, range(40), 4)
+    except ValueError:
+        pass
+    assert sorted(started) == list(range(40))  # without fail_fast every item runs

@@ -1,9 +1,14 @@
-"""Running one function over many items on a few threads."""
+"""Running one function over many items on a few threads: the package's one thread map.
+
+Every parallel loop of hashsync goes through :func:`run_on_threads` (parts of a multipart
+transfer, batches of deletions, listing requests, downloads of many files), so Ctrl-C,
+failures and cancellation behave the same everywhere.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 __all__ = ["run_on_threads"]
@@ -12,15 +17,21 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def run_on_threads(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
+def run_on_threads(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, *, fail_fast: bool = False
+) -> list[R]:
     """``[fn(i) for i in items]`` on ``workers`` threads that each take the next item when free.
 
     No future per item: with thousands of small files, creating futures and waking the caller
     on every completion cost as much GIL time as the downloads' own bookkeeping. A failed item
-    does not stop the others; the first failure (in order) is raised once all are done, with
-    a note counting the rest. Ctrl-C stops handing out items, lets the running ones finish,
-    and is re-raised.
+    does not stop the others (unless ``fail_fast``: then no further item is started); the
+    first failure (in order) is raised once the running ones are done, with a note counting
+    the rest. Ctrl-C stops handing out items, lets the running ones finish, and is re-raised,
+    so no thread is still writing to a file the caller removes.
     """
+    items = items if isinstance(items, list) else list(items)
+    if len(items) <= 1 or workers <= 1:
+        return _in_this_thread(fn, items, fail_fast=fail_fast)
     results: list[R | None] = [None] * len(items)
     errors: list[BaseException | None] = [None] * len(items)
     todo = iter(range(len(items)))  # next() on a range iterator is atomic under the GIL
@@ -43,6 +54,8 @@ def run_on_threads(fn: Callable[[T], R], items: list[T], workers: int) -> list[R
                     results[i] = fn(items[i])
                 except BaseException as exc:  # noqa: BLE001 - reported to the caller below
                     errors[i] = exc
+                    if fail_fast:
+                        stop.set()
         finally:
             with lock:
                 running[0] -= 1
@@ -53,7 +66,7 @@ def run_on_threads(fn: Callable[[T], R], items: list[T], workers: int) -> list[R
     # would return while downloads are still being written.
     try:
         try:
-            for n in range(workers):
+            for n in range(min(workers, len(items))):
                 with lock:
                     running[0] += 1
                 try:
@@ -78,3 +91,21 @@ def run_on_threads(fn: Callable[[T], R], items: list[T], workers: int) -> list[R
             failed[0].add_note(f"... and {len(failed) - 1} more failed")
         raise failed[0]
     return results  # type: ignore[return-value]
+
+
+def _in_this_thread(fn: Callable[[T], R], items: list[T], *, fail_fast: bool) -> list[R]:
+    """:func:`run_on_threads` without threads, for one item or one worker (same semantics)."""
+    results: list[R] = []
+    failed: list[Exception] = []
+    for item in items:
+        try:
+            results.append(fn(item))
+        except Exception as exc:  # noqa: BLE001 - reported to the caller below
+            failed.append(exc)
+            if fail_fast:
+                break
+    if failed:
+        if len(failed) > 1:
+            failed[0].add_note(f"... and {len(failed) - 1} more failed")
+        raise failed[0]
+    return results

@@ -11,7 +11,6 @@ maps errors to :mod:`hashsync.errors`.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import datetime
 import http.client
 import re
@@ -22,6 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
 
+from hashsync._threads import run_on_threads
 from hashsync.errors import IntegrityError
 from hashsync.storage._sigv4 import Credentials, sign
 from hashsync.storage.base import ObjectInfo
@@ -332,9 +332,11 @@ def list_objects(lister: RawClient, *, root_prefix: str, prefix: str) -> list[Ob
     # Larger: split at the first "/" after the prefix, then list the subtrees side by side.
     top, subtrees, _ = lister.walk(full, len(root_prefix), delimiter="/")
     if subtrees:
-        with cf.ThreadPoolExecutor(min(_PARALLEL, len(subtrees))) as pool:
-            for objects, _, _ in pool.map(lambda p: lister.walk(p, len(root_prefix)), subtrees):
-                top.extend(objects)
+        walked = run_on_threads(
+            lambda p: lister.walk(p, len(root_prefix)), subtrees, _PARALLEL, fail_fast=True
+        )
+        for objects, _, _ in walked:
+            top.extend(objects)
         # S3's order (UTF-8 byte order, which code-point order of str matches).
         top.sort(key=lambda o: o.key)
     return top

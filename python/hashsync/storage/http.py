@@ -15,7 +15,6 @@ HTTP Basic authentication (never in the request URL), and a query string
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import datetime
 import email.utils
 import errno
@@ -32,6 +31,7 @@ from typing import IO, Any
 
 from hashsync._redact import redact, redact_url
 from hashsync._retry import wait_before_retry
+from hashsync._threads import run_on_threads
 from hashsync.errors import (
     HashsyncError,
     IntegrityError,
@@ -334,8 +334,8 @@ class HTTPStorage(ReadOnlyStorage):
         validate_prefix(prefix)
         directory = prefix.rpartition("/")[0]
         keys = sorted(self._crawl(directory + "/" if directory else "", prefix))
-        with concurrent.futures.ThreadPoolExecutor(self.list_workers) as pool:
-            yield from (info for info in pool.map(self._info, keys) if info is not None)
+        infos = run_on_threads(self._info, keys, self.list_workers, fail_fast=True)
+        yield from (info for info in infos if info is not None)
 
     def _info(self, key: str) -> ObjectInfo | None:
         try:

@@ -41,7 +41,6 @@ reserved: :meth:`S3Storage.list` does not show it.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import contextlib
 import datetime
 import errno
@@ -60,6 +59,7 @@ import hashsync
 from hashsync._native import crc_combine
 from hashsync._redact import redact, redact_url
 from hashsync._retry import wait_before_retry
+from hashsync._threads import run_on_threads
 from hashsync.atomic import same_version, settled_fstat
 from hashsync.errors import (
     FileChanged,
@@ -652,7 +652,10 @@ class S3Storage(ReadWriteStorage):
         _, dash, parts = (etag or "").rpartition("-")
         if dash and parts.isdigit() and int(parts) != count:
             return None  # not the parts the ETag was made of
-        spans = [first, *_run_parallel(part, range(2, count + 1), self.max_concurrency)]
+        spans = [
+            first,
+            *run_on_threads(part, range(2, count + 1), self.max_concurrency, fail_fast=True),
+        ]
         lengths: list[int] = []
         offset = 0
         for span in spans:
@@ -944,10 +947,11 @@ class S3Storage(ReadWriteStorage):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, size)
-            _run_parallel(
+            run_on_threads(
                 lambda r: self._download_range(key, etag, fd, r[0], r[1], size, report),
                 ranges,
                 self.max_concurrency,
+                fail_fast=True,
             )
             written = os.fstat(fd).st_size
         finally:
@@ -1236,10 +1240,11 @@ class S3Storage(ReadWriteStorage):
             endpoint, self.bucket, full, {"upload_id": upload_id, "identity": identity}
         )
         try:
-            parts = _run_parallel(
+            parts = run_on_threads(
                 lambda number: send(upload_id, number, held.get(number)),
                 range(1, count + 1),
                 self.max_concurrency,
+                fail_fast=True,
             )
             if before_complete is not None:
                 before_complete()
@@ -1523,7 +1528,7 @@ class S3Storage(ReadWriteStorage):
                 )
                 outcomes[where[full]] = error_for_status(None, message, code=code)
 
-        _run_parallel(send, batches, workers=_DELETE_PARALLEL)
+        run_on_threads(send, batches, _DELETE_PARALLEL, fail_fast=True)
         return outcomes
 
     # -- sync seams -------------------------------------------------------------------
@@ -1922,36 +1927,3 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     import urllib3.exceptions
 
     return (urllib3.exceptions.HTTPError, http.client.HTTPException)
-
-
-def _run_parallel(fn: Callable[[Any], Any], items: Any, workers: int) -> list[Any]:
-    """Run ``fn`` over ``items`` on a thread pool; results in order, first error raised.
-
-    On an error or Ctrl-C the parts not started yet are cancelled, and the call returns only
-    after running parts have finished, so no thread writes to a file that is being removed.
-    """
-    items = list(items)
-    if len(items) <= 1 or workers == 1:
-        return [fn(item) for item in items]
-    stop = threading.Event()
-
-    def guarded(item: Any) -> Any:
-        if stop.is_set():
-            raise concurrent.futures.CancelledError
-        return fn(item)
-
-    pool = concurrent.futures.ThreadPoolExecutor(
-        min(workers, len(items)), thread_name_prefix="hashsync-s3"
-    )
-    futures = [pool.submit(guarded, item) for item in items]
-    try:
-        for future in concurrent.futures.as_completed(futures):
-            future.result()
-        return [future.result() for future in futures]
-    except BaseException:
-        stop.set()
-        for future in futures:
-            future.cancel()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -19,12 +19,12 @@ the whole destination listing next to the whole source listing.
 from __future__ import annotations
 
 import bisect
-import concurrent.futures as cf
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hashsync._threads import run_on_threads
 from hashsync.errors import InvalidArgument, describe
 from hashsync.storage.base import FilterRules, ReadWriteStorage, Segment, Storage, SyncListing
 from hashsync.syncing.result import SyncResult
@@ -51,6 +51,8 @@ MAX_SEGMENTS = 4096
 BATCHES_PER_WORKER = 4
 # Entries per batch when one machine syncs a huge source segment by segment.
 SEGMENT_ENTRIES = 100_000
+# Level listings and probes in flight while planning.
+_PROBES = 32
 
 
 def select(listing: SyncListing, segment: Segment) -> SyncListing:
@@ -134,27 +136,26 @@ def plan_segments(
     big: list[str] = []  # directories with at least probe_limit keys, not split
     pending = [""]
     # Probes are latency-bound on a remote store: many in flight.
-    with cf.ThreadPoolExecutor(32) as pool:
-        while pending:
-            subdirs: list[str] = []
-            for prefix, (files, subs) in zip(
-                pending, pool.map(lambda p: _levels(sides, p), pending), strict=True
-            ):
-                if not all(_valid_prefix(p) for p in subs):
-                    # A key with an empty path part ("a//b") under it: no clean split here.
-                    sized.append((Segment(prefix), probe_limit))
-                    continue
-                sized.append((Segment(prefix, shallow=True), files))
-                subdirs.extend(subs)
-            for sub, n in zip(subdirs, pool.map(probe, subdirs), strict=True):
-                if n >= probe_limit:
-                    big.append(sub)
-                else:
-                    sized.append((Segment(sub), n))
-            room = target - len(sized) - len(big)
-            # A split turns one segment into several: a few at a time keeps near the target.
-            take = min(len(big), max(1, room // 4)) if room > 0 else 0
-            pending, big = big[:take], big[take:]
+    while pending:
+        subdirs: list[str] = []
+        levels = run_on_threads(lambda p: _levels(sides, p), pending, _PROBES, fail_fast=True)
+        for prefix, (files, subs) in zip(pending, levels, strict=True):
+            if not all(_valid_prefix(p) for p in subs):
+                # A key with an empty path part ("a//b") under it: no clean split here.
+                sized.append((Segment(prefix), probe_limit))
+                continue
+            sized.append((Segment(prefix, shallow=True), files))
+            subdirs.extend(subs)
+        counts = run_on_threads(probe, subdirs, _PROBES, fail_fast=True)
+        for sub, n in zip(subdirs, counts, strict=True):
+            if n >= probe_limit:
+                big.append(sub)
+            else:
+                sized.append((Segment(sub), n))
+        room = target - len(sized) - len(big)
+        # A split turns one segment into several: a few at a time keeps near the target.
+        take = min(len(big), max(1, room // 4)) if room > 0 else 0
+        pending, big = big[:take], big[take:]
     sized.extend((Segment(p), probe_limit) for p in big)
     return _pack(sized, workers, probe_limit)
 
