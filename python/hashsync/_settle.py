@@ -62,8 +62,7 @@ def ask_store(
     crc = remote.get_crc64nvme(key)
     if crc is not None:
         return "crc", crc
-    parts_of = getattr(remote, "get_part_sizes", None)
-    lengths = parts_of(key, etag=etag) if parts_of is not None else None
+    lengths = remote.get_part_sizes(key, etag=etag)
     if lengths is None:
         return "weak", None
     if sum(lengths) != size:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hashsync.atomic import is_internal_key
@@ -230,6 +231,34 @@ class Storage(abc.ABC):
     #: digest algorithm (a hub's ``"sha256"``: ``get_hash`` gives ``"sha256:<hex>"``). A sync
     #: asks both sides for digests of the source's algorithm.
     hash_algorithm: str = "etag"
+
+    #: The part size the storage's ETags are made with (uploads and, for a local storage,
+    #: :meth:`get_hash`); 8 MiB, s3transfer's and hashsync's default.
+    part_size: int = 8 * 1024**2
+
+    # -- declared abilities: defaults say "cannot", stores that can override them --------
+
+    def local_path(self, key: str) -> Path | None:
+        """The file on this machine that holds ``key``, or None for a store elsewhere.
+
+        Filesystem storages return the path (which need not exist yet); everything else
+        None. Generic code asks this instead of looking at what class a storage is.
+        """
+        return None
+
+    def get_crc64nvme(self, key: str) -> str | None:
+        """The object's whole-content CRC64NVME (hex), or None if the store cannot tell.
+
+        The default cannot; S3 answers from its metadata or native checksums (one HEAD).
+        """
+        return None
+
+    def get_part_sizes(self, key: str, *, etag: str | None = None) -> list[int] | None:
+        """The sizes of the parts the object was uploaded in, or None if the store cannot tell.
+
+        The default cannot; S3 asks ``HEAD ?partNumber=N``.
+        """
+        return None
 
     def with_symlinks_followed(self, follow: bool) -> Storage:
         """This storage, or a copy that follows symbolic links (``follow``) or skips them.

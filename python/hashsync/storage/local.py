@@ -177,16 +177,12 @@ def _source_file(source: object, key: str) -> Path:
     No path component may be a symbolic link, except the links that a listing of a storage
     following links (:attr:`_FilesystemReads.follow_symlinks`) went through.
     """
-    path_of = getattr(source, "path", None)
-    if not callable(path_of):
+    if not isinstance(source, _FilesystemReads):
         raise InvalidArgument(
             f"source must be a LocalStorage (or ReadOnlyFilesystemStorage), not {source!r}"
         )
-    path = Path(path_of(key))
-    root = getattr(source, "root", None)
-    where = None
-    if root is not None:
-        where = _link_below(Path(root), path, getattr(source, "_links_readable", frozenset()))
+    path = source.path(key)
+    where = _link_below(source.root, path, source._links_readable)
     if where is not None:
         raise UnsafePath(
             errno.ELOOP,
@@ -240,6 +236,10 @@ class _FilesystemReads:
     # The links (relative paths) that listings followed; None until a listing ran. Following
     # is decided at listing time: a path swapped for a link afterwards is refused on read.
     _followed_links: frozenset[str] | None = None
+
+    def local_path(self, key: str) -> Path:
+        """The file that holds ``key`` (see :meth:`path`)."""
+        return self.path(key)
 
     def with_symlinks_followed(self, follow: bool) -> Any:
         """This storage, or a copy of it that follows symbolic links (or not) when listing.

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import hashsync
@@ -387,8 +388,7 @@ def settle_unmatched_etags(
     from hashsync._settle import ask_store, by_size_and_mtime
 
     local, remote = (src, dst) if src.is_local else (dst, src)
-    askable = hasattr(remote, "get_crc64nvme") and hasattr(local, "path")
-    if src.is_local == dst.is_local or not askable:
+    if src.is_local == dst.is_local:
         return to_copy, 0
     entries = dst_listing.entries
     # A store's listing is a plain list: index only the multipart entries, the only ones the
@@ -398,42 +398,44 @@ def settle_unmatched_etags(
         if hasattr(entries, "find")
         else {e.path: e for e in entries if "-" in (e.digest or "")}.get
     )
-    candidates = []
+    Candidate = tuple[hashsync.FileEntry, hashsync.FileEntry, str, Path]
+    candidates: list[Candidate] = []
     for e in to_copy:
         other = find(e.path)
         if other is None or other.size != e.size:
             continue
         remote_etag = (other if src.is_local else e).digest or ""
-        if "-" in remote_etag:
-            candidates.append((e, other, remote_etag))
+        path = local.local_path(e.path)
+        if "-" in remote_etag and path is not None:
+            candidates.append((e, other, remote_etag, path))
     if not candidates:
         return to_copy, 0
 
-    def ask(candidate: tuple[hashsync.FileEntry, hashsync.FileEntry, str]) -> tuple[str, Any]:
-        e, _, etag = candidate
+    def ask(candidate: Candidate) -> tuple[str, Any]:
+        e, _, etag, path = candidate
         try:
-            return ask_store(remote, local.path(e.path), e.path, etag, e.size)
+            return ask_store(remote, path, e.path, etag, e.size)
         except (HashsyncError, OSError):
             return "copy", None  # as without the check
 
     answers = run_on_threads(ask, candidates, workers)
     same: set[str] = set()
-    by_crc: list[tuple[hashsync.FileEntry, str]] = []
+    by_crc: list[tuple[hashsync.FileEntry, str, Path]] = []
     weak: list[tuple[hashsync.FileEntry, hashsync.FileEntry]] = []
-    for (e, other, _), (how, value) in zip(candidates, answers, strict=True):
+    for (e, other, _, path), (how, value) in zip(candidates, answers, strict=True):
         if how == "etag" and value:
             same.add(e.path)
         elif how == "crc":
-            by_crc.append((e, value))
+            by_crc.append((e, value, path))
         elif how == "weak":
             weak.append((e, other))
     if by_crc:
         try:
-            ours = hashsync.hash_files([local.path(e.path) for e, _ in by_crc], "crc64nvme")
+            ours = hashsync.hash_files([path for _, _, path in by_crc], "crc64nvme")
         except (HashsyncError, OSError):
             ours = [None] * len(by_crc)  # copy them, as without the check
         same.update(
-            e.path for (e, theirs), mine in zip(by_crc, ours, strict=True) if theirs == mine
+            e.path for (e, theirs, _), mine in zip(by_crc, ours, strict=True) if theirs == mine
         )
     same.update(by_size_and_mtime(weak, remote, download=dst.is_local))
     return [e for e in to_copy if e.path not in same], len(same)

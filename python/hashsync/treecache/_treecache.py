@@ -462,7 +462,7 @@ class TreeCache:
     def _part_size(self) -> int:
         with contextlib.suppress(_RemoteFailed):
             with _remote_errors():
-                return int(getattr(self._remote(), "part_size", hashsync.DEFAULT_PART_SIZE))
+                return int(self._remote().part_size)
         return hashsync.DEFAULT_PART_SIZE
 
     # -- building --------------------------------------------------------------------------
