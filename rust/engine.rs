@@ -9,8 +9,10 @@
 //! Files are read with `pread` into a reused ~1 MiB buffer, never mapped: a file truncated while
 //! it is hashed must give an error, and a mapping would give SIGBUS instead.
 
+use crate::beneath::Dir;
 use crate::error::{Error, Result};
 use crate::hash::{multipart_etag, Algorithm, Hasher, PartRule};
+use crate::state::FileKey;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -100,9 +102,25 @@ enum UnitOut {
     Crc(u64),
 }
 
+/// Where the workers open files.
+#[derive(Clone, Copy)]
+enum Opener<'a> {
+    /// By path, as `open(2)` resolves it.
+    Path,
+    /// By relative path below a directory, following no link (see [`crate::beneath`]).
+    Beneath(&'a Dir),
+}
+
 /// Opens `path` and checks it is still the file that was stat'ed when the work was planned.
-fn open_checked(path: &Path, ident: Identity) -> Result<File> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+fn open_checked(path: &Path, ident: Identity, opener: Opener<'_>) -> Result<File> {
+    let file = match opener {
+        Opener::Path => File::open(path),
+        Opener::Beneath(root) => match path.to_str() {
+            Some(rel) => crate::beneath::open_file(root, rel),
+            None => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+        },
+    }
+    .map_err(|e| Error::io(path, e))?;
     let now = Identity::of(&file.metadata().map_err(|e| Error::io(path, e))?);
     if now != ident {
         return Err(Error::changed(
@@ -158,8 +176,10 @@ pub(crate) fn read_full(
 }
 
 /// Reads `len` bytes at `offset` of `path` through `buf`, feeding `hasher`.
+#[allow(clippy::too_many_arguments)]
 fn hash_range(
     path: &Path,
+    opener: Opener<'_>,
     ident: Identity,
     offset: u64,
     len: u64,
@@ -167,7 +187,7 @@ fn hash_range(
     buf: &mut [u8],
     ctl: &Control,
 ) -> Result<()> {
-    let file = open_checked(path, ident)?;
+    let file = open_checked(path, ident, opener)?;
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
@@ -209,6 +229,7 @@ struct LaneJob<'a> {
 /// Returns one result per unit, in the order given.
 fn run_md5_lanes(
     jobs: Vec<(usize, &Path, Identity, u64, u64)>,
+    opener: Opener<'_>,
     kind_is_part: &[bool],
     lanes: &mut crate::md5x::Md5Lanes,
     bufs: &mut [Vec<u8>],
@@ -217,7 +238,7 @@ fn run_md5_lanes(
     let mut out: Vec<(usize, Result<UnitOut>)> = Vec::with_capacity(jobs.len());
     let mut active: Vec<Option<LaneJob<'_>>> = Vec::with_capacity(jobs.len());
     for (unit, path, ident, offset, len) in jobs {
-        match open_checked(path, ident) {
+        match open_checked(path, ident, opener) {
             Ok(file) => active.push(Some(LaneJob {
                 unit,
                 path,
@@ -299,6 +320,7 @@ fn run_md5_lanes(
 fn run_unit(
     unit: &Unit,
     path: &Path,
+    opener: Opener<'_>,
     ident: Identity,
     opts: &HashOptions,
     buf: &mut [u8],
@@ -310,7 +332,16 @@ fn run_unit(
         UnitKind::CrcChunk => opts.algorithm,
     };
     let mut hasher = Hasher::new(alg, opts.rule);
-    hash_range(path, ident, unit.offset, unit.len, &mut hasher, buf, ctl)?;
+    hash_range(
+        path,
+        opener,
+        ident,
+        unit.offset,
+        unit.len,
+        &mut hasher,
+        buf,
+        ctl,
+    )?;
     Ok(match unit.kind {
         UnitKind::Whole => UnitOut::Hex(hasher.finalize()),
         UnitKind::EtagPart => UnitOut::Md5(hasher.md5_bytes().expect("md5 state")),
@@ -438,6 +469,40 @@ fn cpus() -> usize {
 /// Hashes every path; results are in input order. With `fail_fast`, the first error cancels the
 /// rest (they come back as `Error::Cancelled`).
 pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<Result<String>> {
+    hash_files_with(paths, None, Opener::Path, opts, ctl)
+}
+
+/// Hashes files below `root` by their relative paths (`/`-separated), each opened one
+/// component at a time without following links, and only if it is still the file that
+/// `expected` describes (device, inode, size, mtime: what a walk of `root` found); any other
+/// file there is [`Error::Changed`], a link or a missing file an [`Error::Io`].
+pub fn hash_files_beneath(
+    root: &Dir,
+    rels: &[PathBuf],
+    expected: &[FileKey],
+    opts: &HashOptions,
+    ctl: &Control,
+) -> Vec<Result<String>> {
+    assert_eq!(rels.len(), expected.len(), "one expected identity per path");
+    let idents = expected
+        .iter()
+        .map(|k| Identity {
+            dev: k.dev,
+            ino: k.ino,
+            size: k.size,
+            mtime_ns: i128::from(k.mtime_ns),
+        })
+        .collect();
+    hash_files_with(rels, Some(idents), Opener::Beneath(root), opts, ctl)
+}
+
+fn hash_files_with(
+    paths: &[PathBuf],
+    known: Option<Vec<Identity>>,
+    opener: Opener<'_>,
+    opts: &HashOptions,
+    ctl: &Control,
+) -> Vec<Result<String>> {
     let threads = opts.threads.max(1);
     let n = paths.len();
     let mut results: Vec<Option<Result<String>>> = (0..n).map(|_| None).collect();
@@ -445,7 +510,9 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
     // Stat first: sizes decide the plan. Cheap compared to reading, so it runs on this thread
     // unless there are many files.
     let stat = |p: &PathBuf| regular_file(p).map(|m| Identity::of(&m));
-    let idents: Vec<Result<Identity>> = if n > 64 && threads > 1 {
+    let idents: Vec<Result<Identity>> = if let Some(known) = known {
+        known.into_iter().map(Ok).collect()
+    } else if n > 64 && threads > 1 {
         use rayon::prelude::*;
         pool(threads).install(|| paths.par_iter().map(stat).collect())
     } else {
@@ -523,7 +590,10 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
                     md5_jobs.push((ui, paths[u.file].as_path(), id, u.offset, u.len));
                     md5_kinds.push(matches!(u.kind, UnitKind::EtagPart));
                 } else {
-                    store(ui, run_unit(u, &paths[u.file], id, opts, &mut buf, ctl));
+                    store(
+                        ui,
+                        run_unit(u, &paths[u.file], opener, id, opts, &mut buf, ctl),
+                    );
                 }
             }
             if md5_jobs.len() == 1 {
@@ -532,7 +602,15 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
                 let u = &units[ui];
                 store(
                     ui,
-                    run_unit(u, &paths[u.file], md5_jobs[0].2, opts, &mut buf, ctl),
+                    run_unit(
+                        u,
+                        &paths[u.file],
+                        opener,
+                        md5_jobs[0].2,
+                        opts,
+                        &mut buf,
+                        ctl,
+                    ),
                 );
             } else if !md5_jobs.is_empty() {
                 let lanes = if md5_jobs.len() <= narrow.lanes() {
@@ -540,7 +618,8 @@ pub fn hash_files(paths: &[PathBuf], opts: &HashOptions, ctl: &Control) -> Vec<R
                 } else {
                     &mut wide
                 };
-                for (ui, r) in run_md5_lanes(md5_jobs, &md5_kinds, lanes, &mut lane_bufs, ctl) {
+                let done = run_md5_lanes(md5_jobs, opener, &md5_kinds, lanes, &mut lane_bufs, ctl);
+                for (ui, r) in done {
                     store(ui, r);
                 }
             }
@@ -619,7 +698,10 @@ pub fn hash_file_inline(path: &Path, opts: &HashOptions, ctl: &Control) -> Resul
     let mut buf = vec![0u8; READ_BUF.min(id.size.max(1) as usize)];
     let mut outs = Vec::with_capacity(units.len());
     for u in &units {
-        outs.push((u.len, run_unit(u, path, id, opts, &mut buf, ctl)?));
+        outs.push((
+            u.len,
+            run_unit(u, path, Opener::Path, id, opts, &mut buf, ctl)?,
+        ));
     }
     Ok(assemble(opts.algorithm, outs))
 }

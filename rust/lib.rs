@@ -3,6 +3,7 @@
 //! Nothing here knows about Python; [`python`] (behind the `python` feature) is the only module
 //! that converts types and errors and releases the GIL.
 
+pub mod beneath;
 pub mod diff;
 pub mod engine;
 pub mod error;

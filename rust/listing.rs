@@ -104,6 +104,17 @@ impl Listing {
         (0..self.len()).map(|i| self.get(i))
     }
 
+    /// Whether both hold the same entries (paths, sizes, mtimes, digests), whatever else
+    /// differs (errors, stats, root): a memory comparison, however many entries.
+    pub fn same_entries(&self, other: &Listing) -> bool {
+        self.paths == other.paths
+            && self.path_ends == other.path_ends
+            && self.sizes == other.sizes
+            && self.mtimes == other.mtimes
+            && self.digests == other.digests
+            && self.digest_ends == other.digest_ends
+    }
+
     /// Index of `path`, by binary search.
     pub fn find(&self, path: &str) -> Option<usize> {
         let (mut lo, mut hi) = (0, self.len());

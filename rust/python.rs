@@ -567,6 +567,12 @@ impl PyListing {
             .map(|i| PyFileEntry::from_entry(self.inner.get(i)))
     }
 
+    /// Whether `other` holds the same entries (paths, sizes, mtimes, digests), whatever else
+    /// differs; compared in Rust memory without creating entries.
+    fn same_entries(&self, other: PyRef<'_, PyListing>) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner) || self.inner.same_entries(&other.inner)
+    }
+
     /// The relative paths, in order.
     fn paths(&self) -> Vec<&str> {
         self.inner.iter().map(|e| e.path).collect()
@@ -728,6 +734,7 @@ fn scan_options(
         state_dir: state.then(|| state_dir.unwrap_or_else(crate::state::default_cache_dir)),
         subdir: subdir.unwrap_or_default(),
         recursive,
+        confined: false,
     })
 }
 
@@ -754,7 +761,8 @@ fn is_internal_name(name: &str) -> bool {
 #[pyfunction]
 #[pyo3(signature = (root, *, algorithm=None, include=None, exclude=None, filters=None,
                     follow_symlinks=false, part_size=DEFAULT_PART_SIZE, threads=None,
-                    state=true, state_dir=None, progress=None, subdir=None, recursive=true))]
+                    state=true, state_dir=None, progress=None, subdir=None, recursive=true,
+                    confined=false))]
 #[allow(clippy::too_many_arguments)]
 fn scan(
     py: Python<'_>,
@@ -771,8 +779,9 @@ fn scan(
     progress: Option<Bound<'_, PyAny>>,
     subdir: Option<String>,
     recursive: bool,
+    confined: bool,
 ) -> PyResult<PyListing> {
-    let opts = scan_options(
+    let mut opts = scan_options(
         py,
         algorithm,
         include.as_ref(),
@@ -786,6 +795,7 @@ fn scan(
         subdir,
         recursive,
     )?;
+    opts.confined = confined;
     let ctl = Control::default();
     let listing = run_watched(py, progress.as_ref(), &ctl, || {
         crate::scan::scan(&root, &opts, &ctl)

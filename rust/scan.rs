@@ -5,6 +5,7 @@
 //! algorithm, digests are looked up in the [`StateStore`] and only the misses are hashed
 //! (largest first, through [`engine::hash_files`]); the new digests are then recorded.
 
+use crate::beneath::{self, Dir, Kind};
 use crate::engine::{self, Control, HashOptions};
 use crate::error::{strerror, Error, Result};
 use crate::filter::Filter;
@@ -34,6 +35,12 @@ pub struct ScanOptions {
     /// Descend into subdirectories; `false` lists only the files directly in the scanned
     /// directory.
     pub recursive: bool,
+    /// Never read outside `root`, whatever is renamed or replaced while the scan runs: every
+    /// directory is opened relative to its parent's descriptor without following links, and a
+    /// file is hashed only if it is still the file (device, inode, size, mtime) the walk
+    /// listed, opened the same way. For directories that others may write to (the hub).
+    /// Incompatible with `follow_symlinks`.
+    pub confined: bool,
 }
 
 impl Default for ScanOptions {
@@ -47,6 +54,7 @@ impl Default for ScanOptions {
             state_dir: None,
             subdir: String::new(),
             recursive: true,
+            confined: false,
         }
     }
 }
@@ -323,24 +331,194 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
     out.merge(below)
 }
 
+/// Walks the directory `rel` below `root` and, in parallel, everything below it, resolving
+/// every name against an open directory and following no link (see [`crate::beneath`]).
+///
+/// Each directory is opened from `root` again, component by component, so no descriptor is
+/// held while its subdirectories are walked.
+fn walk_confined(root: &Dir, rel: &str, opts: &ScanOptions) -> WalkOut {
+    let mut out = WalkOut {
+        dirs: 1,
+        ..Default::default()
+    };
+    let listed = beneath::open_dir(root, rel).and_then(|dir| dir.entries().map(|e| (dir, e)));
+    let (dir, entries) = match listed {
+        Ok(x) => x,
+        Err(e) => {
+            out.errors.push((rel.to_string(), confined_reason(&e)));
+            return out;
+        }
+    };
+    let mut subdirs: Vec<String> = Vec::new();
+    let seen_any = !entries.is_empty();
+    for (name, kind) in entries {
+        let Some(name) = name.to_str() else {
+            let lossy = join_rel(rel, &name.to_string_lossy());
+            out.errors
+                .push((lossy, "file name is not valid UTF-8".to_string()));
+            continue;
+        };
+        let child_rel = join_rel(rel, name);
+        if kind == Kind::Dir {
+            // Opened later without following links: if it is a link by then, that fails.
+            subdirs.push(child_rel);
+            continue;
+        }
+        let st = match dir.stat_at(std::ffi::OsStr::new(name)) {
+            Ok(st) => st,
+            // Vanished between readdir and stat: not an error worth reporting.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.errors.push((child_rel, strerror(&e)));
+                continue;
+            }
+        };
+        if st.is_dir() {
+            subdirs.push(child_rel);
+            continue;
+        }
+        match internal_name(name) {
+            Some(Internal::Temporary) if st.is_file() => {
+                out.temporaries.push(child_rel);
+                continue;
+            }
+            Some(_) => {
+                out.internal += 1;
+                continue;
+            }
+            None => {}
+        }
+        if st.is_symlink() {
+            // Never followed, so its target is not looked at either.
+            if opts.filter.is_included(&child_rel) {
+                out.symlinks.push(child_rel);
+            } else {
+                out.excluded += 1;
+            }
+            continue;
+        }
+        if !st.is_file() {
+            out.special += 1;
+            continue;
+        }
+        if !opts.filter.is_included(&child_rel) {
+            out.excluded += 1;
+            continue;
+        }
+        out.files.push(RawFile {
+            rel: child_rel,
+            key: st.key(),
+        });
+    }
+    drop(dir);
+    if !seen_any && !rel.is_empty() {
+        out.empty_dirs.push(rel.to_string());
+    }
+    if !opts.recursive {
+        subdirs.clear();
+    }
+    let below = subdirs
+        .into_par_iter()
+        .map(|rel| walk_confined(root, &rel, opts))
+        .reduce(WalkOut::default, WalkOut::merge);
+    out.merge(below)
+}
+
+fn confined_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+            "replaced by a symbolic link or a file while the scan ran (not followed)".to_string()
+        }
+        _ => strerror(e),
+    }
+}
+
+/// Opens the root of a confined scan, and checks where it starts.
+///
+/// Returns the root, or None when `opts.subdir` is missing, a link or not a directory.
+fn confined_start(root: &Path, opts: &ScanOptions) -> Result<Option<Dir>> {
+    if opts.follow_symlinks {
+        return Err(Error::InvalidValue(
+            "a confined scan follows no symbolic links: follow_symlinks must be false".into(),
+        ));
+    }
+    let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    let link_error = || {
+        Error::InvalidValue(format!(
+            "{}: is a symbolic link, which a confined scan does not follow",
+            root.display()
+        ))
+    };
+    if is_link(root) {
+        return Err(link_error());
+    }
+    let dir = Dir::open(root).map_err(|e| match e.raw_os_error() {
+        // O_NOFOLLOW | O_DIRECTORY on a link says ELOOP or ENOTDIR: swapped since the check.
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) if is_link(root) => link_error(),
+        Some(libc::ENOTDIR) => Error::NotADirectory(root.to_path_buf()),
+        _ => Error::io(root, e),
+    })?;
+    if opts.subdir.is_empty() {
+        return Ok(Some(dir));
+    }
+    check_subdir(&opts.subdir)?;
+    match beneath::open_dir(&dir, &opts.subdir) {
+        Ok(_) => Ok(Some(dir)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(root.join(&opts.subdir), e)),
+    }
+}
+
+fn check_subdir(subdir: &str) -> Result<()> {
+    if subdir
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(Error::InvalidValue(format!(
+            "subdir must be a relative path without '.', '..' or empty parts: {subdir:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// Scans `root`. Unreadable files and directories are reported in [`Listing::errors`]; they do
 /// not abort the scan. Fails only when `root` itself cannot be scanned.
 pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
-    let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
-    if !meta.is_dir() {
-        return Err(Error::NotADirectory(root.to_path_buf()));
-    }
-    let Some((start, start_meta)) = segment_start(root, opts)? else {
+    let nothing = || -> Result<Listing> {
         // The subdirectory does not exist here (or is a link a scan would skip): nothing to
         // list, as a scan of the whole root would list nothing under it.
         let mut listing = Listing::from_sorted(&[])?;
         listing.root = Some(root.to_path_buf());
         listing.algorithm = opts.algorithm.map(|a| a.name().to_string());
-        return Ok(listing);
+        Ok(listing)
     };
     let pool = engine::pool(opts.threads.max(1));
-    let root_id = [(start_meta.dev(), start_meta.ino())];
-    let mut walked = pool.install(|| walk_dir(&start, &opts.subdir, &root_id, opts));
+    let mut confined_root = None;
+    let mut walked = if opts.confined {
+        let Some(dir) = confined_start(root, opts)? else {
+            return nothing();
+        };
+        let walked = pool.install(|| walk_confined(&dir, &opts.subdir, opts));
+        confined_root = Some(dir);
+        walked
+    } else {
+        let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory(root.to_path_buf()));
+        }
+        let Some((start, start_meta)) = segment_start(root, opts)? else {
+            return nothing();
+        };
+        let root_id = [(start_meta.dev(), start_meta.ino())];
+        pool.install(|| walk_dir(&start, &opts.subdir, &root_id, opts))
+    };
     walked.dirs -= 1; // the scanned directory itself
     if ctl.cancelled() {
         return Err(Error::Cancelled);
@@ -401,10 +579,6 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
             .filter(|&i| digests[i].is_none())
             .collect();
         stats.digests_reused = (digests.len() - misses.len()) as u64;
-        let paths: Vec<PathBuf> = misses
-            .iter()
-            .map(|&i| root.join(&walked.files[i].rel))
-            .collect();
         let hopts = HashOptions {
             algorithm: alg,
             rule: opts.rule,
@@ -412,7 +586,25 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
             fail_fast: false,
         };
         let began = now_ns();
-        let results = engine::hash_files(&paths, &hopts, ctl);
+        let results = match &confined_root {
+            // What the walk listed, and nothing else: the same device and inode, reached
+            // again from the root without following links.
+            Some(dir) => {
+                let rels: Vec<PathBuf> = misses
+                    .iter()
+                    .map(|&i| PathBuf::from(&walked.files[i].rel))
+                    .collect();
+                let keys: Vec<FileKey> = misses.iter().map(|&i| walked.files[i].key).collect();
+                engine::hash_files_beneath(dir, &rels, &keys, &hopts, ctl)
+            }
+            None => {
+                let paths: Vec<PathBuf> = misses
+                    .iter()
+                    .map(|&i| root.join(&walked.files[i].rel))
+                    .collect();
+                engine::hash_files(&paths, &hopts, ctl)
+            }
+        };
         if ctl.cancelled() {
             return Err(Error::Cancelled);
         }
@@ -464,14 +656,9 @@ fn segment_start(root: &Path, opts: &ScanOptions) -> Result<Option<(PathBuf, Met
         let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
         return Ok(Some((root.to_path_buf(), meta)));
     }
+    check_subdir(&opts.subdir)?;
     let mut at = root.to_path_buf();
     for part in opts.subdir.split('/') {
-        if part.is_empty() || part == "." || part == ".." {
-            return Err(Error::InvalidValue(format!(
-                "subdir must be a relative path without '.', '..' or empty parts: {:?}",
-                opts.subdir
-            )));
-        }
         at.push(part);
         let meta = match std::fs::symlink_metadata(&at) {
             Ok(m) => m,
@@ -605,6 +792,103 @@ mod tests {
             };
             assert!(scan(&d, &opts, &Control::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_confined_scan_lists_what_a_plain_one_does() {
+        let d = tree("confined");
+        std::fs::write(d.join(".sub.hashsync-lock"), "x").unwrap();
+        std::os::unix::fs::symlink(d.join("sub"), d.join("dir-link")).unwrap();
+        std::os::unix::fs::symlink(d.join("a.txt"), d.join("file-link")).unwrap();
+        let ctl = Control::default();
+        let plain = ScanOptions {
+            algorithm: Some(Algorithm::Sha256),
+            ..Default::default()
+        };
+        let confined = ScanOptions {
+            confined: true,
+            ..plain.clone()
+        };
+        let a = scan(&d, &plain, &ctl).unwrap();
+        let b = scan(&d, &confined, &ctl).unwrap();
+        assert!(a.same_entries(&b) && a.len() == 3);
+        assert_eq!(a.symlinks, b.symlinks);
+        assert_eq!(a.empty_dirs, b.empty_dirs);
+        assert_eq!(a.stats, b.stats);
+        for (subdir, recursive) in [("sub", true), ("sub", false), ("dir-link", true)] {
+            let o = |base: &ScanOptions| ScanOptions {
+                subdir: subdir.to_string(),
+                recursive,
+                ..base.clone()
+            };
+            let a = scan(&d, &o(&plain), &ctl).unwrap();
+            let b = scan(&d, &o(&confined), &ctl).unwrap();
+            assert!(a.same_entries(&b), "{subdir}");
+        }
+        // A link as the root itself is refused, and so is following links.
+        std::os::unix::fs::symlink(&d, d.with_extension("link")).unwrap();
+        assert!(scan(&d.with_extension("link"), &confined, &ctl).is_err());
+        let follow = ScanOptions {
+            follow_symlinks: true,
+            ..confined.clone()
+        };
+        assert!(scan(&d, &follow, &ctl).is_err());
+        std::fs::remove_file(d.with_extension("link")).unwrap();
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_confined_scan_hashes_only_what_its_walk_listed() {
+        let d = tree("confined-swap");
+        let outside = d.with_extension("outside");
+        let _ = std::fs::remove_dir_all(&outside);
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("b.bin"), "secret").unwrap();
+        let opts = ScanOptions {
+            algorithm: Some(Algorithm::Sha256),
+            confined: true,
+            ..Default::default()
+        };
+        let root = Dir::open(&d).unwrap();
+        let mut walked = walk_confined(&root, "", &opts);
+        walked.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+        assert_eq!(walked.files[1].rel, "sub/b.bin");
+        // The walk has listed sub/b.bin; now sub becomes a link to a directory outside.
+        std::fs::rename(d.join("sub"), d.with_extension("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("sub")).unwrap();
+        let rels: Vec<PathBuf> = walked.files.iter().map(|f| PathBuf::from(&f.rel)).collect();
+        let keys: Vec<FileKey> = walked.files.iter().map(|f| f.key).collect();
+        let hopts = HashOptions {
+            algorithm: Algorithm::Sha256,
+            rule: PartRule::default(),
+            threads: 2,
+            fail_fast: false,
+        };
+        let r = engine::hash_files_beneath(&root, &rels, &keys, &hopts, &Control::default());
+        assert!(r[0].is_ok());
+        let e = r[1].as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic links") || e.contains("Not a directory"),
+            "{e}"
+        );
+        // Even a real directory in its place holds other files: they are not the listed one.
+        std::fs::remove_file(d.join("sub")).unwrap();
+        std::fs::rename(&outside, d.join("sub")).unwrap();
+        let r = engine::hash_files_beneath(&root, &rels, &keys, &hopts, &Control::default());
+        assert!(matches!(r[1], Err(Error::Changed { .. })), "{:?}", r[1]);
+        // And a whole scan now lists the new content, never the old digest for it.
+        let l = scan(&d, &opts, &Control::default()).unwrap();
+        let e = l
+            .find("sub/b.bin")
+            .map(|i| l.get(i).digest.unwrap().to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                crate::hash::hash_bytes(b"secret", Algorithm::Sha256, PartRule::default()).as_str()
+            )
+        );
+        std::fs::remove_dir_all(d.with_extension("moved")).unwrap();
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

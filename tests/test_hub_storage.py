@@ -22,6 +22,7 @@ import hashsync
 from hashsync import errors
 from hashsync.cache import CopyToLocalCache, local_path
 from hashsync.hub import HubStorage
+from hashsync.hub._manifest import HIDDEN_PATTERNS
 from hashsync.storage import SimpleLocalStorage, open_storage
 from hashsync.testing.contract import MANY, ReadOnlyContract
 from hub_helpers import KEY, free_port, running_hub
@@ -380,8 +381,8 @@ def test_a_file_added_after_the_last_scan_is_served(hub, datasets, tmp_path, mon
     storage = HubStorage(hub, name, api_key=KEY)
     assert [i.key for i in storage.list()] == ["a.txt"]  # scanned now
     scans = []
-    real = server.scan_dataset
-    monkeypatch.setattr(server, "scan_dataset", lambda *a, **k: scans.append(1) or real(*a, **k))
+    real = server.scan_listing
+    monkeypatch.setattr(server, "scan_listing", lambda *a, **k: scans.append(1) or real(*a, **k))
     write_tree(datasets / name, {"b/new.txt": b"new"})
     assert storage.get_hash("b/new.txt") == "sha256:" + hashsync.hash_bytes(b"new", "sha256")
     assert len(scans) == 1
@@ -403,16 +404,19 @@ def test_an_unreadable_new_file_costs_one_rescan_not_one_per_request(
     storage = HubStorage(hub, name, api_key=KEY)
     list(storage.list())
     scans = []
-    real = server.scan_dataset
 
     def scan(directory, **kw):
         scans.append(1)
-        manifest = real(directory, **kw)
-        # As if the new file could not be read: the scan leaves it out with an error.
-        manifest.entries.pop("secret.bin", None)
-        return manifest
+        # As if the new file could not be read: the scan leaves it out.
+        return hashsync.scan(
+            directory,
+            algorithm="sha256",
+            state_dir=kw.get("state_dir"),
+            confined=True,
+            exclude=[*HIDDEN_PATTERNS, "secret.bin"],
+        )
 
-    monkeypatch.setattr(server, "scan_dataset", scan)
+    monkeypatch.setattr(server, "scan_listing", scan)
     write_tree(datasets / name, {"secret.bin": b"s"})
     for _ in range(5):
         assert not storage.exists("secret.bin")

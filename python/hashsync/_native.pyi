@@ -283,6 +283,12 @@ class Listing:
         """The entry for ``path`` (binary search), or None."""
     def paths(self) -> list[str]:
         """Every relative path, in order."""
+    def same_entries(self, other: Listing) -> bool:
+        """Whether ``other`` holds the same entries (paths, sizes, mtimes, digests).
+
+        Errors, stats and roots are not compared. Runs in Rust memory, without creating
+        entries: cheap even for millions of files.
+        """
     @property
     def errors(self) -> list[tuple[str, str]]:
         """``(path, reason)`` for everything that could not be listed or hashed."""
@@ -352,6 +358,7 @@ def scan(
     progress: _Progress | None = None,
     subdir: str | None = None,
     recursive: bool = True,
+    confined: bool = False,
 ) -> Listing:
     """Scans a directory tree in parallel.
 
@@ -377,9 +384,17 @@ def scan(
     lists nothing. ``recursive=False`` lists only the files directly in it (or in ``root``).
     Together they scan one segment of a sharded sync.
 
+    ``confined=True`` never reads outside ``root``, whatever is renamed or replaced while the
+    scan runs (for directories that others can write to, such as a hub's datasets): every
+    directory is opened relative to its parent's descriptor without following links, and a file
+    is hashed only if it is still the file (device, inode, size, mtime) the walk listed, opened
+    the same way; anything else is left out with an entry in :attr:`Listing.errors`. ``root``
+    itself must not be a symbolic link, and ``follow_symlinks`` must be false.
+
     Raises:
         NotFound: ``root`` does not exist.
-        InvalidArgument: ``subdir`` is absolute or has empty, ``.`` or ``..`` parts.
+        InvalidArgument: ``subdir`` is absolute or has empty, ``.`` or ``..`` parts;
+            ``confined`` with ``follow_symlinks``, or with a ``root`` that is a symbolic link.
         NotADirectory: ``root`` is not a directory.
     """
 

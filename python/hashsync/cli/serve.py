@@ -27,8 +27,10 @@ def register(sub: Any) -> None:
             "Clients authenticate with 'Authorization: Bearer KEY'. Settings also come from "
             "the environment or a .env file in the current directory: HASHSYNC_HUB_API_KEY "
             "(several keys comma-separated; or DSX_API_KEY), HASHSYNC_HUB_ROOT (or "
-            "DSX_DATASET_PATH), HASHSYNC_HUB_PORT (or DSX_PORT). Needs: pip install "
-            "'hashsync[hub]'."
+            "DSX_DATASET_PATH), HASHSYNC_HUB_PORT (or DSX_PORT), HASHSYNC_HUB_DOTFILES=1. "
+            "Hidden files and directories (.env, .git/) are not served unless --dotfiles. "
+            "Beyond a LAN, run it behind a reverse proxy (TLS, connection limits). Needs: pip "
+            "install 'hashsync[hub]'."
         ),
     )
     p.add_argument("root", nargs="?", metavar="ROOT", help="the directory of datasets")
@@ -41,7 +43,38 @@ def register(sub: Any) -> None:
         action="store_true",
         help="serve without API keys (binds 127.0.0.1 only, with a warning)",
     )
+    p.add_argument(
+        "--dotfiles",
+        action="store_true",
+        default=None,
+        help="also serve hidden files and directories (.env, .git/ ...), left out by default",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="seconds a client may take to send a request's headers (default 10)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=lambda t: count_arg(t, 2, 1_000_000),
+        default=None,
+        metavar="N",
+        help="open connections kept before the longest-idle one is closed (default: a third "
+        "of the descriptor limit, at most 4096)",
+    )
     p.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("give a number of seconds from 0 to 3600")
+    return value
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -90,6 +123,9 @@ def settings(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, Any
     if not 1 <= port <= 65535:
         raise errors.InvalidArgument(f"port {port} is out of range")
     host = args.host or "127.0.0.1"
+    dotfiles = getattr(args, "dotfiles", None)
+    if dotfiles is None:
+        dotfiles = (first("HASHSYNC_HUB_DOTFILES") or "").strip().lower() in ("1", "true", "yes")
     if args.no_auth:
         keys = []
         if not _is_loopback(host):
@@ -101,7 +137,14 @@ def settings(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, Any
             "no API key: set HASHSYNC_HUB_API_KEY (or DSX_API_KEY), or pass --no-auth to "
             "serve on 127.0.0.1 without one"
         )
-    return {"root": root, "keys": keys, "host": host, "port": port, "no_auth": args.no_auth}
+    return {
+        "root": root,
+        "keys": keys,
+        "host": host,
+        "port": port,
+        "no_auth": args.no_auth,
+        "dotfiles": dotfiles,
+    }
 
 
 def _is_loopback(host: str) -> bool:
@@ -120,9 +163,24 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise errors.missing_extra("hashsync serve", "hub") from None
-    from hashsync.hub.server import create_app
+    from hashsync.hub.server import (
+        HEADER_TIMEOUT,
+        create_app,
+        raise_descriptor_limit,
+        uvicorn_config,
+    )
 
-    app = create_app(conf["root"], api_keys=conf["keys"], no_auth=conf["no_auth"])
+    app = create_app(
+        conf["root"], api_keys=conf["keys"], no_auth=conf["no_auth"], dotfiles=conf["dotfiles"]
+    )
+    raise_descriptor_limit()
+    config = uvicorn_config(
+        app,
+        host=conf["host"],
+        port=conf["port"],
+        header_timeout=args.header_timeout or HEADER_TIMEOUT,
+        max_connections=args.max_connections,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if conf["no_auth"]:
         err("warning: serving without authentication, on 127.0.0.1 only")
@@ -132,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        uvicorn.run(app, host=conf["host"], port=conf["port"], log_level="warning")
+        uvicorn.Server(config).run()
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         if exc.code:
             err(f"cannot serve on {conf['host']}:{conf['port']} (is the port in use?)")

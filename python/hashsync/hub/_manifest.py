@@ -8,8 +8,10 @@ nothing of the server's dependencies.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import hashsync
 from hashsync.errors import InvalidArgument
 
-__all__ = ["Manifest", "ManifestEntry", "scan_dataset", "valid_dataset_name"]
+__all__ = ["Manifest", "ManifestEntry", "is_hidden", "scan_dataset", "valid_dataset_name"]
 
 #: The digest algorithm of manifest hashes (``"sha256:<hex>"``).
 ALGORITHM = "sha256"
@@ -26,6 +28,10 @@ ALGORITHM = "sha256"
 BUNDLE_MAX_FILES = 4096
 BUNDLE_MAX_BODY = 4 * 1024 * 1024
 BUNDLE_MAX_FILE_BYTES = 1024 * 1024
+
+#: Scan patterns (``aws s3 sync`` globs, ``*`` matching ``/``) of hidden paths: any path with a
+#: component that starts with a dot (``.env``, ``.git/config``, ``a/.cache/x``).
+HIDDEN_PATTERNS = (".*", "*/.*")
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,35 @@ class Manifest:
 
     def body(self) -> bytes:
         """The JSON list served at ``/manifest/{dataset}``, sorted by path."""
-        items = [self.entries[p].public() for p in sorted(self.entries)]
-        return json.dumps(items, separators=(",", ":")).encode()
+        return manifest_body(self.entries[p].public() for p in sorted(self.entries))
 
     def etag(self) -> str:
         """A strong ETag of :meth:`body` and of how many files were left out (quoted)."""
-        digest = hashlib.sha256(self.body())
-        digest.update(b"unreadable:%d" % len(self.errors))
-        return '"' + digest.hexdigest()[:40] + '"'
+        return manifest_etag(self.body(), len(self.errors))
+
+
+def manifest_body(items: Iterable[dict[str, Any]]) -> bytes:
+    """The JSON list of manifest entries, encoded a few thousand at a time.
+
+    The same bytes as ``json.dumps(list(items), separators=(",", ":"))`` without ever holding
+    every entry as a dict at once (a dataset of 200,000 files would take a few hundred MB).
+    """
+    parts = [b"["]
+    it = iter(items)
+    first = True
+    while chunk := list(itertools.islice(it, 4096)):
+        text = json.dumps(chunk, separators=(",", ":"))[1:-1]
+        parts.append(text.encode() if first else b"," + text.encode())
+        first = False
+    parts.append(b"]")
+    return b"".join(parts)
+
+
+def manifest_etag(body: bytes, unreadable: int) -> str:
+    """A strong ETag (quoted) of a manifest body and of how many files were left out."""
+    digest = hashlib.sha256(body)
+    digest.update(b"unreadable:%d" % unreadable)
+    return '"' + digest.hexdigest()[:40] + '"'
 
 
 def valid_dataset_name(name: str) -> bool:
@@ -96,16 +123,41 @@ def valid_dataset_name(name: str) -> bool:
     )
 
 
-def scan_dataset(directory: Path, *, state_dir: str | os.PathLike[str] | None = None) -> Manifest:
-    """Scan ``directory`` (one dataset) into a manifest.
+def is_hidden(path: str) -> bool:
+    """Whether a relative path has a component that starts with a dot (see HIDDEN_PATTERNS)."""
+    return any(part.startswith(".") for part in path.split("/"))
 
-    Symbolic links are not followed (a link inside a dataset is never served), hashsync's own
-    temporaries are left out, and the hash state cache means only new or changed files are
-    read.
+
+def scan_listing(
+    directory: Path, *, state_dir: str | os.PathLike[str] | None = None, dotfiles: bool = False
+) -> hashsync.Listing:
+    """Scan ``directory`` (one dataset): the listing a manifest is made of.
+
+    The scan is confined to the directory: it follows no symbolic link and hashes only the files
+    its walk found there, whatever is renamed or replaced meanwhile (a directory swapped for a
+    link to ``/etc`` mid-scan puts nothing of ``/etc`` in the manifest). hashsync's own
+    temporaries are left out, and so are hidden paths (``.env``, ``.git/``) unless
+    ``dotfiles``. The hash state cache means only new or changed files are read.
+
+    Raises:
+        InvalidArgument: ``directory`` is not a directory, or is a symbolic link.
     """
     if not directory.is_dir() or directory.is_symlink():
         raise InvalidArgument(f"{directory} is not a dataset directory")
-    listing = hashsync.scan(directory, algorithm=ALGORITHM, state_dir=state_dir)
+    return hashsync.scan(
+        directory,
+        algorithm=ALGORITHM,
+        state_dir=state_dir,
+        confined=True,
+        exclude=None if dotfiles else list(HIDDEN_PATTERNS),
+    )
+
+
+def scan_dataset(
+    directory: Path, *, state_dir: str | os.PathLike[str] | None = None, dotfiles: bool = False
+) -> Manifest:
+    """Scan ``directory`` (one dataset) into a manifest (see :func:`scan_listing`)."""
+    listing = scan_listing(directory, state_dir=state_dir, dotfiles=dotfiles)
     entries = {
         e.path: ManifestEntry(e.path, e.size, e.mtime_ns, f"{ALGORITHM}:{e.digest}")
         for e in listing

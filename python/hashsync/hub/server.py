@@ -13,13 +13,23 @@ subdirectory of ROOT is a dataset. Endpoints (seed 002's, DSX Hub):
   Last-Modified, ``Range`` (206, 416 when unsatisfiable) and ``If-Range``;
 - ``POST /bundle/{dataset}``: many small files in one answer (a hashsync addition, so that
   thousands of small files do not cost a request each);
-- ``GET /health`` and ``/docs``: without authentication.
+- ``GET /health`` and ``/docs`` (a page of its own that loads nothing from elsewhere):
+  without authentication.
 
 Every other endpoint wants ``Authorization: Bearer <key>``, compared in constant time with each
-configured key. Files are found through the dataset's manifest, never by joining the request's
-path onto ROOT: ``..``, absolute paths, percent-encoded or double-encoded variants, backslashes
-and symbolic links (which the scan does not follow) all name no manifest entry and get 404;
-every refusal is logged.
+configured key, before anything else is answered. Files are found through the dataset's
+manifest, never by joining the request's path onto ROOT: ``..``, absolute paths,
+percent-encoded or double-encoded variants, backslashes, hidden paths (unless ``dotfiles``) and
+symbolic links all name no manifest entry and get 404; every refusal is logged. Manifests come
+from a confined scan (no link is followed, even one swapped in while the scan runs).
+
+Limits, against clients without a key: a request's line and headers must arrive within
+:data:`HEADER_TIMEOUT` seconds, an idle kept-alive connection is closed after
+:data:`KEEP_ALIVE_TIMEOUT`, and past ``max_connections`` open connections a new one closes the
+one that has waited longest without sending a request (:func:`uvicorn_config`). With a key:
+a ``/bundle`` body of at most 4 MiB (413, checked from Content-Length and while reading) sent
+within :data:`BODY_TIMEOUT`; one manifest per dataset version, built once and shared; at most
+:data:`RESCANS_PER_REQUEST` rescans per request.
 
 Needs the ``hub`` extra (FastAPI, uvicorn).
 """
@@ -27,56 +37,180 @@ Needs the ``hub`` extra (FastAPI, uvicorn).
 # No "from __future__ import annotations": FastAPI reads the endpoints' annotations at runtime,
 # and Request is imported inside create_app (the server's dependencies are an extra).
 
+import asyncio
+import concurrent.futures
 import email.utils
 import errno
 import gzip
 import hmac
+import html
 import json
 import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hashsync.atomic import is_internal_key
 from hashsync.errors import InvalidArgument, missing_extra
 from hashsync.hub._manifest import (
+    ALGORITHM,
     BUNDLE_MAX_BODY,
     BUNDLE_MAX_FILE_BYTES,
     BUNDLE_MAX_FILES,
-    Manifest,
     ManifestEntry,
-    scan_dataset,
+    is_hidden,
+    manifest_body,
+    manifest_etag,
+    scan_listing,
     valid_dataset_name,
 )
 from hashsync.storage.base import validate_key
 
-__all__ = ["DatasetRoot", "create_app"]
+__all__ = ["DatasetRoot", "create_app", "uvicorn_config"]
 
 log = logging.getLogger("hashsync.hub")
+
+#: Seconds a client may take to send a request's line and headers (from connecting, or from
+#: the previous response on a kept-alive connection).
+HEADER_TIMEOUT = 10.0
+#: Seconds an idle kept-alive connection waits for its next request.
+KEEP_ALIVE_TIMEOUT = 5
+#: Seconds a client may take to send a ``/bundle`` body.
+BODY_TIMEOUT = 30.0
+#: Manifests larger than this are sent in pieces of this size.
+STREAM_CHUNK = 256 * 1024
+#: Rescans one request may cause (files added or edited since the last scan).
+RESCANS_PER_REQUEST = 2
+#: The largest request line and headers (bytes).
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class _Snapshot:
+    """One version of a dataset's manifest, shared by every request that gets it.
+
+    Built once per change of the dataset: the JSON body, its gzip and ETag are computed here
+    (in a scan thread), and files are looked up in the compact Rust listing, so a manifest of
+    200,000 files costs its bytes once, not once per request.
+    """
+
+    def __init__(self, listing: Any, errors: list[tuple[str, str]]) -> None:
+        self.listing = listing
+        self.errors = errors
+        self.stats: dict[str, int] = dict(listing.stats)
+        self.body = manifest_body(
+            {
+                "path": e.path,
+                "size": e.size,
+                "hash": f"{ALGORITHM}:{e.digest}",
+                "mtime": e.mtime_ns / 1_000_000_000,
+            }
+            for e in listing
+        )
+        self.etag = manifest_etag(self.body, len(errors))
+        # Every hashsync client asks for gzip: compressed once here, not per request.
+        self.gzipped = gzip.compress(self.body, compresslevel=5)
+
+    def entry(self, path: str) -> ManifestEntry | None:
+        """The manifest entry for ``path`` (a binary search), or None."""
+        e = self.listing.find(path)
+        if e is None or e.digest is None:
+            return None
+        return ManifestEntry(e.path, e.size, e.mtime_ns, f"{ALGORITHM}:{e.digest}")
+
+
+class _Flights:
+    """Dataset scans, one at a time per dataset, shared by everyone who asks meanwhile.
+
+    A request that arrives while a scan runs waits for the next one (which starts when the
+    running one ends), so it sees every change made before it arrived; all requests arriving
+    during one scan share that next scan. Scans run on a small pool of their own, so waiting
+    requests hold no thread of the server's pool.
+    """
+
+    def __init__(self, scan: Any, workers: int) -> None:
+        self._scan = scan
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "hashsync-hub-scan")
+        self._lock = threading.Lock()
+        self._running: dict[str, concurrent.futures.Future[Any]] = {}
+        self._queued: dict[str, concurrent.futures.Future[Any]] = {}
+
+    def request(self, dataset: str) -> concurrent.futures.Future[Any]:
+        """A future of a scan of ``dataset`` that starts after this call."""
+        with self._lock:
+            if dataset not in self._running:
+                future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                self._running[dataset] = future
+                self._pool.submit(self._run, dataset, future)
+                return future
+            queued = self._queued.get(dataset)
+            if queued is None:
+                queued = self._queued[dataset] = concurrent.futures.Future()
+            return queued
+
+    def _run(self, dataset: str, future: concurrent.futures.Future[Any]) -> None:
+        try:
+            future.set_result(self._scan(dataset))
+        except BaseException as exc:  # delivered to every waiter
+            future.set_exception(exc)
+        finally:
+            with self._lock:
+                queued = self._queued.pop(dataset, None)
+                if queued is None:
+                    del self._running[dataset]
+                else:
+                    self._running[dataset] = queued
+                    self._pool.submit(self._run, dataset, queued)
+
+
+class _Budget:
+    """How many rescans one request may still cause."""
+
+    def __init__(self, rescans: int) -> None:
+        self.rescans = rescans
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.rescans <= 0:
+                return False
+            self.rescans -= 1
+            return True
 
 
 class DatasetRoot:
     """The datasets under one directory, with their manifests kept current.
 
-    A manifest is rebuilt on every manifest request (cheap: the hash state cache re-reads only
-    changed files) and whenever a file request finds its file changed, or added, since the last
-    scan.
+    A manifest request rescans the dataset (cheap: the hash state cache re-reads only changed
+    files; concurrent requests share one scan) and so does a file request that finds its file
+    changed, or added, since the last scan (at most :data:`RESCANS_PER_REQUEST` per request).
+    An unchanged scan keeps the manifest it had, body and gzip included.
 
     Args:
         root: The directory whose subdirectories are the datasets.
         state_dir: Where the hash state cache lives (default ``$HASHSYNC_CACHE_DIR``).
+        dotfiles: Serve hidden files and directories (``.env``, ``.git/``), left out by default.
+        scan_workers: Datasets scanned at the same time.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, state_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        state_dir: str | None = None,
+        dotfiles: bool = False,
+        scan_workers: int = 2,
+    ) -> None:
         self.root = Path(root).absolute()
         if not self.root.is_dir():
             raise InvalidArgument(f"dataset root {self.root} is not a directory")
         self.state_dir = state_dir
-        self._manifests: dict[str, Manifest] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self.dotfiles = dotfiles
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._flights = _Flights(self._scan, scan_workers)
         self._guard = threading.Lock()
         # Files that existed but a rescan still left out, by (dataset, path): their identity.
         self._unservable: dict[tuple[str, str], tuple[int, ...]] = {}
@@ -103,36 +237,76 @@ class DatasetRoot:
             return None
         return directory if stat.S_ISDIR(st.st_mode) else None
 
-    def manifest(self, dataset: str, *, fresh: bool = True) -> Manifest | None:
-        """The dataset's manifest (rescanned unless ``fresh`` is False), or None if unknown."""
+    def _scan(self, dataset: str) -> _Snapshot | None:
         directory = self._directory(dataset)
         if directory is None:
+            with self._guard:
+                self._snapshots.pop(dataset, None)
             return None
+        try:
+            listing = scan_listing(directory, state_dir=self.state_dir, dotfiles=self.dotfiles)
+        except (InvalidArgument, OSError) as exc:  # gone, or replaced by a link since the check
+            log.warning("dataset %r cannot be scanned: %s", dataset, exc)
+            return None
+        errors = list(listing.errors)
+        for path, why in errors:
+            log.warning("dataset %r: %s left out of the manifest: %s", dataset, path, why)
         with self._guard:
-            lock = self._locks.setdefault(dataset, threading.Lock())
-        with lock:
-            if fresh or dataset not in self._manifests:
-                manifest = scan_dataset(directory, state_dir=self.state_dir)
-                for path, why in manifest.errors:
-                    log.warning("dataset %r: %s left out of the manifest: %s", dataset, path, why)
-                self._manifests[dataset] = manifest
-            return self._manifests[dataset]
+            previous = self._snapshots.get(dataset)
+        if (
+            previous is not None
+            and previous.errors == errors
+            and previous.listing.same_entries(listing)
+        ):
+            return previous
+        snapshot = _Snapshot(listing, errors)
+        with self._guard:
+            self._snapshots[dataset] = snapshot
+        return snapshot
 
-    def open_file(self, dataset: str, path: str) -> tuple[int, os.stat_result, ManifestEntry]:
+    def _future(self, dataset: str, fresh: bool) -> tuple[_Snapshot | None, Any]:
+        if self._directory(dataset) is None:
+            return None, None
+        if not fresh:
+            with self._guard:
+                held = self._snapshots.get(dataset)
+            if held is not None:
+                return held, None
+        return None, self._flights.request(dataset)
+
+    def snapshot(self, dataset: str, *, fresh: bool = True) -> _Snapshot | None:
+        """The dataset's manifest (rescanned unless ``fresh`` is False), or None if unknown."""
+        held, future = self._future(dataset, fresh)
+        return held if future is None else future.result()
+
+    async def snapshot_async(self, dataset: str, *, fresh: bool = True) -> _Snapshot | None:
+        """:meth:`snapshot` for the event loop: waiting holds no thread."""
+        held, future = self._future(dataset, fresh)
+        if future is None:
+            return held
+        # Shielded: a client that goes away must not cancel the scan others wait for.
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    def open_file(
+        self, dataset: str, path: str, budget: _Budget | None = None
+    ) -> tuple[int, os.stat_result, ManifestEntry]:
         """Open a dataset file by its manifest path: ``(fd, stat, current entry)``.
+
+        ``budget`` bounds the rescans this may cause (default: :data:`RESCANS_PER_REQUEST`).
 
         Raises:
             FileNotFoundError: No such dataset, no such manifest entry, or the file is a link
                 or otherwise not the regular file the manifest names (logged as a refusal).
         """
-        manifest = self.manifest(dataset, fresh=False)
+        budget = budget or _Budget(RESCANS_PER_REQUEST)
+        manifest = self.snapshot(dataset, fresh=False)
         if manifest is None:
             raise _refused(dataset, path, "no such dataset")
-        entry = manifest.entries.get(path)
-        if entry is None and self._appeared(dataset, path):
+        entry = manifest.entry(path)
+        if entry is None and self._appeared(dataset, path) and budget.take():
             # Added since the last scan: rescan once (unchanged files are not re-read).
-            manifest = self.manifest(dataset) or manifest
-            entry = manifest.entries.get(path)
+            manifest = self.snapshot(dataset) or manifest
+            entry = manifest.entry(path)
             if entry is None:
                 self._remember_unservable(dataset, path)
         if entry is None:
@@ -142,8 +316,10 @@ class DatasetRoot:
         if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
             # Edited since the last scan: rescan (only this file is re-read) for its new hash.
             os.close(fd)
-            manifest = self.manifest(dataset) or manifest
-            entry = manifest.entries.get(path)  # type: ignore[assignment]
+            if not budget.take():
+                raise _refused(dataset, path, "changed since the last scan (rescans spent)")
+            manifest = self.snapshot(dataset) or manifest
+            entry = manifest.entry(path)  # type: ignore[assignment]
             if entry is None:
                 raise _refused(dataset, path, "no longer in the dataset")
             fd = self._open_entry(dataset, entry.path)
@@ -153,15 +329,16 @@ class DatasetRoot:
     def _appeared(self, dataset: str, path: str) -> bool:
         """Whether ``path`` names a servable file the last scan did not see.
 
-        Only a valid key that is not hashsync's own temporary, found as a regular file by the
-        same link-refusing walk that serves files, and not already rescanned for in vain
-        (unreadable, say): a request for a name that does not exist never costs a scan.
+        Only a valid key that is not hashsync's own temporary (nor hidden, unless dotfiles are
+        served), found as a regular file by the same link-refusing walk that serves files, and
+        not already rescanned for in vain (unreadable, say): a request for a name that does
+        not exist never costs a scan.
         """
         try:
             validate_key(path)
         except InvalidArgument:
             return False
-        if is_internal_key(path):
+        if is_internal_key(path) or (not self.dotfiles and is_hidden(path)):
             return False
         try:
             fd = self._walk(dataset, path)
@@ -235,6 +412,7 @@ def create_app(
     api_keys: Sequence[str] = (),
     no_auth: bool = False,
     state_dir: str | None = None,
+    dotfiles: bool = False,
 ) -> Any:
     """Build the hub's FastAPI application.
 
@@ -243,15 +421,25 @@ def create_app(
         api_keys: Accepted Bearer keys (any of them).
         no_auth: Serve without keys (only sensible on 127.0.0.1; :func:`serve` enforces that).
         state_dir: Where the hash state cache lives.
+        dotfiles: Serve hidden files and directories (``.env``, ``.git/``) of the datasets;
+            by default they are in no manifest and never served.
 
     Raises:
         InvalidArgument: No keys and not ``no_auth``, or ``root`` is not a directory.
         MissingDependency: FastAPI is not installed.
     """
     try:
+        import anyio
         from fastapi import Depends, FastAPI, HTTPException, Request
         from fastapi.exception_handlers import http_exception_handler
-        from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+        from fastapi.responses import (
+            FileResponse,
+            HTMLResponse,
+            JSONResponse,
+            Response,
+            StreamingResponse,
+        )
+        from starlette.concurrency import run_in_threadpool
         from starlette.exceptions import HTTPException as StarletteHTTPException
     except ImportError:
         raise missing_extra("the hub server", "hub") from None
@@ -259,11 +447,16 @@ def create_app(
     keys = [k.encode() for k in api_keys if k]
     if not keys and not no_auth:
         raise InvalidArgument("the hub server needs an API key (HASHSYNC_HUB_API_KEY) or no_auth")
-    datasets = DatasetRoot(root, state_dir=state_dir)
+    datasets = DatasetRoot(root, state_dir=state_dir, dotfiles=dotfiles)
     app = FastAPI(
         title="hashsync dataset hub",
         description="Datasets shared by content hash (seed 002's DSX Hub API).",
         version=_version(),
+        # FastAPI's pages load their scripts from a CDN: /docs is a page of our own instead.
+        docs_url=None,
+        redoc_url=None,
+        # A redirect to the path with a slash would answer before the key is checked.
+        redirect_slashes=False,
     )
 
     @app.exception_handler(StarletteHTTPException)
@@ -291,9 +484,20 @@ def create_app(
             )
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         """Liveness check (no authentication)."""
         return {"status": "ok"}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        """The API, described by a page that loads nothing from anywhere."""
+        return HTMLResponse(
+            _docs_page(app.openapi()),
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     @app.get("/datasets", dependencies=[Depends(authorized)])
     def list_datasets() -> list[str]:
@@ -301,57 +505,73 @@ def create_app(
         return datasets.datasets()
 
     @app.get("/manifest/{dataset}", dependencies=[Depends(authorized)])
-    def manifest(dataset: str, request: Request) -> Response:
-        """The dataset's files: ``[{"path", "size", "hash": "sha256:<hex>"}]``."""
-        m = datasets.manifest(dataset)
+    async def manifest(dataset: str, request: Request) -> Response:
+        """The dataset's files: ``[{"path", "size", "hash": "sha256:<hex>", "mtime"}]``."""
+        m = await datasets.snapshot_async(dataset)
         if m is None:
             _refused(dataset, "", "no such dataset")
             raise HTTPException(status_code=404, detail="no such dataset")
-        body, etag = m.body(), m.etag()
-        headers = {"ETag": etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+        headers = {"ETag": m.etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
         if m.errors:
             # Files left out because they could not be read: a client must not take their
             # absence for a deletion (the paths are in the server's log).
             headers["X-Hashsync-Unreadable"] = str(len(m.errors))
-        if etag in _etags(request.headers.get("if-none-match", "")):
+        if m.etag in _etags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers=headers)
+        body = m.body
         if "gzip" in request.headers.get("accept-encoding", "").lower():
-            body = gzip.compress(body, compresslevel=5)
+            body = m.gzipped
             headers["Content-Encoding"] = "gzip"
-        return Response(body, media_type="application/json", headers=headers)
+        if len(body) <= STREAM_CHUNK:
+            return Response(body, media_type="application/json", headers=headers)
+        # Sent in pieces of the shared body, at the pace the client reads: a slow client holds
+        # a piece, not a copy of the whole manifest.
+        headers["Content-Length"] = str(len(body))
+        return StreamingResponse(_pieces(body), media_type="application/json", headers=headers)
 
     @app.post("/bundle/{dataset}", dependencies=[Depends(authorized)])
     async def bundle(dataset: str, request: Request) -> Response:
         """Many small files in one answer (a hashsync addition; seed clients never ask).
 
-        The body is ``{"paths": [...]}`` (at most 4,096 paths of files up to 1 MiB). The
-        answer is, per path in order, one JSON line ``{"path", "size", "hash"}`` followed by
-        exactly ``size`` bytes, or ``{"path", "error"}`` for a file that cannot be served
-        (refused like ``/file``, or larger than 1 MiB: fetch it with ``/file``).
+        The body is ``{"paths": [...]}`` (at most 4,096 paths of files up to 1 MiB; the body
+        at most 4 MiB, else 413). The answer is, per path in order, one JSON line
+        ``{"path", "size", "hash"}`` followed by exactly ``size`` bytes, or
+        ``{"path", "error"}`` for a file that cannot be served (refused like ``/file``, or
+        larger than 1 MiB: fetch it with ``/file``).
         """
-        raw = await request.body()
+        raw = await _read_body(request, anyio, HTTPException)
         paths = _bundle_paths(raw)
         if paths is None:
             raise HTTPException(
                 status_code=400,
                 detail=f'expected {{"paths": [...]}}, at most {BUNDLE_MAX_FILES} strings',
             )
-        if datasets.manifest(dataset, fresh=False) is None:
+        if await datasets.snapshot_async(dataset, fresh=False) is None:
             _refused(dataset, "", "no such dataset")
             raise HTTPException(status_code=404, detail="no such dataset")
         return StreamingResponse(
-            _bundle_frames(datasets, dataset, paths), media_type="application/x-hashsync-bundle"
+            _bundle_frames(datasets, dataset, paths, _Budget(RESCANS_PER_REQUEST)),
+            media_type="application/x-hashsync-bundle",
         )
+
+    # /file/DATASET without a path: refused after the key is checked, like every /file.
+    @app.head("/file/{dataset}", include_in_schema=False, dependencies=[Depends(authorized)])
+    @app.get("/file/{dataset}", include_in_schema=False, dependencies=[Depends(authorized)])
+    async def file_without_path(dataset: str) -> Response:
+        _refused(dataset, "", "no file named")
+        return JSONResponse({"detail": "not found"}, status_code=404)
 
     # HEAD needs the key as much as GET: it tells a file's size and content hash.
     @app.head(
         "/file/{dataset}/{path:path}", include_in_schema=False, dependencies=[Depends(authorized)]
     )
     @app.get("/file/{dataset}/{path:path}", dependencies=[Depends(authorized)])
-    def file(dataset: str, path: str, request: Request) -> Response:
+    async def file(dataset: str, path: str, request: Request) -> Response:
         """A file of the dataset (``Range`` and ``If-Range`` supported)."""
+        # The first scan of a dataset is waited for here, holding no thread.
+        await datasets.snapshot_async(dataset, fresh=False)
         try:
-            fd, st, entry = datasets.open_file(dataset, path)
+            fd, st, entry = await run_in_threadpool(datasets.open_file, dataset, path)
         except FileNotFoundError:
             return JSONResponse({"detail": "not found"}, status_code=404)
         return _file_response(
@@ -367,6 +587,41 @@ def create_app(
         )
 
     return app
+
+
+async def _pieces(body: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(body)
+    for start in range(0, len(view), STREAM_CHUNK):
+        yield view[start : start + STREAM_CHUNK]
+
+
+async def _read_body(request: Any, anyio: Any, http_error: Any) -> bytes:
+    """A ``/bundle`` request's body, or 413 / 408.
+
+    413 past :data:`BUNDLE_MAX_BODY` (said by the Content-Length, or found while reading), 408
+    if it takes longer than :data:`BODY_TIMEOUT`. Either refusal closes the connection, so the
+    rest of a big body is never read.
+    """
+    close = {"Connection": "close"}
+    too_big = http_error(413, f"the body is limited to {BUNDLE_MAX_BODY} bytes", headers=close)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise http_error(400, "bad Content-Length", headers=close)
+        if int(declared) > BUNDLE_MAX_BODY:
+            raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with anyio.fail_after(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > BUNDLE_MAX_BODY:
+                    raise too_big
+                chunks.append(chunk)
+    except TimeoutError:
+        raise http_error(408, "the body took too long", headers=close) from None
+    return b"".join(chunks)
 
 
 def _file_response(
@@ -400,7 +655,7 @@ def _bundle_paths(raw: bytes) -> list[str] | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
         return None
     paths = value.get("paths") if isinstance(value, dict) else None
     if (
@@ -412,7 +667,9 @@ def _bundle_paths(raw: bytes) -> list[str] | None:
     return paths
 
 
-def _bundle_frames(datasets: DatasetRoot, dataset: str, paths: list[str]) -> Iterator[bytes]:
+def _bundle_frames(
+    datasets: DatasetRoot, dataset: str, paths: list[str], budget: _Budget
+) -> Iterator[bytes]:
     """The bundle answer in pieces of about 1 MiB.
 
     Starlette runs a synchronous iterator one step per thread hop, so frames are gathered
@@ -420,7 +677,7 @@ def _bundle_frames(datasets: DatasetRoot, dataset: str, paths: list[str]) -> Ite
     """
     pending: list[bytes] = []
     size = 0
-    for frame in _frames(datasets, dataset, paths):
+    for frame in _frames(datasets, dataset, paths, budget):
         pending.append(frame)
         size += len(frame)
         if size >= 1024 * 1024:
@@ -430,10 +687,12 @@ def _bundle_frames(datasets: DatasetRoot, dataset: str, paths: list[str]) -> Ite
         yield b"".join(pending)
 
 
-def _frames(datasets: DatasetRoot, dataset: str, paths: list[str]) -> Iterator[bytes]:
+def _frames(
+    datasets: DatasetRoot, dataset: str, paths: list[str], budget: _Budget
+) -> Iterator[bytes]:
     for path in paths:
         try:
-            fd, st, entry = datasets.open_file(dataset, path)
+            fd, st, entry = datasets.open_file(dataset, path, budget)
         except FileNotFoundError:
             yield _frame({"path": path, "error": "not found"})
             continue
@@ -464,3 +723,179 @@ def _version() -> str:
     import hashsync
 
     return hashsync.__version__
+
+
+def _docs_page(schema: dict[str, Any]) -> str:
+    """The API as one HTML page built from the OpenAPI schema: no script, no outside asset."""
+    rows = []
+    for path, operations in schema.get("paths", {}).items():
+        for method, op in operations.items():
+            params = ", ".join(
+                html.escape(f"{p.get('name')} ({p.get('in')})") for p in op.get("parameters", [])
+            )
+            auth = "none" if path in ("/health",) else "Bearer key"
+            doc = html.escape(op.get("description") or op.get("summary") or "")
+            rows.append(
+                f"<tr><td><code>{html.escape(method.upper())}</code></td>"
+                f"<td><code>{html.escape(path)}</code></td><td>{params}</td>"
+                f"<td>{auth}</td><td><pre>{doc}</pre></td></tr>"
+            )
+    info = schema.get("info", {})
+    title = html.escape(f"{info.get('title', '')} {info.get('version', '')}")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{title}</title><style>body{{font-family:sans-serif;margin:2em}}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.4em;"
+        "vertical-align:top;text-align:left}pre{white-space:pre-wrap;margin:0}</style></head>"
+        f"<body><h1>{title}</h1><p>{html.escape(info.get('description', ''))}</p>"
+        "<p>Every endpoint but <code>/health</code> and this page wants "
+        "<code>Authorization: Bearer KEY</code>. The machine-readable description is "
+        "<a href='/openapi.json'>/openapi.json</a>.</p>"
+        "<table><tr><th>method</th><th>path</th><th>parameters</th><th>key</th>"
+        f"<th>description</th></tr>{''.join(rows)}</table></body></html>"
+    )
+
+
+def default_max_connections() -> int:
+    """Open connections kept before idle ones are closed.
+
+    A third of the descriptors this process may open (the rest are for the files being served
+    and the scans), from 16 to 4096.
+    """
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, (soft - 64) // 3))
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft limit of open descriptors to its hard limit.
+
+    At most 65,536, as servers do. Returns the soft limit now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int | None = None,
+    log_level: str = "warning",
+) -> Any:
+    """The uvicorn configuration of the hub, with its limits against clients without a key.
+
+    - a request's line and headers must arrive within ``header_timeout`` seconds (slowloris),
+      and may take :data:`MAX_HEADER_BYTES`;
+    - an idle kept-alive connection is closed after :data:`KEEP_ALIVE_TIMEOUT` seconds;
+    - past ``max_connections`` open connections (default :func:`default_max_connections`), a
+      new connection closes the one that has waited longest without sending a request, so idle
+      sockets cannot use up the descriptors; past twice as many busy ones, requests get 503.
+
+    This is what one process can do; beyond a LAN, run the hub behind a reverse proxy.
+    """
+    import uvicorn
+
+    if max_connections is None:
+        max_connections = default_max_connections()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=_guarded_protocol(header_timeout, max_connections),
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+        limit_concurrency=2 * max_connections,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
+
+
+def _guarded_protocol(header_timeout: float, max_connections: int) -> type:
+    """The h11 protocol of uvicorn with a deadline for request headers and room for new connections.
+
+    A connection waiting for a request (just opened, or its previous response sent) is in an
+    ordered set of waiting connections, with a timer: no complete request line and headers
+    within ``header_timeout`` seconds and it is closed. When more than ``max_connections`` are
+    open, a new connection closes the waiting one that has waited longest. A connection whose
+    request was answered before its body arrived (401, 413) is closed rather than drained.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    # The connections waiting for a request, longest-waiting first (one server's, touched only
+    # by its event loop).
+    waiting: OrderedDict[Any, None] = OrderedDict()
+
+    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+        _timer: asyncio.TimerHandle | None = None
+
+        def _waiting(self) -> OrderedDict[Any, None]:
+            return waiting
+
+        def _stop_timer(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _wait(self) -> None:
+            waiting = self._waiting()
+            waiting[self] = None
+            waiting.move_to_end(self)
+            self._stop_timer()
+            self._timer = self.loop.call_later(header_timeout, self._too_slow)
+
+        def _busy(self) -> None:
+            self._waiting().pop(self, None)
+            self._stop_timer()
+
+        def _too_slow(self) -> None:
+            self._timer = None
+            if self in self._waiting():
+                self._close()
+
+        def _close(self) -> None:
+            self._busy()
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._wait()
+            if len(self.connections) > max_connections:
+                for other in self._waiting():
+                    if other is not self:
+                        other._close()
+                        break
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._busy()
+
+        def on_response_complete(self) -> None:
+            answered_early = self.conn.their_state is h11.SEND_BODY
+            super().on_response_complete()
+            if answered_early:
+                self._close()
+            elif not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._wait()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._busy()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
