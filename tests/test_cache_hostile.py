@@ -151,7 +151,8 @@ print("tier:", c.get("f").read_bytes().decode())
     _file(tmp_path / "locked", "f", b"first")
     _file(tmp_path / "open", "f", b"second")
     (tmp_path / "locked" / "f").chmod(0o000)
-    os.chmod(tmp_path, 0o777)
+    # Sticky, like /tmp: a cache refuses to live below a directory anyone may rename it in.
+    os.chmod(tmp_path, 0o1777)
     r = subprocess.run(
         ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
          "--bounding-set=-dac_override,-dac_read_search", "--",

@@ -20,9 +20,19 @@ from typing import IO, Any, Literal
 
 import hashsync
 from hashsync._threads import run_on_threads
-from hashsync.atomic import KeyLock, cleanup_once, is_internal_name, temporary_path
+from hashsync.atomic import KeyLock, cleanup_stale_temporaries, temporary_path
 from hashsync.cache import _settings
-from hashsync.cache._index import META_DIR, Entry, Index
+from hashsync.cache._index import Entry, Index
+from hashsync.cache._tree import (
+    META_DIR,
+    Tree,
+    Vouched,
+    blake3_of,
+    check_key,
+    fd_path,
+    identity,
+    owner_of,
+)
 from hashsync.errors import (
     HashsyncError,
     HashsyncWarning,
@@ -255,27 +265,31 @@ def _lists_hashes(storage: Storage) -> bool:
     return "hashes" in inspect.signature(storage.list).parameters
 
 
-_MAX_KEY_BYTES = 1024  # S3's limit; deeper keys would only fail later, less clearly
+_check_cache_key = check_key
 
 
-def _check_cache_key(key: str) -> str:
-    """``key`` if a cache can hold it at its path, else InvalidArgument saying why."""
-    validate_key(key)
-    if key == META_DIR or key.startswith(META_DIR + "/"):
-        raise InvalidArgument(f"key {key!r} is reserved for the cache's own index")
-    try:
-        raw = key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"key {key!r} is not valid UTF-8") from None
-    if len(raw) > _MAX_KEY_BYTES:
-        raise InvalidArgument(f"key of {len(raw)} bytes is longer than {_MAX_KEY_BYTES}")
-    for part in key.split("/"):
-        if len(part.encode()) > 255:
-            raise InvalidArgument(f"key {key!r} has a name longer than 255 bytes")
-        if is_internal_name(part):
-            # Scans, verify and prune take such names for hashsync's temporaries and locks.
-            raise InvalidArgument(f"key {key!r} is named like a hashsync temporary or lock file")
-    return key
+class _CannotReplace(PermissionDenied):
+    """A shared cache's entry another user owns could not be replaced (sticky directory)."""
+
+
+_swept: dict[tuple[int, str], float] = {}
+_swept_lock = threading.Lock()
+
+
+def _sweep_once(dir_fd: int, real: Path) -> None:
+    """Remove dead writers' temporaries from the open directory, once a minute per process.
+
+    As :func:`hashsync.atomic.cleanup_once`, but through the directory already opened (its
+    path could lead elsewhere by now); listing a large directory on every write would cost.
+    """
+    tag = (os.getpid(), str(real))
+    now = time.monotonic()
+    with _swept_lock:
+        last = _swept.get(tag)
+        if last is not None and now - last < 60.0:
+            return
+        _swept[tag] = now
+    cleanup_stale_temporaries(fd_path(dir_fd, real))
 
 
 class _Inbox(LocalStorage):
@@ -300,7 +314,7 @@ class _Inbox(LocalStorage):
     _same_file_is_done = False  # a file already at the key's path still has to be recorded
 
     def path(self, key: str) -> Path:
-        return self._cache.storage.path(self._key)
+        return self._cache._path(self._key)
 
     def _receive(
         self,
@@ -309,39 +323,71 @@ class _Inbox(LocalStorage):
         *,
         check: Callable[[Path], None] | None = None,
     ) -> None:
-        final = self.path(key)
-        self._cache.storage._refuse_links(self._key, final)
+        cache = self._cache
+        *parents, name = self._key.split("/")
         try:
-            if self._cache.shared and not final.parent.is_dir():
-                _make_shared_dirs(self._cache.storage.root, final.parent)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            dir_fd = cache.tree.open_dir(parents, create=True)
         except (FileExistsError, NotADirectoryError):
             raise InvalidArgument(
                 f"cannot cache key {self._key!r}: a parent path is a cached file"
             ) from None
         except PermissionError as exc:
+            if isinstance(exc, HashsyncError):
+                raise
             raise PermissionDenied(
-                errno.EACCES, f"cannot write {self._key!r} in {self._cache!r}: {exc.strerror}"
+                errno.EACCES, f"cannot write {self._key!r} in {cache!r}: {exc.strerror}"
             ) from None
-        if final.is_dir() and not final.is_symlink():
-            raise InvalidArgument(
-                f"cannot cache key {self._key!r}: it is a directory of other cached keys"
-            )
-        cleanup_once(final.parent)
-        tmp = temporary_path(final)
         try:
-            version = fill(tmp)
-            self.entry = self._cache._publish(
-                self._key,
-                tmp,
-                final,
-                version=version if isinstance(version, str) else None,
-                source=self._source,
-            )
+            there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            there = None
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            os.close(dir_fd)
             raise
+        try:
+            if there is not None and stat.S_ISLNK(there.st_mode):
+                raise cache.tree._link(self._key)
+            if there is not None and stat.S_ISDIR(there.st_mode):
+                raise InvalidArgument(
+                    f"cannot cache key {self._key!r}: it is a directory of other cached keys"
+                )
+            real = self.path(key).parent
+            _sweep_once(dir_fd, real)
+            # Everything below is done through the directory opened above: renaming a
+            # directory on the way and putting a link in its place cannot redirect it.
+            final = fd_path(dir_fd, real) / name
+            tmp = temporary_path(final)
+            try:
+                version = fill(tmp)
+                try:
+                    self.entry = cache._publish(
+                        self._key,
+                        tmp,
+                        final,
+                        version=version if isinstance(version, str) else None,
+                        source=self._source,
+                    )
+                except PermissionError as exc:
+                    if isinstance(exc, HashsyncError) or not cache.shared:
+                        raise
+                    raise self._cannot_replace(dir_fd, name) from None
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                raise
+        finally:
+            os.close(dir_fd)
+
+    def _cannot_replace(self, dir_fd: int, name: str) -> _CannotReplace:
+        try:
+            owner = owner_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid)
+        except OSError:
+            owner = "another user"
+        return _CannotReplace(
+            errno.EPERM,
+            f"cannot replace the cached {self._key!r} in {self._cache!r}: its file belongs to "
+            f"{owner}, and in a shared cache only a file's owner (or root) may replace it",
+        )
 
 
 class _IndexedCache(Cache):
@@ -362,7 +408,8 @@ class _IndexedCache(Cache):
         dedup: bool = True,
     ) -> None:
         if not isinstance(local_storage, LocalStorage):
-            local_storage = SimpleLocalStorage(local_storage)
+            # The cache makes its own directory: with no group write whatever the umask.
+            local_storage = SimpleLocalStorage(local_storage, create=False)
         self.storage = local_storage
         self.max_size_bytes = _settings.max_size_bytes(max_size_bytes)
         self.num_workers = _settings.num_workers(num_workers)
@@ -376,18 +423,26 @@ class _IndexedCache(Cache):
         self._start()
 
     def _start(self) -> None:
-        self.storage.create_root()
-        if self.shared:
-            with contextlib.suppress(OSError):
-                os.chmod(self.storage.root, 0o2775)
-        self.index = Index(self.storage.root, dedup=self.dedup, shared=self.shared)
+        self.tree = Tree(self.storage.root, shared=self.shared)
+        # Content this process hashed (another user's files), and when it last asked a
+        # source about such a file: an index others write cannot vouch for either.
+        self._vouched = Vouched()
+        self._source_checked: dict[tuple[int, ...], tuple[int, str]] = {}
+        self.index = Index(
+            self.tree,
+            dedup=self.dedup,
+            shared=self.shared,
+            trusted=self._trusted,
+            content_is=self._content_is,
+        )
         self._pending = {"hits": 0, "misses": 0}
         self._pending_lock = threading.Lock()
         self._flushed = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("index", "_pending", "_pending_lock", "_flushed"):
+        for name in ("index", "tree", "_vouched", "_source_checked", "_pending",
+                     "_pending_lock", "_flushed"):  # fmt: skip
             state.pop(name, None)
         return state
 
@@ -421,18 +476,111 @@ class _IndexedCache(Cache):
         return self._take_counts()
 
     def _path(self, key: str) -> Path:
-        _check_cache_key(key)
-        return self.storage.path(key)
+        # At the key's own path whatever the storage's layout: the index, the walks and
+        # prune know entries by it.
+        return self.storage.root.joinpath(*_check_cache_key(key).split("/"))
 
     def _intact(self, key: str, path: Path) -> Entry | None:
+        found = self._found(key)
+        return found[0] if found is not None else None
+
+    def _found(self, key: str) -> tuple[Entry, os.stat_result] | None:
+        """``key``'s entry and its file's stat, if the file is still the one published.
+
+        Raises:
+            UnsafePath: A component of the key's path is a symbolic link.
+        """
+        entry = self.index.lookup(key)
+        if entry is None:
+            return None
+        st = self.tree.lstat(key)
+        if st is None or not stat.S_ISREG(st.st_mode) or not entry.intact(st):
+            return None
+        if not self._trusted(st) and not self._file_is(key, st, entry.digest):
+            return None
+        return entry, st
+
+    def _trusted(self, st: os.stat_result) -> bool:
+        """Whether a file's content needs no hashing before it is served.
+
+        Only this user's own entries: another user may rewrite theirs in place (keeping inode,
+        size and mtime), and in a shared cache, a file of ours that is not an entry's 0444 may
+        be a hard link someone made to a private file.
+        """
+        if st.st_uid != os.geteuid():
+            return False
+        return not self.shared or stat.S_IMODE(st.st_mode) == _ENTRY_MODE
+
+    def _content_is(self, fd: int, st: os.stat_result, digest: str) -> bool:
+        """Whether the open file ``fd`` (whose stat is ``st``) has BLAKE3 ``digest``."""
+        if self._vouched.has(st, digest):
+            return True
+        try:
+            actual = blake3_of(fd)
+            after = os.fstat(fd)
+        except (OSError, HashsyncError):
+            return False
+        if actual != digest or identity(after) != identity(st):
+            return False
+        self._vouched.add(st, digest)
+        return True
+
+    def _file_is(self, key: str, st: os.stat_result, digest: str) -> bool:
+        """Whether the file at ``key`` is still ``st`` and has BLAKE3 ``digest``."""
+        if self._vouched.has(st, digest):
+            return True
+        try:
+            fd = self.tree.open_file(key)
+        except OSError:
+            return False
+        try:
+            return identity(os.fstat(fd)) == identity(st) and self._content_is(fd, st, digest)
+        finally:
+            os.close(fd)
+
+    def open(self, key: str, mode: str = "r", **kwargs: Any) -> IO[Any]:
+        """Open ``key``'s cached file for reading (``"r"`` or ``"rb"``).
+
+        The file is opened without following links and checked to be the entry just served
+        (hashed first if another user wrote it), so a directory swapped for a link between
+        the two cannot hand out another file.
+
+        Raises:
+            InvalidArgument: ``mode`` would write: cached files are read-only.
+            NotFound: As :meth:`get`.
+            UnsafePath: A component of the key's path is a symbolic link.
+        """
+        if any(c in mode for c in "wax+"):
+            raise InvalidArgument(f"cached files are read-only; cannot open with mode {mode!r}")
+        for _ in range(3):  # replaced between get and open (a newer version): once more
+            self.get(key)
+            fd = self._open_entry(key)
+            if fd is not None:
+                try:
+                    return open(fd, mode, **kwargs)  # noqa: SIM115 - the caller owns it
+                except BaseException:
+                    os.close(fd)
+                    raise
+        raise NotFound(errno.ENOENT, f"key {key!r} kept changing while it was opened")
+
+    def _open_entry(self, key: str) -> int | None:
         entry = self.index.lookup(key)
         if entry is None:
             return None
         try:
-            st: os.stat_result | None = path.lstat()
-        except OSError:
-            st = None
-        return entry if entry.intact(st) and stat.S_ISREG(st.st_mode) else None  # type: ignore[union-attr]
+            fd = self.tree.open_file(key)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            served = stat.S_ISREG(st.st_mode) and entry.intact(st)
+            if served and (self._trusted(st) or self._content_is(fd, st, entry.digest)):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
 
     def _hit(self, entry: Entry, path: Path) -> Path:
         self._count("hits")
@@ -536,58 +684,92 @@ class _IndexedCache(Cache):
     def prune(self) -> dict[str, Any]:
         """Tidy the directory: what crashes and outside edits left, and what is over budget.
 
-        Drops index rows whose file is gone or was altered, removes files that are no entry
-        (orphans: a process killed between publishing and recording), temporaries of dead
-        processes, content copies no entry uses, expired leases and empty directories, then
-        evicts down to the budget. The cache directory belongs to the cache: any other file in
-        it is an orphan.
+        Drops index rows whose file is gone or was altered (or that describe no entry),
+        removes files that are no entry (orphans: a process killed between publishing and
+        recording; links planted by hand), temporaries of dead processes, content copies no
+        entry uses, expired leases and empty directories, then evicts down to the budget. The
+        cache directory belongs to the cache: any other file in it is an orphan. The tree is
+        walked by directory descriptors and never through a link. In a shared cache, files of
+        other users stay (theirs to remove).
 
         Returns:
             ``{"dropped", "orphans", "temporaries", "objects", "evicted"}``: what went.
         """
-        from hashsync.atomic import TMP_MARK, cleanup_stale_temporaries, is_internal_name
+        from hashsync.atomic import TMP_MARK, is_internal_name
 
         dropped, _ = self.index.reconcile()
         root = self.storage.root
         temporaries: list[str] = []
         orphans: list[str] = []
+        objects = 0
+
+        def remove(name: str, dir_fd: int) -> bool:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except (FileNotFoundError, PermissionError):
+                return False  # gone meanwhile, or another user's in a shared cache
+            return True
+
+        def stale(dir_fd: int, real: Path) -> list[str]:
+            removed = cleanup_stale_temporaries(fd_path(dir_fd, real))
+            return [str(real / p.name) for p in removed]
+
         with self.index.transaction() as db:
             known = {k for (k,) in db.execute("SELECT key FROM entries").fetchall()}
-            for directory, dirs, files in os.walk(root):
-                here = Path(directory)
-                if here == root:
-                    dirs[:] = [d for d in dirs if d != META_DIR]
-                if any(TMP_MARK in name for name in files):
-                    temporaries += [str(p) for p in cleanup_stale_temporaries(here)]
-                for name in files:
-                    if is_internal_name(name):
-                        continue
-                    key = (here / name).relative_to(root).as_posix()
-                    if key not in known:
-                        with contextlib.suppress(FileNotFoundError):
-                            (here / name).unlink()
+            with self.tree.opened_root() as root_fd:
+                for dirpath, dirs, files, dir_fd in os.fwalk(".", dir_fd=root_fd):
+                    rel = dirpath[2:]  # "./a/b" -> "a/b"
+                    if not rel:
+                        dirs[:] = [d for d in dirs if d != META_DIR]
+                    for name in list(dirs):
+                        # fwalk lists a link to a directory with the directories (and never
+                        # enters it): it is no entry either.
+                        try:
+                            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if stat.S_ISLNK(st.st_mode):
+                            dirs.remove(name)
+                            if remove(name, dir_fd):
+                                orphans.append(f"{rel}/{name}" if rel else name)
+                    real = root.joinpath(*rel.split("/")) if rel else root
+                    if any(TMP_MARK in name for name in files):
+                        temporaries += stale(dir_fd, real)
+                    for name in files:
+                        if is_internal_name(name):
+                            continue
+                        key = f"{rel}/{name}" if rel else name
+                        if key not in known and remove(name, dir_fd):
                             orphans.append(key)
             used = {d for (d,) in db.execute("SELECT DISTINCT digest FROM entries WHERE linked")}
-            objects = 0
-            if self.index.objects.is_dir():
-                for bucket in self.index.objects.iterdir():
-                    cleanup_stale_temporaries(bucket)
-                    for obj in bucket.iterdir():
-                        if not is_internal_name(obj.name) and obj.name not in used:
-                            with contextlib.suppress(FileNotFoundError):
-                                obj.unlink()
-                                objects += 1
-        leases = self.index.meta / "leases"
-        if leases.is_dir():
-            for lease in leases.iterdir():
-                # Entering and leaving a lease breaks it if its holder is dead or expired.
-                with contextlib.suppress(StorageUnavailable, OSError):
-                    with KeyLock(lease, lock_path=lease, timeout=0.0, stale_after=60.0):
-                        pass
-        for directory, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
-            if Path(directory) != root and not Path(directory).is_relative_to(self.index.meta):
-                with contextlib.suppress(OSError):
-                    os.rmdir(directory)
+            try:
+                objects_fd = self.tree.open_dir([META_DIR, "objects"])
+            except OSError:
+                objects_fd = None
+            if objects_fd is not None:
+                try:
+                    for bucket in os.listdir(objects_fd):
+                        try:
+                            bucket_fd = os.open(
+                                bucket, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                dir_fd=objects_fd,
+                            )  # fmt: skip
+                        except OSError:
+                            remove(bucket, objects_fd)  # a link or a file: no bucket
+                            continue
+                        try:
+                            stale(bucket_fd, self.index.objects / bucket)
+                            for name in os.listdir(bucket_fd):
+                                if is_internal_name(name) or name in used:
+                                    continue
+                                if remove(name, bucket_fd):
+                                    objects += 1
+                        finally:
+                            os.close(bucket_fd)
+                finally:
+                    os.close(objects_fd)
+        self._break_stale_leases()
+        self.tree.remove_empty_dirs(skip=META_DIR)
         evicted = self.index.enforce(self.max_size_bytes)
         self.index.reconcile()
         return {
@@ -598,12 +780,37 @@ class _IndexedCache(Cache):
             "evicted": evicted,
         }
 
+    def _break_stale_leases(self) -> None:
+        try:
+            leases_fd = self.tree.open_dir([META_DIR, "leases"])
+        except OSError:
+            return
+        try:
+            where = fd_path(leases_fd, self.index.meta / "leases")
+            for name in os.listdir(leases_fd):
+                try:
+                    st = os.stat(name, dir_fd=leases_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=leases_fd)  # a link: never read through
+                    continue
+                # Entering and leaving a lease breaks it if its holder is dead or expired.
+                with contextlib.suppress(StorageUnavailable, OSError):
+                    with KeyLock(where / name, lock_path=where / name, timeout=0.0,
+                                 stale_after=60.0):  # fmt: skip
+                        pass
+        finally:
+            os.close(leases_fd)
+
     def verify(self, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Re-hash every entry (BLAKE3, through the hash state cache) and drop corrupt ones.
 
         Unchanged files are not read again (the hash state cache knows them by device, inode,
         size, mtime and ctime); a file whose bytes differ from what was published is removed,
-        so the next ``get`` fetches it again.
+        so the next ``get`` fetches it again. An entry behind a link is corrupt too: its row
+        goes, and nothing is removed through the link.
 
         Returns:
             ``{"checked": N, "corrupt": [keys]}``.
@@ -622,7 +829,6 @@ class _IndexedCache(Cache):
             found = listing.find(entry.key)
             if found is not None and found.size == entry.size and found.digest == entry.digest:
                 continue
-            path = self.storage.path(entry.key)
             with self.index.transaction() as db:
                 now = self.index.lookup(entry.key)
                 if now is None or (now.ino, now.mtime_ns, now.digest) != (
@@ -633,15 +839,9 @@ class _IndexedCache(Cache):
                     continue  # replaced (or removed) since the snapshot: not what was checked
                 gone = self.index._remove(db, entry.key)
                 corrupt.append(entry.key)
-                if gone is not None:
-                    with contextlib.suppress(OSError):
-                        st = path.lstat()
-                        if st.st_ino == gone.ino:
-                            path.unlink()
-                    obj = self.index.objects / gone.digest[:2] / gone.digest
-                    with contextlib.suppress(OSError):
-                        if obj.stat().st_ino == gone.ino:
-                            obj.unlink()
+                if gone is not None and gone.linked:
+                    # Its bytes changed, so did the copy's (one inode): no one may share it.
+                    self.index.unlink_object(gone)
         return {"checked": len(entries), "corrupt": corrupt}
 
     def close(self) -> None:
@@ -660,7 +860,9 @@ class LocalCache(_IndexedCache, WriteableCache):
         storage: The directory (a LocalStorage, or a path for a SimpleLocalStorage).
         max_size_bytes: Byte budget (default ``$HASHSYNC_CACHE_SIZE_BYTES``, else 128 GiB);
             least recently used entries are evicted after every insertion.
-        shared: Keep files and directories group-readable (multi-user machines).
+        shared: A cache its group writes (multi-user machines): directories group-writable
+            and sticky, entries of other users hashed before they are served. Otherwise the
+            directory must be the user's alone (``PermissionDenied`` if others can write it).
         dedup: Store identical content once, through hard links.
     """
 
@@ -736,7 +938,9 @@ class CopyToLocalCache(_IndexedCache):
             every ``get`` (one HEAD), ``None`` never asks again.
         offline: Serve only what is cached; ``NotFound`` otherwise (default
             ``$HASHSYNC_OFFLINE``).
-        shared: Keep files and directories group-readable (multi-user machines).
+        shared: A cache its group writes (multi-user machines): directories group-writable
+            and sticky, entries of other users hashed before they are served. Otherwise the
+            directory must be the user's alone (``PermissionDenied`` if others can write it).
         locking: Use lease files against duplicate downloads (correctness never needs them).
         lock_timeout: Seconds to wait for another process's download of the same key before
             downloading it too.
@@ -769,7 +973,7 @@ class CopyToLocalCache(_IndexedCache):
         if local_storage is None:
             local_storage = _settings.caches_dir() / "default"
         if not isinstance(local_storage, LocalStorage):
-            local_storage = SimpleLocalStorage(local_storage)
+            local_storage = SimpleLocalStorage(local_storage, create=False)
         _refuse_overlap(tiers, local_storage)
         super().__init__(
             local_storage,
@@ -803,23 +1007,33 @@ class CopyToLocalCache(_IndexedCache):
             StorageUnavailable: No tier could be reached and nothing is cached.
         """
         path = self._path(key)
-        entry = self._intact(key, path)
-        if entry is not None:
-            fresh = self._still_current(entry, path)
-            if fresh:
-                return self._hit(entry, path)
+        found = self._found(key)
+        entry = found[0] if found is not None else None
+        if found is not None:
+            if self._still_current(*found, path):
+                return self._hit(found[0], path)
         elif self.offline:
             self._count("misses")
             raise NotFound(errno.ENOENT, f"key {key!r} is not cached and HASHSYNC_OFFLINE is set")
         self._count("misses")
         return self._fetch(key, path, stale=entry)
 
-    def _still_current(self, entry: Entry, path: Path) -> bool:
-        """Whether ``entry`` may be served: fresh enough, or confirmed by its source now."""
+    def _still_current(self, entry: Entry, st: os.stat_result, path: Path) -> bool:
+        """Whether ``entry`` may be served: fresh enough, or confirmed by its source now.
+
+        For a file another user wrote, neither the index's version nor its time of the last
+        check counts (whoever wrote the file may have written them too): its content is
+        compared with what the source names, once per version of the file and ``max_age``.
+        """
         if self.offline:
             return True
         now = time.time_ns()
-        if self.max_age is None or now - entry.validated < self.max_age * 1e9:
+        trusted = self._trusted(st)
+        if trusted:
+            validated = entry.validated if entry.validated <= now else 0
+        else:
+            validated = self._source_checked.get(identity(st), (0, ""))[0]
+        if self.max_age is None or now - validated < self.max_age * 1e9:
             return True
         tier = next(((s, k) for s, k in self._tiers(entry.key) if repr(s) == entry.source), None)
         if tier is None:
@@ -838,6 +1052,13 @@ class CopyToLocalCache(_IndexedCache):
             # Gone there (look in the other tiers, or report it gone), or a source that
             # cannot name its version without a download (an HTTP server without ETags).
             return False
+        if not trusted:
+            same = self._file_has_hash(entry.key, st, current, storage)
+            if same:
+                if len(self._source_checked) > 4096:
+                    self._source_checked.clear()
+                self._source_checked[identity(st)] = (now, current)
+            return same
         if entry.version is not None:
             same = entry.version == current
         else:
@@ -845,6 +1066,27 @@ class CopyToLocalCache(_IndexedCache):
         if same:
             self.index.validated(entry.key, now, None if entry.version else current)
         return same
+
+    def _file_has_hash(self, key: str, st: os.stat_result, current: str, storage: Storage) -> bool:
+        """Whether the file at ``key`` is still ``st`` and holds what the source's hash names."""
+        if self._vouched.has(st, f"source:{current}"):
+            return True
+        try:
+            fd = self.tree.open_file(key)
+        except OSError:
+            return False
+        try:
+            if identity(os.fstat(fd)) != identity(st):
+                return False
+            same = _content_has_hash(fd_path(fd, self._path(key)), current, storage)
+            if same and identity(os.fstat(fd)) == identity(st):
+                self._vouched.add(st, f"source:{current}")
+                return True
+            return False
+        except (OSError, HashsyncError):
+            return False
+        finally:
+            os.close(fd)
 
     def _fetch(self, key: str, path: Path, *, stale: Entry | None) -> Path:
         with self._lease(key) as waited:
@@ -858,10 +1100,38 @@ class CopyToLocalCache(_IndexedCache):
     @contextlib.contextmanager
     def _lease(self, key: str) -> Iterator[bool]:
         """Hold ``key``'s download lease; yields whether another process held it first."""
-        if not self.locking:
+        leases_fd = None
+        if self.locking:
+            with contextlib.suppress(OSError):
+                leases_fd = self.tree.open_dir([META_DIR, "leases"], create=True)
+        if leases_fd is None:
+            # No locking, or no usable lease directory: correctness never needs the lease.
             yield False
             return
-        lease_file = self.index.meta / "leases" / hashlib.sha256(key.encode()).hexdigest()[:32]
+        try:
+            with self._lease_in(key, leases_fd) as waited:
+                yield waited
+        finally:
+            os.close(leases_fd)
+
+    @contextlib.contextmanager
+    def _lease_in(self, key: str, leases_fd: int) -> Iterator[bool]:
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        try:
+            there = os.stat(name, dir_fd=leases_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            there = None
+        if there is not None and not stat.S_ISREG(there.st_mode):
+            # Planted (a link, a FIFO): never read or touched through; without the lease if
+            # it cannot go.
+            try:
+                os.unlink(name, dir_fd=leases_fd)
+            except OSError:
+                yield False
+                return
+        # Through the directory opened above: the lease's reads, renames and refreshes stay
+        # in it whatever is renamed meanwhile.
+        lease_file = fd_path(leases_fd, self.index.meta / "leases") / name
         lease = KeyLock(
             lease_file,
             timeout=self.lock_timeout,
@@ -905,6 +1175,8 @@ class CopyToLocalCache(_IndexedCache):
             except NotFound as exc:
                 errors.append(exc)
                 continue
+            except _CannotReplace:
+                raise  # another tier would fail the same way
             except (StorageUnavailable, PermissionDenied) as exc:
                 errors.append(exc)
                 continue
@@ -1057,19 +1329,6 @@ class _SingleFile(LocalStorage):
 
     def path(self, key: str) -> Path:
         return self._file
-
-
-def _make_shared_dirs(root: Path, directory: Path) -> None:
-    """Create ``directory`` below ``root`` group-writable and set-gid, whatever the umask."""
-    missing = []
-    here = directory
-    while here != root and not here.is_dir():
-        missing.append(here)
-        here = here.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir()
-            os.chmod(d, 0o2775)
 
 
 def _read_umask() -> int:

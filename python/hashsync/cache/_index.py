@@ -11,6 +11,11 @@ inode, size and mtime), and files without an index row are orphans that ``prune`
 Identical content is stored once: an entry's file is a hard link to
 ``.hashsync-cache/objects/<b3[:2]>/<b3>`` (its BLAKE3), where the filesystem allows links, and
 such a copy's bytes count once however many keys link to it.
+
+Nothing read back from the database names a path unchecked: a row whose key is not a valid
+cache key, or whose digest is not a BLAKE3 digest, is no entry (and is dropped when met), and
+files are reached through :class:`~hashsync.cache._tree.Tree`'s walks, which refuse links. (In
+a shared cache every member of the group can write the database.)
 """
 
 from __future__ import annotations
@@ -20,21 +25,40 @@ import errno
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hashsync.atomic import _HOST, _pid_alive, temporary_path
-from hashsync.errors import FileSystemError, HashsyncWarning, PermissionDenied, StorageUnavailable
+from hashsync.cache._tree import META_DIR, Tree, fd_path, valid_digest, valid_key
+from hashsync.errors import (
+    FileSystemError,
+    HashsyncError,
+    HashsyncWarning,
+    NotADirectory,
+    PermissionDenied,
+    StorageUnavailable,
+    UnsafePath,
+)
 
-__all__ = ["META_DIR", "Entry", "Index"]
+__all__ = ["META_DIR", "Denied", "Entry", "Index"]
 
-#: The directory under a cache's root that holds hashsync's bookkeeping; never a key.
-META_DIR = ".hashsync-cache"
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_INDEX_FILES = ("index.db", "index.db-wal", "index.db-shm")
+
+
+class Denied(Exception):
+    """An entry's file may not be removed by this user (another's, in a sticky directory)."""
+
+    def __init__(self, entry: Entry) -> None:
+        super().__init__(entry.key)
+        self.entry = entry
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries(
@@ -129,10 +153,25 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def _int(value: object) -> int:
+    """A number read back from the database (which anyone in a shared cache's group writes)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+_INTS = (1, 2, 3, 5, 8, 9, 10)  # size, ino, mtime_ns, linked, modified_ns, last_access, validated
+
+
 def _entry(row: tuple[Any, ...] | None) -> Entry | None:
-    if row is None:
+    """The entry a row describes, or None if it describes none a cache could have written."""
+    if row is None or len(row) != len(Entry.__dataclass_fields__):
         return None
     values = list(row)
+    if not valid_key(values[0]) or not valid_digest(values[4]):
+        return None
+    if not all(isinstance(values[i], int) and not isinstance(values[i], bool) for i in _INTS):
+        return None
+    if values[1] < 0 or not all(v is None or isinstance(v, str) for v in values[6:8]):
+        return None
     values[5] = bool(values[5])
     return Entry(*values)
 
@@ -141,43 +180,107 @@ class Index:
     """The index of one cache directory, usable from many threads and processes at once.
 
     Args:
-        root: The cache's root (entries live at their key's path below it).
+        tree: The cache's root (entries live at their key's path below it), already checked.
         dedup: Store identical content once, through hard links.
+        shared: The cache is shared by a group (its directories and index are group-writable).
+        trusted: Whether a file (its stat) needs no check of its content before it is shared
+            as a content-addressed copy: the caller's rule for files other users wrote.
+        content_is: Whether an open file's content has a given BLAKE3 digest.
+
+    Raises:
+        PermissionDenied: Another user owns or could write the bookkeeping directory or the
+            index (in a shared cache: everyone, or the group without the sticky bit).
+        UnsafePath: One of them is a symbolic link or not what it should be.
     """
 
-    def __init__(self, root: Path, *, dedup: bool = True, shared: bool = False) -> None:
-        self.root = root
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        dedup: bool = True,
+        shared: bool = False,
+        trusted: Callable[[os.stat_result], bool] | None = None,
+        content_is: Callable[[int, os.stat_result, str], bool] | None = None,
+    ) -> None:
+        self.tree = tree
+        self.root = root = tree.root
         self.meta = root / META_DIR
         self.objects = self.meta / "objects"
         self.dedup = dedup
         self.shared = shared
+        self._trusted = trusted or (lambda st: st.st_uid == os.geteuid())
+        self._content_is = content_is or (lambda fd, st, digest: False)
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._buckets: set[str] = set()  # object directories known to exist
         self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            self.meta.mkdir(parents=True, exist_ok=True)
+            self._prepare()
             self._db()
-            if shared:
-                self._share()
+        except HashsyncError:
+            raise
         except PermissionError as exc:
             raise PermissionDenied(
                 errno.EACCES, f"cannot use {root} as a cache directory: {exc.strerror}"
+            ) from None
+        except NotADirectoryError:
+            raise NotADirectory(
+                errno.ENOTDIR, f"cannot use {root} as a cache directory: {self.meta} is a file"
             ) from None
         except sqlite3.OperationalError as exc:
             raise FileSystemError(
                 errno.EIO, f"cannot use {root} as a cache directory: {exc}"
             ) from None
 
-    def _share(self) -> None:
-        """Make the index usable by the group (other users of a shared cache write it too)."""
-        for directory in (self.meta, self.meta / "leases", self.objects):
-            directory.mkdir(exist_ok=True)
-            with contextlib.suppress(PermissionError):  # another user's: they made it so
-                os.chmod(directory, 0o2775)
-        for name in ("index.db", "index.db-wal", "index.db-shm"):
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                os.chmod(self.meta / name, 0o664)
+    def _prepare(self) -> None:
+        """Make (or check) the bookkeeping directories: ours alone, or the group's, sticky."""
+        for parts in ([META_DIR], [META_DIR, "objects"], [META_DIR, "leases"]):
+            try:
+                fd = self.tree.open_dir(parts, create=self.shared or len(parts) == 1)
+            except FileNotFoundError:
+                continue  # made when first needed
+            try:
+                self.tree.check_dir(fd, os.fstat(fd), str(self.root.joinpath(*parts)))
+            finally:
+                os.close(fd)
+
+    def _check_index_files(self) -> None:
+        """Refuse index files others could write or that lead elsewhere; create the index.
+
+        SQLite follows a link at the database's own name (not at its -wal and -shm), so the
+        database is created here, as a plain file, before SQLite opens it.
+        """
+        fd = self.tree.open_dir([META_DIR])
+        try:
+            for name in _INDEX_FILES:
+                where = self.meta / name
+                try:
+                    f = os.open(name, _FILE_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if name != "index.db":
+                        continue
+                    mode = 0o664 if self.shared else 0o644
+                    with contextlib.suppress(FileExistsError):
+                        os.close(
+                            os.open(
+                                name,
+                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                mode,
+                                dir_fd=fd,
+                            )  # fmt: skip
+                        )
+                    f = os.open(name, _FILE_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise UnsafePath(
+                            errno.ELOOP, f"the cache index {where} is a symbolic link"
+                        ) from None
+                    raise
+                try:
+                    self.tree.check_file(f, os.fstat(f), f"the cache index {where}")
+                finally:
+                    os.close(f)
+        finally:
+            os.close(fd)
 
     # -- connections -----------------------------------------------------------------
 
@@ -240,6 +343,7 @@ class Index:
             delay = min(delay * 2, 0.25)
 
     def _open(self) -> sqlite3.Connection:
+        self._check_index_files()
         db = sqlite3.connect(
             self.meta / "index.db",
             timeout=_OPEN_TIMEOUT,
@@ -247,6 +351,18 @@ class Index:
             check_same_thread=True,
         )
         try:
+            # SQLite resolves a link at the database's name: one swapped in since the check
+            # above shows here, before anything is written through it.
+            opened = db.execute("PRAGMA database_list").fetchone()[2]
+            expected = os.path.join(os.path.realpath(self.meta), "index.db")
+            if os.path.realpath(opened) != expected:
+                raise UnsafePath(
+                    errno.ELOOP, f"the cache index {self.meta / 'index.db'} became a link"
+                )
+            # A shared index is written by every member of the group: its schema (triggers,
+            # views) must not call functions with side effects.
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA trusted_schema=OFF")
             try:
                 db.execute("PRAGMA journal_mode=WAL")
             except sqlite3.OperationalError as exc:
@@ -314,22 +430,25 @@ class Index:
     # -- reading ---------------------------------------------------------------------
 
     def lookup(self, key: str) -> Entry | None:
-        """The entry of ``key``, or None."""
+        """The entry of ``key``, or None (also for a row that describes no valid entry)."""
         try:
             row = self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,))
-            return _entry(row.fetchone())
+            entry = _entry(row.fetchone())
         except sqlite3.DatabaseError as exc:
             raise _damaged(self.meta / "index.db", exc) from None
+        return entry if entry is not None and entry.key == key else None
 
     def entries(self) -> list[Entry]:
-        """Every entry, least recently used first."""
+        """Every entry, least recently used first (rows that describe none left out)."""
         rows = self._db().execute(f"SELECT {_COLUMNS} FROM entries ORDER BY last_access, rowid")
         return [e for e in map(_entry, rows.fetchall()) if e is not None]
 
     def counters(self) -> dict[str, int]:
         """The persistent counters: bytes, hits, misses, evictions."""
         rows = self._db().execute("SELECT name, value FROM counters").fetchall()
-        return {name: int(value) for name, value in rows}
+        counts = dict.fromkeys(_COUNTERS, 0)
+        counts.update({name: _int(value) for name, value in rows if name in counts})
+        return counts
 
     def count(self) -> int:
         """How many entries there are."""
@@ -414,7 +533,7 @@ class Index:
             db.execute(
                 "UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added - freed,)
             )
-            total = int(before) + added - freed
+            total = _int(before) + added - freed
             self.add_counts(db, counts)
             evicted = self._evict(db, max_bytes, keep=key) if total > max_bytes else 0
         return entry, evicted
@@ -431,29 +550,53 @@ class Index:
         if not self.dedup:
             os.replace(tmp, final)
             return False, None
-        obj = self.objects / digest[:2] / digest
         try:
-            self._link_object(tmp, obj)
+            bucket_fd = self.tree.open_dir([META_DIR, "objects", digest[:2]], create=True)
+        except OSError:
+            # No usable objects directory (a link planted there, a file): no sharing.
+            os.replace(tmp, final)
+            return False, None
+        try:
+            return self._link_content_in(db, bucket_fd, tmp, final, digest)
+        finally:
+            os.close(bucket_fd)
+
+    def _link_content_in(
+        self, db: sqlite3.Connection, bucket_fd: int, tmp: Path, final: Path, digest: str
+    ) -> tuple[bool, os.stat_result | None]:
+        obj = fd_path(bucket_fd, self.objects / digest[:2]) / digest
+        try:
+            os.link(tmp, obj, follow_symlinks=False)
         except FileExistsError:
-            stored = self._trusted_object(db, obj, digest)
+            stored = self._trusted_object(db, bucket_fd, digest)
             if stored is not None:
                 # Same content already stored: the key becomes another name for it.
-                if not _same_file(obj, final):
-                    shared = temporary_path(final)
-                    os.link(obj, shared)
-                    # (rename(2) onto another name of the same file does nothing and leaves
-                    # the source name: hence the check above.)
-                    try:
-                        os.replace(shared, final)
-                    except BaseException:
-                        shared.unlink(missing_ok=True)
-                        raise
+                try:
+                    if not _same_file(obj, final):
+                        shared = temporary_path(final)
+                        os.link(obj, shared, follow_symlinks=False)
+                        # (rename(2) onto another name of the same file does nothing and leaves
+                        # the source name: hence the check above.)
+                        try:
+                            os.replace(shared, final)
+                        except BaseException:
+                            shared.unlink(missing_ok=True)
+                            raise
+                except OSError:
+                    # Another user's copy we may not link (protected hard links): our own.
+                    os.replace(tmp, final)
+                    return False, None
                 tmp.unlink()
                 return True, stored
             # A copy no entry vouches for (altered, or left by a crash): ours replaces it.
             spare = temporary_path(obj)
-            os.link(tmp, spare)
-            os.replace(spare, obj)
+            try:
+                os.link(tmp, spare, follow_symlinks=False)
+                os.replace(spare, obj)
+            except OSError:
+                spare.unlink(missing_ok=True)
+                os.replace(tmp, final)
+                return False, None
         except OSError:
             # No hard links here (some FUSE and network filesystems): a plain copy.
             os.replace(tmp, final)
@@ -461,38 +604,35 @@ class Index:
         os.replace(tmp, final)
         return True, None
 
-    def _link_object(self, tmp: Path, obj: Path) -> None:
-        if obj.parent.name not in self._buckets:
-            obj.parent.mkdir(parents=True, exist_ok=True)
-            if self.shared:
-                with contextlib.suppress(PermissionError):
-                    os.chmod(obj.parent, 0o2775)
-            self._buckets.add(obj.parent.name)
-        try:
-            os.link(tmp, obj)
-        except FileNotFoundError:
-            # Its directory went (the cache directory was emptied by hand): make it again.
-            obj.parent.mkdir(parents=True, exist_ok=True)
-            os.link(tmp, obj)
-
     def _trusted_object(
-        self, db: sqlite3.Connection, obj: Path, digest: str
+        self, db: sqlite3.Connection, bucket_fd: int, digest: str
     ) -> os.stat_result | None:
         """The stored copy's stat if an entry vouches for it, else None.
 
-        An entry vouches for ``obj`` when it links to it: same inode, mtime and size.
+        An entry vouches for the copy when it links to it: same inode, mtime and size. A copy
+        another user wrote is also hashed (the entry vouching for it may be theirs too).
         """
         row = db.execute(
             "SELECT ino, mtime_ns, size FROM entries WHERE digest = ? AND linked LIMIT 1",
             (digest,),
         ).fetchone()
+        if row is None:
+            return None
         try:
-            st = obj.stat()
+            fd = os.open(digest, _FILE_FLAGS, dir_fd=bucket_fd)
         except OSError:
             return None
-        if row is None or (st.st_ino, st.st_mtime_ns, st.st_size) != tuple(row):
-            return None
-        return st
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_mtime_ns, st.st_size) != tuple(
+                row
+            ):
+                return None
+            if not self._trusted(st) and not self._content_is(fd, st, digest):
+                return None
+            return st
+        finally:
+            os.close(fd)
 
     def _charge(self, db: sqlite3.Connection, gone: Entry) -> int:
         """Bytes freed by removing ``gone``'s row (already deleted); drops an unused copy."""
@@ -502,19 +642,18 @@ class Index:
             "SELECT 1 FROM entries WHERE digest = ? AND linked LIMIT 1", (gone.digest,)
         ).fetchone():
             return 0
-        obj = self.objects / gone.digest[:2] / gone.digest
-        with contextlib.suppress(OSError):
-            if obj.stat().st_ino == gone.ino:
-                obj.unlink()
+        self.unlink_object(gone)
         return gone.size
+
+    def unlink_object(self, gone: Entry) -> None:
+        """Remove the content-addressed copy ``gone`` linked to, if it is still that inode."""
+        with contextlib.suppress(OSError):
+            self.tree.unlink([META_DIR, "objects", gone.digest[:2], gone.digest], gone.ino)
 
     def _unlink_entry_file(self, gone: Entry) -> None:
         # The entry's own inode, even if it was edited since (its bytes are counted until
         # now and must go with it); a different file put there by someone else is left.
-        path = self.root.joinpath(*gone.key.split("/"))
-        with contextlib.suppress(OSError):
-            if path.lstat().st_ino == gone.ino:
-                path.unlink()
+        self.tree.unlink(gone.key.split("/"), gone.ino)
 
     def remove(self, key: str, counts: dict[str, int] | None = None) -> Entry | None:
         """Drop ``key``'s entry and its file; return the entry removed, if any."""
@@ -524,39 +663,62 @@ class Index:
                 self.add_counts(db, counts)
         return gone
 
-    def _remove(self, db: sqlite3.Connection, key: str) -> Entry | None:
-        gone = _entry(
-            db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
-        )
+    def _remove(
+        self, db: sqlite3.Connection, key: object, *, keep_if_denied: bool = False
+    ) -> Entry | None:
+        """Drop ``key``'s row and its file; return the entry removed, if any.
+
+        A row that describes no valid entry is dropped without touching any file. A file this
+        user may not remove (another user's, in a shared cache) stays, as an orphan its owner's
+        ``prune`` removes; with ``keep_if_denied`` its row stays too and :class:`Denied` is
+        raised, so budgets count what is really on disk.
+        """
+        row = db.execute(f"SELECT rowid, {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        gone = _entry(row[1:])
+        if gone is not None:
+            try:
+                self._unlink_entry_file(gone)
+            except PermissionError:
+                if keep_if_denied:
+                    raise Denied(gone) from None
+        db.execute("DELETE FROM entries WHERE rowid = ?", (row[0],))
         if gone is None:
             return None
-        db.execute("DELETE FROM entries WHERE key = ?", (key,))
-        self._unlink_entry_file(gone)
         freed = self._charge(db, gone)
         db.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (freed,))
         return gone
 
+    def _bytes(self, db: sqlite3.Connection) -> int:
+        return _int(db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0])
+
     def _evict(self, db: sqlite3.Connection, max_bytes: int, keep: str | None = None) -> int:
-        total = int(db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0])
+        total = self._bytes(db)
         if total <= max_bytes:
             return 0
         self._drop_dead_pins(db)
         evicted = 0
+        # Entries this user may not remove stay in place, first in the order: skipped by
+        # offset (the order is stable inside the transaction).
+        skipped = 0
         while total > max_bytes:
             rows = db.execute(
                 "SELECT key FROM entries WHERE key NOT IN (SELECT key FROM pins) AND key != ? "
-                "ORDER BY last_access, rowid LIMIT 64",
-                (keep or "",),
+                "ORDER BY last_access, rowid LIMIT 64 OFFSET ?",
+                (keep or "", skipped),
             ).fetchall()
             if not rows:
-                break  # what is left is pinned (or the entry just added)
+                break  # what is left is pinned, the entry just added, or others' to remove
             for (key,) in rows:
-                gone = self._remove(db, key)
+                try:
+                    gone = self._remove(db, key, keep_if_denied=True)
+                except Denied:
+                    skipped += 1
+                    continue
                 if gone is not None:
                     evicted += 1
-                    total = int(
-                        db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0]
-                    )
+                    total = self._bytes(db)
                 if total <= max_bytes:
                     break
         db.execute("UPDATE counters SET value = value + ? WHERE name = 'evictions'", (evicted,))
@@ -590,13 +752,18 @@ class Index:
         for owner, pid in db.execute(
             "SELECT DISTINCT owner, pid FROM pins WHERE host = ?", (_HOST,)
         ).fetchall():
-            if pid != os.getpid() and not _pid_alive(int(pid)):
+            valid = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31
+            if not valid or (pid != os.getpid() and not _pid_alive(pid)):
                 db.execute("DELETE FROM pins WHERE owner = ?", (owner,))
 
     # -- whole cache -----------------------------------------------------------------
 
     def clear(self) -> int:
-        """Remove every entry that is not pinned; return how many."""
+        """Remove every entry that is not pinned; return how many.
+
+        Entries this user may not remove (another user's, in a shared cache) stay.
+        """
+        removed = 0
         with self.transaction() as db:
             self._drop_dead_pins(db)
             keys = [
@@ -606,27 +773,28 @@ class Index:
                 ).fetchall()
             ]
             for key in keys:
-                self._remove(db, key)
-        return len(keys)
+                with contextlib.suppress(Denied):
+                    if self._remove(db, key, keep_if_denied=True) is not None:
+                        removed += 1
+        return removed
 
     def reconcile(self) -> tuple[list[str], int]:
-        """Drop rows whose file is gone or altered; recount the bytes.
+        """Drop rows whose file is gone or altered, or that describe no entry; recount bytes.
 
         Returns:
             The keys dropped, and the byte total after recounting.
         """
         dropped: list[str] = []
         with self.transaction() as db:
-            for entry in map(_entry, db.execute(f"SELECT {_COLUMNS} FROM entries").fetchall()):
-                assert entry is not None
-                path = self.root.joinpath(*entry.key.split("/"))
-                try:
-                    st: os.stat_result | None = path.lstat()
-                except OSError:
-                    st = None
-                if not entry.intact(st):
-                    db.execute("DELETE FROM entries WHERE key = ?", (entry.key,))
-                    dropped.append(entry.key)
+            for rowid, *row in db.execute(f"SELECT rowid, {_COLUMNS} FROM entries").fetchall():
+                entry = _entry(tuple(row))
+                st: os.stat_result | None = None
+                if entry is not None:
+                    with contextlib.suppress(OSError):  # a link in the way: not the entry
+                        st = self.tree.lstat(entry.key)
+                if entry is None or not entry.intact(st) or not stat.S_ISREG(st.st_mode):  # type: ignore[union-attr]
+                    db.execute("DELETE FROM entries WHERE rowid = ?", (rowid,))
+                    dropped.append(row[0] if isinstance(row[0], str) else repr(row[0]))
             total = db.execute(
                 "SELECT COALESCE(SUM(size), 0) FROM ("
                 "SELECT MAX(size) AS size FROM entries WHERE linked GROUP BY digest "
@@ -638,12 +806,14 @@ class Index:
     def known_objects(self) -> set[str]:
         """Digests some linked entry still uses."""
         rows = self._db().execute("SELECT DISTINCT digest FROM entries WHERE linked").fetchall()
-        return {d for (d,) in rows}
+        return {d for (d,) in rows if valid_digest(d)}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_local"] = None
         state["_write_lock"] = None
+        state.pop("_trusted", None)
+        state.pop("_content_is", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -651,6 +821,9 @@ class Index:
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        # The cache's rules do not travel: without them no stored copy is shared.
+        self._trusted = lambda st: False
+        self._content_is = lambda fd, st, digest: False
 
 
 def _values(entry: Entry) -> tuple[Any, ...]:
