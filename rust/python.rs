@@ -510,6 +510,14 @@ struct PyListing {
 
 #[pymethods]
 impl PyListing {
+    /// A listing of FileEntry objects in any order (sorted here); paths must be unique.
+    #[staticmethod]
+    fn from_entries(entries: &Bound<'_, PyAny>) -> PyResult<PyListing> {
+        Ok(PyListing {
+            inner: listing_of(entries)?,
+        })
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }

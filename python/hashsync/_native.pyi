@@ -267,6 +267,13 @@ class Listing:
     on access, so a listing of millions of files costs about 100 bytes per file.
     """
 
+    @staticmethod
+    def from_entries(entries: Iterable[FileEntry]) -> Listing:
+        """A listing of ``entries`` in any order (sorted here).
+
+        Raises:
+            InvalidArgument: Two entries have the same path.
+        """
     def __len__(self) -> int: ...
     @overload
     def __getitem__(self, index: int, /) -> FileEntry: ...

@@ -40,7 +40,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     errors_seen = src.errors + dst.errors
     for path, why in errors_seen:
         err(f"{path}: {why}")
-    dst_paths = set(_paths(dst.entries))
+    dst_paths = set(dst.entries.paths())
     to_copy = plan.copy_entries()
     settled = 0
     if args.compare == "checksum" and to_copy:
@@ -71,7 +71,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
             print(f"{'~' if p in dst_paths else '+'} {shown(p)}")
         for p in only_in_dst:
             print(f"- {shown(p)}")
-        reused = sum(getattr(x.entries, "stats", {}).get("digests_reused", 0) for x in (src, dst))
+        reused = sum(x.entries.stats["digests_reused"] for x in (src, dst))
         print(
             f"{len(copy)} to copy ({format_size(copy_bytes)}), {len(only_in_dst)} only in "
             f"destination, {plan.unchanged + settled} unchanged"
@@ -88,12 +88,6 @@ def _links_note(links: list[str]) -> str:
     if not links:
         return ""
     return f", {len(links)} symbolic link{'s' * (len(links) != 1)} skipped"
-
-
-def _paths(listing: Any) -> list[str]:
-    if hasattr(listing, "paths"):
-        return listing.paths()
-    return [e.path for e in listing]
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from hashsync._native import FileEntry, Listing, filter_paths
 from hashsync.atomic import is_internal_key
 from hashsync.errors import InvalidArgument
 
@@ -200,8 +201,9 @@ class SyncListing:
     """One side of a sync, as its storage listed it (:meth:`Storage.list_for_sync`).
 
     Attributes:
-        entries: The files, sorted by path: a :class:`hashsync.Listing` (local scans) or a
-            list of :class:`hashsync.FileEntry`; digests are ETags when asked for.
+        entries: The files, sorted by path, always a :class:`hashsync.Listing` (a sequence of
+            :class:`hashsync.FileEntry` given here is turned into one); digests are ETags when
+            asked for.
         errors: ``(path, reason)`` for entries that exist but could not be listed or hashed;
             a sync deletes nothing when the source has any, and never writes over them.
         skipped: ``(key, reason)`` for entries that exist but are never transferred.
@@ -209,10 +211,14 @@ class SyncListing:
             directories); what the destination holds at or below them is never deleted.
     """
 
-    entries: Any
+    entries: Listing
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     links_skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, Listing):
+            self.entries = Listing.from_entries(self.entries)
 
 
 class Storage(abc.ABC):
@@ -306,10 +312,9 @@ class Storage(abc.ABC):
                 them leaves the digests out (None), and a checksum sync then copies.
             segment: List only this slice of the keys (keys stay relative to the storage).
         """
-        from hashsync._native import FileEntry, filter_paths
-
         wanted_algorithm = algorithm or self.hash_algorithm
         own = wanted_algorithm == self.hash_algorithm
+        entries: list[FileEntry] = []
         listing = SyncListing([])
         # In chunks: never the whole listing as ObjectInfo and as FileEntry at once.
         for infos in _chunks(self.list_segment(segment or Segment()), 50_000):
@@ -324,7 +329,7 @@ class Storage(abc.ABC):
                         (info.key, "named like a hashsync temporary or lock file; not transferred")
                     )
                     continue
-                listing.entries.append(
+                entries.append(
                     FileEntry(
                         info.key,
                         info.size,
@@ -332,6 +337,7 @@ class Storage(abc.ABC):
                         _bare_digest(info.hash) if checksum and own else None,
                     )
                 )
+        listing.entries = Listing.from_entries(entries)
         return listing
 
     #: Whether :meth:`list_level` and :meth:`count_keys` are cheap (a directory read, one

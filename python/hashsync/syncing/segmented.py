@@ -18,8 +18,6 @@ the whole destination listing next to the whole source listing.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,22 +54,8 @@ _PROBES = 32
 
 
 def select(listing: SyncListing, segment: Segment) -> SyncListing:
-    """The part of an already made listing that lies in ``segment`` (entries only).
-
-    The entries must be sorted by path (scans are; :func:`sync_in_segments` sorts others).
-    """
-    entries = listing.entries
-    if hasattr(entries, "select"):
-        return SyncListing(entries.select(segment.prefix, segment.shallow))
-    start = bisect.bisect_left(entries, segment.prefix, key=lambda e: e.path)
-    chosen = []
-    # islice, not entries[start:]: no copy of the rest of the listing per segment.
-    for e in itertools.islice(entries, start, None):
-        if not e.path.startswith(segment.prefix):
-            break
-        if segment.contains(e.path):
-            chosen.append(e)
-    return SyncListing(chosen)
+    """The part of an already made listing that lies in ``segment`` (entries only)."""
+    return SyncListing(listing.entries.select(segment.prefix, segment.shallow))
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -326,8 +310,6 @@ def sync_in_segments(
     destination listing, so the peak is the source listing plus the largest segment.
     """
     entries = len(source_listing.entries)
-    if isinstance(source_listing.entries, list):
-        source_listing.entries.sort(key=lambda e: e.path)
     # Coarse segments: each one is a listing request at least, and one machine gains nothing
     # from thousands of them (tens of thousands of entries each is small enough).
     batches_wanted = max(1, entries // SEGMENT_ENTRIES)

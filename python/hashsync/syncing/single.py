@@ -390,14 +390,7 @@ def settle_unmatched_etags(
     local, remote = (src, dst) if src.is_local else (dst, src)
     if src.is_local == dst.is_local:
         return to_copy, 0
-    entries = dst_listing.entries
-    # A store's listing is a plain list: index only the multipart entries, the only ones the
-    # check can apply to (no dictionary of every object on each sync with changes).
-    find = (
-        entries.find
-        if hasattr(entries, "find")
-        else {e.path: e for e in entries if "-" in (e.digest or "")}.get
-    )
+    find = dst_listing.entries.find
     Candidate = tuple[hashsync.FileEntry, hashsync.FileEntry, str, Path]
     candidates: list[Candidate] = []
     for e in to_copy:
@@ -442,7 +435,7 @@ def settle_unmatched_etags(
 
 
 def _resolve_conflicts(
-    to_copy: list[hashsync.FileEntry], dst_entries: Any, deletable: set[str]
+    to_copy: list[hashsync.FileEntry], dst_entries: hashsync.Listing, deletable: set[str]
 ) -> tuple[list[hashsync.FileEntry], list[str], list[tuple[str, str]]]:
     """Split copies into a filesystem destination by whether something is in their way.
 
@@ -454,11 +447,7 @@ def _resolve_conflicts(
     Returns:
         ``(copies to make, destination keys to delete first, (key, reason) refused)``.
     """
-    paths = (
-        dst_entries.paths()
-        if isinstance(dst_entries, hashsync.Listing)
-        else sorted(e.path for e in dst_entries)
-    )
+    paths = dst_entries.paths()
     if not paths:
         return to_copy, [], []
 
