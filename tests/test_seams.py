@@ -21,7 +21,9 @@ def test_backoff_grows_is_capped_and_jittered():
 
 def test_one_retry_policy():
     # Any exponential backoff written out by hand outside the policy module.
-    handmade = re.compile(r"[0-9]*\.[0-9]+\s*\*\s*2\s*\*\*|\bbackoff_factor\s*=\s*[0-9]|sleep\(min\(")
+    handmade = re.compile(
+        r"[0-9]*\.[0-9]+\s*\*\s*2\s*\*\*|\bbackoff_factor\s*=\s*[0-9]|sleep\(min\("
+    )
     offenders = [
         f"{path.relative_to(PACKAGE)}:{n}"
         for path in PACKAGE.rglob("*.py")

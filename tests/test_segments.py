@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 import hashsync
-from hashsync.syncing import segmented as segments
 from hashsync.storage.base import Segment
+from hashsync.syncing import segmented as segments
 from sync_helpers import keys, s3, write_tree
 
 FILES = {
