@@ -77,6 +77,7 @@ _SMALL_BODY = 64 * 1024
 _MAX_REDIRECTS = 3
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_COUNT = re.compile(r"[0-9]{1,18}")
 # Sizes a file can have (off_t).
 _MAX_SIZE = 2**63 - 1
 
@@ -207,7 +208,9 @@ class DatasetHubClient:
                 ) from None
             if response.status not in (301, 302, 303, 307, 308) or response.status in ok:
                 break
-            target = urllib.parse.urljoin(url, response.headers.get("Location", ""))
+            # Checked and sent as urllib3 reads it: Python's urlsplit and urllib3 disagree on
+            # some authorities ("http://A\\@B/" is host B to one, host A to the other).
+            target = _as_sent(urllib.parse.urljoin(url, response.headers.get("Location", "")))
             response.release_conn()
             if _origin(target) != self._origin:
                 raise IntegrityError(
@@ -234,6 +237,8 @@ class DatasetHubClient:
         gzip is inflated here, never more than the bound allows (a compression bomb stops at
         ``limit`` + 1 bytes); other content codings are refused.
         """
+        import urllib3
+
         coding = response.headers.get("Content-Encoding", "").strip().lower()
         if coding not in ("", "identity", "gzip", "x-gzip"):
             raise IntegrityError(f"{what}: the hub sent an unknown content coding {coding!r}")
@@ -255,6 +260,12 @@ class DatasetHubClient:
         except zlib.error as exc:
             response.close()
             raise IntegrityError(f"{what}: the compressed answer is corrupt ({exc})") from None
+        except urllib3.exceptions.HTTPError as exc:
+            # Cut short of its Content-Length, reset, or timed out: an OSError callers retry.
+            response.close()
+            raise StorageUnavailable(
+                errno.EIO, f"{what}: the connection broke off mid-answer ({exc})"
+            ) from None
         except BaseException:
             # Unread bytes may still be on their way: the connection cannot be reused.
             response.close()
@@ -329,8 +340,9 @@ class DatasetHubClient:
         what = f"{self!r}: manifest of {dataset!r}"
         try:
             response = self._request(f"/manifest/{quoted}", headers, ok=(200, 304))
-            left_out = response.headers.get("X-Hashsync-Unreadable", "0")
-            self.unreadable[dataset] = int(left_out) if left_out.isdigit() else 0
+            left_out = response.headers.get("X-Hashsync-Unreadable", "0").strip()
+            # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+            self.unreadable[dataset] = int(left_out) if _COUNT.fullmatch(left_out) else 0
         except StorageUnavailable as exc:
             if held is None:
                 raise
@@ -338,8 +350,11 @@ class DatasetHubClient:
                 f"using the kept manifest of {dataset!r}: {exc}", HashsyncWarning, stacklevel=3
             )
             return held
-        if response.status == 304 and held is not None:
+        if response.status == 304:
             response.release_conn()
+            if held is None:
+                # Nothing was asked to be revalidated: an empty body is not an empty dataset.
+                raise IntegrityError(f"{what}: the hub answered 304 to a client holding none")
         else:
             raw = self._read(response, self.max_manifest_bytes, what)
             entries = _checked_manifest(_json(raw or b"[]", what), self)
@@ -679,7 +694,7 @@ class DatasetHubClient:
             end = data.find(b"\n", pos)
             try:
                 header = json.loads(data[pos:end]) if end >= 0 else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: deep nesting, on purpose
                 header = None
             size = header.get("size", 0) if isinstance(header, dict) else None
             if (
@@ -821,13 +836,29 @@ def _check(hexdigest: str, size: int, entry: dict[str, Any], what: str) -> None:
         raise IntegrityError(f"{what}: content does not match its manifest hash {entry['hash']}")
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
+def _as_sent(url: str) -> str:
+    """``url`` as urllib3 will send it (its own parse, normalised), or ``""`` if it has none."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
     try:
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-    except ValueError:
-        port = -1
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+        return parse_url(url).url
+    except (LocationParseError, ValueError):
+        return ""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of ``url`` as urllib3 reads it (it is what connects)."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
+    try:
+        parts = parse_url(url)
+    except (LocationParseError, ValueError):
+        return "", "", -1
+    scheme = (parts.scheme or "").lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.host or "").lower().strip("[]"), port
 
 
 def _json(raw: bytes, what: str = "the hub's answer") -> Any:
@@ -841,9 +872,9 @@ def _json(raw: bytes, what: str = "the hub's answer") -> Any:
 def _checked_manifest(value: Any, client: DatasetHubClient) -> list[dict[str, Any]]:
     """The manifest if it is well-formed, else an IntegrityError.
 
-    Each entry: a path that is a safe key without control characters (no two alike), a size
-    that is a whole number of bytes a file can have (not a bool), and ``sha256:`` with 64
-    lowercase hex digits.
+    Each entry: a path that is a safe key without control characters (no two alike, none
+    the directory of another), a size that is a whole number of bytes a file can have (not a
+    bool), and ``sha256:`` with 64 lowercase hex digits.
     """
     if not isinstance(value, list):
         raise IntegrityError(f"{client!r}: the manifest is not a list")
@@ -872,6 +903,17 @@ def _checked_manifest(value: Any, client: DatasetHubClient) -> list[dict[str, An
         if path in seen:
             raise IntegrityError(f"{client!r}: the manifest names {path!r} twice")
         seen.add(path)
+    # A path cannot be a file and a directory at once ("a" and "a/b"): no hub's disk holds
+    # both, and writing them fails half-way.
+    for path in seen:
+        cut = path.rfind("/")
+        while cut > 0:
+            if path[:cut] in seen:
+                raise IntegrityError(
+                    f"{client!r}: the manifest names {path[:cut]!r} as a file and as a "
+                    f"directory ({path!r})"
+                )
+            cut = path.rfind("/", 0, cut)
     return value
 
 

@@ -47,6 +47,7 @@ import html
 import json
 import logging
 import os
+import re
 import stat
 import threading
 from collections import OrderedDict
@@ -87,6 +88,8 @@ STREAM_CHUNK = 256 * 1024
 RESCANS_PER_REQUEST = 2
 #: The largest request line and headers (bytes).
 MAX_HEADER_BYTES = 16 * 1024
+#: What no manifest path may contain: clients refuse it (see the client's manifest check).
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 class _Snapshot:
@@ -99,25 +102,39 @@ class _Snapshot:
 
     def __init__(self, listing: Any, errors: list[tuple[str, str]]) -> None:
         self.listing = listing
-        self.errors = errors
+        # The scan's own errors (an unchanged rescan is recognised by them).
+        self.scan_errors = errors
         self.stats: dict[str, int] = dict(listing.stats)
-        self.body = manifest_body(
-            {
-                "path": e.path,
-                "size": e.size,
-                "hash": f"{ALGORITHM}:{e.digest}",
-                "mtime": e.mtime_ns / 1_000_000_000,
-            }
-            for e in listing
-        )
-        self.etag = manifest_etag(self.body, len(errors))
+        # Names a client refuses (a control character, a backslash): one such file would
+        # make every hashsync client refuse the whole manifest. Left out, counted as
+        # unreadable (so no sync deletes on their account), and never served.
+        self.unsafe: set[str] = set()
+
+        def public() -> Iterator[dict[str, Any]]:
+            for e in listing:
+                if _UNSAFE_NAME.search(e.path):
+                    self.unsafe.add(e.path)
+                    continue
+                yield {
+                    "path": e.path,
+                    "size": e.size,
+                    "hash": f"{ALGORITHM}:{e.digest}",
+                    "mtime": e.mtime_ns / 1_000_000_000,
+                }
+
+        self.body = manifest_body(public())
+        self.errors = errors + [
+            (path, "a name hashsync clients refuse (a control character or a backslash)")
+            for path in sorted(self.unsafe)
+        ]
+        self.etag = manifest_etag(self.body, len(self.errors))
         # Every hashsync client asks for gzip: compressed once here, not per request.
         self.gzipped = gzip.compress(self.body, compresslevel=5)
 
     def entry(self, path: str) -> ManifestEntry | None:
         """The manifest entry for ``path`` (a binary search), or None."""
         e = self.listing.find(path)
-        if e is None or e.digest is None:
+        if e is None or e.digest is None or e.path in self.unsafe:
             return None
         return ManifestEntry(e.path, e.size, e.mtime_ns, f"{ALGORITHM}:{e.digest}")
 
@@ -255,11 +272,15 @@ class DatasetRoot:
             previous = self._snapshots.get(dataset)
         if (
             previous is not None
-            and previous.errors == errors
+            and previous.scan_errors == errors
             and previous.listing.same_entries(listing)
         ):
             return previous
         snapshot = _Snapshot(listing, errors)
+        for path in sorted(snapshot.unsafe):
+            log.warning(
+                "dataset %r: %r left out of the manifest: a name clients refuse", dataset, path
+            )
         with self._guard:
             self._snapshots[dataset] = snapshot
         return snapshot

@@ -195,8 +195,8 @@ class HubStorage(ReadOnlyStorage):
         Raises:
             NotFound: The dataset has no such file.
         """
-        length = self._head(key).headers.get("Content-Length", "")
-        if not length.isdigit():
+        length = self._head(key).headers.get("Content-Length", "").strip()
+        if not (length.isascii() and length.isdigit() and len(length) <= 19):
             raise IntegrityError(f"{self!r}: {key!r} was answered without a Content-Length")
         return int(length)
 
