@@ -61,9 +61,10 @@ bench-segments: build ## Dask overhead (local:2 vs one process) and peak memory 
 bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
 	$(VENV)/bin/hashsync bench
 
-lint: build ## ruff, the stubs checked against the extension (stubtest), clippy
+lint: build ## ruff, mypy on the package, the stubs checked against the extension (stubtest), clippy
 	$(VENV)/bin/ruff check python tests benches examples
 	$(VENV)/bin/ruff format --check python tests benches examples
+	$(PY) -m mypy
 	$(PY) -m mypy.stubtest hashsync._native
 	cargo clippy --all-targets --features python -- -D warnings
 

@@ -7,6 +7,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn, TaskID
 
 ProgressFn = Callable[[int, int], None]
 
@@ -54,7 +58,7 @@ def byte_counter(bar: ProgressFn, total: int = 0) -> Callable[[int], None]:
     return moved
 
 
-def _byte_columns(*extra: object) -> tuple[object, ...]:
+def _byte_columns(*extra: ProgressColumn) -> tuple[ProgressColumn, ...]:
     """Description, bar, bytes, rate, then ``extra`` columns, then the ETA."""
     from rich.progress import (
         BarColumn,
@@ -74,7 +78,7 @@ def _byte_columns(*extra: object) -> tuple[object, ...]:
     )
 
 
-def _on_stderr() -> dict[str, object]:
+def _on_stderr() -> dict[str, Any]:
     """Options that keep a rich bar on stderr and leave stdout alone.
 
     rich draws on stdout by default, so a bar was lost when stdout was piped (``--json | jq``)
@@ -121,9 +125,9 @@ class SyncDisplay:
         self.lines_to_stderr = lines_to_stderr
         self.dry_run = dry_run
         self._enabled = enabled and sys.stderr.isatty()
-        self._progress = None
-        self._hash_task = None
-        self._copy_task = None
+        self._progress: Progress | None = None
+        self._hash_task: TaskID | None = None
+        self._copy_task: TaskID | None = None
         self._files_done = 0
         self._files_total = 0
 

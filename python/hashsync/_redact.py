@@ -132,8 +132,10 @@ def _split_authority(rest: str) -> tuple[str, str, str] | None:
     if match is None or re.match(r"\d*(?:[/?#]|$)", match[2]):
         return None  # "host:8080/path/@x": a port, then a path with "@" in it
     remainder = rest[match.end() :]
-    host = _HOST.match(remainder)
-    if host is None or (host.end() < len(remainder) and remainder[host.end()] not in "/?#"):
+    host_match = _HOST.match(remainder)
+    if host_match is None or (
+        host_match.end() < len(remainder) and remainder[host_match.end()] not in "/?#"
+    ):
         return None
     return match[0][:-1], "@", remainder
 

@@ -188,12 +188,12 @@ def verify_file(
     if crc64nvme is not None and hashed("crc64nvme") != crc64nvme.lower():
         raise IntegrityError(f"{what}: data does not match its CRC64NVME {crc64nvme}")
     if md5 is not None:
-        got = (
+        got_md5 = (
             hashlib.md5(data, usedforsecurity=False).hexdigest()
             if data is not None
             else hashed("md5")
         )
-        if got != md5.lower():
+        if got_md5 != md5.lower():
             raise IntegrityError(f"{what}: data does not match its MD5 {md5}")
     if (
         etag is not None

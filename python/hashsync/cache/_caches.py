@@ -220,7 +220,7 @@ class LocalReadOnlyCache(Cache):
         Raises:
             NotFound: The storage has no such file.
         """
-        path: Path = self.storage.path(key)  # type: ignore[attr-defined]
+        path: Path = self.storage.path(key)
         where = _link_below(Path(self.storage.root), path)  # type: ignore[attr-defined]
         if where is not None:
             raise UnsafePath(
@@ -245,7 +245,7 @@ class LocalReadOnlyCache(Cache):
     def stats(self) -> CacheStats:
         """Files and bytes in the storage; hits and misses of this object."""
         files = size = 0
-        for info in self.storage.list(**({"hashes": False} if _lists_hashes(self.storage) else {})):
+        for info in self.storage.list(hashes=False):
             files += 1
             size += info.size
         return CacheStats(files, size, None, self._hits, self._misses, 0)
@@ -257,12 +257,6 @@ class LocalReadOnlyCache(Cache):
             PermissionDenied: Always.
         """
         raise PermissionDenied(errno.EACCES, f"{self!r} is read-only; nothing was removed")
-
-
-def _lists_hashes(storage: Storage) -> bool:
-    import inspect
-
-    return "hashes" in inspect.signature(storage.list).parameters
 
 
 _check_cache_key = check_key
@@ -1269,7 +1263,7 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
                 f"{key!r} ({size} bytes) is larger than the cache's budget of "
                 f"{self.max_size_bytes} bytes; nothing was uploaded"
             )
-        self.remote_storage.copy_from(key, _SingleFile(source))  # type: ignore[attr-defined]
+        self.remote_storage.copy_from(key, _SingleFile(source))
         # From here the remote holds the new version: a local copy of the old one must go
         # whatever happens next.
         try:

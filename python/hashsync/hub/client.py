@@ -739,7 +739,7 @@ class DatasetHubClient:
         dataset: str,
         entry: dict[str, Any],
         final: Path,
-        moved: Callable[[int], None] | None = None,
+        moved: Callable[[int], object] | None = None,
     ) -> None:
         """Fetch one file to ``final``, verified; large files through a resumable partial."""
         moved = moved or current_progress()
@@ -776,7 +776,7 @@ class DatasetHubClient:
         partial: Path,
         entry: dict[str, Any],
         what: str,
-        moved: Callable[[int], None] | None,
+        moved: Callable[[int], object] | None,
     ) -> None:
         digest = hashlib.sha256()
         have = 0

@@ -340,7 +340,7 @@ class DatasetRoot:
             if not budget.take():
                 raise _refused(dataset, path, "changed since the last scan (rescans spent)")
             manifest = self.snapshot(dataset) or manifest
-            entry = manifest.entry(path)  # type: ignore[assignment]
+            entry = manifest.entry(path)
             if entry is None:
                 raise _refused(dataset, path, "no longer in the dataset")
             fd = self._open_entry(dataset, entry.path)
@@ -655,7 +655,7 @@ def _file_response(
     """
     via_fd = os.path.isdir("/proc/self/fd")
 
-    class _Response(base):  # type: ignore[misc, valid-type]
+    class _Response(base):
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             try:
                 await super().__call__(scope, receive, send)
@@ -861,7 +861,7 @@ def _guarded_protocol(header_timeout: float, max_connections: int) -> type:
     # by its event loop).
     waiting: OrderedDict[Any, None] = OrderedDict()
 
-    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+    class GuardedH11Protocol(H11Protocol):
         _timer: asyncio.TimerHandle | None = None
 
         def _waiting(self) -> OrderedDict[Any, None]:

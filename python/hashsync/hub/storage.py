@@ -231,7 +231,7 @@ class HubStorage(ReadOnlyStorage):
             raise IntegrityError(f"{self!r}: {key!r} was answered without a Last-Modified date")
         return value
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, hashes: bool = True) -> Iterator[ObjectInfo]:
         """Yield the dataset's files whose keys start with ``prefix``, from one manifest request.
 
         Raises:

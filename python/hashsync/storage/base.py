@@ -11,11 +11,11 @@ from __future__ import annotations
 import abc
 import datetime
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from hashsync._native import FileEntry, Listing, filter_paths
 from hashsync.atomic import is_internal_key
@@ -196,7 +196,7 @@ class Segment(NamedTuple):
         return self
 
 
-@dataclass
+@dataclass(init=False)
 class SyncListing:
     """One side of a sync, as its storage listed it (:meth:`Storage.list_for_sync`).
 
@@ -212,13 +212,21 @@ class SyncListing:
     """
 
     entries: Listing
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    links_skipped: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]
+    links_skipped: list[str]
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.entries, Listing):
-            self.entries = Listing.from_entries(self.entries)
+    def __init__(
+        self,
+        entries: Listing | Iterable[FileEntry],
+        errors: list[tuple[str, str]] | None = None,
+        skipped: list[tuple[str, str]] | None = None,
+        links_skipped: list[str] | None = None,
+    ) -> None:
+        self.entries = entries if isinstance(entries, Listing) else Listing.from_entries(entries)
+        self.errors = errors if errors is not None else []
+        self.skipped = skipped if skipped is not None else []
+        self.links_skipped = links_skipped if links_skipped is not None else []
 
 
 class Storage(abc.ABC):
@@ -469,12 +477,15 @@ class Storage(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, hashes: bool = True) -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix``, in key order.
 
         Args:
             prefix: Plain string prefix (``"data/"`` for a directory, ``"data/tr"`` matches
                 ``"data/train.csv"`` too).
+            hashes: Whether :attr:`ObjectInfo.hash` is wanted; ``False`` lets a store that
+                computes hashes (a local directory) skip reading content. Stores whose
+                listings carry hashes anyway fill them regardless.
 
         Yields:
             One :class:`ObjectInfo` per object.
@@ -511,7 +522,7 @@ class Storage(abc.ABC):
     def close(self) -> None:  # noqa: B027 - deliberately a no-op hook, not abstract
         """Release what the storage holds (connections, temporary directories)."""
 
-    def __enter__(self) -> Storage:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -321,7 +321,7 @@ class HTTPStorage(ReadOnlyStorage):
             raise HashsyncError(f"{redact_url(self.url(key))} has no Last-Modified date")
         return value
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, hashes: bool = True) -> Iterator[ObjectInfo]:
         """Yield the files below ``prefix`` found in the server's directory indexes.
 
         Every ``<a href>`` of an index page that points below it is followed: links ending
@@ -371,8 +371,8 @@ class HTTPStorage(ReadOnlyStorage):
             page = response.read().decode(charset, "replace")
             # Redirects (e.g. to add a trailing slash) change the base of relative links; the
             # query string (the base URL's, kept by the redirect) is not part of it.
-            base = urllib.parse.urlsplit(response.geturl())._replace(query="", fragment="")
-            base = base.geturl()
+            where = urllib.parse.urlsplit(response.geturl())._replace(query="", fragment="")
+            base = where.geturl()
         parser = _Links()
         parser.feed(page)
         found: set[str] = set()

@@ -9,6 +9,7 @@ compare-and-swap exact between processes, on NFS as well.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import copy
@@ -474,7 +475,7 @@ class _FilesystemReads:
 
     lists_by_level = True
 
-    def list_level(self, prefix: str = "") -> tuple[int, list[str]]:
+    def list_level(self, prefix: str = "") -> tuple[int, builtins.list[str]]:
         """Count the files directly in the directory ``prefix`` and name its subdirectories.
 
         Symbolic links count as what they point to when the storage follows them, else as
@@ -516,7 +517,7 @@ class _FilesystemReads:
                 continue
         return min(n, limit)
 
-    def _scan(self, prefix: str, hashes: bool) -> list[ObjectInfo]:
+    def _scan(self, prefix: str, hashes: bool) -> builtins.list[ObjectInfo]:
         base, key_prefix = self._scan_root(prefix)
         if not base.is_dir():
             return []

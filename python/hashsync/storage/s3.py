@@ -41,9 +41,11 @@ reserved: :meth:`S3Storage.list` does not show it.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -284,7 +286,7 @@ class S3Storage(ReadWriteStorage):
         self._client_lock = threading.Lock()
         self._static: _sigv4.StaticSettings | None = None
         if client is None:
-            settings = {
+            settings: dict[str, Any] = {
                 "endpoint_url": endpoint_url,
                 "region_name": region_name,
                 "profile_name": profile_name,
@@ -535,7 +537,7 @@ class S3Storage(ReadWriteStorage):
         """
         return self._head(key)["LastModified"].astimezone(datetime.UTC)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, hashes: bool = True) -> Iterator[ObjectInfo]:
         """Yield the objects whose keys start with ``prefix`` (ListObjectsV2, paginated).
 
         Keys ending in ``/`` (folder markers some tools create) and hashsync's claims
@@ -551,7 +553,7 @@ class S3Storage(ReadWriteStorage):
         for objects in pages:
             yield from self._kept(objects)
 
-    def _kept(self, objects: list[ObjectInfo]) -> Iterator[ObjectInfo]:
+    def _kept(self, objects: builtins.list[ObjectInfo]) -> Iterator[ObjectInfo]:
         """``objects`` without folder markers and claims; notes the ones larger than a part."""
         claims = self.prefix + CLAIMS_DIR + "/"
         for info in objects:
@@ -563,7 +565,7 @@ class S3Storage(ReadWriteStorage):
 
     def _boto_pages(
         self, prefix: str, delimiter: str | None = None
-    ) -> Iterator[tuple[list[ObjectInfo], list[str]]]:
+    ) -> Iterator[tuple[builtins.list[ObjectInfo], builtins.list[str]]]:
         """ListObjectsV2 pages through botocore: (objects, common prefixes) per page.
 
         Object keys are relative to this storage; common prefixes are full keys.
@@ -611,7 +613,7 @@ class S3Storage(ReadWriteStorage):
             return crc
         return _native_crc64(head)
 
-    def get_part_sizes(self, key: str, *, etag: str | None = None) -> list[int] | None:
+    def get_part_sizes(self, key: str, *, etag: str | None = None) -> builtins.list[int] | None:
         """The sizes of the parts the object was uploaded in, in order, as the store reports.
 
         One ``HEAD ?partNumber=N`` per part: the first tells the part count, the others run in
@@ -637,7 +639,7 @@ class S3Storage(ReadWriteStorage):
 
     def _part_sizes(
         self, key: str, etag: str | None, asked: dict[int, dict[str, Any] | None]
-    ) -> list[int] | None:
+    ) -> builtins.list[int] | None:
         """:meth:`get_part_sizes`, reusing the part HEADs in ``asked`` (number -> answer)."""
 
         def part(number: int) -> tuple[int, int | None, int | None, int] | None:
@@ -698,7 +700,7 @@ class S3Storage(ReadWriteStorage):
             return
         yield from self._level(segment.prefix)[0]
 
-    def list_level(self, prefix: str = "") -> tuple[int, list[str]]:
+    def list_level(self, prefix: str = "") -> tuple[int, builtins.list[str]]:
         """One delimited listing of ``prefix``: see :meth:`Storage.list_level`."""
         objects, subdirs = self._level(Segment(prefix).check().prefix)
         return len(objects), subdirs
@@ -712,7 +714,7 @@ class S3Storage(ReadWriteStorage):
                 return raw.count(self.prefix + prefix, limit)
         return super().count_keys(prefix, limit)
 
-    def _level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
+    def _level(self, prefix: str) -> tuple[builtins.list[ObjectInfo], builtins.list[str]]:
         """The objects directly under ``prefix`` and its sub-prefixes.
 
         One ListObjectsV2 with ``delimiter=/``; keys relative to this storage, claims and
@@ -732,7 +734,7 @@ class S3Storage(ReadWriteStorage):
         subdirs = sorted(p[len(self.prefix) :] for p in common if p != claims)
         return list(self._kept(objects)), subdirs
 
-    def _fast_list(self, prefix: str) -> list[ObjectInfo] | None:
+    def _fast_list(self, prefix: str) -> builtins.list[ObjectInfo] | None:
         """The whole listing through :mod:`hashsync.storage._s3list`, or None to use boto3.
 
         boto3's paginator spends ~100 us per object parsing XML into dicts and datetimes; a
@@ -881,7 +883,7 @@ class S3Storage(ReadWriteStorage):
             # ChecksumMode: the store's native full-object checksum, when the object has one.
             head = self._head(key, ChecksumMode="ENABLED")
             try:
-                destination._receive(key, lambda tmp, h=head: self._download(key, h, tmp))
+                destination._receive(key, functools.partial(self._download, key, head))
                 return
             except PreconditionFailed:
                 # Overwritten between the HEAD and a part: start over once with the new one.
@@ -1207,9 +1209,9 @@ class S3Storage(ReadWriteStorage):
                 and info.get("identity") == identity
                 and isinstance(old_id, str)
             ):
-                parts = self._list_parts(key, old_id)
-                if parts is not None:
-                    upload_id, held = old_id, parts
+                listed = self._list_parts(key, old_id)
+                if listed is not None:
+                    upload_id, held = old_id, listed
                     jr.remove(record)
                     continue
             if isinstance(old_id, str):
@@ -1236,11 +1238,11 @@ class S3Storage(ReadWriteStorage):
                 if not native or not _may_refuse_checksums(exc):
                     raise
                 raise _ChecksumRefused(str(exc)) from exc
-        record = jr.record(
+        entry = jr.record(
             endpoint, self.bucket, full, {"upload_id": upload_id, "identity": identity}
         )
         try:
-            parts = run_on_threads(
+            sent = run_on_threads(
                 lambda number: send(upload_id, number, held.get(number)),
                 range(1, count + 1),
                 self.max_concurrency,
@@ -1255,7 +1257,7 @@ class S3Storage(ReadWriteStorage):
                 Bucket=self.bucket,
                 Key=full,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
+                MultipartUpload={"Parts": sent},
                 **(conditions or {}),
                 **(
                     {"ChecksumCRC64NVME": _b64_hex(crc64nvme), "ChecksumType": "FULL_OBJECT"}
@@ -1266,9 +1268,9 @@ class S3Storage(ReadWriteStorage):
         except BaseException:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            jr.remove(record)
+            jr.remove(entry)
             raise
-        jr.remove(record)
+        jr.remove(entry)
         return response
 
     def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
@@ -1473,7 +1475,7 @@ class S3Storage(ReadWriteStorage):
             "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
         )
 
-    def delete_many(self, keys: Sequence[str]) -> list[HashsyncError | None]:
+    def delete_many(self, keys: Sequence[str]) -> builtins.list[HashsyncError | None]:
         """Delete keys with DeleteObjects, 1,000 a request, several requests at once.
 
         A key S3 reports an error for keeps its error; a key that did not exist counts as
@@ -1588,7 +1590,7 @@ class S3Storage(ReadWriteStorage):
 
     def abort_incomplete_uploads(
         self, *, older_than: float = 24 * 3600.0, prefix: str = "", dry_run: bool = False
-    ) -> list[IncompleteUpload]:
+    ) -> builtins.list[IncompleteUpload]:
         """Abort unfinished multipart uploads started more than ``older_than`` seconds ago.
 
         Like ``rclone cleanup``. Uploads younger than that may belong to a writer that is

@@ -28,7 +28,7 @@ from typing import Any
 
 import hashsync
 from hashsync.errors import InvalidArgument, missing_extra
-from hashsync.storage.base import Segment, Storage
+from hashsync.storage.base import FilterRules, Segment, Storage
 from hashsync.syncing.result import SyncResult
 from hashsync.syncing.segmented import (
     SegmentOutcome,
@@ -136,7 +136,7 @@ def sync_on_dask(
     dst: Storage,
     scheduler: Any,
     *,
-    rules: list[tuple[str, str]],
+    rules: FilterRules,
     delete: bool,
     dry_run: bool,
     compare: str,

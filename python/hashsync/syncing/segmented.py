@@ -296,7 +296,7 @@ def finish_deletes(
 def sync_in_segments(
     src: Storage,
     dst: Storage,
-    rules: list[tuple[str, str]],
+    rules: FilterRules,
     source_listing: SyncListing,
     *,
     delete: bool,
@@ -339,6 +339,13 @@ def sync_in_segments(
         source_errors=source_errors,
         allow_empty_source=allow_empty_source,
         max_delete=max_delete,
-        delete_chunks=lambda chunks: [delete_keys(dst, chunk) for chunk in chunks],
+        delete_chunks=lambda chunks: [delete_keys(_writable(dst), chunk) for chunk in chunks],
     )
     return result
+
+
+def _writable(storage: Storage) -> ReadWriteStorage:
+    """``storage``, which :func:`finish_deletes` has already checked to be writable."""
+    if not isinstance(storage, ReadWriteStorage):
+        raise InvalidArgument(f"{storage!r} is read-only and cannot be a sync destination")
+    return storage

@@ -281,12 +281,12 @@ def sync_storages(
 
     if (to_copy or to_delete) and not isinstance(dst, ReadWriteStorage):
         raise InvalidArgument(f"{dst!r} is read-only and cannot be a sync destination")
-    assert isinstance(dst, ReadWriteStorage) or not (to_copy or to_delete)
-    if isinstance(dst, ReadWriteStorage):
-        dst.prepare_destination()
-    if replace_first:
-        assert isinstance(dst, ReadWriteStorage)
-        to_copy = _replace_in_the_way(dst, replace_first, to_copy, result, on_event)
+    # None only when there is nothing to write.
+    writable = dst if isinstance(dst, ReadWriteStorage) else None
+    if writable is not None:
+        writable.prepare_destination()
+        if replace_first:
+            to_copy = _replace_in_the_way(writable, replace_first, to_copy, result, on_event)
     action = action_name(src, dst)
     total = sum(e.size for e in to_copy)
     if progress is not None:
@@ -300,8 +300,9 @@ def sync_storages(
     def run(entry: hashsync.FileEntry) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
+        assert writable is not None  # there is something to write
         with reporting_progress(moved.add):
-            _transfer_one(src, dst, entry.path)
+            _transfer_one(src, writable, entry.path)
 
     done_queue: queue.SimpleQueue[cf.Future[None]] = queue.SimpleQueue()
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hashsync-sync") as pool:
@@ -349,15 +350,14 @@ def sync_storages(
             raise
     result.transferred.sort()
 
-    if isinstance(dst, ReadWriteStorage):
+    if writable is not None:
         # What killed runs of this host left behind (S3: unfinished multipart uploads).
-        dst.reclaim_abandoned()
+        writable.reclaim_abandoned()
     if to_delete and not result.delete_suppressed and result.failed:
         result.delete_suppressed_reason = f"{len(result.failed)} transfers failed"
         result.delete_suppressed = True
-    if to_delete and not result.delete_suppressed:
-        assert isinstance(dst, ReadWriteStorage)
-        for key, exc in zip(to_delete, dst.delete_many(to_delete), strict=True):
+    if to_delete and not result.delete_suppressed and writable is not None:
+        for key, exc in zip(to_delete, writable.delete_many(to_delete), strict=True):
             if exc is None:
                 result.deleted.append(key)
                 event = TransferEvent("delete", key, 0)
@@ -426,7 +426,7 @@ def settle_unmatched_etags(
         try:
             ours = hashsync.hash_files([path for _, _, path in by_crc], "crc64nvme")
         except (HashsyncError, OSError):
-            ours = [None] * len(by_crc)  # copy them, as without the check
+            ours = [""] * len(by_crc)  # no CRC matches: copy them, as without the check
         same.update(
             e.path for (e, theirs, _), mine in zip(by_crc, ours, strict=True) if theirs == mine
         )

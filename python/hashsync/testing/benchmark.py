@@ -448,7 +448,7 @@ def correctness(runs: list[Run]) -> dict[str, dict[str, str]]:
     return out
 
 
-def markdown(meta: dict[str, object], summary: dict, checks: dict) -> str:
+def markdown(meta: dict[str, Any], summary: dict, checks: dict) -> str:
     """The report as markdown."""
     p = meta["params"]
     lines = [

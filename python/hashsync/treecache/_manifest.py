@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import hashsync
 from hashsync.errors import IntegrityError, InvalidArgument
@@ -187,7 +188,7 @@ def describe_tree(root: Path, part_size: int) -> dict[str, FileRecord]:
     Raises:
         IntegrityError: A file could not be read, or changed between the two hashing passes.
     """
-    rules = [("exclude", f"{META_DIR}/*")]
+    rules: list[tuple[Literal["include", "exclude"], str]] = [("exclude", f"{META_DIR}/*")]
     by_sha = hashsync.scan(root, algorithm="sha256", filters=rules)
     by_etag = hashsync.scan(root, algorithm="etag", filters=rules, part_size=part_size)
     problems = list(by_sha.errors) + list(by_etag.errors)

@@ -826,7 +826,7 @@ class TreeCache:
             nonlocal downloaded, uploaded
             mine, info = local.get(rel), theirs.get(rel)
             if info is None:
-                if up and send(rel, None):
+                if up and mine is not None and send(rel, None):
                     synced[rel] = mine.digest
                 return
             if mine is None:
