@@ -166,3 +166,27 @@ def test_the_thread_map_keeps_order_and_fails_fast_when_asked():
     except ValueError:
         pass
     assert sorted(started) == list(range(40))  # without fail_fast every item runs
+
+
+GENERIC = ["syncing", "cache", "treecache", "_settle.py"]
+CONCRETE = (
+    "S3Storage|HTTPStorage|HubStorage|SimpleLocalStorage|TemporaryLocalStorage|"
+    "PartitioningLocalStorage|ReadOnlyFilesystemStorage"
+)
+
+
+def test_generic_code_asks_storages_instead_of_probing_them():
+    probe = re.compile(
+        rf"isinstance\([^)]*\b({CONCRETE})\b"
+        r"|(hasattr|getattr)\(\s*(self\.)?(storage|src|dst|remote|remote_storage|local_storage"
+        r"|source|destination|writable|tier)\s*,"
+        r"|inspect\.signature|\.client\.meta\."
+    )
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
+        for part in GENERIC
+        for path in sorted((PACKAGE / part).rglob("*.py") if "." not in part else [PACKAGE / part])
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if probe.search(line)
+    ]
+    assert offenders == []

@@ -42,8 +42,13 @@ from hashsync.errors import (
     StorageUnavailable,
     UnsafePath,
 )
-from hashsync.storage.base import Storage, reporting_progress, validate_key
-from hashsync.storage.local import LocalStorage, SimpleLocalStorage, _link_below
+from hashsync.storage.base import ReadWriteStorage, Storage, reporting_progress, validate_key
+from hashsync.storage.local import (
+    FilesystemStorage,
+    LocalStorage,
+    SimpleLocalStorage,
+    _link_below,
+)
 from hashsync.verify import content_matches_hash
 
 __all__ = [
@@ -202,12 +207,12 @@ class LocalReadOnlyCache(Cache):
     """
 
     def __init__(self, storage: Storage) -> None:
-        if not getattr(storage, "is_local", False) or not hasattr(storage, "path"):
+        if not isinstance(storage, FilesystemStorage):
             raise InvalidArgument(
                 f"LocalReadOnlyCache serves files in place and needs a local storage, "
                 f"not {storage!r}"
             )
-        self.storage = storage
+        self.storage: FilesystemStorage = storage
         self._hits = 0
         self._misses = 0
 
@@ -221,7 +226,7 @@ class LocalReadOnlyCache(Cache):
             NotFound: The storage has no such file.
         """
         path: Path = self.storage.path(key)
-        where = _link_below(Path(self.storage.root), path)  # type: ignore[attr-defined]
+        where = _link_below(self.storage.root, path)
         if where is not None:
             raise UnsafePath(
                 errno.ELOOP,
@@ -1215,8 +1220,7 @@ def _refuse_overlap(tiers: list[Storage], local: LocalStorage) -> None:
 
 def _content_has_hash(path: Path, current: str, storage: Storage) -> bool:
     """Whether the local file's content is what the source's hash ``current`` names."""
-    part_size = getattr(storage, "part_size", hashsync.DEFAULT_PART_SIZE)
-    return content_matches_hash(path, current, part_sizes=[part_size])
+    return content_matches_hash(path, current, part_sizes=[storage.part_size])
 
 
 class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
@@ -1241,7 +1245,7 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
         max_size_bytes: int | None = None,
         **options: Any,
     ) -> None:
-        if not hasattr(remote_storage, "copy_from"):
+        if not isinstance(remote_storage, ReadWriteStorage):
             raise InvalidArgument(f"{remote_storage!r} is read-only; use CopyToLocalCache")
         options.pop("prefer", None)
         super().__init__([remote_storage], local_storage, max_size_bytes=max_size_bytes, **options)
@@ -1290,7 +1294,7 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
         self._path(key)
         found = self.index.remove(key) is not None
         try:
-            self.remote_storage.delete(key)  # type: ignore[attr-defined]
+            self.remote_storage.delete(key)
         except NotFound:
             if not found:
                 raise

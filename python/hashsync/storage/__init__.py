@@ -24,6 +24,7 @@ from hashsync.storage.base import (
     validate_key,
 )
 from hashsync.storage.local import (
+    FilesystemStorage,
     LocalStorage,
     PartitioningLocalStorage,
     ReadOnlyFilesystemStorage,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from hashsync.storage.s3 import S3Storage
 
 __all__ = [
+    "FilesystemStorage",
     "HTTPStorage",
     "LocalStorage",
     "ObjectInfo",

@@ -545,6 +545,11 @@ class ReadWriteStorage(Storage):
     work: each says what it expects to find, and the store refuses the change otherwise.
     """
 
+    #: Whether the store can be opened with ``conditional_writes="claim"``: claim objects
+    #: that make create-only and if-match writes exclusive on a store that ignores
+    #: ``If-None-Match`` / ``If-Match`` (see :class:`~hashsync.storage.S3Storage`).
+    claims_conditions: bool = False
+
     def can_copy_server_side(self, source: Storage) -> bool:
         """Whether :meth:`transfer_from` copies from ``source`` without moving the data here."""
         return False

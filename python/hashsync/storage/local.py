@@ -62,6 +62,7 @@ from hashsync.storage.base import (
 )
 
 __all__ = [
+    "FilesystemStorage",
     "LocalStorage",
     "PartitioningLocalStorage",
     "ReadOnlyFilesystemStorage",
@@ -176,9 +177,9 @@ def _source_file(source: object, key: str) -> Path:
     """The local file behind ``source``'s ``key``, checked to be a regular file.
 
     No path component may be a symbolic link, except the links that a listing of a storage
-    following links (:attr:`_FilesystemReads.follow_symlinks`) went through.
+    following links (:attr:`FilesystemStorage.follow_symlinks`) went through.
     """
-    if not isinstance(source, _FilesystemReads):
+    if not isinstance(source, FilesystemStorage):
         raise InvalidArgument(
             f"source must be a LocalStorage (or ReadOnlyFilesystemStorage), not {source!r}"
         )
@@ -220,8 +221,13 @@ def _check_destination(destination: object) -> LocalStorage:
     return destination
 
 
-class _FilesystemReads:
-    """Reading operations shared by the writable and the read-only filesystem storages."""
+class FilesystemStorage(Storage):
+    """A storage whose files are on this machine's filesystem, below :attr:`root`.
+
+    The base of the writable and the read-only filesystem storages, with the reading
+    operations they share; generic code that needs files in place (a cache serving them
+    where they are, a sync reading a local source) asks for this type.
+    """
 
     root: Path
     part_size: int
@@ -548,7 +554,7 @@ class _FilesystemReads:
         _check_destination(destination).copy_from(key, self)  # type: ignore[arg-type]
 
 
-class LocalStorage(_FilesystemReads, ReadWriteStorage):
+class LocalStorage(FilesystemStorage, ReadWriteStorage):
     """A writable storage on the local filesystem; the base of the local variants.
 
     Args:
@@ -999,7 +1005,7 @@ class PartitioningLocalStorage(LocalStorage):
     count_keys = Storage.count_keys
 
 
-class ReadOnlyFilesystemStorage(_FilesystemReads, ReadOnlyStorage):
+class ReadOnlyFilesystemStorage(FilesystemStorage, ReadOnlyStorage):
     """A directory that is read but never written, e.g. a shared network filesystem.
 
     Keys map to files as in :class:`SimpleLocalStorage`. Every write method exists and

@@ -213,6 +213,8 @@ class S3Storage(ReadWriteStorage):
         InvalidArgument: A bad bucket, prefix, part size or option.
     """
 
+    claims_conditions = True
+
     def __init__(
         self,
         bucket: str,

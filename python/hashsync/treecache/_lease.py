@@ -45,12 +45,16 @@ _known_lock = threading.Lock()
 
 
 def _store_id(storage: Storage) -> str | None:
-    """Endpoint and bucket of an S3 storage; None for stores whose conditions are local."""
-    from hashsync.storage.s3 import S3Storage
+    """The store behind ``storage`` (scheme, endpoint, bucket...); None for a local directory.
 
-    if not isinstance(storage, S3Storage):
+    From :meth:`Storage.location`, so no client is built to learn it; conditions of a local
+    directory are kept by hashsync itself and need no memory.
+    """
+    where = storage.location()
+    if storage.is_local or where is None:
         return None
-    return f"{storage.client.meta.endpoint_url}|{storage.bucket}"
+    # Without the kind ("s3"): "ENDPOINT|BUCKET", as earlier versions remembered stores.
+    return "|".join(where[0][1:])
 
 
 def _memory_file() -> Path:

@@ -272,9 +272,7 @@ class TreeCache:
         if self._checked is None:
             self._native_conditions = conditional_writes_honoured(writable)
             if not self._native_conditions:
-                from hashsync.storage.s3 import S3Storage
-
-                if isinstance(writable, S3Storage):
+                if writable.claims_conditions:
                     claiming = open_storage(
                         self.remote_url, **{**self._options, "conditional_writes": "claim"}
                     )
