@@ -190,3 +190,16 @@ def test_generic_code_asks_storages_instead_of_probing_them():
         if probe.search(line)
     ]
     assert offenders == []
+
+
+def test_a_read_only_filesystem_is_no_remote_for_a_synchronized_cache(tmp_path):
+    import pytest
+
+    from hashsync.cache import SynchronizedRemoteAndLocalCache
+    from hashsync.errors import InvalidArgument
+    from hashsync.storage import ReadOnlyFilesystemStorage
+
+    (tmp_path / "ro").mkdir()
+    # It defines copy_from only to refuse it: a probe for the method let it through.
+    with pytest.raises(InvalidArgument, match="read-only"):
+        SynchronizedRemoteAndLocalCache(ReadOnlyFilesystemStorage(tmp_path / "ro"), tmp_path / "c")
