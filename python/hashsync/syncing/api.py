@@ -22,6 +22,7 @@ from hashsync.syncing.result import SyncResult, TransferEvent
 from hashsync.syncing.rules import check_overlap, make_rules
 from hashsync.syncing.single import (
     Compare,
+    RunOptions,
     default_workers,
     listing_options,
     resolve_storage,
@@ -161,15 +162,17 @@ def sync(
             src,
             dst,
             rules,
+            RunOptions(
+                dry_run=dry_run,
+                compare=compare,
+                workers=workers,
+                progress=report,
+                on_event=on_event,
+                on_plan=on_plan,
+            ),
             delete=delete,
             allow_empty_source=allow_empty_source,
             max_delete=max_delete,
-            dry_run=dry_run,
-            compare=compare,
-            workers=workers,
-            progress=report,
-            on_event=on_event,
-            on_plan=on_plan,
         )
 
 
@@ -177,11 +180,11 @@ def _run_here(
     src: Storage,
     dst: Storage,
     rules: FilterRules,
+    options: RunOptions,
     *,
     delete: bool,
     allow_empty_source: bool,
     max_delete: int | None,
-    **options: Any,
 ) -> SyncResult:
     """The sync on this machine: in one run, or segment by segment for a huge source.
 
@@ -194,8 +197,8 @@ def _run_here(
         source_listing = src.list_for_sync(
             rules,
             must_exist=True,
-            reap_temporaries=not options["dry_run"],
-            **listing_options(src, options["compare"], options["progress"]),
+            reap_temporaries=not options.dry_run,
+            **listing_options(src, options.compare, options.progress),
         )
         if len(source_listing.entries) > _segmented_above():
             result = segmented.sync_in_segments(
@@ -203,8 +206,8 @@ def _run_here(
                 dst,
                 rules,
                 source_listing,
+                options,
                 delete=delete,
-                options=options,
                 allow_empty_source=allow_empty_source,
                 max_delete=max_delete,
             )
@@ -214,9 +217,9 @@ def _run_here(
         src,
         dst,
         rules,
+        options,
         delete=delete,
         allow_empty_source=allow_empty_source,
         max_delete=max_delete,
         source_listing=source_listing,
-        **options,
     )

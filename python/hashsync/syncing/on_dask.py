@@ -38,6 +38,7 @@ from hashsync.syncing.segmented import (
     plan_segments,
     run_segments,
 )
+from hashsync.syncing.single import Compare, RunOptions
 
 __all__ = ["dask_client", "plan_segments", "sync_on_dask", "tree_hash"]
 
@@ -139,7 +140,7 @@ def sync_on_dask(
     rules: FilterRules,
     delete: bool,
     dry_run: bool,
-    compare: str,
+    compare: Compare,
     workers: int,
     progress: Callable[[int, int], object] | None,
     allow_empty_source: bool,
@@ -150,7 +151,8 @@ def sync_on_dask(
     started = time.monotonic()
     with dask_client(scheduler) as client:
         batches = plan_segments(src, dst, workers=_worker_count(client))
-        options = {"dry_run": dry_run, "compare": compare, "workers": workers}
+        # Progress and events stay on the client: tasks report per segment.
+        options = RunOptions(dry_run=dry_run, compare=compare, workers=workers)
         futures = _submit(
             client, "segments", run_segments, [(src, dst, b, rules, options) for b in batches]
         )

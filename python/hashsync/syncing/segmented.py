@@ -26,7 +26,7 @@ from hashsync._threads import run_on_threads
 from hashsync.errors import InvalidArgument, describe
 from hashsync.storage.base import FilterRules, ReadWriteStorage, Segment, Storage, SyncListing
 from hashsync.syncing.result import SyncResult
-from hashsync.syncing.single import delete_refusal, spare_links, sync_storages
+from hashsync.syncing.single import RunOptions, delete_refusal, spare_links, sync_storages
 
 __all__ = [
     "SegmentOutcome",
@@ -190,7 +190,7 @@ def run_segments(
     destination: Storage,
     segments: Sequence[Segment],
     rules: FilterRules,
-    options: dict[str, Any],
+    options: RunOptions,
     source_listing: SyncListing | None = None,
 ) -> SegmentOutcome:
     """Sync each segment with the single-machine engine, deleting nothing (a Dask task).
@@ -205,10 +205,10 @@ def run_segments(
             source,
             destination,
             rules,
+            options,
             segment=segment,
             source_listing=None if source_listing is None else select(source_listing, segment),
             on_listings=lambda *listed, into=seen: into.extend(listed),
-            **options,
         )
         plan, src_listing, _ = seen
         out.source_entries += len(src_listing.entries)
@@ -298,9 +298,9 @@ def sync_in_segments(
     dst: Storage,
     rules: FilterRules,
     source_listing: SyncListing,
+    options: RunOptions,
     *,
     delete: bool,
-    options: dict[str, Any],
     allow_empty_source: bool,
     max_delete: int | None,
 ) -> SyncResult:
@@ -318,7 +318,7 @@ def sync_in_segments(
         run_segments(src, dst, batch, rules, options, source_listing=source_listing)
         for batch in batches
     ]
-    result, to_delete, covered, _ = merge_outcomes(outcomes, dry_run=options["dry_run"])
+    result, to_delete, covered, _ = merge_outcomes(outcomes, dry_run=options.dry_run)
     # The slices carry no listing errors: those of the whole source count once.
     result.scan_errors[:0] = source_listing.errors
     result.skipped_keys[:0] = source_listing.skipped

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ from hashsync.syncing.result import SyncResult, TransferEvent
 
 __all__ = [
     "Compare",
+    "RunOptions",
     "action_name",
     "covering",
     "default_workers",
@@ -184,18 +186,34 @@ def _transfer_one(source: Storage, destination: ReadWriteStorage, key: str) -> N
                 raise
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run compares and transfers: what every runner hands down to the one below.
+
+    Attributes:
+        dry_run: Only report what would be done.
+        compare: ``"checksum"``, ``"size-mtime"`` or ``"size"``.
+        workers: Files transferred at once.
+        progress: ``progress(done_bytes, total_bytes)``, or None.
+        on_event: Called with a :class:`TransferEvent` per finished file, or None.
+        on_plan: Called with the plan before anything is transferred, or None.
+    """
+
+    dry_run: bool = False
+    compare: Compare = "checksum"
+    workers: int = _DEFAULT_WORKERS
+    progress: Callable[[int, int], object] | None = None
+    on_event: Callable[[TransferEvent], object] | None = None
+    on_plan: Callable[[hashsync.Plan], object] | None = None
+
+
 def sync_storages(
     src: Storage,
     dst: Storage,
     rules: FilterRules,
+    options: RunOptions = RunOptions(),  # noqa: B008 - frozen, so one shared default is safe
     *,
     delete: bool = False,
-    dry_run: bool = False,
-    compare: Compare = "checksum",
-    workers: int = _DEFAULT_WORKERS,
-    progress: Callable[[int, int], object] | None = None,
-    on_event: Callable[[TransferEvent], object] | None = None,
-    on_plan: Callable[[hashsync.Plan], object] | None = None,
     allow_empty_source: bool = False,
     max_delete: int | None = None,
     segment: Segment | None = None,
@@ -207,6 +225,8 @@ def sync_storages(
     With ``segment``, only that slice of the keys is synced: one task of a sharded sync, which
     learns the plan and both listings through ``on_listings``.
     """
+    dry_run, compare, workers = options.dry_run, options.compare, options.workers
+    progress, on_event, on_plan = options.progress, options.on_event, options.on_plan
     started = time.monotonic()
     result = SyncResult(dry_run=dry_run)
     # The source first: a destination is created only once the source is known to exist.
