@@ -139,10 +139,11 @@ def _copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:
         shutil.copyfileobj(fin, fout, 1024**2)
 
 
-def _link_below(root: Path, path: Path, allowed: frozenset[str] = frozenset()) -> str | None:
+def _link_below(root: Path, path: Path, allowed: frozenset[str] | None = frozenset()) -> str | None:
     """The first component of ``path`` below ``root`` that is a symbolic link, or None.
 
-    Links whose relative path is in ``allowed`` (those a listing followed) are passed through.
+    Links whose relative path is in ``allowed`` (those a listing followed) are passed through;
+    ``allowed=None`` passes every link.
     Listings that skip links never name a key through one: finding one means the tree
     changed since, or the key leads somewhere the listing did not look.
     """
@@ -157,7 +158,7 @@ def _link_below(root: Path, path: Path, allowed: frozenset[str] = frozenset()) -
             return None
         if stat.S_ISLNK(st.st_mode):
             where = "/".join(parts[: i + 1])
-            if where not in allowed:
+            if allowed is not None and where not in allowed:
                 return where
     return None
 
@@ -203,16 +204,6 @@ def _source_file(source: object, key: str) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise NotFound(errno.ENOENT, f"key {key!r} not found in {source!r} (not a file)")
     return path
-
-
-class _AnyLink(frozenset[str]):
-    """Every link is readable: a following storage that has not listed anything yet."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_ANY_LINK = _AnyLink()
 
 
 def _check_destination(destination: object) -> LocalStorage:
@@ -261,11 +252,11 @@ class FilesystemStorage(Storage):
         return twin
 
     @property
-    def _links_readable(self) -> frozenset[str] | _AnyLink:
+    def _links_readable(self) -> frozenset[str] | None:
         """The links a read may pass through: none unless following, then what was listed."""
         if not self.follow_symlinks:
             return frozenset()
-        return _ANY_LINK if self._followed_links is None else self._followed_links
+        return self._followed_links  # None: nothing listed yet, so every link
 
     def _links_to(self, directory: str) -> list[str]:
         """The symbolic links among the components of ``directory`` (relative, ``/``-ended)."""
