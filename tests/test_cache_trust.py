@@ -753,7 +753,7 @@ class _SwappingTier(SimpleLocalStorage):
             Path(tmp).write_bytes(self.path(key).read_bytes())
             return self.get_hash(key)
 
-        destination._receive(key, fill)
+        destination.receive(key, fill)
 
 
 def test_a_directory_swapped_for_a_link_mid_download_is_not_written_through(tmp_path):

@@ -126,13 +126,47 @@ def test_the_sync_layers_import_only_downwards():
         assert not graph[f"hashsync.syncing.{layer}"] & above, layer
 
 
-# Left to do (issue 25, item 2): Storage.read_bytes/write_bytes default to a scratch
-# TemporaryLocalStorage; the public sink protocol for local writes will remove this last one.
-KNOWN_CYCLES = [["hashsync.storage.base", "hashsync.storage.local"]]
+def test_no_import_cycles():
+    assert _cycles(_import_graph()) == []
 
 
-def test_no_new_import_cycles():
-    assert _cycles(_import_graph()) == KNOWN_CYCLES
+def test_the_cycle_finder_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def _private_imports() -> list[str]:
+    """``from M import _name`` of a name (not a submodule) that M keeps private."""
+    import ast
+
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            for alias in node.names:
+                name = alias.name
+                if not name.startswith("_") or name.startswith("__"):
+                    continue
+                # Private modules (hashsync.cache._settings) are the package's own business.
+                if (PACKAGE.parent / node.module.replace(".", "/") / f"{name}.py").exists():
+                    continue
+                found.append(f"{path.relative_to(PACKAGE)}: {node.module}.{name}")
+    return sorted(found)
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert _private_imports() == []
+
+
+def test_downloads_go_through_the_public_sink_protocol():
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{n}"
+        for path in PACKAGE.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "._receive(" in line or "_check_destination" in line
+    ]
+    assert offenders == []
 
 
 def test_the_thread_map_keeps_order_and_fails_fast_when_asked():

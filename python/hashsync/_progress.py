@@ -37,7 +37,8 @@ def shown(text: str) -> str:
     return _UNSAFE.sub(escape, text)
 
 
-def _quiet(_done: int, _total: int) -> None:
+def quiet(_done: int, _total: int) -> None:
+    """The progress callback that shows nothing (what byte_progress yields off a terminal)."""
     return None
 
 
@@ -98,7 +99,7 @@ def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Progres
     no control characters.
     """
     if not (enabled and sys.stderr.isatty()):
-        yield _quiet
+        yield quiet
         return
     from rich.progress import Progress
 

@@ -38,6 +38,7 @@ from hashsync.errors import StorageUnavailable
 __all__ = [
     "LOCK_SUFFIX",
     "TMP_MARK",
+    "HOST",
     "AtomicFile",
     "KeyLock",
     "same_version",
@@ -50,6 +51,7 @@ __all__ = [
     "write_files_atomically",
     "is_internal_key",
     "is_internal_name",
+    "pid_alive",
     "temporary_path",
 ]
 
@@ -112,7 +114,8 @@ def _host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
 
 
-_HOST = _host_tag()
+#: This machine's tag in temporaries', locks' and journals' names: whose they are.
+HOST = _host_tag()
 
 
 def is_internal_name(name: str) -> bool:
@@ -142,11 +145,12 @@ def _short(name: str) -> str:
 def temporary_path(final: Path) -> Path:
     """Return a new per-process temporary name next to ``final``."""
     return final.with_name(
-        f".{_short(final.name)}{TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        f".{_short(final.name)}{TMP_MARK}{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
     )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -177,9 +181,9 @@ def cleanup_stale_temporaries(directory: Path) -> list[Path]:
         if match is None:
             continue
         path = directory / name
-        if match["host"] == _HOST:
+        if match["host"] == HOST:
             pid = int(match["pid"])
-            stale = pid != os.getpid() and not _pid_alive(pid)
+            stale = pid != os.getpid() and not pid_alive(pid)
         else:
             try:
                 stale = now - path.stat().st_mtime > _FOREIGN_TMP_AGE
@@ -414,7 +418,7 @@ class KeyLock:
         delay = 0.005
         body = json.dumps(
             {
-                "host": _HOST,
+                "host": HOST,
                 "pid": os.getpid(),
                 "time": time.time(),
                 "token": self._token,
@@ -454,9 +458,9 @@ class KeyLock:
         except (OSError, ValueError):
             # Vanished (fine, retry) or half-written by a holder still inside __enter__.
             return
-        if info.get("host") == _HOST and isinstance(info.get("pid"), int):
+        if info.get("host") == HOST and isinstance(info.get("pid"), int):
             # A live holder of a lease must also keep refreshing it.
-            stale = not _pid_alive(info["pid"]) or (
+            stale = not pid_alive(info["pid"]) or (
                 bool(info.get("refresh")) and age > self.stale_after
             )
         else:

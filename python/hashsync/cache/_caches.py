@@ -47,8 +47,10 @@ from hashsync.storage.local import (
     FilesystemStorage,
     LocalStorage,
     SimpleLocalStorage,
-    _link_below,
+    link_below,
+    receive_file,
 )
+from hashsync.storage.sink import Check, Fill, Sink
 from hashsync.verify import content_matches_hash
 
 __all__ = [
@@ -135,7 +137,7 @@ class Cache(abc.ABC):
         keys = list(keys)
         if not keys:
             return []
-        from hashsync._progress import _quiet, byte_counter, byte_progress
+        from hashsync._progress import byte_counter, byte_progress, quiet
 
         with byte_progress(f"fetching {len(keys)} files", enabled=progress) as bar:
             moved = byte_counter(bar)
@@ -144,7 +146,7 @@ class Cache(abc.ABC):
                 with reporting_progress(moved):
                     return self.get(key)
 
-            if bar is _quiet:
+            if bar is quiet:
                 one = self.get  # no bar drawn: no byte counting per chunk either
 
             workers = max(1, min(self.num_workers, len(keys)))
@@ -226,7 +228,7 @@ class LocalReadOnlyCache(Cache):
             NotFound: The storage has no such file.
         """
         path: Path = self.storage.path(key)
-        where = _link_below(self.storage.root, path)
+        where = link_below(self.storage.root, path)
         if where is not None:
             raise UnsafePath(
                 errno.ELOOP,
@@ -291,37 +293,27 @@ def _sweep_once(dir_fd: int, real: Path) -> None:
     cleanup_stale_temporaries(fd_path(dir_fd, real))
 
 
-class _Inbox(LocalStorage):
-    """The destination a source downloads one entry into.
+class _Inbox(Sink):
+    """The sink a source downloads one cache entry into.
 
-    The source fills and verifies the temporary file as for any LocalStorage; the cache's
-    index then publishes it (dedup, rename, budget) instead of a plain rename.
+    The source fills and verifies the temporary file as for any sink; the cache's index then
+    publishes it (dedup, rename, budget) instead of a plain rename. Whatever key the source
+    names (a tier may store the entry under another), the file becomes this entry.
     """
 
     def __init__(self, cache: _IndexedCache, key: str, source: str) -> None:
-        # No super().__init__: the root exists and nothing here is configurable.
-        self.root = cache.storage.root
-        self.part_size = cache.storage.part_size
-        self.hash_state = False
-        self.hash_state_dir = None
-        self.lock_timeout = cache.storage.lock_timeout
         self._cache = cache
         self._key = key
         self._source = source
         self.entry: Entry | None = None
 
-    _same_file_is_done = False  # a file already at the key's path still has to be recorded
+    def __repr__(self) -> str:
+        return f"<entry {self._key!r} of {self._cache!r}>"
 
-    def path(self, key: str) -> Path:
-        return self._cache._path(self._key)
-
-    def _receive(
-        self,
-        key: str,
-        fill: Callable[[Path], object],
-        *,
-        check: Callable[[Path], None] | None = None,
-    ) -> None:
+    def receive(self, key: str, fill: Fill, *, check: Check | None = None) -> None:
+        """Publish what ``fill`` writes as this entry (see :class:`~hashsync.storage.sink.Sink`)."""
+        if check is not None:
+            raise InvalidArgument("a cache entry is published by the index: it takes no check")
         cache = self._cache
         *parents, name = self._key.split("/")
         try:
@@ -350,7 +342,7 @@ class _Inbox(LocalStorage):
                 raise InvalidArgument(
                     f"cannot cache key {self._key!r}: it is a directory of other cached keys"
                 )
-            real = self.path(key).parent
+            real = cache._path(self._key).parent
             _sweep_once(dir_fd, real)
             # Everything below is done through the directory opened above: renaming a
             # directory on the way and putting a link in its place cannot redirect it.
@@ -899,7 +891,7 @@ class LocalCache(_IndexedCache, WriteableCache):
         path = self._path(key)
         source = _source_file(file)
         inbox = _Inbox(self, key, "put")
-        inbox._import(key, source)
+        receive_file(inbox, key, source)
         return path
 
     def delete(self, key: str) -> None:
@@ -1275,7 +1267,7 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
             # The local entry is the remote's new version: taken from the local file (the
             # same bytes, no download) and kept only if it is what the remote now names.
             inbox = _Inbox(self, key, repr(self.remote_storage))
-            inbox._import(key, source)
+            receive_file(inbox, key, source)
         except BaseException:
             self.index.remove(key)
             raise

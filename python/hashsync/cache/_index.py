@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hashsync.atomic import _HOST, _pid_alive, temporary_path
+from hashsync.atomic import HOST, pid_alive, temporary_path
 from hashsync.cache._tree import META_DIR, Tree, fd_path, valid_digest, valid_key
 from hashsync.errors import (
     FileSystemError,
@@ -212,7 +212,7 @@ class Index:
         self._content_is = content_is or (lambda fd, st, digest: False)
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._owner = f"{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             self._prepare()
             self._db()
@@ -737,7 +737,7 @@ class Index:
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO pins VALUES (?, ?, ?, ?)",
-                [(key, token, _HOST, os.getpid()) for key in keys],
+                [(key, token, HOST, os.getpid()) for key in keys],
             )
         return token
 
@@ -750,10 +750,10 @@ class Index:
         # Pins of a process that died (SIGKILL skips the context manager's exit) must not
         # keep entries forever; pins of other hosts cannot be checked and stay.
         for owner, pid in db.execute(
-            "SELECT DISTINCT owner, pid FROM pins WHERE host = ?", (_HOST,)
+            "SELECT DISTINCT owner, pid FROM pins WHERE host = ?", (HOST,)
         ).fetchall():
             valid = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31
-            if not valid or (pid != os.getpid() and not _pid_alive(pid)):
+            if not valid or (pid != os.getpid() and not pid_alive(pid)):
                 db.execute("DELETE FROM pins WHERE owner = ?", (owner,))
 
     # -- whole cache -----------------------------------------------------------------
@@ -820,7 +820,7 @@ class Index:
         self.__dict__.update(state)
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._owner = f"{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
         # The cache's rules do not travel: without them no stored copy is shared.
         self._trusted = lambda st: False
         self._content_is = lambda fd, st, digest: False

@@ -60,7 +60,7 @@ from hashsync.hub._manifest import (
     valid_dataset_name,
 )
 from hashsync.storage.base import current_progress, validate_key
-from hashsync.storage.local import _link_below
+from hashsync.storage.local import link_below
 
 __all__ = ["DatasetHubClient"]
 
@@ -554,7 +554,7 @@ class DatasetHubClient:
         assert self.cache_dir is not None
         root = self.cache_dir / dataset
         final = root.joinpath(*validate_key(path).split("/"))
-        where = _link_below(self.cache_dir, final)
+        where = link_below(self.cache_dir, final)
         if where is not None:
             raise UnsafePath(
                 errno.ELOOP,

@@ -34,8 +34,8 @@ from hashsync.storage.base import (
     validate_key,
     validate_prefix,
 )
-from hashsync.storage.http import _http_date
-from hashsync.storage.local import LocalStorage, _check_destination
+from hashsync.storage.http import http_date
+from hashsync.storage.sink import Sink, as_sink
 
 __all__ = ["HubStorage"]
 
@@ -226,7 +226,7 @@ class HubStorage(ReadOnlyStorage):
         Raises:
             NotFound: The dataset has no such file.
         """
-        value = _http_date(self._head(key).headers.get("Last-Modified"))
+        value = http_date(self._head(key).headers.get("Last-Modified"))
         if value is None:
             raise IntegrityError(f"{self!r}: {key!r} was answered without a Last-Modified date")
         return value
@@ -275,7 +275,7 @@ class HubStorage(ReadOnlyStorage):
 
     # -- downloading -------------------------------------------------------------------
 
-    def copy(self, key: str, destination: LocalStorage) -> None:
+    def copy(self, key: str, destination: Sink) -> None:
         """Download ``key`` into ``destination``, verified against its SHA-256, atomically.
 
         The content is hashed while it streams and must match the manifest's hash and size
@@ -290,10 +290,10 @@ class HubStorage(ReadOnlyStorage):
                 changed on the hub since its manifest was read: a new listing picks it up).
             StorageUnavailable: The hub could not be reached.
         """
-        destination = _check_destination(destination)
+        sink = as_sink(destination)
         url = self.client._file_url(self.dataset, self._path(key))
         report = current_progress()
-        destination._receive(key, lambda tmp: self._download(key, url, tmp, report))
+        sink.receive(key, lambda tmp: self._download(key, url, tmp, report))
 
     def _download(self, key: str, url: str, tmp: Path, report: Any) -> str:
         # The manifest already read (a sync's listing) vouches for the content; the hub's
@@ -334,7 +334,7 @@ class HubStorage(ReadOnlyStorage):
                         out.seek(0)
                         out.truncate()
                         digest, have = hashlib.sha256(), 0
-                        modified = _http_date(response.headers.get("Last-Modified"))
+                        modified = http_date(response.headers.get("Last-Modified"))
                     for chunk in self.client._chunks(response, size - have, what):
                         out.write(chunk)
                         digest.update(chunk)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import hashsync
-from hashsync.atomic import _HOST, _pid_alive, temporary_path
+from hashsync.atomic import HOST, pid_alive, temporary_path
 
 __all__ = ["UploadJournal", "journal"]
 
@@ -48,7 +48,7 @@ class UploadJournal:
             "endpoint": endpoint,
             "bucket": bucket,
             "key": key,
-            "host": _HOST,
+            "host": HOST,
             "pid": os.getpid(),
         }
         name = f"{self._stem(endpoint, bucket, key)}.{os.getpid()}-{secrets.token_hex(4)}.json"
@@ -92,7 +92,7 @@ class UploadJournal:
             ):
                 continue  # another key (or a hash collision of the file name)
             pid = info.get("pid")
-            if info.get("host") == _HOST and isinstance(pid, int) and not _pid_alive(pid):
+            if info.get("host") == HOST and isinstance(pid, int) and not pid_alive(pid):
                 found.append((path, info))
         return found
 

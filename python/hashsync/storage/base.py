@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self
 from hashsync._native import FileEntry, Listing, filter_paths
 from hashsync.atomic import is_internal_key
 from hashsync.errors import InvalidArgument
+from hashsync.storage.sink import BytesSink, Sink
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from hashsync.errors import HashsyncError
-    from hashsync.storage.local import LocalStorage
+    from hashsync.storage.local import FilesystemStorage
 
 __all__ = [
     "ByteCallback",
@@ -232,7 +233,8 @@ class SyncListing:
 class Storage(abc.ABC):
     """A place files live under keys: a directory, an S3 bucket prefix, an HTTP server.
 
-    Every storage can be read and copied into a :class:`~hashsync.storage.LocalStorage`.
+    Every storage can be read and copied into a :class:`~hashsync.storage.sink.Sink` (a
+    :class:`~hashsync.storage.LocalStorage`, a cache).
     Storages are context managers; :meth:`close` releases connections or temporary
     directories.
     """
@@ -403,7 +405,7 @@ class Storage(abc.ABC):
         return n
 
     @abc.abstractmethod
-    def copy(self, key: str, destination: LocalStorage) -> None:
+    def copy(self, key: str, destination: Sink) -> None:
         """Copy the object ``key`` to the same key in ``destination`` (e.g. download it).
 
         The file appears under its final name only once complete and verified; a reader
@@ -412,9 +414,11 @@ class Storage(abc.ABC):
 
         Args:
             key: The key to copy.
-            destination: Where to put it.
+            destination: Where to put it: any :class:`~hashsync.storage.sink.Sink` (a
+                :class:`~hashsync.storage.LocalStorage`, a cache, a BytesSink).
 
         Raises:
+            InvalidArgument: ``destination`` is not a sink.
             NotFound: No object has this key.
             IntegrityError: The data received did not match the size or hash announced.
             StorageUnavailable: The store could not be reached (after retries).
@@ -495,7 +499,7 @@ class Storage(abc.ABC):
         """Return the content of a small object, verified like any :meth:`copy`.
 
         Meant for small metadata objects (manifests, leases); the object passes through a
-        temporary directory.
+        temporary file (a :class:`~hashsync.storage.sink.BytesSink`).
 
         Args:
             key: The object's key.
@@ -507,17 +511,13 @@ class Storage(abc.ABC):
                 what the store announced.
         """
         from hashsync.errors import IntegrityError
-        from hashsync.storage.local import TemporaryLocalStorage
 
         size = self.get_size(key)
         if size > max_size:
             raise IntegrityError(f"{key!r} in {self!r} is {size} bytes, more than {max_size}")
-        with TemporaryLocalStorage() as scratch:
-            self.copy(key, scratch)
-            data = scratch.path(key).read_bytes()
-        if len(data) > max_size:
-            raise IntegrityError(f"{key!r} in {self!r} grew past {max_size} bytes while read")
-        return data
+        sink = BytesSink(max_size)
+        self.copy(key, sink)
+        return sink.contents[key]
 
     def close(self) -> None:  # noqa: B027 - deliberately a no-op hook, not abstract
         """Release what the storage holds (connections, temporary directories)."""
@@ -554,24 +554,18 @@ class ReadWriteStorage(Storage):
         """Whether :meth:`transfer_from` copies from ``source`` without moving the data here."""
         return False
 
+    @abc.abstractmethod
     def transfer_from(self, key: str, source: Storage) -> None:
         """Make ``key`` here hold what ``key`` holds in ``source``, whatever ``source`` is.
 
-        The default uploads a local file directly (``copy_from``) and stages anything else in
-        a temporary local directory; backends that can copy server-side override it.
+        Backends copy server-side where they can and otherwise call
+        :func:`hashsync.storage.local.transfer_through_staging` (a local file is uploaded
+        directly, anything else staged in a temporary local directory).
 
         Raises:
             NotFound: ``source`` has no such key.
             FileChanged: The source file changed while it was read.
         """
-        if source.is_local:
-            self.copy_from(key, source)  # type: ignore[arg-type]
-            return
-        from hashsync.storage.local import TemporaryLocalStorage
-
-        with TemporaryLocalStorage() as staging:
-            source.copy(key, staging)
-            self.copy_from(key, staging)
 
     def prepare_destination(self) -> None:  # noqa: B027 - a hook; most stores need nothing
         """Make the storage ready to be written (a local root directory is created).
@@ -587,7 +581,7 @@ class ReadWriteStorage(Storage):
         return 0
 
     @abc.abstractmethod
-    def copy_from(self, key: str, source: LocalStorage) -> None:
+    def copy_from(self, key: str, source: FilesystemStorage) -> None:
         """Copy ``source``'s file ``key`` to the same key here (e.g. upload it).
 
         Args:
@@ -632,7 +626,7 @@ class ReadWriteStorage(Storage):
         return outcomes
 
     @abc.abstractmethod
-    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+    def copy_from_if_local_is_newer(self, key: str, source: FilesystemStorage) -> bool:
         """Copy ``source``'s file here unless the stored object is at least as new.
 
         Args:
@@ -646,7 +640,7 @@ class ReadWriteStorage(Storage):
 
     @abc.abstractmethod
     def copy_from_if_overwriting_hash(
-        self, key: str, hash: str | None, source: LocalStorage
+        self, key: str, hash: str | None, source: FilesystemStorage
     ) -> None:
         """Copy ``source``'s file here only if the stored object still has ``hash``.
 
@@ -665,6 +659,7 @@ class ReadWriteStorage(Storage):
                 hash was given, or exists although ``hash`` is ``None``.
         """
 
+    @abc.abstractmethod
     def write_bytes(
         self, key: str, data: bytes, *, create_only: bool = False, if_hash: str | None = None
     ) -> str:
@@ -672,8 +667,7 @@ class ReadWriteStorage(Storage):
 
         Meant for small metadata objects. With ``create_only`` the write fails if the key
         exists; with ``if_hash`` it fails unless the object still has that hash (the same
-        compare-and-swap as :meth:`copy_from_if_overwriting_hash`). Stores override this to
-        send one request.
+        compare-and-swap as :meth:`copy_from_if_overwriting_hash`).
 
         Args:
             key: The key to write.
@@ -685,19 +679,6 @@ class ReadWriteStorage(Storage):
             PreconditionFailed: The condition did not hold.
             InvalidArgument: Both conditions were given.
         """
-        from hashsync.storage.local import TemporaryLocalStorage
-
-        if create_only and if_hash is not None:
-            raise InvalidArgument("give create_only or if_hash, not both")
-        with TemporaryLocalStorage() as scratch:
-            target = scratch.path(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            if create_only or if_hash is not None:
-                self.copy_from_if_overwriting_hash(key, if_hash, scratch)
-            else:
-                self.copy_from(key, scratch)
-            return scratch.get_hash(key)
 
     @abc.abstractmethod
     def delete_if_hash_matches(self, key: str, hash: str) -> None:

@@ -48,7 +48,8 @@ from hashsync.storage.base import (
     validate_key,
     validate_prefix,
 )
-from hashsync.storage.local import LocalStorage, _check_destination, normalize_hash
+from hashsync.storage.local import normalize_hash
+from hashsync.storage.sink import Sink, as_sink
 from hashsync.verify import verify_file
 
 __all__ = ["HTTPStorage"]
@@ -103,7 +104,8 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
     return parts.scheme, parts.hostname, port or default
 
 
-def _http_date(value: str | None) -> datetime.datetime | None:
+def http_date(value: str | None) -> datetime.datetime | None:
+    """Parse an HTTP date header (``Last-Modified``) to an aware datetime; None if absent or bad."""
     if not value:
         return None
     try:
@@ -316,7 +318,7 @@ class HTTPStorage(ReadOnlyStorage):
             NotFound: The server answers 404 or 410.
             HashsyncError: The server sends no Last-Modified.
         """
-        value = _http_date(self._head(key).headers.get("Last-Modified"))
+        value = http_date(self._head(key).headers.get("Last-Modified"))
         if value is None:
             raise HashsyncError(f"{redact_url(self.url(key))} has no Last-Modified date")
         return value
@@ -343,7 +345,7 @@ class HTTPStorage(ReadOnlyStorage):
         except NotFound:
             return None  # vanished since the index was read
         length = headers.get("Content-Length", "")
-        modified = _http_date(headers.get("Last-Modified")) or datetime.datetime.fromtimestamp(
+        modified = http_date(headers.get("Last-Modified")) or datetime.datetime.fromtimestamp(
             0, datetime.UTC
         )
         etag = headers.get("ETag")
@@ -400,7 +402,7 @@ class HTTPStorage(ReadOnlyStorage):
 
     # -- downloading -------------------------------------------------------------------
 
-    def copy(self, key: str, destination: LocalStorage) -> None:
+    def copy(self, key: str, destination: Sink) -> None:
         """Download ``key`` into ``destination`` atomically.
 
         A dropped connection is resumed with ``Range`` and ``If-Range`` (so a file changed on
@@ -413,10 +415,10 @@ class HTTPStorage(ReadOnlyStorage):
             IntegrityError: The data does not match its announced size or hash.
             StorageUnavailable: The server could not be reached (after retries).
         """
-        destination = _check_destination(destination)
+        sink = as_sink(destination)
         url = self.url(key)
         report = current_progress()
-        destination._receive(key, lambda tmp: self._download(key, url, tmp, report))
+        sink.receive(key, lambda tmp: self._download(key, url, tmp, report))
 
     def _download(
         self, key: str, url: str, tmp: Path, report: ByteCallback | None = None
@@ -493,7 +495,7 @@ class HTTPStorage(ReadOnlyStorage):
                 f"GET {redact_url(url)}: received {offset} bytes, expected {total}"
             )
         self._verify(url, first, tmp)
-        modified = _http_date(first.get("Last-Modified"))
+        modified = http_date(first.get("Last-Modified"))
         if modified is not None:
             stamp = modified.timestamp()
             # Set on the temporary: the rename keeps it.

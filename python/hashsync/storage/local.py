@@ -60,6 +60,7 @@ from hashsync.storage.base import (
     validate_key,
     validate_prefix,
 )
+from hashsync.storage.sink import Check, Fill, Sink, as_sink
 
 __all__ = [
     "FilesystemStorage",
@@ -68,6 +69,10 @@ __all__ = [
     "ReadOnlyFilesystemStorage",
     "SimpleLocalStorage",
     "TemporaryLocalStorage",
+    "link_below",
+    "receive_file",
+    "source_file",
+    "transfer_through_staging",
 ]
 
 _WRITE_MODES = frozenset("wxa+")
@@ -118,7 +123,8 @@ class _DigestMemo:
 _memo = _DigestMemo()
 
 
-def _stat_or_none(path: Path) -> os.stat_result | None:
+def stat_or_none(path: Path) -> os.stat_result | None:
+    """``os.stat(path)``, or None when it fails (gone, unreadable)."""
     try:
         return os.stat(path)
     except OSError:
@@ -139,7 +145,7 @@ def _copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:
         shutil.copyfileobj(fin, fout, 1024**2)
 
 
-def _link_below(root: Path, path: Path, allowed: frozenset[str] | None = frozenset()) -> str | None:
+def link_below(root: Path, path: Path, allowed: frozenset[str] | None = frozenset()) -> str | None:
     """The first component of ``path`` below ``root`` that is a symbolic link, or None.
 
     Links whose relative path is in ``allowed`` (those a listing followed) are passed through;
@@ -174,7 +180,7 @@ def open_nofollow(path: Path) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
-def _source_file(source: object, key: str) -> Path:
+def source_file(source: object, key: str) -> Path:
     """The local file behind ``source``'s ``key``, checked to be a regular file.
 
     No path component may be a symbolic link, except the links that a listing of a storage
@@ -185,7 +191,7 @@ def _source_file(source: object, key: str) -> Path:
             f"source must be a LocalStorage (or ReadOnlyFilesystemStorage), not {source!r}"
         )
     path = source.path(key)
-    where = _link_below(source.root, path, source._links_readable)
+    where = link_below(source.root, path, source._links_readable)
     if where is not None:
         raise UnsafePath(
             errno.ELOOP,
@@ -206,10 +212,39 @@ def _source_file(source: object, key: str) -> Path:
     return path
 
 
-def _check_destination(destination: object) -> LocalStorage:
-    if not isinstance(destination, LocalStorage):
-        raise InvalidArgument(f"destination must be a LocalStorage, not {destination!r}")
-    return destination
+def receive_file(sink: Sink, key: str, src: Path, *, check: Check | None = None) -> None:
+    """Copy the local file ``src`` into ``sink`` under ``key``, keeping its mtime.
+
+    The copy is made in the kernel where it can be; a file that changes while it is read
+    (size, mtime or inode moves) is not published.
+
+    Raises:
+        FileChanged: ``src`` changed while it was copied.
+    """
+    report = current_progress()
+
+    def changed() -> FileChanged:
+        error = FileChanged(f"{str(src)!r} changed while it was copied to {key!r}")
+        error.path = str(src)
+        return error
+
+    def fill(tmp: Path) -> None:
+        with open_nofollow(src) as fin:
+            before = settled_fstat(fin.fileno())
+            if before is None:
+                raise changed()
+            with open(tmp, "wb") as fout:
+                _copy_contents(fin, fout)
+            after = os.fstat(fin.fileno())
+        if report is not None:
+            report(before.st_size)
+        if not same_version(before, after) or not same_version(before, stat_or_none(src)):
+            raise changed()
+        if tmp.stat().st_size != after.st_size:
+            raise changed()
+        os.utime(tmp, ns=(after.st_atime_ns, after.st_mtime_ns))
+
+    sink.receive(key, fill, check=check)
 
 
 class FilesystemStorage(Storage):
@@ -535,17 +570,23 @@ class FilesystemStorage(Storage):
         path, _ = self._stat(key)
         return open(path, mode, **kwargs)  # noqa: SIM115 - the caller owns the file
 
-    def copy(self, key: str, destination: LocalStorage) -> None:
+    def copy(self, key: str, destination: Sink) -> None:
         """Copy the file ``key`` into ``destination`` atomically, keeping its mtime.
 
         Raises:
             NotFound: No file has this key.
             FileChanged: The file changed while it was being copied.
         """
-        _check_destination(destination).copy_from(key, self)  # type: ignore[arg-type]
+        sink = as_sink(destination)
+        if isinstance(sink, LocalStorage):
+            # Its copy_from knows when the file is already there (the same file).
+            sink.copy_from(key, self)
+            return
+        validate_key(key)
+        receive_file(sink, key, source_file(self, key))
 
 
-class LocalStorage(FilesystemStorage, ReadWriteStorage):
+class LocalStorage(FilesystemStorage, ReadWriteStorage, Sink):
     """A writable storage on the local filesystem; the base of the local variants.
 
     Args:
@@ -623,9 +664,6 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
 
     # -- writing -----------------------------------------------------------------------
 
-    #: Whether importing a file onto itself is already done (a cache must still record it).
-    _same_file_is_done = True
-
     def _refuse_links(self, key: str, final: Path) -> None:
         """Refuse to write ``final`` if a path component below the root is a symbolic link.
 
@@ -633,7 +671,7 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
         key under ``sub/`` with ``sub -> /elsewhere`` would land outside the storage; a linked
         file would be replaced by a regular file the next listing never saw before.
         """
-        where = _link_below(self.root, final)
+        where = link_below(self.root, final)
         if where is not None:
             raise UnsafePath(
                 errno.ELOOP,
@@ -652,16 +690,11 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
                 return "/".join(parts[:i])
         return "/".join(parts)
 
-    def _receive(
-        self,
-        key: str,
-        fill: Callable[[Path], object],
-        *,
-        check: Callable[[Path], None] | None = None,
-    ) -> None:
+    def receive(self, key: str, fill: Fill, *, check: Check | None = None) -> None:
         """Write ``key`` atomically: ``fill`` writes a temporary path, which then replaces it.
 
-        Other storages use this to download into a LocalStorage. ``fill`` creates the file
+        The :class:`~hashsync.storage.sink.Sink` protocol: other storages download into a
+        LocalStorage through it. ``fill`` creates the file
         at the path it gets (and may set its mtime) and may return the version it wrote, as
         the source's ``get_hash`` names it (the caches record it); if it raises, the
         temporary is removed and nothing changes. ``check``, called with the final path
@@ -705,38 +738,14 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
                 tmp.unlink()
             raise
 
-    def _import(self, key: str, src: Path, *, check: Callable[[Path], None] | None = None) -> None:
+    def _import(self, key: str, src: Path, *, check: Check | None = None) -> None:
         final = self.path(key)
         with contextlib.suppress(OSError):
-            if self._same_file_is_done and os.path.samefile(src, final) and check is None:
+            if os.path.samefile(src, final) and check is None:
                 return
+        receive_file(self, key, src, check=check)
 
-        report = current_progress()
-
-        def changed() -> FileChanged:
-            error = FileChanged(f"{str(src)!r} changed while it was copied to {key!r}")
-            error.path = str(src)
-            return error
-
-        def fill(tmp: Path) -> None:
-            with open_nofollow(src) as fin:
-                before = settled_fstat(fin.fileno())
-                if before is None:
-                    raise changed()
-                with open(tmp, "wb") as fout:
-                    _copy_contents(fin, fout)
-                after = os.fstat(fin.fileno())
-            if report is not None:
-                report(before.st_size)
-            if not same_version(before, after) or not same_version(before, _stat_or_none(src)):
-                raise changed()
-            if tmp.stat().st_size != after.st_size:
-                raise changed()
-            os.utime(tmp, ns=(after.st_atime_ns, after.st_mtime_ns))
-
-        self._receive(key, fill, check=check)
-
-    def copy_from(self, key: str, source: LocalStorage) -> None:
+    def copy_from(self, key: str, source: FilesystemStorage) -> None:
         """Copy ``source``'s file ``key`` here atomically, keeping its mtime.
 
         Raises:
@@ -744,7 +753,7 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
             FileChanged: The file changed while it was being copied.
         """
         validate_key(key)
-        self._import(key, _source_file(source, key))
+        self._import(key, source_file(source, key))
 
     def delete(self, key: str) -> None:
         """Delete the file ``key`` (and directories that become empty).
@@ -753,7 +762,7 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
             NotFound: No file has this key.
         """
         path, _ = self._stat(key)
-        where = _link_below(self.root, path)
+        where = link_below(self.root, path)
         if where is not None:
             raise UnsafePath(
                 errno.ELOOP,
@@ -784,7 +793,7 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
             return None
         return self._digest(final, st, key)
 
-    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+    def copy_from_if_local_is_newer(self, key: str, source: FilesystemStorage) -> bool:
         """Copy ``source``'s file here if its mtime is later than the stored file's.
 
         Copies keep the source's mtime, so copying twice in a row copies once.
@@ -793,7 +802,7 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
             True if copied; False if the stored file is as new or newer.
         """
         validate_key(key)
-        src = _source_file(source, key)
+        src = source_file(source, key)
         final = self.path(key)
 
         def newer() -> bool:
@@ -819,7 +828,7 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
         return True
 
     def copy_from_if_overwriting_hash(
-        self, key: str, hash: str | None, source: LocalStorage
+        self, key: str, hash: str | None, source: FilesystemStorage
     ) -> None:
         """Replace ``key`` with ``source``'s file only if it still has ``hash``.
 
@@ -838,7 +847,7 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
         """
         validate_key(key)
         expected = None if hash is None else normalize_hash(hash)
-        src = _source_file(source, key)
+        src = source_file(source, key)
 
         def check(final: Path) -> None:
             current = self._current_hash(final, key)
@@ -846,6 +855,37 @@ class LocalStorage(FilesystemStorage, ReadWriteStorage):
                 raise PreconditionFailed(_mismatch(key, self, expected, current))
 
         self._import(key, src, check=check)
+
+    def write_bytes(
+        self, key: str, data: bytes, *, create_only: bool = False, if_hash: str | None = None
+    ) -> str:
+        """Store ``data`` under ``key`` atomically and return its hash.
+
+        The conditions are checked under the key's lock right before the rename, as in
+        :meth:`copy_from_if_overwriting_hash`.
+
+        Raises:
+            PreconditionFailed: The condition did not hold.
+            InvalidArgument: Both conditions were given.
+        """
+        validate_key(key)
+        if create_only and if_hash is not None:
+            raise InvalidArgument("give create_only or if_hash, not both")
+        check: Check | None = None
+        if create_only or if_hash is not None:
+            expected = None if if_hash is None else normalize_hash(if_hash)
+
+            def check(final: Path) -> None:
+                current = self._current_hash(final, key)
+                if current != expected:
+                    raise PreconditionFailed(_mismatch(key, self, expected, current))
+
+        def fill(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+
+        self.receive(key, fill, check=check)
+        return hashsync.hash_bytes(data, "etag", part_size=self.part_size)
 
     def delete_if_hash_matches(self, key: str, hash: str) -> None:
         """Delete ``key`` only if it has ``hash`` (checked under the key's lock).
@@ -1052,7 +1092,7 @@ class ReadOnlyFilesystemStorage(FilesystemStorage, ReadOnlyStorage):
             raise self._refuse(key)
         return self._open_for_read(key, mode, **kwargs)
 
-    def copy_from(self, key: str, source: LocalStorage) -> None:
+    def copy_from(self, key: str, source: FilesystemStorage) -> None:
         """Refused: the storage is read-only.
 
         Raises:
@@ -1068,7 +1108,7 @@ class ReadOnlyFilesystemStorage(FilesystemStorage, ReadOnlyStorage):
         """
         raise self._refuse(key)
 
-    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+    def copy_from_if_local_is_newer(self, key: str, source: FilesystemStorage) -> bool:
         """Refused: the storage is read-only.
 
         Raises:
@@ -1077,7 +1117,7 @@ class ReadOnlyFilesystemStorage(FilesystemStorage, ReadOnlyStorage):
         raise self._refuse(key)
 
     def copy_from_if_overwriting_hash(
-        self, key: str, hash: str | None, source: LocalStorage
+        self, key: str, hash: str | None, source: FilesystemStorage
     ) -> None:
         """Refused: the storage is read-only.
 
@@ -1093,3 +1133,22 @@ class ReadOnlyFilesystemStorage(FilesystemStorage, ReadOnlyStorage):
             PermissionDenied: Always.
         """
         raise self._refuse(key)
+
+
+def transfer_through_staging(destination: ReadWriteStorage, key: str, source: Storage) -> None:
+    """Make ``destination``'s ``key`` hold ``source``'s, through this machine if need be.
+
+    A local file is uploaded directly; anything else is staged in a temporary local
+    directory first. What :meth:`~hashsync.storage.ReadWriteStorage.transfer_from` does
+    when the store cannot copy from ``source`` server-side.
+
+    Raises:
+        NotFound: ``source`` has no such key.
+        FileChanged: The source file changed while it was read.
+    """
+    if isinstance(source, FilesystemStorage):
+        destination.copy_from(key, source)
+        return
+    with TemporaryLocalStorage() as staging:
+        source.copy(key, staging)
+        destination.copy_from(key, staging)

@@ -87,14 +87,15 @@ from hashsync.storage.base import (
     validate_prefix,
 )
 from hashsync.storage.local import (
-    LocalStorage,
+    FilesystemStorage,
     TemporaryLocalStorage,
-    _check_destination,
-    _source_file,
-    _stat_or_none,
     normalize_hash,
     open_nofollow,
+    source_file,
+    stat_or_none,
+    transfer_through_staging,
 )
+from hashsync.storage.sink import Sink, as_sink
 from hashsync.verify import is_content_etag, verify_file
 
 if TYPE_CHECKING:
@@ -862,7 +863,7 @@ class S3Storage(ReadWriteStorage):
 
     # -- downloading -------------------------------------------------------------------
 
-    def copy(self, key: str, destination: LocalStorage) -> None:
+    def copy(self, key: str, destination: Sink) -> None:
         """Download ``key`` into ``destination`` atomically and verified.
 
         Parts of ``part_size`` are fetched in parallel with ranged GETs pinned to the ETag
@@ -877,22 +878,22 @@ class S3Storage(ReadWriteStorage):
             StorageUnavailable: The store could not be reached (after retries).
             PreconditionFailed: The object kept changing during the download.
         """
-        destination = _check_destination(destination)
+        sink = as_sink(destination)
         validate_key(key)
-        if self._copy_small(key, destination):
+        if self._copy_small(key, sink):
             return
         for attempt in range(2):
             # ChecksumMode: the store's native full-object checksum, when the object has one.
             head = self._head(key, ChecksumMode="ENABLED")
             try:
-                destination._receive(key, functools.partial(self._download, key, head))
+                sink.receive(key, functools.partial(self._download, key, head))
                 return
             except PreconditionFailed:
                 # Overwritten between the HEAD and a part: start over once with the new one.
                 if attempt:
                     raise
 
-    def _copy_small(self, key: str, destination: LocalStorage) -> bool:
+    def _copy_small(self, key: str, sink: Sink) -> bool:
         """Download an object of at most ``part_size`` bytes with one lean GET.
 
         Returns False (having written nothing) when the object is larger, or when anything
@@ -937,7 +938,7 @@ class S3Storage(ReadWriteStorage):
             os.utime(tmp, (stamp, stamp))
             return _clean_etag(head["ETag"])
 
-        destination._receive(key, fill)
+        sink.receive(key, fill)
         return True
 
     def _download(self, key: str, head: dict[str, Any], tmp: Path) -> str:
@@ -1072,7 +1073,7 @@ class S3Storage(ReadWriteStorage):
 
     # -- uploading ---------------------------------------------------------------------
 
-    def copy_from(self, key: str, source: LocalStorage) -> None:
+    def copy_from(self, key: str, source: FilesystemStorage) -> None:
         """Upload ``source``'s file ``key`` (verified via Content-MD5 and the ETag).
 
         Raises:
@@ -1081,7 +1082,7 @@ class S3Storage(ReadWriteStorage):
             StorageUnavailable: The store could not be reached (after retries).
         """
         validate_key(key)
-        self._upload(key, _source_file(source, key))
+        self._upload(key, source_file(source, key))
 
     def _upload(
         self, key: str, path: Path, *, if_match: str | None = None, if_none_match: bool = False
@@ -1106,7 +1107,7 @@ class S3Storage(ReadWriteStorage):
                 # matches the torn body), so the upload is abandoned instead. The path is
                 # checked too: a file replaced by rename leaves the open descriptor intact.
                 if not same_version(before, os.fstat(fh.fileno())) or not same_version(
-                    before, _stat_or_none(path)
+                    before, stat_or_none(path)
                 ):
                     raise _changed(path, key)
 
@@ -1552,7 +1553,7 @@ class S3Storage(ReadWriteStorage):
         if self.can_copy_server_side(source):
             self.copy_object_from(source, key)  # type: ignore[arg-type]
             return
-        super().transfer_from(key, source)
+        transfer_through_staging(self, key, source)
 
     def reclaim_abandoned(self) -> int:
         """Abort unfinished uploads that dead runs of this host left here (the journal's)."""
@@ -1663,7 +1664,7 @@ class S3Storage(ReadWriteStorage):
         except NotFound:
             return None
 
-    def copy_from_if_local_is_newer(self, key: str, source: LocalStorage) -> bool:
+    def copy_from_if_local_is_newer(self, key: str, source: FilesystemStorage) -> bool:
         """Upload ``source``'s file if its mtime is later than the object's Last-Modified.
 
         The upload is conditional on the ETag seen when deciding, so an object another
@@ -1673,7 +1674,7 @@ class S3Storage(ReadWriteStorage):
             True if uploaded; False if the object is as new or newer.
         """
         validate_key(key)
-        path = _source_file(source, key)
+        path = source_file(source, key)
         try:
             head = self._head(key)
         except NotFound:
@@ -1689,7 +1690,7 @@ class S3Storage(ReadWriteStorage):
         return True
 
     def copy_from_if_overwriting_hash(
-        self, key: str, hash: str | None, source: LocalStorage
+        self, key: str, hash: str | None, source: FilesystemStorage
     ) -> None:
         """Upload ``source``'s file only if the object's ETag is still ``hash``.
 
@@ -1703,7 +1704,7 @@ class S3Storage(ReadWriteStorage):
         """
         validate_key(key)
         expected = None if hash is None else normalize_hash(hash)
-        path = _source_file(source, key)
+        path = source_file(source, key)
         self._conditional_upload(key, path, expected)
 
     def _conditional_upload(self, key: str, path: Path, expected: str | None) -> None:

@@ -42,6 +42,7 @@ from hashsync.storage import (
 )
 from hashsync.storage.base import reporting_progress
 from hashsync.storage.local import TemporaryLocalStorage
+from hashsync.storage.sink import BytesSink, Sink
 
 #: The part size the contract's storages are made with (S3's minimum: small test files).
 PART = 5 * 1024**2
@@ -143,6 +144,37 @@ class StorageContract:
             assert storage.get_hash("dir/obj.bin") == etag
         if size >= PART:
             assert etag.endswith(f"-{-(-size // PART)}")
+
+    @pytest.mark.parametrize("size", [1000, PART + 1], ids=["small", "part+1"])
+    def test_copy_into_any_sink(self, storage, put, size):
+        # Storages write through the public Sink protocol, not into LocalStorage's internals.
+        data = blob(size)
+        put("in/sink.bin", data)
+
+        class Recording(Sink):
+            def __init__(self) -> None:
+                self.received: dict[str, bytes] = {}
+
+            def receive(self, key, fill, *, check=None):
+                with TemporaryLocalStorage() as scratch:
+                    tmp = scratch.root / "incoming"
+                    fill(tmp)
+                    self.received[key] = tmp.read_bytes()
+
+        sink = Recording()
+        storage.copy("in/sink.bin", sink)
+        assert sink.received == {"in/sink.bin": data}
+        small = BytesSink()
+        storage.copy("in/sink.bin", small)
+        assert small.contents["in/sink.bin"] == data
+        assert storage.read_bytes("in/sink.bin") == data
+
+    def test_copy_refuses_what_is_not_a_sink(self, storage, put, tmp_path):
+        put("k", b"x")
+        with pytest.raises(InvalidArgument, match="Sink"):
+            storage.copy("k", tmp_path)  # a path, not a storage
+        with pytest.raises(IntegrityError):
+            storage.read_bytes("k", max_size=0)  # larger than allowed: refused, not cut
 
     def test_copy_replaces_existing_file(self, storage, put, dest):
         put("k", b"new content")

@@ -474,7 +474,7 @@ class TreeCache:
                     continue
                 host, _, pid = entry.name[len(mark) :].partition("-")
                 pid = pid.partition("-")[0]
-                if host == atomic._HOST and pid.isdigit() and not atomic._pid_alive(int(pid)):
+                if host == atomic.HOST and pid.isdigit() and not atomic.pid_alive(int(pid)):
                     shutil.rmtree(entry.path, ignore_errors=True)
 
     def _build_here(self, build: Build) -> Manifest:
@@ -482,8 +482,7 @@ class TreeCache:
         self.local_dir.parent.mkdir(parents=True, exist_ok=True)
         self._clean_abandoned_builds()
         staging = self.local_dir.with_name(
-            f".{self.local_dir.name}{_BUILD_MARK}{atomic._HOST}-{os.getpid()}-"
-            f"{secrets.token_hex(4)}"
+            f".{self.local_dir.name}{_BUILD_MARK}{atomic.HOST}-{os.getpid()}-{secrets.token_hex(4)}"
         )
         staging.mkdir()
         try:
