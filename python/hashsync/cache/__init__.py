@@ -25,16 +25,11 @@ Example:
     '{}'
 """
 
-from hashsync.cache._caches import (
-    Cache,
-    CacheStats,
-    CopyToLocalCache,
-    LocalCache,
-    LocalReadOnlyCache,
-    SynchronizedRemoteAndLocalCache,
-    WriteableCache,
-)
+from hashsync.cache._api import Cache, CacheStats, WriteableCache
 from hashsync.cache._config import ConfigError, get_cache
+from hashsync.cache._local import LocalCache
+from hashsync.cache._readonly import LocalReadOnlyCache
+from hashsync.cache._tiers import CopyToLocalCache, SynchronizedRemoteAndLocalCache
 from hashsync.cache._urls import download_many, local_path
 
 __all__ = [

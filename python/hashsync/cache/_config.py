@@ -26,13 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from hashsync.cache import _settings
-from hashsync.cache._caches import (
-    Cache,
-    CopyToLocalCache,
-    LocalCache,
-    LocalReadOnlyCache,
-    SynchronizedRemoteAndLocalCache,
-)
+from hashsync.cache._api import Cache
+from hashsync.cache._local import LocalCache
+from hashsync.cache._readonly import LocalReadOnlyCache
+from hashsync.cache._tiers import CopyToLocalCache, SynchronizedRemoteAndLocalCache
 from hashsync.errors import InvalidArgument, MissingDependency, NotFound
 
 __all__ = ["ConfigError", "config_path", "configured_names", "get_cache", "load_config"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from hashsync._redact import redact
 from hashsync.cache import _settings
-from hashsync.cache._caches import CopyToLocalCache
+from hashsync.cache._tiers import CopyToLocalCache
 from hashsync.errors import InvalidArgument, NotFound
 from hashsync.storage.base import Storage, validate_key
 
