@@ -1,9 +1,4 @@
-"""The indexed cache core: entries in a local directory, verified, indexed and in budget.
-
-:class:`IndexedCache` is what :class:`~hashsync.cache.LocalCache` and
-:class:`~hashsync.cache.CopyToLocalCache` share; :class:`Inbox` is the sink one entry is
-downloaded (or put) into before the index publishes it.
-"""
+"""The indexed cache core: IndexedCache (entries verified, indexed, in budget), its Inbox sink."""
 
 from __future__ import annotations
 
