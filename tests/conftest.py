@@ -1,4 +1,8 @@
-"""Shared fixtures: one real SeaweedFS S3 server per test session, on free 127.0.0.1 ports."""
+"""Shared fixtures: one real SeaweedFS S3 server per test session, on free 127.0.0.1 ports.
+
+Also moto's server and ``rclone serve s3``, S3 servers written by others, for the tests
+that run the storage contract against them (started only when a test asks for them).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hashsync.testing import SeaweedFS
+from hashsync.testing import MotoServer, RcloneS3Server, SeaweedFS
 
 _bucket_ids = itertools.count()
 
@@ -27,6 +31,20 @@ def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory) -> Iterator[MotoServer]:
+    """moto's standalone S3 server for the whole session, stopped at the end."""
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rclone_s3_server(tmp_path_factory) -> Iterator[RcloneS3Server]:
+    """``rclone serve s3`` over a temporary directory for the whole session."""
+    with RcloneS3Server(tmp_path_factory.mktemp("rclone")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SeaweedFS", "SeaweedFSError", "find_s5cmd", "find_weed"]
 
-_HOST = "127.0.0.1"
+#: The interface the test servers of hashsync.testing bind to, and nothing else.
+HOST = "127.0.0.1"
 
 # weed's gRPC listeners conventionally sit at HTTP port + 10000, and some parts of
 # `weed mini` rely on that instead of reading the flag (its maintenance worker dials
@@ -55,7 +56,8 @@ _GRPC_OFFSET = 10000
 # The components of `weed mini` that listen on TCP; each gets a base port and a gRPC port.
 _COMPONENTS = ("s3", "master", "volume", "filer", "admin")
 
-_DEFAULT_REGION = "us-east-1"
+#: The region clients of the test servers sign with.
+DEFAULT_REGION = "us-east-1"
 
 # Starts each run's section in weed.log.
 _RUN_MARKER = "=== hashsync.testing: "
@@ -147,14 +149,14 @@ def _probe_bind(port: int) -> socket.socket | None:
     # own killed server being restarted) is usable and must not be reported as busy.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((_HOST, port))
+        sock.bind((HOST, port))
     except OSError:
         sock.close()
         return None
     return sock
 
 
-def _pick_base_ports(count: int) -> list[int]:
+def pick_base_ports(count: int) -> list[int]:
     """Pick ``count`` distinct ports P with both P and P + 10000 free on 127.0.0.1."""
     # Staying below the ephemeral range keeps the kernel from handing one of our ports to
     # an outgoing connection in the gap between this probe and weed's bind().
@@ -185,7 +187,7 @@ def _pick_base_ports(count: int) -> list[int]:
     finally:
         for sock in held:
             sock.close()
-    raise SeaweedFSError(f"could not find {count} free port pairs on {_HOST}")
+    raise SeaweedFSError(f"could not find {count} free port pairs on {HOST}")
 
 
 # A proxy from HTTP_PROXY must never be asked to reach our 127.0.0.1 server.
@@ -235,7 +237,7 @@ def _remove_stale_sockets(ports: list[int]) -> None:
                 probe.close()
 
 
-def _pdeathsig_preexec() -> Any:
+def pdeathsig_preexec() -> Any:
     """Return a preexec_fn that makes the child die with its parent, or None if unsupported.
 
     atexit does not run when the test process is SIGKILLed (CI timeouts, OOM killer), which
@@ -380,9 +382,7 @@ class SeaweedFS:
         began = time.monotonic()
         for attempt in range(1, attempts + 1):
             if not restarting:
-                self._ports = dict(
-                    zip(_COMPONENTS, _pick_base_ports(len(_COMPONENTS)), strict=True)
-                )
+                self._ports = dict(zip(_COMPONENTS, pick_base_ports(len(_COMPONENTS)), strict=True))
             try:
                 self._launch(binary)
                 self._wait_ready(began)
@@ -451,8 +451,8 @@ class SeaweedFS:
             binary,
             "mini",
             f"-dir={self.data_dir}",
-            f"-ip={_HOST}",
-            f"-ip.bind={_HOST}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
             "-webdav=false",
             "-admin.ui=false",
             "-master.telemetry=false",
@@ -539,7 +539,7 @@ class SeaweedFS:
                 # Own process group: a Ctrl-C meant for pytest must not reach the server
                 # before our teardown does.
                 start_new_session=True,
-                preexec_fn=_pdeathsig_preexec(),
+                preexec_fn=pdeathsig_preexec(),
             )
 
     def _wait_ready(self, began: float) -> None:
@@ -570,7 +570,7 @@ class SeaweedFS:
         on_disk = _volume_ids_on_disk(self.data_dir)
         if not on_disk:
             return True
-        url = f"http://{_HOST}:{self._ports['master']}/vol/status"
+        url = f"http://{HOST}:{self._ports['master']}/vol/status"
         try:
             with _DIRECT.open(url, timeout=1.0) as response:
                 status = json.load(response)
@@ -667,7 +667,7 @@ class SeaweedFS:
     @property
     def endpoint_url(self) -> str:
         """S3 endpoint, e.g. ``http://127.0.0.1:12345``."""
-        return f"http://{_HOST}:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
     @property
     def access_key(self) -> str:
@@ -682,7 +682,7 @@ class SeaweedFS:
     @property
     def region(self) -> str:
         """Region to sign with; SeaweedFS accepts any, clients need one."""
-        return _DEFAULT_REGION
+        return DEFAULT_REGION
 
     def log_tail(self, lines: int = 40) -> str:
         """Return the last ``lines`` lines of the server log ('' if there is none)."""
@@ -709,8 +709,8 @@ class SeaweedFS:
         ours = {
             "AWS_ACCESS_KEY_ID": self._access_key,
             "AWS_SECRET_ACCESS_KEY": self._secret_key,
-            "AWS_DEFAULT_REGION": _DEFAULT_REGION,
-            "AWS_REGION": _DEFAULT_REGION,
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
+            "AWS_REGION": DEFAULT_REGION,
             # Honoured by boto3/botocore >= 1.34 and awscli v1/v2 without --endpoint-url.
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ENDPOINT_URL_S3": self.endpoint_url,
@@ -730,7 +730,7 @@ class SeaweedFS:
         }
         # Tools honour HTTP(S)_PROXY even for 127.0.0.1 unless NO_PROXY says otherwise.
         no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
-        bypass = ",".join(filter(None, [no_proxy, _HOST, "localhost"]))
+        bypass = ",".join(filter(None, [no_proxy, HOST, "localhost"]))
         ours["NO_PROXY"] = ours["no_proxy"] = bypass
         if not inherit:
             return ours
@@ -764,7 +764,7 @@ class SeaweedFS:
             "endpoint_url": self.endpoint_url,
             "aws_access_key_id": self._access_key,
             "aws_secret_access_key": self._secret_key,
-            "region_name": _DEFAULT_REGION,
+            "region_name": DEFAULT_REGION,
             "config": config,
         }
         params.update(kwargs)
