@@ -300,9 +300,9 @@ def test_http_to_local(tmp_path):
 
 def test_multipart_server_side_copy_path(s3_server, bucket, tmp_path, monkeypatch):
     # Objects above 5 GiB are copied with UploadPartCopy; exercise that path on a small object.
-    import hashsync.storage.s3 as s3mod
+    import hashsync.storage._s3_writing as s3mod
 
-    monkeypatch.setattr(s3mod, "_MAX_COPY_OBJECT", 0)
+    monkeypatch.setattr(s3mod, "MAX_COPY_OBJECT", 0)
     data = random.Random(5).randbytes(2 * PART + 99)
     write_tree(tmp_path / "src", {"blob": data})
     first, second = s3(s3_server, bucket, "one"), s3(s3_server, bucket, "two")

@@ -1,9 +1,10 @@
 """Storages: local directories, S3-compatible object stores and HTTP servers behind one API.
 
-Every storage reads (:meth:`~Storage.copy` into a :class:`LocalStorage`, :meth:`~Storage.get_hash`,
-:meth:`~Storage.get_last_modified`, :meth:`~Storage.get_size`, :meth:`~Storage.exists`,
-:meth:`~Storage.list`); read-write storages also write, delete, and write or delete
-conditionally. Hashes are S3 ETags everywhere, so they compare across storages.
+Every storage reads (:meth:`~Storage.copy` into a :class:`Sink` such as a
+:class:`LocalStorage`, :meth:`~Storage.get_hash`, :meth:`~Storage.get_last_modified`,
+:meth:`~Storage.get_size`, :meth:`~Storage.exists`, :meth:`~Storage.list`); read-write
+storages also write, delete, and write or delete conditionally. Hashes are S3 ETags
+everywhere, so they compare across storages.
 
 Example:
     >>> from hashsync.storage import open_storage, TemporaryLocalStorage
@@ -32,12 +33,14 @@ from hashsync.storage.local import (
     TemporaryLocalStorage,
 )
 from hashsync.storage.registry import open_storage, register_scheme, registered_schemes
+from hashsync.storage.sink import BytesSink, Sink
 
 if TYPE_CHECKING:
     from hashsync.storage.http import HTTPStorage
     from hashsync.storage.s3 import S3Storage
 
 __all__ = [
+    "BytesSink",
     "FilesystemStorage",
     "HTTPStorage",
     "LocalStorage",
@@ -48,6 +51,7 @@ __all__ = [
     "ReadWriteStorage",
     "S3Storage",
     "SimpleLocalStorage",
+    "Sink",
     "Storage",
     "TemporaryLocalStorage",
     "open_storage",

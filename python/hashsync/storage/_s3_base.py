@@ -1,0 +1,559 @@
+"""The S3 storage's foundation: configuration, request paths and their errors.
+
+The botocore client and the lean signed client (:mod:`hashsync.storage._s3list`), and the
+mapping of what they raise to :mod:`hashsync.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import errno
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import hashsync
+from hashsync._redact import redact
+from hashsync.errors import (
+    FileChanged,
+    HashsyncError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    StorageUnavailable,
+    error_for_status,
+)
+from hashsync.storage import _s3list, _sigv4
+from hashsync.storage.base import (
+    ReadWriteStorage,
+    validate_key,
+)
+from hashsync.storage.local import normalize_hash
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+
+class IncompleteUpload(NamedTuple):
+    """A multipart upload that was started and neither completed nor aborted.
+
+    Attributes:
+        key: The key it would create, relative to the storage.
+        upload_id: S3's id of the upload.
+        initiated: When it was started (UTC).
+    """
+
+    key: str
+    upload_id: str
+    initiated: datetime.datetime
+
+
+# Object metadata (x-amz-meta-hashsync-part-size) recording the part size of an upload, so a
+# later check of a multipart ETag needs no part-size inference.
+PART_SIZE_METADATA = "hashsync-part-size"
+# The whole-content CRC64NVME of an upload (x-amz-meta-hashsync-crc64nvme): a digest of the
+# object that, unlike a multipart ETag, does not depend on the part size. It is metadata, not
+# S3's native full-object checksum (x-amz-checksum-crc64nvme): not every S3-compatible store
+# implements the native one (it was not tried against SeaweedFS here), while user metadata is
+# kept by all of them.
+CRC64_METADATA = "hashsync-crc64nvme"
+CLAIMS_DIR = ".hashsync-claims"
+# DeleteObjects takes at most 1,000 keys; a few requests in flight keep the store busy.
+DELETE_BATCH = 1000
+DELETE_PARALLEL = 8
+# The largest object a single CopyObject may copy.
+MAX_COPY_OBJECT = 5 * 1024**3
+MAX_PARTS = 10_000
+MIN_PART = 5 * 1024**2
+MAX_PART = 5 * 1024**3
+READ_CHUNK = 1024**2
+
+_loader_lock = threading.Lock()
+_shared_loader: Any = None
+
+
+def botocore_session() -> Any:
+    """A new botocore session that shares the parsed service models with earlier ones.
+
+    Loading the S3 model takes most of the ~150 ms a client costs; the loader only caches
+    files shipped with botocore, so sharing it is safe, while credentials and configuration
+    are still resolved afresh per session.
+    """
+    global _shared_loader
+    import botocore.loaders
+    import botocore.session
+
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = botocore.loaders.create_loader()
+        loader = _shared_loader
+    session = botocore.session.Session()
+    session.register_component("data_loader", loader)
+    return session
+
+
+def quoted_etag(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def clean_etag(value: str) -> str:
+    return normalize_hash(value)
+
+
+class S3Base(ReadWriteStorage):
+    """Configuration, request paths and error mapping of :class:`~hashsync.storage.S3Storage`."""
+
+    claims_conditions = True
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        profile_name: str | None = None,
+        anonymous: bool = False,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        addressing_style: Literal["path", "virtual", "auto"] | None = None,
+        part_size: int = hashsync.DEFAULT_PART_SIZE,
+        max_concurrency: int = 8,
+        max_attempts: int = 5,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        conditional_writes: Literal["native", "claim"] = "native",
+        claim_ttl: float = 3600.0,
+        verify: bool = True,
+        client: BaseClient | None = None,
+    ) -> None:
+        if not isinstance(bucket, str) or not bucket or "/" in bucket:
+            raise InvalidArgument(f"invalid bucket name {bucket!r}")
+        if not MIN_PART <= part_size <= MAX_PART:
+            raise InvalidArgument(f"part_size {part_size} is outside S3's limits (5 MiB to 5 GiB)")
+        # What a pickled copy is rebuilt from: no client, and no credentials (a worker
+        # resolves its own, from its environment or profile, like boto3 itself).
+        self._options: dict[str, Any] | None = (
+            None
+            if client is not None
+            else {
+                "bucket": bucket,
+                "prefix": prefix,
+                "endpoint_url": endpoint_url,
+                "region_name": region_name,
+                "profile_name": profile_name,
+                "anonymous": anonymous,
+                "addressing_style": addressing_style,
+                "part_size": part_size,
+                "max_concurrency": max_concurrency,
+                "max_attempts": max_attempts,
+                "connect_timeout": connect_timeout,
+                "read_timeout": read_timeout,
+                "conditional_writes": conditional_writes,
+                "claim_ttl": claim_ttl,
+                "verify": verify,
+            }
+        )
+        if conditional_writes not in ("native", "claim"):
+            raise InvalidArgument(
+                f"conditional_writes must be 'native' or 'claim', not {conditional_writes!r}"
+            )
+        if max_concurrency < 1 or max_attempts < 1:
+            raise InvalidArgument("max_concurrency and max_attempts must be at least 1")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+            prefix += "/"
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.conditional_writes = conditional_writes
+        self.claim_ttl = claim_ttl
+        self.verify = verify
+        self.anonymous = anonymous
+        self.read_timeout = read_timeout
+        self._client_lock = threading.Lock()
+        self._static: _sigv4.StaticSettings | None = None
+        if client is None:
+            settings: dict[str, Any] = {
+                "endpoint_url": endpoint_url,
+                "region_name": region_name,
+                "profile_name": profile_name,
+                "anonymous": anonymous,
+                "aws_access_key_id": aws_access_key_id,
+                "aws_secret_access_key": aws_secret_access_key,
+                "aws_session_token": aws_session_token,
+                "addressing_style": addressing_style,
+            }
+            self._static = _sigv4.static_settings(**settings)
+            if self._static is None:
+                client = self._make_client(**settings, connect_timeout=connect_timeout)
+            else:
+                # Everything the lean request path needs is known: the botocore client (a
+                # quarter of a second to import and build) waits until an operation needs it.
+                self._build_client = lambda: self._make_client(
+                    **settings, connect_timeout=connect_timeout
+                )
+                self._path_style = True
+                self.endpoint_url = self._static.endpoint_url
+        self._client = client
+        if client is not None:
+            self.endpoint_url = str(client.meta.endpoint_url).rstrip("/")
+        self._part_slots = threading.BoundedSemaphore(max_concurrency)
+        # Keys a listing showed larger than a part (few: big files), so a download goes
+        # straight to HEAD + ranged GETs instead of a lean GET of one part that is thrown away.
+        self._listed_large: dict[str, int] = {}
+
+    _session: Any = None
+    _path_style: bool = False
+    _raw: Any = None
+    endpoint_url: str
+    """The endpoint requests go to (no trailing slash)."""
+    # Whether single PUTs send x-amz-checksum-crc64nvme (turned off once a store refuses it).
+    _native_checksums: bool = True
+
+    # -- construction ------------------------------------------------------------------
+
+    def _make_client(
+        self,
+        *,
+        endpoint_url: str | None,
+        region_name: str | None,
+        profile_name: str | None,
+        anonymous: bool,
+        aws_access_key_id: str | None,
+        aws_secret_access_key: str | None,
+        aws_session_token: str | None,
+        addressing_style: str | None,
+        connect_timeout: float,
+    ) -> BaseClient:
+        # botocore directly, not boto3: boto3's session imports s3transfer and the AWS CRT
+        # (about 80 ms of every command's start-up) for transfer methods hashsync never uses.
+        import botocore.exceptions
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        session = botocore_session()
+        if profile_name is not None:
+            session.set_config_variable("profile", profile_name)
+        if region_name is not None:
+            session.set_config_variable("region", region_name)
+        if aws_access_key_id or aws_secret_access_key or aws_session_token:
+            session.set_credentials(aws_access_key_id, aws_secret_access_key, aws_session_token)
+        try:
+            session.get_scoped_config()  # a missing profile is an error now, not at first use
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise InvalidArgument(str(exc)) from None
+
+        def build(style: str | None) -> BaseClient:
+            options: dict[str, Any] = {
+                "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                "connect_timeout": connect_timeout,
+                "read_timeout": self.read_timeout,
+                "max_pool_connections": max(10, 2 * self.max_concurrency),
+                # Content-MD5 is sent explicitly; botocore's default CRC32 trailers are not
+                # understood by every S3-compatible store.
+                "request_checksum_calculation": "when_required",
+                "response_checksum_validation": "when_required",
+            }
+            if style is not None:
+                options["s3"] = {"addressing_style": style}
+            if anonymous:
+                options["signature_version"] = UNSIGNED
+            try:
+                return session.create_client(
+                    "s3", endpoint_url=endpoint_url, config=Config(**options)
+                )
+            except (ValueError, botocore.exceptions.BotoCoreError) as exc:
+                raise InvalidArgument(f"cannot create an S3 client: {redact(str(exc))}") from None
+
+        if addressing_style is None and (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        ):
+            # Known to be custom up front: saves building the client twice.
+            probe = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
+            probe = probe or os.environ.get("AWS_ENDPOINT_URL", "")
+            if not _sigv4.is_aws(probe):
+                addressing_style = "path"
+        client = build(addressing_style)
+        if addressing_style is None:
+            if not _sigv4.is_aws(client.meta.endpoint_url):
+                # Virtual-hosted addressing needs wildcard DNS that custom stores lack.
+                client = build("path")
+                addressing_style = "path"
+        self._session = session
+        self._path_style = addressing_style == "path"
+        return client
+
+    @property
+    def client(self) -> BaseClient:
+        """The botocore S3 client (built on first use when the settings allowed waiting)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._build_client()
+        return self._client
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, key: str | None, action: str) -> HashsyncError:
+        """Translate a boto3/botocore/urllib3 exception into a hashsync error."""
+        import botocore.exceptions
+
+        if key is None:
+            where = f"s3://{self.bucket}/{self.prefix}"
+        else:
+            where = f"key {key!r} (s3://{self.bucket}/{self.prefix}{key})"
+        if isinstance(exc, HashsyncError):
+            return exc
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = redact(str(error.get("Message") or code or f"HTTP {status}"))
+            text = f"{action} {where}: {message} ({code or status})"
+            if code == "NoSuchBucket":
+                return NotFound(
+                    errno.ENOENT,
+                    f"{action} {where}: bucket {self.bucket!r} does not exist (NoSuchBucket)",
+                )
+            error = error_for_status(status, text, code=code)
+            if isinstance(error, StorageUnavailable):
+                return StorageUnavailable(
+                    errno.EAGAIN, f"{text}, after {self.max_attempts} attempts"
+                )
+            return error
+        if isinstance(
+            exc,
+            botocore.exceptions.NoCredentialsError | (botocore.exceptions.PartialCredentialsError),
+        ):
+            return PermissionDenied(
+                errno.EACCES,
+                f"{action} {where}: no AWS credentials found (set AWS_ACCESS_KEY_ID / "
+                "AWS_PROFILE, or use anonymous=True for a public bucket)",
+            )
+        if isinstance(exc, botocore.exceptions.ParamValidationError):
+            return InvalidArgument(f"{action} {where}: {redact(str(exc))}")
+        if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError, *stream_errors())):
+            return StorageUnavailable(
+                errno.ECONNREFUSED if "connect" in str(exc).lower() else errno.EIO,
+                f"{action} {where}: store unreachable after {self.max_attempts} attempts: "
+                f"{redact(str(exc))}",
+            )
+        return HashsyncError(redact(f"{action} {where}: {exc!r}"))
+
+    def _call(self, action: str, key: str | None, method: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return method(**kwargs)
+        except Exception as exc:
+            raise self._error(exc, key, action) from exc
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    def _head(self, key: str, **extra: Any) -> dict[str, Any]:
+        full = self._full(key)
+        return self._call(
+            "HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full, **extra
+        )
+
+    def _raw_client(self) -> Any:
+        """The lean request path (:mod:`._s3list`) for path-style endpoints, else None."""
+        if not self._path_style:
+            return None
+        if self._static is None and (self._session is None or _sigv4.proxied(self.endpoint_url)):
+            return None
+        if self._raw is None:
+            with _loader_lock:
+                if self._raw is None:
+                    self._raw = _s3list.RawClient(
+                        endpoint_url=self.endpoint_url,
+                        region=self._region(),
+                        credentials=self._credential_source(),
+                        bucket=self.bucket,
+                        timeout=self.read_timeout,
+                        ca_bundle=self._static.ca_bundle if self._static else None,
+                    )
+        return self._raw
+
+    def _region(self) -> str:
+        if self._static is not None:
+            return self._static.region
+        return self.client.meta.region_name or "us-east-1"
+
+    def _credential_source(self) -> Callable[[], _sigv4.Credentials | None] | None:
+        if self.anonymous:
+            return None
+        if self._static is not None:
+            fixed = self._static.credentials
+            return lambda: fixed
+        found = self._session.get_credentials()
+        if found is None:
+            return None
+
+        def current() -> _sigv4.Credentials:
+            # Asked per request: botocore refreshes expiring (assumed-role, SSO) credentials.
+            frozen = found.get_frozen_credentials()
+            return _sigv4.Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+        return current
+
+    def _put_small(
+        self,
+        key: str,
+        data: bytes,
+        md5_b64: str,
+        metadata: dict[str, str],
+        conditions: dict[str, str],
+    ) -> dict[str, Any]:
+        """PutObject of an in-memory body: the lean path first, boto3 if it cannot answer.
+
+        The body's CRC64NVME goes along as S3's native full-object checksum, which the store
+        checks on arrival and keeps (readers with ``ChecksumMode`` get it back); a store that
+        refuses the request gets it again without the header, and if that succeeds, no more
+        headers.
+        """
+        checksum: dict[str, str] = {}
+        if self._native_checksums:
+            crc = metadata.get(CRC64_METADATA) or hashsync.hash_bytes(data, "crc64nvme")
+            checksum["ChecksumCRC64NVME"] = b64_of_hex(crc)
+        try:
+            return self._put_once(key, data, md5_b64, metadata, {**conditions, **checksum})
+        except HashsyncError as e:
+            if not checksum or not may_refuse_checksums(e):
+                raise
+            # A store that does not know the header; only if the plain request then succeeds
+            # is the header blamed (and dropped for this storage's later uploads).
+            answer = self._put_once(key, data, md5_b64, metadata, conditions)
+            self._native_checksums = False
+            return answer
+
+    def _put_once(
+        self,
+        key: str,
+        data: bytes,
+        md5_b64: str,
+        metadata: dict[str, str],
+        conditions: dict[str, str],
+    ) -> dict[str, Any]:
+        raw = self._raw_client()
+        if raw is not None:
+            headers = {"Content-MD5": md5_b64, "Content-Length": str(len(data))}
+            if "ChecksumCRC64NVME" in conditions:
+                headers["x-amz-checksum-crc64nvme"] = conditions["ChecksumCRC64NVME"]
+            headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+            if "IfMatch" in conditions:
+                headers["If-Match"] = conditions["IfMatch"]
+            if "IfNoneMatch" in conditions:
+                headers["If-None-Match"] = conditions["IfNoneMatch"]
+            try:
+                answer = raw.put(self._full(key), data, headers)
+                return {"ETag": answer.get("etag", "")}
+            except _s3list.FallBack:
+                pass  # boto3 repeats the request and maps whatever went wrong
+        return self._call(
+            "PUT",
+            key,
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._full(key),
+            Body=data,
+            ContentMD5=md5_b64,
+            Metadata=metadata,
+            **conditions,
+        )
+
+
+def may_refuse_checksums(exc: HashsyncError) -> bool:
+    """Whether a failed request could be a store that does not know S3's checksum headers.
+
+    Not when the store answered about access, existence, a condition or its own health, nor
+    when it checked the checksum and found the data wrong (BadDigest).
+    """
+    if isinstance(exc, PreconditionFailed | PermissionDenied | NotFound | StorageUnavailable):
+        return False
+    return "BadDigest" not in str(exc)
+
+
+class ChecksumRefused(Exception):
+    """The store would not create a multipart upload with a native checksum."""
+
+
+def b64_of_hex(hex_digest: str) -> str:
+    """A hex digest as S3's checksum headers write it (base64 of the big-endian bytes)."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def native_crc64(head: dict[str, Any]) -> str | None:
+    """The object's native full-object CRC64NVME (hex) from a HEAD with ChecksumMode, if any."""
+    value = head.get("ChecksumCRC64NVME")
+    if not value or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 8 else None
+
+
+def part_span(head: dict[str, Any] | None) -> tuple[int, int | None, int | None, int] | None:
+    """``(length, start, object size, parts count)`` from a ``HEAD ?partNumber=N`` answer.
+
+    Start and object size come from Content-Range and are None if the store sends none. None
+    for an answer without a parts count (a store that ignored ``partNumber``) or whose
+    Content-Range contradicts its length.
+    """
+    if head is None:
+        return None
+    count = head.get("PartsCount")
+    length = head.get("ContentLength")
+    if not isinstance(count, int) or count < 1 or not isinstance(length, int) or length < 0:
+        return None
+    content_range = head.get("ContentRange")
+    if not content_range:
+        return length, None, None, count
+    unit, _, spec = str(content_range).strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+        return None
+    if int(last) - int(first) + 1 != length:
+        return None
+    return length, int(first), int(total), count
+
+
+def mismatch_message(key: str, store: object, expected: str | None, current: str | None) -> str:
+    if expected is None:
+        return f"key {key!r} already exists in {store!r} (create-only write)"
+    if current is None:
+        return f"key {key!r} does not exist in {store!r} (expected ETag {expected})"
+    return f"key {key!r} in {store!r} has ETag {current}, not the expected {expected}"
+
+
+PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+def changed_error(path: Path, key: str) -> FileChanged:
+    error = FileChanged(f"{str(path)!r} changed while it was uploaded as {key!r}")
+    error.path = str(path)
+    return error
+
+
+def stream_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a response body raises when the connection breaks mid-read."""
+    import http.client
+
+    import urllib3.exceptions
+
+    return (urllib3.exceptions.HTTPError, http.client.HTTPException)

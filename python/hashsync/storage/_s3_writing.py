@@ -1,0 +1,631 @@
+"""S3 writes: uploads, server-side copies, deletes and unfinished multipart uploads.
+
+Uploads are single or multipart (resumable, Content-MD5 and CRC64NVME checked); deletes go
+in DeleteObjects batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import datetime
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import hashsync
+from hashsync._native import crc_combine
+from hashsync._redact import redact
+from hashsync._threads import run_on_threads
+from hashsync.atomic import same_version, settled_fstat
+from hashsync.errors import (
+    FileChanged,
+    HashsyncError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    error_for_status,
+)
+from hashsync.storage import _s3list
+from hashsync.storage._journal import journal
+from hashsync.storage._s3_base import (
+    CRC64_METADATA,
+    DELETE_BATCH,
+    DELETE_PARALLEL,
+    MAX_COPY_OBJECT,
+    MAX_PARTS,
+    PART_SIZE_METADATA,
+    PROC_FD,
+    ChecksumRefused,
+    IncompleteUpload,
+    S3Base,
+    b64_of_hex,
+    changed_error,
+    clean_etag,
+    may_refuse_checksums,
+    quoted_etag,
+)
+from hashsync.storage._s3_reading import S3Reading
+from hashsync.storage.base import (
+    ByteCallback,
+    current_progress,
+    validate_key,
+    validate_prefix,
+)
+from hashsync.storage.local import (
+    FilesystemStorage,
+    TemporaryLocalStorage,
+    open_nofollow,
+    source_file,
+    stat_or_none,
+)
+from hashsync.verify import is_content_etag
+
+
+class S3Writing(S3Reading):
+    """Uploading, copying and deleting (part of :class:`~hashsync.storage.S3Storage`)."""
+
+    # -- uploading ---------------------------------------------------------------------
+
+    def copy_from(self, key: str, source: FilesystemStorage) -> None:
+        """Upload ``source``'s file ``key`` (verified via Content-MD5 and the ETag).
+
+        Raises:
+            NotFound: ``source`` has no such key.
+            FileChanged: The file changed during the upload.
+            StorageUnavailable: The store could not be reached (after retries).
+        """
+        validate_key(key)
+        self._upload(key, source_file(source, key))
+
+    def _upload(
+        self, key: str, path: Path, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Upload ``path`` as ``key``; return the new ETag."""
+        conditions: dict[str, str] = {}
+        if if_match is not None:
+            conditions["IfMatch"] = quoted_etag(if_match)
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        metadata = {PART_SIZE_METADATA: str(self.part_size)}
+        report = current_progress()
+        with open_nofollow(path) as fh:
+            before = settled_fstat(fh.fileno())
+            if before is None:
+                raise changed_error(path, key)
+            size = before.st_size
+
+            def unchanged() -> None:
+                # Called after everything was read and before the object becomes visible:
+                # a file written to meanwhile would be stored torn (with a checksum that
+                # matches the torn body), so the upload is abandoned instead. The path is
+                # checked too: a file replaced by rename leaves the open descriptor intact.
+                if not same_version(before, os.fstat(fh.fileno())) or not same_version(
+                    before, stat_or_none(path)
+                ):
+                    raise changed_error(path, key)
+
+            if size < self.part_size:
+                data = fh.read(size + 1)
+                if len(data) != size:
+                    raise changed_error(path, key)
+                unchanged()
+                # A second read must give the same bytes: writes through a shared mmap move no
+                # timestamp, and one read racing them may see a mix that never existed whole.
+                if os.pread(fh.fileno(), size + 1, 0) != data:
+                    raise changed_error(path, key)
+                metadata[CRC64_METADATA] = hashsync.hash_bytes(data, "crc64nvme")
+                digest = hashlib.md5(data, usedforsecurity=False)
+                response = self._put_small(
+                    key, data, base64.b64encode(digest.digest()).decode(), metadata, conditions
+                )
+                expected = digest.hexdigest()
+                if report is not None:
+                    report(size)
+            else:
+                # One extra read of the file (page-cached by now) at tens of GB/s; the
+                # descriptor's own file, not whatever the path names by then.
+                try:
+                    metadata[CRC64_METADATA] = hashsync.hash_file(
+                        f"/proc/self/fd/{fh.fileno()}" if PROC_FD else path, "crc64nvme"
+                    )
+                except FileChanged:
+                    raise changed_error(path, key) from None
+                identity = {
+                    "dev": before.st_dev,
+                    "ino": before.st_ino,
+                    "size": size,
+                    "mtime_ns": before.st_mtime_ns,
+                    "ctime_ns": before.st_ctime_ns,
+                    "part_size": self.part_size,
+                    "crc64nvme": metadata[CRC64_METADATA],
+                }
+                response, expected = self._upload_multipart(
+                    key,
+                    fh.fileno(),
+                    size,
+                    metadata,
+                    conditions,
+                    report,
+                    before_complete=unchanged,
+                    identity=identity,
+                )
+        etag = clean_etag(response.get("ETag", ""))
+        if (
+            self.verify
+            and is_content_etag(etag)
+            and etag != expected
+            and not (response.get("ServerSideEncryption") == "aws:kms")
+        ):
+            raise IntegrityError(
+                f"{self!r} stored {key!r} with ETag {etag}, but the data sent has {expected}"
+            )
+        return etag
+
+    def _multipart(
+        self,
+        key: str,
+        metadata: dict[str, str],
+        count: int,
+        send: Callable[[str, int, tuple[str, int] | None], dict[str, Any]],
+        conditions: dict[str, str] | None = None,
+        before_complete: Callable[[], None] | None = None,
+        *,
+        identity: dict[str, Any] | None = None,
+        crc64nvme: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a multipart upload, ``send`` parts 1..count in parallel, complete.
+
+        With ``crc64nvme`` (the whole content's, hex) the upload is created with S3's native
+        FULL_OBJECT CRC64NVME checksum and completed with it, so the store checks the
+        assembled object; ``send`` must then give each part's ``ChecksumCRC64NVME``. A store
+        that refuses to create such an upload raises :class:`ChecksumRefused` before any
+        part was sent.
+
+        ``send(upload_id, number, held)`` uploads one part; ``held`` is ``(etag, size)`` of
+        that part when the store already has it from a resumed upload. ``before_complete``
+        runs after the last part and may raise to abandon the upload. Any failure (or
+        Ctrl-C) aborts the upload: parts of an unfinished upload are billed until aborted.
+
+        Each upload is recorded in the local journal (:mod:`._journal`) while it runs. An
+        upload of this key left by a process that died is resumed when its ``identity`` (the
+        file's stat, part size and checksum) equals this one's and no condition applies, and
+        aborted otherwise.
+        """
+        full = self._full(key)
+        endpoint = self.endpoint_url
+        jr = journal()
+        upload_id: str | None = None
+        held: dict[int, tuple[str, int]] = {}
+        for record, info in jr.abandoned(endpoint, self.bucket, full):
+            old_id = info.get("upload_id")
+            if (
+                upload_id is None
+                and identity is not None
+                and not conditions
+                and info.get("identity") == identity
+                and isinstance(old_id, str)
+            ):
+                listed = self._list_parts(key, old_id)
+                if listed is not None:
+                    upload_id, held = old_id, listed
+                    jr.remove(record)
+                    continue
+            if isinstance(old_id, str):
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=old_id
+                    )
+            jr.remove(record)
+        native: dict[str, str] = {}
+        if crc64nvme is not None:
+            native = {"ChecksumAlgorithm": "CRC64NVME", "ChecksumType": "FULL_OBJECT"}
+        if upload_id is None:
+            try:
+                upload_id = self._call(
+                    "CreateMultipartUpload",
+                    key,
+                    self.client.create_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=full,
+                    Metadata=metadata,
+                    **native,
+                )["UploadId"]
+            except HashsyncError as exc:
+                if not native or not may_refuse_checksums(exc):
+                    raise
+                raise ChecksumRefused(str(exc)) from exc
+        entry = jr.record(
+            endpoint, self.bucket, full, {"upload_id": upload_id, "identity": identity}
+        )
+        try:
+            sent = run_on_threads(
+                lambda number: send(upload_id, number, held.get(number)),
+                range(1, count + 1),
+                self.max_concurrency,
+                fail_fast=True,
+            )
+            if before_complete is not None:
+                before_complete()
+            response = self._call(
+                "CompleteMultipartUpload",
+                key,
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": sent},
+                **(conditions or {}),
+                **(
+                    {"ChecksumCRC64NVME": b64_of_hex(crc64nvme), "ChecksumType": "FULL_OBJECT"}
+                    if crc64nvme is not None
+                    else {}
+                ),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            jr.remove(entry)
+            raise
+        jr.remove(entry)
+        return response
+
+    def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
+        """The parts an unfinished upload holds, ``{number: (etag, size)}``; None if it is gone."""
+        held: dict[int, tuple[str, int]] = {}
+        marker = 0
+        try:
+            while True:
+                page = self._call(
+                    "ListParts",
+                    key,
+                    self.client.list_parts,
+                    Bucket=self.bucket,
+                    Key=self._full(key),
+                    UploadId=upload_id,
+                    PartNumberMarker=marker,
+                )
+                for part in page.get("Parts", []):
+                    held[int(part["PartNumber"])] = (clean_etag(part["ETag"]), int(part["Size"]))
+                if not page.get("IsTruncated"):
+                    return held
+                marker = int(page.get("NextPartNumberMarker") or 0)
+                if not marker:
+                    return held
+        except HashsyncError:
+            return None
+
+    def _upload_multipart(
+        self,
+        key: str,
+        fd: int,
+        size: int,
+        metadata: dict[str, str],
+        conditions: dict[str, str],
+        report: ByteCallback | None = None,
+        *,
+        before_complete: Callable[[], None] | None = None,
+        identity: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        count = -(-size // self.part_size)
+        if count > MAX_PARTS:
+            raise InvalidArgument(
+                f"{key!r} needs {count} parts of {self.part_size} bytes; S3 allows "
+                f"{MAX_PARTS}: use a part_size of at least {-(-size // MAX_PARTS)}"
+            )
+        full = self._full(key)
+        digests: list[bytes] = [b""] * count
+        crcs: list[str] = [""] * count
+
+        def sent_as_announced() -> None:
+            # The bytes actually sent must be the bytes the metadata's CRC64NVME describes: a
+            # writer that timestamps cannot reveal (a shared mmap) would otherwise be stored torn.
+            whole = crcs[0]
+            for number in range(2, count + 1):
+                length = min(self.part_size, size - (number - 1) * self.part_size)
+                whole = crc_combine("crc64nvme", whole, crcs[number - 1], length)
+            if whole != metadata.get(CRC64_METADATA, whole):
+                raise FileChanged(f"{key!r}: the file changed while it was uploaded")
+            if before_complete is not None:
+                before_complete()
+
+        def send(upload_id: str, number: int, held: tuple[str, int] | None) -> dict[str, Any]:
+            # Parts are read into memory; the storage-wide slots bound that memory when many
+            # large files upload at once (a sync runs 16 of them in parallel).
+            with self._part_slots:
+                return send_part(upload_id, number, held)
+
+        def send_part(upload_id: str, number: int, held: tuple[str, int] | None) -> dict[str, Any]:
+            offset = (number - 1) * self.part_size
+            length = min(self.part_size, size - offset)
+            data = os.pread(fd, length, offset)
+            if len(data) != length:
+                raise IntegrityError(f"{key!r}: file shrank during the upload")
+            digest = hashlib.md5(data, usedforsecurity=False)
+            digests[number - 1] = digest.digest()
+            crcs[number - 1] = hashsync.hash_bytes(data, "crc64nvme")
+            checksum = {"ChecksumCRC64NVME": b64_of_hex(crcs[number - 1])} if native else {}
+            if held is not None and held == (digest.hexdigest(), length):
+                # A resumed upload already holds exactly these bytes.
+                if report is not None:
+                    report(length)
+                return {"PartNumber": number, "ETag": quoted_etag(held[0]), **checksum}
+            part = self._call(
+                "UploadPart",
+                key,
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=base64.b64encode(digest.digest()).decode(),
+                **checksum,
+            )
+            if report is not None:
+                report(length)
+            return {"PartNumber": number, "ETag": part["ETag"], **checksum}
+
+        native = self._native_checksums and CRC64_METADATA in metadata
+        # A resumed upload must have been created the same way (with or without checksums).
+        identity = None if identity is None else {**identity, "native_checksum": native}
+        try:
+            response = self._multipart(
+                key,
+                metadata,
+                count,
+                send,
+                conditions,
+                sent_as_announced,
+                identity=identity,
+                crc64nvme=metadata[CRC64_METADATA] if native else None,
+            )
+        except ChecksumRefused:
+            self._native_checksums = native = False
+            identity = None if identity is None else {**identity, "native_checksum": False}
+            response = self._multipart(
+                key, metadata, count, send, conditions, sent_as_announced, identity=identity
+            )
+        combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+        return response, f"{combined}-{count}"
+
+    def copy_object_from(self, source: S3Base, key: str) -> None:
+        """Copy ``source``'s object ``key`` here without moving the data through this machine.
+
+        Works across buckets of one store. Objects up to 5 GiB (S3's limit for CopyObject) are
+        copied with one CopyObject, which keeps the source's ETag and metadata (measured on
+        SeaweedFS; it is what makes a second S3-to-S3 sync a no-op). Larger ones use
+        UploadPartCopy in parts of ``part_size``; their ETag is then whatever the store computes
+        for copied parts (SeaweedFS's are not MD5s of the part data), so a later checksum
+        comparison of such an object may copy it again. Every request is pinned to the source
+        ETag seen first (``x-amz-copy-source-if-match``), so a source overwritten mid-copy fails
+        instead of giving a mixed object. Stores on different endpoints are copied through a
+        local temporary file.
+
+        Raises:
+            NotFound: ``source`` has no such key.
+            PreconditionFailed: The source object changed during the copy.
+        """
+        validate_key(key)
+        if source.endpoint_url != self.endpoint_url:
+            with TemporaryLocalStorage() as staging:
+                source.copy(key, staging)
+                self.copy_from(key, staging)
+            return
+        head = source._head(key)
+        size = int(head["ContentLength"])
+        etag = clean_etag(head["ETag"])
+        copy_source = {"Bucket": source.bucket, "Key": source._full(key)}
+        metadata = {PART_SIZE_METADATA: str(self.part_size)}
+        # Keep the whole-content checksum: a store's ETag of copied parts may not be a content
+        # hash (SeaweedFS's is not), and the checksum still verifies later downloads.
+        crc = (head.get("Metadata") or {}).get(CRC64_METADATA)
+        if crc:
+            metadata[CRC64_METADATA] = crc
+        full = self._full(key)
+        report = current_progress()
+        if size <= MAX_COPY_OBJECT:
+            self._call(
+                "CopyObject",
+                key,
+                self.client.copy_object,
+                Bucket=self.bucket,
+                Key=full,
+                CopySource=copy_source,
+                CopySourceIfMatch=quoted_etag(etag),
+                MetadataDirective="COPY",
+            )
+            if report is not None:
+                report(size)
+            return
+        count = -(-size // self.part_size)
+
+        def send(upload_id: str, number: int, _held: object) -> dict[str, Any]:
+            start = (number - 1) * self.part_size
+            end = min(start + self.part_size, size) - 1
+            part = self._call(
+                "UploadPartCopy",
+                key,
+                self.client.upload_part_copy,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource=copy_source,
+                CopySourceIfMatch=quoted_etag(etag),
+                CopySourceRange=f"bytes={start}-{end}",
+            )
+            if report is not None:
+                report(end + 1 - start)
+            return {"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]}
+
+        self._multipart(key, metadata, count, send)
+
+    def delete(self, key: str) -> None:
+        """Delete the object ``key``.
+
+        Raises:
+            NotFound: No object has this key (S3 itself would accept the delete silently).
+        """
+        self._head(key)
+        self._call(
+            "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
+        )
+
+    def delete_many(self, keys: Sequence[str]) -> builtins.list[HashsyncError | None]:
+        """Delete keys with DeleteObjects, 1,000 a request, several requests at once.
+
+        A key S3 reports an error for keeps its error; a key that did not exist counts as
+        deleted (S3 does not say). A batch the store refuses as a whole (a store without
+        DeleteObjects, a lost connection) is retried one DeleteObject per key, so every key
+        ends with its own outcome.
+        """
+        outcomes: list[HashsyncError | None] = [None] * len(keys)
+        where: dict[str, int] = {}
+        valid: list[str] = []
+        for i, key in enumerate(keys):
+            try:
+                where[self._full(key)] = i
+                valid.append(key)
+            except HashsyncError as e:
+                outcomes[i] = e
+        batches = [valid[i : i + DELETE_BATCH] for i in range(0, len(valid), DELETE_BATCH)]
+
+        def one_by_one(batch: list[str]) -> None:
+            for key in batch:
+                try:
+                    self._call(
+                        "DELETE",
+                        key,
+                        self.client.delete_object,
+                        Bucket=self.bucket,
+                        Key=self._full(key),
+                    )
+                except HashsyncError as e:
+                    outcomes[where[self._full(key)]] = e
+
+        def send(batch: list[str]) -> None:
+            try:
+                answer = self._call(
+                    "DELETE",
+                    None,
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True},
+                )
+            except HashsyncError:
+                one_by_one(batch)
+                return
+            for error in answer.get("Errors", []):
+                full = error.get("Key", "")
+                code = str(error.get("Code", ""))
+                if full not in where:
+                    continue
+                message = redact(
+                    f"DELETE key {full[len(self.prefix) :]!r} (s3://{self.bucket}/{full}): "
+                    f"{error.get('Message') or code} ({code})"
+                )
+                outcomes[where[full]] = error_for_status(None, message, code=code)
+
+        run_on_threads(send, batches, DELETE_PARALLEL, fail_fast=True)
+        return outcomes
+
+    # -- unfinished multipart uploads ---------------------------------------------------
+
+    def incomplete_uploads(self, prefix: str = "") -> Iterator[IncompleteUpload]:
+        """Yield the multipart uploads under ``prefix`` that were never completed or aborted.
+
+        Their parts take space (and are billed) until aborted; S3 lists them separately from
+        objects (``ListMultipartUploads``).
+
+        Raises:
+            NotFound: The bucket does not exist.
+            PermissionDenied: Listing uploads is not allowed.
+        """
+        validate_prefix(prefix)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:
+            page = self._call(
+                "ListMultipartUploads", prefix, self.client.list_multipart_uploads, **kwargs
+            )
+            for upload in page.get("Uploads", []):
+                full = upload["Key"]
+                if not full.startswith(self.prefix + prefix):
+                    raise _s3list.outside_prefix(full, self.prefix + prefix)
+                yield IncompleteUpload(
+                    full[len(self.prefix) :],
+                    upload["UploadId"],
+                    upload["Initiated"].astimezone(datetime.UTC),
+                )
+            if not page.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def abort_incomplete_uploads(
+        self, *, older_than: float = 24 * 3600.0, prefix: str = "", dry_run: bool = False
+    ) -> builtins.list[IncompleteUpload]:
+        """Abort unfinished multipart uploads started more than ``older_than`` seconds ago.
+
+        Like ``rclone cleanup``. Uploads younger than that may belong to a writer that is
+        still running (another machine, another tool), so the default spares the last day.
+
+        Args:
+            older_than: Minimum age in seconds (0 aborts every unfinished upload).
+            prefix: Only uploads of keys under this prefix.
+            dry_run: Only return what would be aborted.
+
+        Returns:
+            The uploads aborted (or, with ``dry_run``, that would be); one the store would
+            not abort (``NoSuchUpload``) is left out.
+        """
+        if older_than < 0:
+            raise InvalidArgument("older_than must be at least 0")
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than)
+        stale = [u for u in self.incomplete_uploads(prefix) if u.initiated <= cutoff]
+        if dry_run:
+            return stale
+        return [upload for upload in stale if self.abort_upload(upload)]
+
+    def abort_upload(self, upload: IncompleteUpload) -> bool:
+        """Abort one unfinished multipart upload; False if the store does not know it.
+
+        ``NoSuchUpload`` means it is gone already, or was listed under a key the store
+        mangled (control characters); either way this call did not abort it.
+        """
+        try:
+            self._call(
+                "AbortMultipartUpload",
+                upload.key,
+                self.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._full(upload.key),
+                UploadId=upload.upload_id,
+            )
+        except NotFound:
+            return False
+        return True
+
+    def abort_abandoned_uploads(self) -> int:
+        """Abort the uploads under this storage that crashed processes of this host left.
+
+        Only uploads recorded in the local journal whose process is gone are touched, so it
+        is safe while other writers run; a sync calls it after its transfers.
+
+        Returns:
+            How many were aborted.
+        """
+        jr = journal()
+        aborted = 0
+        endpoint = self.endpoint_url
+        for record, info in jr.abandoned(endpoint, self.bucket, None, prefix=self.prefix):
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=info["key"], UploadId=info["upload_id"]
+                )
+                aborted += 1
+            jr.remove(record)
+        return aborted
