@@ -10,7 +10,6 @@ compare-and-swap exact between processes, on NFS as well.
 from __future__ import annotations
 
 import builtins
-import collections
 import contextlib
 import copy
 import datetime
@@ -20,8 +19,6 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,12 +31,9 @@ from hashsync.atomic import (
     cleanup_listed,
     cleanup_once,
     commit,
-    same_version,
-    settled_fstat,
     temporary_path,
 )
 from hashsync.errors import (
-    FileChanged,
     HashsyncError,
     InvalidArgument,
     IsADirectory,
@@ -49,6 +43,13 @@ from hashsync.errors import (
     PreconditionFailed,
     UnsafePath,
 )
+from hashsync.storage._files import (
+    digest_memo,
+    link_below,
+    open_nofollow,
+    receive_file,
+    stat_or_none,
+)
 from hashsync.storage.base import (
     ObjectInfo,
     ReadOnlyStorage,
@@ -56,7 +57,6 @@ from hashsync.storage.base import (
     Segment,
     Storage,
     SyncListing,
-    current_progress,
     validate_key,
     validate_prefix,
 )
@@ -70,16 +70,15 @@ __all__ = [
     "SimpleLocalStorage",
     "TemporaryLocalStorage",
     "link_below",
+    "normalize_hash",
+    "open_nofollow",
     "receive_file",
     "source_file",
+    "stat_or_none",
     "transfer_through_staging",
 ]
 
 _WRITE_MODES = frozenset("wxa+")
-# A file changed within this many seconds of being hashed may change again without its
-# mtime moving (coarse timestamp ticks), so its digest is not remembered.
-_RACY_SECONDS = 2.0
-_MEMO_SIZE = 4096
 
 
 def _utc(ns: int) -> datetime.datetime:
@@ -94,90 +93,6 @@ def normalize_hash(value: str) -> str:
     if value.startswith("W/"):
         value = value[2:]
     return value.strip('"').lower()
-
-
-class _DigestMemo:
-    """Remembers file ETags in-process, keyed on what changes when the file does."""
-
-    def __init__(self) -> None:
-        self._data: collections.OrderedDict[tuple[Any, ...], str] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _key(st: os.stat_result, part_size: int) -> tuple[Any, ...]:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, part_size)
-
-    def get(self, st: os.stat_result, part_size: int) -> str | None:
-        with self._lock:
-            return self._data.get(self._key(st, part_size))
-
-    def put(self, st: os.stat_result, part_size: int, digest: str) -> None:
-        if time.time() - st.st_mtime < _RACY_SECONDS or time.time() - st.st_ctime < _RACY_SECONDS:
-            return
-        with self._lock:
-            self._data[self._key(st, part_size)] = digest
-            while len(self._data) > _MEMO_SIZE:
-                self._data.popitem(last=False)
-
-
-_memo = _DigestMemo()
-
-
-def stat_or_none(path: Path) -> os.stat_result | None:
-    """``os.stat(path)``, or None when it fails (gone, unreadable)."""
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-
-
-def _copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:
-    """Copy an open file's whole content, in the kernel where it can (what shutil does)."""
-    try:
-        while os.copy_file_range(fin.fileno(), fout.fileno(), 1 << 30):
-            pass
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        fin.seek(0)
-        fout.seek(0)
-        fout.truncate()
-        shutil.copyfileobj(fin, fout, 1024**2)
-
-
-def link_below(root: Path, path: Path, allowed: frozenset[str] | None = frozenset()) -> str | None:
-    """The first component of ``path`` below ``root`` that is a symbolic link, or None.
-
-    Links whose relative path is in ``allowed`` (those a listing followed) are passed through;
-    ``allowed=None`` passes every link.
-    Listings that skip links never name a key through one: finding one means the tree
-    changed since, or the key leads somewhere the listing did not look.
-    """
-    # Strings, not Paths: this runs for every file a sync or a cache writes.
-    current = os.fspath(root)
-    parts = path.relative_to(root).parts
-    for i, part in enumerate(parts):
-        current = os.path.join(current, part)
-        try:
-            st = os.lstat(current)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            where = "/".join(parts[: i + 1])
-            if allowed is not None and where not in allowed:
-                return where
-    return None
-
-
-def open_nofollow(path: Path) -> IO[bytes]:
-    """Open a file for reading, refusing a symbolic link in its last component."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafePath(errno.ELOOP, "is a symbolic link; not read", str(path)) from None
-        raise
-    return os.fdopen(fd, "rb")
 
 
 def source_file(source: object, key: str) -> Path:
@@ -210,41 +125,6 @@ def source_file(source: object, key: str) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise NotFound(errno.ENOENT, f"key {key!r} not found in {source!r} (not a file)")
     return path
-
-
-def receive_file(sink: Sink, key: str, src: Path, *, check: Check | None = None) -> None:
-    """Copy the local file ``src`` into ``sink`` under ``key``, keeping its mtime.
-
-    The copy is made in the kernel where it can be; a file that changes while it is read
-    (size, mtime or inode moves) is not published.
-
-    Raises:
-        FileChanged: ``src`` changed while it was copied.
-    """
-    report = current_progress()
-
-    def changed() -> FileChanged:
-        error = FileChanged(f"{str(src)!r} changed while it was copied to {key!r}")
-        error.path = str(src)
-        return error
-
-    def fill(tmp: Path) -> None:
-        with open_nofollow(src) as fin:
-            before = settled_fstat(fin.fileno())
-            if before is None:
-                raise changed()
-            with open(tmp, "wb") as fout:
-                _copy_contents(fin, fout)
-            after = os.fstat(fin.fileno())
-        if report is not None:
-            report(before.st_size)
-        if not same_version(before, after) or not same_version(before, stat_or_none(src)):
-            raise changed()
-        if tmp.stat().st_size != after.st_size:
-            raise changed()
-        os.utime(tmp, ns=(after.st_atime_ns, after.st_mtime_ns))
-
-    sink.receive(key, fill, check=check)
 
 
 class FilesystemStorage(Storage):
@@ -442,14 +322,14 @@ class FilesystemStorage(Storage):
         return self._digest(path, st, key)
 
     def _digest(self, path: Path, st: os.stat_result, key: str) -> str:
-        cached = _memo.get(st, self.part_size)
+        cached = digest_memo.get(st, self.part_size)
         if cached is not None:
             return cached
         try:
             digest = hashsync.etag(path, part_size=self.part_size)
         except FileNotFoundError:
             raise NotFound(errno.ENOENT, f"key {key!r} not found in {self!r}") from None
-        _memo.put(st, self.part_size, digest)
+        digest_memo.put(st, self.part_size, digest)
         return digest
 
     def list(self, prefix: str = "", *, hashes: bool = True) -> Iterator[ObjectInfo]:
