@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 import hashsync
-from hashsync.errors import HashsyncWarning, InvalidArgument, NotFound, WaitTimeout
+from hashsync.errors import (
+    ConditionsNotEnforced,
+    HashsyncWarning,
+    InvalidArgument,
+    NotFound,
+    WaitTimeout,
+)
 from hashsync.treecache import TreeCache
 from hashsync.treecache._state import state_path
 from sync_helpers import s3, write_tree
@@ -549,17 +555,22 @@ def test_seaweedfs_honours_conditional_writes(s3_server, bucket):
 def test_a_store_ignoring_conditional_writes_is_found_out_and_leases_fall_back(
     tmp_path, s3_server, bucket, s3_env
 ):
-    from hashsync.treecache import _lease
+    from hashsync.storage import conditions
     from proxy_helpers import ignoring_conditions, rewriting_proxy
 
     rewrite = ignoring_conditions(s3_server.access_key, s3_server.secret_key)
     log: list[tuple[str, str]] = []
     with rewriting_proxy(s3_server.endpoint_url, rewrite_request=rewrite, log=log) as proxy:
-        # The proxy really does make conditions void: a second create-only write succeeds.
+        # The proxy really does make conditions void: a second create-only write succeeds...
         plain = s3(s3_server, bucket, "plain")
-        voided = type(plain)(bucket, "plain", endpoint_url=proxy, max_attempts=1)
-        voided.write_bytes("x", b"1", create_only=True)
-        voided.write_bytes("x", b"2", create_only=True)
+        raw = s3_server.client(endpoint_url=proxy)
+        raw.put_object(Bucket=bucket, Key="plain/x", Body=b"1", IfNoneMatch="*")
+        raw.put_object(Bucket=bucket, Key="plain/x", Body=b"2", IfNoneMatch="*")
+        assert plain.read_bytes("x") == b"2"
+        # ... and the storage refuses it, naming the store's limitation (issue 26).
+        checked = type(plain)(bucket, "plain", endpoint_url=proxy, max_attempts=1)
+        with pytest.raises(ConditionsNotEnforced, match="ignores If-None-Match"):
+            checked.write_bytes("x", b"3", create_only=True)
         assert plain.read_bytes("x") == b"2"
 
         build = Builder()
@@ -569,11 +580,11 @@ def test_a_store_ignoring_conditional_writes_is_found_out_and_leases_fall_back(
         assert build.calls == 1
         assert set(remote_keys(s3_server, bucket)) == set(BASE) | {".hashsync/manifest.json"}
         assert any("probe-" in path for method, path in log if method == "PUT")
-        remembered = json.loads(_lease._memory_file().read_text())
+        remembered = json.loads(conditions.memory_file().read_text())
         assert [v["honoured"] for k, v in remembered.items() if k.startswith(proxy)] == [False]
 
         # Remembered on disk: a new process (here: a cleared memory) does not probe again.
-        _lease._known.clear()
+        conditions.forget()
         log.clear()
         (tmp_path / "a" / "index.bin").write_bytes(b"index")
         with pytest.warns(HashsyncWarning, match="ignores conditional writes"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 
 __all__ = [
+    "ConditionsNotEnforced",
     "FileChanged",
     "FileSystemError",
     "HashsyncError",
@@ -103,6 +104,14 @@ class InvalidPartSize(InvalidArgument):
 
 class PreconditionFailed(HashsyncError):
     """A conditional write or delete found a different object than expected."""
+
+
+class ConditionsNotEnforced(PreconditionFailed):
+    """The store ignores ``If-None-Match`` / ``If-Match``, so a conditional write was refused.
+
+    Writing anyway could replace another writer's object silently. Found out once per store
+    (:mod:`hashsync.storage.conditions`); ``conditional_writes="best-effort"`` writes anyway.
+    """
 
 
 class StorageUnavailable(HashsyncError, ConnectionError):

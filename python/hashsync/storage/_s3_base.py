@@ -127,7 +127,7 @@ class S3Base(ReadWriteStorage):
         max_attempts: int = 5,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
-        conditional_writes: Literal["native", "claim"] = "native",
+        conditional_writes: Literal["native", "claim", "best-effort"] = "native",
         claim_ttl: float = 3600.0,
         verify: bool = True,
         client: BaseClient | None = None,
@@ -159,9 +159,10 @@ class S3Base(ReadWriteStorage):
                 "verify": verify,
             }
         )
-        if conditional_writes not in ("native", "claim"):
+        if conditional_writes not in ("native", "claim", "best-effort"):
             raise InvalidArgument(
-                f"conditional_writes must be 'native' or 'claim', not {conditional_writes!r}"
+                "conditional_writes must be 'native', 'claim' or 'best-effort', not "
+                f"{conditional_writes!r}"
             )
         if max_concurrency < 1 or max_attempts < 1:
             raise InvalidArgument("max_concurrency and max_attempts must be at least 1")

@@ -12,10 +12,12 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from hashsync.errors import (
+    ConditionsNotEnforced,
     IntegrityError,
     InvalidArgument,
     NotFound,
@@ -29,6 +31,7 @@ from hashsync.storage._s3_base import (
 )
 from hashsync.storage._s3_writing import S3Writing
 from hashsync.storage.base import validate_key
+from hashsync.storage.conditions import probe_conditions
 from hashsync.storage.local import (
     FilesystemStorage,
     normalize_hash,
@@ -46,6 +49,45 @@ class S3Conditional(S3Writing):
             return clean_etag(self._head(key)["ETag"])
         except NotFound:
             return None
+
+    def conditions_enforced(self) -> bool:
+        """Whether the store refuses what ``If-None-Match: *`` and ``If-Match`` forbid.
+
+        Found out by one probe per endpoint and bucket, remembered for a month
+        (:mod:`hashsync.storage.conditions`); the probe writes and deletes an object in the
+        reserved claims directory.
+
+        Raises:
+            HashsyncError: The probe could not write (no access, store down).
+        """
+        where = self.location()
+        store = "|".join(where[0][1:]) if where else f"{self.endpoint_url}|{self.bucket}"
+        return probe_conditions(
+            store,
+            lambda key, data, create_only, if_hash: self._put_bytes(
+                key, data, create_only, if_hash
+            ),
+            self._delete_quietly,
+            f"{CLAIMS_DIR}/probe-{uuid.uuid4().hex}",
+        )
+
+    def _delete_quietly(self, key: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._call(
+                "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
+            )
+
+    def _require_conditions(self, key: str) -> None:
+        """Refuse a create-only / if-hash write the store would not make exclusive."""
+        if self.conditional_writes == "best-effort" or self.conditions_enforced():
+            return
+        raise ConditionsNotEnforced(
+            f"refusing a conditional write of {key!r} to s3://{self.bucket}/{self.prefix}: the "
+            f"store at {self.endpoint_url} ignores If-None-Match / If-Match (it accepted a "
+            "create-only write of an existing object when checked), so the write could replace "
+            "another writer's object silently; open the storage with "
+            "conditional_writes='best-effort' to write with a HEAD check only"
+        )
 
     def copy_from_if_local_is_newer(self, key: str, source: FilesystemStorage) -> bool:
         """Upload ``source``'s file if its mtime is later than the object's Last-Modified.
@@ -84,10 +126,12 @@ class S3Conditional(S3Writing):
             PreconditionFailed: The object has another ETag, is missing although ``hash``
                 was given, exists although ``hash`` is ``None``, or another writer holds
                 the claim on this version (``conditional_writes="claim"``).
+            ConditionsNotEnforced: The store ignores conditions (found out once, remembered).
         """
         validate_key(key)
         expected = None if hash is None else normalize_hash(hash)
         path = source_file(source, key)
+        self._require_conditions(key)
         self._conditional_upload(key, path, expected)
 
     def _conditional_upload(self, key: str, path: Path, expected: str | None) -> None:
@@ -109,11 +153,12 @@ class S3Conditional(S3Writing):
     def write_bytes(
         self, key: str, data: bytes, *, create_only: bool = False, if_hash: str | None = None
     ) -> str:
-        """Store ``data`` with one PutObject, its condition checked by the store alone.
+        """Store ``data`` with one PutObject, its condition checked by the store.
 
-        Unlike :meth:`copy_from_if_overwriting_hash` there is no HEAD first, so a store that
-        ignores ``If-None-Match`` / ``If-Match`` really does ignore them here (which is how
-        :mod:`hashsync.treecache` finds such stores out). With ``conditional_writes="claim"``
+        Unlike :meth:`copy_from_if_overwriting_hash` there is no HEAD first (except with
+        ``conditional_writes="best-effort"``, where the HEAD is all there is); a store known
+        to ignore ``If-None-Match`` / ``If-Match`` is refused instead
+        (:class:`~hashsync.errors.ConditionsNotEnforced`). With ``conditional_writes="claim"``
         the write also takes the claim on the version it replaces.
 
         Returns:
@@ -121,28 +166,44 @@ class S3Conditional(S3Writing):
 
         Raises:
             PreconditionFailed: The store refused the condition.
+            ConditionsNotEnforced: The store ignores conditions (found out once, remembered).
             InvalidArgument: Both conditions were given.
         """
         validate_key(key)
         if create_only and if_hash is not None:
             raise InvalidArgument("give create_only or if_hash, not both")
+        if create_only or if_hash is not None:
+            self._require_conditions(key)
         expected = None if if_hash is None else normalize_hash(if_hash)
+        claim = (
+            self._claim(key, expected)
+            if create_only or expected is not None
+            else contextlib.nullcontext()
+        )
+        with claim:
+            if self.conditional_writes == "best-effort" and (create_only or expected):
+                # The store may ignore the condition: what it holds now is checked first.
+                current = self._current_etag(key)
+                if current != expected:
+                    raise PreconditionFailed(mismatch_message(key, self, expected, current))
+            return self._put_bytes(key, data, create_only, expected)
+
+    def _put_bytes(self, key: str, data: bytes, create_only: bool, expected: str | None) -> str:
+        """One PutObject of ``data`` with the condition, checked by the store alone."""
         conditions: dict[str, str] = {}
         if create_only:
             conditions["IfNoneMatch"] = "*"
         elif expected is not None:
             conditions["IfMatch"] = quoted_etag(expected)
         md5 = hashlib.md5(data)
-        claim = self._claim(key, expected) if conditions else contextlib.nullcontext()
-        with claim:
-            try:
-                answer = self._put_small(
-                    key, data, base64.b64encode(md5.digest()).decode(), {}, conditions
-                )
-            except NotFound as exc:
-                if expected is None:
-                    raise
-                raise PreconditionFailed(mismatch_message(key, self, expected, None)) from exc
+        try:
+            answer = self._put_small(
+                key, data, base64.b64encode(md5.digest()).decode(), {}, conditions
+            )
+        except NotFound as exc:
+            if expected is None:
+                raise
+            raise PreconditionFailed(mismatch_message(key, self, expected, None)) from exc
         etag = clean_etag(answer.get("ETag", ""))
         if etag and etag != md5.hexdigest():
             raise IntegrityError(
@@ -156,9 +217,11 @@ class S3Conditional(S3Writing):
 
         Raises:
             PreconditionFailed: The object has another ETag.
+            ConditionsNotEnforced: The store ignores conditions (found out once, remembered).
             NotFound: No object has this key.
         """
         expected = normalize_hash(hash)
+        self._require_conditions(key)
         current = clean_etag(self._head(key)["ETag"])
         if current != expected:
             raise PreconditionFailed(mismatch_message(key, self, expected, current))

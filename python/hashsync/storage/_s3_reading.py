@@ -124,7 +124,7 @@ class S3Reading(S3Base):
                         ObjectInfo(
                             key[len(self.prefix) :],
                             int(item["Size"]),
-                            item["LastModified"].astimezone(datetime.UTC),
+                            _s3list.whole_seconds(item["LastModified"]),
                             clean_etag(item["ETag"]) if item.get("ETag") else None,
                         )
                     )
@@ -421,7 +421,20 @@ class S3Reading(S3Base):
                 kwargs["Range"] = f"bytes={offset}-{end - 1}"
             response = self._call("GET", key, self.client.get_object, **kwargs)
             body = response["Body"]
+            got = clean_etag(response.get("ETag") or "")
+            if got and got != etag:
+                # The store ignored If-Match (rclone does): these bytes are another version.
+                body.close()
+                raise PreconditionFailed(
+                    f"{key!r} in {self!r} changed during the download (ETag {got}, not {etag})"
+                )
+            skip = self._range_skip(key, response, offset, "Range" in kwargs)
             try:
+                while skip:
+                    skipped = body.read(min(READ_CHUNK, skip))
+                    if not skipped:
+                        break
+                    skip -= len(skipped)
                 while offset < end:
                     chunk = body.read(min(READ_CHUNK, end - offset))
                     if not chunk:
@@ -449,6 +462,25 @@ class S3Reading(S3Base):
                     raise StorageUnavailable(
                         errno.EIO, f"GET {self!r} {key!r}: body ended at byte {offset} of {size}"
                     )
+
+    def _range_skip(self, key: str, response: dict[str, Any], offset: int, ranged: bool) -> int:
+        """How many bytes of a ranged GET's body come before ``offset``.
+
+        Judged by Content-Range, never by the status alone: a store may answer 200 with the
+        range asked for (rclone), or ignore Range and send the whole object (then the bytes
+        before ``offset`` are read past).
+        """
+        if not ranged:
+            return 0
+        span = response.get("ContentRange")
+        if span is None:
+            return offset  # the whole object, from byte 0
+        first = span.strip().partition(" ")[2].partition("-")[0]
+        if not first.isdigit() or int(first) > offset:
+            raise IntegrityError(
+                f"GET {key!r} from {self!r}: asked for bytes from {offset}, got {span!r}"
+            )
+        return offset - int(first)
 
     def _verify_download(
         self, key: str, head: dict[str, Any], tmp: Path, *, body: bytes | None = None

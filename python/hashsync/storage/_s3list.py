@@ -33,6 +33,30 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _PARALLEL = 8
 
 
+def whole_seconds(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` in UTC without its fraction of a second.
+
+    A listing may give milliseconds (rclone does; AWS always lists ``.000``) while HEAD's
+    Last-Modified is an HTTP date in whole seconds, and a download takes its mtime from
+    the latter: both must name the same instant, or a size-and-mtime comparison sees every
+    downloaded file as older than the object.
+    """
+    return moment.astimezone(datetime.UTC).replace(microsecond=0)
+
+
+def content_range_total(value: str, start: int) -> str:
+    """The total size in ``Content-Range: bytes START-END/TOTAL``, if the span starts at ``start``.
+
+    Returns "" (no usable size) when the header is malformed or the span starts elsewhere.
+    """
+    unit, _, rest = value.strip().partition(" ")
+    span, _, total = rest.partition("/")
+    first = span.partition("-")[0]
+    if unit.lower() != "bytes" or not first.isdigit() or int(first) != start:
+        return ""
+    return total if total.isdigit() else ""
+
+
 class FallBack(Exception):
     """The fast path cannot answer; use boto3."""
 
@@ -188,10 +212,13 @@ class RawClient:
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
         conn, response = self._send("GET", url, {"Range": f"bytes=0-{limit - 1}"})
         answer = {k.lower(): v for k, v in response.getheaders()}
-        if response.status == 206:
-            total = answer.get("content-range", "").rpartition("/")[2]
+        span = answer.get("content-range")
+        if response.status in (200, 206) and span is not None:
+            # Judged by Content-Range, never by status alone: rclone answers a ranged GET
+            # with 200 and the part asked for.
+            total = content_range_total(span, 0)
         elif response.status == 200:
-            total = answer.get("content-length", "")
+            total = answer.get("content-length", "")  # Range ignored: the whole object
         else:
             self._read(conn, response)
             if response.status == 416:
@@ -286,9 +313,7 @@ class RawClient:
                     raise FallBack("incomplete Contents element")
                 if not key.startswith(prefix):
                     raise outside_prefix(key, prefix)
-                out.append(
-                    ObjectInfo(key[root_len:], size, modified.astimezone(datetime.UTC), etag)
-                )
+                out.append(ObjectInfo(key[root_len:], size, whole_seconds(modified), etag))
             for cp in root.iter(_NS + "CommonPrefixes"):
                 p = cp.findtext(_NS + "Prefix")
                 if p:

@@ -545,14 +545,25 @@ class ReadWriteStorage(Storage):
     work: each says what it expects to find, and the store refuses the change otherwise.
     """
 
-    #: Whether the store can be opened with ``conditional_writes="claim"``: claim objects
-    #: that make create-only and if-match writes exclusive on a store that ignores
-    #: ``If-None-Match`` / ``If-Match`` (see :class:`~hashsync.storage.S3Storage`).
+    #: Whether the store takes a ``conditional_writes`` option: ``"claim"`` (claim objects
+    #: that make conditional writes exclusive where the store's own check is not atomic) or
+    #: ``"best-effort"`` (a HEAD check only, where the store ignores the conditions); see
+    #: :class:`~hashsync.storage.S3Storage`.
     claims_conditions: bool = False
 
     def can_copy_server_side(self, source: Storage) -> bool:
         """Whether :meth:`transfer_from` copies from ``source`` without moving the data here."""
         return False
+
+    def conditions_enforced(self) -> bool:
+        """Whether create-only and if-hash writes are exclusive here (see :mod:`.conditions`).
+
+        True where hashsync keeps the conditions itself (local directories, under a lock);
+        remote stores find out once whether the store enforces them. Where it does not, the
+        conditional methods raise :class:`~hashsync.errors.ConditionsNotEnforced` rather
+        than overwrite silently.
+        """
+        return True
 
     @abc.abstractmethod
     def transfer_from(self, key: str, source: Storage) -> None:

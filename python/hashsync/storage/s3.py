@@ -27,8 +27,16 @@ How atomic that is depends on the store:
 * SeaweedFS (4.x) evaluates them on PutObject atomically, but on CompleteMultipartUpload it
   checks and then writes without a lock: two writers racing with the same expected ETag can
   both succeed. ``conditional_writes="claim"`` closes that window (below).
-* A store that ignores the headers altogether only has the HEAD check: a writer that changes
-  the object between that HEAD and the final request is overwritten silently.
+* moto's server (5.x) honours them everywhere except ``If-Match`` on
+  CompleteMultipartUpload, where only the HEAD check holds (``"claim"`` closes that too).
+* A store that ignores the headers altogether (``rclone serve s3``, 1.75) would overwrite
+  silently, and claims cannot help there (creating one is a create-only write). The first
+  conditional write on a store checks it once (:mod:`hashsync.storage.conditions`: two
+  create-only writes raced, a create-only and a wrong ``If-Match`` write of an existing key),
+  and create-only / if-hash writes on such a store raise
+  :class:`~hashsync.errors.ConditionsNotEnforced` (a :class:`~hashsync.errors.PreconditionFailed`)
+  naming the store, unless ``conditional_writes="best-effort"`` accepts the HEAD check
+  alone. ``copy_from_if_local_is_newer`` is best effort on every store.
 
 ``conditional_writes="claim"``: before a conditional write, the writer creates a claim object
 ``{prefix}.hashsync-claims/<sha256(key, expected etag)>`` with ``If-None-Match: *``. Only one
@@ -99,7 +107,12 @@ class S3Storage(S3Conditional):
         read_timeout: Seconds to wait for data on an open connection.
         conditional_writes: ``"native"`` relies on the store's If-Match / If-None-Match;
             ``"claim"`` adds a claim object so that even stores whose multipart completion
-            is not atomic (SeaweedFS) let exactly one writer win. See the module docs.
+            is not atomic (SeaweedFS) let exactly one writer win. In both modes the first
+            conditional write checks once that the store enforces the headers at all
+            (:mod:`hashsync.storage.conditions`); where it does not, create-only and if-hash
+            writes are refused with :class:`~hashsync.errors.ConditionsNotEnforced` instead
+            of silently overwriting. ``"best-effort"`` skips that check: the HEAD before the
+            write is then all that holds off another writer. See the module docs.
         claim_ttl: Seconds after which another writer's claim counts as abandoned.
         verify: Check downloads against the object's ETag (MD5-based ETags only; objects
             encrypted with SSE-KMS or SSE-C have ETags that are not content hashes). A

@@ -8,13 +8,14 @@ ETag has not changed for the holder's ``ttl`` (the longer of the holder's and it
 process that stopped, and is taken over with ``If-Match`` on that stale ETag, so of several
 waiters only one succeeds. No clock is compared across machines.
 
-Some S3-compatible stores accepted ``If-None-Match`` and ``If-Match`` and ignored them. Before
-the first lease on an endpoint, :func:`conditional_writes_honoured` races two create-only writes
-of one probe key and checks that exactly one wins (and that a wrong ``If-Match`` is refused); the
-answer is remembered per endpoint and bucket, in this process and on disk. Where the store
+Some S3-compatible stores accept ``If-None-Match`` and ``If-Match`` and ignore them. Before
+the first lease on an endpoint, :func:`conditional_writes_honoured` asks the storage, which
+finds out once per endpoint and bucket (:mod:`hashsync.storage.conditions`). Where the store
 ignores them, leases fall back to write-then-read-back (the last writer wins, and each writer
-checks after a pause whether it was last), the storage layer's claim mode is used for
-conditional writes, and a warning says that exclusivity is then best effort.
+checks after a pause whether it was last), the storage is opened with
+``conditional_writes="best-effort"`` (a HEAD check before each conditional write; claims would
+not help, creating one is itself a create-only write), and a warning says that exclusivity is
+then best effort.
 """
 
 from __future__ import annotations
@@ -27,137 +28,27 @@ import threading
 import time
 import uuid
 import warnings
-from pathlib import Path
 from typing import Any
 
-import hashsync
 from hashsync.errors import HashsyncError, HashsyncWarning, NotFound, PreconditionFailed
 from hashsync.storage.base import ReadWriteStorage, Storage
-from hashsync.treecache._manifest import LEASE_KEY, META_DIR
+from hashsync.treecache._manifest import LEASE_KEY
 
 # How long a fallback writer waits before reading its lease back: longer than the gap between
 # two racing writers' requests, which is what decides who wrote last.
 SETTLE_SECONDS = 1.0
-_REMEMBER_SECONDS = 30 * 24 * 3600
-
-_known: dict[str, bool] = {}
-_known_lock = threading.Lock()
-
-
-def _store_id(storage: Storage) -> str | None:
-    """The store behind ``storage`` (scheme, endpoint, bucket...); None for a local directory.
-
-    From :meth:`Storage.location`, so no client is built to learn it; conditions of a local
-    directory are kept by hashsync itself and need no memory.
-    """
-    where = storage.location()
-    if storage.is_local or where is None:
-        return None
-    # Without the kind ("s3"): "ENDPOINT|BUCKET", as earlier versions remembered stores.
-    return "|".join(where[0][1:])
-
-
-def _memory_file() -> Path:
-    return Path(hashsync.default_cache_dir()) / "treecache" / "conditional-writes.json"
-
-
-def _read_memory() -> dict[str, Any]:
-    try:
-        data = json.loads(_memory_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _remember(store: str, honoured: bool) -> None:
-    with _known_lock:
-        _known[store] = honoured
-        data = _read_memory()
-        data[store] = {"honoured": honoured, "checked": time.time()}
-        path = _memory_file()
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-
-
-def _recalled(store: str) -> bool | None:
-    with _known_lock:
-        if store in _known:
-            return _known[store]
-    entry = _read_memory().get(store)
-    if (
-        isinstance(entry, dict)
-        and isinstance(entry.get("honoured"), bool)
-        and isinstance(entry.get("checked"), int | float)
-        and time.time() - entry["checked"] < _REMEMBER_SECONDS
-    ):
-        with _known_lock:
-            _known[store] = entry["honoured"]
-        return bool(entry["honoured"])
-    return None
 
 
 def conditional_writes_honoured(storage: ReadWriteStorage) -> bool:
     """Whether ``storage``'s store really enforces ``If-None-Match: *`` and ``If-Match``.
 
-    Checked once per endpoint and bucket with a real race (two threads writing one new probe
-    key create-only at the same moment: exactly one may succeed), then a create-only write of
-    the existing key and an ``If-Match`` with a wrong ETag (both must be refused). Stores
-    whose conditions are evaluated locally (directories) are trusted without a probe.
+    The storage's own declared ability (:meth:`ReadWriteStorage.conditions_enforced`: a probe
+    once per endpoint and bucket, remembered, see :mod:`hashsync.storage.conditions`).
 
     Raises:
         HashsyncError: The probe could not write (no access, store down); nothing is remembered.
     """
-    store = _store_id(storage)
-    if store is None:
-        return True
-    recalled = _recalled(store)
-    if recalled is not None:
-        return recalled
-    probe = f"{META_DIR}/probe-{uuid.uuid4().hex}"
-    barrier = threading.Barrier(2)
-    wins: list[bool] = [False, False]
-    failures: list[BaseException] = []
-
-    def racer(i: int) -> None:
-        body = f"{i} {uuid.uuid4().hex}".encode()
-        try:
-            barrier.wait(timeout=30)
-            storage.write_bytes(probe, body, create_only=True)
-            wins[i] = True
-        except PreconditionFailed:
-            pass
-        except BaseException as e:  # noqa: BLE001 - reported below, on the calling thread
-            failures.append(e)
-
-    threads = [threading.Thread(target=racer, args=(i,), daemon=True) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        if failures:
-            raise failures[0]
-        honoured = sum(wins) == 1
-        if honoured:
-            try:
-                storage.write_bytes(probe, b"again", create_only=True)
-                honoured = False
-            except PreconditionFailed:
-                pass
-        if honoured:
-            try:
-                storage.write_bytes(probe, b"wrong", if_hash="0" * 32)
-                honoured = False
-            except PreconditionFailed:
-                pass
-    finally:
-        with contextlib.suppress(HashsyncError, OSError):
-            storage.delete(probe)
-    _remember(store, honoured)
-    return honoured
+    return storage.conditions_enforced()
 
 
 class Lease:

@@ -87,15 +87,16 @@ class RemoteSide:
             self._native_conditions = conditional_writes_honoured(writable)
             if not self._native_conditions:
                 if writable.claims_conditions:
-                    claiming = open_storage(
-                        self.remote_url, **{**self._options, "conditional_writes": "claim"}
+                    best_effort = open_storage(
+                        self.remote_url, **{**self._options, "conditional_writes": "best-effort"}
                     )
-                    writable = self._writable(claiming)
+                    writable = self._writable(best_effort)
                 warnings.warn(
                     f"the store behind {self.remote_url} ignores conditional writes "
-                    "(If-None-Match / If-Match); TreeCache falls back to claim objects and "
-                    "read-back leases, so two machines building at the same moment may both "
-                    "build (the copy stays consistent: its manifest is checked on every read)",
+                    "(If-None-Match / If-Match); TreeCache falls back to a HEAD check before "
+                    "each conditional write and read-back leases, so two machines building at "
+                    "the same moment may both build (the copy stays consistent: its manifest "
+                    "is checked on every read)",
                     HashsyncWarning,
                     stacklevel=4,
                 )
