@@ -59,6 +59,7 @@ bench-segments: build ## Dask overhead (local:2 vs one process) and peak memory 
 	$(PY) benches/segments_bench.py --files 20000 --rounds 2
 
 bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
+	cargo build --release --quiet --manifest-path benches/delay-proxy/Cargo.toml --target-dir benches/delay-proxy/target
 	$(VENV)/bin/hashsync bench
 
 lint: build ## ruff, mypy on the package, the stubs checked against the extension (stubtest), clippy
@@ -73,4 +74,4 @@ fmt: venv ## Format Python and Rust
 	cargo fmt
 
 clean: ## Remove build products and the virtualenv
-	rm -rf target $(VENV) .pytest_cache .hypothesis benches/results/*.json
+	rm -rf target benches/delay-proxy/target $(VENV) .pytest_cache .hypothesis benches/results/*.json
