@@ -124,25 +124,36 @@ impl PartRule {
         })
     }
 
+    /// The part size an object of `size` bytes is uploaded with: the rule's part size,
+    /// doubled until the object fits in S3's 10,000 parts (what s3transfer and so aws-cli do,
+    /// so a 100 GiB file gets 16 MiB parts and the ETag both tools predict is the same).
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        let mut part = self.part_size;
+        while size.div_ceil(part) > MAX_PARTS {
+            part = part.saturating_mul(2);
+        }
+        part
+    }
+
     /// Number of parts an object of `size` bytes is uploaded in; 0 means a single PUT
     /// (plain MD5 ETag). An empty object is always a single PUT.
     pub fn parts(&self, size: u64) -> u64 {
         if size == 0 || size < self.threshold {
             0
         } else {
-            size.div_ceil(self.part_size)
+            size.div_ceil(self.part_size_for(size))
         }
     }
 
-    /// Like [`PartRule::parts`], but fails when S3 would refuse the upload (over 10,000 parts).
+    /// Like [`PartRule::parts`], but fails when S3 would refuse the upload: parts would have
+    /// to be larger than 5 GiB (an object of more than about 48 TiB; S3 itself stops at 5 TiB).
     pub fn checked_parts(&self, size: u64) -> Result<u64> {
         let n = self.parts(size);
-        if n > MAX_PARTS {
+        let part = self.part_size_for(size);
+        if n > 0 && part > MAX_PART_SIZE {
             return Err(Error::InvalidPartSize(format!(
-                "a {size}-byte object needs {n} parts of {} bytes, but S3 allows at most \
-                 {MAX_PARTS} parts; use a part size of at least {} bytes",
-                self.part_size,
-                size.div_ceil(MAX_PARTS)
+                "a {size}-byte object would need parts of {part} bytes to fit in S3's \
+                 {MAX_PARTS} parts, above S3's maximum part size of 5 GiB"
             )));
         }
         Ok(n)
@@ -481,11 +492,26 @@ mod tests {
             .to_string()
             .contains("maximum"));
         let rule = PartRule::new(5 * MIB, None).unwrap();
-        let err = rule
-            .checked_parts(5 * MIB * 10_001)
+        assert_eq!(rule.checked_parts(5 * MIB * 10_000).unwrap(), 10_000);
+        let err = PartRule::new(5 * GIB, None)
+            .unwrap()
+            .checked_parts(5 * GIB * 10_001)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("10000 parts"), "{err}");
-        assert_eq!(rule.checked_parts(5 * MIB * 10_000).unwrap(), 10_000);
+        assert!(err.contains("10000 parts") && err.contains("5 GiB"), "{err}");
+    }
+
+    #[test]
+    fn part_size_doubles_past_ten_thousand_parts_as_s3transfer() {
+        // s3transfer's ChunksizeAdjuster: double until ceil(size / part) <= 10,000.
+        let rule = PartRule::new(8 * MIB, None).unwrap();
+        assert_eq!(rule.part_size_for(8 * MIB * 10_000), 8 * MIB);
+        assert_eq!(rule.part_size_for(8 * MIB * 10_000 + 1), 16 * MIB);
+        assert_eq!(rule.parts(8 * MIB * 10_000 + 1), 5_001);
+        assert_eq!(rule.part_size_for(100 * GIB), 16 * MIB);
+        assert_eq!(rule.part_size_for(400 * GIB), 64 * MIB);
+        assert_eq!(rule.checked_parts(400 * GIB).unwrap(), 6_400);
+        let five = PartRule::new(5 * MIB, None).unwrap();
+        assert_eq!(five.part_size_for(5 * MIB * 10_001), 10 * MIB);
     }
 }

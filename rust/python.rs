@@ -332,7 +332,6 @@ fn hash_files<'py>(
     Ok(out)
 }
 
-/// The S3 ETag a file gets when uploaded with `part_size` parts above `threshold`.
 /// The CRC of two pieces of data one after the other, from their CRCs and the second's length.
 #[pyfunction]
 #[pyo3(signature = (algorithm, first, second, second_len))]
@@ -347,6 +346,17 @@ fn crc_combine(
     crate::hash::crc_combine(alg, first, second, second_len).map_err(|e| to_pyerr(py, e))
 }
 
+/// The part size an object of `size` bytes is uploaded with: `part_size`, doubled until it
+/// fits in 10,000 parts (as s3transfer does).
+#[pyfunction]
+#[pyo3(signature = (size, *, part_size=DEFAULT_PART_SIZE))]
+fn upload_part_size(py: Python<'_>, size: u64, part_size: u64) -> PyResult<u64> {
+    let rule = rule(part_size, None).map_err(|e| to_pyerr(py, e))?;
+    rule.checked_parts(size).map_err(|e| to_pyerr(py, e))?;
+    Ok(rule.part_size_for(size))
+}
+
+/// The S3 ETag a file gets when uploaded with `part_size` parts above `threshold`.
 #[pyfunction]
 #[pyo3(signature = (path, *, part_size=DEFAULT_PART_SIZE, threshold=None, threads=None, progress=None))]
 fn etag(
@@ -987,6 +997,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_file, m)?)?;
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(etag, m)?)?;
+    m.add_function(wrap_pyfunction!(upload_part_size, m)?)?;
     m.add_function(wrap_pyfunction!(crc_combine, m)?)?;
     m.add_function(wrap_pyfunction!(etag_matches, m)?)?;
     m.add_function(wrap_pyfunction!(match_etag, m)?)?;

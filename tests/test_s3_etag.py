@@ -40,3 +40,21 @@ def test_etag_equals_server_etag(s3_server, bucket, tmp_path, blob, part, size):
         data[size // 2] ^= 0x01
         path.write_bytes(bytes(data))
         assert not hashsync.etag_matches(path, server_etag)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 8 * MIB * 10_000, 8 * MIB * 10_000 + 1, 100 * 1024**3, 400 * 1024**3, 5 * 1024**4],
+)
+def test_part_size_past_ten_thousand_parts_is_s3transfers(size):
+    # What aws s3 cp / boto3 upload_file do (the reference: s3transfer's own adjuster), so a
+    # file over 78 GiB uploads instead of being refused, and its ETag is predicted alike.
+    from s3transfer.utils import ChunksizeAdjuster
+
+    expected = ChunksizeAdjuster().adjust_chunksize(8 * MIB, size)
+    assert hashsync._native.upload_part_size(size, part_size=8 * MIB) == expected
+
+
+def test_a_part_size_above_five_gib_is_refused():
+    with pytest.raises(hashsync.errors.InvalidPartSize, match="5 GiB"):
+        hashsync._native.upload_part_size(5 * 1024**3 * 10_001, part_size=5 * 1024**3)

@@ -27,6 +27,7 @@ __all__ = [
     "is_internal_name",
     "diff",
     "tree_hash",
+    "upload_part_size",
     "default_cache_dir",
 ]
 
@@ -164,6 +165,18 @@ def crc_combine(algorithm: str, first: str, second: str, second_len: int) -> str
     Raises:
         UnknownAlgorithm: Not an algorithm name.
         InvalidArgument: Not a CRC (crc32, crc32c, crc64nvme), or a digest that is not hex.
+    """
+
+def upload_part_size(size: int, *, part_size: int = ...) -> int:
+    """The part size an object of ``size`` bytes is uploaded with.
+
+    ``part_size``, doubled until the object fits in S3's 10,000 parts, as s3transfer (and so
+    ``aws s3``) does: a 100 GiB file gets 16 MiB parts with the default 8 MiB. :func:`etag`
+    predicts ETags with the same rule.
+
+    Raises:
+        InvalidPartSize: ``part_size`` is outside S3's limits, or the object would need parts
+            above 5 GiB.
     """
 
 def etag(

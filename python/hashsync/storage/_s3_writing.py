@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hashsync
-from hashsync._native import crc_combine
+from hashsync._native import crc_combine, upload_part_size
 from hashsync._redact import redact
 from hashsync._threads import run_on_threads
 from hashsync.atomic import same_version, settled_fstat
@@ -36,7 +36,6 @@ from hashsync.storage._s3_base import (
     DELETE_BATCH,
     DELETE_PARALLEL,
     MAX_COPY_OBJECT,
-    MAX_PARTS,
     PART_SIZE_METADATA,
     PROC_FD,
     ChecksumRefused,
@@ -134,13 +133,16 @@ class S3Writing(S3Reading):
                     )
                 except FileChanged:
                     raise changed_error(path, key) from None
+                # Past 10,000 parts the part size doubles (as s3transfer's); say which.
+                part = upload_part_size(size, part_size=self.part_size)
+                metadata[PART_SIZE_METADATA] = str(part)
                 identity = {
                     "dev": before.st_dev,
                     "ino": before.st_ino,
                     "size": size,
                     "mtime_ns": before.st_mtime_ns,
                     "ctime_ns": before.st_ctime_ns,
-                    "part_size": self.part_size,
+                    "part_size": part,
                     "crc64nvme": metadata[CRC64_METADATA],
                 }
                 response, expected = self._upload_multipart(
@@ -310,12 +312,10 @@ class S3Writing(S3Reading):
         before_complete: Callable[[], None] | None = None,
         identity: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], str]:
-        count = -(-size // self.part_size)
-        if count > MAX_PARTS:
-            raise InvalidArgument(
-                f"{key!r} needs {count} parts of {self.part_size} bytes; S3 allows "
-                f"{MAX_PARTS}: use a part_size of at least {-(-size // MAX_PARTS)}"
-            )
+        # The storage's part size, doubled past 10,000 parts as s3transfer does (what
+        # hashsync.etag predicts for the file too).
+        part = upload_part_size(size, part_size=self.part_size)
+        count = -(-size // part)
         full = self._full(key)
         digests: list[bytes] = [b""] * count
         crcs: list[str] = [""] * count
@@ -325,7 +325,7 @@ class S3Writing(S3Reading):
             # writer that timestamps cannot reveal (a shared mmap) would otherwise be stored torn.
             whole = crcs[0]
             for number in range(2, count + 1):
-                length = min(self.part_size, size - (number - 1) * self.part_size)
+                length = min(part, size - (number - 1) * part)
                 whole = crc_combine("crc64nvme", whole, crcs[number - 1], length)
             if whole != metadata.get(CRC64_METADATA, whole):
                 raise FileChanged(f"{key!r}: the file changed while it was uploaded")
@@ -339,8 +339,8 @@ class S3Writing(S3Reading):
                 return send_part(upload_id, number, held)
 
         def send_part(upload_id: str, number: int, held: tuple[str, int] | None) -> dict[str, Any]:
-            offset = (number - 1) * self.part_size
-            length = min(self.part_size, size - offset)
+            offset = (number - 1) * part
+            length = min(part, size - offset)
             data = os.pread(fd, length, offset)
             if len(data) != length:
                 raise IntegrityError(f"{key!r}: file shrank during the upload")
@@ -353,7 +353,7 @@ class S3Writing(S3Reading):
                 if report is not None:
                     report(length)
                 return {"PartNumber": number, "ETag": quoted_etag(held[0]), **checksum}
-            part = self._call(
+            answer = self._call(
                 "UploadPart",
                 key,
                 self.client.upload_part,
@@ -367,7 +367,7 @@ class S3Writing(S3Reading):
             )
             if report is not None:
                 report(length)
-            return {"PartNumber": number, "ETag": part["ETag"], **checksum}
+            return {"PartNumber": number, "ETag": answer["ETag"], **checksum}
 
         native = self._native_checksums and CRC64_METADATA in metadata
         # A resumed upload must have been created the same way (with or without checksums).
@@ -441,11 +441,13 @@ class S3Writing(S3Reading):
             if report is not None:
                 report(size)
             return
-        count = -(-size // self.part_size)
+        piece = upload_part_size(size, part_size=self.part_size)
+        metadata[PART_SIZE_METADATA] = str(piece)
+        count = -(-size // piece)
 
         def send(upload_id: str, number: int, _held: object) -> dict[str, Any]:
-            start = (number - 1) * self.part_size
-            end = min(start + self.part_size, size) - 1
+            start = (number - 1) * piece
+            end = min(start + piece, size) - 1
             part = self._call(
                 "UploadPartCopy",
                 key,
