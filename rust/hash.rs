@@ -498,7 +498,10 @@ mod tests {
             .checked_parts(5 * GIB * 10_001)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("10000 parts") && err.contains("5 GiB"), "{err}");
+        assert!(
+            err.contains("10000 parts") && err.contains("5 GiB"),
+            "{err}"
+        );
     }
 
     #[test]
