@@ -51,7 +51,7 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -480,6 +480,12 @@ def create_app(
         redirect_slashes=False,
     )
 
+    async def quiet_descriptor_exhaustion() -> None:
+        asyncio.get_running_loop().set_exception_handler(descriptor_exhaustion_handler())
+
+    # Runs in the server's loop before it listens.
+    app.router.on_startup.append(quiet_descriptor_exhaustion)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404 and exc.detail == "Not Found":
@@ -789,6 +795,42 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 4096
     return max(16, min(4096, (soft - 64) // 3))
+
+
+def descriptor_exhaustion_handler(
+    every: float = 10.0,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """A loop exception handler: ``accept`` out of descriptors is a warning line, not a traceback.
+
+    At most one line per ``every`` seconds. A burst of new connections is accepted in one
+    batch before any of them is handled, so closing idle connections past
+    ``max_connections`` cannot keep up with a flood larger than the descriptors left:
+    ``accept`` then fails with EMFILE and asyncio waits a second before accepting again. That
+    is the right answer to a flood, and the server stays up, but asyncio's default handler
+    logs a traceback per failure, which reads like a crash. Anything else goes to the loop's
+    default handler.
+    """
+    last = [-every]
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if (
+            isinstance(exc, OSError)
+            and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+            and "accept" in str(context.get("message", ""))
+        ):
+            now = loop.time()
+            if now - last[0] >= every:
+                last[0] = now
+                log.warning(
+                    "out of descriptors accepting connections (%s): new connections wait; "
+                    "raise the limit (ulimit -n) or lower --max-connections",
+                    os.strerror(exc.errno),
+                )
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 def raise_descriptor_limit() -> int:
