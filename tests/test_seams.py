@@ -237,3 +237,23 @@ def test_a_read_only_filesystem_is_no_remote_for_a_synchronized_cache(tmp_path):
     # It defines copy_from only to refuse it: a probe for the method let it through.
     with pytest.raises(InvalidArgument, match="read-only"):
         SynchronizedRemoteAndLocalCache(ReadOnlyFilesystemStorage(tmp_path / "ro"), tmp_path / "c")
+
+
+def test_no_finalizer_does_io_in_the_transfer_path():
+    # A __del__ that closes sockets deadlocked a Dask worker (CI): Dask's profiler calls
+    # sys._current_frames(), which on CPython 3.11 holds the runtime's thread-list lock while it
+    # allocates; the collection that allocation started ran _Connections.__del__, whose socket
+    # close released the GIL, and a thread being started took the GIL and waited for the lock.
+    # Pooled connections are closed by close() or by the sockets' own finalizers (which keep
+    # the GIL). AtomicFile's __del__ only discards a file dropped without close().
+    import ast
+
+    allowed = {("atomic.py", "AtomicFile")}
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(f, ast.FunctionDef) and f.name == "__del__" for f in node.body
+            ):
+                found.add((str(path.relative_to(PACKAGE)), node.name))
+    assert found <= allowed

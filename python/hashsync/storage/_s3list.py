@@ -129,10 +129,6 @@ class _Connections:
         for _, conn in idle:
             conn.close()
 
-    def __del__(self) -> None:
-        if getattr(self, "_idle", None):
-            self.close()
-
     def done(
         self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, reuse: bool
     ) -> None:
