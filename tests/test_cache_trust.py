@@ -451,6 +451,66 @@ def test_two_users_share_one_cache_at_once(world):
 
 
 @needs_root
+@pytest.mark.parametrize("name", ["index.db-wal", "index.db-shm"])
+def test_a_member_opening_the_index_while_another_creates_its_wal_waits(world, name):
+    # SQLite creates -wal and -shm with open(O_CREAT) under the umask, then fchmods them to the
+    # database's mode: between the two another member can only open them read-only, and its
+    # connection's writes then fail ("attempt to write a readonly database"). Held open here.
+    root = world / "shared"
+    LocalCache(root, shared=True).close()
+    made = root / ".hashsync-cache" / name
+    made.touch(mode=0o644)
+    os.chmod(made, 0o644)
+    timer = threading.Timer(0.5, os.chmod, (made, 0o664))
+    timer.start()
+    try:
+        r = _as_nobody(
+            """
+            import os, sys
+            from hashsync.cache import LocalCache
+            root, home = sys.argv[1:]
+            src = os.path.join(home, "f")
+            with open(src, "wb") as f:
+                f.write(b"nobody's file")
+            cache = LocalCache(root, shared=True)
+            cache.put("k", src)
+            print(cache.get("k").read_bytes().decode())
+            """,
+            root, _NOBODY_HOME, gid=0,
+        )  # fmt: skip
+    finally:
+        timer.join()
+    assert r.returncode == 0 and r.stdout.strip() == "nobody's file", r.stderr
+
+
+@needs_root
+def test_an_index_a_member_can_never_write_is_one_clear_error(world):
+    root = world / "shared"
+    LocalCache(root, shared=True).close()
+    wal = root / ".hashsync-cache" / "index.db-wal"
+    wal.touch(mode=0o644)
+    os.chmod(wal, 0o644)
+    r = _as_nobody(
+        """
+        import os, sys
+        from hashsync import errors
+        from hashsync.cache import LocalCache
+        root, home = sys.argv[1:]
+        src = os.path.join(home, "f")
+        with open(src, "wb") as f:
+            f.write(b"x")
+        try:
+            LocalCache(root, shared=True).put("k", src)
+        except errors.PermissionDenied as exc:
+            print("refused:", exc)
+        """,
+        root, _NOBODY_HOME, gid=0,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("refused:") and "index.db-wal" in r.stdout, r.stdout
+
+
+@needs_root
 def test_a_content_copy_another_member_planted_is_never_linked_to(world):
     root = world / "shared"
     LocalCache(root, shared=True).close()

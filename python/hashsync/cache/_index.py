@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hashsync.atomic import HOST, pid_alive, temporary_path
-from hashsync.cache._tree import META_DIR, Tree, fd_path, valid_digest, valid_key
+from hashsync.cache._tree import META_DIR, Tree, fd_path, owner_of, valid_digest, valid_key
 from hashsync.errors import (
     FileSystemError,
     HashsyncError,
@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NUL
 
 _COUNTERS = ("bytes", "hits", "misses", "evictions")
 _OPEN_TIMEOUT = 120.0  # seconds to wait for other processes opening or writing the index
+_READONLY_WAIT = 2.0  # seconds an index file may stay unwritable while another member makes it
 
 
 @dataclass(frozen=True)
@@ -331,16 +332,35 @@ class Index:
     def _open_when_free(self) -> sqlite3.Connection:
         # Switching a new database to WAL takes a lock that SQLite's busy handler does not
         # wait for: processes opening a fresh cache together get "database is locked" at once.
-        deadline = time.monotonic() + _OPEN_TIMEOUT
+        start = time.monotonic()
         delay = 0.005
         while True:
             try:
                 return self._open()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                waited = time.monotonic() - start
+                if "readonly" in str(exc):
+                    # SQLite creates -wal and -shm under the umask and fchmods them to the
+                    # database's mode just after: another member opening them in between
+                    # gets them read-only, for the life of its connection. That lasts two
+                    # system calls; anything longer is a file this user may not write.
+                    if not self.shared or waited > _READONLY_WAIT:
+                        raise self._unwritable(exc) from None
+                elif "locked" not in str(exc) or waited > _OPEN_TIMEOUT:
                     raise
             time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             delay = min(delay * 2, 0.25)
+
+    def _unwritable(self, exc: sqlite3.Error) -> PermissionDenied:
+        names = [n for n in _INDEX_FILES if (self.meta / n).exists()]
+        stuck = [n for n in names if not os.access(self.meta / n, os.W_OK)] or names
+        files = ", ".join(str(self.meta / n) for n in stuck)
+        return PermissionDenied(
+            errno.EACCES,
+            f"cannot write the cache index ({exc}): {files} not writable by "
+            f"{owner_of(os.geteuid())}; in a shared cache every member of the group must be "
+            "able to write them (chmod g+w)",
+        )
 
     def _open(self) -> sqlite3.Connection:
         self._check_index_files()
