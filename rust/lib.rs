@@ -12,11 +12,14 @@ pub mod filter;
 pub mod hash;
 pub mod listing;
 pub mod md5x;
+pub mod s3;
 pub mod scan;
 pub mod state;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_s3;
 
 pub use error::{Error, Result};
 pub use hash::{Algorithm, Hasher, PartRule};

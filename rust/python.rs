@@ -1001,6 +1001,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crc_combine, m)?)?;
     m.add_function(wrap_pyfunction!(etag_matches, m)?)?;
     m.add_function(wrap_pyfunction!(match_etag, m)?)?;
+    m.add_class::<crate::python_s3::PyS3Transport>()?;
+    m.add_function(wrap_pyfunction!(crate::python_s3::sigv4_sign, m)?)?;
     m.add_class::<PyHasher>()?;
     m.add_class::<PyFileEntry>()?;
     m.add_class::<PyListing>()?;

@@ -1,4 +1,5 @@
-"""hashsync's own SigV4 signer and the settings that let S3 commands start without botocore.
+"""hashsync's own SigV4 signer (Rust), its transport, and the settings that let S3 commands
+start without botocore.
 
 The signer is compared byte for byte with botocore's ``S3SigV4Auth`` on generated requests;
 the lean path is then used for real against SeaweedFS (the S3 contract suite runs through it).
@@ -7,6 +8,7 @@ the lean path is then used for real against SeaweedFS (the S3 contract suite run
 from __future__ import annotations
 
 import datetime
+import hashlib
 import http.server
 import json
 import os
@@ -19,15 +21,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hashsync.storage import _s3list, _sigv4
+from hashsync import _native
+from hashsync.storage import _s3_settings, _s3list
 from hashsync.storage.s3 import S3Storage
 
 NOW = datetime.datetime(2026, 12, 5, 6, 30, 15, tzinfo=datetime.UTC)
-CREDS = _sigv4.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+CREDS = _s3_settings.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
 
 key_text = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40
 )
+
+
+def sign(method, url, headers, body, creds, region, *, now):
+    """The Rust signer, called as the old Python one was."""
+    payload = hashlib.sha256(body or b"").hexdigest()
+    signed = _native.sigv4_sign(
+        method, url, list(headers.items()), payload, now.strftime("%Y%m%dT%H%M%SZ"),
+        tuple(creds), region,
+    )  # fmt: skip
+    return dict(signed)
 
 
 def botocore_headers(method, url, headers, body, creds, region, monkeypatch):
@@ -65,8 +78,8 @@ def test_signature_equals_botocores(
     path = "/bucket/" + urllib.parse.quote(key, safe="/~")
     q = urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
     url = f"{scheme}://{host}{path}" + (f"?{q}" if q else "")
-    creds = _sigv4.Credentials(CREDS.access_key, CREDS.secret_key, token)
-    ours = _sigv4.sign(method, url, extra, body, creds, region, now=NOW)
+    creds = _s3_settings.Credentials(CREDS.access_key, CREDS.secret_key, token)
+    ours = sign(method, url, extra, body, creds, region, now=NOW)
     theirs = botocore_headers(method, url, extra, body, creds, region, monkeypatch_session)
     assert ours == theirs
 
@@ -82,8 +95,10 @@ def test_aws_published_example_signature():
     headers = {"Range": "bytes=0-9"}
     url = "https://examplebucket.s3.amazonaws.com/test.txt"
     when = datetime.datetime(2013, 5, 24, tzinfo=datetime.UTC)
-    creds = _sigv4.Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-    signed = _sigv4.sign("GET", url, headers, None, creds, "us-east-1", now=when)
+    creds = _s3_settings.Credentials(
+        "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    )
+    signed = sign("GET", url, headers, None, creds, "us-east-1", now=when)
     assert signed["Authorization"].endswith(
         "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
     )
@@ -137,20 +152,20 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def static(**kw):
-    return _sigv4.static_settings(**{**NONE_SET, **kw})
+    return _s3_settings.static_settings(**{**NONE_SET, **kw})
 
 
 def test_environment_alone_decides(clean_env):
     got = static()
-    assert got == _sigv4.StaticSettings(
-        "http://127.0.0.1:9", "us-east-1", _sigv4.Credentials("ak", "sk", None), None
+    assert got == _s3_settings.StaticSettings(
+        "http://127.0.0.1:9", "us-east-1", _s3_settings.Credentials("ak", "sk", None), None
     )
     clean_env.setenv("AWS_ENDPOINT_URL_S3", "http://store:8333")
     clean_env.setenv("AWS_SESSION_TOKEN", "tok")
     clean_env.setenv("AWS_DEFAULT_REGION", "eu-west-3")
     clean_env.setenv("AWS_CA_BUNDLE", "/etc/ca.pem")
-    assert static() == _sigv4.StaticSettings(
-        "http://store:8333", "eu-west-3", _sigv4.Credentials("ak", "sk", "tok"), "/etc/ca.pem"
+    assert static() == _s3_settings.StaticSettings(
+        "http://store:8333", "eu-west-3", _s3_settings.Credentials("ak", "sk", "tok"), "/etc/ca.pem"
     )
     # Arguments win over the environment, as in botocore.
     got = static(
@@ -159,8 +174,8 @@ def test_environment_alone_decides(clean_env):
         aws_access_key_id="k2",
         aws_secret_access_key="s2",
     )
-    assert got == _sigv4.StaticSettings(
-        "https://other:1", "ap-south-1", _sigv4.Credentials("k2", "s2", None), "/etc/ca.pem"
+    assert got == _s3_settings.StaticSettings(
+        "https://other:1", "ap-south-1", _s3_settings.Credentials("k2", "s2", None), "/etc/ca.pem"
     )
     assert static(anonymous=True).credentials is None
 
@@ -296,11 +311,11 @@ def test_a_connection_the_server_closed_is_replaced():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OneRequestPerConnection)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        pool = _s3list._Connections(f"http://127.0.0.1:{server.server_port}", 5.0, None)
+        raw = _s3list.RawClient(
+            f"http://127.0.0.1:{server.server_port}", "us-east-1", None, "b", timeout=5.0
+        )
         for _ in range(3):
-            conn, response = pool.request("GET", "/", {})
-            assert response.read() == b"<x/>"
-            pool.done(conn, response, reuse=True)
+            assert raw._page_bytes("", None, None) == b"<x/>"
         assert _OneRequestPerConnection.connections == 3
     finally:
         server.shutdown()
@@ -308,6 +323,22 @@ def test_a_connection_the_server_closed_is_replaced():
 
 
 def test_a_server_that_is_down_falls_back():
-    pool = _s3list._Connections("http://127.0.0.1:9", 2.0, None)
-    with pytest.raises(_s3list.FallBack):
-        pool.request("GET", "/", {})
+    raw = _s3list.RawClient("http://127.0.0.1:9", "us-east-1", None, "b", timeout=2.0)
+    with pytest.raises(_s3list.FallBack, match="127.0.0.1:9"):
+        raw._page_bytes("", None, None)
+
+
+def test_the_transport_raises_builtin_errors_and_never_shows_the_query():
+    t = _native.S3Transport(timeout=2.0)
+    with pytest.raises(ConnectionRefusedError) as info:
+        t.request("GET", "http://127.0.0.1:9/b?X-Amz-Signature=secret", [])
+    assert "secret" not in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        _native.S3Transport(timeout=2.0, ca_bundle="/nonexistent/ca.pem")
+
+
+def test_a_ca_bundle_without_certificates_is_refused(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate\n")
+    with pytest.raises(OSError, match="no certificates"):
+        _native.S3Transport(timeout=2.0, ca_bundle=bundle)

@@ -226,6 +226,81 @@ def etag_matches(
     """
 
 @final
+class S3Transport:
+    """A keep-alive connection pool that signs (SigV4) and sends S3 requests.
+
+    Requests run without the interpreter lock. Redirects are not followed and proxies are not
+    used; every HTTP status is returned as an answer.
+
+    Args:
+        timeout: Seconds allowed to connect, and for each of sending and receiving an answer.
+        ca_bundle: A PEM file of certificates trusted for https instead of Mozilla's roots.
+        pool: Idle connections kept per host.
+
+    Raises:
+        OSError: The CA bundle cannot be read or holds no certificate.
+    """
+
+    def __init__(
+        self, *, timeout: float, ca_bundle: str | PathLike[str] | None = None, pool: int = 64
+    ) -> None: ...
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None = None,
+        *,
+        credentials: tuple[str, str, str | None] | None = None,
+        region: str = "us-east-1",
+        max_body: int = ...,
+    ) -> tuple[int, list[tuple[str, str]], bytes | None]:
+        """Send one request (signed if ``credentials`` are given) and read its answer.
+
+        Args:
+            method: The HTTP method.
+            url: The full URL, path and query percent-encoded as they are to be signed.
+            headers: Headers to send (and sign, except hop-by-hop ones).
+            body: The request body; its SHA-256 is signed.
+            credentials: ``(access_key, secret_key, session_token)``, or None for an
+                unsigned request.
+            region: The signing region.
+            max_body: A longer answer body is not read (its connection is closed).
+
+        Returns:
+            ``(status, headers, body)``: header names in lower case; body None when it was
+            longer than ``max_body``.
+
+        Raises:
+            ConnectionRefusedError: Nothing listens at the endpoint.
+            ConnectionResetError: The connection was dropped (after one retry on a new one).
+            TimeoutError: The server did not answer in time.
+            ValueError: The URL or a header is malformed.
+            OSError: Any other failure before a complete answer arrived (TLS included).
+        """
+
+def sigv4_sign(
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    payload_sha256: str,
+    when: str,
+    credentials: tuple[str, str, str | None],
+    region: str,
+) -> list[tuple[str, str]]:
+    """``headers`` plus the SigV4 headers of an S3 request, as :class:`S3Transport` signs it.
+
+    Args:
+        method: The HTTP method.
+        url: The full URL, path and query percent-encoded.
+        headers: The headers to sign (hop-by-hop ones are left unsigned).
+        payload_sha256: The body's hex SHA-256, or ``UNSIGNED-PAYLOAD``.
+        when: The signing time, ``YYYYMMDDTHHMMSSZ``.
+        credentials: ``(access_key, secret_key, session_token)``.
+        region: The signing region.
+    """
+
+@final
 class Hasher:
     """A streaming hasher, like ``hashlib``'s objects.
 

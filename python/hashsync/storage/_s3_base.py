@@ -27,7 +27,7 @@ from hashsync.errors import (
     StorageUnavailable,
     error_for_status,
 )
-from hashsync.storage import _s3list, _sigv4
+from hashsync.storage import _s3_settings, _s3list
 from hashsync.storage.base import (
     ReadWriteStorage,
     validate_key,
@@ -181,7 +181,7 @@ class S3Base(ReadWriteStorage):
         self.anonymous = anonymous
         self.read_timeout = read_timeout
         self._client_lock = threading.Lock()
-        self._static: _sigv4.StaticSettings | None = None
+        self._static: _s3_settings.StaticSettings | None = None
         if client is None:
             settings: dict[str, Any] = {
                 "endpoint_url": endpoint_url,
@@ -193,7 +193,7 @@ class S3Base(ReadWriteStorage):
                 "aws_session_token": aws_session_token,
                 "addressing_style": addressing_style,
             }
-            self._static = _sigv4.static_settings(**settings)
+            self._static = _s3_settings.static_settings(**settings)
             if self._static is None:
                 client = self._make_client(**settings, connect_timeout=connect_timeout)
             else:
@@ -283,11 +283,11 @@ class S3Base(ReadWriteStorage):
             # Known to be custom up front: saves building the client twice.
             probe = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
             probe = probe or os.environ.get("AWS_ENDPOINT_URL", "")
-            if not _sigv4.is_aws(probe):
+            if not _s3_settings.is_aws(probe):
                 addressing_style = "path"
         client = build(addressing_style)
         if addressing_style is None:
-            if not _sigv4.is_aws(client.meta.endpoint_url):
+            if not _s3_settings.is_aws(client.meta.endpoint_url):
                 # Virtual-hosted addressing needs wildcard DNS that custom stores lack.
                 client = build("path")
                 addressing_style = "path"
@@ -373,7 +373,9 @@ class S3Base(ReadWriteStorage):
         """The lean request path (:mod:`._s3list`) for path-style endpoints, else None."""
         if not self._path_style:
             return None
-        if self._static is None and (self._session is None or _sigv4.proxied(self.endpoint_url)):
+        if self._static is None and (
+            self._session is None or _s3_settings.proxied(self.endpoint_url)
+        ):
             return None
         if self._raw is None:
             with _loader_lock:
@@ -393,7 +395,7 @@ class S3Base(ReadWriteStorage):
             return self._static.region
         return self.client.meta.region_name or "us-east-1"
 
-    def _credential_source(self) -> Callable[[], _sigv4.Credentials | None] | None:
+    def _credential_source(self) -> Callable[[], _s3_settings.Credentials | None] | None:
         if self.anonymous:
             return None
         if self._static is not None:
@@ -403,10 +405,10 @@ class S3Base(ReadWriteStorage):
         if found is None:
             return None
 
-        def current() -> _sigv4.Credentials:
+        def current() -> _s3_settings.Credentials:
             # Asked per request: botocore refreshes expiring (assumed-role, SSO) credentials.
             frozen = found.get_frozen_credentials()
-            return _sigv4.Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+            return _s3_settings.Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
         return current
 

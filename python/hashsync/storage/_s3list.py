@@ -1,32 +1,32 @@
-"""Lean S3 requests for path-style endpoints: signed by :mod:`._sigv4`, sent with http.client.
+"""Lean S3 requests for path-style endpoints, signed and sent by the Rust transport.
 
 boto3 spends a few milliseconds of Python per request (its event system, serialisers and
 parsers) and ~100 us per listed object; with many small files that, not the network, bounds a
-sync. Two hot operations therefore have a lean path: ListObjectsV2 (parsed with ElementTree;
-the listing is split at the first "directory" level, one request with ``delimiter=/``, and the
-subtrees are listed in parallel) and the single-request PutObject of a small file. Anything
-unexpected raises :class:`FallBack`, and the caller repeats the operation through boto3, which
-maps errors to :mod:`hashsync.errors`.
+sync. The hot operations therefore go through :class:`hashsync._native.S3Transport` (SigV4,
+a keep-alive pool and the wire in Rust, without the interpreter lock): ListObjectsV2 (parsed
+with ElementTree; the listing is split at the first "directory" level, one request with
+``delimiter=/``, and the subtrees are listed in parallel), the GET of a small object and the
+single-request PutObject. Anything unexpected raises :class:`FallBack`, and the caller repeats
+the operation through boto3, which maps errors to :mod:`hashsync.errors`.
 """
 
 from __future__ import annotations
 
 import datetime
-import http.client
+import os
 import re
 import threading
-import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import Any
 
+from hashsync import _native
 from hashsync._threads import run_on_threads
 from hashsync.errors import IntegrityError
-from hashsync.storage._sigv4 import Credentials, sign
+from hashsync.storage._s3_settings import Credentials
 from hashsync.storage.base import ObjectInfo
 
-__all__ = ["FallBack", "RawClient", "list_objects"]
+__all__ = ["FallBack", "RawClient", "list_objects", "transport"]
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # Subtrees listed at once: enough to hide the server's per-page latency.
@@ -61,83 +61,32 @@ class FallBack(Exception):
     """The fast path cannot answer; use boto3."""
 
 
-class _Connections:
-    """Keep-alive HTTP connections to one endpoint, one borrowed per request (thread-safe).
+# One pool per (timeout, CA bundle), shared by every storage of the process.
+_transports: dict[tuple[float, str | None], _native.S3Transport] = {}
+_transports_lock = threading.Lock()
 
-    http.client rather than urllib3: it is already loaded for other reasons, costs nothing
-    extra at start-up, and spends less Python per request. A connection that sat idle may have
-    been closed by the server; a request that fails on such a reused connection before any
-    answer arrived is sent once more on a fresh one.
-    """
 
-    _IDLE_SECONDS = 4.0
+def _default_ca_file() -> str | None:
+    """The CA file OpenSSL (and so Python's ssl and botocore) trusts by default, if any."""
+    import ssl
 
-    def __init__(self, endpoint_url: str, timeout: float, ca_bundle: str | None) -> None:
-        parts = urllib.parse.urlsplit(endpoint_url)
-        self.https = parts.scheme.lower() == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port
-        self.timeout = timeout
-        self.ca_bundle = ca_bundle
-        self._idle: list[tuple[float, http.client.HTTPConnection]] = []
-        self._lock = threading.Lock()
-        self._context: Any = None
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
 
-    def _new(self) -> http.client.HTTPConnection:
-        if not self.https:
-            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        if self._context is None:
-            import ssl
 
-            self._context = ssl.create_default_context(cafile=self.ca_bundle)
-        return http.client.HTTPSConnection(
-            self.host, self.port, timeout=self.timeout, context=self._context
-        )
-
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
-        now = time.monotonic()
-        with self._lock:
-            while self._idle:
-                since, conn = self._idle.pop()
-                if now - since < self._IDLE_SECONDS:
-                    return conn, True
-                conn.close()
-        return self._new(), False
-
-    def request(
-        self, method: str, target: str, headers: dict[str, str], body: bytes | None = None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send a request; the caller reads the answer and then calls :meth:`done`."""
-        for attempt in (0, 1):
-            conn, reused = self._take()
-            try:
-                conn.request(method, target, body=body, headers=headers)
-                return conn, conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                if not reused or attempt:
-                    raise FallBack(str(exc)) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise FallBack(str(exc)) from exc
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        """Close the idle connections (borrowed ones close when returned)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for _, conn in idle:
-            conn.close()
-
-    def done(
-        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, reuse: bool
-    ) -> None:
-        """Return ``conn`` to the pool if its answer was read to the end, else close it."""
-        if reuse and response.isclosed() and not response.will_close:
-            with self._lock:
-                self._idle.append((time.monotonic(), conn))
-        else:
-            conn.close()
+def transport(endpoint_url: str, timeout: float, ca_bundle: str | None) -> _native.S3Transport:
+    """The shared Rust transport for requests to ``endpoint_url``."""
+    if ca_bundle is None and urllib.parse.urlsplit(endpoint_url).scheme.lower() == "https":
+        ca_bundle = _default_ca_file()
+    with _transports_lock:
+        found = _transports.get((timeout, ca_bundle))
+        if found is None:
+            found = _native.S3Transport(timeout=timeout, ca_bundle=ca_bundle)
+            _transports[(timeout, ca_bundle)] = found
+        return found
 
 
 class RawClient:
@@ -165,39 +114,42 @@ class RawClient:
         self.base = endpoint_url.rstrip("/") + "/" + urllib.parse.quote(bucket)
         self.region = region
         self.credentials = credentials
-        self.http = _Connections(endpoint_url, timeout, ca_bundle)
+        self.http = transport(endpoint_url, timeout, ca_bundle)
 
     def close(self) -> None:
-        """Close pooled connections."""
-        self.http.close()
+        """Nothing to release: the transport's pool is shared and closes idle connections."""
 
     def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        max_body: int = 1 << 62,
+    ) -> tuple[int, dict[str, str], bytes | None]:
+        """(status, lower-case headers, body or None if longer than ``max_body``)."""
         credentials = self.credentials() if self.credentials is not None else None
-        if credentials is not None:
-            headers = sign(method, url, headers, body, credentials, self.region)
-        parts = urllib.parse.urlsplit(url)
-        target = parts.path + ("?" + parts.query if parts.query else "")
-        return self.http.request(method, target, headers, body)
-
-    def _read(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> bytes:
         try:
-            body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.http.done(conn, response, reuse=False)
+            status, answer, data = self.http.request(
+                method,
+                url,
+                list(headers.items()),
+                body,
+                credentials=tuple(credentials) if credentials is not None else None,
+                region=self.region,
+                max_body=max_body,
+            )
+        except (OSError, ValueError) as exc:
             raise FallBack(str(exc)) from exc
-        self.http.done(conn, response, reuse=True)
-        return body
+        return status, dict(answer), data
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """PUT ``data`` at ``key``; returns the response headers, or raises FallBack."""
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
-        conn, response = self._send("PUT", url, headers, data)
-        self._read(conn, response)
-        if response.status != 200:
-            raise FallBack(f"HTTP {response.status}")
-        return {k.lower(): v for k, v in response.getheaders()}
+        status, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
+        if status != 200:
+            raise FallBack(f"HTTP {status}")
+        return answer
 
     def get_small(self, key: str, limit: int) -> tuple[dict[str, str], bytes] | None:
         """GET ``key`` if it is at most ``limit`` bytes: (headers, body), or None if larger.
@@ -206,27 +158,25 @@ class RawClient:
         A larger object's body is not read (the connection is dropped instead).
         """
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
-        conn, response = self._send("GET", url, {"Range": f"bytes=0-{limit - 1}"})
-        answer = {k.lower(): v for k, v in response.getheaders()}
+        status, answer, body = self._send(
+            "GET", url, {"Range": f"bytes=0-{limit - 1}"}, max_body=limit
+        )
         span = answer.get("content-range")
-        if response.status in (200, 206) and span is not None:
+        if status in (200, 206) and span is not None:
             # Judged by Content-Range, never by status alone: rclone answers a ranged GET
             # with 200 and the part asked for.
             total = content_range_total(span, 0)
-        elif response.status == 200:
+        elif status == 200:
             total = answer.get("content-length", "")  # Range ignored: the whole object
-        else:
-            self._read(conn, response)
-            if response.status == 416:
-                # An empty object has no byte 0 to range over.
-                return None
-            raise FallBack(f"HTTP {response.status}")
-        if not total.isdigit() or int(total) > limit:
-            self.http.done(conn, response, reuse=False)
-            if not total.isdigit():
-                raise FallBack("no object size in the answer")
+        elif status == 416:
+            # An empty object has no byte 0 to range over.
             return None
-        body = self._read(conn, response)
+        else:
+            raise FallBack(f"HTTP {status}")
+        if not total.isdigit():
+            raise FallBack("no object size in the answer")
+        if int(total) > limit or body is None:
+            return None
         if len(body) != int(total):
             raise FallBack("short body")
         answer["content-length"] = total
@@ -243,10 +193,9 @@ class RawClient:
         if max_keys:
             params["max-keys"] = str(max_keys)
         query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
-        conn, response = self._send("GET", f"{self.base}?{query}", {})
-        data = self._read(conn, response)
-        if response.status != 200:  # errors: boto3 retries and maps them
-            raise FallBack(f"HTTP {response.status}")
+        status, _, data = self._send("GET", f"{self.base}?{query}", {})
+        if status != 200 or data is None:  # errors: boto3 retries and maps them
+            raise FallBack(f"HTTP {status}")
         return data
 
     def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:

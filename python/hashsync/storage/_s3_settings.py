@@ -1,45 +1,20 @@
-"""AWS Signature Version 4 for S3 requests, and the settings that need no botocore.
+"""The S3 settings that need no botocore.
 
 Importing botocore and loading its S3 model costs about 0.25 s, more than a no-op sync of a
-small tree takes altogether. The lean request path (:mod:`._s3list`) therefore signs its own
-requests: header-based SigV4 exactly as botocore's ``S3SigV4Auth`` does it (the tests compare
-both signatures byte for byte). :func:`static_settings` says when endpoint, region and
+small tree takes altogether. :func:`static_settings` says when endpoint, region and
 credentials are fully known from arguments and environment variables, so that a storage can
-postpone building its botocore client until an operation needs it.
+postpone building its botocore client until an operation needs it; the requests themselves
+are signed and sent by the Rust transport (:mod:`._s3list`).
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import hmac
 import os
 import urllib.parse
 from typing import NamedTuple
 
-__all__ = ["Credentials", "StaticSettings", "is_aws", "proxied", "sign", "static_settings"]
+__all__ = ["Credentials", "StaticSettings", "is_aws", "proxied", "static_settings"]
 
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-# Headers botocore leaves unsigned (proxies and HTTP stacks may change them).
-_UNSIGNED = frozenset(
-    (
-        "authorization",
-        "baggage",
-        "connection",
-        "expect",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "traceparent",
-        "tracestate",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "user-agent",
-        "x-amzn-trace-id",
-    )
-)
 # Config-file settings that change nothing the lean path does (anything else in the
 # default profile, e.g. an endpoint, a CA bundle or an addressing style, leaves it to botocore).
 _HARMLESS_CONFIG = frozenset(("region", "output", "cli_pager", "cli_timestamp_format"))
@@ -62,88 +37,6 @@ class StaticSettings(NamedTuple):
     ca_bundle: str | None
 
 
-def _key(secret: str, date: str, region: str) -> bytes:
-    k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
-    for part in (region, "s3", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    return k
-
-
-def _canonical_query(query: str) -> str:
-    # The URL's query is already percent-encoded the way SigV4 wants (urlencode with quote);
-    # botocore sorts the raw pairs, and so does this.
-    if not query:
-        return ""
-    pairs = sorted(pair.partition("=")[::2] for pair in query.split("&"))
-    return "&".join(f"{k}={v}" for k, v in pairs)
-
-
-def sign(
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes | None,
-    credentials: Credentials,
-    region: str,
-    *,
-    now: datetime.datetime | None = None,
-) -> dict[str, str]:
-    """Return ``headers`` plus the SigV4 headers for an S3 request (header-based signing).
-
-    Args:
-        method: HTTP method.
-        url: The full request URL, path and query already percent-encoded.
-        headers: Headers to send; all of them except hop-by-hop ones are signed.
-        body: The request body, hashed into the signature (as botocore does for bodies
-            held in memory).
-        credentials: Who signs.
-        region: The signing region.
-        now: The signing time (UTC); the current time if None.
-    """
-    parts = urllib.parse.urlsplit(url)
-    when = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
-    out = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-amz-date")}
-    out["X-Amz-Date"] = when
-    if credentials.token:
-        out["X-Amz-Security-Token"] = credentials.token
-    out["X-Amz-Content-SHA256"] = payload
-    signed: dict[str, str] = {}
-    for name, value in out.items():
-        lname = name.lower()
-        if lname not in _UNSIGNED:
-            signed[lname] = " ".join(value.split())
-    if "host" not in signed:
-        default_port = {"http": 80, "https": 443}.get(parts.scheme)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        signed["host"] = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
-    names = sorted(signed)
-    canonical = "\n".join(
-        (
-            method.upper(),
-            parts.path or "/",
-            _canonical_query(parts.query),
-            "".join(f"{n}:{signed[n]}\n" for n in names),
-            ";".join(names),
-            payload,
-        )
-    )
-    scope = f"{when[:8]}/{region}/s3/aws4_request"
-    to_sign = "\n".join(
-        ("AWS4-HMAC-SHA256", when, scope, hashlib.sha256(canonical.encode()).hexdigest())
-    )
-    signature = hmac.new(
-        _key(credentials.secret_key, when[:8], region), to_sign.encode(), hashlib.sha256
-    ).hexdigest()
-    out["Authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
-        f"SignedHeaders={';'.join(names)}, Signature={signature}"
-    )
-    return out
-
-
 def _env(name: str) -> str | None:
     value = os.environ.get(name)
     return value if value else None
@@ -158,7 +51,7 @@ def is_aws(url: str) -> bool:
 def proxied(endpoint_url: str) -> bool:
     """Whether a proxy variable applies to ``endpoint_url``.
 
-    botocore honours proxy variables and the lean path (http.client) does not, so it steps aside.
+    botocore honours proxy variables and the Rust transport does not, so it steps aside.
     """
     parts = urllib.parse.urlsplit(endpoint_url)
     scheme = parts.scheme.lower()

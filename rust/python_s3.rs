@@ -1,0 +1,101 @@
+//! Bindings of the S3 transport ([`crate::s3`]): requests run with the interpreter lock released.
+
+use crate::s3::sigv4::{self, Credentials};
+use crate::s3::transport::{Request, Transport, TransportError};
+use pyo3::exceptions::{
+    PyConnectionAbortedError, PyConnectionRefusedError, PyConnectionResetError, PyOSError,
+    PyTimeoutError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+use std::io::ErrorKind;
+use std::path::PathBuf;
+
+/// Built-in exceptions for a request that got no answer, as Python's own sockets raise them.
+fn transport_err(e: TransportError) -> PyErr {
+    let msg = e.to_string();
+    match e.kind {
+        ErrorKind::ConnectionRefused => PyConnectionRefusedError::new_err(msg),
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => PyConnectionResetError::new_err(msg),
+        ErrorKind::ConnectionAborted => PyConnectionAbortedError::new_err(msg),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => PyTimeoutError::new_err(msg),
+        ErrorKind::InvalidInput => PyValueError::new_err(msg),
+        _ => PyOSError::new_err(msg),
+    }
+}
+
+type Answer<'py> = (u16, Vec<(String, String)>, Option<Bound<'py, PyBytes>>);
+
+/// A keep-alive connection pool that signs and sends S3 requests.
+#[pyclass(name = "S3Transport", module = "hashsync._native", frozen)]
+pub(crate) struct PyS3Transport {
+    inner: Transport,
+}
+
+#[pymethods]
+impl PyS3Transport {
+    #[new]
+    #[pyo3(signature = (*, timeout, ca_bundle = None, pool = 64))]
+    fn new(timeout: f64, ca_bundle: Option<PathBuf>, pool: usize) -> PyResult<Self> {
+        let inner = Transport::new(timeout, ca_bundle.as_deref(), pool)?;
+        Ok(PyS3Transport { inner })
+    }
+
+    #[pyo3(signature = (method, url, headers, body = None, *, credentials = None, region = "us-east-1", max_body = u64::MAX))]
+    #[allow(clippy::too_many_arguments)]
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Option<PyBackedBytes>,
+        credentials: Option<(String, String, Option<String>)>,
+        region: &str,
+        max_body: u64,
+    ) -> PyResult<Answer<'py>> {
+        let credentials = credentials.map(|(access_key, secret_key, token)| Credentials {
+            access_key,
+            secret_key,
+            token,
+        });
+        let body: &[u8] = body.as_deref().unwrap_or(b"");
+        let answer = py
+            .detach(|| {
+                self.inner.exchange(&Request {
+                    method,
+                    url,
+                    headers: &headers,
+                    body,
+                    credentials: credentials.as_ref(),
+                    region,
+                    max_body,
+                })
+            })
+            .map_err(transport_err)?;
+        let body = answer.body.map(|b| PyBytes::new(py, &b));
+        Ok((answer.status, answer.headers, body))
+    }
+}
+
+/// The SigV4 headers for a request (header-based signing); `when` is `YYYYMMDDTHHMMSSZ`.
+#[pyfunction]
+#[pyo3(signature = (method, url, headers, payload_sha256, when, credentials, region))]
+pub(crate) fn sigv4_sign(
+    method: &str,
+    url: &str,
+    headers: Vec<(String, String)>,
+    payload_sha256: &str,
+    when: &str,
+    credentials: (String, String, Option<String>),
+    region: &str,
+) -> Vec<(String, String)> {
+    let (access_key, secret_key, token) = credentials;
+    let credentials = Credentials {
+        access_key,
+        secret_key,
+        token,
+    };
+    sigv4::sign(method, url, &headers, payload_sha256, when, &credentials, region)
+}

@@ -1,0 +1,369 @@
+//! Signed HTTP exchanges with an S3 endpoint: one keep-alive connection pool (ureq, rustls),
+//! SigV4 in Rust, and no interpreter lock held while a request is on the wire.
+//!
+//! This is the transport only: what a status or header means for an operation is decided by
+//! the caller. Every status comes back as an answer (S3's error XML included); only a request
+//! that got no answer at all is an error.
+
+use super::sigv4::{self, Credentials, EMPTY_SHA256};
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use ureq::http;
+
+/// How long an idle pooled connection is trusted. Servers close idle connections after a few
+/// seconds (SeaweedFS, many load balancers); a request sent on one they closed fails.
+const IDLE_SECONDS: u64 = 4;
+
+/// One request: the URL is complete (path and query percent-encoded as they will be signed).
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    /// None: an unsigned (anonymous) request.
+    pub credentials: Option<&'a Credentials>,
+    pub region: &'a str,
+    /// Read the answer's body only if it is at most this long; a longer one is left unread
+    /// (its connection closed) and [`Answer::body`] is None.
+    pub max_body: u64,
+}
+
+/// What the server answered.
+pub struct Answer {
+    pub status: u16,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// None when the body was longer than [`Request::max_body`].
+    pub body: Option<Vec<u8>>,
+}
+
+/// A request that got no (complete) answer.
+#[derive(Debug)]
+pub struct TransportError {
+    pub kind: io::ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+impl TransportError {
+    fn from_ureq(url: &str, e: ureq::Error) -> Self {
+        let kind = match &e {
+            ureq::Error::Io(io) => io.kind(),
+            ureq::Error::Timeout(_) => io::ErrorKind::TimedOut,
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+                io::ErrorKind::ConnectionRefused
+            }
+            ureq::Error::BodyExceedsLimit(_) => io::ErrorKind::InvalidData,
+            _ => io::ErrorKind::Other,
+        };
+        TransportError {
+            kind,
+            message: format!("{}: {e}", redact(url)),
+        }
+    }
+
+    /// A pooled connection the server had already closed: nothing reached it.
+    fn stale_connection(&self) -> bool {
+        matches!(
+            self.kind,
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
+    }
+}
+
+/// The URL without its query (which may carry a presigned signature or a listing token).
+fn redact(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(u, _)| u)
+}
+
+/// A connection pool to any number of endpoints; cheap to share between threads.
+pub struct Transport {
+    agent: ureq::Agent,
+}
+
+impl Transport {
+    /// `timeout`: seconds allowed to connect, and for each of sending and receiving an answer.
+    /// `ca_bundle`: PEM certificates trusted instead of the built-in Mozilla roots (https).
+    /// `pool`: idle connections kept per host.
+    pub fn new(timeout: f64, ca_bundle: Option<&Path>, pool: usize) -> io::Result<Self> {
+        let timeout = Duration::from_secs_f64(timeout.clamp(0.001, 86_400.0));
+        let mut builder = ureq::Agent::config_builder();
+        if let Some(path) = ca_bundle {
+            let pem = std::fs::read(path)?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: not a PEM certificate bundle: {e}", path.display()),
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: no certificates in the bundle", path.display()),
+                ));
+            }
+            let tls = ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
+                .build();
+            builder = builder.tls_config(tls);
+        }
+        let config = builder
+            // The caller reads S3's error XML: every status is an answer.
+            .http_status_as_error(false)
+            // A redirect must be signed again for its new host: never followed here.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            // Proxies are botocore's business (the caller sends nothing here when one is set).
+            .proxy(None)
+            .max_idle_connections(pool.max(1) * 4)
+            .max_idle_connections_per_host(pool.max(1))
+            .max_idle_age(Duration::from_secs(IDLE_SECONDS))
+            .timeout_connect(Some(timeout))
+            .timeout_send_body(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(timeout))
+            .user_agent(concat!("hashsync/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Transport {
+            agent: config.new_agent(),
+        })
+    }
+
+    /// Sign and send `request`; a request that fails on a pooled connection the server had
+    /// closed is sent once more on a new one.
+    pub fn exchange(&self, request: &Request<'_>) -> Result<Answer, TransportError> {
+        match self.exchange_once(request) {
+            Err(e) if e.stale_connection() => self.exchange_once(request),
+            other => other,
+        }
+    }
+
+    fn exchange_once(&self, request: &Request<'_>) -> Result<Answer, TransportError> {
+        let url = request.url;
+        let bad = |message: String| TransportError {
+            kind: io::ErrorKind::InvalidInput,
+            message,
+        };
+        let headers: Vec<(String, String)> = match request.credentials {
+            Some(credentials) => {
+                let payload = if request.body.is_empty() {
+                    EMPTY_SHA256.to_string()
+                } else {
+                    sigv4::sha256_hex(request.body)
+                };
+                sigv4::sign(
+                    request.method,
+                    url,
+                    request.headers,
+                    &payload,
+                    &sigv4::now_amz_date(),
+                    credentials,
+                    request.region,
+                )
+            }
+            None => request.headers.to_vec(),
+        };
+        let mut builder = http::Request::builder().method(request.method).uri(url);
+        for (name, value) in &headers {
+            // ureq writes these itself, from the URL and the body.
+            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host") {
+                continue;
+            }
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let http_request = builder
+            .body(request.body)
+            .map_err(|e| bad(format!("{}: {e}", redact(url))))?;
+        let mut response = self
+            .agent
+            .run(http_request)
+            .map_err(|e| TransportError::from_ureq(url, e))?;
+        let status = response.status().as_u16();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let declared = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if request.method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
+            return Ok(Answer {
+                status,
+                headers,
+                body: Some(Vec::new()),
+            });
+        }
+        if declared.is_some_and(|n| n > request.max_body) {
+            // Dropping the unread body closes its connection.
+            return Ok(Answer {
+                status,
+                headers,
+                body: None,
+            });
+        }
+        let mut body = Vec::with_capacity(declared.unwrap_or(0).min(request.max_body) as usize);
+        let limit = request.max_body.saturating_add(1);
+        response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .reader()
+            .take(limit)
+            .read_to_end(&mut body)
+            .map_err(|e| TransportError {
+                kind: e.kind(),
+                message: format!("{}: reading the answer: {e}", redact(url)),
+            })?;
+        if body.len() as u64 > request.max_body {
+            return Ok(Answer {
+                status,
+                headers,
+                body: None,
+            });
+        }
+        if let Some(n) = declared {
+            if body.len() as u64 != n {
+                return Err(TransportError {
+                    kind: io::ErrorKind::UnexpectedEof,
+                    message: format!(
+                        "{}: the answer ended after {} of {n} bytes",
+                        redact(url),
+                        body.len()
+                    ),
+                });
+            }
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: Some(body),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A one-shot server: answers each connection's first request with `reply`, records it.
+    fn serve(replies: Vec<&'static [u8]>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for reply in replies {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                seen.push(head);
+                (&stream).write_all(reply).unwrap();
+            }
+            seen
+        });
+        (url, handle)
+    }
+
+    fn get(url: &str, max_body: u64, credentials: Option<&Credentials>) -> Result<Answer, TransportError> {
+        let t = Transport::new(5.0, None, 4).unwrap();
+        t.exchange(&Request {
+            method: "GET",
+            url,
+            headers: &[("Range".into(), "bytes=0-3".into())],
+            body: b"",
+            credentials,
+            region: "us-east-1",
+            max_body,
+        })
+    }
+
+    #[test]
+    fn signs_and_reads_an_answer() {
+        let (url, server) = serve(vec![
+            b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 0-3/10\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+        ]);
+        let c = Credentials {
+            access_key: "AK".into(),
+            secret_key: "SK".into(),
+            token: None,
+        };
+        let a = get(&format!("{url}/b/k"), 100, Some(&c)).unwrap();
+        assert_eq!(a.status, 206);
+        assert_eq!(a.body.as_deref(), Some(&b"abcd"[..]));
+        assert!(a.headers.contains(&("content-range".into(), "bytes 0-3/10".into())));
+        let seen = server.join().unwrap();
+        assert!(seen[0].starts_with("GET /b/k HTTP/1.1"));
+        assert!(seen[0].to_ascii_lowercase().contains("authorization: aws4-hmac-sha256 credential=ak/"));
+        assert!(seen[0].to_ascii_lowercase().contains("range: bytes=0-3"));
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_not_read() {
+        let (url, server) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n0123456789",
+        ]);
+        let a = get(&format!("{url}/b/k"), 4, None).unwrap();
+        assert_eq!((a.status, a.body), (200, None));
+        // No Content-Length (read to the end of the connection): stopped past the limit too.
+        let a = get(&format!("{url}/b/k"), 4, None).unwrap();
+        assert_eq!((a.status, a.body), (200, None));
+        let seen = server.join().unwrap();
+        assert!(!seen[0].to_ascii_lowercase().contains("authorization"));
+    }
+
+    #[test]
+    fn a_truncated_answer_is_an_error() {
+        let (url, server) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234",
+        ]);
+        let e = get(&format!("{url}/b/k"), 100, None).err().expect("truncated");
+        assert!(e.to_string().contains("/b/k"), "{e}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_that_is_down_is_connection_refused() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = get(&format!("http://127.0.0.1:{port}/b/k?token=secret"), 100, None)
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind, io::ErrorKind::ConnectionRefused, "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}
