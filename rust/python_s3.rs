@@ -1,7 +1,7 @@
 //! Bindings of the S3 transport ([`crate::s3`]): requests run with the interpreter lock released.
 
 use crate::s3::sigv4::{self, Credentials};
-use crate::s3::transport::{Request, Transport, TransportError};
+use crate::s3::transport::{Problem, Request, Transport, TransportError};
 use pyo3::exceptions::{
     PyConnectionAbortedError, PyConnectionRefusedError, PyConnectionResetError, PyOSError,
     PyTimeoutError, PyValueError,
@@ -77,7 +77,74 @@ impl PyS3Transport {
         let body = answer.body.map(|b| PyBytes::new(py, &b));
         Ok((answer.status, answer.headers, body))
     }
+
+    #[pyo3(signature = (url, headers, fd, offset, end, *, credentials = None, region = "us-east-1", pinned_etag = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn get_into<'py>(
+        &self,
+        py: Python<'py>,
+        url: &str,
+        headers: Vec<(String, String)>,
+        fd: i32,
+        offset: u64,
+        end: u64,
+        credentials: Option<(String, String, Option<String>)>,
+        region: &str,
+        pinned_etag: Option<&str>,
+    ) -> PyResult<RangeResult<'py>> {
+        use std::os::fd::FromRawFd;
+        let credentials = credentials.map(|(access_key, secret_key, token)| Credentials {
+            access_key,
+            secret_key,
+            token,
+        });
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("bad file descriptor {fd}")));
+        }
+        // Borrowed: the caller owns (and closes) the descriptor.
+        let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        let answer = py
+            .detach(|| {
+                self.inner.get_into(
+                    &Request {
+                        method: "GET",
+                        url,
+                        headers: &headers,
+                        body: b"",
+                        credentials: credentials.as_ref(),
+                        region,
+                        max_body: 0,
+                    },
+                    &file,
+                    offset,
+                    end,
+                    pinned_etag,
+                )
+            })
+            .map_err(transport_err)?;
+        let problem = answer.problem.map(|p| match p {
+            Problem::Changed(m) => ("changed", m),
+            Problem::Range(m) => ("range", m),
+            Problem::Broken(m) => ("broken", m),
+        });
+        let error_body = answer.error_body.map(|b| PyBytes::new(py, &b));
+        Ok((
+            answer.status,
+            answer.headers,
+            answer.written,
+            problem,
+            error_body,
+        ))
+    }
 }
+
+type RangeResult<'py> = (
+    u16,
+    Vec<(String, String)>,
+    u64,
+    Option<(&'static str, String)>,
+    Option<Bound<'py, PyBytes>>,
+);
 
 /// The SigV4 headers for a request (header-based signing); `when` is `YYYYMMDDTHHMMSSZ`.
 #[pyfunction]
@@ -97,5 +164,13 @@ pub(crate) fn sigv4_sign(
         secret_key,
         token,
     };
-    sigv4::sign(method, url, &headers, payload_sha256, when, &credentials, region)
+    sigv4::sign(
+        method,
+        url,
+        &headers,
+        payload_sha256,
+        when,
+        &credentials,
+        region,
+    )
 }

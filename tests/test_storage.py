@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -547,3 +548,36 @@ def test_every_registered_scheme_runs_the_contract(tmp_path):
         options = {"endpoint_url": "http://127.0.0.1:1"} if scheme == "s3" else {}
         storage = open_storage(samples[scheme], **options)
         assert type(storage) in covered, f"{type(storage).__name__} ({scheme}://) is untested"
+
+
+def test_concurrent_directory_fsyncs_are_shared_and_none_is_skipped(tmp_path, monkeypatch):
+    # Group commit: every caller returns only after an fsync of its directory that began
+    # after it called, and callers that overlap share fsyncs.
+    from hashsync import atomic
+
+    started: list[float] = []
+    ended: list[float] = []
+    clock = threading.Lock()
+
+    def slow_fsync(directory: str) -> None:
+        with clock:
+            started.append(time.monotonic())
+        time.sleep(0.02)
+        with clock:
+            ended.append(time.monotonic())
+
+    monkeypatch.setattr(atomic, "_fsync_directory_now", slow_fsync)
+    calls: list[tuple[float, float]] = []
+
+    def call(_: int) -> None:
+        t0 = time.monotonic()
+        atomic.fsync_directory(tmp_path)
+        calls.append((t0, time.monotonic()))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(call, range(200)))
+    fsyncs = list(zip(started, ended, strict=True))
+    for t0, t1 in calls:
+        assert any(t0 <= s and e <= t1 for s, e in fsyncs), (t0, t1)
+    assert len(fsyncs) < len(calls) / 2
+    assert atomic._directory_syncs._state == {}

@@ -279,6 +279,34 @@ class S3Transport:
             OSError: Any other failure before a complete answer arrived (TLS included).
         """
 
+    def get_into(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        fd: int,
+        offset: int,
+        end: int,
+        *,
+        credentials: tuple[str, str, str | None] | None = None,
+        region: str = "us-east-1",
+        pinned_etag: str | None = None,
+    ) -> tuple[int, list[tuple[str, str]], int, tuple[str, str] | None, bytes | None]:
+        """GET bytes ``offset..end`` of an object straight into ``fd`` at ``offset``.
+
+        Nothing is written unless the answer is a 200/206 of the version ``pinned_etag``
+        names, whose Content-Range starts at or before ``offset`` (a 200 without one is the
+        whole object: the bytes before ``offset`` are read past).
+
+        Returns:
+            ``(status, headers, written, problem, error_body)``: ``problem`` says why it
+            stopped before ``end`` (``("changed", etag)``, ``("range", content_range)`` or
+            ``("broken", message)``), else None; ``error_body`` is the start of the body of
+            an answer other than 200/206.
+
+        Raises:
+            OSError: No answer (as :meth:`request`), or writing to ``fd`` failed.
+        """
+
 def sigv4_sign(
     method: str,
     url: str,

@@ -227,8 +227,54 @@ def cleanup_once(directory: Path) -> None:
     cleanup_stale_temporaries(directory)
 
 
-def fsync_directory(directory: Path) -> None:
-    """Flush a directory entry change (a rename) to disk, where the OS allows it."""
+class _DirectorySyncs:
+    """Group commit for directory fsyncs: one fsync serves every caller that asked before it began.
+
+    A download of many small files renames each into place and must make that rename durable
+    before it reports the file done. Threads renaming into one directory at once would each
+    fsync it; an fsync that starts after a caller's rename covers that rename too, so callers
+    wait for the next one to start and finish instead of queueing one each.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        # directory -> [requests so far, requests covered by a finished fsync, running, waiters]
+        self._state: dict[str, list[Any]] = {}
+
+    def sync(self, directory: str) -> None:
+        with self._cond:
+            state = self._state.setdefault(directory, [0, 0, False, 0])
+            state[0] += 1
+            mine = state[0]
+            state[3] += 1
+            try:
+                while state[1] < mine:
+                    if not state[2]:
+                        break
+                    self._cond.wait()
+                else:
+                    return
+                state[2] = True
+                covering = state[0]
+            finally:
+                state[3] -= 1
+                if state[3] == 0 and not state[2]:
+                    self._state.pop(directory, None)
+        try:
+            _fsync_directory_now(directory)
+        finally:
+            with self._cond:
+                state[2] = False
+                state[1] = max(state[1], covering)
+                if state[3] == 0:
+                    self._state.pop(directory, None)
+                self._cond.notify_all()
+
+
+_directory_syncs = _DirectorySyncs()
+
+
+def _fsync_directory_now(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
@@ -239,6 +285,15 @@ def fsync_directory(directory: Path) -> None:
         pass  # some filesystems refuse fsync on directories; the rename itself is atomic
     finally:
         os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory entry change (a rename) to disk, where the OS allows it.
+
+    Concurrent calls for one directory share fsyncs: each returns once an fsync that began
+    after the call did has finished.
+    """
+    _directory_syncs.sync(os.fspath(directory))
 
 
 @contextlib.contextmanager

@@ -380,11 +380,21 @@ mod tests {
     fn published_examples() {
         let base = "https://examplebucket.s3.amazonaws.com";
         assert_eq!(
-            signature("GET", &format!("{base}/test.txt"), &[("Range", "bytes=0-9")], EMPTY_SHA256),
+            signature(
+                "GET",
+                &format!("{base}/test.txt"),
+                &[("Range", "bytes=0-9")],
+                EMPTY_SHA256
+            ),
             "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
         assert_eq!(
-            signature("GET", &format!("{base}/?max-keys=2&prefix=J"), &[], EMPTY_SHA256),
+            signature(
+                "GET",
+                &format!("{base}/?max-keys=2&prefix=J"),
+                &[],
+                EMPTY_SHA256
+            ),
             "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
         );
         let body = b"Welcome to Amazon S3.";
@@ -406,12 +416,29 @@ mod tests {
     fn session_token_is_sent_and_signed() {
         let mut c = example_credentials();
         c.token = Some("tok".into());
-        let out = sign("GET", "http://[::1]:9000/b/k", &[], EMPTY_SHA256, "20130524T000000Z", &c, "eu-west-1");
-        assert!(out.iter().any(|(k, v)| k == "X-Amz-Security-Token" && v == "tok"));
+        let out = sign(
+            "GET",
+            "http://[::1]:9000/b/k",
+            &[],
+            EMPTY_SHA256,
+            "20130524T000000Z",
+            &c,
+            "eu-west-1",
+        );
+        assert!(out
+            .iter()
+            .any(|(k, v)| k == "X-Amz-Security-Token" && v == "tok"));
         let auth = &out.iter().find(|(k, _)| k == "Authorization").unwrap().1;
-        assert!(auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token"));
+        assert!(auth
+            .contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token"));
         assert!(auth.contains("/20130524/eu-west-1/s3/aws4_request"));
-        assert_eq!(host_header(&split_url("http://[::1]:9000/b/k")), "[::1]:9000");
-        assert_eq!(host_header(&split_url("https://h.example:443/")), "h.example");
+        assert_eq!(
+            host_header(&split_url("http://[::1]:9000/b/k")),
+            "[::1]:9000"
+        );
+        assert_eq!(
+            host_header(&split_url("https://h.example:443/")),
+            "h.example"
+        );
     }
 }

@@ -148,71 +148,11 @@ impl Transport {
         })
     }
 
-    /// Sign and send `request`; a request that fails on a pooled connection the server had
-    /// closed is sent once more on a new one.
+    /// Sign and send `request`, then read the answer's body (up to [`Request::max_body`]).
     pub fn exchange(&self, request: &Request<'_>) -> Result<Answer, TransportError> {
-        match self.exchange_once(request) {
-            Err(e) if e.stale_connection() => self.exchange_once(request),
-            other => other,
-        }
-    }
-
-    fn exchange_once(&self, request: &Request<'_>) -> Result<Answer, TransportError> {
         let url = request.url;
-        let bad = |message: String| TransportError {
-            kind: io::ErrorKind::InvalidInput,
-            message,
-        };
-        let headers: Vec<(String, String)> = match request.credentials {
-            Some(credentials) => {
-                let payload = if request.body.is_empty() {
-                    EMPTY_SHA256.to_string()
-                } else {
-                    sigv4::sha256_hex(request.body)
-                };
-                sigv4::sign(
-                    request.method,
-                    url,
-                    request.headers,
-                    &payload,
-                    &sigv4::now_amz_date(),
-                    credentials,
-                    request.region,
-                )
-            }
-            None => request.headers.to_vec(),
-        };
-        let mut builder = http::Request::builder().method(request.method).uri(url);
-        for (name, value) in &headers {
-            // ureq writes these itself, from the URL and the body.
-            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host") {
-                continue;
-            }
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        let http_request = builder
-            .body(request.body)
-            .map_err(|e| bad(format!("{}: {e}", redact(url))))?;
-        let mut response = self
-            .agent
-            .run(http_request)
-            .map_err(|e| TransportError::from_ureq(url, e))?;
-        let status = response.status().as_u16();
-        let headers: Vec<(String, String)> = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let declared = response
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let (status, headers, mut response) = self.send(request)?;
+        let declared = content_length(&headers);
         if request.method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
             return Ok(Answer {
                 status,
@@ -266,6 +206,210 @@ impl Transport {
             body: Some(body),
         })
     }
+
+    /// A GET whose body goes straight into `file` at `offset`, for the bytes `offset..end` of
+    /// an object (ranged or whole): the body of a big object never passes through Python.
+    ///
+    /// Nothing is written unless the answer is a 200/206 for the object `pinned_etag` names
+    /// (when given) whose Content-Range starts at or before `offset` (bytes before `offset`
+    /// are read past). A body that breaks off stops early: [`RangeAnswer::written`] says how
+    /// far it got, so the caller can ask for the rest.
+    pub fn get_into(
+        &self,
+        request: &Request<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        end: u64,
+        pinned_etag: Option<&str>,
+    ) -> Result<RangeAnswer, TransportError> {
+        use std::os::unix::fs::FileExt;
+        let ranged = request
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("range"));
+        let (status, headers, mut response) = self.send(request)?;
+        let mut answer = RangeAnswer {
+            status,
+            headers,
+            written: 0,
+            problem: None,
+            error_body: None,
+        };
+        if status != 200 && status != 206 {
+            let mut text = Vec::new();
+            let _ = response
+                .body_mut()
+                .with_config()
+                .limit(u64::MAX)
+                .reader()
+                .take(64 << 10)
+                .read_to_end(&mut text);
+            answer.error_body = Some(text);
+            return Ok(answer);
+        }
+        let etag = header(&answer.headers, "etag").map(|e| e.trim().trim_matches('"').to_string());
+        if let (Some(pinned), Some(got)) = (pinned_etag, etag.as_deref()) {
+            if !got.is_empty() && got != pinned.trim_matches('"') {
+                // The store ignored If-Match (rclone does): these bytes are another version.
+                answer.problem = Some(Problem::Changed(got.to_string()));
+                return Ok(answer);
+            }
+        }
+        let mut skip = 0;
+        if ranged {
+            match header(&answer.headers, "content-range") {
+                // No Content-Range: the whole object, from byte 0.
+                None => skip = offset,
+                Some(span) => {
+                    let first = span
+                        .trim()
+                        .split_once(' ')
+                        .and_then(|(_, r)| r.split_once('-'))
+                        .and_then(|(f, _)| f.parse::<u64>().ok());
+                    match first {
+                        Some(first) if first <= offset => skip = offset - first,
+                        _ => {
+                            answer.problem = Some(Problem::Range(span.to_string()));
+                            return Ok(answer);
+                        }
+                    }
+                }
+            }
+        }
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = offset;
+        while at < end {
+            let want = if skip > 0 {
+                skip.min(buf.len() as u64)
+            } else {
+                (end - at).min(buf.len() as u64)
+            } as usize;
+            let n = match reader.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    answer.problem = Some(Problem::Broken(format!(
+                        "{}: the answer broke off: {e}",
+                        redact(request.url)
+                    )));
+                    break;
+                }
+            };
+            if skip > 0 {
+                skip -= n as u64;
+                continue;
+            }
+            file.write_all_at(&buf[..n], at)
+                .map_err(|e| TransportError {
+                    kind: e.kind(),
+                    message: format!("writing the download: {e}"),
+                })?;
+            at += n as u64;
+        }
+        answer.written = at - offset;
+        Ok(answer)
+    }
+
+    /// Sign and send `request`; the answer's head. A request that fails on a pooled
+    /// connection the server had already closed is sent once more on a new one.
+    fn send(&self, request: &Request<'_>) -> Result<Sent, TransportError> {
+        match self.send_once(request) {
+            Err(e) if e.stale_connection() => self.send_once(request),
+            other => other,
+        }
+    }
+
+    fn send_once(&self, request: &Request<'_>) -> Result<Sent, TransportError> {
+        let url = request.url;
+        let bad = |message: String| TransportError {
+            kind: io::ErrorKind::InvalidInput,
+            message,
+        };
+        let headers: Vec<(String, String)> = match request.credentials {
+            Some(credentials) => {
+                let payload = if request.body.is_empty() {
+                    EMPTY_SHA256.to_string()
+                } else {
+                    sigv4::sha256_hex(request.body)
+                };
+                sigv4::sign(
+                    request.method,
+                    url,
+                    request.headers,
+                    &payload,
+                    &sigv4::now_amz_date(),
+                    credentials,
+                    request.region,
+                )
+            }
+            None => request.headers.to_vec(),
+        };
+        let mut builder = http::Request::builder().method(request.method).uri(url);
+        for (name, value) in &headers {
+            // ureq writes these itself, from the URL and the body.
+            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host") {
+                continue;
+            }
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let http_request = builder
+            .body(request.body)
+            .map_err(|e| bad(format!("{}: {e}", redact(url))))?;
+        let response = self
+            .agent
+            .run(http_request)
+            .map_err(|e| TransportError::from_ureq(url, e))?;
+        let status = response.status().as_u16();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Ok((status, headers, response))
+    }
+}
+
+/// A request's answer before its body is read: status, headers, the response.
+type Sent = (u16, Vec<(String, String)>, http::Response<ureq::Body>);
+
+/// Why [`Transport::get_into`] stopped before `end`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The answer is of another version of the object: its ETag.
+    Changed(String),
+    /// The answer's Content-Range does not cover the bytes asked for: the header.
+    Range(String),
+    /// The body broke off (connection dropped, timeout): what happened.
+    Broken(String),
+}
+
+/// What [`Transport::get_into`] got.
+pub struct RangeAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Bytes written from `offset` on.
+    pub written: u64,
+    pub problem: Option<Problem>,
+    /// The start of an error answer's body (S3's error XML), for a status other than 200/206.
+    pub error_body: Option<Vec<u8>>,
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn content_length(headers: &[(String, String)]) -> Option<u64> {
+    header(headers, "content-length").and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -299,7 +443,11 @@ mod tests {
         (url, handle)
     }
 
-    fn get(url: &str, max_body: u64, credentials: Option<&Credentials>) -> Result<Answer, TransportError> {
+    fn get(
+        url: &str,
+        max_body: u64,
+        credentials: Option<&Credentials>,
+    ) -> Result<Answer, TransportError> {
         let t = Transport::new(5.0, None, 4).unwrap();
         t.exchange(&Request {
             method: "GET",
@@ -325,10 +473,14 @@ mod tests {
         let a = get(&format!("{url}/b/k"), 100, Some(&c)).unwrap();
         assert_eq!(a.status, 206);
         assert_eq!(a.body.as_deref(), Some(&b"abcd"[..]));
-        assert!(a.headers.contains(&("content-range".into(), "bytes 0-3/10".into())));
+        assert!(a
+            .headers
+            .contains(&("content-range".into(), "bytes 0-3/10".into())));
         let seen = server.join().unwrap();
         assert!(seen[0].starts_with("GET /b/k HTTP/1.1"));
-        assert!(seen[0].to_ascii_lowercase().contains("authorization: aws4-hmac-sha256 credential=ak/"));
+        assert!(seen[0]
+            .to_ascii_lowercase()
+            .contains("authorization: aws4-hmac-sha256 credential=ak/"));
         assert!(seen[0].to_ascii_lowercase().contains("range: bytes=0-3"));
     }
 
@@ -352,18 +504,118 @@ mod tests {
         let (url, server) = serve(vec![
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234",
         ]);
-        let e = get(&format!("{url}/b/k"), 100, None).err().expect("truncated");
+        let e = get(&format!("{url}/b/k"), 100, None)
+            .err()
+            .expect("truncated");
         assert!(e.to_string().contains("/b/k"), "{e}");
         server.join().unwrap();
     }
 
     #[test]
     fn a_server_that_is_down_is_connection_refused() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let e = get(&format!("http://127.0.0.1:{port}/b/k?token=secret"), 100, None)
-            .err()
-            .expect("refused");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = get(
+            &format!("http://127.0.0.1:{port}/b/k?token=secret"),
+            100,
+            None,
+        )
+        .err()
+        .expect("refused");
         assert_eq!(e.kind, io::ErrorKind::ConnectionRefused, "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    fn get_range(
+        url: &str,
+        range: Option<&str>,
+        offset: u64,
+        end: u64,
+        pinned: Option<&str>,
+    ) -> (RangeAnswer, Vec<u8>) {
+        let t = Transport::new(5.0, None, 4).unwrap();
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("hashsync-get-into-{}-{n}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&dir)
+            .unwrap();
+        let headers: Vec<(String, String)> = range
+            .map(|r| ("Range".to_string(), r.to_string()))
+            .into_iter()
+            .collect();
+        let answer = t
+            .get_into(
+                &Request {
+                    method: "GET",
+                    url,
+                    headers: &headers,
+                    body: b"",
+                    credentials: None,
+                    region: "us-east-1",
+                    max_body: 0,
+                },
+                &file,
+                offset,
+                end,
+                pinned,
+            )
+            .unwrap();
+        let data = std::fs::read(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        (answer, data)
+    }
+
+    #[test]
+    fn get_into_writes_at_the_offset_and_judges_content_range() {
+        let (url, server) = serve(vec![
+            b"HTTP/1.1 206 Partial\r\nETag: \"e1\"\r\nContent-Range: bytes 4-7/10\r\nContent-Length: 4\r\nConnection: close\r\n\r\n4567",
+            // rclone: 200 with the range asked for.
+            b"HTTP/1.1 200 OK\r\nContent-Range: bytes 4-7/10\r\nContent-Length: 4\r\nConnection: close\r\n\r\n4567",
+            // Range ignored: the whole object; bytes before the offset are read past.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+        ]);
+        let url = format!("{url}/b/k");
+        for _ in 0..3 {
+            let (a, data) = get_range(&url, Some("bytes=4-7"), 4, 8, Some("e1"));
+            assert_eq!((a.written, a.problem), (4, None));
+            assert_eq!(&data, b"\0\0\0\x004567");
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn get_into_writes_nothing_of_another_version_or_span() {
+        let (url, server) = serve(vec![
+            b"HTTP/1.1 206 Partial\r\nETag: \"other\"\r\nContent-Range: bytes 4-7/10\r\nContent-Length: 4\r\nConnection: close\r\n\r\n4567",
+            b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 6-7/10\r\nContent-Length: 2\r\nConnection: close\r\n\r\n67",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 32\r\nConnection: close\r\n\r\n<Error><Code>NoSuchKey</Code></E",
+            b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 4-7/10\r\nContent-Length: 4\r\nConnection: close\r\n\r\n45",
+        ]);
+        let url = format!("{url}/b/k");
+        let (a, data) = get_range(&url, Some("bytes=4-7"), 4, 8, Some("e1"));
+        assert_eq!(a.problem, Some(Problem::Changed("other".into())));
+        assert_eq!((a.written, data.len()), (0, 0));
+        let (a, data) = get_range(&url, Some("bytes=4-7"), 4, 8, None);
+        assert_eq!(a.problem, Some(Problem::Range("bytes 6-7/10".into())));
+        assert_eq!((a.written, data.len()), (0, 0));
+        let (a, data) = get_range(&url, Some("bytes=4-7"), 4, 8, None);
+        assert_eq!(a.status, 404);
+        assert!(String::from_utf8_lossy(a.error_body.as_deref().unwrap()).contains("NoSuchKey"));
+        assert_eq!(data.len(), 0);
+        // Cut short: what arrived is written and counted, the rest is the caller's to ask for.
+        let (a, data) = get_range(&url, Some("bytes=4-7"), 4, 8, None);
+        assert_eq!(a.written, 2);
+        assert!(matches!(a.problem, Some(Problem::Broken(_)) | None));
+        assert_eq!(&data, b"\0\0\0\x0045");
+        server.join().unwrap();
     }
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import hashsync
+from hashsync._threads import TRANSFERS
 from hashsync._units import parse_duration, parse_size
 from hashsync.errors import InvalidArgument
 
@@ -91,10 +92,10 @@ def max_size_bytes(argument: int | None, configured: object = None) -> int:
 
 
 def num_workers(argument: int | None, configured: object = None) -> int:
-    """Parallel downloads: argument, ``$HASHSYNC_NUM_WORKERS``, config, the CPU count."""
+    """Parallel downloads: argument, ``$HASHSYNC_NUM_WORKERS``, config, else 64 (network-bound)."""
     if argument is not None and argument < 1:
         raise InvalidArgument(f"num_workers must be at least 1, not {argument}")
-    return setting(argument, "HASHSYNC_NUM_WORKERS", configured, os.cpu_count() or 1, parse_workers)
+    return setting(argument, "HASHSYNC_NUM_WORKERS", configured, TRANSFERS, parse_workers)
 
 
 def offline() -> bool:

@@ -54,7 +54,7 @@ class CopyToLocalCache(IndexedCache):
             ``$HASHSYNC_CACHE_DIR/caches/default``.
         prefer: ``"first"`` or ``"newest"``.
         max_size_bytes: Byte budget (``$HASHSYNC_CACHE_SIZE_BYTES``, else 128 GiB).
-        num_workers: Threads of :meth:`get_many` (``$HASHSYNC_NUM_WORKERS``, else the CPUs).
+        num_workers: Threads of :meth:`get_many` (``$HASHSYNC_NUM_WORKERS``, else 64).
         max_age: Seconds a served entry may go without asking its source; ``0`` asks on
             every ``get`` (one HEAD), ``None`` never asks again.
         offline: Serve only what is cached; ``NotFound`` otherwise (default

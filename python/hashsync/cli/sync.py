@@ -283,7 +283,7 @@ def register(sub: Any) -> None:
         type=threads_arg,
         default=None,
         metavar="N",
-        help="files transferred at once (default: $HASHSYNC_NUM_WORKERS or 16)",
+        help="files transferred at once (default: $HASHSYNC_NUM_WORKERS or 64)",
     )
     y.add_argument(
         "--scheduler",

@@ -411,7 +411,38 @@ class S3Reading(S3Base):
     ) -> None:
         offset = start
         failures = 0
+        raw = self._raw_client()
         while offset < end:
+            if raw is not None:
+                try:
+                    written, problem = raw.get_into(
+                        self._full(key), fd, offset, end, ranged=start != 0 or end != size,
+                        etag=etag,
+                    )  # fmt: skip
+                except _s3list.FallBack:
+                    pass  # boto3 takes this attempt, and maps whatever went wrong
+                else:
+                    if problem is not None and problem[0] == "changed":
+                        raise PreconditionFailed(
+                            f"{key!r} in {self!r} changed during the download "
+                            f"(ETag {problem[1]}, not {etag})"
+                        )
+                    if problem is not None and problem[0] == "range":
+                        raise IntegrityError(
+                            f"GET {key!r} from {self!r}: asked for bytes from {offset}, "
+                            f"got {problem[1]!r}"
+                        )
+                    offset += written
+                    if report is not None and written:
+                        report(written)
+                    if offset < end:
+                        # Broken off (or ended early): ask for the rest.
+                        failures += 1
+                        if failures >= self.max_attempts:
+                            reason = problem[1] if problem else f"body ended at byte {offset}"
+                            raise StorageUnavailable(errno.EIO, f"GET {self!r} {key!r}: {reason}")
+                        wait_before_retry(failures)
+                    continue
             kwargs: dict[str, Any] = {
                 "Bucket": self.bucket,
                 "Key": self._full(key),

@@ -353,21 +353,32 @@ class S3Writing(S3Reading):
                 if report is not None:
                     report(length)
                 return {"PartNumber": number, "ETag": quoted_etag(held[0]), **checksum}
-            answer = self._call(
-                "UploadPart",
-                key,
-                self.client.upload_part,
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ContentMD5=base64.b64encode(digest.digest()).decode(),
-                **checksum,
-            )
+            md5_b64 = base64.b64encode(digest.digest()).decode()
+            etag: str | None = None
+            raw = self._raw_client()
+            if raw is not None:
+                headers = {"Content-MD5": md5_b64, "Content-Length": str(length)}
+                if checksum:
+                    headers["x-amz-checksum-crc64nvme"] = checksum["ChecksumCRC64NVME"]
+                with contextlib.suppress(_s3list.FallBack):
+                    # boto3 repeats a part the transport could not send, and maps the error.
+                    etag = raw.upload_part(full, upload_id, number, data, headers)
+            if etag is None:
+                etag = self._call(
+                    "UploadPart",
+                    key,
+                    self.client.upload_part,
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ContentMD5=md5_b64,
+                    **checksum,
+                )["ETag"]
             if report is not None:
                 report(length)
-            return {"PartNumber": number, "ETag": answer["ETag"], **checksum}
+            return {"PartNumber": number, "ETag": etag, **checksum}
 
         native = self._native_checksums and CRC64_METADATA in metadata
         # A resumed upload must have been created the same way (with or without checksums).

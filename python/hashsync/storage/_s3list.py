@@ -20,7 +20,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
-from hashsync import _native
+from hashsync._native import S3Transport
 from hashsync._threads import run_on_threads
 from hashsync.errors import IntegrityError
 from hashsync.storage._s3_settings import Credentials
@@ -62,7 +62,7 @@ class FallBack(Exception):
 
 
 # One pool per (timeout, CA bundle), shared by every storage of the process.
-_transports: dict[tuple[float, str | None], _native.S3Transport] = {}
+_transports: dict[tuple[float, str | None], S3Transport] = {}
 _transports_lock = threading.Lock()
 
 
@@ -77,14 +77,14 @@ def _default_ca_file() -> str | None:
     return None
 
 
-def transport(endpoint_url: str, timeout: float, ca_bundle: str | None) -> _native.S3Transport:
+def transport(endpoint_url: str, timeout: float, ca_bundle: str | None) -> S3Transport:
     """The shared Rust transport for requests to ``endpoint_url``."""
     if ca_bundle is None and urllib.parse.urlsplit(endpoint_url).scheme.lower() == "https":
         ca_bundle = _default_ca_file()
     with _transports_lock:
         found = _transports.get((timeout, ca_bundle))
         if found is None:
-            found = _native.S3Transport(timeout=timeout, ca_bundle=ca_bundle)
+            found = S3Transport(timeout=timeout, ca_bundle=ca_bundle)
             _transports[(timeout, ca_bundle)] = found
         return found
 
@@ -181,6 +181,54 @@ class RawClient:
             raise FallBack("short body")
         answer["content-length"] = total
         return answer, body
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes, headers: dict[str, str]
+    ) -> str:
+        """UploadPart ``number`` of ``upload_id``; returns the part's ETag, or raises FallBack."""
+        query = urllib.parse.urlencode(
+            sorted({"partNumber": str(number), "uploadId": upload_id}.items()),
+            quote_via=urllib.parse.quote,
+        )
+        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}?{query}"
+        status, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
+        etag = answer.get("etag", "")
+        if status != 200 or not etag:
+            raise FallBack(f"HTTP {status}")
+        return etag
+
+    def get_into(
+        self, key: str, fd: int, offset: int, end: int, *, ranged: bool, etag: str
+    ) -> tuple[int, tuple[str, str] | None]:
+        """GET bytes ``offset..end`` of ``key``'s version ``etag`` into ``fd`` at ``offset``.
+
+        The body is written by the transport, without the GIL. Returns (bytes written, why it
+        stopped early or None): ``("changed", etag)`` for another version of the object,
+        ``("range", header)`` for a Content-Range that does not cover ``offset``,
+        ``("broken", message)`` for a body that broke off. Raises FallBack for an error
+        answer (boto3 repeats the request and maps it) or no answer at all.
+        """
+        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        headers = {"If-Match": f'"{etag}"'}
+        if ranged:
+            headers["Range"] = f"bytes={offset}-{end - 1}"
+        credentials = self.credentials() if self.credentials is not None else None
+        try:
+            status, _, written, problem, _ = self.http.get_into(
+                url,
+                list(headers.items()),
+                fd,
+                offset,
+                end,
+                credentials=tuple(credentials) if credentials is not None else None,
+                region=self.region,
+                pinned_etag=etag,
+            )
+        except (OSError, ValueError) as exc:
+            raise FallBack(str(exc)) from exc
+        if status not in (200, 206):
+            raise FallBack(f"HTTP {status}")
+        return written, problem
 
     def _page_bytes(
         self, prefix: str, token: str | None, delimiter: str | None, max_keys: int | None = None

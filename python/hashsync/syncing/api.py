@@ -78,7 +78,7 @@ def sync(
         compare: ``"checksum"`` (content; default), ``"size-mtime"`` (the ``aws s3 sync``
             rule: a size change, or for uploads and copies a source newer in whole seconds,
             for downloads a local file newer than the object) or ``"size"``.
-        workers: Files transferred at once (default ``HASHSYNC_NUM_WORKERS`` or 16).
+        workers: Files transferred at once (default ``HASHSYNC_NUM_WORKERS`` or 64).
         progress: ``progress(done_bytes, total_bytes)``, called from this thread while hashing
             and after each finished transfer; ``True`` draws a byte progress bar on stderr
             (when it is a terminal); ``False`` or None, nothing.

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import hashsync
-from hashsync._threads import run_on_threads
+from hashsync._threads import TRANSFERS, run_on_threads
 from hashsync.errors import (
     FileChanged,
     HashsyncError,
@@ -58,8 +58,7 @@ __all__ = [
 
 Compare = Literal["checksum", "size-mtime", "size"]
 
-# Enough to keep a store busy with small objects; large ones are also split into parts.
-_DEFAULT_WORKERS = 16
+_DEFAULT_WORKERS = TRANSFERS
 
 
 class _Counter:
@@ -75,7 +74,7 @@ class _Counter:
 
 
 def default_workers() -> int:
-    """Files transferred at once: ``HASHSYNC_NUM_WORKERS``, else 16.
+    """Files transferred at once: ``HASHSYNC_NUM_WORKERS``, else 64.
 
     Raises:
         InvalidArgument: The variable is set but not a number.
