@@ -5,7 +5,7 @@
 //! the caller. Every status comes back as an answer (S3's error XML included); only a request
 //! that got no answer at all is an error.
 
-use super::sigv4::{self, Credentials, EMPTY_SHA256};
+use super::sigv4::{self, Credentials, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
@@ -331,6 +331,13 @@ impl Transport {
             Some(credentials) => {
                 let payload = if request.body.is_empty() {
                     EMPTY_SHA256.to_string()
+                } else if request.headers.iter().any(|(k, _)| {
+                    k.eq_ignore_ascii_case("content-md5")
+                        || k.to_ascii_lowercase().starts_with("x-amz-checksum-")
+                }) {
+                    // The body's digest is in a signed header, which the store checks: hashing
+                    // it again with SHA-256 (a second pass over every part) adds nothing.
+                    UNSIGNED_PAYLOAD.to_string()
                 } else {
                     sigv4::sha256_hex(request.body)
                 };
@@ -482,6 +489,50 @@ mod tests {
             .to_ascii_lowercase()
             .contains("authorization: aws4-hmac-sha256 credential=ak/"));
         assert!(seen[0].to_ascii_lowercase().contains("range: bytes=0-3"));
+    }
+
+    #[test]
+    fn a_body_with_a_signed_digest_is_not_hashed_again() {
+        let (url, server) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ]);
+        let c = Credentials {
+            access_key: "AK".into(),
+            secret_key: "SK".into(),
+            token: None,
+        };
+        let t = Transport::new(5.0, None, 4).unwrap();
+        for headers in [
+            vec![(
+                "Content-MD5".to_string(),
+                "XUFAKrxLKna5cZ2REBfFkg==".to_string(),
+            )],
+            vec![],
+        ] {
+            let a = t
+                .exchange(&Request {
+                    method: "PUT",
+                    url: &format!("{url}/b/k"),
+                    headers: &headers,
+                    body: b"hello",
+                    credentials: Some(&c),
+                    region: "us-east-1",
+                    max_body: 100,
+                })
+                .unwrap();
+            assert_eq!(a.status, 200);
+        }
+        let seen: Vec<String> = server
+            .join()
+            .unwrap()
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        assert!(seen[0].contains("x-amz-content-sha256: unsigned-payload"));
+        assert!(seen[0].contains("content-md5;host;"));
+        let hello = sigv4::sha256_hex(b"hello");
+        assert!(seen[1].contains(&format!("x-amz-content-sha256: {hello}")));
     }
 
     #[test]

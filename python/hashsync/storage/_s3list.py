@@ -12,6 +12,7 @@ the operation through boto3, which maps errors to :mod:`hashsync.errors`.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import os
 import re
@@ -115,6 +116,12 @@ class RawClient:
         self.region = region
         self.credentials = credentials
         self.http = transport(endpoint_url, timeout, ca_bundle)
+        #: Requests the transport could not answer, by reason (tests check it stays empty).
+        self.fallbacks: collections.Counter[str] = collections.Counter()
+
+    def _fall(self, reason: str) -> FallBack:
+        self.fallbacks[reason.partition(":")[0]] += 1
+        return FallBack(reason)
 
     def close(self) -> None:
         """Nothing to release: the transport's pool is shared and closes idle connections."""
@@ -140,7 +147,7 @@ class RawClient:
                 max_body=max_body,
             )
         except (OSError, ValueError) as exc:
-            raise FallBack(str(exc)) from exc
+            raise self._fall(str(exc)) from exc
         return status, dict(answer), data
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
@@ -148,7 +155,7 @@ class RawClient:
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
         status, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
         if status != 200:
-            raise FallBack(f"HTTP {status}")
+            raise self._fall(f"HTTP {status}")
         return answer
 
     def get_small(self, key: str, limit: int) -> tuple[dict[str, str], bytes] | None:
@@ -172,13 +179,13 @@ class RawClient:
             # An empty object has no byte 0 to range over.
             return None
         else:
-            raise FallBack(f"HTTP {status}")
+            raise self._fall(f"HTTP {status}")
         if not total.isdigit():
-            raise FallBack("no object size in the answer")
+            raise self._fall("no object size in the answer")
         if int(total) > limit or body is None:
             return None
         if len(body) != int(total):
-            raise FallBack("short body")
+            raise self._fall("short body")
         answer["content-length"] = total
         return answer, body
 
@@ -194,7 +201,7 @@ class RawClient:
         status, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
         etag = answer.get("etag", "")
         if status != 200 or not etag:
-            raise FallBack(f"HTTP {status}")
+            raise self._fall(f"HTTP {status}")
         return etag
 
     def get_into(
@@ -225,9 +232,9 @@ class RawClient:
                 pinned_etag=etag,
             )
         except (OSError, ValueError) as exc:
-            raise FallBack(str(exc)) from exc
+            raise self._fall(str(exc)) from exc
         if status not in (200, 206):
-            raise FallBack(f"HTTP {status}")
+            raise self._fall(f"HTTP {status}")
         return written, problem
 
     def _page_bytes(
@@ -243,7 +250,7 @@ class RawClient:
         query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
         status, _, data = self._send("GET", f"{self.base}?{query}", {})
         if status != 200 or data is None:  # errors: boto3 retries and maps them
-            raise FallBack(f"HTTP {status}")
+            raise self._fall(f"HTTP {status}")
         return data
 
     def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:
@@ -251,7 +258,7 @@ class RawClient:
         try:
             return ET.fromstring(self._page_bytes(prefix, token, delimiter))
         except ET.ParseError as exc:
-            raise FallBack(str(exc)) from exc
+            raise self._fall(str(exc)) from exc
 
     def count(self, prefix: str, limit: int) -> int:
         """How many objects are under ``prefix``, counting up to ``limit``.
@@ -267,7 +274,7 @@ class RawClient:
                 break
             found = re.search(rb"<NextContinuationToken>([^<]+)</NextContinuationToken>", data)
             if found is None:
-                raise FallBack("truncated page without a continuation token")
+                raise self._fall("truncated page without a continuation token")
             token = found.group(1).decode()
         return min(n, limit)
 
@@ -303,7 +310,7 @@ class RawClient:
                     elif tag == "LastModified":
                         modified = parse_time((child.text or "").replace("Z", "+00:00"))
                 if key is None or modified is None:
-                    raise FallBack("incomplete Contents element")
+                    raise self._fall("incomplete Contents element")
                 if not key.startswith(prefix):
                     raise outside_prefix(key, prefix)
                 out.append(ObjectInfo(key[root_len:], size, whole_seconds(modified), etag))
@@ -322,7 +329,7 @@ class RawClient:
             if max_pages is not None and pages >= max_pages:
                 return out, common, False
             if not token:
-                raise FallBack("truncated page without a continuation token")
+                raise self._fall("truncated page without a continuation token")
 
 
 def outside_prefix(key: str, prefix: str) -> IntegrityError:
