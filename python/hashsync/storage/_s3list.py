@@ -189,6 +189,14 @@ class RawClient:
         answer["content-length"] = total
         return answer, body
 
+    def head(self, key: str, headers: dict[str, str]) -> dict[str, str]:
+        """HEAD ``key``: the answer's headers (lower-case names), or raises FallBack."""
+        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        status, answer, _ = self._send("HEAD", url, headers)
+        if status != 200 or "last-modified" not in answer or "etag" not in answer:
+            raise self._fall(f"HTTP {status}")
+        return answer
+
     def upload_part(
         self, key: str, upload_id: str, number: int, data: bytes, headers: dict[str, str]
     ) -> str:
