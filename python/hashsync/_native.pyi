@@ -29,6 +29,8 @@ __all__ = [
     "tree_hash",
     "upload_part_size",
     "default_cache_dir",
+    "S3Transport",
+    "sigv4_sign",
 ]
 
 _StrPath = str | PathLike[str]
@@ -241,9 +243,9 @@ class S3Transport:
         OSError: The CA bundle cannot be read or holds no certificate.
     """
 
-    def __init__(
-        self, *, timeout: float, ca_bundle: str | PathLike[str] | None = None, pool: int = 64
-    ) -> None: ...
+    def __new__(
+        cls, *, timeout: float, ca_bundle: str | PathLike[str] | None = None, pool: int = 64
+    ) -> S3Transport: ...
     def request(
         self,
         method: str,

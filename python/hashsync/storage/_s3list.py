@@ -78,6 +78,12 @@ def _default_ca_file() -> str | None:
     return None
 
 
+def _signing(credentials: Credentials | None) -> tuple[str, str, str | None] | None:
+    if credentials is None:
+        return None
+    return (credentials.access_key, credentials.secret_key, credentials.token)
+
+
 def transport(endpoint_url: str, timeout: float, ca_bundle: str | None) -> S3Transport:
     """The shared Rust transport for requests to ``endpoint_url``."""
     if ca_bundle is None and urllib.parse.urlsplit(endpoint_url).scheme.lower() == "https":
@@ -142,7 +148,7 @@ class RawClient:
                 url,
                 list(headers.items()),
                 body,
-                credentials=tuple(credentials) if credentials is not None else None,
+                credentials=_signing(credentials),
                 region=self.region,
                 max_body=max_body,
             )
@@ -235,7 +241,7 @@ class RawClient:
                 fd,
                 offset,
                 end,
-                credentials=tuple(credentials) if credentials is not None else None,
+                credentials=_signing(credentials),
                 region=self.region,
                 pinned_etag=etag,
             )
