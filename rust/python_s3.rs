@@ -15,6 +15,9 @@ use std::path::PathBuf;
 /// Built-in exceptions for a request that got no answer, as Python's own sockets raise them.
 fn transport_err(e: TransportError) -> PyErr {
     let msg = e.to_string();
+    if let Some(errno) = e.file_errno {
+        return PyOSError::new_err((errno, msg));
+    }
     match e.kind {
         ErrorKind::ConnectionRefused => PyConnectionRefusedError::new_err(msg),
         ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => PyConnectionResetError::new_err(msg),

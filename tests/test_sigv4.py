@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hashsync import _native
+from hashsync.errors import StorageUnavailable
 from hashsync.storage import _s3_settings, _s3list
 from hashsync.storage.s3 import S3Storage
 
@@ -322,10 +323,18 @@ def test_a_connection_the_server_closed_is_replaced():
         server.server_close()
 
 
-def test_a_server_that_is_down_falls_back():
-    raw = _s3list.RawClient("http://127.0.0.1:9", "us-east-1", None, "b", timeout=2.0)
-    with pytest.raises(_s3list.FallBack, match="127.0.0.1:9"):
+def test_a_server_that_is_down_is_storage_unavailable_after_retries(monkeypatch):
+    monkeypatch.setattr(_s3list, "wait_before_retry", lambda n: None)
+    raw = _s3list.RawClient(
+        "http://127.0.0.1:9", "us-east-1", None, "b", timeout=2.0, max_attempts=3
+    )
+    with pytest.raises(_s3list.ErrorAnswer, match="127.0.0.1:9") as info:
         raw._page_bytes("", None, None)
+    assert info.value.status is None
+    storage = S3Storage("b", endpoint_url="http://127.0.0.1:9", max_attempts=2,
+                        aws_access_key_id="ak", aws_secret_access_key="sk")  # fmt: skip
+    with pytest.raises(StorageUnavailable, match="unreachable after 2 attempts"):
+        storage.get_size("k")
 
 
 def test_the_transport_raises_builtin_errors_and_never_shows_the_query():
@@ -342,3 +351,82 @@ def test_a_ca_bundle_without_certificates_is_refused(tmp_path):
     bundle.write_text("not a certificate\n")
     with pytest.raises(OSError, match="no certificates"):
         _native.S3Transport(timeout=2.0, ca_bundle=bundle)
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Answers 503 SlowDown to the first ``failures`` requests, then an empty listing."""
+
+    protocol_version = "HTTP/1.1"
+    failures = 0
+    seen = 0
+
+    def do_GET(self):
+        type(self).seen += 1
+        if type(self).seen <= type(self).failures:
+            body = b"<Error><Code>SlowDown</Code><Message>Please &amp; slow</Message></Error>"
+            self.send_response(503)
+        else:
+            body = b"<x/>"
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(("failures", "attempts", "ok"), [(2, 3, True), (2, 2, False)])
+def test_throttling_is_retried_then_reported(monkeypatch, failures, attempts, ok):
+    monkeypatch.setattr(_s3list, "wait_before_retry", lambda n: None)
+    _Flaky.failures, _Flaky.seen = failures, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        raw = _s3list.RawClient(url, "us-east-1", None, "b", timeout=5.0, max_attempts=attempts)
+        if ok:
+            assert raw._page_bytes("", None, None) == b"<x/>"
+        else:
+            with pytest.raises(_s3list.ErrorAnswer) as info:
+                raw._page_bytes("", None, None)
+            assert (info.value.status, info.value.code) == (503, "SlowDown")
+            assert info.value.message == "Please & slow"
+        assert _Flaky.seen == min(failures + 1, attempts)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_errors_and_big_downloads_never_import_botocore(tmp_path, s3_server, bucket):
+    # A missing key, a wrong bucket and a multipart-sized download are answered and mapped by
+    # the Rust transport path alone.
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * (12 * 2**20 // 256))
+    s3_server.client().upload_file(str(big), bucket, "p/big")  # multipart, by s3transfer
+    env = {**os.environ, **s3_server.env()}
+    env.pop("AWS_PROFILE", None)
+    probe = f"""
+import sys
+from hashsync import errors
+from hashsync.storage import S3Storage, SimpleLocalStorage
+s = S3Storage({bucket!r}, "p", part_size=5 * 2**20)
+try:
+    s.get_size("missing")
+except errors.NotFound as exc:
+    print("missing:", exc)
+try:
+    list(S3Storage("no-such-bucket-here").list())
+except errors.NotFound as exc:
+    print("bucket:", exc)
+dst = SimpleLocalStorage({str(tmp_path / "dst")!r})
+s.copy("big", dst)
+print("BOTO", sorted(m for m in sys.modules if m.startswith(("boto", "urllib3"))))
+"""
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("missing:") and "'missing'" in lines[0]
+    assert lines[1].startswith("bucket:") and "does not exist" in lines[1]
+    assert lines[2] == "BOTO []"
+    assert (tmp_path / "dst" / "big").read_bytes() == big.read_bytes()

@@ -44,6 +44,8 @@ pub struct Answer {
 pub struct TransportError {
     pub kind: io::ErrorKind,
     pub message: String,
+    /// Set for a failure writing the caller's file (not the network's doing).
+    pub file_errno: Option<i32>,
 }
 
 impl std::fmt::Display for TransportError {
@@ -68,6 +70,7 @@ impl TransportError {
         TransportError {
             kind,
             message: format!("{}: {e}", redact(url)),
+            file_errno: None,
         }
     }
 
@@ -180,6 +183,7 @@ impl Transport {
             .map_err(|e| TransportError {
                 kind: e.kind(),
                 message: format!("{}: reading the answer: {e}", redact(url)),
+                file_errno: None,
             })?;
         if body.len() as u64 > request.max_body {
             return Ok(Answer {
@@ -197,6 +201,7 @@ impl Transport {
                         redact(url),
                         body.len()
                     ),
+                    file_errno: None,
                 });
             }
         }
@@ -305,6 +310,7 @@ impl Transport {
                 .map_err(|e| TransportError {
                     kind: e.kind(),
                     message: format!("writing the download: {e}"),
+                    file_errno: None,
                 })?;
             at += n as u64;
         }
@@ -326,6 +332,7 @@ impl Transport {
         let bad = |message: String| TransportError {
             kind: io::ErrorKind::InvalidInput,
             message,
+            file_errno: None,
         };
         let headers: Vec<(String, String)> = match request.credentials {
             Some(credentials) => {

@@ -7,7 +7,6 @@ mapping of what they raise to :mod:`hashsync.errors`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import errno
 import os
@@ -311,29 +310,15 @@ class S3Base(ReadWriteStorage):
         """Translate a boto3/botocore/urllib3 exception into a hashsync error."""
         import botocore.exceptions
 
-        if key is None:
-            where = f"s3://{self.bucket}/{self.prefix}"
-        else:
-            where = f"key {key!r} (s3://{self.bucket}/{self.prefix}{key})"
+        where = self._where(key)
         if isinstance(exc, HashsyncError):
             return exc
         if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = redact(str(error.get("Message") or code or f"HTTP {status}"))
-            text = f"{action} {where}: {message} ({code or status})"
-            if code == "NoSuchBucket":
-                return NotFound(
-                    errno.ENOENT,
-                    f"{action} {where}: bucket {self.bucket!r} does not exist (NoSuchBucket)",
-                )
-            error = error_for_status(status, text, code=code)
-            if isinstance(error, StorageUnavailable):
-                return StorageUnavailable(
-                    errno.EAGAIN, f"{text}, after {self.max_attempts} attempts"
-                )
-            return error
+            return self._refusal(
+                status, str(error.get("Code", "")), str(error.get("Message") or ""), where, action
+            )
         if isinstance(
             exc,
             botocore.exceptions.NoCredentialsError | (botocore.exceptions.PartialCredentialsError),
@@ -353,6 +338,41 @@ class S3Base(ReadWriteStorage):
             )
         return HashsyncError(redact(f"{action} {where}: {exc!r}"))
 
+    def _where(self, key: str | None) -> str:
+        if key is None:
+            return f"s3://{self.bucket}/{self.prefix}"
+        return f"key {key!r} (s3://{self.bucket}/{self.prefix}{key})"
+
+    def _refusal(
+        self, status: int | None, code: str, message: str, where: str, action: str
+    ) -> HashsyncError:
+        """The hashsync error for the store's error answer (status, S3 error code, message)."""
+        message = redact(message or code or f"HTTP {status}")
+        text = f"{action} {where}: {message} ({code or status})"
+        if code == "NoSuchBucket":
+            return NotFound(
+                errno.ENOENT,
+                f"{action} {where}: bucket {self.bucket!r} does not exist (NoSuchBucket)",
+            )
+        error = error_for_status(status, text, code=code)
+        if isinstance(error, StorageUnavailable):
+            return StorageUnavailable(errno.EAGAIN, f"{text}, after {self.max_attempts} attempts")
+        return error
+
+    def _raw_error(self, exc: _s3list.ErrorAnswer, key: str | None, action: str) -> HashsyncError:
+        """Translate an error of the Rust transport path into a hashsync error."""
+        where = self._where(key)
+        if exc.status is not None:
+            return self._refusal(exc.status, exc.code, exc.message, where, action)
+        if exc.code == "InvalidRequest":
+            return InvalidArgument(redact(f"{action} {where}: {exc.message}"))
+        refused = "refused" in exc.message.lower() or "connect" in exc.message.lower()
+        return StorageUnavailable(
+            errno.ECONNREFUSED if refused else errno.EIO,
+            f"{action} {where}: store unreachable after {self.max_attempts} attempts: "
+            f"{redact(exc.message)}",
+        )
+
     def _call(self, action: str, key: str | None, method: Callable[..., Any], **kwargs: Any) -> Any:
         try:
             return method(**kwargs)
@@ -371,10 +391,12 @@ class S3Base(ReadWriteStorage):
             headers = {"x-amz-checksum-mode": "ENABLED"} if "ChecksumMode" in extra else {}
             if "IfMatch" in extra:
                 headers["If-Match"] = extra["IfMatch"]
-            with contextlib.suppress(_s3list.FallBack):
-                # boto3 repeats a HEAD the transport could not answer (404 and 412 included)
-                # and maps the error.
+            try:
                 return head_fields(raw.head(full, headers))
+            except _s3list.ErrorAnswer as exc:
+                raise self._raw_error(exc, key, "HEAD") from None
+            except _s3list.FallBack:
+                pass  # an answer without the headers a HEAD has: boto3 asks again
         return self._call(
             "HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full, **extra
         )
@@ -397,6 +419,7 @@ class S3Base(ReadWriteStorage):
                         bucket=self.bucket,
                         timeout=self.read_timeout,
                         ca_bundle=self._static.ca_bundle if self._static else None,
+                        max_attempts=self.max_attempts,
                     )
         return self._raw
 
@@ -473,8 +496,10 @@ class S3Base(ReadWriteStorage):
             try:
                 answer = raw.put(self._full(key), data, headers)
                 return {"ETag": answer.get("etag", "")}
+            except _s3list.ErrorAnswer as exc:
+                raise self._raw_error(exc, key, "PUT") from None
             except _s3list.FallBack:
-                pass  # boto3 repeats the request and maps whatever went wrong
+                pass  # an answer without an ETag: boto3 sends it again
         return self._call(
             "PUT",
             key,

@@ -249,8 +249,12 @@ class S3Reading(S3Base):
         Segment(prefix).check()
         raw = self._raw_client()
         if raw is not None:
-            with contextlib.suppress(_s3list.FallBack):
+            try:
                 return raw.count(self.prefix + prefix, limit)
+            except _s3list.ErrorAnswer as exc:
+                raise self._raw_error(exc, None, "LIST") from None
+            except _s3list.FallBack:
+                pass  # a page this client cannot read: boto3's paginator tries
         return super().count_keys(prefix, limit)
 
     def _level(self, prefix: str) -> tuple[builtins.list[ObjectInfo], builtins.list[str]]:
@@ -262,8 +266,12 @@ class S3Reading(S3Base):
         objects: list[ObjectInfo] | None = None
         raw = self._raw_client()
         if raw is not None:
-            with contextlib.suppress(_s3list.FallBack):
+            try:
                 objects, common, _ = raw.walk(self.prefix + prefix, len(self.prefix), "/")
+            except _s3list.ErrorAnswer as exc:
+                raise self._raw_error(exc, None, "LIST") from None
+            except _s3list.FallBack:
+                pass  # a page this client cannot read: boto3's paginator tries
         if objects is None:
             objects, common = [], []
             for page_objects, page_common in self._boto_pages(prefix, "/"):
@@ -281,13 +289,15 @@ class S3Reading(S3Base):
         ListObjectsV2 requests with botocore's signer and parses them with ElementTree,
         listing top-level "directories" in parallel. It is used for path-style endpoints
         (custom S3-compatible stores), where the request URL is simple to build; anything
-        unusual (an error answer, a redirect) falls back to boto3, which maps the errors.
+        unusual (a page it cannot parse) falls back to boto3; error answers are errors.
         """
         raw = self._raw_client()
         if raw is None:
             return None
         try:
             return _s3list.list_objects(raw, root_prefix=self.prefix, prefix=prefix)
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, None, "LIST") from None
         except _s3list.FallBack:
             return None
 
@@ -335,6 +345,8 @@ class S3Reading(S3Base):
             return False
         try:
             got = raw.get_small(self._full(key), self.part_size)
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, key, "GET") from None
         except _s3list.FallBack:
             return False
         if got is None:
@@ -419,8 +431,8 @@ class S3Reading(S3Base):
                         self._full(key), fd, offset, end, ranged=start != 0 or end != size,
                         etag=etag,
                     )  # fmt: skip
-                except _s3list.FallBack:
-                    pass  # boto3 takes this attempt, and maps whatever went wrong
+                except _s3list.ErrorAnswer as exc:
+                    raise self._raw_error(exc, key, "GET") from None
                 else:
                     if problem is not None and problem[0] == "changed":
                         raise PreconditionFailed(

@@ -360,9 +360,12 @@ class S3Writing(S3Reading):
                 headers = {"Content-MD5": md5_b64, "Content-Length": str(length)}
                 if checksum:
                     headers["x-amz-checksum-crc64nvme"] = checksum["ChecksumCRC64NVME"]
-                with contextlib.suppress(_s3list.FallBack):
-                    # boto3 repeats a part the transport could not send, and maps the error.
+                try:
                     etag = raw.upload_part(full, upload_id, number, data, headers)
+                except _s3list.ErrorAnswer as exc:
+                    raise self._raw_error(exc, key, "UploadPart") from None
+                except _s3list.FallBack:
+                    pass  # an answer without an ETag: boto3 sends the part again
             if etag is None:
                 etag = self._call(
                     "UploadPart",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import html
 import os
 import re
 import threading
@@ -22,6 +23,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
 from hashsync._native import S3Transport
+from hashsync._retry import wait_before_retry
 from hashsync._threads import run_on_threads
 from hashsync.errors import IntegrityError
 from hashsync.storage._s3_settings import Credentials
@@ -59,7 +61,41 @@ def content_range_total(value: str, start: int) -> str:
 
 
 class FallBack(Exception):
-    """The fast path cannot answer; use boto3."""
+    """An answer this client does not understand (a header missing); boto3 repeats the request."""
+
+
+class ErrorAnswer(Exception):
+    """The store refused a request (after retries, where retrying could help), or never answered.
+
+    Attributes:
+        status: The HTTP status; None when no answer came (connection refused, timeout).
+        code: S3's error code from the answer's XML ("" if none).
+        message: S3's message, or what went wrong on the way.
+    """
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+# Error codes worth another try, whatever the status (throttling, a store busy or restarting).
+_RETRY_CODES = frozenset(
+    ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
+     "ThrottlingException", "RequestTimeTooSkewed")
+)  # fmt: skip
+
+
+def _retryable(status: int, code: str) -> bool:
+    return status >= 500 or status in (408, 429) or code in _RETRY_CODES
+
+
+def error_fields(body: bytes | None) -> tuple[str, str]:
+    """(Code, Message) of S3's error XML; empty strings where the body has none."""
+    text = (body or b"")[: 64 << 10].decode("utf-8", "replace")
+    found = [re.search(rf"<{tag}>([^<]*)</{tag}>", text) for tag in ("Code", "Message")]
+    return tuple(html.unescape(m.group(1)).strip() if m else "" for m in found)  # type: ignore[return-value]
 
 
 # One pool per (timeout, CA bundle), shared by every storage of the process.
@@ -107,6 +143,7 @@ class RawClient:
         bucket: The bucket.
         timeout: Connect and read timeout in seconds.
         ca_bundle: CA certificates for https endpoints (``AWS_CA_BUNDLE``).
+        max_attempts: Tries of a request that failed in a way another try could fix.
     """
 
     def __init__(
@@ -117,8 +154,10 @@ class RawClient:
         bucket: str,
         timeout: float,
         ca_bundle: str | None = None,
+        max_attempts: int = 5,
     ) -> None:
         self.base = endpoint_url.rstrip("/") + "/" + urllib.parse.quote(bucket)
+        self.max_attempts = max(1, max_attempts)
         self.region = region
         self.credentials = credentials
         self.http = transport(endpoint_url, timeout, ca_bundle)
@@ -139,22 +178,46 @@ class RawClient:
         headers: dict[str, str],
         body: bytes | None = None,
         max_body: int = 1 << 62,
+        *,
+        accept: tuple[int, ...] = (),
     ) -> tuple[int, dict[str, str], bytes | None]:
-        """(status, lower-case headers, body or None if longer than ``max_body``)."""
-        credentials = self.credentials() if self.credentials is not None else None
-        try:
-            status, answer, data = self.http.request(
-                method,
-                url,
-                list(headers.items()),
-                body,
-                credentials=_signing(credentials),
-                region=self.region,
-                max_body=max_body,
-            )
-        except (OSError, ValueError) as exc:
-            raise self._fall(str(exc)) from exc
-        return status, dict(answer), data
+        """(status, lower-case headers, body or None if longer than ``max_body``).
+
+        A status of 300 or more, other than those in ``accept``, raises :class:`ErrorAnswer`;
+        throttling, server errors and requests that got no answer are tried again first.
+        """
+        failures = 0
+        while True:
+            credentials = self.credentials() if self.credentials is not None else None
+            try:
+                status, pairs, data = self.http.request(
+                    method,
+                    url,
+                    list(headers.items()),
+                    body,
+                    credentials=_signing(credentials),
+                    region=self.region,
+                    max_body=max(max_body, 64 << 10),
+                )
+            except ValueError as exc:
+                raise ErrorAnswer(None, "InvalidRequest", str(exc)) from exc
+            except OSError as exc:
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise ErrorAnswer(None, "", str(exc)) from exc
+                wait_before_retry(failures)
+                continue
+            answer = dict(pairs)
+            if status < 300 or status in accept:
+                if data is not None and len(data) > max_body:
+                    data = None
+                return status, answer, data
+            code, message = error_fields(data)
+            failures += 1
+            if _retryable(status, code) and failures < self.max_attempts:
+                wait_before_retry(failures)
+                continue
+            raise ErrorAnswer(status, code, message or answer.get("x-amz-error-message", ""))
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """PUT ``data`` at ``key``; returns the response headers, or raises FallBack."""
@@ -172,7 +235,7 @@ class RawClient:
         """
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
         status, answer, body = self._send(
-            "GET", url, {"Range": f"bytes=0-{limit - 1}"}, max_body=limit
+            "GET", url, {"Range": f"bytes=0-{limit - 1}"}, max_body=limit, accept=(416,)
         )
         span = answer.get("content-range")
         if status in (200, 206) and span is not None:
@@ -226,29 +289,47 @@ class RawClient:
         The body is written by the transport, without the GIL. Returns (bytes written, why it
         stopped early or None): ``("changed", etag)`` for another version of the object,
         ``("range", header)`` for a Content-Range that does not cover ``offset``,
-        ``("broken", message)`` for a body that broke off. Raises FallBack for an error
-        answer (boto3 repeats the request and maps it) or no answer at all.
+        ``("broken", message)`` for a body that broke off.
+
+        Raises:
+            ErrorAnswer: The store refused (after retries), or never answered.
         """
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
         headers = {"If-Match": f'"{etag}"'}
         if ranged:
             headers["Range"] = f"bytes={offset}-{end - 1}"
-        credentials = self.credentials() if self.credentials is not None else None
-        try:
-            status, _, written, problem, _ = self.http.get_into(
-                url,
-                list(headers.items()),
-                fd,
-                offset,
-                end,
-                credentials=_signing(credentials),
-                region=self.region,
-                pinned_etag=etag,
-            )
-        except (OSError, ValueError) as exc:
-            raise self._fall(str(exc)) from exc
-        if status not in (200, 206):
-            raise self._fall(f"HTTP {status}")
+        failures = 0
+        while True:
+            credentials = self.credentials() if self.credentials is not None else None
+            try:
+                status, _, written, problem, error_body = self.http.get_into(
+                    url,
+                    list(headers.items()),
+                    fd,
+                    offset,
+                    end,
+                    credentials=_signing(credentials),
+                    region=self.region,
+                    pinned_etag=etag,
+                )
+            except ValueError as exc:
+                raise ErrorAnswer(None, "InvalidRequest", str(exc)) from exc
+            except OSError as exc:
+                if exc.errno is not None:
+                    raise  # writing the file failed: not the store's doing
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise ErrorAnswer(None, "", str(exc)) from exc
+                wait_before_retry(failures)
+                continue
+            if status in (200, 206):
+                break
+            code, message = error_fields(error_body)
+            failures += 1
+            if _retryable(status, code) and failures < self.max_attempts:
+                wait_before_retry(failures)
+                continue
+            raise ErrorAnswer(status, code, message)
         return written, problem
 
     def _page_bytes(
