@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import socket
 import sys
 import threading
 import time
@@ -38,9 +39,23 @@ def rewriting_proxy(
     ``(method, path)`` of every request. Yields the proxy's base URL.
     """
     target = urllib.parse.urlsplit(upstream)
+    # Open client connections: closed when the proxy goes away, as a stopped server's are
+    # (a client's pooled keep-alive connection must not outlive the proxy).
+    live: set[socket.socket] = set()
+    live_lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with live_lock:
+                live.add(self.connection)
+
+        def finish(self) -> None:
+            with live_lock:
+                live.discard(self.connection)
+            super().finish()
 
         def log_message(self, *args):  # quiet
             pass
@@ -102,6 +117,10 @@ def rewriting_proxy(
     finally:
         server.shutdown()
         server.server_close()
+        with live_lock:
+            for sock in list(live):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def ignoring_conditions(access_key: str, secret_key: str):

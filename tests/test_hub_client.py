@@ -198,8 +198,8 @@ def test_large_downloads_resume_with_range_and_if_range(root, tmp_path):
             return body
 
         with rewriting_proxy(url, count) as proxied:
-            client = DatasetHubClient(proxied, KEY, cache_dir=cache)
-            assert client.get_file("mnist", "big.bin").read_bytes() == big
+            through = DatasetHubClient(proxied, KEY, cache_dir=cache)
+            assert through.get_file("mnist", "big.bin").read_bytes() == big
         assert sent == [len(big) - 5_000_000]  # only the missing part crossed the wire
         assert not partial.exists()
         # A partial of another version (the If-Range fails: a 200 restarts it cleanly).
