@@ -430,3 +430,30 @@ print("BOTO", sorted(m for m in sys.modules if m.startswith(("boto", "urllib3"))
     assert lines[1].startswith("bucket:") and "does not exist" in lines[1]
     assert lines[2] == "BOTO []"
     assert (tmp_path / "dst" / "big").read_bytes() == big.read_bytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_uses_the_parents_pooled_connections(s3_server, bucket):
+    storage = S3Storage(
+        bucket,
+        "fork",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+    )
+    storage.write_bytes("k", b"parent")
+    raw = storage._raw_client()
+    assert raw is not None
+    parents = raw.http
+    pid = os.fork()
+    if pid == 0:  # the child: only os._exit, never pytest's teardown
+        code = 1
+        try:
+            ok = raw.http is not parents and storage.read_bytes("k") == b"parent"
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    assert storage.read_bytes("k") == b"parent"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert raw.http is parents

@@ -101,6 +101,18 @@ def error_fields(body: bytes | None) -> tuple[str, str]:
 # One pool per (timeout, CA bundle), shared by every storage of the process.
 _transports: dict[tuple[float, str | None], S3Transport] = {}
 _transports_lock = threading.Lock()
+# Bumped in a forked child: the parent's pooled connections must never carry the child's
+# requests (two processes writing one socket interleave their requests).
+_generation = 0
+
+
+def _forget_parents_pools() -> None:
+    global _generation
+    _generation += 1
+    _transports.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parents_pools)
 
 
 def _default_ca_file() -> str | None:
@@ -160,9 +172,19 @@ class RawClient:
         self.max_attempts = max(1, max_attempts)
         self.region = region
         self.credentials = credentials
-        self.http = transport(endpoint_url, timeout, ca_bundle)
+        self._where = (endpoint_url, timeout, ca_bundle)
+        self._http = transport(endpoint_url, timeout, ca_bundle)
+        self._generation = _generation
         #: Requests the transport could not answer, by reason (tests check it stays empty).
         self.fallbacks: collections.Counter[str] = collections.Counter()
+
+    @property
+    def http(self) -> S3Transport:
+        """This process's transport (a forked child gets a pool of its own)."""
+        if self._generation != _generation:
+            self._http = transport(*self._where)
+            self._generation = _generation
+        return self._http
 
     def _fall(self, reason: str) -> FallBack:
         self.fallbacks[reason.partition(":")[0]] += 1
