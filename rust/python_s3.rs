@@ -28,6 +28,15 @@ fn transport_err(e: TransportError) -> PyErr {
     }
 }
 
+/// `(access_key, secret_key, session_token)` from Python.
+fn signing((access_key, secret_key, token): (String, String, Option<String>)) -> Credentials {
+    Credentials {
+        access_key,
+        secret_key,
+        token,
+    }
+}
+
 type Answer<'py> = (u16, Vec<(String, String)>, Option<Bound<'py, PyBytes>>);
 
 /// A keep-alive connection pool that signs and sends S3 requests.
@@ -58,11 +67,7 @@ impl PyS3Transport {
         region: &str,
         max_body: u64,
     ) -> PyResult<Answer<'py>> {
-        let credentials = credentials.map(|(access_key, secret_key, token)| Credentials {
-            access_key,
-            secret_key,
-            token,
-        });
+        let credentials = credentials.map(signing);
         let body: &[u8] = body.as_deref().unwrap_or(b"");
         let answer = py
             .detach(|| {
@@ -96,11 +101,7 @@ impl PyS3Transport {
         pinned_etag: Option<&str>,
     ) -> PyResult<RangeResult<'py>> {
         use std::os::fd::FromRawFd;
-        let credentials = credentials.map(|(access_key, secret_key, token)| Credentials {
-            access_key,
-            secret_key,
-            token,
-        });
+        let credentials = credentials.map(signing);
         if fd < 0 {
             return Err(PyValueError::new_err(format!("bad file descriptor {fd}")));
         }

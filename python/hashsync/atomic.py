@@ -227,6 +227,18 @@ def cleanup_once(directory: Path) -> None:
     cleanup_stale_temporaries(directory)
 
 
+class _DirectorySync:
+    """The fsyncs of one directory: how many were asked for, and how many are covered."""
+
+    __slots__ = ("asked", "covered", "running", "waiting")
+
+    def __init__(self) -> None:
+        self.asked = 0  # requests so far, numbered 1, 2, ...
+        self.covered = 0  # requests up to this number are on disk
+        self.running = False  # an fsync is under way
+        self.waiting = 0  # callers inside sync() that have not started an fsync
+
+
 class _DirectorySyncs:
     """Group commit for directory fsyncs: one fsync serves every caller that asked before it began.
 
@@ -238,35 +250,32 @@ class _DirectorySyncs:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        # directory -> [requests so far, requests covered by a finished fsync, running, waiters]
-        self._state: dict[str, list[Any]] = {}
+        self._state: dict[str, _DirectorySync] = {}
 
     def sync(self, directory: str) -> None:
         with self._cond:
-            state = self._state.setdefault(directory, [0, 0, False, 0])
-            state[0] += 1
-            mine = state[0]
-            state[3] += 1
+            state = self._state.setdefault(directory, _DirectorySync())
+            state.asked += 1
+            mine = state.asked
+            state.waiting += 1
             try:
-                while state[1] < mine:
-                    if not state[2]:
-                        break
+                while state.running and state.covered < mine:
                     self._cond.wait()
-                else:
+                if state.covered >= mine:
                     return
-                state[2] = True
-                covering = state[0]
+                state.running = True
+                covering = state.asked
             finally:
-                state[3] -= 1
-                if state[3] == 0 and not state[2]:
+                state.waiting -= 1
+                if not state.waiting and not state.running:
                     self._state.pop(directory, None)
         try:
             _fsync_directory_now(directory)
         finally:
             with self._cond:
-                state[2] = False
-                state[1] = max(state[1], covering)
-                if state[3] == 0:
+                state.running = False
+                state.covered = max(state.covered, covering)
+                if not state.waiting:
                     self._state.pop(directory, None)
                 self._cond.notify_all()
 

@@ -331,11 +331,7 @@ class S3Base(ReadWriteStorage):
         if isinstance(exc, botocore.exceptions.ParamValidationError):
             return InvalidArgument(f"{action} {where}: {redact(str(exc))}")
         if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError, *stream_errors())):
-            return StorageUnavailable(
-                errno.ECONNREFUSED if "connect" in str(exc).lower() else errno.EIO,
-                f"{action} {where}: store unreachable after {self.max_attempts} attempts: "
-                f"{redact(str(exc))}",
-            )
+            return self._unreachable(str(exc), where, action)
         return HashsyncError(redact(f"{action} {where}: {exc!r}"))
 
     def _where(self, key: str | None) -> str:
@@ -366,11 +362,15 @@ class S3Base(ReadWriteStorage):
             return self._refusal(exc.status, exc.code, exc.message, where, action)
         if exc.code == "InvalidRequest":
             return InvalidArgument(redact(f"{action} {where}: {exc.message}"))
-        refused = "refused" in exc.message.lower() or "connect" in exc.message.lower()
+        return self._unreachable(exc.message, where, action)
+
+    def _unreachable(self, reason: str, where: str, action: str) -> StorageUnavailable:
+        """The error for a request that got no answer after every attempt."""
+        refused = "refused" in reason.lower() or "connect" in reason.lower()
         return StorageUnavailable(
             errno.ECONNREFUSED if refused else errno.EIO,
             f"{action} {where}: store unreachable after {self.max_attempts} attempts: "
-            f"{redact(exc.message)}",
+            f"{redact(reason)}",
         )
 
     def _call(self, action: str, key: str | None, method: Callable[..., Any], **kwargs: Any) -> Any:

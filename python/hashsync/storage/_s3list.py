@@ -21,6 +21,7 @@ import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from typing import TypeVar
 
 from hashsync._native import S3Transport
 from hashsync._retry import wait_before_retry
@@ -29,7 +30,9 @@ from hashsync.errors import IntegrityError
 from hashsync.storage._s3_settings import Credentials
 from hashsync.storage.base import ObjectInfo
 
-__all__ = ["FallBack", "RawClient", "list_objects", "transport"]
+__all__ = ["ErrorAnswer", "FallBack", "RawClient", "list_objects", "transport"]
+
+_T = TypeVar("_T")
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # Subtrees listed at once: enough to hide the server's per-page latency.
@@ -193,6 +196,42 @@ class RawClient:
     def close(self) -> None:
         """Nothing to release: the transport's pool is shared and closes idle connections."""
 
+    def _attempts(
+        self,
+        once: Callable[[tuple[str, str, str | None] | None], tuple[int, bytes | None, str, _T]],
+        ok: Callable[[int], bool],
+    ) -> _T:
+        """Call ``once(credentials)`` until the store accepts, or retrying cannot help.
+
+        ``once`` returns (status, the body of an error answer, its x-amz-error-message, the
+        result). A status ``ok`` accepts returns the result; throttling, server
+        errors and requests that got no answer (OSError) are tried again up to
+        ``max_attempts`` times; anything else raises :class:`ErrorAnswer`.
+        """
+        failures = 0
+        while True:
+            credentials = self.credentials() if self.credentials is not None else None
+            try:
+                status, error_body, header_message, result = once(_signing(credentials))
+            except ValueError as exc:
+                raise ErrorAnswer(None, "InvalidRequest", str(exc)) from exc
+            except OSError as exc:
+                if exc.errno is not None:
+                    raise  # a local file failed (get_into): not the store's doing
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise ErrorAnswer(None, "", str(exc)) from exc
+                wait_before_retry(failures)
+                continue
+            if ok(status):
+                return result
+            code, message = error_fields(error_body)
+            failures += 1
+            if _retryable(status, code) and failures < self.max_attempts:
+                wait_before_retry(failures)
+                continue
+            raise ErrorAnswer(status, code, message or header_message)
+
     def _send(
         self,
         method: str,
@@ -208,38 +247,26 @@ class RawClient:
         A status of 300 or more, other than those in ``accept``, raises :class:`ErrorAnswer`;
         throttling, server errors and requests that got no answer are tried again first.
         """
-        failures = 0
-        while True:
-            credentials = self.credentials() if self.credentials is not None else None
-            try:
-                status, pairs, data = self.http.request(
-                    method,
-                    url,
-                    list(headers.items()),
-                    body,
-                    credentials=_signing(credentials),
-                    region=self.region,
-                    max_body=max(max_body, 64 << 10),
-                )
-            except ValueError as exc:
-                raise ErrorAnswer(None, "InvalidRequest", str(exc)) from exc
-            except OSError as exc:
-                failures += 1
-                if failures >= self.max_attempts:
-                    raise ErrorAnswer(None, "", str(exc)) from exc
-                wait_before_retry(failures)
-                continue
+
+        def once(
+            credentials: tuple[str, str, str | None] | None,
+        ) -> tuple[int, bytes | None, str, tuple[int, dict[str, str], bytes | None]]:
+            status, pairs, data = self.http.request(
+                method,
+                url,
+                list(headers.items()),
+                body,
+                credentials=credentials,
+                region=self.region,
+                # Room for an error answer's XML even when a short body is asked for.
+                max_body=max(max_body, 64 << 10),
+            )
             answer = dict(pairs)
-            if status < 300 or status in accept:
-                if data is not None and len(data) > max_body:
-                    data = None
-                return status, answer, data
-            code, message = error_fields(data)
-            failures += 1
-            if _retryable(status, code) and failures < self.max_attempts:
-                wait_before_retry(failures)
-                continue
-            raise ErrorAnswer(status, code, message or answer.get("x-amz-error-message", ""))
+            if data is not None and len(data) > max_body:
+                data = None
+            return status, data, answer.get("x-amz-error-message", ""), (status, answer, data)
+
+        return self._attempts(once, lambda status: status < 300 or status in accept)
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """PUT ``data`` at ``key``; returns the response headers, or raises FallBack."""
@@ -320,38 +347,23 @@ class RawClient:
         headers = {"If-Match": f'"{etag}"'}
         if ranged:
             headers["Range"] = f"bytes={offset}-{end - 1}"
-        failures = 0
-        while True:
-            credentials = self.credentials() if self.credentials is not None else None
-            try:
-                status, _, written, problem, error_body = self.http.get_into(
-                    url,
-                    list(headers.items()),
-                    fd,
-                    offset,
-                    end,
-                    credentials=_signing(credentials),
-                    region=self.region,
-                    pinned_etag=etag,
-                )
-            except ValueError as exc:
-                raise ErrorAnswer(None, "InvalidRequest", str(exc)) from exc
-            except OSError as exc:
-                if exc.errno is not None:
-                    raise  # writing the file failed: not the store's doing
-                failures += 1
-                if failures >= self.max_attempts:
-                    raise ErrorAnswer(None, "", str(exc)) from exc
-                wait_before_retry(failures)
-                continue
-            if status in (200, 206):
-                break
-            code, message = error_fields(error_body)
-            failures += 1
-            if _retryable(status, code) and failures < self.max_attempts:
-                wait_before_retry(failures)
-                continue
-            raise ErrorAnswer(status, code, message)
+
+        def once(
+            credentials: tuple[str, str, str | None] | None,
+        ) -> tuple[int, bytes | None, str, tuple[int, tuple[str, str] | None]]:
+            status, _, written, problem, error_body = self.http.get_into(
+                url,
+                list(headers.items()),
+                fd,
+                offset,
+                end,
+                credentials=credentials,
+                region=self.region,
+                pinned_etag=etag,
+            )
+            return status, error_body, "", (written, problem)
+
+        written, problem = self._attempts(once, lambda status: status in (200, 206))
         return written, problem
 
     def _page_bytes(
