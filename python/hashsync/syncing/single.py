@@ -59,6 +59,8 @@ __all__ = [
 Compare = Literal["checksum", "size-mtime", "size"]
 
 _DEFAULT_WORKERS = TRANSFERS
+# At most this many server-side copies at once (the default before issue 26).
+_SERVER_COPY_WORKERS = 16
 
 
 class _Counter:
@@ -225,6 +227,10 @@ def sync_storages(
     learns the plan and both listings through ``on_listings``.
     """
     dry_run, compare, workers = options.dry_run, options.compare, options.workers
+    if not src.is_local and not dst.is_local:
+        # Store-to-store copies load the store, not the network: 64 CopyObjects per task on
+        # each Dask worker kept SeaweedFS from answering within the 60 s read timeout.
+        workers = min(workers, _SERVER_COPY_WORKERS)
     progress, on_event, on_plan = options.progress, options.on_event, options.on_plan
     started = time.monotonic()
     result = SyncResult(dry_run=dry_run)
