@@ -187,6 +187,10 @@ fn walk_dir(abs: &Path, rel: &str, ancestors: &[(u64, u64)], opts: &ScanOptions)
     };
     let rd = match std::fs::read_dir(abs) {
         Ok(rd) => rd,
+        // A subdirectory removed since its parent was read: like a vanished file, left out.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel != opts.subdir => {
+            return WalkOut::default()
+        }
         Err(e) => {
             out.errors.push((rel.to_string(), strerror(&e)));
             return out;
@@ -344,6 +348,9 @@ fn walk_confined(root: &Dir, rel: &str, opts: &ScanOptions) -> WalkOut {
     let listed = beneath::open_dir(root, rel).and_then(|dir| dir.entries().map(|e| (dir, e)));
     let (dir, entries) = match listed {
         Ok(x) => x,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel != opts.subdir => {
+            return WalkOut::default()
+        }
         Err(e) => {
             out.errors.push((rel.to_string(), confined_reason(&e)));
             return out;
@@ -617,6 +624,9 @@ pub fn scan(root: &Path, opts: &ScanOptions, ctl: &Control) -> Result<Listing> {
                     fresh.push((walked.files[i].key, d.clone()));
                     digests[i] = Some(d);
                 }
+                // Deleted since the walk listed it: left out, as the walk leaves out a file
+                // gone before its stat (a listing a moment later would not have it either).
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => errors.push((walked.files[i].rel.clone(), error_reason(&e))),
             }
         }

@@ -109,6 +109,42 @@ def test_unreadable_and_undecodable_entries_do_not_abort(tmp_path):
             locked.chmod(0o755)
 
 
+def test_a_file_deleted_during_a_scan_is_left_out_not_an_error(tmp_path):
+    # A file that goes between the directory walk and its hashing was deleted: a listing
+    # without it is as true as one from a moment later (the walk already treats a file gone
+    # before its stat so), and so is a directory removed during the walk. Reported as an error, it made a TreeCache builder's upload fail
+    # on a shared directory while a waiter tried to create its lease file there.
+    import threading
+
+    write_tree(tmp_path, {f"f{i:04}": b"x" * 4096 for i in range(400)})
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            path = tmp_path / f"churn{n % 4}"
+            path.write_bytes(b"y" * 65536)
+            path.unlink()
+            (tmp_path / "gone" / "deeper").mkdir(parents=True)
+            shutil.rmtree(tmp_path / "gone")
+            n += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(100):
+            listing = hashsync.scan(tmp_path, algorithm="md5", state=False, threads=2)
+            assert listing.errors == []
+            assert len([p for p in listing.paths() if p.startswith("f")]) == 400
+        # The same through a directory storage, which walks without following links.
+        storage = hashsync.storage.LocalStorage(tmp_path)
+        for _ in range(100):
+            assert len([o for o in storage.list() if o.key.startswith("f")]) == 400
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_bad_roots(tmp_path):
     with pytest.raises(errors.NotFound):
         hashsync.scan(tmp_path / "missing")
