@@ -482,7 +482,11 @@ class S3Base(ReadWriteStorage):
         md5_b64: str,
         metadata: dict[str, str],
         conditions: dict[str, str],
+        *,
+        full: str | None = None,
     ) -> dict[str, Any]:
+        """One PutObject; ``full`` addresses an object outside the storage's keys (claims)."""
+        full = self._full(key) if full is None else full
         raw = self._raw_client()
         if raw is not None:
             headers = {"Content-MD5": md5_b64, "Content-Length": str(len(data))}
@@ -494,7 +498,7 @@ class S3Base(ReadWriteStorage):
             if "IfNoneMatch" in conditions:
                 headers["If-None-Match"] = conditions["IfNoneMatch"]
             try:
-                answer = raw.put(self._full(key), data, headers)
+                answer = raw.put(full, data, headers)
                 return {"ETag": answer.get("etag", "")}
             except _s3list.ErrorAnswer as exc:
                 raise self._raw_error(exc, key, "PUT") from None
@@ -505,7 +509,7 @@ class S3Base(ReadWriteStorage):
             key,
             self.client.put_object,
             Bucket=self.bucket,
-            Key=self._full(key),
+            Key=full,
             Body=data,
             ContentMD5=md5_b64,
             Metadata=metadata,

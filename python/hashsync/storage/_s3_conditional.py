@@ -73,9 +73,7 @@ class S3Conditional(S3Writing):
 
     def _delete_quietly(self, key: str) -> None:
         with contextlib.suppress(NotFound):
-            self._call(
-                "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
-            )
+            self._delete_object(key, self._full(key))
 
     def _require_conditions(self, key: str) -> None:
         """Refuse a create-only / if-hash write the store would not make exclusive."""
@@ -225,14 +223,7 @@ class S3Conditional(S3Writing):
         current = clean_etag(self._head(key)["ETag"])
         if current != expected:
             raise PreconditionFailed(mismatch_message(key, self, expected, current))
-        self._call(
-            "DELETE",
-            key,
-            self.client.delete_object,
-            Bucket=self.bucket,
-            Key=self._full(key),
-            IfMatch=quoted_etag(expected),
-        )
+        self._delete_object(key, self._full(key), if_match=quoted_etag(expected))
 
     @contextlib.contextmanager
     def _claim(self, key: str, expected: str | None) -> Iterator[None]:
@@ -252,15 +243,8 @@ class S3Conditional(S3Writing):
         ).encode()
         for attempt in range(2):
             try:
-                self._call(
-                    "PUT",
-                    key,
-                    self.client.put_object,
-                    Bucket=self.bucket,
-                    Key=claim,
-                    Body=body,
-                    IfNoneMatch="*",
-                )
+                md5_b64 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest())
+                self._put_once(key, body, md5_b64.decode(), {}, {"IfNoneMatch": "*"}, full=claim)
                 break
             except PreconditionFailed:
                 if attempt == 0 and self._break_stale_claim(key, claim):
@@ -273,11 +257,11 @@ class S3Conditional(S3Writing):
             yield
         finally:
             with contextlib.suppress(Exception):
-                self.client.delete_object(Bucket=self.bucket, Key=claim)
+                self._delete_object(key, claim)
 
     def _break_stale_claim(self, key: str, claim: str) -> bool:
         try:
-            head = self._call("HEAD", key, self.client.head_object, Bucket=self.bucket, Key=claim)
+            head = self._head_full(key, claim)
         except NotFound:
             return True  # released meanwhile: try again
         age = time.time() - head["LastModified"].timestamp()
@@ -285,12 +269,5 @@ class S3Conditional(S3Writing):
             return False
         with contextlib.suppress(NotFound, PreconditionFailed):
             # If-Match: of two writers breaking the same stale claim, only one deletes it.
-            self._call(
-                "DELETE",
-                key,
-                self.client.delete_object,
-                Bucket=self.bucket,
-                Key=claim,
-                IfMatch=head["ETag"],
-            )
+            self._delete_object(key, claim, if_match=head["ETag"])
         return True

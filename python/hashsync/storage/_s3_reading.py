@@ -31,12 +31,12 @@ from hashsync.storage._s3_base import (
     MIN_PART,
     PART_SIZE_METADATA,
     READ_CHUNK,
-    S3Base,
     clean_etag,
     native_crc64,
     part_span,
     quoted_etag,
 )
+from hashsync.storage._s3_ops import S3Requests
 from hashsync.storage.base import (
     ByteCallback,
     ObjectInfo,
@@ -49,7 +49,7 @@ from hashsync.storage.sink import Sink, as_sink
 from hashsync.verify import verify_file
 
 
-class S3Reading(S3Base):
+class S3Reading(S3Requests):
     """Reading, listing and downloading (part of :class:`~hashsync.storage.S3Storage`)."""
 
     def get_size(self, key: str) -> int:

@@ -47,6 +47,7 @@ from hashsync.storage._s3_base import (
     may_refuse_checksums,
     quoted_etag,
 )
+from hashsync.storage._s3_ops import PartCopyUnsupported, copy_source, fits_xml
 from hashsync.storage._s3_reading import S3Reading
 from hashsync.storage.base import (
     ByteCallback,
@@ -218,24 +219,12 @@ class S3Writing(S3Reading):
                     continue
             if isinstance(old_id, str):
                 with contextlib.suppress(Exception):
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=full, UploadId=old_id
-                    )
+                    self._abort_upload(key, full, old_id)
             jr.remove(record)
-        native: dict[str, str] = {}
-        if crc64nvme is not None:
-            native = {"ChecksumAlgorithm": "CRC64NVME", "ChecksumType": "FULL_OBJECT"}
+        native = crc64nvme is not None
         if upload_id is None:
             try:
-                upload_id = self._call(
-                    "CreateMultipartUpload",
-                    key,
-                    self.client.create_multipart_upload,
-                    Bucket=self.bucket,
-                    Key=full,
-                    Metadata=metadata,
-                    **native,
-                )["UploadId"]
+                upload_id = self._create_upload(key, full, metadata, crc64nvme=native)
             except HashsyncError as exc:
                 if not native or not may_refuse_checksums(exc):
                     raise
@@ -252,24 +241,17 @@ class S3Writing(S3Reading):
             )
             if before_complete is not None:
                 before_complete()
-            response = self._call(
-                "CompleteMultipartUpload",
+            response = self._complete_upload(
                 key,
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": sent},
-                **(conditions or {}),
-                **(
-                    {"ChecksumCRC64NVME": b64_of_hex(crc64nvme), "ChecksumType": "FULL_OBJECT"}
-                    if crc64nvme is not None
-                    else {}
-                ),
+                full,
+                upload_id,
+                sent,
+                conditions or {},
+                b64_of_hex(crc64nvme) if crc64nvme is not None else None,
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+                self._abort_upload(key, full, upload_id)
             jr.remove(entry)
             raise
         jr.remove(entry)
@@ -278,25 +260,14 @@ class S3Writing(S3Reading):
     def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
         """The parts an unfinished upload holds, ``{number: (etag, size)}``; None if it is gone."""
         held: dict[int, tuple[str, int]] = {}
-        marker = 0
+        marker: int | None = 0
         try:
-            while True:
-                page = self._call(
-                    "ListParts",
-                    key,
-                    self.client.list_parts,
-                    Bucket=self.bucket,
-                    Key=self._full(key),
-                    UploadId=upload_id,
-                    PartNumberMarker=marker,
-                )
-                for part in page.get("Parts", []):
-                    held[int(part["PartNumber"])] = (clean_etag(part["ETag"]), int(part["Size"]))
-                if not page.get("IsTruncated"):
-                    return held
-                marker = int(page.get("NextPartNumberMarker") or 0)
-                if not marker:
-                    return held
+            while marker is not None:
+                page = self._parts_page(key, self._full(key), upload_id, marker)
+                for number, etag, size in page.parts:
+                    held[number] = (clean_etag(etag), size)
+                marker = page.next_marker
+            return held
         except HashsyncError:
             return None
 
@@ -432,7 +403,7 @@ class S3Writing(S3Reading):
         head = source._head(key)
         size = int(head["ContentLength"])
         etag = clean_etag(head["ETag"])
-        copy_source = {"Bucket": source.bucket, "Key": source._full(key)}
+        source_name = copy_source(source.bucket, source._full(key))
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
         # Keep the whole-content checksum: a store's ETag of copied parts may not be a content
         # hash (SeaweedFS's is not), and the checksum still verifies later downloads.
@@ -442,16 +413,7 @@ class S3Writing(S3Reading):
         full = self._full(key)
         report = current_progress()
         if size <= MAX_COPY_OBJECT:
-            self._call(
-                "CopyObject",
-                key,
-                self.client.copy_object,
-                Bucket=self.bucket,
-                Key=full,
-                CopySource=copy_source,
-                CopySourceIfMatch=quoted_etag(etag),
-                MetadataDirective="COPY",
-            )
+            self._copy_object(key, full, source_name, quoted_etag(etag))
             if report is not None:
                 report(size)
             return
@@ -462,23 +424,20 @@ class S3Writing(S3Reading):
         def send(upload_id: str, number: int, _held: object) -> dict[str, Any]:
             start = (number - 1) * piece
             end = min(start + piece, size) - 1
-            part = self._call(
-                "UploadPartCopy",
-                key,
-                self.client.upload_part_copy,
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                PartNumber=number,
-                CopySource=copy_source,
-                CopySourceIfMatch=quoted_etag(etag),
-                CopySourceRange=f"bytes={start}-{end}",
+            part_etag = self._upload_part_copy(
+                key, full, upload_id, number, source_name, quoted_etag(etag), f"bytes={start}-{end}"
             )
             if report is not None:
                 report(end + 1 - start)
-            return {"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]}
+            return {"PartNumber": number, "ETag": part_etag}
 
-        self._multipart(key, metadata, count, send)
+        try:
+            self._multipart(key, metadata, count, send)
+        except PartCopyUnsupported:
+            # The upload was aborted; the bytes go through this machine instead, verified.
+            with TemporaryLocalStorage() as staging:
+                source.copy(key, staging)
+                self.copy_from(key, staging)
 
     def delete(self, key: str) -> None:
         """Delete the object ``key``.
@@ -487,9 +446,7 @@ class S3Writing(S3Reading):
             NotFound: No object has this key (S3 itself would accept the delete silently).
         """
         self._head(key)
-        self._call(
-            "DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._full(key)
-        )
+        self._delete_object(key, self._full(key))
 
     def delete_many(self, keys: Sequence[str]) -> builtins.list[HashsyncError | None]:
         """Delete keys with DeleteObjects, 1,000 a request, several requests at once.
@@ -513,40 +470,31 @@ class S3Writing(S3Reading):
         def one_by_one(batch: list[str]) -> None:
             for key in batch:
                 try:
-                    self._call(
-                        "DELETE",
-                        key,
-                        self.client.delete_object,
-                        Bucket=self.bucket,
-                        Key=self._full(key),
-                    )
+                    self._delete_object(key, self._full(key))
                 except HashsyncError as e:
                     outcomes[where[self._full(key)]] = e
 
         def send(batch: list[str]) -> None:
             try:
-                answer = self._call(
-                    "DELETE",
-                    None,
-                    self.client.delete_objects,
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True},
-                )
+                failed = self._delete_batch([self._full(k) for k in batch])
             except HashsyncError:
                 one_by_one(batch)
                 return
-            for error in answer.get("Errors", []):
-                full = error.get("Key", "")
-                code = str(error.get("Code", ""))
+            for full, code, text in failed:
                 if full not in where:
                     continue
                 message = redact(
                     f"DELETE key {full[len(self.prefix) :]!r} (s3://{self.bucket}/{full}): "
-                    f"{error.get('Message') or code} ({code})"
+                    f"{text or code} ({code})"
                 )
                 outcomes[where[full]] = error_for_status(None, message, code=code)
 
-        run_on_threads(send, batches, DELETE_PARALLEL, fail_fast=True)
+        # A key XML cannot carry (control characters) cannot be named in a DeleteObjects body.
+        odd = [k for k in valid if not fits_xml(self._full(k))]
+        if odd:
+            one_by_one(odd)
+            batches = [[k for k in batch if fits_xml(self._full(k))] for batch in batches]
+        run_on_threads(send, [b for b in batches if b], DELETE_PARALLEL, fail_fast=True)
         return outcomes
 
     # -- unfinished multipart uploads ---------------------------------------------------
@@ -562,24 +510,16 @@ class S3Writing(S3Reading):
             PermissionDenied: Listing uploads is not allowed.
         """
         validate_prefix(prefix)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        markers: tuple[str, str] | None = None
         while True:
-            page = self._call(
-                "ListMultipartUploads", prefix, self.client.list_multipart_uploads, **kwargs
-            )
-            for upload in page.get("Uploads", []):
-                full = upload["Key"]
+            page = self._uploads_page(prefix, self.prefix + prefix, markers)
+            for full, upload_id, initiated in page.uploads:
                 if not full.startswith(self.prefix + prefix):
                     raise _s3list.outside_prefix(full, self.prefix + prefix)
-                yield IncompleteUpload(
-                    full[len(self.prefix) :],
-                    upload["UploadId"],
-                    upload["Initiated"].astimezone(datetime.UTC),
-                )
-            if not page.get("IsTruncated"):
+                yield IncompleteUpload(full[len(self.prefix) :], upload_id, initiated)
+            if page.next_markers is None:
                 return
-            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
-            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+            markers = page.next_markers
 
     def abort_incomplete_uploads(
         self, *, older_than: float = 24 * 3600.0, prefix: str = "", dry_run: bool = False
@@ -613,14 +553,7 @@ class S3Writing(S3Reading):
         mangled (control characters); either way this call did not abort it.
         """
         try:
-            self._call(
-                "AbortMultipartUpload",
-                upload.key,
-                self.client.abort_multipart_upload,
-                Bucket=self.bucket,
-                Key=self._full(upload.key),
-                UploadId=upload.upload_id,
-            )
+            self._abort_upload(upload.key, self._full(upload.key), upload.upload_id)
         except NotFound:
             return False
         return True
@@ -639,9 +572,7 @@ class S3Writing(S3Reading):
         endpoint = self.endpoint_url
         for record, info in jr.abandoned(endpoint, self.bucket, None, prefix=self.prefix):
             with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=info["key"], UploadId=info["upload_id"]
-                )
+                self._abort_upload(info["key"], info["key"], info["upload_id"])
                 aborted += 1
             jr.remove(record)
         return aborted

@@ -101,6 +101,19 @@ def error_fields(body: bytes | None) -> tuple[str, str]:
     return tuple(html.unescape(m.group(1)).strip() if m else "" for m in found)  # type: ignore[return-value]
 
 
+# The longest answer :meth:`RawClient.call` reads: a ListParts or ListMultipartUploads page of
+# 1,000 entries with long keys stays well below it.
+_ANSWER_LIMIT = 16 << 20
+
+
+def _is_error_document(data: bytes) -> bool:
+    """Whether an XML answer's root element is ``<Error>``."""
+    head = data[:512].lstrip()
+    if head.startswith(b"<?xml"):
+        head = head[head.find(b"?>") + 2 :].lstrip()
+    return head.startswith(b"<Error>") or head.startswith(b"<Error ")
+
+
 # One pool per (timeout, CA bundle), shared by every storage of the process.
 _transports: dict[tuple[float, str | None], S3Transport] = {}
 _transports_lock = threading.Lock()
@@ -264,6 +277,58 @@ class RawClient:
             answer = dict(pairs)
             if data is not None and len(data) > max_body:
                 data = None
+            return status, data, answer.get("x-amz-error-message", ""), (status, answer, data)
+
+        return self._attempts(once, lambda status: status < 300 or status in accept)
+
+    def url(self, key: str | None, query: dict[str, str] | None = None) -> str:
+        """The URL of ``key`` (of the bucket for None) with ``query``, percent-encoded."""
+        url = self.base if key is None else f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        if query:
+            url += "?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
+        return url
+
+    def call(
+        self,
+        method: str,
+        key: str | None,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        *,
+        accept: tuple[int, ...] = (),
+        error_in_ok: bool = False,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request with a short answer: (status, lower-case headers, body).
+
+        ``key`` None addresses the bucket. A status of 300 or more, other than those in
+        ``accept``, raises :class:`ErrorAnswer` (after retries where they could help). With
+        ``error_in_ok``, a 200 whose body is an ``<Error>`` document counts as that error:
+        CompleteMultipartUpload and the copies answer 200 before their work is done, and
+        report a failure in the body.
+        """
+        url = self.url(key, query)
+        sent = dict(headers or {})
+
+        def once(
+            credentials: tuple[str, str, str | None] | None,
+        ) -> tuple[int, bytes | None, str, tuple[int, dict[str, str], bytes]]:
+            status, pairs, data = self.http.request(
+                method,
+                url,
+                list(sent.items()),
+                body,
+                credentials=credentials,
+                region=self.region,
+                max_body=_ANSWER_LIMIT,
+            )
+            answer = dict(pairs)
+            if data is None:
+                raise ErrorAnswer(status, "", f"an answer larger than {_ANSWER_LIMIT} bytes")
+            if error_in_ok and status == 200 and _is_error_document(data):
+                code, _ = error_fields(data)
+                # Retried like the status it stands for (InternalError, SlowDown: 5xx).
+                status = 500 if code in _RETRY_CODES or not code else 400
             return status, data, answer.get("x-amz-error-message", ""), (status, answer, data)
 
         return self._attempts(once, lambda status: status < 300 or status in accept)
