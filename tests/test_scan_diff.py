@@ -112,8 +112,9 @@ def test_unreadable_and_undecodable_entries_do_not_abort(tmp_path):
 def test_a_file_deleted_during_a_scan_is_left_out_not_an_error(tmp_path):
     # A file that goes between the directory walk and its hashing was deleted: a listing
     # without it is as true as one from a moment later (the walk already treats a file gone
-    # before its stat so), and so is a directory removed during the walk. Reported as an error, it made a TreeCache builder's upload fail
-    # on a shared directory while a waiter tried to create its lease file there.
+    # before its stat so), and so is a directory removed during the walk. Reported as an
+    # error, it made a TreeCache builder's upload fail on a shared directory while a waiter
+    # tried to create its lease file there.
     import threading
 
     write_tree(tmp_path, {f"f{i:04}": b"x" * 4096 for i in range(400)})
