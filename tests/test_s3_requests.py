@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hashsync.errors import HashsyncError
 from hashsync.storage._s3_ops import complete_body, copy_source, delete_body, fits_xml, xml_text
 from hashsync.storage._s3list import _is_error_document
 
@@ -115,5 +117,47 @@ def test_an_error_inside_a_200_answer_is_retried_then_reported(tmp_path):
             raise AssertionError("an <Error> in a 200 answer was taken for success")
         assert len(seen) == 3  # not retried: access is not a passing trouble
         assert seen[0] == "/b/k?uploadId=u"
+    finally:
+        server.shutdown()
+
+
+def test_a_listing_outside_s3s_namespace_is_refused_not_read_as_empty():
+    # Elements looked up in S3's namespace are not found in a document without it: read
+    # anyway, such a listing would be empty, and a sync with --delete would act on that.
+    import http.server
+    import threading
+
+    from hashsync.storage import S3Storage
+
+    body = (
+        b"<ListBucketResult><Name>b</Name><IsTruncated>false</IsTruncated>"
+        b"<Contents><Key>a</Key><Size>1</Size><ETag>x</ETag>"
+        b"<LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents></ListBucketResult>"
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        storage = S3Storage(
+            "b",
+            endpoint_url=f"http://127.0.0.1:{server.server_port}",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+            max_attempts=1,
+        )
+        with pytest.raises(HashsyncError, match="root element"):
+            list(storage.list())
     finally:
         server.shutdown()

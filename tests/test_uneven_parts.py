@@ -84,10 +84,14 @@ def ignore_part_numbers(storage: S3Storage) -> S3Storage:
     HEAD of the whole object (no parts count, no Content-Range), as such a store does.
     """
 
-    def drop(params, **_):
-        params.pop("PartNumber", None)
+    raw = storage._raw_client()
+    send = raw.call
 
-    storage.client.meta.events.register("before-parameter-build.s3.HeadObject", drop)
+    def call(method, key, query=None, *args, **kwargs):
+        query = {k: v for k, v in (query or {}).items() if k != "partNumber"}
+        return send(method, key, query, *args, **kwargs)
+
+    raw.call = call
     return storage
 
 

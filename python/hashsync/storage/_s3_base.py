@@ -395,8 +395,6 @@ class S3Base(ReadWriteStorage):
                 return head_fields(raw.head(full, headers))
             except _s3list.ErrorAnswer as exc:
                 raise self._raw_error(exc, key, "HEAD") from None
-            except _s3list.FallBack:
-                pass  # an answer without the headers a HEAD has: boto3 asks again
         return self._call(
             "HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full, **extra
         )
@@ -502,8 +500,6 @@ class S3Base(ReadWriteStorage):
                 return {"ETag": answer.get("etag", "")}
             except _s3list.ErrorAnswer as exc:
                 raise self._raw_error(exc, key, "PUT") from None
-            except _s3list.FallBack:
-                pass  # an answer without an ETag: boto3 sends it again
         return self._call(
             "PUT",
             key,

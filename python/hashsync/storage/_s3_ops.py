@@ -168,8 +168,6 @@ class S3Requests(S3Base):
                 return head_fields(raw.head(full, {}))
             except _s3list.ErrorAnswer as exc:
                 raise self._raw_error(exc, key, "HEAD") from None
-            except _s3list.FallBack:
-                pass
         return self._call("HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full)
 
     def _copy_object(self, key: str, full: str, source: str, if_match: str) -> None:

@@ -32,6 +32,7 @@ from hashsync.storage._s3_base import (
     PART_SIZE_METADATA,
     READ_CHUNK,
     clean_etag,
+    head_fields,
     native_crc64,
     part_span,
     quoted_etag,
@@ -214,6 +215,17 @@ class S3Reading(S3Requests):
 
     def _part_head(self, key: str, number: int, etag: str | None) -> dict[str, Any] | None:
         """``HEAD ?partNumber=number`` (pinned to ``etag``), or None if the store refuses it."""
+        raw = self._raw_client()
+        if raw is not None:
+            headers = {"If-Match": quoted_etag(etag)} if etag else {}
+            refused = (400, 416, 501)  # no such part, or partNumber not implemented
+            try:
+                status, answer, _ = raw.call(
+                    "HEAD", self._full(key), {"partNumber": str(number)}, headers, accept=refused
+                )
+            except _s3list.ErrorAnswer as exc:
+                raise self._raw_error(exc, key, "HEAD") from None
+            return None if status in refused else head_fields(answer)
         import botocore.exceptions
 
         extra: dict[str, Any] = {"IfMatch": quoted_etag(etag)} if etag else {}
@@ -253,8 +265,6 @@ class S3Reading(S3Requests):
                 return raw.count(self.prefix + prefix, limit)
             except _s3list.ErrorAnswer as exc:
                 raise self._raw_error(exc, None, "LIST") from None
-            except _s3list.FallBack:
-                pass  # a page this client cannot read: boto3's paginator tries
         return super().count_keys(prefix, limit)
 
     def _level(self, prefix: str) -> tuple[builtins.list[ObjectInfo], builtins.list[str]]:
@@ -270,8 +280,6 @@ class S3Reading(S3Requests):
                 objects, common, _ = raw.walk(self.prefix + prefix, len(self.prefix), "/")
             except _s3list.ErrorAnswer as exc:
                 raise self._raw_error(exc, None, "LIST") from None
-            except _s3list.FallBack:
-                pass  # a page this client cannot read: boto3's paginator tries
         if objects is None:
             objects, common = [], []
             for page_objects, page_common in self._boto_pages(prefix, "/"):
@@ -298,8 +306,6 @@ class S3Reading(S3Requests):
             return _s3list.list_objects(raw, root_prefix=self.prefix, prefix=prefix)
         except _s3list.ErrorAnswer as exc:
             raise self._raw_error(exc, None, "LIST") from None
-        except _s3list.FallBack:
-            return None
 
     # -- downloading -------------------------------------------------------------------
 
@@ -347,8 +353,6 @@ class S3Reading(S3Requests):
             got = raw.get_small(self._full(key), self.part_size)
         except _s3list.ErrorAnswer as exc:
             raise self._raw_error(exc, key, "GET") from None
-        except _s3list.FallBack:
-            return False
         if got is None:
             return False
         headers, body = got

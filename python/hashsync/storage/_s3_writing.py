@@ -335,8 +335,6 @@ class S3Writing(S3Reading):
                     etag = raw.upload_part(full, upload_id, number, data, headers)
                 except _s3list.ErrorAnswer as exc:
                     raise self._raw_error(exc, key, "UploadPart") from None
-                except _s3list.FallBack:
-                    pass  # an answer without an ETag: boto3 sends the part again
             if etag is None:
                 etag = self._call(
                     "UploadPart",

@@ -6,13 +6,12 @@ sync. The hot operations therefore go through :class:`hashsync._native.S3Transpo
 a keep-alive pool and the wire in Rust, without the interpreter lock): ListObjectsV2 (parsed
 with ElementTree; the listing is split at the first "directory" level, one request with
 ``delimiter=/``, and the subtrees are listed in parallel), the GET of a small object and the
-single-request PutObject. Anything unexpected raises :class:`FallBack`, and the caller repeats
-the operation through boto3, which maps errors to :mod:`hashsync.errors`.
+single-request PutObject. The store's refusals, and answers that lack what their operation
+must carry, raise :class:`ErrorAnswer`, which the storage maps to :mod:`hashsync.errors`.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
 import html
 import os
@@ -30,7 +29,7 @@ from hashsync.errors import IntegrityError
 from hashsync.storage._s3_settings import Credentials
 from hashsync.storage.base import ObjectInfo
 
-__all__ = ["ErrorAnswer", "FallBack", "RawClient", "list_objects", "transport"]
+__all__ = ["ErrorAnswer", "RawClient", "list_objects", "transport"]
 
 _T = TypeVar("_T")
 
@@ -61,10 +60,6 @@ def content_range_total(value: str, start: int) -> str:
     if unit.lower() != "bytes" or not first.isdigit() or int(first) != start:
         return ""
     return total if total.isdigit() else ""
-
-
-class FallBack(Exception):
-    """An answer this client does not understand (a header missing); boto3 repeats the request."""
 
 
 class ErrorAnswer(Exception):
@@ -191,8 +186,6 @@ class RawClient:
         self._where = (endpoint_url, timeout, ca_bundle)
         self._http = transport(endpoint_url, timeout, ca_bundle)
         self._generation = _generation
-        #: Requests the transport could not answer, by reason (tests check it stays empty).
-        self.fallbacks: collections.Counter[str] = collections.Counter()
 
     @property
     def http(self) -> S3Transport:
@@ -202,9 +195,10 @@ class RawClient:
             self._generation = _generation
         return self._http
 
-    def _fall(self, reason: str) -> FallBack:
-        self.fallbacks[reason.partition(":")[0]] += 1
-        return FallBack(reason)
+    @staticmethod
+    def _malformed(status: int, reason: str) -> ErrorAnswer:
+        """The error for an answer without what its operation must carry."""
+        return ErrorAnswer(status, "MalformedAnswer", reason)
 
     def close(self) -> None:
         """Nothing to release: the transport's pool is shared and closes idle connections."""
@@ -334,11 +328,9 @@ class RawClient:
         return self._attempts(once, lambda status: status < 300 or status in accept)
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
-        """PUT ``data`` at ``key``; returns the response headers, or raises FallBack."""
+        """PUT ``data`` at ``key``; returns the response headers."""
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
-        status, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
-        if status != 200:
-            raise self._fall(f"HTTP {status}")
+        _, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
         return answer
 
     def get_small(self, key: str, limit: int) -> tuple[dict[str, str], bytes] | None:
@@ -362,28 +354,31 @@ class RawClient:
             # An empty object has no byte 0 to range over.
             return None
         else:
-            raise self._fall(f"HTTP {status}")
-        if not total.isdigit():
-            raise self._fall("no object size in the answer")
-        if int(total) > limit or body is None:
+            return None  # another success status: the HEAD + ranged GET path judges
+        # Without a size, a version or a date, or with a body shorter than the size, the
+        # HEAD + ranged GET path judges.
+        if not total.isdigit() or int(total) > limit or body is None:
+            return None
+        if "etag" not in answer or "last-modified" not in answer:
             return None
         if len(body) != int(total):
-            raise self._fall("short body")
+            return None
         answer["content-length"] = total
         return answer, body
 
     def head(self, key: str, headers: dict[str, str]) -> dict[str, str]:
-        """HEAD ``key``: the answer's headers (lower-case names), or raises FallBack."""
+        """HEAD ``key``: the answer's headers (lower-case names)."""
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
         status, answer, _ = self._send("HEAD", url, headers)
-        if status != 200 or "last-modified" not in answer or "etag" not in answer:
-            raise self._fall(f"HTTP {status}")
+        for needed in ("etag", "last-modified", "content-length"):
+            if needed not in answer:
+                raise self._malformed(status, f"the HEAD answer has no {needed.title()} header")
         return answer
 
     def upload_part(
         self, key: str, upload_id: str, number: int, data: bytes, headers: dict[str, str]
     ) -> str:
-        """UploadPart ``number`` of ``upload_id``; returns the part's ETag, or raises FallBack."""
+        """UploadPart ``number`` of ``upload_id``; returns the part's ETag."""
         query = urllib.parse.urlencode(
             sorted({"partNumber": str(number), "uploadId": upload_id}.items()),
             quote_via=urllib.parse.quote,
@@ -391,8 +386,8 @@ class RawClient:
         url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}?{query}"
         status, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
         etag = answer.get("etag", "")
-        if status != 200 or not etag:
-            raise self._fall(f"HTTP {status}")
+        if not etag:
+            raise self._malformed(status, "the UploadPart answer has no ETag header")
         return etag
 
     def get_into(
@@ -443,16 +438,21 @@ class RawClient:
             params["max-keys"] = str(max_keys)
         query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
         status, _, data = self._send("GET", f"{self.base}?{query}", {})
-        if status != 200 or data is None:  # errors: boto3 retries and maps them
-            raise self._fall(f"HTTP {status}")
+        if data is None:
+            raise self._malformed(status, "no listing in the answer")
         return data
 
     def page(self, prefix: str, token: str | None, delimiter: str | None) -> ET.Element:
         """One parsed ListObjectsV2 page."""
         try:
-            return ET.fromstring(self._page_bytes(prefix, token, delimiter))
+            root = ET.fromstring(self._page_bytes(prefix, token, delimiter))
         except ET.ParseError as exc:
-            raise self._fall(str(exc)) from exc
+            raise self._malformed(200, f"unreadable listing: {exc}") from None
+        if root.tag != _NS + "ListBucketResult":
+            # Elements looked up in S3's namespace would not be found: an answer in another
+            # (or none) would read as an empty listing, and a sync would act on that.
+            raise self._malformed(200, f"the listing's root element is {root.tag!r}")
+        return root
 
     def count(self, prefix: str, limit: int) -> int:
         """How many objects are under ``prefix``, counting up to ``limit``.
@@ -468,7 +468,7 @@ class RawClient:
                 break
             found = re.search(rb"<NextContinuationToken>([^<]+)</NextContinuationToken>", data)
             if found is None:
-                raise self._fall("truncated page without a continuation token")
+                raise self._malformed(200, "a truncated page without a continuation token")
             token = found.group(1).decode()
         return min(n, limit)
 
@@ -504,7 +504,7 @@ class RawClient:
                     elif tag == "LastModified":
                         modified = parse_time((child.text or "").replace("Z", "+00:00"))
                 if key is None or modified is None:
-                    raise self._fall("incomplete Contents element")
+                    raise self._malformed(200, "a listed object without Key or LastModified")
                 if not key.startswith(prefix):
                     raise outside_prefix(key, prefix)
                 out.append(ObjectInfo(key[root_len:], size, whole_seconds(modified), etag))
@@ -523,7 +523,7 @@ class RawClient:
             if max_pages is not None and pages >= max_pages:
                 return out, common, False
             if not token:
-                raise self._fall("truncated page without a continuation token")
+                raise self._malformed(200, "a truncated page without a continuation token")
 
 
 def outside_prefix(key: str, prefix: str) -> IntegrityError:
