@@ -48,9 +48,14 @@ pub(crate) struct PyS3Transport {
 #[pymethods]
 impl PyS3Transport {
     #[new]
-    #[pyo3(signature = (*, timeout, ca_bundle = None, pool = 64))]
-    fn new(timeout: f64, ca_bundle: Option<PathBuf>, pool: usize) -> PyResult<Self> {
-        let inner = Transport::new(timeout, ca_bundle.as_deref(), pool)?;
+    #[pyo3(signature = (*, timeout, ca_bundle = None, pool = 64, proxy = None))]
+    fn new(
+        timeout: f64,
+        ca_bundle: Option<PathBuf>,
+        pool: usize,
+        proxy: Option<&str>,
+    ) -> PyResult<Self> {
+        let inner = Transport::new(timeout, ca_bundle.as_deref(), pool, proxy)?;
         Ok(PyS3Transport { inner })
     }
 

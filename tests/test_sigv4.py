@@ -193,8 +193,6 @@ def test_environment_alone_decides(clean_env):
         {"unset": ["AWS_ENDPOINT_URL"]},
         {"unset": ["AWS_SECRET_ACCESS_KEY"]},
         {"kw": {"aws_access_key_id": "only-the-key"}},
-        {"env": {"HTTP_PROXY": "http://proxy:3128"}},
-        {"env": {"all_proxy": "http://proxy:3128", "NO_PROXY": "example.com"}},
         {"config": "[default]\nendpoint_url = http://elsewhere:1\n"},
         {"config": "[default]\ns3 =\n  addressing_style = virtual\n"},
         {"config": "not an ini file ["},
@@ -210,22 +208,34 @@ def test_anything_unusual_leaves_it_to_botocore(clean_env, tmp_path, change):
     assert static(**change.get("kw", {})) is None
 
 
-def test_proxy_bypassed_for_the_endpoint_and_config_region(clean_env, tmp_path):
+def test_the_proxy_is_chosen_as_botocore_chooses_it(clean_env):
+    from hashsync.storage._s3list import proxy_for
+
+    assert proxy_for("http://store:8333") is None
     clean_env.setenv("HTTP_PROXY", "http://proxy:3128")
+    assert proxy_for("http://store:8333") == "http://proxy:3128"
+    assert proxy_for("https://store:8333") is None  # HTTP_PROXY is for http only
+    clean_env.setenv("https_proxy", "proxy2:3129")
+    assert proxy_for("https://store") == "http://proxy2:3129"
     clean_env.setenv("NO_PROXY", "localhost,.example.com,127.0.0.1")
-    assert static() is not None
-    clean_env.setenv("AWS_ENDPOINT_URL", "http://s3.store.example.com:8333")
-    assert static() is not None
-    clean_env.setenv("AWS_ENDPOINT_URL", "http://badexample.com")
-    assert static() is None
+    assert proxy_for("http://127.0.0.1:9") is None
+    assert proxy_for("http://s3.store.example.com:8333") is None
+    assert proxy_for("http://badexample.com") == "http://proxy:3128"
     clean_env.delenv("HTTP_PROXY")
+    clean_env.setenv("ALL_PROXY", "socks5://proxy:1080")
+    assert proxy_for("http://other") == "socks5://proxy:1080"
+    # Settings stay static with a proxy: the transport goes through it.
+    assert static() is not None
+
+
+def test_config_region(clean_env, tmp_path):
     (tmp_path / "config").write_text("[default]\nregion = sa-east-1\noutput = json\n")
     assert static().region == "sa-east-1"
     (tmp_path / "config").write_text("[profile other]\nendpoint_url = http://x\n")
     assert static().region == "us-east-1"
 
 
-def test_storage_waits_for_botocore_until_needed(clean_env, s3_server, bucket):
+def test_botocore_is_not_loaded_when_the_environment_decides(clean_env, s3_server, bucket):
     storage = S3Storage(
         bucket,
         "lazy",
@@ -237,11 +247,9 @@ def test_storage_waits_for_botocore_until_needed(clean_env, s3_server, bucket):
     storage.write_bytes("a.txt", b"one")
     assert [o.key for o in storage.list()] == ["a.txt"]
     assert storage.location() == (("s3", s3_server.endpoint_url, bucket), "lazy/")
-    assert storage._client is None
-    # An operation without a lean path builds the client on first use.
     assert storage.delete_many(["a.txt"]) == [None]
-    assert storage._client is not None
     assert list(storage.list()) == []
+    assert storage._client is None  # never needed
 
 
 def test_wrong_secret_on_the_lean_path_is_permission_denied(clean_env, s3_server, bucket):

@@ -91,6 +91,45 @@ fn redact(url: &str) -> &str {
     url.split_once('?').map_or(url, |(u, _)| u)
 }
 
+/// The proxy URL for an error message, without a password in it.
+fn redact_userinfo(url: &str, why: &str) -> String {
+    let shown = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    };
+    format!("{shown} ({why})")
+}
+
+/// Name resolution that knows names under `localhost` are the loopback host (RFC 6761, 6.3),
+/// as curl and browsers do; glibc resolves only `localhost` itself. A store on this machine
+/// is reached with virtual-hosted addressing at `bucket.localhost`.
+#[derive(Debug, Default)]
+struct LoopbackNames(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LoopbackNames {
+    fn resolve(
+        &self,
+        uri: &http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or("").to_ascii_lowercase();
+        if host.ends_with(".localhost") {
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            let mut out = self.empty();
+            out.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+            return Ok(out);
+        }
+        self.0.resolve(uri, config, timeout)
+    }
+}
+
 /// A connection pool to any number of endpoints; cheap to share between threads.
 pub struct Transport {
     agent: ureq::Agent,
@@ -100,8 +139,25 @@ impl Transport {
     /// `timeout`: seconds allowed to connect, and for each of sending and receiving an answer.
     /// `ca_bundle`: PEM certificates trusted instead of the built-in Mozilla roots (https).
     /// `pool`: idle connections kept per host.
-    pub fn new(timeout: f64, ca_bundle: Option<&Path>, pool: usize) -> io::Result<Self> {
+    /// `proxy`: an `http://`, `https://` or `socks5://` proxy URL for every request (HTTP
+    /// proxies are asked to CONNECT, for http targets too); the caller decides from the
+    /// environment whether one applies to its endpoint.
+    pub fn new(
+        timeout: f64,
+        ca_bundle: Option<&Path>,
+        pool: usize,
+        proxy: Option<&str>,
+    ) -> io::Result<Self> {
         let timeout = Duration::from_secs_f64(timeout.clamp(0.001, 86_400.0));
+        let proxy = match proxy {
+            Some(url) => Some(ureq::Proxy::new(url).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("not a usable proxy URL: {}", redact_userinfo(url, &e.to_string())),
+                )
+            })?),
+            None => None,
+        };
         let mut builder = ureq::Agent::config_builder();
         if let Some(path) = ca_bundle {
             let pem = std::fs::read(path)?;
@@ -135,8 +191,9 @@ impl Transport {
             // A redirect must be signed again for its new host: never followed here.
             .max_redirects(0)
             .max_redirects_will_error(false)
-            // Proxies are botocore's business (the caller sends nothing here when one is set).
-            .proxy(None)
+            // Never from the environment here: ureq would take ALL_PROXY / HTTPS_PROXY /
+            // HTTP_PROXY whatever the target's scheme.
+            .proxy(proxy)
             .max_idle_connections(pool.max(1) * 4)
             .max_idle_connections_per_host(pool.max(1))
             .max_idle_age(Duration::from_secs(IDLE_SECONDS))
@@ -147,7 +204,11 @@ impl Transport {
             .user_agent(concat!("hashsync/", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Transport {
-            agent: config.new_agent(),
+            agent: ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::default(),
+                LoopbackNames::default(),
+            ),
         })
     }
 
@@ -488,7 +549,7 @@ mod tests {
         max_body: u64,
         credentials: Option<&Credentials>,
     ) -> Result<Answer, TransportError> {
-        let t = Transport::new(5.0, None, 4).unwrap();
+        let t = Transport::new(5.0, None, 4, None).unwrap();
         t.exchange(&Request {
             method: "GET",
             url,
@@ -498,6 +559,43 @@ mod tests {
             region: "us-east-1",
             max_body,
         })
+    }
+
+    #[test]
+    fn names_under_localhost_reach_this_machine_and_keep_their_host_header() {
+        let (url, server) = serve(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        ]);
+        let port = url.rsplit(':').next().unwrap();
+        let a = get(&format!("http://bucket.localhost:{port}/k"), 100, None).unwrap();
+        assert_eq!(a.body.as_deref(), Some(&b"ok"[..]));
+        let seen = server.join().unwrap();
+        assert!(
+            seen[0].to_ascii_lowercase().contains(&format!("host: bucket.localhost:{port}")),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn requests_go_through_the_proxy_given() {
+        // An HTTP proxy is asked to CONNECT to the target; its answer ends the exchange here.
+        let (proxy, server) = serve(vec![
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ]);
+        let t = Transport::new(5.0, None, 4, Some(&proxy)).unwrap();
+        let result = t.exchange(&Request {
+            method: "GET",
+            url: "http://store.invalid:9000/b/k",
+            headers: &[],
+            body: b"",
+            credentials: None,
+            region: "us-east-1",
+            max_body: 100,
+        });
+        assert!(result.is_err());
+        let seen = server.join().unwrap();
+        assert!(seen[0].starts_with("CONNECT store.invalid:9000 "), "{seen:?}");
+        assert!(Transport::new(5.0, None, 4, Some("::not a url")).is_err());
     }
 
     #[test]
@@ -535,7 +633,7 @@ mod tests {
             secret_key: "SK".into(),
             token: None,
         };
-        let t = Transport::new(5.0, None, 4).unwrap();
+        let t = Transport::new(5.0, None, 4, None).unwrap();
         for headers in [
             vec![(
                 "Content-MD5".to_string(),
@@ -620,7 +718,7 @@ mod tests {
         end: u64,
         pinned: Option<&str>,
     ) -> (RangeAnswer, Vec<u8>) {
-        let t = Transport::new(5.0, None, 4).unwrap();
+        let t = Transport::new(5.0, None, 4, None).unwrap();
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir =

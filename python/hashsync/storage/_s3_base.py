@@ -11,6 +11,7 @@ import datetime
 import errno
 import os
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -306,34 +307,6 @@ class S3Base(ReadWriteStorage):
 
     # -- errors ------------------------------------------------------------------------
 
-    def _error(self, exc: BaseException, key: str | None, action: str) -> HashsyncError:
-        """Translate a boto3/botocore/urllib3 exception into a hashsync error."""
-        import botocore.exceptions
-
-        where = self._where(key)
-        if isinstance(exc, HashsyncError):
-            return exc
-        if isinstance(exc, botocore.exceptions.ClientError):
-            error = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return self._refusal(
-                status, str(error.get("Code", "")), str(error.get("Message") or ""), where, action
-            )
-        if isinstance(
-            exc,
-            botocore.exceptions.NoCredentialsError | (botocore.exceptions.PartialCredentialsError),
-        ):
-            return PermissionDenied(
-                errno.EACCES,
-                f"{action} {where}: no AWS credentials found (set AWS_ACCESS_KEY_ID / "
-                "AWS_PROFILE, or use anonymous=True for a public bucket)",
-            )
-        if isinstance(exc, botocore.exceptions.ParamValidationError):
-            return InvalidArgument(f"{action} {where}: {redact(str(exc))}")
-        if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError, *stream_errors())):
-            return self._unreachable(str(exc), where, action)
-        return HashsyncError(redact(f"{action} {where}: {exc!r}"))
-
     def _where(self, key: str | None) -> str:
         if key is None:
             return f"s3://{self.bucket}/{self.prefix}"
@@ -362,6 +335,13 @@ class S3Base(ReadWriteStorage):
             return self._refusal(exc.status, exc.code, exc.message, where, action)
         if exc.code == "InvalidRequest":
             return InvalidArgument(redact(f"{action} {where}: {exc.message}"))
+        if exc.code == "CertificateError":
+            return StorageUnavailable(
+                errno.EPROTO,
+                f"{action} {where}: the store's TLS certificate is not trusted: "
+                f"{redact(exc.message)} (a store with its own certificate authority needs "
+                "AWS_CA_BUNDLE naming that authority's PEM file)",
+            )
         return self._unreachable(exc.message, where, action)
 
     def _unreachable(self, reason: str, where: str, action: str) -> StorageUnavailable:
@@ -373,58 +353,81 @@ class S3Base(ReadWriteStorage):
             f"{redact(reason)}",
         )
 
-    def _call(self, action: str, key: str | None, method: Callable[..., Any], **kwargs: Any) -> Any:
-        try:
-            return method(**kwargs)
-        except Exception as exc:
-            raise self._error(exc, key, action) from exc
-
     # -- reading -----------------------------------------------------------------------
 
     def _full(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
-    def _head(self, key: str, **extra: Any) -> dict[str, Any]:
-        full = self._full(key)
-        raw = self._raw_client()
-        if raw is not None and set(extra) <= _LEAN_HEAD:
-            headers = {"x-amz-checksum-mode": "ENABLED"} if "ChecksumMode" in extra else {}
-            if "IfMatch" in extra:
-                headers["If-Match"] = extra["IfMatch"]
-            try:
-                return head_fields(raw.head(full, headers))
-            except _s3list.ErrorAnswer as exc:
-                raise self._raw_error(exc, key, "HEAD") from None
-        return self._call(
-            "HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full, **extra
-        )
+    def _head(
+        self, key: str, *, checksum: bool = False, if_match: str | None = None
+    ) -> dict[str, Any]:
+        """HeadObject: botocore-shaped fields (:func:`head_fields`).
 
-    def _raw_client(self) -> Any:
-        """The lean request path (:mod:`._s3list`) for path-style endpoints, else None."""
-        if not self._path_style:
-            return None
-        if self._static is None and (
-            self._session is None or _s3_settings.proxied(self.endpoint_url)
-        ):
-            return None
+        Args:
+            key: The object.
+            checksum: Ask for the native full-object checksum (``x-amz-checksum-mode``).
+            if_match: Only this version (a quoted ETag).
+        """
+        headers = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        try:
+            return head_fields(self._raw_client().head(self._full(key), headers))
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, key, "HEAD") from None
+
+    def _raw_client(self) -> _s3list.RawClient:
+        """The client every request goes through (the Rust transport, :mod:`._s3list`).
+
+        Its settings are known without botocore for a custom endpoint with credentials from
+        arguments or the environment; otherwise botocore resolves them once (endpoint,
+        region, addressing, credentials with their refresh, proxies, CA bundle) and sends
+        nothing itself.
+        """
         if self._raw is None:
             with _loader_lock:
                 if self._raw is None:
-                    self._raw = _s3list.RawClient(
-                        endpoint_url=self.endpoint_url,
-                        region=self._region(),
-                        credentials=self._credential_source(),
-                        bucket=self.bucket,
-                        timeout=self.read_timeout,
-                        ca_bundle=self._static.ca_bundle if self._static else None,
-                        max_attempts=self.max_attempts,
-                    )
+                    self._raw = self._new_raw_client()
         return self._raw
 
-    def _region(self) -> str:
+    def _new_raw_client(self) -> _s3list.RawClient:
         if self._static is not None:
-            return self._static.region
-        return self.client.meta.region_name or "us-east-1"
+            return _s3list.RawClient(
+                endpoint_url=self.endpoint_url,
+                region=self._static.region,
+                credentials=self._credential_source(),
+                bucket=self.bucket,
+                timeout=self.read_timeout,
+                ca_bundle=self._static.ca_bundle,
+                max_attempts=self.max_attempts,
+                proxy=_s3list.proxy_for(self.endpoint_url),
+            )
+        client = self.client
+        config = client.meta.config
+        if self._session is None:
+            # A client given by the caller: where would it send a request for this bucket?
+            # Its presigned URL says (no request is made).
+            url = client.generate_presigned_url(
+                "head_object", Params={"Bucket": self.bucket, "Key": "k"}, ExpiresIn=60
+            )
+            host = urllib.parse.urlsplit(url).hostname or ""
+            self._path_style = not host.startswith(self.bucket.lower() + ".")
+        proxies = getattr(config, "proxies", None) or {}
+        scheme = self.endpoint_url.partition("://")[0].lower()
+        proxy = proxies.get(scheme) or _s3list.proxy_for(self.endpoint_url)
+        verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        ca_bundle = getattr(verify, "_verify", None)
+        return _s3list.RawClient(
+            endpoint_url=self.endpoint_url,
+            region=client.meta.region_name or "us-east-1",
+            credentials=self._credential_source(),
+            bucket=self.bucket,
+            timeout=self.read_timeout,
+            ca_bundle=ca_bundle if isinstance(ca_bundle, str) else None,
+            max_attempts=self.max_attempts,
+            virtual=not self._path_style,
+            proxy=proxy,
+        )
 
     def _credential_source(self) -> Callable[[], _s3_settings.Credentials | None] | None:
         if self.anonymous:
@@ -432,9 +435,27 @@ class S3Base(ReadWriteStorage):
         if self._static is not None:
             fixed = self._static.credentials
             return lambda: fixed
-        found = self._session.get_credentials()
+        if self._session is not None:
+            found = self._session.get_credentials()
+        else:
+            # A client given by the caller: the credentials its requests would be signed with.
+            from botocore import UNSIGNED
+
+            if self.client.meta.config.signature_version is UNSIGNED:
+                return None
+            signer = getattr(self.client, "_request_signer", None)
+            found = getattr(signer, "_credentials", None)
         if found is None:
-            return None
+            where = f"s3://{self.bucket}/{self.prefix}"
+
+            def missing() -> _s3_settings.Credentials:
+                raise PermissionDenied(
+                    errno.EACCES,
+                    f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID / AWS_PROFILE, "
+                    "or use anonymous=True for a public bucket)",
+                )
+
+            return missing
 
         def current() -> _s3_settings.Credentials:
             # Asked per request: botocore refreshes expiring (assumed-role, SSO) credentials.
@@ -485,32 +506,19 @@ class S3Base(ReadWriteStorage):
     ) -> dict[str, Any]:
         """One PutObject; ``full`` addresses an object outside the storage's keys (claims)."""
         full = self._full(key) if full is None else full
-        raw = self._raw_client()
-        if raw is not None:
-            headers = {"Content-MD5": md5_b64, "Content-Length": str(len(data))}
-            if "ChecksumCRC64NVME" in conditions:
-                headers["x-amz-checksum-crc64nvme"] = conditions["ChecksumCRC64NVME"]
-            headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
-            if "IfMatch" in conditions:
-                headers["If-Match"] = conditions["IfMatch"]
-            if "IfNoneMatch" in conditions:
-                headers["If-None-Match"] = conditions["IfNoneMatch"]
-            try:
-                answer = raw.put(full, data, headers)
-                return {"ETag": answer.get("etag", "")}
-            except _s3list.ErrorAnswer as exc:
-                raise self._raw_error(exc, key, "PUT") from None
-        return self._call(
-            "PUT",
-            key,
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=full,
-            Body=data,
-            ContentMD5=md5_b64,
-            Metadata=metadata,
-            **conditions,
-        )
+        headers = {"Content-MD5": md5_b64, "Content-Length": str(len(data))}
+        if "ChecksumCRC64NVME" in conditions:
+            headers["x-amz-checksum-crc64nvme"] = conditions["ChecksumCRC64NVME"]
+        headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+        if "IfMatch" in conditions:
+            headers["If-Match"] = conditions["IfMatch"]
+        if "IfNoneMatch" in conditions:
+            headers["If-None-Match"] = conditions["IfNoneMatch"]
+        try:
+            answer = self._raw_client().put(full, data, headers)
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, key, "PUT") from None
+        return {"ETag": answer.get("etag", "")}
 
 
 def may_refuse_checksums(exc: HashsyncError) -> bool:
@@ -586,19 +594,6 @@ def changed_error(path: Path, key: str) -> FileChanged:
     error = FileChanged(f"{str(path)!r} changed while it was uploaded as {key!r}")
     error.path = str(path)
     return error
-
-
-def stream_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions a response body raises when the connection breaks mid-read."""
-    import http.client
-
-    import urllib3.exceptions
-
-    return (urllib3.exceptions.HTTPError, http.client.HTTPException)
-
-
-# The HeadObject parameters the transport path sends itself.
-_LEAN_HEAD = frozenset(("ChecksumMode", "IfMatch"))
 
 
 def head_fields(headers: dict[str, str]) -> dict[str, Any]:

@@ -1,8 +1,6 @@
-"""S3's multipart, copy and delete operations, each one method with one answer shape.
+"""S3's multipart, copy and delete operations: each request built, and its XML answer read, here.
 
-On endpoints the Rust transport serves (:meth:`S3Base._raw_client`), a request is built and its
-XML answer read here; elsewhere (AWS's own endpoints with virtual-hosted addressing, proxies)
-botocore sends it. Callers see the same results and :mod:`hashsync.errors` either way.
+They are sent by the Rust transport (:meth:`S3Base._raw_client`), like every other request.
 """
 
 from __future__ import annotations
@@ -135,10 +133,10 @@ class S3Requests(S3Base):
         ``key`` names the object in errors, ``full`` is the object addressed (None: the
         bucket).
         """
-        raw = self._raw_client()
-        assert raw is not None
         try:
-            _, answer, data = raw.call(method, full, query, headers, body, error_in_ok=error_in_ok)
+            _, answer, data = self._raw_client().call(
+                method, full, query, headers, body, error_in_ok=error_in_ok
+            )
         except _s3list.ErrorAnswer as exc:
             raise self._raw_error(exc, key, action) from None
         return answer, data
@@ -153,44 +151,24 @@ class S3Requests(S3Base):
 
     def _delete_object(self, key: str, full: str, *, if_match: str | None = None) -> None:
         """DeleteObject (``If-Match`` when given: a conditional delete)."""
-        if self._raw_client() is not None:
-            headers = {"If-Match": if_match} if if_match is not None else {}
-            self._request("DELETE", key, "DELETE", full, headers=headers)
-            return
-        extra = {"IfMatch": if_match} if if_match is not None else {}
-        self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=full, **extra)
+        headers = {"If-Match": if_match} if if_match is not None else {}
+        self._request("DELETE", key, "DELETE", full, headers=headers)
 
     def _head_full(self, key: str, full: str) -> dict[str, Any]:
         """HeadObject of any object of the bucket (``key`` names it in errors)."""
-        raw = self._raw_client()
-        if raw is not None:
-            try:
-                return head_fields(raw.head(full, {}))
-            except _s3list.ErrorAnswer as exc:
-                raise self._raw_error(exc, key, "HEAD") from None
-        return self._call("HEAD", key, self.client.head_object, Bucket=self.bucket, Key=full)
+        try:
+            return head_fields(self._raw_client().head(full, {}))
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, key, "HEAD") from None
 
     def _copy_object(self, key: str, full: str, source: str, if_match: str) -> None:
         """CopyObject of ``source`` (see :func:`copy_source`) with its metadata, pinned."""
-        if self._raw_client() is not None:
-            headers = {
-                "x-amz-copy-source": source,
-                "x-amz-copy-source-if-match": if_match,
-                "x-amz-metadata-directive": "COPY",
-            }
-            self._request("CopyObject", key, "PUT", full, headers=headers, error_in_ok=True)
-            return
-        bucket, _, source_key = urllib.parse.unquote(source).partition("/")
-        self._call(
-            "CopyObject",
-            key,
-            self.client.copy_object,
-            Bucket=self.bucket,
-            Key=full,
-            CopySource={"Bucket": bucket, "Key": source_key},
-            CopySourceIfMatch=if_match,
-            MetadataDirective="COPY",
-        )
+        headers = {
+            "x-amz-copy-source": source,
+            "x-amz-copy-source-if-match": if_match,
+            "x-amz-metadata-directive": "COPY",
+        }
+        self._request("CopyObject", key, "PUT", full, headers=headers, error_in_ok=True)
 
     # -- multipart uploads ----------------------------------------------------------------
 
@@ -198,34 +176,21 @@ class S3Requests(S3Base):
         self, key: str, full: str, metadata: dict[str, str], *, crc64nvme: bool
     ) -> str:
         """CreateMultipartUpload; returns the upload id."""
-        if self._raw_client() is not None:
-            headers = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
-            if crc64nvme:
-                headers["x-amz-checksum-algorithm"] = "CRC64NVME"
-                headers["x-amz-checksum-type"] = "FULL_OBJECT"
-            _, data = self._request(
-                "CreateMultipartUpload", key, "POST", full, {"uploads": ""}, headers
-            )
-            upload_id = _text(self._xml("CreateMultipartUpload", key, data), "UploadId")
-            if not upload_id:
-                raise self._raw_error(
-                    _s3list.ErrorAnswer(200, "MalformedAnswer", "no UploadId in the answer"),
-                    key,
-                    "CreateMultipartUpload",
-                )
-            return upload_id
-        native = {"ChecksumAlgorithm": "CRC64NVME", "ChecksumType": "FULL_OBJECT"}
-        return str(
-            self._call(
-                "CreateMultipartUpload",
-                key,
-                self.client.create_multipart_upload,
-                Bucket=self.bucket,
-                Key=full,
-                Metadata=metadata,
-                **(native if crc64nvme else {}),
-            )["UploadId"]
+        headers = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
+        if crc64nvme:
+            headers["x-amz-checksum-algorithm"] = "CRC64NVME"
+            headers["x-amz-checksum-type"] = "FULL_OBJECT"
+        _, data = self._request(
+            "CreateMultipartUpload", key, "POST", full, {"uploads": ""}, headers
         )
+        upload_id = _text(self._xml("CreateMultipartUpload", key, data), "UploadId")
+        if not upload_id:
+            raise self._raw_error(
+                _s3list.ErrorAnswer(200, "MalformedAnswer", "no UploadId in the answer"),
+                key,
+                "CreateMultipartUpload",
+            )
+        return upload_id
 
     def _complete_upload(
         self,
@@ -237,58 +202,30 @@ class S3Requests(S3Base):
         crc64nvme_b64: str | None,
     ) -> dict[str, Any]:
         """CompleteMultipartUpload (``conditions``: ``IfMatch`` / ``IfNoneMatch``)."""
-        if self._raw_client() is not None:
-            headers: dict[str, str] = {}
-            if "IfMatch" in conditions:
-                headers["If-Match"] = conditions["IfMatch"]
-            if "IfNoneMatch" in conditions:
-                headers["If-None-Match"] = conditions["IfNoneMatch"]
-            if crc64nvme_b64 is not None:
-                headers["x-amz-checksum-crc64nvme"] = crc64nvme_b64
-                headers["x-amz-checksum-type"] = "FULL_OBJECT"
-            _, data = self._request(
-                "CompleteMultipartUpload",
-                key,
-                "POST",
-                full,
-                {"uploadId": upload_id},
-                headers,
-                complete_body(parts),
-                error_in_ok=True,
-            )
-            etag = _text(self._xml("CompleteMultipartUpload", key, data), "ETag")
-            return {"ETag": etag or ""}
-        checksum = (
-            {"ChecksumCRC64NVME": crc64nvme_b64, "ChecksumType": "FULL_OBJECT"}
-            if crc64nvme_b64 is not None
-            else {}
-        )
-        response: dict[str, Any] = self._call(
+        headers: dict[str, str] = {}
+        if "IfMatch" in conditions:
+            headers["If-Match"] = conditions["IfMatch"]
+        if "IfNoneMatch" in conditions:
+            headers["If-None-Match"] = conditions["IfNoneMatch"]
+        if crc64nvme_b64 is not None:
+            headers["x-amz-checksum-crc64nvme"] = crc64nvme_b64
+            headers["x-amz-checksum-type"] = "FULL_OBJECT"
+        _, data = self._request(
             "CompleteMultipartUpload",
             key,
-            self.client.complete_multipart_upload,
-            Bucket=self.bucket,
-            Key=full,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": list(parts)},
-            **conditions,
-            **checksum,
+            "POST",
+            full,
+            {"uploadId": upload_id},
+            headers,
+            complete_body(parts),
+            error_in_ok=True,
         )
-        return response
+        etag = _text(self._xml("CompleteMultipartUpload", key, data), "ETag")
+        return {"ETag": etag or ""}
 
     def _abort_upload(self, key: str, full: str, upload_id: str) -> None:
         """AbortMultipartUpload (``NotFound`` when the store does not know the upload)."""
-        if self._raw_client() is not None:
-            self._request("AbortMultipartUpload", key, "DELETE", full, {"uploadId": upload_id})
-            return
-        self._call(
-            "AbortMultipartUpload",
-            key,
-            self.client.abort_multipart_upload,
-            Bucket=self.bucket,
-            Key=full,
-            UploadId=upload_id,
-        )
+        self._request("AbortMultipartUpload", key, "DELETE", full, {"uploadId": upload_id})
 
     def _upload_part_copy(
         self,
@@ -301,116 +238,71 @@ class S3Requests(S3Base):
         span: str,
     ) -> str:
         """UploadPartCopy of bytes ``span`` (``bytes=A-B``) of ``source``; returns the ETag."""
-        if self._raw_client() is not None:
-            headers = {
-                "x-amz-copy-source": source,
-                "x-amz-copy-source-if-match": if_match,
-                "x-amz-copy-source-range": span,
-            }
-            _, data = self._request(
-                "UploadPartCopy",
-                key,
-                "PUT",
-                full,
-                {"partNumber": str(number), "uploadId": upload_id},
-                headers,
-                error_in_ok=True,
-            )
-            etag = _text(self._xml("UploadPartCopy", key, data), "ETag") if data.strip() else None
-            if not etag:
-                # rclone's server takes the request for an UploadPart with an empty body and
-                # answers 200 without a CopyPartResult: that part now holds nothing.
-                raise PartCopyUnsupported(
-                    f"the store at {self.endpoint_url} answered UploadPartCopy without a "
-                    "CopyPartResult"
-                )
-            return etag
-        bucket, _, source_key = urllib.parse.unquote(source).partition("/")
-        part = self._call(
+        headers = {
+            "x-amz-copy-source": source,
+            "x-amz-copy-source-if-match": if_match,
+            "x-amz-copy-source-range": span,
+        }
+        _, data = self._request(
             "UploadPartCopy",
             key,
-            self.client.upload_part_copy,
-            Bucket=self.bucket,
-            Key=full,
-            UploadId=upload_id,
-            PartNumber=number,
-            CopySource={"Bucket": bucket, "Key": source_key},
-            CopySourceIfMatch=if_match,
-            CopySourceRange=span,
+            "PUT",
+            full,
+            {"partNumber": str(number), "uploadId": upload_id},
+            headers,
+            error_in_ok=True,
         )
-        return str(part["CopyPartResult"]["ETag"])
+        etag = _text(self._xml("UploadPartCopy", key, data), "ETag") if data.strip() else None
+        if not etag:
+            # rclone's server takes the request for an UploadPart with an empty body and
+            # answers 200 without a CopyPartResult: that part now holds nothing.
+            raise PartCopyUnsupported(
+                f"the store at {self.endpoint_url} answered UploadPartCopy without a CopyPartResult"
+            )
+        return etag
 
     def _parts_page(self, key: str, full: str, upload_id: str, marker: int) -> PartsPage:
         """One ListParts page of an unfinished upload, from part ``marker`` on."""
-        if self._raw_client() is not None:
-            query = {"uploadId": upload_id}
-            if marker:
-                query["part-number-marker"] = str(marker)
-            _, data = self._request("ListParts", key, "GET", full, query)
-            root = self._xml("ListParts", key, data)
-            parts = [
-                (
-                    int(_text(p, "PartNumber") or 0),
-                    (_text(p, "ETag") or "").strip().strip('"'),
-                    int(_text(p, "Size") or 0),
-                )
-                for p in _children(root, "Part")
-            ]
-            truncated = (_text(root, "IsTruncated") or "false").strip() == "true"
-            following = int(_text(root, "NextPartNumberMarker") or 0)
-            return PartsPage(parts, following if truncated and following else None)
-        page = self._call(
-            "ListParts",
-            key,
-            self.client.list_parts,
-            Bucket=self.bucket,
-            Key=full,
-            UploadId=upload_id,
-            PartNumberMarker=marker,
-        )
-        listed = [
-            (int(p["PartNumber"]), str(p["ETag"]).strip('"'), int(p["Size"]))
-            for p in page.get("Parts", [])
+        query = {"uploadId": upload_id}
+        if marker:
+            query["part-number-marker"] = str(marker)
+        _, data = self._request("ListParts", key, "GET", full, query)
+        root = self._xml("ListParts", key, data)
+        parts = [
+            (
+                int(_text(p, "PartNumber") or 0),
+                (_text(p, "ETag") or "").strip().strip('"'),
+                int(_text(p, "Size") or 0),
+            )
+            for p in _children(root, "Part")
         ]
-        following = int(page.get("NextPartNumberMarker") or 0)
-        return PartsPage(listed, following if page.get("IsTruncated") and following else None)
+        truncated = (_text(root, "IsTruncated") or "false").strip() == "true"
+        following = int(_text(root, "NextPartNumberMarker") or 0)
+        return PartsPage(parts, following if truncated and following else None)
 
     def _uploads_page(
         self, prefix: str, full_prefix: str, markers: tuple[str, str] | None
     ) -> UploadsPage:
         """One ListMultipartUploads page under ``full_prefix`` (``prefix`` names it in errors)."""
-        if self._raw_client() is not None:
-            query = {"uploads": "", "prefix": full_prefix}
-            if markers is not None:
-                query["key-marker"], query["upload-id-marker"] = markers
-            _, data = self._request("ListMultipartUploads", prefix, "GET", None, query)
-            root = self._xml("ListMultipartUploads", prefix, data)
-            uploads = [
-                (
-                    _text(u, "Key") or "",
-                    _text(u, "UploadId") or "",
-                    _timestamp(_text(u, "Initiated")),
-                )
-                for u in _children(root, "Upload")
-            ]
-            truncated = (_text(root, "IsTruncated") or "false").strip() == "true"
-            following = (
-                _text(root, "NextKeyMarker") or "",
-                _text(root, "NextUploadIdMarker") or "",
-            )
-            return UploadsPage(uploads, following if truncated else None)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        query = {"uploads": "", "prefix": full_prefix}
         if markers is not None:
-            kwargs["KeyMarker"], kwargs["UploadIdMarker"] = markers
-        page = self._call(
-            "ListMultipartUploads", prefix, self.client.list_multipart_uploads, **kwargs
-        )
-        listed = [
-            (u["Key"], u["UploadId"], u["Initiated"].astimezone(datetime.UTC))
-            for u in page.get("Uploads", [])
+            query["key-marker"], query["upload-id-marker"] = markers
+        _, data = self._request("ListMultipartUploads", prefix, "GET", None, query)
+        root = self._xml("ListMultipartUploads", prefix, data)
+        uploads = [
+            (
+                _text(u, "Key") or "",
+                _text(u, "UploadId") or "",
+                _timestamp(_text(u, "Initiated")),
+            )
+            for u in _children(root, "Upload")
         ]
-        following = (page.get("NextKeyMarker", ""), page.get("NextUploadIdMarker", ""))
-        return UploadsPage(listed, following if page.get("IsTruncated") else None)
+        truncated = (_text(root, "IsTruncated") or "false").strip() == "true"
+        following = (
+            _text(root, "NextKeyMarker") or "",
+            _text(root, "NextUploadIdMarker") or "",
+        )
+        return UploadsPage(uploads, following if truncated else None)
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -420,29 +312,17 @@ class S3Requests(S3Base):
         Returns:
             ``(full key, code, message)`` for each key the store did not delete.
         """
-        if self._raw_client() is not None:
-            body = delete_body(fulls)
-            headers = {
-                "Content-MD5": base64.b64encode(
-                    hashlib.md5(body, usedforsecurity=False).digest()
-                ).decode()
-            }
-            _, data = self._request(
-                "DELETE", None, "POST", None, {"delete": ""}, headers, body, error_in_ok=True
-            )
-            root = self._xml("DeleteObjects", None, data)
-            return [
-                (_text(e, "Key") or "", _text(e, "Code") or "", _text(e, "Message") or "")
-                for e in _children(root, "Error")
-            ]
-        answer = self._call(
-            "DELETE",
-            None,
-            self.client.delete_objects,
-            Bucket=self.bucket,
-            Delete={"Objects": [{"Key": k} for k in fulls], "Quiet": True},
+        body = delete_body(fulls)
+        headers = {
+            "Content-MD5": base64.b64encode(
+                hashlib.md5(body, usedforsecurity=False).digest()
+            ).decode()
+        }
+        _, data = self._request(
+            "DELETE", None, "POST", None, {"delete": ""}, headers, body, error_in_ok=True
         )
+        root = self._xml("DeleteObjects", None, data)
         return [
-            (e.get("Key", ""), str(e.get("Code", "")), str(e.get("Message", "")))
-            for e in answer.get("Errors", [])
+            (_text(e, "Key") or "", _text(e, "Code") or "", _text(e, "Message") or "")
+            for e in _children(root, "Error")
         ]

@@ -7,7 +7,6 @@ large ones with ranged GETs pinned to one version (``If-Match``), in parallel.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import datetime
 import errno
 import functools
@@ -30,7 +29,6 @@ from hashsync.storage._s3_base import (
     MAX_PART,
     MIN_PART,
     PART_SIZE_METADATA,
-    READ_CHUNK,
     clean_etag,
     head_fields,
     native_crc64,
@@ -88,10 +86,13 @@ class S3Reading(S3Requests):
             PermissionDenied: Listing is not allowed.
         """
         validate_prefix(prefix)
-        fast = self._fast_list(prefix)
-        pages = [fast] if fast is not None else (objs for objs, _ in self._boto_pages(prefix))
-        for objects in pages:
-            yield from self._kept(objects)
+        try:
+            objects = _s3list.list_objects(
+                self._raw_client(), root_prefix=self.prefix, prefix=prefix
+            )
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, None, "LIST") from None
+        yield from self._kept(objects)
 
     def _kept(self, objects: builtins.list[ObjectInfo]) -> Iterator[ObjectInfo]:
         """``objects`` without folder markers and claims; notes the ones larger than a part."""
@@ -103,40 +104,6 @@ class S3Reading(S3Requests):
                 self._listed_large[info.key] = info.size
             yield info
 
-    def _boto_pages(
-        self, prefix: str, delimiter: str | None = None
-    ) -> Iterator[tuple[builtins.list[ObjectInfo], builtins.list[str]]]:
-        """ListObjectsV2 pages through botocore: (objects, common prefixes) per page.
-
-        Object keys are relative to this storage; common prefixes are full keys.
-        """
-        full = self.prefix + prefix
-        options = {"Bucket": self.bucket, "Prefix": full}
-        if delimiter:
-            options["Delimiter"] = delimiter
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(**options):
-                objects = []
-                for item in page.get("Contents", []):
-                    key = item["Key"]
-                    if not key.startswith(full):
-                        raise _s3list.outside_prefix(key, full)
-                    objects.append(
-                        ObjectInfo(
-                            key[len(self.prefix) :],
-                            int(item["Size"]),
-                            _s3list.whole_seconds(item["LastModified"]),
-                            clean_etag(item["ETag"]) if item.get("ETag") else None,
-                        )
-                    )
-                common = [cp["Prefix"] for cp in page.get("CommonPrefixes", [])]
-                for p in common:
-                    if not p.startswith(full):
-                        raise _s3list.outside_prefix(p, full)
-                yield objects, common
-        except Exception as exc:
-            raise self._error(exc, prefix, "LIST") from exc
-
     def get_crc64nvme(self, key: str) -> str | None:
         """The object's whole-content CRC64NVME (hex), or None if it carries none (one HEAD).
 
@@ -147,7 +114,7 @@ class S3Reading(S3Requests):
         Raises:
             NotFound: No object has this key.
         """
-        head = self._head(key, ChecksumMode="ENABLED")
+        head = self._head(key, checksum=True)
         crc = (head.get("Metadata") or {}).get(CRC64_METADATA, "")
         if len(crc) == 16 and all(c in "0123456789abcdef" for c in crc):
             return crc
@@ -215,32 +182,15 @@ class S3Reading(S3Requests):
 
     def _part_head(self, key: str, number: int, etag: str | None) -> dict[str, Any] | None:
         """``HEAD ?partNumber=number`` (pinned to ``etag``), or None if the store refuses it."""
-        raw = self._raw_client()
-        if raw is not None:
-            headers = {"If-Match": quoted_etag(etag)} if etag else {}
-            refused = (400, 416, 501)  # no such part, or partNumber not implemented
-            try:
-                status, answer, _ = raw.call(
-                    "HEAD", self._full(key), {"partNumber": str(number)}, headers, accept=refused
-                )
-            except _s3list.ErrorAnswer as exc:
-                raise self._raw_error(exc, key, "HEAD") from None
-            return None if status in refused else head_fields(answer)
-        import botocore.exceptions
-
-        extra: dict[str, Any] = {"IfMatch": quoted_etag(etag)} if etag else {}
+        headers = {"If-Match": quoted_etag(etag)} if etag else {}
+        refused = (400, 416, 501)  # no such part, or partNumber not implemented
         try:
-            return self.client.head_object(
-                Bucket=self.bucket, Key=self._full(key), PartNumber=number, **extra
+            status, answer, _ = self._raw_client().call(
+                "HEAD", self._full(key), {"partNumber": str(number)}, headers, accept=refused
             )
-        except botocore.exceptions.ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status in (400, 416, 501):
-                # No such part, or partNumber not implemented: the sizes are not to be had.
-                return None
-            raise self._error(exc, key, "HEAD") from exc
-        except Exception as exc:
-            raise self._error(exc, key, "HEAD") from exc
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, key, "HEAD") from None
+        return None if status in refused else head_fields(answer)
 
     lists_by_level = True
 
@@ -259,13 +209,10 @@ class S3Reading(S3Requests):
     def count_keys(self, prefix: str, limit: int) -> int:
         """Count the objects under ``prefix`` page by page, stopping at ``limit``."""
         Segment(prefix).check()
-        raw = self._raw_client()
-        if raw is not None:
-            try:
-                return raw.count(self.prefix + prefix, limit)
-            except _s3list.ErrorAnswer as exc:
-                raise self._raw_error(exc, None, "LIST") from None
-        return super().count_keys(prefix, limit)
+        try:
+            return self._raw_client().count(self.prefix + prefix, limit)
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, None, "LIST") from None
 
     def _level(self, prefix: str) -> tuple[builtins.list[ObjectInfo], builtins.list[str]]:
         """The objects directly under ``prefix`` and its sub-prefixes.
@@ -273,39 +220,15 @@ class S3Reading(S3Requests):
         One ListObjectsV2 with ``delimiter=/``; keys relative to this storage, claims and
         folder markers left out.
         """
-        objects: list[ObjectInfo] | None = None
-        raw = self._raw_client()
-        if raw is not None:
-            try:
-                objects, common, _ = raw.walk(self.prefix + prefix, len(self.prefix), "/")
-            except _s3list.ErrorAnswer as exc:
-                raise self._raw_error(exc, None, "LIST") from None
-        if objects is None:
-            objects, common = [], []
-            for page_objects, page_common in self._boto_pages(prefix, "/"):
-                objects.extend(page_objects)
-                common.extend(page_common)
+        try:
+            objects, common, _ = self._raw_client().walk(
+                self.prefix + prefix, len(self.prefix), "/"
+            )
+        except _s3list.ErrorAnswer as exc:
+            raise self._raw_error(exc, None, "LIST") from None
         claims = self.prefix + CLAIMS_DIR + "/"
         subdirs = sorted(p[len(self.prefix) :] for p in common if p != claims)
         return list(self._kept(objects)), subdirs
-
-    def _fast_list(self, prefix: str) -> builtins.list[ObjectInfo] | None:
-        """The whole listing through :mod:`hashsync.storage._s3list`, or None to use boto3.
-
-        boto3's paginator spends ~100 us per object parsing XML into dicts and datetimes; a
-        sync of 20,000 files spent most of its time there. The fast path signs the same
-        ListObjectsV2 requests with botocore's signer and parses them with ElementTree,
-        listing top-level "directories" in parallel. It is used for path-style endpoints
-        (custom S3-compatible stores), where the request URL is simple to build; anything
-        unusual (a page it cannot parse) falls back to boto3; error answers are errors.
-        """
-        raw = self._raw_client()
-        if raw is None:
-            return None
-        try:
-            return _s3list.list_objects(raw, root_prefix=self.prefix, prefix=prefix)
-        except _s3list.ErrorAnswer as exc:
-            raise self._raw_error(exc, None, "LIST") from None
 
     # -- downloading -------------------------------------------------------------------
 
@@ -330,7 +253,7 @@ class S3Reading(S3Requests):
             return
         for attempt in range(2):
             # ChecksumMode: the store's native full-object checksum, when the object has one.
-            head = self._head(key, ChecksumMode="ENABLED")
+            head = self._head(key, checksum=True)
             try:
                 sink.receive(key, functools.partial(self._download, key, head))
                 return
@@ -346,7 +269,7 @@ class S3Reading(S3Requests):
         is unusual; the caller then takes the HEAD + ranged GET path, which maps errors.
         """
         raw = self._raw_client()
-        if raw is None or key in self._listed_large:
+        if key in self._listed_large:
             # Known to be large from a listing: the ranged GET would fetch a part for nothing.
             return False
         try:
@@ -356,21 +279,8 @@ class S3Reading(S3Requests):
         if got is None:
             return False
         headers, body = got
-        import email.utils
-
-        modified = email.utils.parsedate_to_datetime(headers.get("last-modified", ""))
-        head = {
-            "ETag": headers.get("etag", ""),
-            "ContentLength": int(headers["content-length"]),
-            "LastModified": modified,
-            "ServerSideEncryption": headers.get("x-amz-server-side-encryption"),
-            "SSECustomerAlgorithm": headers.get("x-amz-server-side-encryption-customer-algorithm"),
-            "Metadata": {
-                k[len("x-amz-meta-") :]: v
-                for k, v in headers.items()
-                if k.startswith("x-amz-meta-")
-            },
-        }
+        head = head_fields(headers)
+        modified = head["LastModified"]
 
         def fill(tmp: Path) -> str:
             report = current_progress()
@@ -429,105 +339,32 @@ class S3Reading(S3Requests):
         failures = 0
         raw = self._raw_client()
         while offset < end:
-            if raw is not None:
-                try:
-                    written, problem = raw.get_into(
-                        self._full(key), fd, offset, end, ranged=start != 0 or end != size,
-                        etag=etag,
-                    )  # fmt: skip
-                except _s3list.ErrorAnswer as exc:
-                    raise self._raw_error(exc, key, "GET") from None
-                else:
-                    if problem is not None and problem[0] == "changed":
-                        raise PreconditionFailed(
-                            f"{key!r} in {self!r} changed during the download "
-                            f"(ETag {problem[1]}, not {etag})"
-                        )
-                    if problem is not None and problem[0] == "range":
-                        raise IntegrityError(
-                            f"GET {key!r} from {self!r}: asked for bytes from {offset}, "
-                            f"got {problem[1]!r}"
-                        )
-                    offset += written
-                    if report is not None and written:
-                        report(written)
-                    if offset < end:
-                        # Broken off (or ended early): ask for the rest.
-                        failures += 1
-                        if failures >= self.max_attempts:
-                            reason = problem[1] if problem else f"body ended at byte {offset}"
-                            raise StorageUnavailable(errno.EIO, f"GET {self!r} {key!r}: {reason}")
-                        wait_before_retry(failures)
-                    continue
-            kwargs: dict[str, Any] = {
-                "Bucket": self.bucket,
-                "Key": self._full(key),
-                "IfMatch": quoted_etag(etag),
-            }
-            if offset != 0 or end != size:
-                kwargs["Range"] = f"bytes={offset}-{end - 1}"
-            response = self._call("GET", key, self.client.get_object, **kwargs)
-            body = response["Body"]
-            got = clean_etag(response.get("ETag") or "")
-            if got and got != etag:
-                # The store ignored If-Match (rclone does): these bytes are another version.
-                body.close()
-                raise PreconditionFailed(
-                    f"{key!r} in {self!r} changed during the download (ETag {got}, not {etag})"
-                )
-            skip = self._range_skip(key, response, offset, "Range" in kwargs)
             try:
-                while skip:
-                    skipped = body.read(min(READ_CHUNK, skip))
-                    if not skipped:
-                        break
-                    skip -= len(skipped)
-                while offset < end:
-                    chunk = body.read(min(READ_CHUNK, end - offset))
-                    if not chunk:
-                        break
-                    os.pwrite(fd, chunk, offset)
-                    offset += len(chunk)
-                    if report is not None:
-                        report(len(chunk))
-            except Exception as exc:
-                error = self._error(exc, key, "GET")
-                if not isinstance(error, StorageUnavailable):
-                    raise error from exc
-                failures += 1
-                if failures >= self.max_attempts:
-                    raise error from exc
-                wait_before_retry(failures)
-                continue
-            finally:
-                with contextlib.suppress(Exception):
-                    body.close()
+                written, problem = raw.get_into(
+                    self._full(key), fd, offset, end, ranged=start != 0 or end != size,
+                    etag=etag,
+                )  # fmt: skip
+            except _s3list.ErrorAnswer as exc:
+                raise self._raw_error(exc, key, "GET") from None
+            if problem is not None and problem[0] == "changed":
+                raise PreconditionFailed(
+                    f"{key!r} in {self!r} changed during the download "
+                    f"(ETag {problem[1]}, not {etag})"
+                )
+            if problem is not None and problem[0] == "range":
+                raise IntegrityError(
+                    f"GET {key!r} from {self!r}: asked for bytes from {offset}, got {problem[1]!r}"
+                )
+            offset += written
+            if report is not None and written:
+                report(written)
             if offset < end:
-                # The server closed the body early without an error: retry the rest.
+                # Broken off (or ended early): ask for the rest.
                 failures += 1
                 if failures >= self.max_attempts:
-                    raise StorageUnavailable(
-                        errno.EIO, f"GET {self!r} {key!r}: body ended at byte {offset} of {size}"
-                    )
-
-    def _range_skip(self, key: str, response: dict[str, Any], offset: int, ranged: bool) -> int:
-        """How many bytes of a ranged GET's body come before ``offset``.
-
-        Judged by Content-Range, never by the status alone: a store may answer 200 with the
-        range asked for (rclone), or ignore Range and send the whole object (then the bytes
-        before ``offset`` are read past).
-        """
-        if not ranged:
-            return 0
-        span = response.get("ContentRange")
-        if span is None:
-            return offset  # the whole object, from byte 0
-        first = span.strip().partition(" ")[2].partition("-")[0]
-        if not first.isdigit() or int(first) > offset:
-            raise IntegrityError(
-                f"GET {key!r} from {self!r}: asked for bytes from {offset}, got {span!r}"
-            )
-        return offset - int(first)
+                    reason = problem[1] if problem else f"body ended at byte {offset}"
+                    raise StorageUnavailable(errno.EIO, f"GET {self!r} {key!r}: {reason}")
+                wait_before_retry(failures)
 
     def _verify_download(
         self, key: str, head: dict[str, Any], tmp: Path, *, body: bytes | None = None

@@ -2,9 +2,9 @@
 
 Importing botocore and loading its S3 model costs about 0.25 s, more than a no-op sync of a
 small tree takes altogether. :func:`static_settings` says when endpoint, region and
-credentials are fully known from arguments and environment variables, so that a storage can
-postpone building its botocore client until an operation needs it; the requests themselves
-are signed and sent by the Rust transport (:mod:`._s3list`).
+credentials are fully known from arguments and environment variables; then botocore is never
+loaded. Otherwise botocore resolves them (profiles, SSO, instance metadata, AWS endpoints).
+Either way the requests are signed and sent by the Rust transport (:mod:`._s3list`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import urllib.parse
 from typing import NamedTuple
 
-__all__ = ["Credentials", "StaticSettings", "is_aws", "proxied", "static_settings"]
+__all__ = ["Credentials", "StaticSettings", "is_aws", "static_settings"]
 
 # Config-file settings that change nothing the lean path does (anything else in the
 # default profile, e.g. an endpoint, a CA bundle or an addressing style, leaves it to botocore).
@@ -46,26 +46,6 @@ def is_aws(url: str) -> bool:
     """Whether ``url`` is an AWS S3 endpoint (virtual-hosted addressing, region redirects)."""
     host = (urllib.parse.urlsplit(url).hostname or "").lower()
     return host == "amazonaws.com" or host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
-
-
-def proxied(endpoint_url: str) -> bool:
-    """Whether a proxy variable applies to ``endpoint_url``.
-
-    botocore honours proxy variables and the Rust transport does not, so it steps aside.
-    """
-    parts = urllib.parse.urlsplit(endpoint_url)
-    scheme = parts.scheme.lower()
-    names = (f"{scheme}_proxy", "all_proxy")
-    if not any(_env(n) or _env(n.upper()) for n in names):
-        return False
-    host = (parts.hostname or "").lower()
-    bypass = _env("no_proxy") or _env("NO_PROXY") or ""
-    for entry in (e.strip().lower() for e in bypass.split(",")):
-        entry = entry.split(":")[0] if entry.count(":") == 1 else entry
-        entry = entry.lstrip(".")
-        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
-            return False
-    return True
 
 
 def _config_region() -> tuple[bool, str | None]:
@@ -111,7 +91,7 @@ def static_settings(
     """The settings botocore would arrive at, when arguments and environment alone decide them.
 
     None when anything needs botocore: a profile, an AWS endpoint, virtual addressing,
-    credentials from files or instance metadata, a proxy, an unusual config file.
+    credentials from files or instance metadata, an unusual config file.
     """
     if profile_name is not None or _env("AWS_PROFILE") or _env("AWS_DEFAULT_PROFILE"):
         return None
@@ -121,7 +101,7 @@ def static_settings(
     endpoint = endpoint_url
     if endpoint is None and not ignore_env:
         endpoint = _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
-    if endpoint is None or is_aws(endpoint) or proxied(endpoint):
+    if endpoint is None or is_aws(endpoint):
         return None
     if urllib.parse.urlsplit(endpoint).scheme.lower() not in ("http", "https"):
         return None

@@ -325,29 +325,13 @@ class S3Writing(S3Reading):
                     report(length)
                 return {"PartNumber": number, "ETag": quoted_etag(held[0]), **checksum}
             md5_b64 = base64.b64encode(digest.digest()).decode()
-            etag: str | None = None
-            raw = self._raw_client()
-            if raw is not None:
-                headers = {"Content-MD5": md5_b64, "Content-Length": str(length)}
-                if checksum:
-                    headers["x-amz-checksum-crc64nvme"] = checksum["ChecksumCRC64NVME"]
-                try:
-                    etag = raw.upload_part(full, upload_id, number, data, headers)
-                except _s3list.ErrorAnswer as exc:
-                    raise self._raw_error(exc, key, "UploadPart") from None
-            if etag is None:
-                etag = self._call(
-                    "UploadPart",
-                    key,
-                    self.client.upload_part,
-                    Bucket=self.bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ContentMD5=md5_b64,
-                    **checksum,
-                )["ETag"]
+            headers = {"Content-MD5": md5_b64, "Content-Length": str(length)}
+            if checksum:
+                headers["x-amz-checksum-crc64nvme"] = checksum["ChecksumCRC64NVME"]
+            try:
+                etag = self._raw_client().upload_part(full, upload_id, number, data, headers)
+            except _s3list.ErrorAnswer as exc:
+                raise self._raw_error(exc, key, "UploadPart") from None
             if report is not None:
                 report(length)
             return {"PartNumber": number, "ETag": etag, **checksum}

@@ -32,6 +32,10 @@ from hashsync.storage.base import ObjectInfo
 __all__ = ["ErrorAnswer", "RawClient", "list_objects", "transport"]
 
 _T = TypeVar("_T")
+# What one try gives: (status, answer headers, the body of an error answer, the result).
+_Attempt = tuple[int, dict[str, str], bytes | None, _T]
+# A TLS failure no retry can fix (rustls's words for an untrusted or mismatched certificate).
+_CERTIFICATE = re.compile(r"certificate|UnknownIssuer|NotValidForName|BadSignature", re.I)
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # Subtrees listed at once: enough to hide the server's per-page latency.
@@ -109,8 +113,8 @@ def _is_error_document(data: bytes) -> bool:
     return head.startswith(b"<Error>") or head.startswith(b"<Error ")
 
 
-# One pool per (timeout, CA bundle), shared by every storage of the process.
-_transports: dict[tuple[float, str | None], S3Transport] = {}
+# One pool per (timeout, CA bundle, proxy), shared by every storage of the process.
+_transports: dict[tuple[float, str | None, str | None], S3Transport] = {}
 _transports_lock = threading.Lock()
 # Bumped in a forked child: the parent's pooled connections must never carry the child's
 # requests (two processes writing one socket interleave their requests).
@@ -143,20 +147,82 @@ def _signing(credentials: Credentials | None) -> tuple[str, str, str | None] | N
     return (credentials.access_key, credentials.secret_key, credentials.token)
 
 
-def transport(endpoint_url: str, timeout: float, ca_bundle: str | None) -> S3Transport:
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url``, as botocore (and urllib) choose it.
+
+    ``https_proxy`` / ``http_proxy`` by the URL's scheme, else ``all_proxy``; none for a host
+    ``no_proxy`` names.
+    """
+    import urllib.request
+
+    proxies = urllib.request.getproxies_environment()
+    parts = urllib.parse.urlsplit(url)
+    found = proxies.get(parts.scheme.lower()) or proxies.get("all")
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not found or bypass(parts.netloc, proxies):
+        return None
+    return found if "://" in found else f"http://{found}"
+
+
+def transport(
+    endpoint_url: str, timeout: float, ca_bundle: str | None, proxy: str | None = None
+) -> S3Transport:
     """The shared Rust transport for requests to ``endpoint_url``."""
     if ca_bundle is None and urllib.parse.urlsplit(endpoint_url).scheme.lower() == "https":
         ca_bundle = _default_ca_file()
     with _transports_lock:
-        found = _transports.get((timeout, ca_bundle))
+        found = _transports.get((timeout, ca_bundle, proxy))
         if found is None:
-            found = S3Transport(timeout=timeout, ca_bundle=ca_bundle)
-            _transports[(timeout, ca_bundle)] = found
+            found = S3Transport(timeout=timeout, ca_bundle=ca_bundle, proxy=proxy)
+            _transports[(timeout, ca_bundle, proxy)] = found
         return found
 
 
+_AWS_S3_HOST = re.compile(r"^s3([.-][a-z0-9-]+)?\.amazonaws\.com(\.cn)?$")
+
+
+def bucket_base(endpoint_url: str, bucket: str, virtual: bool) -> tuple[str, str]:
+    """(base URL, the path a bucket-level request adds) for ``bucket`` at ``endpoint_url``.
+
+    Path-style puts the bucket in the path (``https://host/bucket``); virtual-hosted in the
+    host name (``https://bucket.host``), as AWS prefers, unless the bucket cannot be a DNS
+    label there (dots over https would not match the certificate; capitals, underscores).
+    """
+    endpoint = endpoint_url.rstrip("/")
+    dns_safe = re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) is not None
+    https = endpoint.lower().startswith("https://")
+    if virtual and dns_safe and not (https and "." in bucket):
+        scheme, _, rest = endpoint.partition("://")
+        return f"{scheme}://{bucket}.{rest}", "/"
+    return f"{endpoint}/{urllib.parse.quote(bucket)}", ""
+
+
+def regional_endpoint(endpoint_url: str, region: str) -> str:
+    """``endpoint_url`` moved to ``region`` if it is one of AWS's S3 endpoints, else unchanged."""
+    parts = urllib.parse.urlsplit(endpoint_url)
+    host = (parts.hostname or "").lower()
+    found = _AWS_S3_HOST.match(host)
+    if found is None or not re.fullmatch(r"[a-z0-9-]+", region):
+        return endpoint_url
+    suffix = ".amazonaws.com" + (found.group(2) or "")
+    return f"{parts.scheme}://s3.{region}{suffix}"
+
+
+def _region_named(headers: dict[str, str], body: bytes | None) -> str:
+    """The bucket's region an answer names (a redirect's header, or an error's <Region>)."""
+    named = headers.get("x-amz-bucket-region", "")
+    if not named and body:
+        found = re.search(rb"<Region>([a-z0-9-]+)</Region>", body[: 64 << 10])
+        named = found.group(1).decode() if found else ""
+    return named
+
+
 class RawClient:
-    """Signed requests to one bucket of a path-style endpoint (thread-safe).
+    """Signed requests to one bucket of an S3 endpoint (thread-safe).
+
+    A bucket in another region than the one configured is followed once its region is
+    named (AWS's 301 with ``x-amz-bucket-region``, or a 400 naming the expected region):
+    requests are then signed for that region and, on AWS, sent to its endpoint.
 
     Args:
         endpoint_url: The store's endpoint.
@@ -167,6 +233,9 @@ class RawClient:
         timeout: Connect and read timeout in seconds.
         ca_bundle: CA certificates for https endpoints (``AWS_CA_BUNDLE``).
         max_attempts: Tries of a request that failed in a way another try could fix.
+        virtual: Virtual-hosted addressing (the bucket in the host name) where the bucket's
+            name allows it.
+        proxy: The proxy URL to send requests through (:func:`proxy_for`).
     """
 
     def __init__(
@@ -178,14 +247,34 @@ class RawClient:
         timeout: float,
         ca_bundle: str | None = None,
         max_attempts: int = 5,
+        *,
+        virtual: bool = False,
+        proxy: str | None = None,
     ) -> None:
-        self.base = endpoint_url.rstrip("/") + "/" + urllib.parse.quote(bucket)
+        self.bucket = bucket
+        self.virtual = virtual
+        self.base, self._bucket_path = bucket_base(endpoint_url, bucket, virtual)
         self.max_attempts = max(1, max_attempts)
         self.region = region
         self.credentials = credentials
-        self._where = (endpoint_url, timeout, ca_bundle)
-        self._http = transport(endpoint_url, timeout, ca_bundle)
+        self._endpoint = endpoint_url
+        self._where = (endpoint_url, timeout, ca_bundle, proxy)
+        self._http = transport(endpoint_url, timeout, ca_bundle, proxy)
         self._generation = _generation
+
+    def _move_to(self, region: str) -> None:
+        """Sign for ``region`` from now on (and on AWS, send to its endpoint)."""
+        self._endpoint = regional_endpoint(self._endpoint, region)
+        self.base, self._bucket_path = bucket_base(self._endpoint, self.bucket, self.virtual)
+        self.region = region
+
+    def _target(self, key: str | None, query: dict[str, str] | None = None) -> str:
+        """The path and query of ``key`` (the bucket for None) after :attr:`base`."""
+        target = self._bucket_path if key is None else "/" + urllib.parse.quote(key, safe="/~")
+        if query:
+            encoded = urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
+            target += "?" + encoded
+        return target
 
     @property
     def http(self) -> S3Transport:
@@ -205,26 +294,31 @@ class RawClient:
 
     def _attempts(
         self,
-        once: Callable[[tuple[str, str, str | None] | None], tuple[int, bytes | None, str, _T]],
+        once: Callable[[tuple[str, str, str | None] | None], _Attempt[_T]],
         ok: Callable[[int], bool],
     ) -> _T:
         """Call ``once(credentials)`` until the store accepts, or retrying cannot help.
 
-        ``once`` returns (status, the body of an error answer, its x-amz-error-message, the
-        result). A status ``ok`` accepts returns the result; throttling, server
-        errors and requests that got no answer (OSError) are tried again up to
-        ``max_attempts`` times; anything else raises :class:`ErrorAnswer`.
+        ``once`` returns (status, answer headers, the body of an error answer, the result). A
+        status ``ok`` accepts returns the result; throttling, server errors and requests that
+        got no answer (OSError) are tried again up to ``max_attempts`` times; an answer
+        naming the bucket's region moves there (twice at most); anything else raises
+        :class:`ErrorAnswer`.
         """
         failures = 0
+        moves = 0
         while True:
             credentials = self.credentials() if self.credentials is not None else None
             try:
-                status, error_body, header_message, result = once(_signing(credentials))
+                status, headers, error_body, result = once(_signing(credentials))
             except ValueError as exc:
                 raise ErrorAnswer(None, "InvalidRequest", str(exc)) from exc
             except OSError as exc:
                 if exc.errno is not None:
                     raise  # a local file failed (get_into): not the store's doing
+                if _CERTIFICATE.search(str(exc)):
+                    # Another try meets the same certificate.
+                    raise ErrorAnswer(None, "CertificateError", str(exc)) from exc
                 failures += 1
                 if failures >= self.max_attempts:
                     raise ErrorAnswer(None, "", str(exc)) from exc
@@ -232,7 +326,14 @@ class RawClient:
                 continue
             if ok(status):
                 return result
+            if status in (301, 307, 400) and moves < 2:
+                named = _region_named(headers, error_body)
+                if named and named != self.region:
+                    self._move_to(named)
+                    moves += 1
+                    continue
             code, message = error_fields(error_body)
+            header_message = headers.get("x-amz-error-message", "")
             failures += 1
             if _retryable(status, code) and failures < self.max_attempts:
                 wait_before_retry(failures)
@@ -242,7 +343,7 @@ class RawClient:
     def _send(
         self,
         method: str,
-        url: str,
+        target: str,
         headers: dict[str, str],
         body: bytes | None = None,
         max_body: int = 1 << 62,
@@ -251,16 +352,17 @@ class RawClient:
     ) -> tuple[int, dict[str, str], bytes | None]:
         """(status, lower-case headers, body or None if longer than ``max_body``).
 
-        A status of 300 or more, other than those in ``accept``, raises :class:`ErrorAnswer`;
-        throttling, server errors and requests that got no answer are tried again first.
+        ``target`` is the path and query after :attr:`base` (:meth:`_target`). A status of
+        300 or more, other than those in ``accept``, raises :class:`ErrorAnswer`; throttling,
+        server errors and requests that got no answer are tried again first.
         """
 
         def once(
             credentials: tuple[str, str, str | None] | None,
-        ) -> tuple[int, bytes | None, str, tuple[int, dict[str, str], bytes | None]]:
+        ) -> _Attempt[tuple[int, dict[str, str], bytes | None]]:
             status, pairs, data = self.http.request(
                 method,
-                url,
+                self.base + target,
                 list(headers.items()),
                 body,
                 credentials=credentials,
@@ -271,16 +373,9 @@ class RawClient:
             answer = dict(pairs)
             if data is not None and len(data) > max_body:
                 data = None
-            return status, data, answer.get("x-amz-error-message", ""), (status, answer, data)
+            return status, answer, data, (status, answer, data)
 
         return self._attempts(once, lambda status: status < 300 or status in accept)
-
-    def url(self, key: str | None, query: dict[str, str] | None = None) -> str:
-        """The URL of ``key`` (of the bucket for None) with ``query``, percent-encoded."""
-        url = self.base if key is None else f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
-        if query:
-            url += "?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
-        return url
 
     def call(
         self,
@@ -301,15 +396,15 @@ class RawClient:
         CompleteMultipartUpload and the copies answer 200 before their work is done, and
         report a failure in the body.
         """
-        url = self.url(key, query)
+        target = self._target(key, query)
         sent = dict(headers or {})
 
         def once(
             credentials: tuple[str, str, str | None] | None,
-        ) -> tuple[int, bytes | None, str, tuple[int, dict[str, str], bytes]]:
+        ) -> _Attempt[tuple[int, dict[str, str], bytes]]:
             status, pairs, data = self.http.request(
                 method,
-                url,
+                self.base + target,
                 list(sent.items()),
                 body,
                 credentials=credentials,
@@ -323,13 +418,13 @@ class RawClient:
                 code, _ = error_fields(data)
                 # Retried like the status it stands for (InternalError, SlowDown: 5xx).
                 status = 500 if code in _RETRY_CODES or not code else 400
-            return status, data, answer.get("x-amz-error-message", ""), (status, answer, data)
+            return status, answer, data, (status, answer, data)
 
         return self._attempts(once, lambda status: status < 300 or status in accept)
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """PUT ``data`` at ``key``; returns the response headers."""
-        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        url = self._target(key)
         _, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
         return answer
 
@@ -339,7 +434,7 @@ class RawClient:
         One ranged request: the first ``limit`` bytes and, in Content-Range, the total size.
         A larger object's body is not read (the connection is dropped instead).
         """
-        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        url = self._target(key)
         status, answer, body = self._send(
             "GET", url, {"Range": f"bytes=0-{limit - 1}"}, max_body=limit, accept=(416,)
         )
@@ -368,7 +463,7 @@ class RawClient:
 
     def head(self, key: str, headers: dict[str, str]) -> dict[str, str]:
         """HEAD ``key``: the answer's headers (lower-case names)."""
-        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        url = self._target(key)
         status, answer, _ = self._send("HEAD", url, headers)
         for needed in ("etag", "last-modified", "content-length"):
             if needed not in answer:
@@ -379,11 +474,7 @@ class RawClient:
         self, key: str, upload_id: str, number: int, data: bytes, headers: dict[str, str]
     ) -> str:
         """UploadPart ``number`` of ``upload_id``; returns the part's ETag."""
-        query = urllib.parse.urlencode(
-            sorted({"partNumber": str(number), "uploadId": upload_id}.items()),
-            quote_via=urllib.parse.quote,
-        )
-        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}?{query}"
+        url = self._target(key, {"partNumber": str(number), "uploadId": upload_id})
         status, answer, _ = self._send("PUT", url, headers, data, max_body=1 << 20)
         etag = answer.get("etag", "")
         if not etag:
@@ -403,16 +494,16 @@ class RawClient:
         Raises:
             ErrorAnswer: The store refused (after retries), or never answered.
         """
-        url = f"{self.base}/{urllib.parse.quote(key, safe='/~')}"
+        url = self._target(key)
         headers = {"If-Match": f'"{etag}"'}
         if ranged:
             headers["Range"] = f"bytes={offset}-{end - 1}"
 
         def once(
             credentials: tuple[str, str, str | None] | None,
-        ) -> tuple[int, bytes | None, str, tuple[int, tuple[str, str] | None]]:
-            status, _, written, problem, error_body = self.http.get_into(
-                url,
+        ) -> _Attempt[tuple[int, tuple[str, str] | None]]:
+            status, pairs, written, problem, error_body = self.http.get_into(
+                self.base + url,
                 list(headers.items()),
                 fd,
                 offset,
@@ -421,7 +512,7 @@ class RawClient:
                 region=self.region,
                 pinned_etag=etag,
             )
-            return status, error_body, "", (written, problem)
+            return status, dict(pairs), error_body, (written, problem)
 
         written, problem = self._attempts(once, lambda status: status in (200, 206))
         return written, problem
@@ -436,8 +527,7 @@ class RawClient:
             params["delimiter"] = delimiter
         if max_keys:
             params["max-keys"] = str(max_keys)
-        query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
-        status, _, data = self._send("GET", f"{self.base}?{query}", {})
+        status, _, data = self._send("GET", self._target(None, params), {})
         if data is None:
             raise self._malformed(status, "no listing in the answer")
         return data
