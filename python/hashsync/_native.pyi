@@ -231,20 +231,28 @@ def etag_matches(
 class S3Transport:
     """A keep-alive connection pool that signs (SigV4) and sends S3 requests.
 
-    Requests run without the interpreter lock. Redirects are not followed and proxies are not
-    used; every HTTP status is returned as an answer.
+    Requests run without the interpreter lock. Redirects are not followed; every HTTP status
+    is returned as an answer. Host names under ``localhost`` reach 127.0.0.1 (RFC 6761).
 
     Args:
         timeout: Seconds allowed to connect, and for each of sending and receiving an answer.
         ca_bundle: A PEM file of certificates trusted for https instead of Mozilla's roots.
         pool: Idle connections kept per host.
+        proxy: A proxy URL (``http://``, ``https://``, ``socks5://``) for every request; an
+            HTTP proxy is asked to CONNECT, for http targets too. The environment is not read.
 
     Raises:
         OSError: The CA bundle cannot be read or holds no certificate.
+        ValueError: The proxy URL is not usable.
     """
 
     def __new__(
-        cls, *, timeout: float, ca_bundle: str | PathLike[str] | None = None, pool: int = 64
+        cls,
+        *,
+        timeout: float,
+        ca_bundle: str | PathLike[str] | None = None,
+        pool: int = 64,
+        proxy: str | None = None,
     ) -> S3Transport: ...
     def request(
         self,
