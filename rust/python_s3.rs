@@ -48,14 +48,16 @@ pub(crate) struct PyS3Transport {
 #[pymethods]
 impl PyS3Transport {
     #[new]
-    #[pyo3(signature = (*, timeout, ca_bundle = None, pool = 64, proxy = None))]
+    #[pyo3(signature = (*, timeout, connect_timeout = None, ca_bundle = None, pool = 64, proxy = None))]
     fn new(
         timeout: f64,
+        connect_timeout: Option<f64>,
         ca_bundle: Option<PathBuf>,
         pool: usize,
         proxy: Option<&str>,
     ) -> PyResult<Self> {
-        let inner = Transport::new(timeout, ca_bundle.as_deref(), pool, proxy)?;
+        let connect = connect_timeout.unwrap_or(timeout);
+        let inner = Transport::new(timeout, connect, ca_bundle.as_deref(), pool, proxy)?;
         Ok(PyS3Transport { inner })
     }
 

@@ -235,7 +235,8 @@ class S3Transport:
     is returned as an answer. Host names under ``localhost`` reach 127.0.0.1 (RFC 6761).
 
     Args:
-        timeout: Seconds allowed to connect, and for each of sending and receiving an answer.
+        timeout: Seconds allowed for each of sending and receiving an answer.
+        connect_timeout: Seconds allowed to connect (default: ``timeout``).
         ca_bundle: A PEM file of certificates trusted for https instead of Mozilla's roots.
         pool: Idle connections kept per host.
         proxy: A proxy URL (``http://``, ``https://``, ``socks5://``) for every request; an
@@ -250,6 +251,7 @@ class S3Transport:
         cls,
         *,
         timeout: float,
+        connect_timeout: float | None = None,
         ca_bundle: str | PathLike[str] | None = None,
         pool: int = 64,
         proxy: str | None = None,

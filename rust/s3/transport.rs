@@ -136,7 +136,8 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// `timeout`: seconds allowed to connect, and for each of sending and receiving an answer.
+    /// `timeout`: seconds allowed for each of sending and receiving an answer;
+    /// `connect_timeout`: for establishing a connection.
     /// `ca_bundle`: PEM certificates trusted instead of the built-in Mozilla roots (https).
     /// `pool`: idle connections kept per host.
     /// `proxy`: an `http://`, `https://` or `socks5://` proxy URL for every request (HTTP
@@ -144,11 +145,13 @@ impl Transport {
     /// environment whether one applies to its endpoint.
     pub fn new(
         timeout: f64,
+        connect_timeout: f64,
         ca_bundle: Option<&Path>,
         pool: usize,
         proxy: Option<&str>,
     ) -> io::Result<Self> {
         let timeout = Duration::from_secs_f64(timeout.clamp(0.001, 86_400.0));
+        let connect_timeout = Duration::from_secs_f64(connect_timeout.clamp(0.001, 86_400.0));
         let proxy = match proxy {
             Some(url) => Some(ureq::Proxy::new(url).map_err(|e| {
                 io::Error::new(
@@ -197,7 +200,7 @@ impl Transport {
             .max_idle_connections(pool.max(1) * 4)
             .max_idle_connections_per_host(pool.max(1))
             .max_idle_age(Duration::from_secs(IDLE_SECONDS))
-            .timeout_connect(Some(timeout))
+            .timeout_connect(Some(connect_timeout))
             .timeout_send_body(Some(timeout))
             .timeout_recv_response(Some(timeout))
             .timeout_recv_body(Some(timeout))
@@ -549,7 +552,7 @@ mod tests {
         max_body: u64,
         credentials: Option<&Credentials>,
     ) -> Result<Answer, TransportError> {
-        let t = Transport::new(5.0, None, 4, None).unwrap();
+        let t = Transport::new(5.0, 5.0, None, 4, None).unwrap();
         t.exchange(&Request {
             method: "GET",
             url,
@@ -582,7 +585,7 @@ mod tests {
         let (proxy, server) = serve(vec![
             b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         ]);
-        let t = Transport::new(5.0, None, 4, Some(&proxy)).unwrap();
+        let t = Transport::new(5.0, 5.0, None, 4, Some(&proxy)).unwrap();
         let result = t.exchange(&Request {
             method: "GET",
             url: "http://store.invalid:9000/b/k",
@@ -595,7 +598,7 @@ mod tests {
         assert!(result.is_err());
         let seen = server.join().unwrap();
         assert!(seen[0].starts_with("CONNECT store.invalid:9000 "), "{seen:?}");
-        assert!(Transport::new(5.0, None, 4, Some("::not a url")).is_err());
+        assert!(Transport::new(5.0, 5.0, None, 4, Some("::not a url")).is_err());
     }
 
     #[test]
@@ -633,7 +636,7 @@ mod tests {
             secret_key: "SK".into(),
             token: None,
         };
-        let t = Transport::new(5.0, None, 4, None).unwrap();
+        let t = Transport::new(5.0, 5.0, None, 4, None).unwrap();
         for headers in [
             vec![(
                 "Content-MD5".to_string(),
@@ -718,7 +721,7 @@ mod tests {
         end: u64,
         pinned: Option<&str>,
     ) -> (RangeAnswer, Vec<u8>) {
-        let t = Transport::new(5.0, None, 4, None).unwrap();
+        let t = Transport::new(5.0, 5.0, None, 4, None).unwrap();
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir =

@@ -1,7 +1,8 @@
-"""The S3 storage's foundation: configuration, request paths and their errors.
+"""The S3 storage's foundation: configuration, the request path and its errors.
 
-The botocore client and the lean signed client (:mod:`hashsync.storage._s3list`), and the
-mapping of what they raise to :mod:`hashsync.errors`.
+Settings (from arguments and the environment, or resolved once by botocore), the client every
+request goes through (:mod:`hashsync.storage._s3list`, the Rust transport), and the mapping of
+what it raises to :mod:`hashsync.errors`.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class S3Base(ReadWriteStorage):
         self.verify = verify
         self.anonymous = anonymous
         self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
         self._client_lock = threading.Lock()
         self._static: _s3_settings.StaticSettings | None = None
         if client is None:
@@ -400,6 +402,7 @@ class S3Base(ReadWriteStorage):
                 timeout=self.read_timeout,
                 ca_bundle=self._static.ca_bundle,
                 max_attempts=self.max_attempts,
+                connect_timeout=self.connect_timeout,
                 proxy=_s3list.proxy_for(self.endpoint_url),
             )
         client = self.client
@@ -425,6 +428,7 @@ class S3Base(ReadWriteStorage):
             timeout=self.read_timeout,
             ca_bundle=ca_bundle if isinstance(ca_bundle, str) else None,
             max_attempts=self.max_attempts,
+            connect_timeout=self.connect_timeout,
             virtual=not self._path_style,
             proxy=proxy,
         )

@@ -113,8 +113,8 @@ def _is_error_document(data: bytes) -> bool:
     return head.startswith(b"<Error>") or head.startswith(b"<Error ")
 
 
-# One pool per (timeout, CA bundle, proxy), shared by every storage of the process.
-_transports: dict[tuple[float, str | None, str | None], S3Transport] = {}
+# One pool per (timeouts, CA bundle, proxy), shared by every storage of the process.
+_transports: dict[tuple[float, float, str | None, str | None], S3Transport] = {}
 _transports_lock = threading.Lock()
 # Bumped in a forked child: the parent's pooled connections must never carry the child's
 # requests (two processes writing one socket interleave their requests).
@@ -165,16 +165,23 @@ def proxy_for(url: str) -> str | None:
 
 
 def transport(
-    endpoint_url: str, timeout: float, ca_bundle: str | None, proxy: str | None = None
+    endpoint_url: str,
+    timeout: float,
+    ca_bundle: str | None,
+    proxy: str | None = None,
+    connect_timeout: float | None = None,
 ) -> S3Transport:
     """The shared Rust transport for requests to ``endpoint_url``."""
     if ca_bundle is None and urllib.parse.urlsplit(endpoint_url).scheme.lower() == "https":
         ca_bundle = _default_ca_file()
+    connect = timeout if connect_timeout is None else connect_timeout
     with _transports_lock:
-        found = _transports.get((timeout, ca_bundle, proxy))
+        found = _transports.get((timeout, connect, ca_bundle, proxy))
         if found is None:
-            found = S3Transport(timeout=timeout, ca_bundle=ca_bundle, proxy=proxy)
-            _transports[(timeout, ca_bundle, proxy)] = found
+            found = S3Transport(
+                timeout=timeout, connect_timeout=connect, ca_bundle=ca_bundle, proxy=proxy
+            )
+            _transports[(timeout, connect, ca_bundle, proxy)] = found
         return found
 
 
@@ -230,12 +237,13 @@ class RawClient:
         credentials: Called before each request for the current credentials (refreshable
             ones stay fresh); None, or None returned, sends unsigned requests.
         bucket: The bucket.
-        timeout: Connect and read timeout in seconds.
+        timeout: Seconds to wait for each of sending and receiving an answer.
         ca_bundle: CA certificates for https endpoints (``AWS_CA_BUNDLE``).
         max_attempts: Tries of a request that failed in a way another try could fix.
         virtual: Virtual-hosted addressing (the bucket in the host name) where the bucket's
             name allows it.
         proxy: The proxy URL to send requests through (:func:`proxy_for`).
+        connect_timeout: Seconds to wait for a connection (default: ``timeout``).
     """
 
     def __init__(
@@ -250,6 +258,7 @@ class RawClient:
         *,
         virtual: bool = False,
         proxy: str | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.bucket = bucket
         self.virtual = virtual
@@ -258,8 +267,8 @@ class RawClient:
         self.region = region
         self.credentials = credentials
         self._endpoint = endpoint_url
-        self._where = (endpoint_url, timeout, ca_bundle, proxy)
-        self._http = transport(endpoint_url, timeout, ca_bundle, proxy)
+        self._where = (endpoint_url, timeout, ca_bundle, proxy, connect_timeout)
+        self._http = transport(*self._where)
         self._generation = _generation
 
     def _move_to(self, region: str) -> None:

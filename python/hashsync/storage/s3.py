@@ -1,8 +1,11 @@
-"""S3Storage: any S3-compatible object store, through boto3.
+"""S3Storage: any S3-compatible object store, through hashsync's Rust transport.
 
-The class is assembled from one module per job: ``_s3_base`` (configuration, request paths,
-errors), ``_s3_reading`` (HEAD, listings, downloads), ``_s3_writing`` (uploads, copies,
-deletes, unfinished uploads) and ``_s3_conditional`` (conditional writes, claims).
+The class is assembled from one module per job: ``_s3_base`` (configuration, the request
+path, errors), ``_s3_ops`` (multipart, copy and delete requests), ``_s3_reading`` (HEAD,
+listings, downloads), ``_s3_writing`` (uploads, copies, deletes, unfinished uploads) and
+``_s3_conditional`` (conditional writes, claims). Requests are signed and sent by
+:class:`hashsync._native.S3Transport`; botocore only resolves settings that arguments and the
+environment do not decide (profiles, SSO, instance metadata, AWS endpoints).
 
 Uploads follow s3transfer's rule (a single PutObject below ``part_size``, multipart parts of
 exactly ``part_size`` from it on), so an object's ETag is what :func:`hashsync.etag` computes
@@ -102,7 +105,7 @@ class S3Storage(S3Conditional):
             size ETags are predicted with (5 MiB to 5 GiB; default 8 MiB as s3transfer).
         max_concurrency: Parts transferred in parallel per object.
         max_attempts: Attempts per request, including the first; throttling and connection
-            errors are retried with exponential backoff (botocore's "standard" mode).
+            errors are retried with exponential backoff (as botocore's "standard" mode).
         connect_timeout: Seconds to wait for a connection.
         read_timeout: Seconds to wait for data on an open connection.
         conditional_writes: ``"native"`` relies on the store's If-Match / If-None-Match;
@@ -119,8 +122,10 @@ class S3Storage(S3Conditional):
             multipart ETag of uneven parts is checked with the part sizes the store reports
             (``HEAD ?partNumber=N``); a store that does not report them leaves such an object
             unverifiable, and it is downloaded with a :class:`~hashsync.errors.HashsyncWarning`.
-        client: A ready boto3 S3 client to use instead of building one (the endpoint,
-            credential, retry and timeout arguments are then ignored).
+        client: A ready boto3 S3 client whose settings to use instead of resolving them:
+            its endpoint, region, addressing, credentials, proxies and CA bundle (the
+            endpoint and credential arguments are then ignored). Requests are still sent by
+            hashsync's transport, so the client's event handlers do not run.
 
     Raises:
         InvalidArgument: A bad bucket, prefix, part size or option.
