@@ -26,6 +26,7 @@ from hashsync.storage.base import Segment
 from proxy_helpers import rewriting_proxy
 from sync_helpers import cli, keys, s3, write_tree
 
+dask = pytest.importorskip("dask")
 dask_distributed = pytest.importorskip("dask.distributed")
 
 
@@ -37,6 +38,12 @@ def client(s3_server):
             mp.setenv(name, value)
         mp.delenv("AWS_PROFILE", raising=False)
         with (
+            # Dask's statistical profiler calls sys._current_frames() every 10 ms. On Python
+            # 3.11 that can deadlock a worker (CPython gh-106883: a garbage collection inside
+            # it runs Dask's gc callback, which lets go of the GIL while the runtime's thread
+            # list is locked, and a thread being started then waits for that lock holding
+            # the GIL). A sync starts many transfer threads, so it met that within minutes.
+            dask.config.set({"distributed.worker.profile.enabled": False}),
             dask_distributed.LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
             ) as cluster,

@@ -79,7 +79,13 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         count = scheduler.partition(":")[2]
         if not count.isdigit() or not 1 <= int(count) <= 256:
             raise InvalidArgument(f"'local:N' needs N between 1 and 256, not {scheduler!r}")
+        import dask
+
         with (
+            # Dask's statistical profiler (sys._current_frames() every 10 ms) can deadlock a
+            # worker on Python 3.11 (CPython gh-106883), and a sync starts many threads; the
+            # profile is for Dask's dashboard, which a "local:N" cluster does not serve.
+            dask.config.set({"distributed.worker.profile.enabled": False}),
             distributed.LocalCluster(
                 n_workers=int(count),
                 threads_per_worker=1,
