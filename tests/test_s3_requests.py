@@ -161,3 +161,19 @@ def test_a_listing_outside_s3s_namespace_is_refused_not_read_as_empty():
             list(storage.list())
     finally:
         server.shutdown()
+
+
+def test_download_ranges_are_long_but_keep_every_stream_busy():
+    from hashsync.storage._s3_reading import MAX_DOWNLOAD_RANGE, download_range_size
+
+    mib = 1024**2
+    # Small objects: one stream per part, as uploaded.
+    assert download_range_size(20 * mib, 8 * mib, 8) == 8 * mib
+    # Mid-size: spread over the streams, whole MiB.
+    assert download_range_size(200 * mib, 8 * mib, 8) == 25 * mib
+    assert download_range_size(200 * mib + 1, 8 * mib, 8) == 26 * mib
+    # Big: capped, so a 1 GiB object is 16 requests, not 128.
+    assert download_range_size(1024 * mib, 8 * mib, 8) == MAX_DOWNLOAD_RANGE
+    # A part size above the cap wins (the caller asked for long requests).
+    assert download_range_size(4096 * mib, 128 * mib, 8) == 128 * mib
+    assert download_range_size(0, 8 * mib, 8) == 8 * mib

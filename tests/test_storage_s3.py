@@ -309,8 +309,10 @@ def test_unreachable_server_fails_fast(dest, tmp_path):
     assert time.monotonic() - started < 20
 
 
-def test_server_killed_mid_download(tmp_path, dest):
+def test_server_killed_mid_download(tmp_path, dest, monkeypatch):
     """The server dies while parts are being fetched: StorageUnavailable, nothing final."""
+    # Ranges of one part, fetched one after the other: the server dies between two of them.
+    monkeypatch.setattr("hashsync.storage._s3_reading.MAX_DOWNLOAD_RANGE", PART)
     size = 6 * PART
     with SeaweedFS(tmp_path / "weed") as server:
         server.create_bucket("fault")

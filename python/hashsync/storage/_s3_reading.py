@@ -301,9 +301,8 @@ class S3Reading(S3Requests):
         """Fill ``tmp`` with the object's version that ``head`` describes; return its ETag."""
         size = int(head["ContentLength"])
         etag = clean_etag(head["ETag"])
-        ranges = [
-            (start, min(start + self.part_size, size)) for start in range(0, size, self.part_size)
-        ]
+        step = download_range_size(size, self.part_size, self.max_concurrency)
+        ranges = [(start, min(start + step, size)) for start in range(0, size, step)]
         report = current_progress()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -414,3 +413,22 @@ class S3Reading(S3Requests):
             part_lengths=lambda: self._part_sizes(key, etag, asked),
             data=body,
         )
+
+
+# The longest ranged GET of a download. Fewer, longer requests move big objects faster (2 x 1
+# GiB from SeaweedFS on loopback: 4.7 s in 8 MiB ranges, 2.2 s in 32 MiB, 2.1 s in 64 MiB;
+# s5cmd 1.8 s with its 50 MiB parts), while objects of a few parts keep one stream per part.
+MAX_DOWNLOAD_RANGE = 64 * 1024**2
+
+
+def download_range_size(size: int, part_size: int, streams: int) -> int:
+    """The length of each ranged GET of an object of ``size`` bytes.
+
+    ``size / streams`` rounded up to whole MiB, so the object is fetched over ``streams``
+    connections, but no shorter than ``part_size`` and no longer than
+    :data:`MAX_DOWNLOAD_RANGE` (or ``part_size`` if that is longer).
+    """
+    mib = 1024**2
+    even = -(-size // max(1, streams))
+    even = -(-even // mib) * mib
+    return max(part_size, min(even, MAX_DOWNLOAD_RANGE))
