@@ -1,6 +1,6 @@
 """The one retry policy: how long to wait before trying a request again.
 
-S3 (the lean request path and resumed downloads), HTTP and the dataset hub (client and
+S3 (every request, and resumed downloads), HTTP and the dataset hub (client and
 storage) all wait the same way before a retry: exponential backoff from :data:`BASE_DELAY`,
 capped at :data:`MAX_DELAY`, with "full jitter" (a random share of the step), so that many
 threads that failed together do not retry together. botocore's own retries (its "standard"

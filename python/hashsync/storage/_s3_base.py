@@ -200,8 +200,8 @@ class S3Base(ReadWriteStorage):
             if self._static is None:
                 client = self._make_client(**settings, connect_timeout=connect_timeout)
             else:
-                # Everything the lean request path needs is known: the botocore client (a
-                # quarter of a second to import and build) waits until an operation needs it.
+                # Everything the transport needs is known: the botocore client (a quarter of a
+                # second to import and build) is built only if something asks for it.
                 self._build_client = lambda: self._make_client(
                     **settings, connect_timeout=connect_timeout
                 )
@@ -476,7 +476,7 @@ class S3Base(ReadWriteStorage):
         metadata: dict[str, str],
         conditions: dict[str, str],
     ) -> dict[str, Any]:
-        """PutObject of an in-memory body: the lean path first, boto3 if it cannot answer.
+        """PutObject of an in-memory body, with S3's native checksum where the store takes it.
 
         The body's CRC64NVME goes along as S3's native full-object checksum, which the store
         checks on arrival and keeps (readers with ``ChecksumMode`` get it back); a store that

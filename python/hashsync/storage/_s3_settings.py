@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 __all__ = ["Credentials", "StaticSettings", "is_aws", "static_settings"]
 
-# Config-file settings that change nothing the lean path does (anything else in the
+# Config-file settings that change nothing the transport does (anything else in the
 # default profile, e.g. an endpoint, a CA bundle or an addressing style, leaves it to botocore).
 _HARMLESS_CONFIG = frozenset(("region", "output", "cli_pager", "cli_timestamp_format"))
 
