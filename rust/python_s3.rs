@@ -57,7 +57,13 @@ impl PyS3Transport {
         proxy: Option<&str>,
     ) -> PyResult<Self> {
         let connect = connect_timeout.unwrap_or(timeout);
-        let inner = Transport::new(timeout, connect, ca_bundle.as_deref(), pool, proxy)?;
+        let inner = Transport::new(timeout, connect, ca_bundle.as_deref(), pool, proxy).map_err(
+            |e| match e.kind() {
+                // A proxy URL that cannot be used: the caller's mistake, not the system's.
+                std::io::ErrorKind::InvalidInput => PyValueError::new_err(e.to_string()),
+                _ => PyErr::from(e),
+            },
+        )?;
         Ok(PyS3Transport { inner })
     }
 

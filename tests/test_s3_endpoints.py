@@ -368,3 +368,17 @@ def test_an_untrusted_certificate_fails_at_once_and_aws_ca_bundle_trusts_it(tmp_
         assert list(trusting.list()) == []
     finally:
         server.shutdown()
+
+
+def test_an_unusable_proxy_url_is_invalid_argument_without_its_password(monkeypatch):
+    from hashsync.errors import InvalidArgument
+
+    monkeypatch.setenv("HTTP_PROXY", "http://user:s3cr3t@bad host:1")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    storage = S3Storage(
+        "b", endpoint_url="http://127.0.0.1:9", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    with pytest.raises(InvalidArgument, match="proxy") as caught:
+        list(storage.list())
+    assert "s3cr3t" not in str(caught.value)

@@ -244,7 +244,7 @@ class S3Transport:
 
     Raises:
         OSError: The CA bundle cannot be read or holds no certificate.
-        ValueError: The proxy URL is not usable.
+        ValueError: The proxy URL is not usable (its password is not repeated).
     """
 
     def __new__(

@@ -25,7 +25,7 @@ from typing import TypeVar
 from hashsync._native import S3Transport
 from hashsync._retry import wait_before_retry
 from hashsync._threads import run_on_threads
-from hashsync.errors import IntegrityError
+from hashsync.errors import IntegrityError, InvalidArgument
 from hashsync.storage._s3_settings import Credentials
 from hashsync.storage.base import ObjectInfo
 
@@ -178,9 +178,12 @@ def transport(
     with _transports_lock:
         found = _transports.get((timeout, connect, ca_bundle, proxy))
         if found is None:
-            found = S3Transport(
-                timeout=timeout, connect_timeout=connect, ca_bundle=ca_bundle, proxy=proxy
-            )
+            try:
+                found = S3Transport(
+                    timeout=timeout, connect_timeout=connect, ca_bundle=ca_bundle, proxy=proxy
+                )
+            except ValueError as exc:
+                raise InvalidArgument(f"{exc} (from the environment's proxy settings)") from None
             _transports[(timeout, connect, ca_bundle, proxy)] = found
         return found
 
