@@ -99,7 +99,7 @@ impl PyS3Transport {
         Ok((answer.status, answer.headers, body))
     }
 
-    #[pyo3(signature = (url, headers, fd, offset, end, *, credentials = None, region = "us-east-1", pinned_etag = None))]
+    #[pyo3(signature = (url, headers, fd, offset, end, *, credentials = None, region = "us-east-1", pinned_etag = None, progress = None))]
     #[allow(clippy::too_many_arguments)]
     fn get_into<'py>(
         &self,
@@ -112,6 +112,7 @@ impl PyS3Transport {
         credentials: Option<(String, String, Option<String>)>,
         region: &str,
         pinned_etag: Option<&str>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<RangeResult<'py>> {
         use std::os::fd::FromRawFd;
         let credentials = credentials.map(signing);
@@ -120,6 +121,20 @@ impl PyS3Transport {
         }
         // Borrowed: the caller owns (and closes) the descriptor.
         let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        // The callback's exception (Ctrl-C included) stops the body and is raised here.
+        let mut raised: Option<PyErr> = None;
+        let mut report = |n: u64| -> bool {
+            let Some(callback) = progress.as_ref() else {
+                return true;
+            };
+            Python::attach(|py| match callback.call1(py, (n,)) {
+                Ok(_) => true,
+                Err(e) => {
+                    raised = Some(e);
+                    false
+                }
+            })
+        };
         let answer = py
             .detach(|| {
                 self.inner.get_into(
@@ -136,9 +151,13 @@ impl PyS3Transport {
                     offset,
                     end,
                     pinned_etag,
+                    &mut report,
                 )
             })
             .map_err(transport_err)?;
+        if let Some(e) = raised {
+            return Err(e);
+        }
         let problem = answer.problem.map(|p| match p {
             Problem::Changed(m) => ("changed", m),
             Problem::Range(m) => ("range", m),

@@ -339,6 +339,46 @@ def test_server_killed_mid_download(tmp_path, dest, monkeypatch):
     assert temp_leftovers(dest.root) == []
 
 
+def test_a_big_download_reports_progress_as_bytes_land(s3_server, bucket, tmp_path, dest):
+    # One ranged GET of 30 MiB (one stream): progress must come every few MiB, not once at
+    # the end of the range, and add up to the object's size.
+    storage = make_storage(s3_server, bucket, "progress", max_concurrency=1)
+    src = SimpleLocalStorage(tmp_path / "src", part_size=PART)
+    size = 6 * PART
+    src.path("big").write_bytes((blob(2 * PART) * 3)[:size])
+    storage.copy_from("big", src)
+    storage._listed_large["big"] = size  # straight to the ranged path
+    steps: list[int] = []
+    with reporting_progress(steps.append):
+        storage.copy("big", dest)
+    assert sum(steps) == size
+    assert len(steps) >= size // (4 * MIB) and max(steps) <= 4 * MIB + MIB
+    assert dest.read_bytes("big") == src.read_bytes("big")
+
+
+def test_an_exception_from_the_progress_callback_stops_the_download(
+    s3_server, bucket, tmp_path, dest
+):
+    # Ctrl-C lands in whichever thread holds the GIL, often a progress callback: it must stop
+    # the transfer and leave nothing under the final name.
+    storage = make_storage(s3_server, bucket, "stop", max_concurrency=1, max_attempts=1)
+    src = SimpleLocalStorage(tmp_path / "src", part_size=PART)
+    src.path("big").write_bytes(blob(6 * PART))
+    storage.copy_from("big", src)
+    storage._listed_large["big"] = 6 * PART
+
+    class Stop(Exception):
+        pass
+
+    def stop(_n: int) -> None:
+        raise Stop
+
+    with reporting_progress(stop), pytest.raises(Stop):
+        storage.copy("big", dest)
+    assert not dest.path("big").exists()
+    assert temp_leftovers(dest.root) == []
+
+
 def _race(tmp_path, s3_server, bucket, mode, rounds, size):
     options = {
         "bucket": bucket,

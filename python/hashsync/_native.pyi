@@ -302,12 +302,15 @@ class S3Transport:
         credentials: tuple[str, str, str | None] | None = None,
         region: str = "us-east-1",
         pinned_etag: str | None = None,
+        progress: Callable[[int], object] | None = None,
     ) -> tuple[int, list[tuple[str, str]], int, tuple[str, str] | None, bytes | None]:
         """GET bytes ``offset..end`` of an object straight into ``fd`` at ``offset``.
 
         Nothing is written unless the answer is a 200/206 of the version ``pinned_etag``
         names, whose Content-Range starts at or before ``offset`` (a 200 without one is the
-        whole object: the bytes before ``offset`` are read past).
+        whole object: the bytes before ``offset`` are read past). ``progress`` is called
+        with the bytes written every 4 MiB and at the end (with the GIL); an exception it
+        raises stops the body and is raised here.
 
         Returns:
             ``(status, headers, written, problem, error_body)``: ``problem`` says why it

@@ -283,6 +283,10 @@ impl Transport {
     /// (when given) whose Content-Range starts at or before `offset` (bytes before `offset`
     /// are read past). A body that breaks off stops early: [`RangeAnswer::written`] says how
     /// far it got, so the caller can ask for the rest.
+    ///
+    /// Every [`PROGRESS_STEP`] bytes written (and at the end) the writeback of those bytes to
+    /// disk is started and `progress` is told how many there were; if it returns false the
+    /// body is read no further and [`RangeAnswer::stopped`] is set.
     pub fn get_into(
         &self,
         request: &Request<'_>,
@@ -290,6 +294,7 @@ impl Transport {
         offset: u64,
         end: u64,
         pinned_etag: Option<&str>,
+        progress: &mut dyn FnMut(u64) -> bool,
     ) -> Result<RangeAnswer, TransportError> {
         use std::os::unix::fs::FileExt;
         let ranged = request
@@ -303,6 +308,7 @@ impl Transport {
             written: 0,
             problem: None,
             error_body: None,
+            stopped: false,
         };
         if status != 200 && status != 206 {
             let mut text = Vec::new();
@@ -348,6 +354,7 @@ impl Transport {
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
         let mut buf = vec![0u8; 1 << 20];
         let mut at = offset;
+        let mut told = offset;
         while at < end {
             let want = if skip > 0 {
                 skip.min(buf.len() as u64)
@@ -377,9 +384,23 @@ impl Transport {
                     file_errno: None,
                 })?;
             at += n as u64;
+            if at - told >= PROGRESS_STEP {
+                start_writeback(file, told, at - told);
+                let more = progress(at - told);
+                told = at;
+                if !more {
+                    answer.stopped = true;
+                    break;
+                }
+            }
         }
         answer.written = at - offset;
-        start_writeback(file, offset, answer.written);
+        if at > told {
+            start_writeback(file, told, at - told);
+            if !progress(at - told) {
+                answer.stopped = true;
+            }
+        }
         Ok(answer)
     }
 
@@ -503,7 +524,12 @@ pub struct RangeAnswer {
     pub problem: Option<Problem>,
     /// The start of an error answer's body (S3's error XML), for a status other than 200/206.
     pub error_body: Option<Vec<u8>>,
+    /// The progress callback asked to stop.
+    pub stopped: bool,
 }
+
+/// How many bytes a ranged GET writes between two progress reports (and writeback starts).
+pub const PROGRESS_STEP: u64 = 4 << 20;
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
@@ -752,6 +778,7 @@ mod tests {
                 offset,
                 end,
                 pinned,
+                &mut |_| true,
             )
             .unwrap();
         let data = std::fs::read(&dir).unwrap();

@@ -341,7 +341,7 @@ class S3Reading(S3Requests):
             try:
                 written, problem = raw.get_into(
                     self._full(key), fd, offset, end, ranged=start != 0 or end != size,
-                    etag=etag,
+                    etag=etag, progress=report,
                 )  # fmt: skip
             except _s3list.ErrorAnswer as exc:
                 raise self._raw_error(exc, key, "GET") from None
@@ -355,8 +355,6 @@ class S3Reading(S3Requests):
                     f"GET {key!r} from {self!r}: asked for bytes from {offset}, got {problem[1]!r}"
                 )
             offset += written
-            if report is not None and written:
-                report(written)
             if offset < end:
                 # Broken off (or ended early): ask for the rest.
                 failures += 1

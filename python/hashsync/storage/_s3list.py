@@ -494,14 +494,23 @@ class RawClient:
         return etag
 
     def get_into(
-        self, key: str, fd: int, offset: int, end: int, *, ranged: bool, etag: str
+        self,
+        key: str,
+        fd: int,
+        offset: int,
+        end: int,
+        *,
+        ranged: bool,
+        etag: str,
+        progress: Callable[[int], object] | None = None,
     ) -> tuple[int, tuple[str, str] | None]:
         """GET bytes ``offset..end`` of ``key``'s version ``etag`` into ``fd`` at ``offset``.
 
         The body is written by the transport, without the GIL. Returns (bytes written, why it
         stopped early or None): ``("changed", etag)`` for another version of the object,
         ``("range", header)`` for a Content-Range that does not cover ``offset``,
-        ``("broken", message)`` for a body that broke off.
+        ``("broken", message)`` for a body that broke off. ``progress`` is told the bytes
+        written, every few MiB, as they land; what it raises stops the download.
 
         Raises:
             ErrorAnswer: The store refused (after retries), or never answered.
@@ -523,6 +532,7 @@ class RawClient:
                 credentials=credentials,
                 region=self.region,
                 pinned_etag=etag,
+                progress=progress,
             )
             return status, dict(pairs), error_body, (written, problem)
 
