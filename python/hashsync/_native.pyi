@@ -309,7 +309,7 @@ class S3Transport:
         Nothing is written unless the answer is a 200/206 of the version ``pinned_etag``
         names, whose Content-Range starts at or before ``offset`` (a 200 without one is the
         whole object: the bytes before ``offset`` are read past). ``progress`` is called
-        with the bytes written every 4 MiB and at the end (with the GIL); an exception it
+        with the bytes written every 8 MiB and at the end (with the GIL); an exception it
         raises stops the body and is raised here.
 
         Returns:
