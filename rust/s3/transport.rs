@@ -156,7 +156,10 @@ impl Transport {
             Some(url) => Some(ureq::Proxy::new(url).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("not a usable proxy URL: {}", redact_userinfo(url, &e.to_string())),
+                    format!(
+                        "not a usable proxy URL: {}",
+                        redact_userinfo(url, &e.to_string())
+                    ),
                 )
             })?),
             None => None,
@@ -603,7 +606,9 @@ mod tests {
         assert_eq!(a.body.as_deref(), Some(&b"ok"[..]));
         let seen = server.join().unwrap();
         assert!(
-            seen[0].to_ascii_lowercase().contains(&format!("host: bucket.localhost:{port}")),
+            seen[0]
+                .to_ascii_lowercase()
+                .contains(&format!("host: bucket.localhost:{port}")),
             "{seen:?}"
         );
     }
@@ -626,7 +631,10 @@ mod tests {
         });
         assert!(result.is_err());
         let seen = server.join().unwrap();
-        assert!(seen[0].starts_with("CONNECT store.invalid:9000 "), "{seen:?}");
+        assert!(
+            seen[0].starts_with("CONNECT store.invalid:9000 "),
+            "{seen:?}"
+        );
         assert!(Transport::new(5.0, 5.0, None, 4, Some("::not a url")).is_err());
     }
 
