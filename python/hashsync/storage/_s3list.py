@@ -361,12 +361,14 @@ class RawClient:
         max_body: int = 1 << 62,
         *,
         accept: tuple[int, ...] = (),
+        error_in_ok: bool = False,
     ) -> tuple[int, dict[str, str], bytes | None]:
         """(status, lower-case headers, body or None if longer than ``max_body``).
 
         ``target`` is the path and query after :attr:`base` (:meth:`_target`). A status of
         300 or more, other than those in ``accept``, raises :class:`ErrorAnswer`; throttling,
-        server errors and requests that got no answer are tried again first.
+        server errors and requests that got no answer are tried again first. With
+        ``error_in_ok``, a 200 whose body is an ``<Error>`` document counts as that error.
         """
 
         def once(
@@ -385,6 +387,10 @@ class RawClient:
             answer = dict(pairs)
             if data is not None and len(data) > max_body:
                 data = None
+            if error_in_ok and status == 200 and data is not None and _is_error_document(data):
+                code, _ = error_fields(data)
+                # Retried like the status it stands for (InternalError, SlowDown: 5xx).
+                status = 500 if code in _RETRY_CODES or not code else 400
             return status, answer, data, (status, answer, data)
 
         return self._attempts(once, lambda status: status < 300 or status in accept)
@@ -408,31 +414,18 @@ class RawClient:
         CompleteMultipartUpload and the copies answer 200 before their work is done, and
         report a failure in the body.
         """
-        target = self._target(key, query)
-        sent = dict(headers or {})
-
-        def once(
-            credentials: tuple[str, str, str | None] | None,
-        ) -> _Attempt[tuple[int, dict[str, str], bytes]]:
-            status, pairs, data = self.http.request(
-                method,
-                self.base + target,
-                list(sent.items()),
-                body,
-                credentials=credentials,
-                region=self.region,
-                max_body=_ANSWER_LIMIT,
-            )
-            answer = dict(pairs)
-            if data is None:
-                raise ErrorAnswer(status, "", f"an answer larger than {_ANSWER_LIMIT} bytes")
-            if error_in_ok and status == 200 and _is_error_document(data):
-                code, _ = error_fields(data)
-                # Retried like the status it stands for (InternalError, SlowDown: 5xx).
-                status = 500 if code in _RETRY_CODES or not code else 400
-            return status, answer, data, (status, answer, data)
-
-        return self._attempts(once, lambda status: status < 300 or status in accept)
+        status, answer, data = self._send(
+            method,
+            self._target(key, query),
+            dict(headers or {}),
+            body,
+            _ANSWER_LIMIT,
+            accept=accept,
+            error_in_ok=error_in_ok,
+        )
+        if data is None:
+            raise ErrorAnswer(status, "", f"an answer larger than {_ANSWER_LIMIT} bytes")
+        return status, answer, data
 
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """PUT ``data`` at ``key``; returns the response headers."""
