@@ -8,7 +8,6 @@ that is asked to CONNECT. botocore may resolve settings but must never send a re
 
 from __future__ import annotations
 
-import http.server
 import re
 import select
 import socket
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from http_helpers import Answer, Request, answering
 
 import hashsync
 from hashsync.errors import PermissionDenied, StorageUnavailable
@@ -119,46 +119,27 @@ def region_checking_store(bucket_region: str) -> Iterator[tuple[str, list[str]]]
     """A store that, like AWS, redirects requests signed for another region than the bucket's."""
     seen: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            found = re.search(r"/\d{8}/([a-z0-9-]+)/s3/", self.headers.get("Authorization", ""))
-            region = found.group(1) if found else ""
-            seen.append(region)
-            if region != bucket_region:
-                self.answer(
-                    301,
-                    b"<Error><Code>PermanentRedirect</Code><Message>elsewhere</Message></Error>",
-                    {"x-amz-bucket-region": bucket_region},
-                )
-                return
-            self.answer(
-                200,
-                b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                b"<IsTruncated>false</IsTruncated><Contents><Key>k</Key><Size>1</Size>"
-                b"<ETag>&quot;e&quot;</ETag><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
-                b"</Contents></ListBucketResult>",
-                {},
+    def answer(request: Request) -> Answer:
+        found = re.search(r"/\d{8}/([a-z0-9-]+)/s3/", request.headers.get("Authorization", ""))
+        region = found.group(1) if found else ""
+        seen.append(region)
+        if region != bucket_region:
+            return (
+                301,
+                b"<Error><Code>PermanentRedirect</Code><Message>elsewhere</Message></Error>",
+                {"x-amz-bucket-region": bucket_region},
             )
+        return (
+            200,
+            b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<IsTruncated>false</IsTruncated><Contents><Key>k</Key><Size>1</Size>"
+            b"<ETag>&quot;e&quot;</ETag><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+            b"</Contents></ListBucketResult>",
+            {},
+        )
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
-    finally:
-        server.shutdown()
+    with answering(answer) as url:
+        yield url, seen
 
 
 def test_a_bucket_in_another_region_is_followed(tmp_path):
@@ -334,26 +315,10 @@ def test_an_untrusted_certificate_fails_at_once_and_aws_ca_bundle_trusts_it(tmp_
         b"<IsTruncated>false</IsTruncated></ListBucketResult>"
     )
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://127.0.0.1:{server.server_port}"
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    try:
+    with answering(lambda _request: (200, body, {}), tls=context) as url:
         storage = S3Storage(
             "b", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s", max_attempts=5
         )
@@ -366,8 +331,6 @@ def test_an_untrusted_certificate_fails_at_once_and_aws_ca_bundle_trusts_it(tmp_
             "b", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s"
         )
         assert list(trusting.list()) == []
-    finally:
-        server.shutdown()
 
 
 def test_an_unusable_proxy_url_is_invalid_argument_without_its_password(monkeypatch):

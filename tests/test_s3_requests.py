@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+from http_helpers import Answer, Request, answering
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -62,13 +63,10 @@ def test_an_error_document_is_told_from_a_result():
     assert not _is_error_document(b"<DeleteResult><Error><Key>k</Key></Error></DeleteResult>")
 
 
-def test_an_error_inside_a_200_answer_is_retried_then_reported(tmp_path):
+def test_an_error_inside_a_200_answer_is_retried_then_reported():
     # S3 answers CompleteMultipartUpload and copies with 200 before the work is done and may
     # then write an <Error> document into that answer: InternalError is retried like a 500,
     # anything else is the request's error.
-    import http.server
-    import threading
-
     from hashsync.storage._s3_settings import Credentials
     from hashsync.storage._s3list import ErrorAnswer, RawClient
 
@@ -79,26 +77,13 @@ def test_an_error_inside_a_200_answer_is_retried_then_reported(tmp_path):
     ]
     seen = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def answer(request: Request) -> Answer:
+        seen.append(request.path)
+        return 200, answers[min(len(seen), len(answers)) - 1], {}
 
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append(self.path)
-            body = answers[min(len(seen), len(answers)) - 1]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with answering(answer) as url:
         client = RawClient(
-            f"http://127.0.0.1:{server.server_port}",
+            url,
             "us-east-1",
             lambda: Credentials("k", "s"),
             "b",
@@ -109,24 +94,16 @@ def test_an_error_inside_a_200_answer_is_retried_then_reported(tmp_path):
             "POST", "k", {"uploadId": "u"}, body=b"<x/>", error_in_ok=True
         )
         assert status == 200 and b"e-2" in body and len(seen) == 2
-        try:
+        with pytest.raises(ErrorAnswer) as refused:  # not taken for a success
             client.call("POST", "k", {"uploadId": "u"}, body=b"<x/>", error_in_ok=True)
-        except ErrorAnswer as exc:
-            assert (exc.code, exc.message) == ("AccessDenied", "no")
-        else:
-            raise AssertionError("an <Error> in a 200 answer was taken for success")
+        assert (refused.value.code, refused.value.message) == ("AccessDenied", "no")
         assert len(seen) == 3  # not retried: access is not a passing trouble
         assert seen[0] == "/b/k?uploadId=u"
-    finally:
-        server.shutdown()
 
 
 def test_a_listing_outside_s3s_namespace_is_refused_not_read_as_empty():
     # Elements looked up in S3's namespace are not found in a document without it: read
     # anyway, such a listing would be empty, and a sync with --delete would act on that.
-    import http.server
-    import threading
-
     from hashsync.storage import S3Storage
 
     body = (
@@ -135,32 +112,16 @@ def test_a_listing_outside_s3s_namespace_is_refused_not_read_as_empty():
         b"<LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents></ListBucketResult>"
     )
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with answering(lambda _request: (200, body, {})) as url:
         storage = S3Storage(
             "b",
-            endpoint_url=f"http://127.0.0.1:{server.server_port}",
+            endpoint_url=url,
             aws_access_key_id="k",
             aws_secret_access_key="s",
             max_attempts=1,
         )
         with pytest.raises(HashsyncError, match="root element"):
             list(storage.list())
-    finally:
-        server.shutdown()
 
 
 def test_download_ranges_are_long_but_keep_every_stream_busy():

@@ -18,6 +18,7 @@ import threading
 import urllib.parse
 
 import pytest
+from http_helpers import Answer, Request, answering
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -361,37 +362,23 @@ def test_a_ca_bundle_without_certificates_is_refused(tmp_path):
         _native.S3Transport(timeout=2.0, ca_bundle=bundle)
 
 
-class _Flaky(http.server.BaseHTTPRequestHandler):
-    """Answers 503 SlowDown to the first ``failures`` requests, then an empty listing."""
-
-    protocol_version = "HTTP/1.1"
-    failures = 0
-    seen = 0
-
-    def do_GET(self):
-        type(self).seen += 1
-        if type(self).seen <= type(self).failures:
-            body = b"<Error><Code>SlowDown</Code><Message>Please &amp; slow</Message></Error>"
-            self.send_response(503)
-        else:
-            body = b"<x/>"
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.parametrize(("failures", "attempts", "ok"), [(2, 3, True), (2, 2, False)])
 def test_throttling_is_retried_then_reported(monkeypatch, failures, attempts, ok):
     monkeypatch.setattr(_s3list, "wait_before_retry", lambda n: None)
-    _Flaky.failures, _Flaky.seen = failures, 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
+    seen = []
+
+    def flaky(_request: Request) -> Answer:
+        # 503 SlowDown to the first ``failures`` requests, then an empty listing.
+        seen.append(1)
+        if len(seen) <= failures:
+            return (
+                503,
+                b"<Error><Code>SlowDown</Code><Message>Please &amp; slow</Message></Error>",
+                {},
+            )
+        return 200, b"<x/>", {}
+
+    with answering(flaky) as url:
         raw = _s3list.RawClient(url, "us-east-1", None, "b", timeout=5.0, max_attempts=attempts)
         if ok:
             assert raw._page_bytes("", None, None) == b"<x/>"
@@ -400,10 +387,7 @@ def test_throttling_is_retried_then_reported(monkeypatch, failures, attempts, ok
                 raw._page_bytes("", None, None)
             assert (info.value.status, info.value.code) == (503, "SlowDown")
             assert info.value.message == "Please & slow"
-        assert _Flaky.seen == min(failures + 1, attempts)
-    finally:
-        server.shutdown()
-        server.server_close()
+        assert len(seen) == min(failures + 1, attempts)
 
 
 def test_errors_and_big_downloads_never_import_botocore(tmp_path, s3_server, bucket):
