@@ -72,7 +72,6 @@ MAX_COPY_OBJECT = 5 * 1024**3
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024**2
 MAX_PART = 5 * 1024**3
-READ_CHUNK = 1024**2
 
 _loader_lock = threading.Lock()
 _shared_loader: Any = None
@@ -360,21 +359,18 @@ class S3Base(ReadWriteStorage):
     def _full(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
-    def _head(
-        self, key: str, *, checksum: bool = False, if_match: str | None = None
-    ) -> dict[str, Any]:
+    def _head(self, key: str, *, checksum: bool = False, full: str | None = None) -> dict[str, Any]:
         """HeadObject: botocore-shaped fields (:func:`head_fields`).
 
         Args:
-            key: The object.
+            key: The object (named in errors).
             checksum: Ask for the native full-object checksum (``x-amz-checksum-mode``).
-            if_match: Only this version (a quoted ETag).
+            full: The object's whole key when it is outside the storage's keys (claims).
         """
         headers = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
-        if if_match is not None:
-            headers["If-Match"] = if_match
+        full = self._full(key) if full is None else full
         try:
-            return head_fields(self._raw_client().head(self._full(key), headers))
+            return head_fields(self._raw_client().head(full, headers))
         except _s3list.ErrorAnswer as exc:
             raise self._raw_error(exc, key, "HEAD") from None
 
@@ -393,40 +389,32 @@ class S3Base(ReadWriteStorage):
         return self._raw
 
     def _new_raw_client(self) -> _s3list.RawClient:
+        proxy = _s3list.proxy_for(self.endpoint_url)
         if self._static is not None:
-            return _s3list.RawClient(
-                endpoint_url=self.endpoint_url,
-                region=self._static.region,
-                credentials=self._credential_source(),
-                bucket=self.bucket,
-                timeout=self.read_timeout,
-                ca_bundle=self._static.ca_bundle,
-                max_attempts=self.max_attempts,
-                connect_timeout=self.connect_timeout,
-                proxy=_s3list.proxy_for(self.endpoint_url),
-            )
-        client = self.client
-        config = client.meta.config
-        if self._session is None:
-            # A client given by the caller: where would it send a request for this bucket?
-            # Its presigned URL says (no request is made).
-            url = client.generate_presigned_url(
-                "head_object", Params={"Bucket": self.bucket, "Key": "k"}, ExpiresIn=60
-            )
-            host = urllib.parse.urlsplit(url).hostname or ""
-            self._path_style = not host.startswith(self.bucket.lower() + ".")
-        proxies = getattr(config, "proxies", None) or {}
-        scheme = self.endpoint_url.partition("://")[0].lower()
-        proxy = proxies.get(scheme) or _s3list.proxy_for(self.endpoint_url)
-        verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
-        ca_bundle = getattr(verify, "_verify", None)
+            region, ca_bundle = self._static.region, self._static.ca_bundle
+        else:
+            client = self.client
+            region = client.meta.region_name or "us-east-1"
+            if self._session is None:
+                # A client given by the caller: where would it send a request for this
+                # bucket? Its presigned URL says (no request is made).
+                url = client.generate_presigned_url(
+                    "head_object", Params={"Bucket": self.bucket, "Key": "k"}, ExpiresIn=60
+                )
+                host = urllib.parse.urlsplit(url).hostname or ""
+                self._path_style = not host.startswith(self.bucket.lower() + ".")
+            proxies = getattr(client.meta.config, "proxies", None) or {}
+            proxy = proxies.get(self.endpoint_url.partition("://")[0].lower()) or proxy
+            session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+            verify = getattr(session, "_verify", None)
+            ca_bundle = verify if isinstance(verify, str) else None
         return _s3list.RawClient(
             endpoint_url=self.endpoint_url,
-            region=client.meta.region_name or "us-east-1",
+            region=region,
             credentials=self._credential_source(),
             bucket=self.bucket,
             timeout=self.read_timeout,
-            ca_bundle=ca_bundle if isinstance(ca_bundle, str) else None,
+            ca_bundle=ca_bundle,
             max_attempts=self.max_attempts,
             connect_timeout=self.connect_timeout,
             virtual=not self._path_style,

@@ -261,7 +261,7 @@ class S3Conditional(S3Writing):
 
     def _break_stale_claim(self, key: str, claim: str) -> bool:
         try:
-            head = self._head_full(key, claim)
+            head = self._head(key, full=claim)
         except NotFound:
             return True  # released meanwhile: try again
         age = time.time() - head["LastModified"].timestamp()

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from hashsync.storage import _s3list
-from hashsync.storage._s3_base import S3Base, head_fields
+from hashsync.storage._s3_base import S3Base
 
 __all__ = ["PartCopyUnsupported", "PartsPage", "S3Requests", "UploadsPage"]
 
@@ -153,13 +153,6 @@ class S3Requests(S3Base):
         """DeleteObject (``If-Match`` when given: a conditional delete)."""
         headers = {"If-Match": if_match} if if_match is not None else {}
         self._request("DELETE", key, "DELETE", full, headers=headers)
-
-    def _head_full(self, key: str, full: str) -> dict[str, Any]:
-        """HeadObject of any object of the bucket (``key`` names it in errors)."""
-        try:
-            return head_fields(self._raw_client().head(full, {}))
-        except _s3list.ErrorAnswer as exc:
-            raise self._raw_error(exc, key, "HEAD") from None
 
     def _copy_object(self, key: str, full: str, source: str, if_match: str) -> None:
         """CopyObject of ``source`` (see :func:`copy_source`) with its metadata, pinned."""
