@@ -1,7 +1,8 @@
 """Shared fixtures: one real SeaweedFS S3 server per test session, on free 127.0.0.1 ports.
 
 Also moto's server and ``rclone serve s3``, S3 servers written by others, for the tests
-that run the storage contract against them (started only when a test asks for them).
+that run the storage contract against them, and ``gcp-storage-emulator`` for the GCS tests
+(each started only when a test asks for it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from hashsync.testing import MotoServer, RcloneS3Server, SeaweedFS
+from hashsync.testing.gcs_emulator import GCSEmulator
 
 _bucket_ids = itertools.count()
 
@@ -45,6 +47,28 @@ def rclone_s3_server(tmp_path_factory) -> Iterator[RcloneS3Server]:
     """``rclone serve s3`` over a temporary directory for the whole session."""
     with RcloneS3Server(tmp_path_factory.mktemp("rclone")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory) -> Iterator[GCSEmulator]:
+    """``gcp-storage-emulator`` (in memory) for the whole session."""
+    with GCSEmulator(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
+
+
+@pytest.fixture
+def gcs_env(gcs_emulator, monkeypatch) -> dict[str, str]:
+    """``STORAGE_EMULATOR_HOST`` pointing at the emulator, set for this test."""
+    env = gcs_emulator.env()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """A new, empty GCS bucket on the emulator."""
+    return gcs_emulator.create_bucket(f"g{os.getpid()}-{next(_bucket_ids)}")
 
 
 @pytest.fixture

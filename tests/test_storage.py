@@ -523,6 +523,7 @@ def test_concurrent_copies_of_one_key_never_expose_partial_files(tmp_path):
 
 def test_every_registered_scheme_runs_the_contract(tmp_path):
     import test_hub_storage  # noqa: F401 - defines the hub contract class
+    import test_storage_gcs  # noqa: F401 - defines the GCS contract class
     import test_storage_s3  # noqa: F401 - defines the S3 contract classes
 
     from hashsync.testing.contract import StorageContract
@@ -538,6 +539,7 @@ def test_every_registered_scheme_runs_the_contract(tmp_path):
     samples = {
         "file": f"file://{tmp_path}/f",
         "s3": "s3://bucket/prefix",
+        "gs": "gs://bucket/prefix",
         "http": "http://127.0.0.1:1/base/",
         "https": "https://127.0.0.1:1/base/",
         "hub": "hub://127.0.0.1:1/dataset",
@@ -545,7 +547,9 @@ def test_every_registered_scheme_runs_the_contract(tmp_path):
     }
     for scheme in registered_schemes():
         assert scheme in samples, f"no contract sample for the registered scheme {scheme!r}"
-        options = {"endpoint_url": "http://127.0.0.1:1"} if scheme == "s3" else {}
+        options = {"endpoint_url": "http://127.0.0.1:1"} if scheme in ("s3", "gs") else {}
+        if scheme == "gs":
+            options["anonymous"] = True
         storage = open_storage(samples[scheme], **options)
         assert type(storage) in covered, f"{type(storage).__name__} ({scheme}://) is untested"
 

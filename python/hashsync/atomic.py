@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from hashsync._native import is_internal_name as _native_is_internal_name
-from hashsync.errors import StorageUnavailable
+from hashsync.errors import FileChanged, StorageUnavailable
 
 __all__ = [
     "LOCK_SUFFIX",
@@ -44,6 +44,7 @@ __all__ = [
     "same_version",
     "settled_fstat",
     "atomic_destination",
+    "changed_error",
     "cleanup_listed",
     "cleanup_once",
     "cleanup_stale_temporaries",
@@ -687,3 +688,10 @@ class AtomicFile:
         # Never commit implicitly: a file dropped without close() may be incomplete.
         with contextlib.suppress(Exception):
             self.discard()
+
+
+def changed_error(path: Path, key: str) -> FileChanged:
+    """The error for a local file that changed while it was uploaded as ``key``."""
+    error = FileChanged(f"{str(path)!r} changed while it was uploaded as {key!r}")
+    error.path = str(path)
+    return error

@@ -37,13 +37,14 @@ _SIGNING = {
 def url_key(url: str) -> tuple[str, str, str, str]:
     """Split a remote URL into ``(cache key, scheme, storage base, key at the storage)``.
 
-    The cache key is ``s3/BUCKET/KEY`` or ``SCHEME/HOST[:PORT]/PATH`` (a hub's PATH starts with
-    the dataset), plus a directory for a
-    query string (signing parameters of presigned URLs left out), so cached files keep their
-    real names. Credentials in the URL never enter the key.
+    The cache key is ``s3/BUCKET/KEY`` (``gs/BUCKET/KEY``) or ``SCHEME/HOST[:PORT]/PATH`` (a
+    hub's PATH starts with the dataset), plus a directory for a query string (signing
+    parameters of presigned URLs left out), so cached files keep their real names.
+    Credentials in the URL never enter the key.
 
     Raises:
-        InvalidArgument: Not an ``s3://``, ``http(s)://`` or ``hub(s)://`` URL of a file.
+        InvalidArgument: Not an ``s3://``, ``gs://``, ``http(s)://`` or ``hub(s)://`` URL of a
+            file.
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidArgument(f"not a URL: {url!r}")
@@ -53,12 +54,12 @@ def url_key(url: str) -> tuple[str, str, str, str]:
     except ValueError as exc:
         raise InvalidArgument(f"not a valid URL: {redact(url)!r} ({exc})") from None
     scheme = parts.scheme.lower()
-    if scheme == "s3":
+    if scheme in ("s3", "gs"):
         bucket, key = parts.netloc, urllib.parse.unquote(parts.path.lstrip("/"))
         if not bucket or not key:
-            raise InvalidArgument(f"{url!r} names no object (expected s3://BUCKET/KEY)")
+            raise InvalidArgument(f"{url!r} names no object (expected {scheme}://BUCKET/KEY)")
         validate_key(key)
-        return f"s3/{bucket}/{key}", "s3", f"s3://{bucket}", key
+        return f"{scheme}/{bucket}/{key}", scheme, f"{scheme}://{bucket}", key
     if scheme in ("http", "https"):
         host = parts.hostname or ""
         if not host:
@@ -95,7 +96,9 @@ def url_key(url: str) -> tuple[str, str, str, str]:
         validate_key(key)
         base = f"{scheme}://{netloc}/{urllib.parse.quote(dataset, safe='')}"
         return f"{scheme}/{netloc}/{dataset}/{key}", scheme, base, key
-    raise InvalidArgument(f"cannot fetch {url!r}: not a local path or an s3, http(s) or hub URL")
+    raise InvalidArgument(
+        f"cannot fetch {url!r}: not a local path or an s3, gs, http(s) or hub URL"
+    )
 
 
 class _UrlCache(CopyToLocalCache):
@@ -174,7 +177,7 @@ def local_path(url: str | os.PathLike[str]) -> Path:
     """A local path with the content of ``url``, downloaded (verified) into the cache if needed.
 
     A local path (or ``file://`` URL) comes back as is, so code can treat every location
-    alike. ``s3://``, ``http(s)://`` and ``hub://`` URLs are cached in
+    alike. ``s3://``, ``gs://``, ``http(s)://`` and ``hub://`` URLs are cached in
     ``$HASHSYNC_CACHE_DIR/caches/urls`` under their bucket or host and path, and checked
     against their source on every call (one HEAD; with ``HASHSYNC_OFFLINE=1`` only cached
     files are served).

@@ -1,4 +1,4 @@
-"""Storages: local directories, S3-compatible object stores and HTTP servers behind one API.
+"""Storages: local directories, S3-compatible stores, GCS and HTTP servers behind one API.
 
 Every storage reads (:meth:`~Storage.copy` into a :class:`Sink` such as a
 :class:`LocalStorage`, :meth:`~Storage.get_hash`, :meth:`~Storage.get_last_modified`,
@@ -36,12 +36,14 @@ from hashsync.storage.registry import open_storage, register_scheme, registered_
 from hashsync.storage.sink import BytesSink, Sink
 
 if TYPE_CHECKING:
+    from hashsync.storage.gcs import GCSStorage
     from hashsync.storage.http import HTTPStorage
     from hashsync.storage.s3 import S3Storage
 
 __all__ = [
     "BytesSink",
     "FilesystemStorage",
+    "GCSStorage",
     "HTTPStorage",
     "LocalStorage",
     "ObjectInfo",
@@ -68,6 +70,10 @@ def __getattr__(name: str) -> Any:
         from hashsync.storage.s3 import S3Storage
 
         return S3Storage
+    if name == "GCSStorage":
+        from hashsync.storage.gcs import GCSStorage
+
+        return GCSStorage
     if name == "HTTPStorage":
         from hashsync.storage.http import HTTPStorage
 

@@ -14,13 +14,11 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import hashsync
 from hashsync._redact import redact
 from hashsync.errors import (
-    FileChanged,
     HashsyncError,
     InvalidArgument,
     NotFound,
@@ -580,12 +578,6 @@ def mismatch_message(key: str, store: object, expected: str | None, current: str
 
 
 PROC_FD = os.path.isdir("/proc/self/fd")
-
-
-def changed_error(path: Path, key: str) -> FileChanged:
-    error = FileChanged(f"{str(path)!r} changed while it was uploaded as {key!r}")
-    error.path = str(path)
-    return error
 
 
 def head_fields(headers: dict[str, str]) -> dict[str, Any]:

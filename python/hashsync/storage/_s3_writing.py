@@ -20,7 +20,7 @@ import hashsync
 from hashsync._native import crc_combine, upload_part_size
 from hashsync._redact import redact
 from hashsync._threads import run_on_threads
-from hashsync.atomic import same_version, settled_fstat
+from hashsync.atomic import changed_error, same_version, settled_fstat
 from hashsync.errors import (
     FileChanged,
     HashsyncError,
@@ -42,7 +42,6 @@ from hashsync.storage._s3_base import (
     IncompleteUpload,
     S3Base,
     b64_of_hex,
-    changed_error,
     clean_etag,
     may_refuse_checksums,
     quoted_etag,

@@ -36,6 +36,7 @@ __all__ = [
     "ReadWriteStorage",
     "Storage",
     "current_progress",
+    "exact_ns",
     "reporting_progress",
     "validate_key",
     "validate_prefix",
@@ -87,15 +88,48 @@ class ObjectInfo(NamedTuple):
     hash: str | None
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def exact_ns(when: datetime.datetime) -> int:
+    """Nanoseconds since the epoch of an aware datetime, exactly (no float rounding).
+
+    A download stamps its file with this, and a listing reports it: the two must agree to
+    the nanosecond, or a size-and-mtime comparison sees a difference that is not there.
+    """
+    if when.tzinfo is None:
+        return int(when.timestamp() * 1_000_000_000)
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
 def _to_ns(when: datetime.datetime | None) -> int:
-    return int(when.timestamp() * 1_000_000_000) if when else 0
+    return exact_ns(when) if when else 0
 
 
-def _bare_digest(value: str | None) -> str | None:
-    """A listing's digest: an ETag as is, ``"sha256:<hex>"`` as its hex part."""
-    if value is None or ":" not in value:
-        return value
-    return value.partition(":")[2]
+def sync_digest(value: str | None, own: str, wanted: str) -> str | None:
+    """The digest a sync compares, from a hash as :meth:`Storage.get_hash` spells it.
+
+    Args:
+        value: The hash (an ETag, or ``"<algorithm>:<hex>"``), or None.
+        own: The storage's :attr:`Storage.hash_algorithm`.
+        wanted: The algorithm the sync compares by.
+
+    Returns:
+        The bare hex of ``wanted``; a hash of another algorithm whole (``"crc32c:<hex>"``
+        of a GCS composite object), which the sync checks against the local file before
+        copying; an ETag that is a plain MD5 when MD5s are wanted; else None (copied).
+    """
+    if value is None:
+        return None
+    algorithm, sep, digest = value.partition(":")
+    if wanted == own:
+        if not sep:
+            return value
+        return digest if algorithm == own else value
+    if wanted == "md5" and own == "etag" and len(value) == 32 and "-" not in value:
+        return value  # a single-part S3 ETag is the content's MD5
+    return None
 
 
 def validate_key(key: object) -> str:
@@ -319,11 +353,12 @@ class Storage(abc.ABC):
                 dry run or a diff, which change nothing).
             algorithm: The digests wanted: ``"etag"`` or an algorithm name (bare hex
                 digests); None means :attr:`hash_algorithm`. A storage that cannot give
-                them leaves the digests out (None), and a checksum sync then copies.
+                them leaves the digests out (None), and a checksum sync then copies; one
+                whose object has a hash of another algorithm gives it whole (see
+                :func:`sync_digest`).
             segment: List only this slice of the keys (keys stay relative to the storage).
         """
         wanted_algorithm = algorithm or self.hash_algorithm
-        own = wanted_algorithm == self.hash_algorithm
         entries: list[FileEntry] = []
         listing = SyncListing([])
         # In chunks: never the whole listing as ObjectInfo and as FileEntry at once.
@@ -344,7 +379,9 @@ class Storage(abc.ABC):
                         info.key,
                         info.size,
                         _to_ns(info.last_modified),
-                        _bare_digest(info.hash) if checksum and own else None,
+                        sync_digest(info.hash, self.hash_algorithm, wanted_algorithm)
+                        if checksum
+                        else None,
                     )
                 )
         listing.entries = Listing.from_entries(entries)

@@ -1,11 +1,12 @@
 """``open_storage`` and the registry of URL schemes it understands.
 
 Built in: plain paths and ``file://`` (:class:`SimpleLocalStorage`), ``s3://bucket/prefix``
-(:class:`S3Storage`), ``http://`` and ``https://`` (:class:`HTTPStorage`), ``hub://`` and
-``hubs://`` (a dataset of a hashsync hub, :class:`hashsync.hub.HubStorage`). Other packages add
-schemes with :func:`register_scheme`::
+(:class:`S3Storage`), ``gs://bucket/prefix`` (:class:`GCSStorage`, the ``gcs`` extra),
+``http://`` and ``https://`` (:class:`HTTPStorage`), ``hub://`` and ``hubs://`` (a dataset of a
+hashsync hub, :class:`hashsync.hub.HubStorage`). Other packages add schemes with
+:func:`register_scheme`::
 
-    register_scheme("gs", lambda url, **options: MyGCSStorage.from_url(url, **options))
+    register_scheme("az", lambda url, **options: MyAzureStorage.from_url(url, **options))
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def _s3(url: str, **options: Any) -> Storage:
     return S3Storage.from_url(url, **options)
 
 
+def _gs(url: str, **options: Any) -> Storage:
+    from hashsync.storage.gcs import GCSStorage
+
+    return GCSStorage.from_url(url, **options)
+
+
 def _http(url: str, **options: Any) -> Storage:
     from hashsync.storage.http import HTTPStorage
 
@@ -94,8 +101,9 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
 
     Args:
         url_or_path: A local path (``"data"``, ``Path("data")``), ``file:///abs/path``,
-            ``s3://bucket/prefix``, ``http(s)://host/path`` (credentials and a query
-            string are passed on: ``https://user:pw@host/path?token=...``),
+            ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``http(s)://host/path``
+            (credentials and a query string are passed on:
+            ``https://user:pw@host/path?token=...``),
             ``hub://host:port/dataset[/prefix]`` (``hubs://`` over HTTPS; the key from
             ``api_key=`` or ``$HASHSYNC_HUB_API_KEY``), or a URL of a scheme added with
             :func:`register_scheme`.
@@ -103,8 +111,9 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
             ``part_size=`` for local and S3 storages).
 
     Returns:
-        A :class:`SimpleLocalStorage`, :class:`S3Storage`, :class:`HTTPStorage`,
-        :class:`~hashsync.hub.HubStorage` or whatever the scheme's factory returns.
+        A :class:`SimpleLocalStorage`, :class:`S3Storage`, :class:`GCSStorage`,
+        :class:`HTTPStorage`, :class:`~hashsync.hub.HubStorage` or whatever the scheme's
+        factory returns.
 
     Raises:
         InvalidArgument: The URL's scheme is unknown.
@@ -135,6 +144,7 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
 for _scheme, _factory in (
     ("file", _local),
     ("s3", _s3),
+    ("gs", _gs),
     ("http", _http),
     ("https", _http),
     ("hub", _hub),

@@ -198,7 +198,7 @@ def _run_here(
             rules,
             must_exist=True,
             reap_temporaries=not options.dry_run,
-            **listing_options(src, options.compare, options.progress),
+            **listing_options(src, dst, options.compare, options.progress),
         )
         if len(source_listing.entries) > _segmented_above():
             result = segmented.sync_in_segments(

@@ -45,12 +45,14 @@ __all__ = [
     "Compare",
     "RunOptions",
     "action_name",
+    "comparable_algorithm",
     "covering",
     "default_workers",
     "delete_refusal",
     "listing_options",
     "plan_sync",
     "resolve_storage",
+    "settle_other_digests",
     "settle_unmatched_etags",
     "spare_links",
     "sync_storages",
@@ -122,16 +124,34 @@ def resolve_storage(
     return open_storage(text, **options)
 
 
+def comparable_algorithm(source: Storage, destination: Storage) -> str:
+    """The digest both sides of a sync are listed with.
+
+    A filesystem side hashes with whatever the other side keeps (S3 ETags, a hub's SHA-256,
+    GCS's MD5). Between two stores, MD5 when one keeps MD5s (an S3 ETag of one part is the
+    MD5), else the source's.
+    """
+    ours, theirs = source.hash_algorithm, destination.hash_algorithm
+    if ours == theirs or destination.is_local:
+        return ours
+    if source.is_local:
+        return theirs
+    if {ours, theirs} == {"etag", "md5"}:
+        return "md5"
+    return ours
+
+
 def listing_options(
-    source: Storage, compare: Compare, progress: Callable[[int, int], object] | None
+    source: Storage,
+    destination: Storage,
+    compare: Compare,
+    progress: Callable[[int, int], object] | None,
 ) -> dict[str, Any]:
     """The options both sides of a sync are listed with (:meth:`Storage.list_for_sync`)."""
-    # Both sides give digests of the source's kind (a hub's SHA-256, else S3 ETags), so a
-    # local destination is hashed the way the source can be compared with.
     return {
         "checksum": compare == "checksum",
         "progress": progress,
-        "algorithm": source.hash_algorithm,
+        "algorithm": comparable_algorithm(source, destination),
     }
 
 
@@ -153,7 +173,7 @@ def plan_sync(
     """
     if compare not in ("checksum", "size-mtime", "size"):
         raise InvalidArgument(f"unknown comparison {compare!r}; valid: checksum, size-mtime, size")
-    options = listing_options(source, compare, progress)
+    options = listing_options(source, destination, compare, progress)
     if segment is not None:
         options["segment"] = segment
     src = source_listing
@@ -270,6 +290,8 @@ def sync_storages(
             )
     if compare == "checksum" and to_copy:
         to_copy, settled = settle_unmatched_etags(src, dst, to_copy, dst_listing, workers)
+        result.skipped += settled
+        to_copy, settled = settle_other_digests(src, dst, to_copy, dst_listing)
         result.skipped += settled
     to_delete = spare_links(plan.delete, src_listing.links_skipped) if delete else []
     # Keys of a filesystem destination in the way of a copy (a file where the source has a
@@ -456,6 +478,40 @@ def settle_unmatched_etags(
             e.path for (e, theirs, _), mine in zip(by_crc, ours, strict=True) if theirs == mine
         )
     same.update(by_size_and_mtime(weak, remote, download=dst.is_local))
+    return [e for e in to_copy if e.path not in same], len(same)
+
+
+def settle_other_digests(
+    src: Storage, dst: Storage, to_copy: list[hashsync.FileEntry], dst_listing: SyncListing
+) -> tuple[list[hashsync.FileEntry], int]:
+    """Drop the copies whose remote digest is of another algorithm and matches the file.
+
+    A GCS composite object has no MD5, only a CRC32C: the listing gives it as
+    ``"crc32c:<hex>"``, which no MD5 equals. For such entries of the same size, the local
+    file is hashed with that algorithm and compared; returns (rest, dropped).
+    """
+    if src.is_local == dst.is_local:
+        return to_copy, 0
+    local = src if src.is_local else dst
+    find = dst_listing.entries.find
+    by_algorithm: dict[str, list[tuple[hashsync.FileEntry, Path, str]]] = {}
+    for e in to_copy:
+        other = find(e.path)
+        if other is None or other.size != e.size:
+            continue
+        algorithm, sep, digest = ((other if src.is_local else e).digest or "").partition(":")
+        path = local.local_path(e.path)
+        if sep and algorithm in hashsync.ALGORITHMS and path is not None:
+            by_algorithm.setdefault(algorithm, []).append((e, path, digest))
+    same: set[str] = set()
+    for algorithm, items in by_algorithm.items():
+        try:
+            ours = hashsync.hash_files([path for _, path, _ in items], algorithm)
+        except (HashsyncError, OSError):
+            continue  # copy them, as without the check
+        same.update(
+            e.path for (e, _, theirs), mine in zip(items, ours, strict=True) if mine == theirs
+        )
     return [e for e in to_copy if e.path not in same], len(same)
 
 

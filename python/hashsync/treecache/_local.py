@@ -170,6 +170,13 @@ class LocalSide(RemoteSide):
                 return int(self._remote().part_size)
         return hashsync.DEFAULT_PART_SIZE
 
+    def _remote_algorithm(self) -> str:
+        """The remote's :attr:`~hashsync.storage.Storage.hash_algorithm` (``"etag"`` if unknown)."""
+        with contextlib.suppress(RemoteFailed):
+            with remote_errors():
+                return str(self._remote().hash_algorithm)
+        return "etag"
+
     # -- building --------------------------------------------------------------------------
 
     def _clean_abandoned_builds(self) -> None:
@@ -197,7 +204,7 @@ class LocalSide(RemoteSide):
             build(staging)
             shutil.rmtree(staging / META_DIR, ignore_errors=True)
             part_size = self._part_size()
-            files = describe_tree(staging, part_size)
+            files = describe_tree(staging, part_size, md5=self._remote_algorithm() == "md5")
             manifest = Manifest(
                 name=self.name,
                 key=self.key,

@@ -36,6 +36,7 @@ MAX_MANIFEST_BYTES = 256 * 1024**2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _HEX = re.compile(r"[0-9a-f]+")
 _ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]{1,5})?")
+_MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 def check_segment(value: object, what: str) -> str:
@@ -59,11 +60,23 @@ def is_meta(path: str) -> bool:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One file of the base tree."""
+    """One file of the base tree.
+
+    ``md5`` is recorded for stores that keep MD5s rather than S3 ETags (GCS): their listings
+    are checked against it.
+    """
 
     size: int
     etag: str
     sha256: str
+    md5: str | None = None
+
+    def matches(self, digest: str | None) -> bool:
+        """Whether a store's hash (as ``get_hash`` spells it) is this file's."""
+        value = (digest or "").lower()
+        if value.startswith("md5:"):
+            return self.md5 is not None and value[4:] == self.md5
+        return ":" not in value and value == self.etag
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,12 @@ class Manifest:
             "part_size": self.part_size,
             "tree_hash": self.tree_hash,
             "files": {
-                path: {"size": r.size, "etag": r.etag, "sha256": r.sha256}
+                path: {
+                    "size": r.size,
+                    "etag": r.etag,
+                    "sha256": r.sha256,
+                    **({"md5": r.md5} if r.md5 is not None else {}),
+                }
                 for path, r in sorted(self.files.items())
             },
         }
@@ -136,6 +154,9 @@ class Manifest:
             if is_meta(path) or not isinstance(rec, dict):
                 raise IntegrityError(f"the manifest names {path!r}, which cannot be a tree file")
             size, etag, sha = rec.get("size"), rec.get("etag"), rec.get("sha256")
+            md5 = rec.get("md5")
+            if md5 is not None and (not isinstance(md5, str) or not _MD5.fullmatch(md5)):
+                raise IntegrityError(f"the manifest's record of {path!r} is malformed")
             if (
                 not isinstance(size, int)
                 or isinstance(size, bool)
@@ -147,7 +168,7 @@ class Manifest:
                 or not _HEX.fullmatch(sha)
             ):
                 raise IntegrityError(f"the manifest's record of {path!r} is malformed")
-            records[path] = FileRecord(size, etag, sha)
+            records[path] = FileRecord(size, etag, sha, md5)
         if tree_hash_of(records) != tree:
             raise IntegrityError("the manifest's tree_hash does not match its files")
         return cls(
@@ -168,10 +189,38 @@ class Manifest:
         """The manifest's files ``seen`` (path -> size, ETag) lacks or has otherwise, sorted."""
         bad = []
         for path, rec in self.files.items():
-            size, etag = seen.get(path, (None, None))
-            if size != rec.size or (etag or "").lower() != rec.etag:
+            size, digest = seen.get(path, (None, None))
+            if size != rec.size or not rec.matches(digest):
                 bad.append(path)
         return sorted(bad)
+
+    def with_md5(self, root: Path) -> Manifest:
+        """This manifest with every file's MD5, hashed from the tree at ``root``.
+
+        For a store that keeps MD5s (GCS). The tree hash does not change.
+
+        Raises:
+            IntegrityError: A file no longer has the manifest's size.
+        """
+        if all(r.md5 is not None for r in self.files.values()):
+            return self
+        paths = sorted(self.files)
+        digests = hashsync.hash_files([root / p for p in paths], "md5")
+        files = {}
+        for path, md5 in zip(paths, digests, strict=True):
+            rec = self.files[path]
+            if (root / path).stat().st_size != rec.size:
+                raise IntegrityError(f"{root / path} changed since it was described")
+            files[path] = FileRecord(rec.size, rec.etag, rec.sha256, md5)
+        return Manifest(
+            name=self.name,
+            key=self.key,
+            files=files,
+            part_size=self.part_size,
+            tree_hash=self.tree_hash,
+            created=self.created,
+            tool=self.tool,
+        )
 
 
 def tree_hash_of(files: Mapping[str, FileRecord]) -> str:
@@ -182,8 +231,10 @@ def tree_hash_of(files: Mapping[str, FileRecord]) -> str:
     return h.hexdigest()
 
 
-def describe_tree(root: Path, part_size: int) -> dict[str, FileRecord]:
+def describe_tree(root: Path, part_size: int, *, md5: bool = False) -> dict[str, FileRecord]:
     """Hash every file under ``root`` except bookkeeping: size, ETag and SHA-256 each.
+
+    With ``md5``, the MD5 of each file too (for a store that keeps MD5s, GCS).
 
     Raises:
         IntegrityError: A file could not be read, or changed between the two hashing passes.
@@ -198,12 +249,22 @@ def describe_tree(root: Path, part_size: int) -> dict[str, FileRecord]:
             f"cannot describe {root}: {len(problems)} files unreadable, e.g. {path}: {why}"
         )
     etags = {e.path: (e.size, e.digest) for e in by_etag}
+    md5s: dict[str, tuple[int, str | None]] = {}
+    if md5:
+        by_md5 = hashsync.scan(root, algorithm="md5", filters=rules)
+        if list(by_md5.errors):
+            path, why = list(by_md5.errors)[0]
+            raise IntegrityError(f"cannot describe {root}: {path}: {why}")
+        md5s = {e.path: (e.size, e.digest) for e in by_md5}
     files: dict[str, FileRecord] = {}
     for e in by_sha:
         size, etag = etags.get(e.path, (None, None))
         if size != e.size or etag is None or e.digest is None:
             raise IntegrityError(f"{root / e.path} changed while it was hashed")
-        files[e.path] = FileRecord(e.size, etag, e.digest)
+        size_md5, digest_md5 = md5s.get(e.path, (e.size, None))
+        if size_md5 != e.size or (md5 and digest_md5 is None):
+            raise IntegrityError(f"{root / e.path} changed while it was hashed")
+        files[e.path] = FileRecord(e.size, etag, e.digest, digest_md5)
     if len(files) != len(etags):
         raise IntegrityError(f"files appeared or vanished under {root} while it was hashed")
     return files

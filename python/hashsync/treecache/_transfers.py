@@ -110,6 +110,10 @@ class Transfers(DerivedFiles):
             Files uploaded.
         """
         here = self._local_storage()
+        if storage.hash_algorithm == "md5":
+            # A store of MD5s (GCS) is checked against the manifest's MD5s, which a tree
+            # described before the remote was known lacks.
+            manifest = manifest.with_md5(self.local_dir)
         with remote_errors():
             lease.confirm()  # before anything is replaced: a taken-over lease stops here
             theirs = {i.key: i for i in tree_objects(storage)}
