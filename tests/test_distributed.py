@@ -99,6 +99,23 @@ def test_local_s3_local_and_s3_s3_equal_a_single_machine_sync(
     assert again.transferred == [] and again.skipped == 5000 and again.ok
 
 
+def test_sharded_sync_to_and_from_gcs(client, gcs_env, gcs_bucket, tmp_path):
+    # The workers were started without STORAGE_EMULATOR_HOST: the pickled storage carries
+    # its endpoint (and, since it had none, no credentials).
+    from hashsync.storage.gcs import GCSStorage
+
+    src = tmp_path / "src"
+    write_tree(src, tree_files(300, seed=3))
+    remote = GCSStorage(gcs_bucket, "sharded", conditional_writes="best-effort")
+    up = hashsync.sync(src, remote, scheduler=client)
+    assert len(up.transferred) == 300 and up.ok
+    down = hashsync.sync(remote, tmp_path / "down", scheduler=client)
+    assert len(down.transferred) == 300 and down.ok
+    assert hashsync.tree_hash(tmp_path / "down") == hashsync.tree_hash(src)
+    again = hashsync.sync(src, remote, scheduler=client)
+    assert again.transferred == [] and again.skipped == 300
+
+
 def test_tasks_run_on_both_workers(client, tmp_path, big_tree):
     with dask_distributed.get_task_stream(client) as stream:
         r = hashsync.sync(big_tree, tmp_path / "copy", scheduler=client)

@@ -25,9 +25,13 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.s3
-def test_readme_python_examples_run(s3_server, s3_env, tmp_path, monkeypatch):
-    # The files and the bucket the examples name.
+def test_readme_python_examples_run(
+    s3_server, s3_env, gcs_emulator, gcs_env, tmp_path, monkeypatch
+):
+    # The files and the buckets the examples name (GCS's on the emulator).
     s3_server.create_bucket("bucket")
+    gcs_emulator.create_bucket("bucket")
+    gcs_emulator.create_bucket("public-bucket")
     data = tmp_path / "data"
     data.mkdir()
     (data / "shard-000.tar").write_bytes(random.Random(0).randbytes(9 * 1024**2))

@@ -623,3 +623,40 @@ def test_application_default_credentials_are_used_and_refreshed(fake_gcs, tmp_pa
         assert storage.get_size("k") == 1
         assert issued == ["token-1", "token-2"]
         assert fake.requests[-1].headers["Authorization"] == "Bearer token-2"
+
+
+def test_rclone_and_hashsync_agree_on_gcs_content(gcs_emulator, gcs_env, gcs_bucket, tmp_path):
+    # Another tool's GCS client on the same objects: rclone reads hashsync's uploads as equal
+    # by MD5, and hashsync finds rclone's uploads unchanged (one listing, nothing moved).
+    from hashsync.testing import find_rclone
+
+    src = tmp_path / "src"
+    _tree(src)
+    config = tmp_path / "rclone.conf"
+    config.write_text(
+        "[gcs]\ntype = google cloud storage\nanonymous = true\n"
+        f"endpoint = {gcs_emulator.endpoint_url}\nbucket_policy_only = true\n"
+    )
+
+    def rclone(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [find_rclone(), "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    hashsync.sync(src, gcs(gcs_bucket, "by-hashsync"), progress=False)
+    checked = rclone("check", str(src), f"gcs:{gcs_bucket}/by-hashsync")
+    assert checked.returncode == 0, checked.stderr
+    assert "0 differences found" in checked.stderr
+
+    uploaded = rclone("copy", str(src), f"gcs:{gcs_bucket}/by-rclone")
+    assert uploaded.returncode == 0, uploaded.stderr
+    theirs = gcs(gcs_bucket, "by-rclone")
+    again = hashsync.sync(src, theirs, progress=False)
+    assert again.transferred == [] and again.skipped == 6
+    down = hashsync.sync(theirs, tmp_path / "down", progress=False)
+    assert len(down.transferred) == 6 and hashsync.tree_hash(tmp_path / "down") == (
+        hashsync.tree_hash(src)
+    )

@@ -229,7 +229,7 @@ def etag_matches(
 
 @final
 class S3Transport:
-    """A keep-alive connection pool that signs (SigV4) and sends S3 requests.
+    """A keep-alive connection pool that sends S3 requests (SigV4-signed) and GCS's.
 
     Requests run without the interpreter lock. Redirects are not followed; every HTTP status
     is returned as an answer. Host names under ``localhost`` reach 127.0.0.1 (RFC 6761).

@@ -235,8 +235,14 @@ def register(sub: Any) -> None:
             "come from the hash state cache when the files have not changed since last time."
         ),
     )
-    d.add_argument("source", metavar="SRC", help="local directory or s3://bucket/prefix")
-    d.add_argument("destination", metavar="DST", help="local directory or s3://bucket/prefix")
+    d.add_argument(
+        "source", metavar="SRC", help="local directory, s3://bucket/prefix or gs://bucket/prefix"
+    )
+    d.add_argument(
+        "destination",
+        metavar="DST",
+        help="local directory, s3://bucket/prefix or gs://bucket/prefix",
+    )
     add_side_args(d, "print the plan as JSON")
     d.add_argument(
         "--exit-code", action="store_true", help="exit with 1 if there are differences (like git)"
@@ -248,11 +254,13 @@ def register(sub: Any) -> None:
         help="make DST hold what SRC holds, deciding by content",
         description=(
             "Copy new and changed files from SRC to DST (local directories, s3://bucket/prefix, "
-            "http(s)://, and as SRC hub://host:port/dataset with the key in "
-            "HASHSYNC_HUB_API_KEY; S3 to S3 copies server-side). Unlike aws s3 sync, a file "
-            "whose content changed is copied even if its size is the same and its mtime older. "
-            "Local digests come from the hash state cache; S3 digests from the listing (ETags); "
-            "a hub's from its manifest (SHA-256, and the local side is hashed the same way)."
+            "gs://bucket/prefix (hashsync[gcs]; Google's Application Default Credentials, or "
+            "STORAGE_EMULATOR_HOST), http(s)://, and as SRC hub://host:port/dataset with the "
+            "key in HASHSYNC_HUB_API_KEY; S3 to S3 and GCS to GCS copy server-side). Unlike aws "
+            "s3 sync, a file whose content changed is copied even if its size is the same and "
+            "its mtime older. Local digests come from the hash state cache; S3 digests from the "
+            "listing (ETags); GCS's too (MD5, and the local side is hashed the same way); a "
+            "hub's from its manifest (SHA-256)."
         ),
         epilog="Exit codes: 0 ok, 1 failure, 2 some files failed or were skipped.",
     )

@@ -39,7 +39,10 @@ def register(sub: Any) -> None:
         p = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("local_dir", metavar="LOCAL_DIR", help="the local directory")
         p.add_argument(
-            "--remote", required=True, metavar="URL", help="where copies live, e.g. s3://b/caches"
+            "--remote",
+            required=True,
+            metavar="URL",
+            help="where copies live, e.g. s3://b/caches or gs://b/caches",
         )
         p.add_argument("--name", required=True, metavar="N", help="what is cached, e.g. slipcache")
         key = p.add_mutually_exclusive_group(required=True)

@@ -197,6 +197,10 @@ class GCSStorage(ReadWriteStorage):
         elif not anonymous and not (emulator and endpoint == emulator):
             credentials, found_project = default_credentials()
             project = project or found_project
+        else:
+            # Unpickled elsewhere (a Dask worker), the same endpoint without credentials,
+            # whatever that machine's STORAGE_EMULATOR_HOST says.
+            self._options.update(endpoint_url=endpoint, anonymous=True)
         self.bucket = bucket
         self.prefix = prefix
         self.project = project

@@ -64,7 +64,8 @@ def sync(
     """Makes ``destination`` hold the files of ``source``, deciding by content.
 
     Args:
-        source: A local directory, ``s3://bucket/prefix``, ``http(s)://...`` or a Storage.
+        source: A local directory, ``s3://bucket/prefix``, ``gs://bucket/prefix``,
+            ``http(s)://...`` or a Storage.
         destination: The same kinds; must be writable. A missing local directory is created.
         delete: Delete destination files the source does not have. Runs after all transfers,
             and not at all if any transfer failed, if any source entry could not be listed

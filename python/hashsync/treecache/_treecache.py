@@ -85,8 +85,9 @@ class TreeCache(Transfers):
 
     Args:
         local_dir: The local directory (created when built or downloaded).
-        remote: Where copies are kept: ``s3://bucket/prefix`` (any S3-compatible store), or
-            a directory on a shared filesystem (a path or ``file://``).
+        remote: Where copies are kept: ``s3://bucket/prefix`` (any S3-compatible store),
+            ``gs://bucket/prefix`` (Google Cloud Storage, whose preconditions make the
+            lease exclusive), or a directory on a shared filesystem (a path or ``file://``).
         name: What is cached (letters, digits, ``.``, ``_``, ``-``), e.g. ``"slipcache"``.
         key: The content hash of the input (same characters), e.g. from :func:`hashsync.tree_hash`.
         verbose: Show byte progress bars on a terminal and say what is being done.
