@@ -660,3 +660,106 @@ def test_rclone_and_hashsync_agree_on_gcs_content(gcs_emulator, gcs_env, gcs_buc
     assert len(down.transferred) == 6 and hashsync.tree_hash(tmp_path / "down") == (
         hashsync.tree_hash(src)
     )
+
+
+def test_credentials_are_never_sent_over_plain_http_to_another_host(monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    with pytest.raises(InvalidArgument, match="plain http"):
+        GCSStorage("bucket", endpoint_url="http://storage.example.com", credentials=object())
+    # Loopback (a test server, a local proxy) and https are fine.
+    GCSStorage("bucket", endpoint_url="http://127.0.0.1:1", credentials=object())
+    GCSStorage("bucket", endpoint_url="https://storage.example.com", credentials=object())
+
+
+def test_a_failed_resumable_upload_cancels_its_session(fake_gcs):
+    fake, _ = fake_gcs
+    deleted: list[Request] = []
+
+    def session(request):
+        # A session that fails every chunk, and records its cancellation.
+        if request.method == "DELETE":
+            deleted.append(request)
+            return 499, b"", {}
+        return 503, b'{"error": {"message": "backend error"}}', {}
+
+    def route(request):
+        if request.path.startswith("/session"):
+            return session(request)
+        return fake(request)
+
+    with answering(route) as gcs_url:
+        fake.session_location = f"{gcs_url}/session?upload_id=1"
+        storage = GCSStorage(
+            "bkt", endpoint_url=gcs_url, anonymous=True, part_size=256 * 1024, max_attempts=2
+        )
+        src = TemporaryLocalStorage()
+        src.path("big").write_bytes(blob(600 * 1024))
+        with pytest.raises(StorageUnavailable):
+            storage.copy_from("big", src)
+    assert len(deleted) == 1 and deleted[0].path == "/session?upload_id=1"
+    assert "big" not in fake.objects
+
+
+class _Session:
+    """A resumable upload session as GCS keeps one; its second chunk fails once half taken."""
+
+    def __init__(self, fake: _FakeGCS, name: str) -> None:
+        self.fake, self.name = fake, name
+        self.held = bytearray()
+        self.chunks = 0
+        self.hash_header: str | None = None
+
+    def __call__(self, request: Request):
+        span = request.headers["Content-Range"]
+        _, _, total = span.rpartition("/")
+        if span.startswith("bytes */"):
+            pass  # a status query
+        else:
+            start = int(span.split()[1].split("-")[0])
+            assert start == len(self.held), "a chunk must start where the session stands"
+            self.chunks += 1
+            if self.chunks == 2:
+                self.held += request.body[: len(request.body) // 2]
+                return 503, b'{"error": {"message": "backend error"}}', {}
+            self.held += request.body
+        if len(self.held) < int(total):
+            return 308, b"", {"Range": f"bytes=0-{len(self.held) - 1}"}
+        self.hash_header = request.headers.get("X-Goog-Hash")
+        md5 = base64.b64encode(hashlib.md5(self.held).digest()).decode()
+        if f"md5={md5}" not in (self.hash_header or ""):
+            return 400, b'{"error": {"message": "checksum mismatch"}}', {}
+        self.fake.put(self.name, bytes(self.held))
+        return 200, json.dumps(self.fake.resource(self.name)).encode(), {}
+
+
+def test_a_resumable_upload_resumes_where_the_session_stands(fake_gcs, tmp_path):
+    fake, _ = fake_gcs
+    session = _Session(fake, "big")
+
+    def route(request):
+        if request.path.startswith("/session"):
+            return session(request)
+        return fake(request)
+
+    data = blob(5 * 256 * 1024 + 1000)
+    with answering(route) as url:
+        fake.session_location = f"{url}/session?upload_id=7"
+        storage = GCSStorage(
+            "bkt",
+            endpoint_url=url,
+            anonymous=True,
+            part_size=256 * 1024,
+            upload_chunk_size=2 * 256 * 1024,
+        )
+        src = SimpleLocalStorage(tmp_path / "src")
+        src.path("big").write_bytes(data)
+        seen: list[int] = []
+        with reporting_progress(seen.append):
+            storage.copy_from("big", src)
+        assert fake.objects["big"][1] == data
+        assert sum(seen) == len(data)  # each byte reported once, resent or not
+        crc = base64.b64encode(bytes.fromhex(hashsync.hash_bytes(data, "crc32c"))).decode()
+        assert f"crc32c={crc}" in (session.hash_header or "")
+        dest = SimpleLocalStorage(tmp_path / "dest")
+        storage.copy("big", dest)
+        assert dest.path("big").read_bytes() == data

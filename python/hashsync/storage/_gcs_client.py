@@ -522,6 +522,13 @@ class GCSClient:
             return _persisted(answer.get("range")), None
         return total, GCSObject.from_resource(_parse_json(body, what), what)
 
+    def cancel_session(self, session: str, *, what: str) -> None:
+        """End an unfinished upload session (GCS answers 499); failures are ignored."""
+        try:
+            self.send("DELETE", session, what=what, accept=(499,), attempts=1)
+        except (HashsyncError, OSError):
+            pass
+
     def session_status(
         self, session: str, total: int, *, what: str
     ) -> tuple[int, GCSObject | None]:

@@ -95,6 +95,11 @@ _CHUNK_UNIT = 256 * 1024
 _DELETE_PARALLEL = 16
 
 
+def _loopback(host: str | None) -> bool:
+    host = (host or "").lower()
+    return host in ("127.0.0.1", "::1", "localhost") or host.endswith(".localhost")
+
+
 def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
@@ -201,6 +206,13 @@ class GCSStorage(ReadWriteStorage):
             # Unpickled elsewhere (a Dask worker), the same endpoint without credentials,
             # whatever that machine's STORAGE_EMULATOR_HOST says.
             self._options.update(endpoint_url=endpoint, anonymous=True)
+        if credentials is not None and parts.scheme == "http" and not _loopback(parts.hostname):
+            # A bearer token is the credential itself: in clear text, anyone on the path can
+            # replay it against the whole project.
+            raise InvalidArgument(
+                f"refusing to send Google credentials over plain http to {parts.hostname!r}; "
+                "use https, or anonymous=True for a store that needs none"
+            )
         self.bucket = bucket
         self.prefix = prefix
         self.project = project
@@ -472,7 +484,7 @@ class GCSStorage(ReadWriteStorage):
 
     def _upload(self, key: str, path: Path, conditions: dict[str, str]) -> GCSObject:
         """Upload ``path`` as ``key`` under ``conditions`` (preconditions); the new object."""
-        name = self._name(key)
+        self._name(key)  # a bad key fails before the file is opened
         report = current_progress()
         with open_nofollow(path) as fh:
             before = settled_fstat(fh.fileno())
@@ -502,7 +514,7 @@ class GCSStorage(ReadWriteStorage):
                 if report is not None:
                     report(size)
                 return obj
-            return self._resumable(key, name, fh.fileno(), size, conditions, unchanged, report)
+            return self._resumable(key, path, fh.fileno(), size, conditions, unchanged, report)
 
     def _insert(self, key: str, data: bytes, conditions: dict[str, str]) -> GCSObject:
         """One request that stores ``data``; GCS checks the MD5 and CRC32C sent with it."""
@@ -529,7 +541,7 @@ class GCSStorage(ReadWriteStorage):
     def _resumable(
         self,
         key: str,
-        name: str,
+        path: Path,
         fd: int,
         size: int,
         conditions: dict[str, str],
@@ -540,8 +552,27 @@ class GCSStorage(ReadWriteStorage):
         what = self._what("PUT", key)
         client = self._client
         session = client.start_resumable(
-            self.bucket, {"name": name}, size, what=what, conditions=conditions
+            self.bucket, {"name": self._name(key)}, size, what=what, conditions=conditions
         )
+        try:
+            return self._send_chunks(key, path, fd, size, session, unchanged, report)
+        except BaseException:
+            # Also on Ctrl-C: the session would hold its bytes for a week otherwise.
+            client.cancel_session(session, what=what)
+            raise
+
+    def _send_chunks(
+        self,
+        key: str,
+        path: Path,
+        fd: int,
+        size: int,
+        session: str,
+        unchanged: Any,
+        report: ByteCallback | None,
+    ) -> GCSObject:
+        what = self._what("PUT", key)
+        client = self._client
         md5 = hashlib.md5(usedforsecurity=False)
         crc = hashsync.Hasher("crc32c")
         hashed = 0  # bytes fed to the hashers (a chunk may be sent twice; hashed once)
@@ -550,10 +581,11 @@ class GCSStorage(ReadWriteStorage):
         obj: GCSObject | None = None
         checksums: dict[str, str] | None = None
         while obj is None:
-            data = os.pread(fd, min(self.upload_chunk_size, size - held), held)
-            end = held + len(data)
-            if end < size and len(data) < min(self.upload_chunk_size, size - held):
-                raise changed_error(Path(f"/dev/fd/{fd}"), key)
+            want = min(self.upload_chunk_size, size - held)
+            data = os.pread(fd, want, held)
+            if len(data) != want:  # the file shrank
+                raise changed_error(path, key)
+            end = held + want
             if end > hashed:
                 new = memoryview(data)[hashed - held :]
                 md5.update(new)
