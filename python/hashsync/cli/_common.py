@@ -69,6 +69,22 @@ class FilterAction(argparse.Action):
         setattr(namespace, self.dest, rules)
 
 
+class FilterFileAction(argparse.Action):
+    """``--exclude-from FILE`` / ``--include-from FILE``: each pattern of FILE, in place."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102
+        from hashsync.errors import HashsyncError, describe
+        from hashsync.syncing.rules import read_pattern_file
+
+        try:
+            patterns = read_pattern_file(values)
+        except (HashsyncError, OSError) as exc:
+            raise argparse.ArgumentError(self, describe(exc)) from None
+        rules = list(getattr(namespace, self.dest, None) or [])
+        rules.extend((self.const, pattern) for pattern in patterns)
+        setattr(namespace, self.dest, rules)
+
+
 def add_filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--exclude",
@@ -85,6 +101,23 @@ def add_filter_args(p: argparse.ArgumentParser) -> None:
         const="include",
         metavar="PATTERN",
         help="don't exclude paths matching PATTERN; later --include/--exclude take precedence",
+    )
+    p.add_argument(
+        "--exclude-from",
+        dest="filters",
+        action=FilterFileAction,
+        const="exclude",
+        metavar="FILE",
+        help="--exclude each pattern of FILE (one a line; blank lines and lines starting with "
+        "'#' or ';' skipped), in place among the other filters",
+    )
+    p.add_argument(
+        "--include-from",
+        dest="filters",
+        action=FilterFileAction,
+        const="include",
+        metavar="FILE",
+        help="--include each pattern of FILE (as --exclude-from)",
     )
 
 

@@ -10,7 +10,7 @@ from hashsync._native import filter_paths
 from hashsync.errors import InvalidArgument
 from hashsync.storage.base import FilterRules, Storage
 
-__all__ = ["FilterRules", "check_overlap", "make_rules"]
+__all__ = ["FilterRules", "check_overlap", "make_rules", "read_pattern_file"]
 
 _PROBES = ("hashsync-overlap-probe", "hashsync-overlap-probe.d/x.bin")
 _GLOB_CHARS = frozenset("*?[]\\")
@@ -111,3 +111,30 @@ def make_rules(
             raise InvalidArgument(f"filter kind must be 'include' or 'exclude', not {bad[0]!r}")
         return rules
     return [("exclude", p) for p in as_list(exclude)] + [("include", p) for p in as_list(include)]
+
+
+def read_pattern_file(path: str | os.PathLike[str]) -> list[str]:
+    """The patterns of a filter file, one a line (``--exclude-from``, ``--include-from``).
+
+    Blank lines and lines starting with ``#`` or ``;`` (rclone's comment marks) are skipped;
+    spaces around a pattern are dropped. A dataset selection kept under version control reads
+    the same on every machine (UTF-8, any line ending).
+
+    Raises:
+        NotFound: No such file.
+        InvalidArgument: The file is not UTF-8 text.
+    """
+    from hashsync.errors import NotFound
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise NotFound(2, f"no such filter file: {os.fspath(path)!r}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"filter file {os.fspath(path)!r} is not UTF-8 text: {exc}") from None
+    patterns = []
+    for line in text.splitlines():
+        pattern = line.strip()
+        if pattern and not pattern.startswith(("#", ";")):
+            patterns.append(pattern)
+    return patterns
