@@ -121,9 +121,81 @@ def add_filter_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_side_args(p: argparse.ArgumentParser, json_help: str) -> None:
-    """Options `diff` and `sync` share: endpoint, comparison, filters, state, output."""
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    """How the stores are reached: endpoint, profile, unsigned requests, requester pays."""
     p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (else $AWS_ENDPOINT_URL)")
+    p.add_argument("--profile", metavar="NAME", help="AWS profile of the s3:// sides")
+    p.add_argument(
+        "--no-sign-request",
+        action="store_true",
+        help="send no credentials (public buckets; s3:// and gs://)",
+    )
+    p.add_argument(
+        "--request-payer",
+        choices=["requester"],
+        help="confirm that you pay for the requests to a requester-pays S3 bucket",
+    )
+
+
+def store_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The storage options of :func:`add_store_args`' flags (for the s3:// sides)."""
+    options: dict[str, Any] = {}
+    if getattr(args, "profile", None):
+        options["profile_name"] = args.profile
+    if getattr(args, "no_sign_request", False):
+        options["anonymous"] = True
+    if getattr(args, "request_payer", None):
+        options["request_payer"] = args.request_payer
+    return options
+
+
+def add_upload_args(p: argparse.ArgumentParser) -> None:
+    """The upload options of ``aws s3 cp`` / ``aws s3 sync``, by the same names."""
+    g = p.add_argument_group("upload options (s3:// destinations, as aws s3 sync names them)")
+    g.add_argument("--content-type", metavar="TYPE", help="Content-Type of every upload")
+    g.add_argument(
+        "--no-guess-mime-type",
+        dest="guess_mime_type",
+        action="store_false",
+        help="don't guess Content-Type from file names (default: guessed, as aws does)",
+    )
+    g.add_argument("--cache-control", metavar="VALUE", help="Cache-Control of every upload")
+    g.add_argument("--content-encoding", metavar="VALUE", help="Content-Encoding of every upload")
+    g.add_argument(
+        "--metadata",
+        metavar="KEY=VALUE,...",
+        help="user metadata (x-amz-meta-*), KEY=VALUE pairs or a JSON object",
+    )
+    g.add_argument("--storage-class", metavar="CLASS", help="STANDARD, STANDARD_IA, GLACIER, ...")
+    g.add_argument("--sse", choices=["AES256", "aws:kms"], help="server-side encryption")
+    g.add_argument("--sse-kms-key-id", metavar="KEY", help="the KMS key of --sse aws:kms")
+    g.add_argument("--acl", metavar="ACL", help="a canned ACL, e.g. bucket-owner-full-control")
+
+
+def upload_options(args: argparse.Namespace) -> Any:
+    """The :class:`~hashsync.storage.upload_options.UploadOptions` of the upload flags, or None."""
+    from hashsync.storage.upload_options import UploadOptions, parse_metadata
+
+    given = {
+        "content_type": args.content_type,
+        "cache_control": args.cache_control,
+        "content_encoding": args.content_encoding,
+        "storage_class": args.storage_class,
+        "sse": args.sse,
+        "sse_kms_key_id": args.sse_kms_key_id,
+        "acl": args.acl,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    if args.metadata:
+        options["metadata"] = parse_metadata(args.metadata)
+    if not args.guess_mime_type:
+        options["guess_mime_type"] = False
+    return UploadOptions(**options) if options else None
+
+
+def add_side_args(p: argparse.ArgumentParser, json_help: str) -> None:
+    """Options `diff` and `sync` share: stores, comparison, filters, state, output."""
+    add_store_args(p)
     p.add_argument(
         "--compare",
         choices=["checksum", "size-mtime", "size"],
@@ -147,9 +219,18 @@ def open_sides(args: argparse.Namespace) -> tuple[Any, Any]:
     from hashsync.syncing.single import resolve_storage
 
     endpoint = getattr(args, "endpoint_url", None)
-    src = resolve_storage(args.source, role="source", endpoint_url=endpoint)
+    options = store_options(args)
+    src = resolve_storage(
+        args.source, role="source", endpoint_url=endpoint, storage_options=options
+    )
     src = src.with_symlinks_followed(getattr(args, "follow_symlinks", True))
-    dst = resolve_storage(args.destination, role="destination", endpoint_url=endpoint)
+    upload = upload_options(args) if hasattr(args, "content_type") else None
+    dst = resolve_storage(
+        args.destination,
+        role="destination",
+        endpoint_url=endpoint,
+        storage_options={**options, **({"upload": upload} if upload is not None else {})},
+    )
     dst = dst.with_symlinks_followed(False)
     if getattr(args, "no_state", False):
         for side in (src, dst):

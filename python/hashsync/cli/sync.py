@@ -16,6 +16,7 @@ from hashsync.cli._common import (
     EXIT_OK,
     EXIT_PARTIAL,
     add_side_args,
+    add_upload_args,
     duration_arg,
     err,
     limit_arg,
@@ -28,6 +29,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     from hashsync.syncing.single import (
         default_workers,
         plan_sync,
+        settle_other_digests,
         settle_unmatched_etags,
         spare_links,
     )
@@ -44,10 +46,13 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     to_copy = plan.copy_entries()
     settled = 0
     if args.compare == "checksum" and to_copy:
-        # What a sync would find unchanged after asking the store (uneven multipart parts).
+        # What a sync would find unchanged after asking the store (uneven multipart parts,
+        # encrypted objects) or hashing the local file another way (GCS composite objects).
         to_copy, settled = settle_unmatched_etags(
             src_store, dst_store, to_copy, dst, default_workers()
         )
+        to_copy, more = settle_other_digests(src_store, dst_store, to_copy, dst)
+        settled += more
     copy = [e.path for e in to_copy]
     copy_bytes = sum(e.size for e in to_copy)
     # What lies at or below a link the source skipped is not "only in the destination".
@@ -302,6 +307,7 @@ def register(sub: Any) -> None:
         "directory segments, one task each, with the same options, output and exit codes",
     )
     y.add_argument("-v", "--verbose", action="store_true", help="print a line per transfer")
+    add_upload_args(y)
     y.set_defaults(func=_cmd_sync)
 
     c = sub.add_parser(

@@ -33,6 +33,7 @@ from hashsync.storage.base import (
     validate_key,
 )
 from hashsync.storage.local import normalize_hash
+from hashsync.storage.upload_options import UploadOptions
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -130,6 +131,8 @@ class S3Base(ReadWriteStorage):
         claim_ttl: float = 3600.0,
         verify: bool = True,
         client: BaseClient | None = None,
+        upload: UploadOptions | None = None,
+        request_payer: Literal["requester"] | None = None,
     ) -> None:
         if not isinstance(bucket, str) or not bucket or "/" in bucket:
             raise InvalidArgument(f"invalid bucket name {bucket!r}")
@@ -156,8 +159,17 @@ class S3Base(ReadWriteStorage):
                 "conditional_writes": conditional_writes,
                 "claim_ttl": claim_ttl,
                 "verify": verify,
+                "upload": upload,
+                "request_payer": request_payer,
             }
         )
+        if upload is not None and not isinstance(upload, UploadOptions):
+            raise InvalidArgument(f"upload must be an UploadOptions, not {upload!r}")
+        if request_payer not in (None, "requester"):
+            raise InvalidArgument(f"request_payer must be 'requester', not {request_payer!r}")
+        #: What every upload carries besides the content (type, encryption, class, ...).
+        self.upload = upload or UploadOptions()
+        self.request_payer = request_payer
         if conditional_writes not in ("native", "claim", "best-effort"):
             raise InvalidArgument(
                 "conditional_writes must be 'native', 'claim' or 'best-effort', not "
@@ -417,6 +429,7 @@ class S3Base(ReadWriteStorage):
             connect_timeout=self.connect_timeout,
             virtual=not self._path_style,
             proxy=proxy,
+            always={"x-amz-request-payer": "requester"} if self.request_payer else None,
         )
 
     def _credential_source(self) -> Callable[[], _s3_settings.Credentials | None] | None:
@@ -495,8 +508,11 @@ class S3Base(ReadWriteStorage):
         full: str | None = None,
     ) -> dict[str, Any]:
         """One PutObject; ``full`` addresses an object outside the storage's keys (claims)."""
+        # Encryption and ACL on every write (bucket policies demand them of all objects);
+        # content type, metadata and class on the storage's own keys, not on claims.
+        headers = self.upload.s3_policy_headers() if full else self.upload.s3_headers(key)
         full = self._full(key) if full is None else full
-        headers = {"Content-MD5": md5_b64, "Content-Length": str(len(data))}
+        headers.update({"Content-MD5": md5_b64, "Content-Length": str(len(data))})
         if "ChecksumCRC64NVME" in conditions:
             headers["x-amz-checksum-crc64nvme"] = conditions["ChecksumCRC64NVME"]
         headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
@@ -508,7 +524,10 @@ class S3Base(ReadWriteStorage):
             answer = self._raw_client().put(full, data, headers)
         except _s3list.ErrorAnswer as exc:
             raise self._raw_error(exc, key, "PUT") from None
-        return {"ETag": answer.get("etag", "")}
+        return {
+            "ETag": answer.get("etag", ""),
+            "ServerSideEncryption": answer.get("x-amz-server-side-encryption"),
+        }
 
 
 def may_refuse_checksums(exc: HashsyncError) -> bool:

@@ -156,11 +156,18 @@ class S3Requests(S3Base):
 
     def _copy_object(self, key: str, full: str, source: str, if_match: str) -> None:
         """CopyObject of ``source`` (see :func:`copy_source`) with its metadata, pinned."""
-        headers = {
-            "x-amz-copy-source": source,
-            "x-amz-copy-source-if-match": if_match,
-            "x-amz-metadata-directive": "COPY",
-        }
+        # The source's type and metadata are kept (as aws s3 sync copies); encryption, ACL and
+        # class are this storage's.
+        headers = self.upload.s3_policy_headers()
+        if self.upload.storage_class is not None:
+            headers["x-amz-storage-class"] = self.upload.storage_class
+        headers.update(
+            {
+                "x-amz-copy-source": source,
+                "x-amz-copy-source-if-match": if_match,
+                "x-amz-metadata-directive": "COPY",
+            }
+        )
         self._request("CopyObject", key, "PUT", full, headers=headers, error_in_ok=True)
 
     # -- multipart uploads ----------------------------------------------------------------
@@ -169,7 +176,8 @@ class S3Requests(S3Base):
         self, key: str, full: str, metadata: dict[str, str], *, crc64nvme: bool
     ) -> str:
         """CreateMultipartUpload; returns the upload id."""
-        headers = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
+        headers = self.upload.s3_headers(key)
+        headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
         if crc64nvme:
             headers["x-amz-checksum-algorithm"] = "CRC64NVME"
             headers["x-amz-checksum-type"] = "FULL_OBJECT"
@@ -203,7 +211,7 @@ class S3Requests(S3Base):
         if crc64nvme_b64 is not None:
             headers["x-amz-checksum-crc64nvme"] = crc64nvme_b64
             headers["x-amz-checksum-type"] = "FULL_OBJECT"
-        _, data = self._request(
+        answer, data = self._request(
             "CompleteMultipartUpload",
             key,
             "POST",
@@ -214,7 +222,10 @@ class S3Requests(S3Base):
             error_in_ok=True,
         )
         etag = _text(self._xml("CompleteMultipartUpload", key, data), "ETag")
-        return {"ETag": etag or ""}
+        return {
+            "ETag": etag or "",
+            "ServerSideEncryption": answer.get("x-amz-server-side-encryption"),
+        }
 
     def _abort_upload(self, key: str, full: str, upload_id: str) -> None:
         """AbortMultipartUpload (``NotFound`` when the store does not know the upload)."""

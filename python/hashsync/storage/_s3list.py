@@ -262,8 +262,11 @@ class RawClient:
         virtual: bool = False,
         proxy: str | None = None,
         connect_timeout: float | None = None,
+        always: dict[str, str] | None = None,
     ) -> None:
         self.bucket = bucket
+        # Headers of every request (x-amz-request-payer), signed like the others.
+        self.always = dict(always or {})
         self.virtual = virtual
         self.base, self._bucket_path = bucket_base(endpoint_url, bucket, virtual)
         self.max_attempts = max(1, max_attempts)
@@ -377,7 +380,7 @@ class RawClient:
             status, pairs, data = self.http.request(
                 method,
                 self.base + target,
-                list(headers.items()),
+                list({**self.always, **headers}.items()),
                 body,
                 credentials=credentials,
                 region=self.region,
@@ -518,7 +521,7 @@ class RawClient:
         ) -> _Attempt[tuple[int, tuple[str, str] | None]]:
             status, pairs, written, problem, error_body = self.http.get_into(
                 self.base + url,
-                list(headers.items()),
+                list({**self.always, **headers}.items()),
                 fd,
                 offset,
                 end,

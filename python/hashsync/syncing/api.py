@@ -17,6 +17,7 @@ from typing import Any
 import hashsync
 from hashsync.errors import InvalidArgument
 from hashsync.storage.base import FilterRules, Storage
+from hashsync.storage.upload_options import UploadOptions
 from hashsync.syncing import segmented
 from hashsync.syncing.result import SyncResult, TransferEvent
 from hashsync.syncing.rules import check_overlap, make_rules
@@ -60,6 +61,8 @@ def sync(
     scheduler: Any = None,
     on_segments: Callable[[int, int, int], object] | None = None,
     follow_symlinks: bool = True,
+    upload: UploadOptions | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> SyncResult:
     """Makes ``destination`` hold the files of ``source``, deciding by content.
 
@@ -108,6 +111,12 @@ def sync(
             when the source is listed: an entry swapped for a link afterwards is not read.
             Links in a local destination are never followed (nothing is written through one).
 
+        upload: What uploads to an ``s3://`` destination carry besides the content
+            (content type, encryption, storage class, metadata, ACL: ``aws s3 sync``'s upload
+            options); a destination given as a Storage takes them as its own ``upload=``.
+        storage_options: Options of the ``s3://`` sides (``profile_name``, ``anonymous``,
+            ``request_payer="requester"``, ...; ``anonymous`` applies to ``gs://`` too).
+
     Returns:
         What was transferred, deleted, skipped and failed.
 
@@ -124,9 +133,16 @@ def sync(
             f"progress must be a callable progress(done, total), True or False, not {progress!r}"
         )
     rules = make_rules(include, exclude, filters)
-    src = resolve_storage(source, role="source", endpoint_url=endpoint_url)
+    src = resolve_storage(
+        source, role="source", endpoint_url=endpoint_url, storage_options=storage_options
+    )
     src = src.with_symlinks_followed(follow_symlinks)
-    dst = resolve_storage(destination, role="destination", endpoint_url=endpoint_url)
+    dst_options = dict(storage_options or {})
+    if upload is not None:
+        dst_options["upload"] = upload
+    dst = resolve_storage(
+        destination, role="destination", endpoint_url=endpoint_url, storage_options=dst_options
+    )
     dst = dst.with_symlinks_followed(False)
     workers = workers if workers is not None else default_workers()
     if workers < 1:

@@ -99,17 +99,25 @@ def resolve_storage(
     *,
     role: Literal["source", "destination"],
     endpoint_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Storage:
     """Turns a path, URL or Storage into a Storage through :func:`open_storage`.
 
     A local destination is not created here (a sync creates it once the source has been
-    listed); a local path that is a file is refused.
+    listed); a local path that is a file is refused. ``storage_options`` go to an ``s3://``
+    storage; of them, ``anonymous`` to a ``gs://`` one too.
 
     Raises:
         NotADirectory: A local path is a file.
-        InvalidArgument: An empty path, or an unknown URL scheme.
+        InvalidArgument: An empty path, or an unknown URL scheme; options for a Storage
+            object (give them to the storage).
     """
     if isinstance(spec, Storage):
+        if storage_options:
+            raise InvalidArgument(
+                f"{', '.join(sorted(storage_options))} cannot be applied to {spec!r}, which is "
+                "already a storage: give them to the storage instead"
+            )
         return spec
     text = os.fspath(spec)
     if not text.strip():
@@ -119,8 +127,18 @@ def resolve_storage(
     options: dict[str, Any] = {}
     if scheme in (None, "file"):
         options["create"] = False
-    elif endpoint_url and scheme == "s3":
-        options["endpoint_url"] = endpoint_url
+    elif scheme == "s3":
+        if endpoint_url:
+            options["endpoint_url"] = endpoint_url
+        options.update(storage_options or {})
+    elif scheme == "gs" and storage_options:
+        if storage_options.get("upload") is not None:
+            raise InvalidArgument(
+                "upload options (content type, encryption, storage class, metadata, ACL) are "
+                "for s3:// destinations; gs:// does not take them yet"
+            )
+        if "anonymous" in storage_options:
+            options["anonymous"] = storage_options["anonymous"]
     return open_storage(text, **options)
 
 
@@ -430,7 +448,9 @@ def settle_unmatched_etags(
     uneven parts) says nothing the diff can use, so it counts such a file as changed and
     every sync would copy it again. For those entries only (never for others), the store is
     asked for the object's whole-content CRC64NVME, else its real part sizes, else the
-    size-and-mtime rule decides with a warning (see :mod:`hashsync._settle`).
+    size-and-mtime rule decides with a warning (see :mod:`hashsync._settle`). A plain ETag
+    of the same size that differs may not be an MD5 (objects encrypted with SSE-KMS): the
+    store is asked for the CRC64NVME only (one HEAD), and without one the file is copied.
     """
     from hashsync._settle import ask_store, by_size_and_mtime
 
@@ -446,7 +466,9 @@ def settle_unmatched_etags(
             continue
         remote_etag = (other if src.is_local else e).digest or ""
         path = local.local_path(e.path)
-        if "-" in remote_etag and path is not None:
+        # A multipart ETag, or a plain one that may not be an MD5 at all (SSE-KMS, SSE-C):
+        # the store may still say what the content is.
+        if len(remote_etag) >= 32 and ":" not in remote_etag and path is not None:
             candidates.append((e, other, remote_etag, path))
     if not candidates:
         return to_copy, 0
@@ -454,6 +476,12 @@ def settle_unmatched_etags(
     def ask(candidate: Candidate) -> tuple[str, Any]:
         e, _, etag, path = candidate
         try:
+            if "-" not in etag:
+                # A plain ETag that differs: only a content checksum can prove it unchanged
+                # (never the mtime rule, which would miss the very edit a checksum sync
+                # exists to catch).
+                crc = remote.get_crc64nvme(e.path)
+                return ("crc", crc) if crc is not None else ("copy", None)
             return ask_store(remote, path, e.path, etag, e.size)
         except (HashsyncError, OSError):
             return "copy", None  # as without the check
