@@ -373,6 +373,7 @@ class _FakeGCS:
         # (name, data): written by "another client" right after the next metadata read of name.
         self.race: tuple[str, bytes] | None = None
         self.refuse_next = False  # answer the next request 401 (an expired token)
+        self.page_size = 10**9  # objects per listing page
 
     def resource(self, name: str) -> dict:
         generation, data, composite = self.objects[name]
@@ -404,8 +405,13 @@ class _FakeGCS:
             want = query.get("ifGenerationMatch")
             if path == f"/storage/v1/b/{self.bucket}/o" and request.method == "GET":
                 prefix = query.get("prefix", "")
-                items = [self.resource(n) for n in sorted(self.objects) if n.startswith(prefix)]
-                return 200, json.dumps({"items": items}).encode(), {}
+                names = [n for n in sorted(self.objects) if n.startswith(prefix)]
+                start = int(query.get("pageToken", "0"))
+                page = names[start : start + self.page_size]
+                out: dict = {"items": [self.resource(n) for n in page]}
+                if start + self.page_size < len(names):
+                    out["nextPageToken"] = str(start + self.page_size)
+                return 200, json.dumps(out).encode(), {}
             if path.startswith(f"/storage/v1/b/{self.bucket}/o/"):
                 name = urllib.parse.unquote(path.rpartition("/o/")[2])
                 if name not in self.objects:
@@ -763,3 +769,188 @@ def test_a_resumable_upload_resumes_where_the_session_stands(fake_gcs, tmp_path)
         dest = SimpleLocalStorage(tmp_path / "dest")
         storage.copy("big", dest)
         assert dest.path("big").read_bytes() == data
+
+
+# -- what an adversarial review reproduced, one test each ------------------------------------
+
+
+def test_local_path_takes_gs_names_literally(gcs_env, gcs_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "cache-home"))
+    storage = gcs(gcs_bucket)
+    for name in ("report#1.csv", "a%20b", "q?v=2", "report", "a b", "q"):
+        storage.write_bytes(name, name.encode())
+    from hashsync.cache import local_path
+
+    for name in ("report#1.csv", "a%20b", "q?v=2"):
+        assert local_path(f"gs://{gcs_bucket}/{name}").read_bytes() == name.encode()
+
+
+class _Token:
+    """Credentials as google-auth's look to hashsync: always valid, one token."""
+
+    valid = True
+    token = "ya29.SECRET-TOKEN"
+
+    def refresh(self, request) -> None:  # pragma: no cover - never expires
+        pass
+
+
+def test_a_loopback_endpoint_is_never_reached_through_a_proxy(fake_gcs, monkeypatch):
+    fake, url = fake_gcs
+    fake.put("k", b"v")
+    proxied: list[Request] = []
+
+    def proxy(request):
+        proxied.append(request)
+        return 502, b"", {}
+
+    with answering(proxy) as proxy_url:
+        monkeypatch.setenv("http_proxy", proxy_url)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        storage = GCSStorage("bkt", endpoint_url=url, credentials=_Token())
+        assert storage.read_bytes("k") == b"v"
+    assert proxied == []
+    assert fake.requests[-1].headers["Authorization"] == "Bearer ya29.SECRET-TOKEN"
+
+
+def _scripted_upload(fake, tmp_path, answer, *, size=4 * 256 * 1024, **options):
+    """Upload ``size`` bytes in 256 KiB chunks through a session that ``answer`` plays."""
+
+    def route(request):
+        if request.path.startswith("/session"):
+            return answer(request)
+        return fake(request)
+
+    data = blob(size)
+    with answering(route) as url:
+        fake.session_location = f"{url}/session?upload_id=1"
+        storage = GCSStorage(
+            "bkt",
+            endpoint_url=url,
+            anonymous=True,
+            part_size=256 * 1024,
+            upload_chunk_size=256 * 1024,
+            **options,
+        )
+        src = SimpleLocalStorage(tmp_path / "src")
+        src.path("big").write_bytes(data)
+        storage.copy_from("big", src)
+    return data
+
+
+def _span(request) -> tuple[int, int, int]:
+    span = request.headers["Content-Range"]  # bytes START-END/TOTAL
+    first, _, total = span.split()[1].partition("/")
+    start, _, end = first.partition("-")
+    return int(start), int(end), int(total)
+
+
+def test_a_session_claiming_bytes_never_sent_is_refused(fake_gcs, tmp_path):
+    fake, _ = fake_gcs
+
+    def overclaiming(request):
+        if request.method == "DELETE":
+            return 499, b"", {}
+        start, end, total = _span(request)
+        return 308, b"", {"Range": f"bytes=0-{end + 256 * 1024}"}  # one chunk more than sent
+
+    with pytest.raises(IntegrityError, match="holds"):
+        _scripted_upload(fake, tmp_path, overclaiming)
+    assert "big" not in fake.objects
+
+
+def test_a_session_that_stops_taking_data_gives_up(fake_gcs, tmp_path):
+    fake, _ = fake_gcs
+    puts = []
+
+    def stuck(request):
+        if request.method == "DELETE":
+            return 499, b"", {}
+        puts.append(request)
+        return 308, b"", {}  # holds nothing, forever
+
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="stopped taking data"):
+        _scripted_upload(fake, tmp_path, stuck, max_attempts=3)
+    assert len(puts) <= 3 and time.monotonic() - started < 10
+
+
+def test_transient_failures_that_make_progress_do_not_add_up(fake_gcs, tmp_path):
+    fake, _ = fake_gcs
+    held = bytearray()
+    state = {"n": 0}
+
+    def flaky(request):
+        span = request.headers["Content-Range"]
+        if span.startswith("bytes */"):
+            if "big" in fake.objects:  # complete: the status query answers with the object
+                return 200, json.dumps(fake.resource("big")).encode(), {}
+            return 308, b"", {"Range": f"bytes=0-{len(held) - 1}"} if held else {}
+        state["n"] += 1
+        start, _, total = _span(request)
+        assert start == len(held)
+        held.extend(request.body)
+        if len(held) == total:
+            fake.put("big", bytes(held))
+        if state["n"] % 2 == 0:
+            return 503, b"", {}  # taken, but the answer is lost
+        if len(held) < total:
+            return 308, b"", {"Range": f"bytes=0-{len(held) - 1}"}
+        return 200, json.dumps(fake.resource("big")).encode(), {}
+
+    data = _scripted_upload(fake, tmp_path, flaky, size=8 * 256 * 1024, max_attempts=2)
+    assert fake.objects["big"][1] == data
+
+
+def test_downloads_ask_for_the_bytes_as_stored(fake_gcs, tmp_path):
+    # An object stored gzip-encoded (gsutil cp -z) is otherwise decompressed by GCS on the
+    # fly, with Range ignored, and matches no checksum.
+    fake, url = fake_gcs
+    fake.put("x.gz", blob(5000))
+    GCSStorage("bkt", endpoint_url=url, anonymous=True).copy(
+        "x.gz", SimpleLocalStorage(tmp_path / "d")
+    )
+    media = [r for r in fake.requests if "alt=media" in r.path]
+    assert media and all(r.headers["Accept-Encoding"] == "gzip" for r in media)
+
+
+def test_a_checksum_the_store_refuses_is_an_integrity_error(fake_gcs, tmp_path):
+    fake, url = fake_gcs
+
+    def refusing(request):
+        if "uploadType=multipart" in request.path:
+            return 400, b'{"error": {"message": "Provided MD5 hash doesn\'t match"}}', {}
+        return fake(request)
+
+    with answering(refusing) as other:
+        src = SimpleLocalStorage(tmp_path / "src")
+        src.path("k").write_bytes(b"data")
+        storage = GCSStorage("bkt", endpoint_url=other, anonymous=True)
+        with pytest.raises(IntegrityError, match="MD5"):
+            storage.copy_from("k", src)
+        with pytest.raises(InvalidArgument, match="1,024 bytes"):
+            storage.get_size("x" * 2000)  # GCS's limit, said before any request
+        with pytest.raises(InvalidArgument, match="no CR or LF"):
+            storage.get_size("a\nb")
+
+    def bad_request(request):
+        return 400, b'{"error": {"message": "Invalid argument."}}', {}
+
+    with answering(bad_request) as other:
+        with pytest.raises(InvalidArgument, match="Invalid argument"):
+            GCSStorage("bkt", endpoint_url=other, anonymous=True).get_size("k")
+
+
+def test_listings_stream_and_counting_stops_early(fake_gcs):
+    fake, url = fake_gcs
+    for i in range(2500):
+        fake.put(f"d/{i:05d}", b"")
+    fake.page_size = 1000
+    storage = GCSStorage("bkt", endpoint_url=url, anonymous=True)
+    before = len(fake.requests)
+    assert storage.count_keys("d/", 200) == 200
+    assert len(fake.requests) - before == 1
+    assert [i.key for i in storage.list("d/")] == [f"d/{i:05d}" for i in range(2500)]
+    assert len(fake.requests) - before == 4

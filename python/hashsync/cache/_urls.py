@@ -48,18 +48,22 @@ def url_key(url: str) -> tuple[str, str, str, str]:
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidArgument(f"not a URL: {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("s3", "gs"):
+        # Literally, as S3Storage / GCSStorage.from_url and aws s3 take them: "#", "?" and
+        # "%" are characters of object names, not a fragment, a query or an escape.
+        scheme = scheme.lower()
+        bucket, _, key = rest.partition("/")
+        if not bucket or not key:
+            raise InvalidArgument(f"{url!r} names no object (expected {scheme}://BUCKET/KEY)")
+        validate_key(key)
+        return f"{scheme}/{bucket}/{key}", scheme, f"{scheme}://{bucket}", key
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError as exc:
         raise InvalidArgument(f"not a valid URL: {redact(url)!r} ({exc})") from None
     scheme = parts.scheme.lower()
-    if scheme in ("s3", "gs"):
-        bucket, key = parts.netloc, urllib.parse.unquote(parts.path.lstrip("/"))
-        if not bucket or not key:
-            raise InvalidArgument(f"{url!r} names no object (expected {scheme}://BUCKET/KEY)")
-        validate_key(key)
-        return f"{scheme}/{bucket}/{key}", scheme, f"{scheme}://{bucket}", key
     if scheme in ("http", "https"):
         host = parts.hostname or ""
         if not host:

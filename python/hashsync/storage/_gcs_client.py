@@ -27,6 +27,7 @@ from hashsync.errors import (
     HashsyncError,
     IntegrityError,
     InvalidArgument,
+    NotFound,
     StorageUnavailable,
     error_for_status,
 )
@@ -35,6 +36,7 @@ from hashsync.storage._s3list import proxy_for, transport
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "is_loopback",
     "GCSClient",
     "GCSObject",
     "emulator_endpoint",
@@ -53,6 +55,12 @@ _CERTIFICATE = re.compile(r"certificate|UnknownIssuer|NotValidForName|BadSignatu
 _REASONS = {404: "not found", 401: "denied", 403: "denied", 412: "precondition failed"}
 
 _T = TypeVar("_T")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (127.0.0.1, ::1, localhost, *.localhost)."""
+    host = (host or "").lower().strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost") or host.endswith(".localhost")
 
 
 def emulator_endpoint() -> str | None:
@@ -209,9 +217,14 @@ class GCSClient:
         self.endpoint = endpoint.rstrip("/")
         self.tokens = tokens
         self.max_attempts = max_attempts
-        self.http = transport(
-            self.endpoint, timeout, None, proxy_for(self.endpoint), connect_timeout
+        # Never through a proxy to this machine: an emulator, a test server, a local gateway
+        # (a proxy would see an http endpoint's bearer token in clear).
+        proxy = (
+            None
+            if is_loopback(urllib.parse.urlsplit(self.endpoint).hostname)
+            else (proxy_for(self.endpoint))
         )
+        self.http = transport(self.endpoint, timeout, None, proxy, connect_timeout)
 
     # -- the request loop ----------------------------------------------------------------
 
@@ -269,7 +282,14 @@ class GCSClient:
                 wait_before_retry(failures)
                 continue
             message = _error_message(error_body) or _REASONS.get(status, "refused")
-            raise error_for_status(status, redact(f"{what}: {message} (HTTP {status})"))
+            text = redact(f"{what}: {message} (HTTP {status})")
+            if status == 400 and re.search(
+                r"(MD5|CRC32C|checksum).*(match|mismatch)", message, re.I
+            ):
+                raise IntegrityError(text)  # GCS refused data that did not match its checksum
+            if status == 400:
+                raise InvalidArgument(text)  # an invalid name, parameter or request
+            raise error_for_status(status, text)
 
     def send(
         self,
@@ -362,7 +382,10 @@ class GCSClient:
             raise IntegrityError(f"{what}: the listing is not a JSON object")
         items = page.get("items") or []
         prefixes = page.get("prefixes") or []
-        token = page.get("nextPageToken")
+        following = page.get("nextPageToken")
+        if following and following == token:
+            raise IntegrityError(f"{what}: the store gave the same page token twice")
+        token = following
         if not isinstance(items, list) or not isinstance(prefixes, list):
             raise IntegrityError(f"{what}: a listing page without a list of items")
         return items, [p for p in prefixes if isinstance(p, str)], token or None
@@ -401,7 +424,12 @@ class GCSClient:
             f"{self.endpoint}{_API}{object_path(bucket, name)}?alt=media"
             f"&ifGenerationMatch={generation}"
         )
-        headers = [("Range", f"bytes={offset}-{end - 1}")] if ranged else []
+        # The bytes as stored, even for an object stored gzip-encoded (gsutil cp -z): without
+        # this, GCS decompresses on the fly, ignores Range, and the bytes match no checksum
+        # (rclone downloads such objects as stored too). The transport never decompresses.
+        headers = [("Accept-Encoding", "gzip")]
+        if ranged:
+            headers.append(("Range", f"bytes={offset}-{end - 1}"))
 
         def once(auth: dict[str, str]) -> tuple[int, dict[str, str], bytes | None, Any]:
             status, pairs, written, problem, error_body = self.http.get_into(
@@ -515,9 +543,12 @@ class GCSClient:
             headers["X-Goog-Hash"] = ",".join(f"{k}={v}" for k, v in checksums.items())
         # One attempt: resending a chunk blindly could repeat bytes the session holds; the
         # caller asks the session what it has (session_status) and resumes from there.
-        status, answer, body = self.send(
-            "PUT", session, what=what, headers=headers, body=data, accept=(308,), attempts=1
-        )
+        try:
+            status, answer, body = self.send(
+                "PUT", session, what=what, headers=headers, body=data, accept=(308,), attempts=1
+            )
+        except NotFound:
+            raise _expired(what) from None
         if status == 308:
             return _persisted(answer.get("range")), None
         return total, GCSObject.from_resource(_parse_json(body, what), what)
@@ -533,9 +564,16 @@ class GCSClient:
         self, session: str, total: int, *, what: str
     ) -> tuple[int, GCSObject | None]:
         """How many bytes a session holds (and the object, if it is complete)."""
-        status, answer, body = self.send(
-            "PUT", session, what=what, headers={"Content-Range": f"bytes */{total}"}, accept=(308,)
-        )
+        try:
+            status, answer, body = self.send(
+                "PUT",
+                session,
+                what=what,
+                headers={"Content-Range": f"bytes */{total}"},
+                accept=(308,),
+            )
+        except NotFound:
+            raise _expired(what) from None
         if status == 308:
             return _persisted(answer.get("range")), None
         return total, GCSObject.from_resource(_parse_json(body, what), what)
@@ -577,7 +615,14 @@ class GCSClient:
         status, _ = self.json(
             "POST", f"{_API}/b", what=what, query=query, payload={"name": bucket}, accept=(409,)
         )
-        del status
+        if status == 409:
+            # Taken: fine if it is ours (readable), an error naming it otherwise.
+            self.json("GET", f"{_API}/b/{bucket}", what=f"{what} (the name is taken)")
+
+
+def _expired(what: str) -> StorageUnavailable:
+    # GCS forgets a session after a week, or once it was cancelled: the upload starts over.
+    return StorageUnavailable(errno.EIO, f"{what}: the upload session has expired; upload again")
 
 
 def _persisted(value: str | None) -> int:

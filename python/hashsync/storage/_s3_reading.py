@@ -23,6 +23,7 @@ from hashsync.errors import (
     StorageUnavailable,
 )
 from hashsync.storage import _s3list
+from hashsync.storage._mtime import stamp
 from hashsync.storage._s3_base import (
     CLAIMS_DIR,
     CRC64_METADATA,
@@ -41,6 +42,7 @@ from hashsync.storage.base import (
     ObjectInfo,
     Segment,
     current_progress,
+    exact_ns,
     validate_key,
     validate_prefix,
 )
@@ -290,8 +292,7 @@ class S3Reading(S3Requests):
                 report(len(body))
             if self.verify:
                 self._verify_download(key, head, tmp, body=body)
-            stamp = modified.timestamp()
-            os.utime(tmp, (stamp, stamp))
+            stamp(tmp, head["Metadata"], exact_ns(modified))
             return clean_etag(head["ETag"])
 
         sink.receive(key, fill)
@@ -320,8 +321,7 @@ class S3Reading(S3Requests):
             raise IntegrityError(f"downloaded {written} bytes of {key!r}, expected {size}")
         if self.verify:
             self._verify_download(key, head, tmp)
-        mtime = head["LastModified"].timestamp()
-        os.utime(tmp, (mtime, mtime))
+        stamp(tmp, head["Metadata"], exact_ns(head["LastModified"]))
         return etag
 
     def _download_range(

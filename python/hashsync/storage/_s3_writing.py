@@ -31,6 +31,7 @@ from hashsync.errors import (
 )
 from hashsync.storage import _s3list
 from hashsync.storage._journal import journal
+from hashsync.storage._mtime import MTIME_KEY, s3_mtime
 from hashsync.storage._s3_base import (
     CRC64_METADATA,
     DELETE_BATCH,
@@ -96,6 +97,8 @@ class S3Writing(S3Reading):
             if before is None:
                 raise changed_error(path, key)
             size = before.st_size
+            # Given back on download (rclone's metadata): a round trip keeps the file's time.
+            metadata[MTIME_KEY] = s3_mtime(before.st_mtime_ns)
 
             def unchanged() -> None:
                 # Called after everything was read and before the object becomes visible:

@@ -59,7 +59,9 @@ from hashsync.storage._gcs_client import (
     GCSClient,
     GCSObject,
     emulator_endpoint,
+    is_loopback,
 )
+from hashsync.storage._mtime import gcs_mtime, stamp
 from hashsync.storage._s3_reading import download_range_size
 from hashsync.storage.base import (
     ByteCallback,
@@ -93,11 +95,6 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # Resumable upload chunks must be multiples of 256 KiB (except the last).
 _CHUNK_UNIT = 256 * 1024
 _DELETE_PARALLEL = 16
-
-
-def _loopback(host: str | None) -> bool:
-    host = (host or "").lower()
-    return host in ("127.0.0.1", "::1", "localhost") or host.endswith(".localhost")
 
 
 def _b64(hex_digest: str) -> str:
@@ -206,7 +203,7 @@ class GCSStorage(ReadWriteStorage):
             # Unpickled elsewhere (a Dask worker), the same endpoint without credentials,
             # whatever that machine's STORAGE_EMULATOR_HOST says.
             self._options.update(endpoint_url=endpoint, anonymous=True)
-        if credentials is not None and parts.scheme == "http" and not _loopback(parts.hostname):
+        if credentials is not None and parts.scheme == "http" and not is_loopback(parts.hostname):
             # A bearer token is the credential itself: in clear text, anyone on the path can
             # replay it against the whole project.
             raise InvalidArgument(
@@ -266,7 +263,13 @@ class GCSStorage(ReadWriteStorage):
     # -- names -------------------------------------------------------------------------
 
     def _name(self, key: str) -> str:
-        return self.prefix + validate_key(key)
+        name = self.prefix + validate_key(key)
+        if len(name.encode()) > 1024 or "\r" in name or "\n" in name:
+            # GCS's own rules for object names, said before any request.
+            raise InvalidArgument(
+                f"{key!r} cannot be a GCS object name (at most 1,024 bytes, no CR or LF)"
+            )
+        return name
 
     def _url(self, key: str = "") -> str:
         return f"gs://{self.bucket}/{self.prefix}{key}"
@@ -314,38 +317,55 @@ class GCSStorage(ReadWriteStorage):
         """
         return self._object(key).updated
 
-    def _objects(
+    def _pages(
         self, prefix: str, delimiter: str | None = None
-    ) -> tuple[builtins.list[GCSObject], builtins.list[str]]:
-        """Every object (and, with a delimiter, sub-prefix) under ``self.prefix + prefix``."""
+    ) -> Iterator[tuple[builtins.list[GCSObject], builtins.list[str]]]:
+        """The objects (and, with a delimiter, sub-prefixes) under ``self.prefix + prefix``.
+
+        Page by page, in key order: GCS lists in UTF-8 byte order (code-point order of str),
+        so a listing is used as it arrives; a store that breaks the order is refused, since
+        a sync's diff relies on it.
+        """
         full = self.prefix + prefix
         what = f"LIST {self._url(prefix)}"
-        found: list[GCSObject] = []
-        prefixes: list[str] = []
         token: str | None = None
+        last = ""
         while True:
             items, subdirs, token = self._client.list_page(
                 self.bucket, full, token, delimiter, what=what
             )
-            for resource in items:
-                obj = GCSObject.from_resource(resource, what)
+            found = [GCSObject.from_resource(resource, what) for resource in items]
+            found.sort(key=lambda o: o.name)
+            for obj in found:
                 if not obj.name.startswith(full):
                     raise IntegrityError(
                         f"{what}: the store listed {obj.name!r}, outside the prefix asked for; "
                         "refusing a listing that does not match the request"
                     )
-                if not self._hidden(obj.name):
-                    found.append(obj)
+            if found and found[0].name <= last:
+                raise IntegrityError(f"{what}: the store listed {found[0].name!r} out of order")
+            if found:
+                last = found[-1].name
             for p in subdirs:
                 if not p.startswith(full):
                     raise IntegrityError(f"{what}: the store listed the prefix {p!r}")
-                if p != self.prefix + RESERVED_DIR + "/":
-                    prefixes.append(p)
+            yield (
+                [o for o in found if not self._hidden(o.name)],
+                [p for p in subdirs if p != self.prefix + RESERVED_DIR + "/"],
+            )
             if not token:
-                break
-        # GCS lists in UTF-8 byte order, which code-point order of str is.
-        found.sort(key=lambda o: o.name)
-        return found, sorted(prefixes)
+                return
+
+    def _objects(
+        self, prefix: str, delimiter: str | None = None
+    ) -> tuple[builtins.list[GCSObject], builtins.list[str]]:
+        """All of :meth:`_pages` at once (one level of a delimited listing)."""
+        objects: list[GCSObject] = []
+        prefixes: set[str] = set()
+        for page, subdirs in self._pages(prefix, delimiter):
+            objects.extend(page)
+            prefixes.update(subdirs)
+        return objects, sorted(prefixes)
 
     def _info(self, obj: GCSObject) -> ObjectInfo:
         return ObjectInfo(obj.name[len(self.prefix) :], obj.size, obj.updated, obj.hash)
@@ -360,8 +380,19 @@ class GCSStorage(ReadWriteStorage):
             PermissionDenied: Listing is not allowed.
         """
         validate_prefix(prefix)
-        for obj in self._objects(prefix)[0]:
-            yield self._info(obj)
+        for page, _ in self._pages(prefix):
+            for obj in page:
+                yield self._info(obj)
+
+    def count_keys(self, prefix: str, limit: int) -> int:
+        """Count the objects under ``prefix`` page by page, stopping at ``limit``."""
+        Segment(prefix).check()
+        n = 0
+        for page, _ in self._pages(prefix):
+            n += len(page)
+            if n >= limit:
+                return limit
+        return n
 
     def list_segment(self, segment: Segment) -> Iterator[ObjectInfo]:
         """Yield the objects of ``segment``; a shallow one is one delimited listing."""
@@ -427,8 +458,7 @@ class GCSStorage(ReadWriteStorage):
                 md5=obj.md5,
                 digest=None if obj.md5 else f"crc32c:{obj.crc32c}",
             )
-        stamp = exact_ns(obj.updated)
-        os.utime(tmp, ns=(stamp, stamp))
+        stamp(tmp, obj.metadata, exact_ns(obj.updated))
         return obj.hash
 
     def _download_range(
@@ -510,17 +540,26 @@ class GCSStorage(ReadWriteStorage):
                 # timestamp, and one read racing them may see a mix that never existed whole.
                 if os.pread(fh.fileno(), size + 1, 0) != data:
                     raise changed_error(path, key)
-                obj = self._insert(key, data, conditions)
+                obj = self._insert(key, data, conditions, mtime_ns=before.st_mtime_ns)
                 if report is not None:
                     report(size)
                 return obj
-            return self._resumable(key, path, fh.fileno(), size, conditions, unchanged, report)
+            return self._resumable(key, path, fh.fileno(), before, conditions, unchanged, report)
 
-    def _insert(self, key: str, data: bytes, conditions: dict[str, str]) -> GCSObject:
+    def _resource(self, key: str, mtime_ns: int | None) -> dict[str, Any]:
+        """The object resource of an upload: its name and, for a file, its mtime (rclone's)."""
+        resource: dict[str, Any] = {"name": self._name(key)}
+        if mtime_ns is not None:
+            resource["metadata"] = gcs_mtime(mtime_ns)
+        return resource
+
+    def _insert(
+        self, key: str, data: bytes, conditions: dict[str, str], *, mtime_ns: int | None = None
+    ) -> GCSObject:
         """One request that stores ``data``; GCS checks the MD5 and CRC32C sent with it."""
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
         crc = hashsync.hash_bytes(data, "crc32c")
-        resource = {"name": self._name(key), "md5Hash": _b64(md5), "crc32c": _b64(crc)}
+        resource = {**self._resource(key, mtime_ns), "md5Hash": _b64(md5), "crc32c": _b64(crc)}
         obj = self._client.insert(
             self.bucket, resource, data, what=self._what("PUT", key), conditions=conditions
         )
@@ -528,11 +567,17 @@ class GCSStorage(ReadWriteStorage):
         return obj
 
     def _check_stored(self, key: str, obj: GCSObject, size: int, md5: str, crc: str) -> None:
+        """Refuse (and remove) an object that is not what was sent."""
         if (
             obj.size != size
             or (obj.md5 is not None and obj.md5 != md5)
             or (obj.crc32c is not None and obj.crc32c != crc)
         ):
+            # Only that generation: a later writer's object is left alone.
+            with contextlib.suppress(HashsyncError):
+                self._client.delete(
+                    self.bucket, obj.name, what=self._what("DELETE", key), generation=obj.generation
+                )
             raise IntegrityError(
                 f"{self!r} stored {key!r} as {obj.size} bytes with MD5 {obj.md5} and CRC32C "
                 f"{obj.crc32c}, but the data sent was {size} bytes with {md5} and {crc}"
@@ -543,7 +588,7 @@ class GCSStorage(ReadWriteStorage):
         key: str,
         path: Path,
         fd: int,
-        size: int,
+        before: os.stat_result,
         conditions: dict[str, str],
         unchanged: Any,
         report: ByteCallback | None,
@@ -551,8 +596,13 @@ class GCSStorage(ReadWriteStorage):
         """A resumable upload: chunks in order, a failed one resumed from what GCS holds."""
         what = self._what("PUT", key)
         client = self._client
+        size = before.st_size
         session = client.start_resumable(
-            self.bucket, {"name": self._name(key)}, size, what=what, conditions=conditions
+            self.bucket,
+            self._resource(key, before.st_mtime_ns),
+            size,
+            what=what,
+            conditions=conditions,
         )
         try:
             return self._send_chunks(key, path, fd, size, session, unchanged, report)
@@ -594,22 +644,36 @@ class GCSStorage(ReadWriteStorage):
             if end == size and checksums is None:
                 unchanged()
                 checksums = {"crc32c": _b64(crc.hexdigest()), "md5": _b64(md5.hexdigest())}
+            error: StorageUnavailable | None = None
             try:
                 now, obj = client.put_chunk(
                     session, data, held, size, what=what, checksums=checksums
                 )
-            except StorageUnavailable:
+            except StorageUnavailable as exc:
+                # Part of the chunk may have arrived: ask the session where it stands.
+                error = exc
+                now, obj = client.session_status(session, size, what=what)
+            # The session can hold no byte that was never sent (the hashes and the skipped
+            # bytes would not describe the file), and completes only with the last one.
+            if now < held or now > hashed or (obj is not None and checksums is None):
+                raise IntegrityError(
+                    f"{what}: the upload session says it holds {now} of {size} bytes after "
+                    f"{hashed} were sent{' and completed early' if obj is not None else ''}"
+                )
+            if now > held:
+                failures = 0  # a retry that moved on was no lasting failure
+                if report is not None:
+                    report(now - held)
+            elif obj is None:
+                # Nothing taken: a session that stops moving must not be asked forever.
                 failures += 1
                 if failures >= self.max_attempts:
-                    raise
+                    raise error or StorageUnavailable(
+                        errno.EIO, f"{what}: the upload session stopped taking data at {held}"
+                    )
                 wait_before_retry(failures)
-                now, obj = client.session_status(session, size, what=what)
-            if now < held or now > size:
-                raise IntegrityError(f"{what}: the session says it holds {now} of {size} bytes")
-            if report is not None and now > held:
-                report(now - held)
             held = now
-        assert checksums is not None  # the last chunk was read
+        assert obj is not None and checksums is not None
         self._check_stored(key, obj, size, md5.hexdigest(), crc.hexdigest())
         return obj
 
