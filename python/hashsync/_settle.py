@@ -81,7 +81,8 @@ def by_size_and_mtime(
     Both entries of a pair have the same size (the caller's condition); a pair is unchanged
     unless the source is newer than the destination, in whole seconds (S3's Last-Modified
     has no more), or with ``download`` unless the local file is newer than the object (a
-    download gives its file exactly the object's mtime; see ``hashsync.diff``). Warns, naming
+    download gives its file the object's mtime or the earlier one its uploader recorded; see
+    ``hashsync.diff``). Warns, naming
     the files, that they were compared this way.
     """
     if not pairs:

@@ -239,8 +239,9 @@ class S3Reading(S3Requests):
 
         Parts of ``part_size`` are fetched in parallel with ranged GETs pinned to the ETag
         seen by a HEAD first (``If-Match``), so all parts come from one version. The file is
-        checked against the size and (MD5-based) ETag, fsynced, given the object's
-        Last-Modified as mtime and renamed into place. A part whose connection drops is
+        checked against the size and (MD5-based) ETag, fsynced, given the mtime its uploader
+        recorded (rclone's ``mtime`` metadata) or else the object's Last-Modified, and
+        renamed into place. A part whose connection drops is
         resumed where it stopped, up to ``max_attempts`` times.
 
         Raises:
