@@ -21,6 +21,7 @@ from hashsync._progress import shown
 from hashsync._redact import redact
 from hashsync.cli import cache as cache_commands
 from hashsync.cli import hash as hash_commands
+from hashsync.cli import objects as object_commands
 from hashsync.cli import serve as serve_commands
 from hashsync.cli import sync as sync_commands
 from hashsync.cli import treecache as treecache_commands
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hashsync`` command (exposed for docs and tests)."""
     parser = _Parser(
         prog="hashsync",
-        description="Keep files in step across local disk, S3 and HTTP, deciding by content.",
+        description="Keep files in step across local disk, S3, GCS and HTTP, deciding by content.",
         epilog="Exit codes: 0 ok, 1 failure, 2 some files skipped or failed.",
     )
     parser.add_argument("--version", action="version", version=f"hashsync {hashsync.__version__}")
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     hash_commands.register(sub)
     sync_commands.register(sub)
+    object_commands.register(sub)
     cache_commands.register(sub)
     serve_commands.register(sub)
     treecache_commands.register(sub)

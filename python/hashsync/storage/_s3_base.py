@@ -278,8 +278,9 @@ class S3Base(ReadWriteStorage):
             }
             if style is not None:
                 options["s3"] = {"addressing_style": style}
-            if anonymous:
-                options["signature_version"] = UNSIGNED
+            # SigV4 explicitly: botocore still presigns with SigV2 by default on some
+            # endpoints, which AWS no longer accepts in new regions.
+            options["signature_version"] = UNSIGNED if anonymous else "s3v4"
             try:
                 return session.create_client(
                     "s3", endpoint_url=endpoint_url, config=Config(**options)

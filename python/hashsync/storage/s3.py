@@ -68,7 +68,7 @@ from hashsync.storage._s3_base import (
     IncompleteUpload,
 )
 from hashsync.storage._s3_conditional import S3Conditional
-from hashsync.storage.base import Storage
+from hashsync.storage.base import Storage, validate_key
 from hashsync.storage.local import transfer_through_staging
 
 __all__ = [
@@ -190,6 +190,27 @@ class S3Storage(S3Conditional):
             self.copy_object_from(source, key)  # type: ignore[arg-type]
             return
         transfer_through_staging(self, key, source)
+
+    def presign(self, key: str, expires_in: int = 3600) -> str:
+        """A URL that lets anyone GET ``key`` for ``expires_in`` seconds (``aws s3 presign``).
+
+        Signed locally with this storage's credentials (no request is sent); the object need
+        not exist yet.
+
+        Raises:
+            InvalidArgument: Anonymous storages cannot sign; ``expires_in`` outside 1 s to
+                7 days (SigV4's limit).
+        """
+        if self.anonymous:
+            raise InvalidArgument("an anonymous storage has no credentials to sign a URL with")
+        if not 1 <= expires_in <= 7 * 24 * 3600:
+            raise InvalidArgument(f"expires_in must be 1 to 604800 seconds, not {expires_in}")
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(validate_key(key))}
+        if self.request_payer:
+            params["RequestPayer"] = self.request_payer
+        return str(
+            self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        )
 
     def reclaim_abandoned(self) -> int:
         """Abort unfinished uploads that dead runs of this host left here (the journal's)."""
