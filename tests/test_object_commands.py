@@ -112,3 +112,53 @@ def test_ls_and_cat_on_gcs(gcs_env, gcs_bucket):
     assert got.returncode == 0, got.stderr
     assert got.stdout.split()[:2] == ["PRE", "deep/"] and got.stdout.rstrip().endswith("one.txt")
     assert cli("cat", f"gs://{gcs_bucket}/d/deep/two.txt").stdout == "22"
+
+
+def test_cp_up_down_renamed_and_between_buckets(s3_server, s3_env, bucket, tmp_path):
+    big = tmp_path / "model.ckpt"
+    big.write_bytes(bytes(range(256)) * 30_000)  # 7.3 MiB: a multipart upload
+    client = s3_server.client()
+
+    up = cli("cp", big, f"s3://{bucket}/ckpt/", "--json", "--content-type", "application/x-ckpt")
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["action"] == "upload"
+    head = client.head_object(Bucket=bucket, Key="ckpt/model.ckpt")
+    assert head["ContentLength"] == big.stat().st_size
+    assert head["ContentType"] == "application/x-ckpt"
+
+    renamed = cli("cp", big, f"s3://{bucket}/ckpt/renamed.ckpt")
+    assert renamed.returncode == 0, renamed.stderr
+    assert client.head_object(Bucket=bucket, Key="ckpt/renamed.ckpt")["ContentLength"] > 0
+
+    down = cli("cp", f"s3://{bucket}/ckpt/renamed.ckpt", tmp_path / "back.ckpt")
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back.ckpt").read_bytes() == big.read_bytes()
+    (tmp_path / "dir").mkdir()
+    into = cli("cp", f"s3://{bucket}/ckpt/model.ckpt", tmp_path / "dir")
+    assert into.returncode == 0 and (tmp_path / "dir" / "model.ckpt").exists()
+
+    other = s3_server.create_bucket(f"{bucket}-other")
+    across = cli("cp", f"s3://{bucket}/ckpt/model.ckpt", f"s3://{other}/copy/m.ckpt")
+    assert across.returncode == 0, across.stderr
+    assert client.head_object(Bucket=other, Key="copy/m.ckpt")["ContentLength"] == len(
+        big.read_bytes()
+    )
+
+    missing = cli("cp", f"s3://{bucket}/ckpt/none", tmp_path / "none")
+    assert missing.returncode == 1 and not (tmp_path / "none").exists()
+    assert len(missing.stderr.strip().splitlines()) == 1
+    nofile = cli("cp", tmp_path / "no-such-file", f"s3://{bucket}/x")
+    assert nofile.returncode == 1 and "no such" in nofile.stderr
+
+
+def test_cp_recursive_is_a_sync_without_delete(s3_server, s3_env, bucket, tmp_path):
+    src = tmp_path / "tree"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.txt").write_text("x")
+    (src / "y.txt").write_text("y")
+    s3_server.client().put_object(Bucket=bucket, Key="t/keep.txt", Body=b"k")
+    done = cli("cp", src, f"s3://{bucket}/t", "--recursive", "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(done.stdout)["transferred"]) == ["a/x.txt", "y.txt"]
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert "t/keep.txt" in keys  # nothing deleted

@@ -1,4 +1,4 @@
-"""``hashsync ls``, ``rm``, ``cat`` and ``presign``: single objects, shaped like ``aws s3``.
+"""``hashsync ls``, ``cp``, ``rm``, ``cat`` and ``presign``: single objects, like ``aws s3``.
 
 URLs are taken literally after the bucket (``#``, ``?``, ``%`` are characters of keys), as by
 ``aws s3`` and ``S3Storage.from_url``. A missing object or bucket is one line on stderr and exit
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import sys
 from typing import Any
@@ -21,9 +22,11 @@ from hashsync.cli._common import (
     EXIT_OK,
     EXIT_PARTIAL,
     add_store_args,
+    add_upload_args,
     err,
     store_options,
 )
+from hashsync.storage.sink import Check, Fill, Sink
 
 _REMOTE = ("s3", "gs")
 
@@ -37,17 +40,26 @@ def _split(url: str, what: str) -> tuple[str, str, str]:
     return scheme.lower(), bucket, key
 
 
-def _bucket(args: argparse.Namespace, scheme: str, bucket: str) -> Any:
-    """The storage of a whole bucket, opened with the command's store options."""
-    from hashsync.storage import open_storage
-
+def _options(args: argparse.Namespace, scheme: str, *, upload: Any = None) -> dict[str, Any]:
+    """The storage options of the command's flags for a ``scheme`` URL."""
     options = store_options(args)
     if scheme == "s3":
         if args.endpoint_url:
             options["endpoint_url"] = args.endpoint_url
-    else:
-        options = {k: v for k, v in options.items() if k == "anonymous"}
-    return open_storage(f"{scheme}://{bucket}", **options)
+        if upload is not None:
+            options["upload"] = upload
+        return options
+    if upload is not None:
+        raise errors.InvalidArgument("upload options are for s3:// destinations")
+    return {k: v for k, v in options.items() if k == "anonymous"}
+
+
+def _bucket(args: argparse.Namespace, scheme: str, bucket: str, directory: str = "") -> Any:
+    """The storage of a bucket (or a directory in it), opened with the command's options."""
+    from hashsync.storage import open_storage
+
+    where = f"{scheme}://{bucket}/{directory}" if directory else f"{scheme}://{bucket}"
+    return open_storage(where, **_options(args, scheme))
 
 
 def _stamp(when: datetime.datetime) -> str:
@@ -155,6 +167,99 @@ def _cmd_cat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- cp ---------------------------------------------------------------------------------------
+
+
+class _Renamed(Sink):
+    """A sink that publishes what it is given under another key (a copy to a new name)."""
+
+    def __init__(self, target: Sink, key: str) -> None:
+        self.target, self.key = target, key
+
+    def receive(self, key: str, fill: Fill, *, check: Check | None = None) -> None:
+        """Publish ``fill``'s file in the target under this sink's key."""
+        self.target.receive(self.key, fill, check=check)
+
+
+def _side(args: argparse.Namespace, text: str, role: str) -> tuple[Any, str, bool]:
+    """``(storage of the parent directory, name in it, is_remote)`` of a cp argument."""
+    from hashsync.storage import SimpleLocalStorage, open_storage
+
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme.lower() in _REMOTE:
+        scheme, bucket, key = _split(text, "cp")
+        directory, _, name = key.rpartition("/")
+        upload = args.upload if role == "destination" else None
+        where = f"{scheme}://{bucket}/{directory}" if directory else f"{scheme}://{bucket}"
+        return open_storage(where, **_options(args, scheme, upload=upload)), name, True
+    if sep:
+        raise errors.InvalidArgument(f"cp takes local paths, s3:// and gs:// URLs, not {text!r}")
+    parent, name = os.path.split(os.path.abspath(text))
+    return SimpleLocalStorage(parent, create=role == "destination"), name, False
+
+
+def _names_a_directory(text: str) -> bool:
+    """Whether a cp destination is a directory to copy into (keeping the source's name)."""
+    if "://" in text:
+        return text.endswith("/") or "/" not in text.partition("://")[2]
+    return text.endswith(("/", os.sep)) or os.path.isdir(text)
+
+
+def _cmd_cp(args: argparse.Namespace) -> int:
+    from hashsync.cli._common import upload_options
+    from hashsync.storage.local import TemporaryLocalStorage, transfer_through_staging
+
+    args.upload = upload_options(args)
+    if args.recursive:
+        from hashsync.syncing import sync
+
+        result = sync(
+            args.source,
+            args.destination,
+            progress=not args.no_progress,
+            endpoint_url=args.endpoint_url,
+            upload=args.upload,
+            storage_options=store_options(args) or None,
+        )
+        if args.json:
+            json.dump(result.to_dict(), sys.stdout, indent=2)
+            print()
+        for key, why in result.failed:
+            err(f"failed {key}: {why}")
+        return EXIT_OK if result.ok else EXIT_PARTIAL
+    src, name, src_remote = _side(args, args.source, "source")
+    if not name:
+        raise errors.InvalidArgument(f"{args.source} names no object or file (use --recursive)")
+    dst_text = args.destination
+    if _names_a_directory(dst_text):
+        dst_text = dst_text.rstrip("/") + "/" + name
+    dst, target, dst_remote = _side(args, dst_text, "destination")
+    if not src.exists(name):
+        raise errors.NotFound(2, f"{args.source}: no such object or file")
+    if dst_remote and target == name:
+        dst.transfer_from(name, src)  # upload, or a server-side copy on the same store
+    elif dst_remote:
+        # Another name: the bytes pass through a local file of that name.
+        with TemporaryLocalStorage() as staging:
+            src.copy(name, _Renamed(staging, target))
+            transfer_through_staging(dst, target, staging)
+    else:
+        src.copy(name, _Renamed(dst, target))
+    size = dst.get_size(target)
+    action = (
+        ("copy" if src_remote else "upload")
+        if dst_remote
+        else ("download" if src_remote else "copy")
+    )
+    if args.json:
+        json.dump({"action": action, "source": args.source, "destination": dst_text,
+                   "bytes": size}, sys.stdout)  # fmt: skip
+        print()
+    else:
+        print(f"{action}: {shown(args.source)} to {shown(dst_text)}")
+    return EXIT_OK
+
+
 # -- presign ----------------------------------------------------------------------------------
 
 
@@ -168,7 +273,7 @@ def _cmd_presign(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``ls``, ``rm``, ``cat`` and ``presign`` to the ``hashsync`` parser."""
+    """Add ``ls``, ``cp``, ``rm``, ``cat`` and ``presign`` to the ``hashsync`` parser."""
     ls = sub.add_parser(
         "ls",
         help="list objects and prefixes (like aws s3 ls)",
@@ -204,6 +309,23 @@ def register(sub: Any) -> None:
     cat.add_argument("url", metavar="URL")
     add_store_args(cat)
     cat.set_defaults(func=_cmd_cat)
+
+    cp = sub.add_parser(
+        "cp",
+        help="copy one file or object (like aws s3 cp), or a tree with --recursive",
+        description="Copy SRC to DST: a local file to s3://BUCKET/KEY or gs://BUCKET/KEY, an "
+        "object to a local path, or between buckets (server-side on the same store). A DST "
+        "ending in '/' (or an existing directory) keeps SRC's name. Verified and atomic like "
+        "sync; --recursive is a sync without delete.",
+    )
+    cp.add_argument("source", metavar="SRC")
+    cp.add_argument("destination", metavar="DST")
+    cp.add_argument("--recursive", "-r", action="store_true", help="a tree: sync without delete")
+    cp.add_argument("--json", action="store_true", help="print the result as JSON")
+    cp.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    add_store_args(cp)
+    add_upload_args(cp)
+    cp.set_defaults(func=_cmd_cp)
 
     pre = sub.add_parser(
         "presign",
