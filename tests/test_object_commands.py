@@ -162,3 +162,28 @@ def test_cp_recursive_is_a_sync_without_delete(s3_server, s3_env, bucket, tmp_pa
     assert sorted(json.loads(done.stdout)["transferred"]) == ["a/x.txt", "y.txt"]
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert "t/keep.txt" in keys  # nothing deleted
+
+
+@pytest.mark.parametrize("command", ["cat", "rm", "cp"])
+def test_missing_buckets_and_bad_urls_are_one_line(s3_env, tmp_path, command):
+    extra = [tmp_path / "out"] if command == "cp" else []
+    for url, words in (
+        ("s3://no-such-bucket-here/k", ("not found", "nosuchbucket", "no such")),
+        ("ftp://host/k", ("s3://", "cp takes")),
+        ("s3:///k", ("s3://bucket", "cp takes", "names no")),
+    ):
+        got = cli(command, url, *extra)
+        assert got.returncode == 1, (url, got.stderr)
+        assert got.stdout == ""
+        assert len(got.stderr.strip().splitlines()) == 1, got.stderr
+        assert any(w in got.stderr.lower() for w in (w.lower() for w in words)), got.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cp_shows_progress_on_a_terminal(s3_server, s3_env, bucket, tmp_path):
+    from sync_helpers import stderr_on_a_terminal
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(12 * 1024**2))
+    drawn, _ = stderr_on_a_terminal(["cp", str(big), f"s3://{bucket}/big.bin"])
+    assert "copying" in drawn

@@ -206,8 +206,9 @@ def _names_a_directory(text: str) -> bool:
 
 
 def _cmd_cp(args: argparse.Namespace) -> int:
+    from hashsync._progress import byte_counter, byte_progress
     from hashsync.cli._common import upload_options
-    from hashsync.storage.local import TemporaryLocalStorage, transfer_through_staging
+    from hashsync.storage.base import reporting_progress
 
     args.upload = upload_options(args)
     if args.recursive:
@@ -234,8 +235,35 @@ def _cmd_cp(args: argparse.Namespace) -> int:
     if _names_a_directory(dst_text):
         dst_text = dst_text.rstrip("/") + "/" + name
     dst, target, dst_remote = _side(args, dst_text, "destination")
-    if not src.exists(name):
-        raise errors.NotFound(2, f"{args.source}: no such object or file")
+    try:
+        total = src.get_size(name)
+    except errors.NotFound:
+        raise errors.NotFound(2, f"{args.source}: no such object or file") from None
+    with (
+        byte_progress("copying", enabled=not args.no_progress) as bar,
+        reporting_progress(byte_counter(bar, total)),
+    ):
+        _copy_one(src, name, src_remote, dst, target, dst_remote)
+    size = dst.get_size(target)
+    if dst_remote:
+        action = "copy" if src_remote else "upload"
+    else:
+        action = "download" if src_remote else "copy"
+    if args.json:
+        json.dump({"action": action, "source": args.source, "destination": dst_text,
+                   "bytes": size}, sys.stdout)  # fmt: skip
+        print()
+    else:
+        print(f"{action}: {shown(args.source)} to {shown(dst_text)}")
+    return EXIT_OK
+
+
+def _copy_one(
+    src: Any, name: str, src_remote: bool, dst: Any, target: str, dst_remote: bool
+) -> None:
+    """Copy ``src``'s ``name`` to ``dst``'s ``target``, verified and atomic."""
+    from hashsync.storage.local import TemporaryLocalStorage, transfer_through_staging
+
     if dst_remote and target == name:
         dst.transfer_from(name, src)  # upload, or a server-side copy on the same store
     elif dst_remote:
@@ -245,19 +273,6 @@ def _cmd_cp(args: argparse.Namespace) -> int:
             transfer_through_staging(dst, target, staging)
     else:
         src.copy(name, _Renamed(dst, target))
-    size = dst.get_size(target)
-    action = (
-        ("copy" if src_remote else "upload")
-        if dst_remote
-        else ("download" if src_remote else "copy")
-    )
-    if args.json:
-        json.dump({"action": action, "source": args.source, "destination": dst_text,
-                   "bytes": size}, sys.stdout)  # fmt: skip
-        print()
-    else:
-        print(f"{action}: {shown(args.source)} to {shown(dst_text)}")
-    return EXIT_OK
 
 
 # -- presign ----------------------------------------------------------------------------------

@@ -328,8 +328,10 @@ class S3Base(ReadWriteStorage):
         self, status: int | None, code: str, message: str, where: str, action: str
     ) -> HashsyncError:
         """The hashsync error for the store's error answer (status, S3 error code, message)."""
-        message = redact(message or code or f"HTTP {status}")
-        text = f"{action} {where}: {message} ({code or status})"
+        # A HEAD's answer has no body: say what its status means.
+        said = {404: "not found", 403: "access denied", 401: "not authorized"}
+        message = redact(message or code or said.get(status or 0) or f"HTTP {status}")
+        text = f"{action} {where}: {message} ({code or f'HTTP {status}'})"
         if code == "NoSuchBucket":
             return NotFound(
                 errno.ENOENT,
