@@ -34,6 +34,7 @@ from hashsync.storage.local import (
 )
 from hashsync.storage.registry import open_storage, register_scheme, registered_schemes
 from hashsync.storage.sink import BytesSink, Sink
+from hashsync.storage.upload_options import UploadOptions
 
 if TYPE_CHECKING:
     from hashsync.storage.gcs import GCSStorage
@@ -56,6 +57,7 @@ __all__ = [
     "Sink",
     "Storage",
     "TemporaryLocalStorage",
+    "UploadOptions",
     "open_storage",
     "register_scheme",
     "registered_schemes",
