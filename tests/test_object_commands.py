@@ -187,3 +187,10 @@ def test_cp_shows_progress_on_a_terminal(s3_server, s3_env, bucket, tmp_path):
     big.write_bytes(bytes(12 * 1024**2))
     drawn, _ = stderr_on_a_terminal(["cp", str(big), f"s3://{bucket}/big.bin"])
     assert "copying" in drawn
+
+
+def test_help_lists_the_commands():
+    got = cli("--help")
+    assert got.returncode == 0
+    for command in ("sync", "diff", "ls", "cp", "rm", "cat", "presign"):
+        assert f"    {command} " in got.stdout
