@@ -168,3 +168,14 @@ def test_wheel_in_a_fresh_venv_syncs_to_s3(fresh_venv, s3_server, tmp_path):
     assert r.returncode == 1
     assert "pip install 'hashsync[bench]'" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_gcs_extra_brings_what_the_credentials_need():
+    # google-auth's urllib3 transport (token refresh) needs its own extra: found by installing
+    # the wheel with [gcs] into an empty venv, where `packaging` was missing.
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    gcs = project["project"]["optional-dependencies"]["gcs"]
+    assert any(dep.replace(" ", "").startswith("google-auth[urllib3]") for dep in gcs)
