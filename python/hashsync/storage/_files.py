@@ -69,17 +69,24 @@ def stat_or_none(path: Path) -> os.stat_result | None:
 
 
 def copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:
-    """Copy an open file's whole content, in the kernel where it can (what shutil does)."""
-    try:
-        while os.copy_file_range(fin.fileno(), fout.fileno(), 1 << 30):
-            pass
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        fin.seek(0)
-        fout.seek(0)
-        fout.truncate()
-        shutil.copyfileobj(fin, fout, 1024**2)
+    """Copy an open file's whole content, in the kernel where it can (what shutil does).
+
+    ``os.copy_file_range`` exists on Linux only: elsewhere (macOS) the copy goes through
+    user space. Chosen by what ``os`` offers, not by the platform's name.
+    """
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is not None:
+        try:
+            while copy_range(fin.fileno(), fout.fileno(), 1 << 30):
+                pass
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            fin.seek(0)
+            fout.seek(0)
+            fout.truncate()
+    shutil.copyfileobj(fin, fout, 1024**2)
 
 
 def link_below(root: Path, path: Path, allowed: frozenset[str] | None = frozenset()) -> str | None:

@@ -1,0 +1,88 @@
+"""Local copies, caches and TreeCache without the calls only Linux has (issue 29 item 1).
+
+macOS has no ``os.copy_file_range`` and no ``/proc``: hashsync chooses by what ``os`` offers,
+so removing them here runs the code paths a Mac takes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import hashsync
+from hashsync.cache import LocalCache
+from hashsync.storage import SimpleLocalStorage
+
+
+@pytest.fixture(autouse=True)
+def no_linux_calls(monkeypatch, tmp_path):
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    import hashsync.cache._tree as tree
+    import hashsync.storage._s3_writing as s3_writing
+
+    monkeypatch.setattr(tree, "_PROC", False)
+    monkeypatch.setattr(s3_writing, "PROC_FD", False)
+    monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "state"))
+    assert not hasattr(os, "copy_file_range")
+
+
+def _tree(root):
+    for rel, size in (("a.txt", 10), ("d/b.bin", 3 * 1024**2), ("d/e/c", 0)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(os.urandom(size))
+    return root
+
+
+def test_local_sync(tmp_path):
+    src = _tree(tmp_path / "src")
+    result = hashsync.sync(src, tmp_path / "dst", progress=False)
+    assert len(result.transferred) == 3 and result.ok
+    assert hashsync.tree_hash(tmp_path / "dst") == hashsync.tree_hash(src)
+
+
+def test_local_storage_writes(tmp_path):
+    storage = SimpleLocalStorage(tmp_path / "store")
+    storage.write_bytes("k/v.json", b"{}")
+    assert storage.read_bytes("k/v.json") == b"{}"
+    src = SimpleLocalStorage(_tree(tmp_path / "src"))
+    storage.copy_from("d/b.bin", src)
+    assert storage.path("d/b.bin").read_bytes() == src.path("d/b.bin").read_bytes()
+
+
+def test_cache_put_and_get(tmp_path):
+    cache = LocalCache(tmp_path / "cache")
+    src = _tree(tmp_path / "src")
+    path = cache.put("blob", src / "d" / "b.bin")
+    assert path.read_bytes() == (src / "d" / "b.bin").read_bytes()
+    assert cache.get("blob") == path
+
+
+def test_treecache_with_a_directory_remote(tmp_path):
+    from hashsync.treecache import TreeCache
+
+    builds = []
+
+    def build(out):
+        builds.append(out)
+        _tree(out)
+
+    remote = tmp_path / "shared"
+    remote.mkdir()
+    TreeCache(tmp_path / "a", remote, name="t", key="k").ensure(build)
+    TreeCache(tmp_path / "b", remote, name="t", key="k").ensure(build)
+    assert len(builds) == 1
+    assert (tmp_path / "b" / "d" / "b.bin").read_bytes() == (
+        tmp_path / "a" / "d" / "b.bin"
+    ).read_bytes()
+
+
+@pytest.mark.s3
+def test_s3_upload_without_proc(s3_server, s3_env, bucket, tmp_path):
+    from sync_helpers import s3
+
+    src = _tree(tmp_path / "src")
+    remote = s3(s3_server, bucket, "np")
+    assert len(hashsync.sync(src, remote, progress=False).transferred) == 3
+    hashsync.sync(remote, tmp_path / "down", progress=False)
+    assert hashsync.tree_hash(tmp_path / "down") == hashsync.tree_hash(src)
