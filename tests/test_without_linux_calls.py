@@ -86,3 +86,23 @@ def test_s3_upload_without_proc(s3_server, s3_env, bucket, tmp_path):
     assert len(hashsync.sync(src, remote, progress=False).transferred) == 3
     hashsync.sync(remote, tmp_path / "down", progress=False)
     assert hashsync.tree_hash(tmp_path / "down") == hashsync.tree_hash(src)
+
+
+def test_writes_flush_the_drive_cache_where_the_os_can(tmp_path, monkeypatch):
+    # macOS's fsync() leaves data in the drive's cache; F_FULLFSYNC flushes it. Here Linux
+    # pretends to have it, and every durable write must use it.
+    import fcntl
+
+    from hashsync import atomic
+
+    calls: list[int] = []
+    monkeypatch.setattr(atomic, "_F_FULLFSYNC", 51)  # macOS's value of F_FULLFSYNC
+    monkeypatch.setattr(fcntl, "fcntl", lambda fd, cmd, *a: calls.append(cmd) or 0)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    src = _tree(tmp_path / "src")
+    hashsync.sync(src, tmp_path / "dst", progress=False)
+    LocalCache(tmp_path / "cache").put("k", src / "a.txt")
+    assert calls and set(calls) == {51}
+    assert fsyncs == []  # no plain fsync where the full one is offered

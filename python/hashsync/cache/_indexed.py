@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import hashsync
-from hashsync.atomic import KeyLock, cleanup_stale_temporaries, temporary_path
+from hashsync.atomic import KeyLock, cleanup_stale_temporaries, full_fsync, temporary_path
 from hashsync.cache import _settings
 from hashsync.cache._api import Cache, CacheStats
 from hashsync.cache._index import Entry, Index
@@ -375,7 +375,7 @@ class IndexedCache(Cache):
                     f"{self.max_size_bytes} bytes"
                 )
             os.fchmod(fd, _ENTRY_MODE if self.shared else _ENTRY_MODE & ~_umask())
-            os.fsync(fd)
+            full_fsync(fd)
         finally:
             os.close(fd)
         digest = hashsync.hash_file(tmp, "blake3")

@@ -42,6 +42,7 @@ from hashsync.atomic import (
     atomic_destination,
     cleanup_once,
     fsync_directory,
+    full_fsync,
     write_files_atomically,
 )
 from hashsync.errors import (
@@ -823,7 +824,7 @@ class DatasetHubClient:
                 fd = -1
                 partial.unlink(missing_ok=True)
                 raise
-            os.fsync(fd)
+            full_fsync(fd)
         finally:
             if fd >= 0:
                 os.close(fd)
