@@ -1,7 +1,8 @@
-"""Local copies, caches and TreeCache without the calls only Linux has (issue 29 item 1).
+"""What a Mac needs, run on Linux (issue 29): no Linux-only calls, full fsyncs, no clutter.
 
 macOS has no ``os.copy_file_range`` and no ``/proc``: hashsync chooses by what ``os`` offers,
-so removing them here runs the code paths a Mac takes.
+so removing them here runs the code paths a Mac takes. ``F_FULLFSYNC`` is given to Linux to
+see that it is used; Finder's files are written here to see that TreeCache leaves them out.
 """
 
 from __future__ import annotations
@@ -106,3 +107,35 @@ def test_writes_flush_the_drive_cache_where_the_os_can(tmp_path, monkeypatch):
     LocalCache(tmp_path / "cache").put("k", src / "a.txt")
     assert calls and set(calls) == {51}
     assert fsyncs == []  # no plain fsync where the full one is offered
+
+
+def test_treecache_leaves_macos_clutter_behind(tmp_path):
+    # Finder's .DS_Store and AppleDouble ._ files are not part of a tree: a copy built on a Mac
+    # must not carry them to every machine (nor count them in its manifest).
+    import json
+
+    from hashsync.treecache import TreeCache
+
+    def build(out):
+        (out / "sub").mkdir(parents=True)
+        (out / "index.bin").write_bytes(b"index")
+        (out / ".DS_Store").write_bytes(b"finder")
+        (out / "sub" / ".DS_Store").write_bytes(b"finder")
+        (out / "sub" / "._index.bin").write_bytes(b"appledouble")
+
+    remote = tmp_path / "shared"
+    remote.mkdir()
+    TreeCache(tmp_path / "a", remote, name="t", key="k").ensure(build)
+    copy = remote / "t-k"
+    manifest = json.loads((copy / ".hashsync" / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["index.bin"]
+    assert not any(p.name in (".DS_Store", "._index.bin") for p in copy.rglob("*"))
+    # A clutter file appearing in the local copy later is not uploaded as a derived file.
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"again")
+    TreeCache(tmp_path / "a", remote, name="t", key="k").sync()
+    assert not (copy / ".DS_Store").exists()
+    TreeCache(tmp_path / "b", remote, name="t", key="k").ensure(build)
+    assert sorted(p.name for p in (tmp_path / "b").rglob("*") if p.is_file()) == [
+        "index.bin",
+        "manifest.json",
+    ]

@@ -18,6 +18,7 @@ from hashsync.storage.local import LocalStorage, SimpleLocalStorage
 from hashsync.treecache._manifest import (
     MANIFEST_KEY,
     META_DIR,
+    OS_CLUTTER,
     Manifest,
     describe_tree,
     tree_hash_of,
@@ -28,7 +29,7 @@ from hashsync.treecache._state import LocalState
 __all__ = ["EXCLUDE_META", "Build", "LocalSide"]
 
 Build = Callable[[Path], object]
-EXCLUDE_META = [f"{META_DIR}/*"]
+EXCLUDE_META = [f"{META_DIR}/*", *OS_CLUTTER]
 _BUILD_MARK = ".hashsync-build-"
 
 

@@ -53,6 +53,18 @@ def check_segment(value: object, what: str) -> str:
     return value
 
 
+#: What macOS writes beside a user's files (Finder's ``.DS_Store``, AppleDouble ``._NAME`` on
+#: non-HFS volumes): never part of a tree, never sent to another machine. A sync copies them
+#: (as aws s3 sync does) unless excluded; a TreeCache leaves them out.
+OS_CLUTTER = (".DS_Store", "*/.DS_Store", "._*", "*/._*")
+
+
+def is_os_clutter(path: str) -> bool:
+    """Whether ``path`` is one of :data:`OS_CLUTTER`'s files."""
+    name = path.rpartition("/")[2]
+    return name == ".DS_Store" or name.startswith("._")
+
+
 def is_meta(path: str) -> bool:
     """Whether ``path`` is TreeCache bookkeeping rather than a file of the tree."""
     return path == META_DIR or path.startswith(META_DIR + "/")
@@ -241,7 +253,10 @@ def describe_tree(root: Path, part_size: int, *, md5: bool = False) -> dict[str,
     Raises:
         IntegrityError: A file could not be read, or changed between the two hashing passes.
     """
-    rules: list[tuple[Literal["include", "exclude"], str]] = [("exclude", f"{META_DIR}/*")]
+    rules: list[tuple[Literal["include", "exclude"], str]] = [
+        ("exclude", f"{META_DIR}/*"),
+        *(("exclude", pattern) for pattern in OS_CLUTTER),
+    ]
     by_sha = hashsync.scan(root, algorithm="sha256", filters=rules)
     by_etag = hashsync.scan(root, algorithm="etag", filters=rules, part_size=part_size)
     problems = list(by_sha.errors) + list(by_etag.errors)

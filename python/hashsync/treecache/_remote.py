@@ -20,7 +20,13 @@ from hashsync.errors import (
 from hashsync.storage.base import ObjectInfo, ReadWriteStorage, Storage
 from hashsync.storage.registry import open_storage
 from hashsync.treecache._lease import conditional_writes_honoured
-from hashsync.treecache._manifest import MANIFEST_KEY, MAX_MANIFEST_BYTES, Manifest, is_meta
+from hashsync.treecache._manifest import (
+    MANIFEST_KEY,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    is_meta,
+    is_os_clutter,
+)
 
 __all__ = ["Remote", "RemoteFailed", "RemoteSide", "remote_errors", "tree_objects"]
 
@@ -143,5 +149,5 @@ class RemoteSide:
 
 
 def tree_objects(storage: Storage) -> list[ObjectInfo]:
-    """The remote copy's objects, without its bookkeeping (``.hashsync/``)."""
-    return [i for i in storage.list() if not is_meta(i.key)]
+    """The remote copy's objects, without its bookkeeping (``.hashsync/``) or macOS clutter."""
+    return [i for i in storage.list() if not is_meta(i.key) and not is_os_clutter(i.key)]
