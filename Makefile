@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
-VENV := .venv
+# The first Python >= 3.11 on PATH (a stock Mac's python3 is Apple's 3.9); PYTHON=... overrides.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+VENV ?= .venv
 PY := $(VENV)/bin/python
 # Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
 PYTEST_ARGS ?=
@@ -14,6 +16,10 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "make: hashsync needs Python 3.11 or newer; found none (tried python3.13," \
+			"python3.12, python3.11, python3 on PATH, or PYTHON='$(PYTHON)'): install one or" \
+			"run make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

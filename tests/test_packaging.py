@@ -179,3 +179,23 @@ def test_the_gcs_extra_brings_what_the_credentials_need():
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     gcs = project["project"]["optional-dependencies"]["gcs"]
     assert any(dep.replace(" ", "").startswith("google-auth[urllib3]") for dep in gcs)
+
+
+def test_make_refuses_a_python_older_than_3_11(tmp_path):
+    # A stock Mac's python3 is 3.9: make must say what it needs instead of failing later.
+    import subprocess
+    from pathlib import Path
+
+    old = tmp_path / "python3"
+    old.write_text("#!/bin/sh\nexit 1\n")  # "sys.version_info < (3, 11)"
+    old.chmod(0o755)
+    root = Path(__file__).parents[1]
+    done = subprocess.run(
+        ["make", "-C", str(root), "venv", f"PYTHON={old}", f"VENV={tmp_path / 'venv'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "needs Python 3.11 or newer" in done.stderr
+    assert not (tmp_path / "venv").exists()
