@@ -39,18 +39,29 @@ pub struct FileKey {
 }
 
 /// The default state directory: `$HASHSYNC_CACHE_DIR`, else `$XDG_CACHE_HOME/hashsync`, else
-/// `~/.cache/hashsync`.
+/// the platform's cache directory: `~/Library/Caches/hashsync` on macOS (which Time Machine
+/// leaves out, unlike `~/.cache`), `~/.cache/hashsync` elsewhere.
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HASHSYNC_CACHE_DIR").filter(|d| !d.is_empty()) {
+    cache_dir_from(|name| std::env::var_os(name), cfg!(target_os = "macos"))
+}
+
+/// [`default_cache_dir`] from an environment lookup, for one platform (tested for both).
+fn cache_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>, macos: bool) -> PathBuf {
+    if let Some(d) = env("HASHSYNC_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+    if let Some(d) = env("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("hashsync");
     }
-    let home = std::env::var_os("HOME")
+    let home = env("HOME")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    home.join(".cache").join("hashsync")
+    if macos {
+        home.join("Library").join("Caches").join("hashsync")
+    } else {
+        home.join(".cache").join("hashsync")
+    }
 }
 
 /// Why a scan ran without the hash state cache it was asked to use. The digests are right
@@ -418,6 +429,37 @@ pub fn now_ns() -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cache_dir_follows_the_variables_then_the_platform() {
+        use std::ffi::OsString;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let home = &[("HOME", "/home/u")];
+        assert_eq!(
+            cache_dir_from(env(home), false),
+            PathBuf::from("/home/u/.cache/hashsync")
+        );
+        assert_eq!(
+            cache_dir_from(env(home), true),
+            PathBuf::from("/home/u/Library/Caches/hashsync")
+        );
+        let xdg = &[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/x")];
+        assert_eq!(cache_dir_from(env(xdg), true), PathBuf::from("/x/hashsync"));
+        let own = &[
+            ("HOME", "/home/u"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HASHSYNC_CACHE_DIR", "/h"),
+        ];
+        assert_eq!(cache_dir_from(env(own), true), PathBuf::from("/h"));
+    }
+
     use super::*;
 
     fn dir(name: &str) -> PathBuf {

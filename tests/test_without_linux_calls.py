@@ -139,3 +139,20 @@ def test_treecache_leaves_macos_clutter_behind(tmp_path):
         "index.bin",
         "manifest.json",
     ]
+
+
+def test_config_lives_where_the_platform_keeps_settings(monkeypatch, tmp_path):
+    import sys
+
+    from hashsync.cache._config import config_path
+
+    monkeypatch.delenv("HASHSYNC_CONFIG", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert config_path() == tmp_path / "Library/Application Support/hashsync/config.yaml"
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert config_path() == tmp_path / ".config/hashsync/config.yaml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # the variables still win
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert config_path() == tmp_path / "xdg/hashsync/config.yaml"

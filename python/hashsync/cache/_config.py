@@ -22,6 +22,7 @@ Settings given as arguments win over the environment, which wins over this file.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,20 @@ class ConfigError(InvalidArgument):
 
 
 def config_path() -> Path:
-    """``$HASHSYNC_CONFIG``, else ``$XDG_CONFIG_HOME/hashsync/config.yaml``."""
+    """``$HASHSYNC_CONFIG``, else ``$XDG_CONFIG_HOME/hashsync/config.yaml``.
+
+    Without either: ``~/Library/Application Support/hashsync/config.yaml`` on macOS (where
+    macOS programs keep settings), ``~/.config/hashsync/config.yaml`` elsewhere.
+    """
     explicit = os.environ.get("HASHSYNC_CONFIG")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "hashsync" / "config.yaml"
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg:
+        return Path(xdg) / "hashsync" / "config.yaml"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "hashsync" / "config.yaml"
+    return Path.home() / ".config" / "hashsync" / "config.yaml"
 
 
 def load_config(path: Path | None = None) -> tuple[dict[str, Any], dict[str, int]]:
