@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
 PYTEST_ARGS ?=
 
-.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync bench-cache bench-hub bench-treecache bench-segments lint fmt clean
+.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync bench-cache bench-hub bench-treecache bench-segments lint lint-macos fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -74,6 +74,12 @@ lint: build ## ruff, mypy on the package, the stubs checked against the extensio
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest hashsync._native
 	cargo clippy --all-targets --features python -- -D warnings
+	$(MAKE) lint-macos
+
+lint-macos: venv ## clippy for Apple Silicon (aarch64-apple-darwin) on Linux; C parts via zig cc
+	rustup target add aarch64-apple-darwin
+	ZIG_PYTHON=$(CURDIR)/$(PY) CC_aarch64_apple_darwin=$(CURDIR)/tools/zig-cc-macos \
+		cargo clippy --all-targets --features python --target aarch64-apple-darwin -- -D warnings
 
 fmt: venv ## Format Python and Rust
 	$(VENV)/bin/ruff format python tests benches examples
