@@ -40,26 +40,23 @@ def _split(url: str, what: str) -> tuple[str, str, str]:
     return scheme.lower(), bucket, key
 
 
-def _options(args: argparse.Namespace, scheme: str, *, upload: Any = None) -> dict[str, Any]:
-    """The storage options of the command's flags for a ``scheme`` URL."""
+def _bucket(
+    args: argparse.Namespace, scheme: str, bucket: str, directory: str = "", *, upload: Any = None
+) -> Any:
+    """The storage of a bucket (or a directory in it), opened with the command's options.
+
+    As a sync opens its sides (:func:`~hashsync.syncing.single.resolve_storage`): every option
+    for ``s3://``, ``--no-sign-request`` for ``gs://``, upload options refused there.
+    """
+    from hashsync.syncing.single import resolve_storage
+
     options = store_options(args)
-    if scheme == "s3":
-        if args.endpoint_url:
-            options["endpoint_url"] = args.endpoint_url
-        if upload is not None:
-            options["upload"] = upload
-        return options
     if upload is not None:
-        raise errors.InvalidArgument("upload options are for s3:// destinations")
-    return {k: v for k, v in options.items() if k == "anonymous"}
-
-
-def _bucket(args: argparse.Namespace, scheme: str, bucket: str, directory: str = "") -> Any:
-    """The storage of a bucket (or a directory in it), opened with the command's options."""
-    from hashsync.storage import open_storage
-
+        options["upload"] = upload
     where = f"{scheme}://{bucket}/{directory}" if directory else f"{scheme}://{bucket}"
-    return open_storage(where, **_options(args, scheme))
+    return resolve_storage(
+        where, role="source", endpoint_url=args.endpoint_url, storage_options=options
+    )
 
 
 def _stamp(when: datetime.datetime) -> str:
@@ -183,15 +180,14 @@ class _Renamed(Sink):
 
 def _side(args: argparse.Namespace, text: str, role: str) -> tuple[Any, str, bool]:
     """``(storage of the parent directory, name in it, is_remote)`` of a cp argument."""
-    from hashsync.storage import SimpleLocalStorage, open_storage
+    from hashsync.storage import SimpleLocalStorage
 
     scheme, sep, _ = text.partition("://")
     if sep and scheme.lower() in _REMOTE:
         scheme, bucket, key = _split(text, "cp")
         directory, _, name = key.rpartition("/")
         upload = args.upload if role == "destination" else None
-        where = f"{scheme}://{bucket}/{directory}" if directory else f"{scheme}://{bucket}"
-        return open_storage(where, **_options(args, scheme, upload=upload)), name, True
+        return _bucket(args, scheme, bucket, directory, upload=upload), name, True
     if sep:
         raise errors.InvalidArgument(f"cp takes local paths, s3:// and gs:// URLs, not {text!r}")
     parent, name = os.path.split(os.path.abspath(text))

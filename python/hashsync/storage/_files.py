@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from hashsync.atomic import same_version, settled_fstat
+from hashsync.atomic import changed_error, same_version, settled_fstat
 from hashsync.errors import FileChanged, UnsafePath
 from hashsync.storage.base import current_progress
 from hashsync.storage.sink import Check, Sink
 
 __all__ = [
+    "UploadSource",
     "DigestMemo",
     "copy_contents",
     "digest_memo",
@@ -66,6 +67,62 @@ def stat_or_none(path: Path) -> os.stat_result | None:
         return os.stat(path)
     except OSError:
         return None
+
+
+class UploadSource:
+    """A local file opened for an upload, which must not store it torn (a context manager).
+
+    Opened without following a link in its last component and stat'ed once no write is in
+    flight; :meth:`unchanged` is called after everything was read and before the object
+    becomes visible, and raises :class:`~hashsync.errors.FileChanged` if the file was written
+    to meanwhile (the path is checked too: a file replaced by rename leaves the open
+    descriptor intact).
+
+    Attributes:
+        fh: The open file.
+        before: Its stat when opened.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+
+    def __enter__(self) -> UploadSource:
+        self.fh = open_nofollow(self.path)
+        before = settled_fstat(self.fh.fileno())
+        if before is None:
+            self.fh.close()
+            raise changed_error(self.path, self.key)
+        self.before = before
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+    @property
+    def size(self) -> int:
+        """The file's size when opened."""
+        return self.before.st_size
+
+    def unchanged(self) -> None:
+        """Raise FileChanged unless the file (and its path) is still what was opened."""
+        if not same_version(self.before, os.fstat(self.fh.fileno())) or not same_version(
+            self.before, stat_or_none(self.path)
+        ):
+            raise changed_error(self.path, self.key)
+
+    def read_whole(self) -> bytes:
+        """The whole (small) content, read twice: the reads must agree and nothing changed.
+
+        A second read must give the same bytes: writes through a shared mmap move no
+        timestamp, and one read racing them may see a mix that never existed whole.
+        """
+        data = self.fh.read(self.size + 1)
+        if len(data) != self.size:
+            raise changed_error(self.path, self.key)
+        self.unchanged()
+        if os.pread(self.fh.fileno(), self.size + 1, 0) != data:
+            raise changed_error(self.path, self.key)
+        return data
 
 
 def copy_contents(fin: IO[bytes], fout: IO[bytes]) -> None:

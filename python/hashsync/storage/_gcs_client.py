@@ -543,10 +543,24 @@ class GCSClient:
             headers["X-Goog-Hash"] = ",".join(f"{k}={v}" for k, v in checksums.items())
         # One attempt: resending a chunk blindly could repeat bytes the session holds; the
         # caller asks the session what it has (session_status) and resumes from there.
+        return self._session_put(session, total, headers, data, what=what, attempts=1)
+
+    def _session_put(
+        self,
+        session: str,
+        total: int,
+        headers: dict[str, str],
+        data: bytes | None,
+        *,
+        what: str,
+        attempts: int | None,
+    ) -> tuple[int, GCSObject | None]:
+        """One PUT to a session: (bytes it holds, the object once complete)."""
         try:
             status, answer, body = self.send(
-                "PUT", session, what=what, headers=headers, body=data, accept=(308,), attempts=1
-            )
+                "PUT", session, what=what, headers=headers, body=data, accept=(308,),
+                attempts=attempts,
+            )  # fmt: skip
         except NotFound:
             raise _expired(what) from None
         if status == 308:
@@ -564,19 +578,8 @@ class GCSClient:
         self, session: str, total: int, *, what: str
     ) -> tuple[int, GCSObject | None]:
         """How many bytes a session holds (and the object, if it is complete)."""
-        try:
-            status, answer, body = self.send(
-                "PUT",
-                session,
-                what=what,
-                headers={"Content-Range": f"bytes */{total}"},
-                accept=(308,),
-            )
-        except NotFound:
-            raise _expired(what) from None
-        if status == 308:
-            return _persisted(answer.get("range")), None
-        return total, GCSObject.from_resource(_parse_json(body, what), what)
+        headers = {"Content-Range": f"bytes */{total}"}
+        return self._session_put(session, total, headers, None, what=what, attempts=None)
 
     def rewrite(
         self,

@@ -20,7 +20,7 @@ import hashsync
 from hashsync._native import crc_combine, upload_part_size
 from hashsync._redact import redact
 from hashsync._threads import run_on_threads
-from hashsync.atomic import changed_error, same_version, settled_fstat
+from hashsync.atomic import changed_error
 from hashsync.errors import (
     FileChanged,
     HashsyncError,
@@ -30,6 +30,7 @@ from hashsync.errors import (
     error_for_status,
 )
 from hashsync.storage import _s3list
+from hashsync.storage._files import UploadSource
 from hashsync.storage._journal import journal
 from hashsync.storage._mtime import MTIME_KEY, s3_mtime
 from hashsync.storage._s3_base import (
@@ -58,9 +59,7 @@ from hashsync.storage.base import (
 from hashsync.storage.local import (
     FilesystemStorage,
     TemporaryLocalStorage,
-    open_nofollow,
     source_file,
-    stat_or_none,
 )
 from hashsync.verify import is_content_etag
 
@@ -92,33 +91,16 @@ class S3Writing(S3Reading):
             conditions["IfNoneMatch"] = "*"
         metadata = {PART_SIZE_METADATA: str(self.part_size)}
         report = current_progress()
-        with open_nofollow(path) as fh:
-            before = settled_fstat(fh.fileno())
-            if before is None:
-                raise changed_error(path, key)
-            size = before.st_size
+        with UploadSource(path, key) as source:
+            fh, before, size = source.fh, source.before, source.size
             # Given back on download (rclone's metadata): a round trip keeps the file's time.
             metadata[MTIME_KEY] = s3_mtime(before.st_mtime_ns)
-
-            def unchanged() -> None:
-                # Called after everything was read and before the object becomes visible:
-                # a file written to meanwhile would be stored torn (with a checksum that
-                # matches the torn body), so the upload is abandoned instead. The path is
-                # checked too: a file replaced by rename leaves the open descriptor intact.
-                if not same_version(before, os.fstat(fh.fileno())) or not same_version(
-                    before, stat_or_none(path)
-                ):
-                    raise changed_error(path, key)
+            # Before the object becomes visible: a file written to meanwhile would be stored
+            # torn (with a checksum that matches the torn body), so the upload is abandoned.
+            unchanged = source.unchanged
 
             if size < self.part_size:
-                data = fh.read(size + 1)
-                if len(data) != size:
-                    raise changed_error(path, key)
-                unchanged()
-                # A second read must give the same bytes: writes through a shared mmap move no
-                # timestamp, and one read racing them may see a mix that never existed whole.
-                if os.pread(fh.fileno(), size + 1, 0) != data:
-                    raise changed_error(path, key)
+                data = source.read_whole()
                 metadata[CRC64_METADATA] = hashsync.hash_bytes(data, "crc64nvme")
                 digest = hashlib.md5(data, usedforsecurity=False)
                 response = self._put_small(

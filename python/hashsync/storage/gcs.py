@@ -43,7 +43,7 @@ import hashsync
 from hashsync._redact import redact_url
 from hashsync._retry import wait_before_retry
 from hashsync._threads import run_on_threads
-from hashsync.atomic import changed_error, same_version, settled_fstat
+from hashsync.atomic import changed_error
 from hashsync.errors import (
     ConditionsNotEnforced,
     HashsyncError,
@@ -53,6 +53,7 @@ from hashsync.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
+from hashsync.storage._files import UploadSource
 from hashsync.storage._gcs_auth import Tokens, default_credentials
 from hashsync.storage._gcs_client import (
     DEFAULT_ENDPOINT,
@@ -78,9 +79,7 @@ from hashsync.storage.conditions import probe_conditions
 from hashsync.storage.local import (
     FilesystemStorage,
     normalize_hash,
-    open_nofollow,
     source_file,
-    stat_or_none,
     transfer_through_staging,
 )
 from hashsync.storage.sink import Sink, as_sink
@@ -414,7 +413,8 @@ class GCSStorage(ReadWriteStorage):
 
         The object's metadata first (size, generation, checksums); then ranged GETs in
         parallel, each pinned to that generation. The file is checked against the MD5 (or
-        CRC32C), given the object's ``updated`` time as mtime and published. An object
+        CRC32C), given the mtime its uploader recorded (rclone's metadata) or else the
+        object's ``updated`` time, and published. An object
         overwritten during the download is started over once.
 
         Raises:
@@ -516,35 +516,17 @@ class GCSStorage(ReadWriteStorage):
         """Upload ``path`` as ``key`` under ``conditions`` (preconditions); the new object."""
         self._name(key)  # a bad key fails before the file is opened
         report = current_progress()
-        with open_nofollow(path) as fh:
-            before = settled_fstat(fh.fileno())
-            if before is None:
-                raise changed_error(path, key)
-            size = before.st_size
-
-            def unchanged() -> None:
-                # Before the object becomes visible: a file written to meanwhile would be
-                # stored torn, so the upload is abandoned instead (the path is checked too: a
-                # file replaced by rename leaves the open descriptor intact).
-                if not same_version(before, os.fstat(fh.fileno())) or not same_version(
-                    before, stat_or_none(path)
-                ):
-                    raise changed_error(path, key)
-
-            if size <= self.part_size:
-                data = fh.read(size + 1)
-                if len(data) != size:
-                    raise changed_error(path, key)
-                unchanged()
-                # A second read must give the same bytes: writes through a shared mmap move no
-                # timestamp, and one read racing them may see a mix that never existed whole.
-                if os.pread(fh.fileno(), size + 1, 0) != data:
-                    raise changed_error(path, key)
+        with UploadSource(path, key) as source:
+            before = source.before
+            if source.size <= self.part_size:
+                data = source.read_whole()
                 obj = self._insert(key, data, conditions, mtime_ns=before.st_mtime_ns)
                 if report is not None:
-                    report(size)
+                    report(source.size)
                 return obj
-            return self._resumable(key, path, fh.fileno(), before, conditions, unchanged, report)
+            return self._resumable(
+                key, path, source.fh.fileno(), before, conditions, source.unchanged, report
+            )
 
     def _resource(self, key: str, mtime_ns: int | None) -> dict[str, Any]:
         """The object resource of an upload: its name and, for a file, its mtime (rclone's)."""
