@@ -8,6 +8,8 @@ code not written for hashsync would catch: a missing file is a :class:`NotFound`
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "ConditionsNotEnforced",
@@ -20,6 +22,7 @@ __all__ = [
     "InvalidPartSize",
     "IsADirectory",
     "MissingDependency",
+    "NameCollision",
     "NotADirectory",
     "NotARegularFile",
     "NotFound",
@@ -88,6 +91,33 @@ def missing_extra(what: str, extra: str) -> MissingDependency:
 
 class UnsafePath(HashsyncError, OSError):
     """A write would leave its storage: through a symbolic link, or onto its own source."""
+
+
+class NameCollision(HashsyncError, FileExistsError):
+    """Distinct keys would be one file where they are written.
+
+    A case-insensitive or Unicode-normalising directory (macOS's APFS and HFS+ by default,
+    SMB shares, exFAT) takes ``Data.csv`` and ``data.csv``, or ``café`` in NFC and NFD, for
+    one name. Neither key is written (nor deleted by a sync) until one is renamed or excluded.
+
+    Attributes:
+        keys: The colliding keys, sorted.
+    """
+
+    def __init__(self, keys: Iterable[str], how: str, where: str) -> None:
+        self.keys = tuple(sorted(keys))
+        self.how, self.where = how, where
+        shown = " and ".join(repr(k) for k in self.keys[:4])
+        more = f" (and {len(self.keys) - 4} more)" if len(self.keys) > 4 else ""
+        super().__init__(
+            errno.EEXIST,
+            f"keys {shown}{more} would be one file in {where} ({how}); neither is written: "
+            "rename one at the source or exclude it",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from what it was made of (Dask sends errors between processes).
+        return (type(self), (self.keys, self.how, self.where))
 
 
 class InvalidArgument(HashsyncError, ValueError):

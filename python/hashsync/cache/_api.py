@@ -89,6 +89,7 @@ class Cache(abc.ABC):
         keys = list(keys)
         if not keys:
             return []
+        self._check_spellings(keys)
         from hashsync._progress import byte_counter, byte_progress, quiet
 
         with byte_progress(f"fetching {len(keys)} files", enabled=progress) as bar:
@@ -105,6 +106,13 @@ class Cache(abc.ABC):
             if workers == 1:
                 return [one(k) for k in keys]
             return run_on_threads(one, keys, workers)
+
+    def _check_spellings(self, keys: list[str]) -> None:
+        """Raise NameCollision when two of ``keys`` would be one file of this cache.
+
+        Only caches that keep entries under their keys' names can collide; others have none.
+        """
+        return None
 
     @abc.abstractmethod
     def stats(self) -> CacheStats:

@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hashsync._folding import EXACT, Folding
 from hashsync.atomic import HOST, pid_alive, temporary_path
 from hashsync.cache._tree import META_DIR, Tree, fd_path, owner_of, valid_digest, valid_key
 from hashsync.errors import (
     FileSystemError,
     HashsyncError,
     HashsyncWarning,
+    NameCollision,
     NotADirectory,
     PermissionDenied,
     StorageUnavailable,
@@ -512,16 +514,21 @@ class Index:
         stat: os.stat_result,
         max_bytes: int,
         counts: dict[str, int],
+        folding: Folding = EXACT,
     ) -> tuple[Entry, int]:
         """Rename the verified ``tmp`` to ``final`` as ``key``'s entry, then keep the budget.
 
-        ``stat`` is ``tmp``'s (a rename keeps inode, size and mtime).
+        ``stat`` is ``tmp``'s (a rename keeps inode, size and mtime). In a directory that
+        folds names (``folding``), a ``final`` that already is another key's file is not
+        replaced: :class:`~hashsync.errors.NameCollision`.
 
         Returns:
             The new entry and how many entries were evicted to make room.
         """
         now = time.time_ns()
         with self.transaction() as db:
+            if folding:
+                self._refuse_folded(db, key, final, folding)
             linked, shared = self._link_content(db, tmp, final, digest)
             st = shared or stat
             # One statement for what a cold insert needs to know (each one is a GIL handoff
@@ -557,6 +564,21 @@ class Index:
             self.add_counts(db, counts)
             evicted = self._evict(db, max_bytes, keep=key) if total > max_bytes else 0
         return entry, evicted
+
+    def _refuse_folded(
+        self, db: sqlite3.Connection, key: str, final: Path, folding: Folding
+    ) -> None:
+        # Inside the write transaction: a second process publishing the other spelling
+        # finds this one's row and file.
+        try:
+            there = os.lstat(final)
+        except OSError:
+            return
+        rows = db.execute("SELECT key FROM entries WHERE ino = ?", (there.st_ino,)).fetchall()
+        mine = folding.fold(key)
+        for (other,) in rows:
+            if other != key and folding.fold(other) == mine:
+                raise NameCollision((key, other), folding.describe(), repr(str(self.root)))
 
     def _link_content(
         self, db: sqlite3.Connection, tmp: Path, final: Path, digest: str

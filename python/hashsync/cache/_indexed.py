@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import hashsync
+from hashsync._folding import check_keys
 from hashsync.atomic import KeyLock, cleanup_stale_temporaries, full_fsync, temporary_path
 from hashsync.cache import _settings
 from hashsync.cache._api import Cache, CacheStats
@@ -245,6 +246,11 @@ class IndexedCache(Cache):
             return {}
         return self._take_counts()
 
+    def _check_spellings(self, keys: list[str]) -> None:
+        folding = self.storage.name_folding()
+        if folding:
+            check_keys(keys, folding, repr(self))
+
     def _path(self, key: str) -> Path:
         # At the key's own path whatever the storage's layout: the index, the walks and
         # prune know entries by it.
@@ -391,6 +397,7 @@ class IndexedCache(Cache):
             stat=st,
             max_bytes=self.max_size_bytes,
             counts=counts,
+            folding=self.storage.name_folding(),
         )
         # No fsync of the directory: after a power loss an entry whose name did not reach the
         # disk is simply missing (its index row no longer matches a file) and is fetched

@@ -26,6 +26,7 @@ from hashsync.cli._common import (
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
+    from hashsync.syncing.folded import destination_folding, refuse_collisions
     from hashsync.syncing.single import (
         default_workers,
         plan_sync,
@@ -53,10 +54,20 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         )
         to_copy, more = settle_other_digests(src_store, dst_store, to_copy, dst)
         settled += more
+    folding = destination_folding(dst_store)
+    if folding:
+        to_copy, refused, protected = refuse_collisions(
+            to_copy, src.entries.paths(), folding, repr(dst_store)
+        )
+        for path, why in refused:
+            err(f"{path}: {why}")
+        errors_seen = errors_seen + refused
     copy = [e.path for e in to_copy]
     copy_bytes = sum(e.size for e in to_copy)
     # What lies at or below a link the source skipped is not "only in the destination".
     only_in_dst = spare_links(plan.delete, src.links_skipped)
+    if folding:
+        only_in_dst = [p for p in only_in_dst if folding.fold(p) not in protected]
     if args.json:
         json.dump(
             {

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import hashsync
+from hashsync._folding import collisions, probe
 from hashsync._redact import redact
 from hashsync._retry import BASE_DELAY, MAX_DELAY
 from hashsync._threads import run_on_threads
@@ -49,6 +50,7 @@ from hashsync.errors import (
     HashsyncWarning,
     IntegrityError,
     InvalidArgument,
+    NameCollision,
     NotFound,
     StorageUnavailable,
     UnsafePath,
@@ -145,6 +147,8 @@ class DatasetHubClient:
         )
         self._digests: dict[tuple[int, int, int, int], str] = {}
         self._digest_lock = threading.Lock()
+        # (dataset, manifest ETag) -> {path: the paths it shares one local file with}
+        self._collisions: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
         # Whether the hub answers POST /bundle (a seed hub does not): None until asked.
         self._bundles: bool | None = None
         # Per dataset, how many files the hub's last manifest left out as unreadable.
@@ -155,7 +159,7 @@ class DatasetHubClient:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_http", "_digest_lock", "_manifest_lock", "_manifests"):
+        for name in ("_http", "_digest_lock", "_manifest_lock", "_manifests", "_collisions"):
             state.pop(name)
         return state
 
@@ -398,6 +402,8 @@ class DatasetHubClient:
         if self.cache_dir is None:
             raise ValueError("get_file needs a cache_dir (this client was made without one)")
         entry = self._entry(dataset, subpath)
+        tag, entries, _ = self._manifest(dataset, revalidate=False)
+        self._check_spellings(dataset, tag, entries, [entry["path"]])
         final = self._local(dataset, entry["path"])
         if not self._matches(final, entry):
             self._download(dataset, entry, final)
@@ -438,6 +444,8 @@ class DatasetHubClient:
         missing = [p for p in wanted if p not in manifest]
         if missing:
             raise NotFound(errno.ENOENT, f"not in dataset {dataset!r}: {missing[:5]}")
+        tag, entries, _ = self._manifest(dataset, revalidate=False)
+        self._check_spellings(dataset, tag, entries, wanted)
         local = self._kept_digests(dataset)
         todo = [p for p in wanted if local.get(p) != manifest[p]["hash"]]
         from hashsync._progress import byte_counter, byte_progress
@@ -536,6 +544,33 @@ class DatasetHubClient:
         return size
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _check_spellings(
+        self, dataset: str, tag: str, entries: list[dict[str, Any]], wanted: list[str]
+    ) -> None:
+        """Refuse ``wanted`` paths that share one file with another path of the manifest.
+
+        On a case-insensitive or normalising disk (a Mac's), ``Data.csv`` and ``data.csv``
+        would be kept in one file, each download replacing the other under a path already
+        handed out. Checked against the whole manifest, once a version.
+        """
+        assert self.cache_dir is not None
+        folding = probe(self.cache_dir)
+        if not folding:
+            return
+        with self._manifest_lock:
+            groups = self._collisions.get((dataset, tag)) if tag else None
+        if groups is None:
+            found = collisions((e["path"] for e in entries), folding)
+            groups = {k: g for g in found for k in g}
+            if tag:
+                with self._manifest_lock:
+                    self._collisions[(dataset, tag)] = groups
+        for path in wanted:
+            if path in groups:
+                raise NameCollision(
+                    groups[path], folding.describe(), f"{str(self.cache_dir / dataset)!r}"
+                )
 
     def _manifest_paths(self, dataset: str) -> tuple[Path | None, Path | None]:
         """Where the dataset's manifest and its ETag are kept (a dot directory: no dataset)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import hashsync
+from hashsync._folding import Folding, probe
 from hashsync.atomic import (
     AtomicFile,
     KeyLock,
@@ -149,6 +150,7 @@ class FilesystemStorage(Storage):
     # The links (relative paths) that listings followed; None until a listing ran. Following
     # is decided at listing time: a path swapped for a link afterwards is refused on read.
     _followed_links: frozenset[str] | None = None
+    _folding: Folding | None = None
 
     def local_path(self, key: str) -> Path:
         """The file that holds ``key`` (see :meth:`path`)."""
@@ -198,6 +200,17 @@ class FilesystemStorage(Storage):
         met = frozenset([*(prefix + link for link in listing.symlinks), *passed])
         self._followed_links = met if self._followed_links is None else self._followed_links | met
         return []
+
+    def name_folding(self) -> Folding:
+        """How this storage's directory compares file names, asked of it once.
+
+        Case-insensitive or Unicode-normalising directories (macOS's APFS and HFS+, SMB,
+        exFAT) hold one file for keys that differ only so; syncs and caches refuse such
+        pairs instead of letting one replace the other (:class:`~hashsync.errors.NameCollision`).
+        """
+        if self._folding is None:
+            self._folding = probe(self.root)
+        return self._folding
 
     def location(self) -> tuple[tuple[str, ...], str] | None:
         """``(("file",), "<resolved root>/")``: overlaps are judged on the real paths."""

@@ -39,6 +39,12 @@ from hashsync.storage import (
     open_storage,
 )
 from hashsync.storage.base import FilterRules, Segment, SyncListing, reporting_progress
+from hashsync.syncing.folded import (
+    destination_folding,
+    pair_spellings,
+    refuse_collisions,
+    spare_written,
+)
 from hashsync.syncing.result import SyncResult, TransferEvent
 
 __all__ = [
@@ -200,6 +206,9 @@ def plan_sync(
             rules, must_exist=True, reap_temporaries=reap_temporaries, **options
         )
     dst = destination.list_for_sync(rules, reap_temporaries=reap_temporaries, **options)
+    folding = destination_folding(destination)
+    if folding:
+        dst.entries = pair_spellings(src.entries, dst.entries, folding)
     # aws s3 sync judges mtimes the other way round for downloads; so does hashsync.
     download = destination.is_local and not source.is_local
     plan = hashsync.diff(src.entries, dst.entries, compare=compare, download=download)
@@ -312,6 +321,13 @@ def sync_storages(
         to_copy, settled = settle_other_digests(src, dst, to_copy, dst_listing)
         result.skipped += settled
     to_delete = spare_links(plan.delete, src_listing.links_skipped) if delete else []
+    folding = destination_folding(dst)
+    if folding:
+        to_copy, refused, protected = refuse_collisions(
+            to_copy, src_listing.entries.paths(), folding, repr(dst)
+        )
+        result.failed.extend(refused)
+        to_delete = [k for k in to_delete if folding.fold(k) not in protected]
     # Keys of a filesystem destination in the way of a copy (a file where the source has a
     # directory, or the reverse) are removed before the transfers, with --delete only.
     replace_first: list[str] = []
@@ -422,6 +438,8 @@ def sync_storages(
         result.delete_suppressed_reason = f"{len(result.failed)} transfers failed"
         result.delete_suppressed = True
     if to_delete and not result.delete_suppressed and writable is not None:
+        to_delete, spared = spare_written(dst, to_delete, result.transferred)
+        result.skipped_keys.extend(spared)
         for key, exc in zip(to_delete, writable.delete_many(to_delete), strict=True):
             if exc is None:
                 result.deleted.append(key)
