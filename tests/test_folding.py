@@ -351,3 +351,34 @@ def test_hub_client_refuses_colliding_dataset_paths(tmp_path, monkeypatch):
         [ok] = client.download_dataset("mixed", ["ok"], progress=False)
         assert ok.read_bytes() == b"1"
         assert not (tmp_path / "mac" / "mixed" / "data.csv").exists()
+
+
+def test_a_sync_whose_keys_cannot_fold_probes_nothing(tmp_path, monkeypatch):
+    from hashsync.storage.local import FilesystemStorage
+
+    def no_probe(self):
+        raise AssertionError("probed a destination where no two keys could fold together")
+
+    monkeypatch.setattr(FilesystemStorage, "name_folding", no_probe)
+    src = _write(tmp_path / "src", {"a.txt": b"1", "B/c.txt": b"2", NFC: b"3"})
+    _write(tmp_path / "dst", {"other.txt": b"x"})
+    assert hashsync.sync(src, tmp_path / "dst", delete=True, progress=False).ok
+
+
+def test_a_segmented_sync_sees_collisions_across_segments(tmp_path, monkeypatch):
+    monkeypatch.setenv("HASHSYNC_SEGMENTED_ABOVE", "2")
+    files = {f"Data/{i}": b"u" for i in range(3)} | {"data/0": b"l", "z/1": b"z"}
+    src = _write(tmp_path / "src", files)
+    with pytest.raises(NameCollision, match="'Data/0' and 'data/0'"):
+        hashsync.sync(src, FoldingStorage(tmp_path / "dst"), progress=False)
+    assert _files(tmp_path / "dst") == {}
+
+
+def test_a_segmented_sync_spares_what_it_wrote(tmp_path, monkeypatch):
+    monkeypatch.setenv("HASHSYNC_SEGMENTED_ABOVE", "2")
+    src = _write(tmp_path / "src", {"d/data.csv": b"new", "e/1": b"1", "e/2": b"2"})
+    _write(tmp_path / "dst", {"d/Data.csv": b"old"})
+    dst = FoldingStorage(tmp_path / "dst", detected=False)
+    result = hashsync.sync(src, dst, delete=True, progress=False)
+    assert result.deleted == [] and [k for k, _ in result.skipped_keys] == ["d/Data.csv"]
+    assert _files(tmp_path / "dst")["d/Data.csv"] == b"new"

@@ -26,7 +26,7 @@ from hashsync.cli._common import (
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from hashsync.syncing.folded import destination_folding, refuse_collisions
+    from hashsync.syncing.folded import refuse_collisions
     from hashsync.syncing.single import (
         default_workers,
         plan_sync,
@@ -54,7 +54,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         )
         to_copy, more = settle_other_digests(src_store, dst_store, to_copy, dst)
         settled += more
-    folding = destination_folding(dst_store)
+    folding = dst.folding
     if folding:
         to_copy, refused, protected = refuse_collisions(
             to_copy, src.entries.paths(), folding, repr(dst_store)

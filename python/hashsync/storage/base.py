@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
+from hashsync._folding import EXACT, Folding
 from hashsync._native import FileEntry, Listing, filter_paths
 from hashsync.atomic import is_internal_key
 from hashsync.errors import InvalidArgument
@@ -244,12 +245,15 @@ class SyncListing:
         skipped: ``(key, reason)`` for entries that exist but are never transferred.
         links_skipped: Symbolic links a filesystem listing did not follow (files or
             directories); what the destination holds at or below them is never deleted.
+        folding: For a destination, how its directory compares names where the sync's keys
+            could fold together (case-insensitive or normalising); exact otherwise.
     """
 
     entries: Listing
     errors: list[tuple[str, str]]
     skipped: list[tuple[str, str]]
     links_skipped: list[str]
+    folding: Folding
 
     def __init__(
         self,
@@ -262,6 +266,7 @@ class SyncListing:
         self.errors = errors if errors is not None else []
         self.skipped = skipped if skipped is not None else []
         self.links_skipped = links_skipped if links_skipped is not None else []
+        self.folding = EXACT
 
 
 class Storage(abc.ABC):

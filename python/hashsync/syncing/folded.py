@@ -22,19 +22,57 @@ import os
 from collections.abc import Iterable, Sequence
 
 import hashsync
-from hashsync._folding import Folding, collisions
+from hashsync._folding import EXACT, Folding, collisions
 from hashsync.errors import NameCollision
 from hashsync.storage import Storage
 from hashsync.storage.local import FilesystemStorage
 
-__all__ = ["destination_folding", "pair_spellings", "refuse_collisions", "spare_written"]
+#: Case-insensitive and normalising: whatever folds under no disk cannot collide on any.
+_MOST = Folding(case=True, unicode=True)
+
+__all__ = [
+    "destination_folding",
+    "pair_spellings",
+    "refuse_collisions",
+    "refuse_folded_source",
+    "spare_written",
+]
 
 
-def destination_folding(destination: Storage) -> Folding:
-    """How a filesystem destination compares names (probed once); exact for object stores."""
-    if isinstance(destination, FilesystemStorage):
-        return destination.name_folding()
-    return Folding()
+def destination_folding(
+    destination: Storage, source_paths: list[str], destination_paths: list[str]
+) -> Folding:
+    """How a filesystem destination compares names, where that could matter; else exact.
+
+    The destination is probed (once) only when some keys would fold together on the most
+    folding disk there is: most syncs never write a probe file, and object stores are exact.
+    """
+    if not isinstance(destination, FilesystemStorage) or not _could_fold(
+        source_paths, destination_paths
+    ):
+        return EXACT
+    return destination.name_folding()
+
+
+def _could_fold(source_paths: list[str], destination_paths: list[str]) -> bool:
+    if collisions(source_paths, _MOST):
+        return True
+    exact = set(source_paths)
+    folds = {_MOST.fold(p) for p in source_paths}
+    return any(p not in exact and _MOST.fold(p) in folds for p in destination_paths)
+
+
+def refuse_folded_source(destination: Storage, source_paths: list[str]) -> None:
+    """Raise :class:`NameCollision` if the whole source holds keys the destination folds.
+
+    For a sync run segment by segment: two keys in different segments (``Data/x`` and
+    ``data/x``) would never meet in one segment's check.
+    """
+    folding = destination_folding(destination, source_paths, [])
+    if folding:
+        groups = collisions(source_paths, folding)
+        if groups:
+            raise NameCollision(groups[0], folding.describe(), repr(destination))
 
 
 def pair_spellings(

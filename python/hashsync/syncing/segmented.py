@@ -25,6 +25,7 @@ from typing import Any
 from hashsync._threads import run_on_threads
 from hashsync.errors import InvalidArgument, describe
 from hashsync.storage.base import FilterRules, ReadWriteStorage, Segment, Storage, SyncListing
+from hashsync.syncing.folded import refuse_folded_source, spare_written
 from hashsync.syncing.result import SyncResult
 from hashsync.syncing.single import RunOptions, delete_refusal, spare_links, sync_storages
 
@@ -286,6 +287,8 @@ def finish_deletes(
         return
     if not isinstance(dst, ReadWriteStorage):
         raise InvalidArgument(f"{dst!r} is read-only and cannot be a sync destination")
+    to_delete, spared = spare_written(dst, to_delete, result.transferred)
+    result.skipped_keys.extend(spared)
     chunks = [to_delete[i : i + chunk] for i in range(0, len(to_delete), chunk)]
     failures = [f for part in delete_chunks(chunks) for f in part]
     failed_keys = {k for k, _ in failures}
@@ -310,6 +313,7 @@ def sync_in_segments(
     destination listing, so the peak is the source listing plus the largest segment.
     """
     entries = len(source_listing.entries)
+    refuse_folded_source(dst, source_listing.entries.paths())
     # Coarse segments: each one is a listing request at least, and one machine gains nothing
     # from thousands of them (tens of thousands of entries each is small enough).
     batches_wanted = max(1, entries // SEGMENT_ENTRIES)

@@ -206,9 +206,9 @@ def plan_sync(
             rules, must_exist=True, reap_temporaries=reap_temporaries, **options
         )
     dst = destination.list_for_sync(rules, reap_temporaries=reap_temporaries, **options)
-    folding = destination_folding(destination)
-    if folding:
-        dst.entries = pair_spellings(src.entries, dst.entries, folding)
+    dst.folding = destination_folding(destination, src.entries.paths(), dst.entries.paths())
+    if dst.folding:
+        dst.entries = pair_spellings(src.entries, dst.entries, dst.folding)
     # aws s3 sync judges mtimes the other way round for downloads; so does hashsync.
     download = destination.is_local and not source.is_local
     plan = hashsync.diff(src.entries, dst.entries, compare=compare, download=download)
@@ -321,7 +321,7 @@ def sync_storages(
         to_copy, settled = settle_other_digests(src, dst, to_copy, dst_listing)
         result.skipped += settled
     to_delete = spare_links(plan.delete, src_listing.links_skipped) if delete else []
-    folding = destination_folding(dst)
+    folding = dst_listing.folding
     if folding:
         to_copy, refused, protected = refuse_collisions(
             to_copy, src_listing.entries.paths(), folding, repr(dst)
