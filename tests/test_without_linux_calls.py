@@ -156,3 +156,61 @@ def test_config_lives_where_the_platform_keeps_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # the variables still win
     monkeypatch.setattr(sys, "platform", "darwin")
     assert config_path() == tmp_path / "xdg/hashsync/config.yaml"
+
+
+def _unshare(*flags: str) -> list[str]:
+    import shutil
+    import subprocess
+
+    tool = shutil.which("unshare")
+    if tool is None or subprocess.run([tool, *flags, "true"], check=False).returncode:
+        pytest.skip("unshare(1) cannot make namespaces here")
+    return [tool, *flags]
+
+
+def test_a_killed_runs_temporary_is_reclaimed_after_the_hostname_changed(tmp_path):
+    # A laptop's hostname follows the network: the run killed at home is still this
+    # machine's at the office, so its debris is reclaimed, not left as another host's.
+    import subprocess
+    import sys
+
+    from hashsync.atomic import HOST, temporary_path
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    debris = temporary_path(tmp_path / "data.bin")
+    debris = debris.with_name(debris.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    debris.write_bytes(b"half")
+    code = (
+        "import sys, hashsync.atomic as a; from pathlib import Path; "
+        "print(a.HOST); print(len(a.cleanup_stale_temporaries(Path(sys.argv[1]))))"
+    )
+    out = subprocess.run(
+        [*_unshare("--uts"), "sh", "-c", 'hostname "moved-$$" && exec "$0" "$@"', sys.executable,
+         "-c", code, str(tmp_path)],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert out == [HOST, "1"] and not debris.exists()
+
+
+def test_another_pid_namespace_is_another_host(tmp_path):
+    import subprocess
+    import sys
+
+    from hashsync.atomic import HOST
+
+    out = subprocess.run(
+        [*_unshare("--pid", "--fork", "--mount-proc"), sys.executable, "-c",
+         "import hashsync.atomic as a; print(a.HOST)"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    assert len(out) == 8 and out != HOST
+
+
+def test_without_a_machine_id_the_hostname_stands_in(monkeypatch):
+    import socket
+
+    import hashsync.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_machine_id", lambda: None)
+    assert atomic.host_identity() == f"host:{socket.gethostname()}"

@@ -53,6 +53,7 @@ __all__ = [
     "commit",
     "write_files_atomically",
     "is_internal_key",
+    "host_identity",
     "is_internal_name",
     "pid_alive",
     "temporary_path",
@@ -112,12 +113,57 @@ def settled_fstat(fd: int) -> os.stat_result | None:
     return again if same_version(st, again) else None
 
 
+#: The initial PID namespace's inode number (PROC_PID_INIT_INO): not in a container.
+_INIT_PID_NAMESPACE = 0xEFFFFFFC
+
+
+def _machine_id() -> str | None:
+    """This machine's lasting identity, or None where the system offers none we know of."""
+    for where in ("/etc/machine-id", "/var/lib/dbus/machine-id"):  # systemd, D-Bus
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found = Path(where).read_text().strip()
+            if found:
+                return found
+    try:
+        import ctypes
+
+        gethostuuid = ctypes.CDLL(None).gethostuuid  # macOS: the hardware UUID
+    except (OSError, AttributeError, ImportError):
+        return None
+    uuid = ctypes.create_string_buffer(16)
+    wait = (ctypes.c_long * 2)(5, 0)  # struct timespec: how long the call may block
+    return uuid.raw.hex() if gethostuuid(uuid, wait) == 0 else None
+
+
+def host_identity() -> str:
+    """What decides whether another process's ID can be checked from here.
+
+    The machine's own identity (``/etc/machine-id``, a Mac's hardware UUID), not its
+    hostname: a laptop's hostname changes with the network, and then its own killed runs'
+    locks, temporaries and pins would look like another machine's and never be reclaimed.
+    In a container (a PID namespace of its own) the hostname and the namespace count too:
+    containers made from one image share a machine ID but not their process IDs. Where no
+    machine identity is to be had, the hostname stands in.
+    """
+    machine = _machine_id()
+    try:
+        namespace: int | None = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = None
+    if machine is None:
+        return f"host:{socket.gethostname()}"
+    if namespace is None or namespace == _INIT_PID_NAMESPACE:
+        return f"machine:{machine}"
+    return f"container:{machine}:{socket.gethostname()}:{namespace}"
+
+
 def _host_tag() -> str:
-    # Hashed so any hostname (dots, dashes, non-ASCII) makes a short, parseable tag.
-    return hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
+    # Hashed so any identity makes a short, parseable tag.
+    return hashlib.sha1(host_identity().encode(), usedforsecurity=False).hexdigest()[:8]
 
 
-#: This machine's tag in temporaries', locks' and journals' names: whose they are.
+#: This host's tag (:func:`host_identity`, hashed) in temporaries', locks' and journals'
+#: names: whose they are, and whether their process IDs can be checked from here.
 HOST = _host_tag()
 
 
