@@ -1,8 +1,9 @@
 """What a Mac needs, run on Linux (issue 29): no Linux-only calls, full fsyncs, no clutter.
 
-macOS has no ``os.copy_file_range`` and no ``/proc``: hashsync chooses by what ``os`` offers,
-so removing them here runs the code paths a Mac takes. ``F_FULLFSYNC`` is given to Linux to
-see that it is used; Finder's files are written here to see that TreeCache leaves them out.
+macOS has no ``os.copy_file_range`` and no ``/proc``: hashsync chooses by what ``os`` offers
+and what the file system answers, so removing them here runs the code paths a Mac takes.
+``F_FULLFSYNC`` is given to Linux to see that it is used; Finder's files are written here to
+see that TreeCache leaves them out.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from hashsync.cache import LocalCache
 from hashsync.storage import SimpleLocalStorage
 
 
-@pytest.fixture(autouse=True)
-def no_linux_calls(monkeypatch, tmp_path):
+@pytest.fixture(autouse=True, params=["no-fd-paths", "dev-fd"])
+def no_linux_calls(request, monkeypatch, tmp_path):
+    # "dev-fd" is a Mac's shape: /dev/fd/N reaches a file descriptor, nothing resolves names
+    # below a directory's; "no-fd-paths" has neither.
     monkeypatch.delattr(os, "copy_file_range", raising=False)
-    import hashsync.cache._tree as tree
-    import hashsync.storage._s3_writing as s3_writing
+    import hashsync._fdpath as fdpath
 
-    monkeypatch.setattr(tree, "_PROC", False)
-    monkeypatch.setattr(s3_writing, "PROC_FD", False)
+    monkeypatch.setattr(fdpath, "DIR_PREFIX", None)
+    monkeypatch.setattr(fdpath, "FILE_PREFIX", "/dev/fd" if request.param == "dev-fd" else None)
     monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "state"))
     assert not hasattr(os, "copy_file_range")
 
@@ -214,3 +216,32 @@ def test_without_a_machine_id_the_hostname_stands_in(monkeypatch):
 
     monkeypatch.setattr(atomic, "_machine_id", lambda: None)
     assert atomic.host_identity() == f"host:{socket.gethostname()}"
+
+
+def test_hub_serves_ranges_without_proc(tmp_path):
+    pytest.importorskip("fastapi")
+    import urllib.request
+
+    from hub_helpers import KEY, running_hub
+
+    data = os.urandom(100_000)
+    (tmp_path / "ds" / "set").mkdir(parents=True)
+    (tmp_path / "ds" / "set" / "f.bin").write_bytes(data)
+    with running_hub(tmp_path / "ds") as url:
+        request = urllib.request.Request(
+            f"{url}/file/set/f.bin",
+            headers={"Authorization": f"Bearer {KEY}", "Range": "bytes=10-99"},
+        )
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 206 and response.read() == data[10:100]
+
+
+def test_hash_of_an_open_file_leaves_its_offset_and_sees_changes(tmp_path):
+    from hashsync._fdpath import hash_open_file
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 3_000_000)
+    with open(path, "rb") as fh:
+        fh.seek(5)
+        assert hash_open_file(fh.fileno(), "crc32c") == hashsync.hash_file(path, "crc32c")
+        assert fh.tell() == 5

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from hashsync._fdpath import dir_path, hash_open_file
 from hashsync.atomic import is_internal_name
 from hashsync.errors import (
     HashsyncError,
@@ -218,44 +219,19 @@ def _refuse_open_ancestors(root: Path) -> None:
             )
 
 
-def _proc_works() -> bool:
-    try:
-        fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return os.path.samestat(os.stat(f"/proc/self/fd/{fd}"), os.fstat(fd))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-_PROC = _proc_works()
-
-
 def fd_path(fd: int, fallback: Path) -> Path:
     """A path that reaches what ``fd`` is open on, whatever is renamed meanwhile.
 
     Code that only takes paths (a download filling its temporary file, the hashing core) then
     resolves only names below it: no directory above can be swapped for a link in between.
-    Without /proc the file's own path, checked a moment ago, stands in.
+    Without Linux's /proc the file's own path, checked a moment ago, stands in.
     """
-    return Path(f"/proc/self/fd/{fd}") if _PROC else fallback
+    return dir_path(fd, fallback)
 
 
 def blake3_of(fd: int) -> str:
-    """BLAKE3 of the file open as ``fd`` (read through /proc by the hashing core if there)."""
-    import hashsync
-
-    if _PROC:
-        return hashsync.hash_file(f"/proc/self/fd/{fd}", "blake3")
-    hasher = hashsync.Hasher("blake3")
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        hasher.update(chunk)
-        offset += len(chunk)
-    return hasher.hexdigest()
+    """BLAKE3 of the file open as ``fd`` (through the hashing core where a path reaches it)."""
+    return hash_open_file(fd, "blake3")
 
 
 def _lstat_at(fd: int, name: str) -> os.stat_result | None:

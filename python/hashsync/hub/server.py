@@ -55,6 +55,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hashsync._fdpath import file_path
 from hashsync.atomic import is_internal_key
 from hashsync.errors import InvalidArgument, missing_extra
 from hashsync.hub._manifest import (
@@ -656,10 +657,12 @@ def _file_response(
 ) -> Any:
     """Starlette's FileResponse (Range, If-Range, 416, HEAD) over an already opened file.
 
-    It is served through ``/proc/self/fd`` (never the path again), so a name swapped for a link
-    after the checks changes nothing; the descriptor is closed once the response is done.
+    It is served through ``/proc/self/fd`` or ``/dev/fd`` (never the path again), so a name
+    swapped for a link after the checks changes nothing; the descriptor is closed once the
+    response is done. (A ``/dev/fd`` path shares the descriptor's offset, which nothing else
+    reads.) Where neither exists, the path checked a moment ago is served.
     """
-    via_fd = os.path.isdir("/proc/self/fd")
+    via_fd = file_path(fd)
 
     class _Response(base):
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -669,7 +672,7 @@ def _file_response(
                 os.close(fd)
 
     return _Response(
-        f"/proc/self/fd/{fd}" if via_fd else path,
+        via_fd or path,
         stat_result=st,
         media_type="application/octet-stream",
         headers=headers,

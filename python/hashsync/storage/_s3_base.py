@@ -599,9 +599,6 @@ def mismatch_message(key: str, store: object, expected: str | None, current: str
     return f"key {key!r} in {store!r} has ETag {current}, not the expected {expected}"
 
 
-PROC_FD = os.path.isdir("/proc/self/fd")
-
-
 def head_fields(headers: dict[str, str]) -> dict[str, Any]:
     """A HEAD answer's headers (lower-case names) as the fields botocore's HeadObject gives."""
     import email.utils

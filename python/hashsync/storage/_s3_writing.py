@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hashsync
+from hashsync._fdpath import hash_open_file
 from hashsync._native import crc_combine, upload_part_size
 from hashsync._redact import redact
 from hashsync._threads import run_on_threads
@@ -39,7 +40,6 @@ from hashsync.storage._s3_base import (
     DELETE_PARALLEL,
     MAX_COPY_OBJECT,
     PART_SIZE_METADATA,
-    PROC_FD,
     ChecksumRefused,
     IncompleteUpload,
     S3Base,
@@ -113,9 +113,7 @@ class S3Writing(S3Reading):
                 # One extra read of the file (page-cached by now) at tens of GB/s; the
                 # descriptor's own file, not whatever the path names by then.
                 try:
-                    metadata[CRC64_METADATA] = hashsync.hash_file(
-                        f"/proc/self/fd/{fh.fileno()}" if PROC_FD else path, "crc64nvme"
-                    )
+                    metadata[CRC64_METADATA] = hash_open_file(fh.fileno(), "crc64nvme")
                 except FileChanged:
                     raise changed_error(path, key) from None
                 # Past 10,000 parts the part size doubles (as s3transfer's); say which.
