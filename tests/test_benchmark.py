@@ -214,3 +214,35 @@ def test_report_has_four_tools_ratios_to_s5cmd_and_group_labels(tmp_path):
     assert "uses CPU" not in md and "taken from them" in md
     if bench.chart(summary, tmp_path / "c.png", "t", p):
         assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def _fake_bsd_time(tmp_path):
+    # BSD time(1) as a Mac has it: no -f; -l appends a report with the peak RSS in bytes.
+    fake = tmp_path / "bsd-time"
+    fake.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = "-l" ] || { echo "time: illegal option -- ${1#-}" >&2; exit 1; }\n'
+        'shift; "$@"; code=$?\n'
+        'printf "        0.00 real 0.00 user 0.00 sys\\n  12582912  maximum resident set size\\n'
+        '         0  average shared memory size\\n" >&2\n'
+        "exit $code\n"
+    )
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_processes_are_timed_with_whichever_time_there_is(tmp_path):
+    import os
+    import shutil
+
+    env = dict(os.environ)
+    seconds, rss, code = bench.timed(["true"], env, tool=str(tmp_path / "no-such-time"))
+    assert code == 0 and rss is None and seconds > 0
+    assert bench.time_kind(str(tmp_path / "no-such-time")) is None
+    bsd = _fake_bsd_time(tmp_path)
+    assert bench.time_kind(bsd) == "bsd"
+    seconds, rss, code = bench.timed(["sh", "-c", "exit 3"], env, tool=bsd)
+    assert (rss, code) == (12582912 // 1024, 3)
+    if shutil.which("time") and bench.time_kind() == "gnu":
+        seconds, rss, code = bench.timed([sys.executable, "-c", "b = bytearray(64 << 20)"], env)
+        assert code == 0 and rss is not None and rss >= 64 << 10

@@ -85,7 +85,8 @@ from hashsync.testing.delay_proxy import DelayProxy, DelayProxyError, find_delay
 MIB = 1024**2
 BUCKET = "bench"
 RESULTS = Path("benches") / "results"
-GNU_TIME = "/usr/bin/time"
+#: time(1): GNU's (Linux) reports the peak RSS with ``-f %M``, BSD's (macOS) with ``-l``.
+TIME = "/usr/bin/time"
 TOOLS = ("hashsync", "awscli", "s5cmd", "rclone")
 #: The tools hashsync's median is divided by in the report; s5cmd first (the issues' targets).
 RATIO_TO = ("s5cmd", "awscli", "rclone")
@@ -312,18 +313,66 @@ def compile_hashsync() -> None:
     compileall.compile_dir(str(Path(hashsync.__file__).parent), quiet=1)
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int | None, int]:
+_time_kind: dict[str, str | None] = {}
+
+
+def time_kind(tool: str = TIME) -> str | None:
+    """Which time(1) ``tool`` is: ``"gnu"``, ``"bsd"`` or None (missing or neither), asked once.
+
+    Found by what it does, not by the platform: busybox and some distributions ship no GNU
+    time, and a Mac may have GNU's installed under the same name.
+    """
+    if tool in _time_kind:
+        return _time_kind[tool]
+    kind = None
+    if Path(tool).exists():
+        fd, out = tempfile.mkstemp(prefix="hashsync-rss-")
+        os.close(fd)
+        try:
+            gnu = subprocess.run(
+                [tool, "-f", "%M", "-o", out, "true"], capture_output=True, check=False
+            )
+            if gnu.returncode == 0 and Path(out).read_text().strip().isdigit():
+                kind = "gnu"
+            else:
+                bsd = subprocess.run([tool, "-l", "true"], capture_output=True, check=False)
+                if bsd.returncode == 0 and _bsd_rss(bsd.stderr) is not None:
+                    kind = "bsd"
+        except OSError:
+            kind = None
+        finally:
+            os.unlink(out)
+    _time_kind[tool] = kind
+    return kind
+
+
+def _bsd_rss(stderr: bytes) -> int | None:
+    """KiB from BSD time's ``-l`` report (``NNN  maximum resident set size``, in bytes)."""
+    for line in reversed(stderr.decode(errors="replace").splitlines()):
+        number, _, what = line.strip().partition(" ")
+        if what.strip() == "maximum resident set size" and number.isdigit():
+            return int(number) // 1024
+    return None
+
+
+def timed(
+    cmd: list[str], env: dict[str, str], *, tool: str = TIME
+) -> tuple[float, int | None, int]:
     """Runs ``cmd``; returns (seconds, peak RSS in KiB or None, exit code).
 
-    The peak RSS comes from GNU time's ``%M``. Reading the child's own ``ru_maxrss`` would not
-    do: a child forked from this (large) Python process starts with its memory, and the high
+    The peak RSS comes from time(1), GNU's or BSD's (:func:`time_kind`), and is None without
+    either; the wall time never needs it. Reading the child's own ``ru_maxrss`` would not do:
+    a child forked from this (large) Python process starts with its memory, and the high
     water mark keeps that through ``exec``.
     """
+    kind = time_kind(tool)
     rss_file = None
-    if Path(GNU_TIME).exists():
+    if kind == "gnu":
         fd, rss_file = tempfile.mkstemp(prefix="hashsync-rss-")
         os.close(fd)
-        cmd = [GNU_TIME, "-f", "%M", "-o", rss_file, *cmd]
+        cmd = [tool, "-f", "%M", "-o", rss_file, *cmd]
+    elif kind == "bsd":
+        cmd = [tool, "-l", *cmd]
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - t
@@ -332,6 +381,8 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int | None, int]:
         text = Path(rss_file).read_text().strip().splitlines()
         os.unlink(rss_file)
         rss = int(text[-1]) if text and text[-1].isdigit() else None
+    elif kind == "bsd":
+        rss = _bsd_rss(proc.stderr)
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()[-300:]
         print(f"  ! {' '.join(cmd[:5])}... exited {proc.returncode}: {err}", file=sys.stderr)
