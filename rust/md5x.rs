@@ -146,9 +146,9 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => is_x86_feature_detected!("avx2"),
+            Kernel::Avx2 => !simd_turned_off() && is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            Kernel::Avx512 => !simd_turned_off() && is_x86_feature_detected!("avx512f"),
         }
     }
 
@@ -571,6 +571,14 @@ fn reset_lane(state: &mut State, lane: usize) {
 /// Number of lanes used on this CPU: 16 with AVX-512F, 8 with AVX2, else 4.
 pub fn lanes() -> usize {
     Kernel::detect().lanes()
+}
+
+/// Whether `HASHSYNC_MD5_SIMD=off` asks for the portable kernel whatever the CPU has: the
+/// kernel Apple Silicon runs, checked end to end on an x86 machine. Read once.
+#[cfg(target_arch = "x86_64")]
+fn simd_turned_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("HASHSYNC_MD5_SIMD").is_some_and(|v| v == "off"))
 }
 
 /// Lanes sized for `streams` concurrent streams: the narrowest SIMD kernel that has room for

@@ -120,7 +120,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_sync_layers_import_only_downwards():
     graph = _import_graph()
-    layers = ["result", "rules", "single", "segmented", "on_dask", "api"]
+    layers = ["result", "rules", "folded", "single", "segmented", "on_dask", "api"]
     for i, layer in enumerate(layers):
         above = {f"hashsync.syncing.{m}" for m in layers[i + 1 :]}
         assert not graph[f"hashsync.syncing.{layer}"] & above, layer
