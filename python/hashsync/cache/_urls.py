@@ -108,9 +108,17 @@ def url_key(url: str) -> tuple[str, str, str, str]:
 class _UrlCache(CopyToLocalCache):
     """The ``urls`` cache: each key's tier is the storage its URL names."""
 
-    def __init__(self, directory: Path, **options: Any) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        storage_options: dict[str, dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
         self._sources: dict[str, tuple[str, str]] = {}
         self._storages: dict[str, Storage] = {}
+        # Per scheme ("s3", "gs"): what open_storage gets for that scheme's URLs.
+        self._storage_options = {k: dict(v) for k, v in (storage_options or {}).items() if v}
         self._lock = threading.Lock()
         # The tier list is per key; the placeholder keeps CopyToLocalCache's checks happy.
         super().__init__([_NoTier()], directory, **options)
@@ -137,7 +145,8 @@ class _UrlCache(CopyToLocalCache):
         with self._lock:
             storage = self._storages.get(base)
             if storage is None:
-                storage = self._storages[base] = open_storage(base)
+                options = self._storage_options.get(base.partition("://")[0].lower(), {})
+                storage = self._storages[base] = open_storage(base, **options)
             return storage
 
     def _tiers(self, key: str) -> list[tuple[Storage, str]]:
@@ -164,11 +173,28 @@ _shared: dict[tuple[str, int], _UrlCache] = {}
 _shared_lock = threading.Lock()
 
 
-def url_cache(**options: Any) -> CopyToLocalCache:
-    """The cache that :func:`local_path` downloads into (``$HASHSYNC_CACHE_DIR/caches/urls``)."""
-    directory = _settings.caches_dir() / "urls"
-    if options:
-        return _UrlCache(directory, **options)
+def url_cache(
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    storage_options: dict[str, dict[str, Any]] | None = None,
+    **options: Any,
+) -> CopyToLocalCache:
+    """A cache of URLs: by default the one :func:`local_path` downloads into.
+
+    Args:
+        directory: Where the cache lives; default ``$HASHSYNC_CACHE_DIR/caches/NAME``.
+        name: The cache's name under the caches directory (default ``urls``).
+        storage_options: Options for the storages URLs name, per scheme
+            (``{"s3": {"endpoint_url": ...}, "gs": {...}}``).
+        **options: For the cache (``max_size_bytes``, ``num_workers``, ...).
+    """
+    storage_options = {k: v for k, v in (storage_options or {}).items() if v} or None
+    if directory is None:
+        directory = _settings.caches_dir() / (name or "urls")
+    directory = Path(directory)
+    if options or storage_options or name not in (None, "urls"):
+        return _UrlCache(directory, storage_options=storage_options, **options)
     tag = (str(directory), os.getpid())
     with _shared_lock:
         cache = _shared.get(tag)

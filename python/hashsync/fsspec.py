@@ -1,0 +1,772 @@
+"""hashsync as an fsspec filesystem, so pandas, pyarrow, polars and ``datasets`` use its caches.
+
+Three ways in:
+
+- alone: ``fsspec.filesystem("hashsync").open("s3://bucket/key")``, with full URLs (``s3://``,
+  ``gs://``, ``http(s)://``, ``hub://`` or local paths);
+- for plain URLs, opted into: after ``hashsync.fsspec.register("s3", "gs", "https")``,
+  ``pandas.read_parquet("s3://bucket/t.parquet")`` goes through hashsync, with no s3fs;
+- chained, ``fsspec.open("hashsync::s3://bucket/key")``, like ``simplecache::``. fsspec parses
+  the inner URL with the inner protocol's own package (s3fs, gcsfs), so this form needs that
+  package installed; without it, use :func:`register`.
+
+Reads are served from a hashsync cache: a file is downloaded once, verified, and then shared
+by every process on the machine (the cache's index is cross-process) within a byte budget;
+each open asks the source once (a HEAD) whether the cached copy is still current. fsspec's
+own ``filecache::`` and ``simplecache::`` verify nothing, grow without bound and are not safe
+across processes. Writes (``"wb"``, ``"xb"``) are uploaded through the storage when the file
+is closed, whole or not at all.
+
+Storage options: ``cache`` (a name: the cache directory ``$HASHSYNC_CACHE_DIR/caches/NAME``;
+default ``urls``, the one :func:`hashsync.cache.local_path` uses), ``cache_dir`` (any
+directory instead), ``max_size_bytes`` and ``num_workers`` for that cache, ``endpoint_url``
+(S3; s3fs's ``client_kwargs={"endpoint_url": ...}`` is taken too), ``anon`` (no credentials),
+and ``s3={...}`` / ``gs={...}`` for anything else :class:`~hashsync.storage.S3Storage` or
+:class:`~hashsync.storage.GCSStorage` take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+try:
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+except ImportError as _missing:  # pragma: no cover - exercised by a subprocess test
+    from hashsync.errors import missing_extra
+
+    raise missing_extra("hashsync.fsspec", "fsspec") from _missing
+try:
+    # fsspec >= 2025.10 hands a chained filesystem the inner path; before, only its own caches
+    # got it, and the chained form's path arrives as ``fo`` instead (see _url).
+    from fsspec.implementations.chained import ChainedFileSystem
+except ImportError:  # pragma: no cover - older fsspec
+    ChainedFileSystem = fsspec.AbstractFileSystem
+
+from hashsync.errors import (
+    ConditionsNotEnforced,
+    HashsyncError,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    StorageUnavailable,
+)
+
+__all__ = ["HashsyncFileSystem", "register"]
+
+
+def _hint_at_register() -> None:
+    """Add to fsspec's "install s3fs" error that :func:`register` needs no s3fs at all.
+
+    The chained form (``hashsync::s3://``) makes fsspec import the inner protocol's package
+    before hashsync is asked anything, so the hint can only ride on fsspec's own message.
+    """
+    from fsspec.registry import known_implementations
+
+    for name, package in (("s3", "s3fs"), ("s3a", "s3fs"), ("gs", "gcsfs"), ("gcs", "gcsfs")):
+        spec = known_implementations.get(name)
+        if spec is not None and "hashsync" not in spec.get("err", ""):
+            spec["err"] = (
+                f"{spec.get('err') or f'Install {package} to access {name}'} (or read "
+                f"through hashsync without {package}: hashsync.fsspec.register({name!r}))"
+            )
+
+
+#: URL schemes whose paths are ``BUCKET/KEY`` (fsspec calls Google's both ways).
+_BUCKETS = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs"}
+_REMOTE = (*_BUCKETS, "http", "https", "hub", "hubs")
+
+
+@contextlib.contextmanager
+def _as_builtin(path: str) -> Iterator[None]:
+    """Raise what fsspec's callers catch (FileNotFoundError, ...), not hashsync's internals.
+
+    hashsync's errors already derive from these; re-raising plain ones keeps the traceback
+    short and the type exactly what pandas and pyarrow test for.
+    """
+    try:
+        yield
+    except ConditionsNotEnforced as exc:
+        raise OSError(errno.ENOTSUP, str(exc), path) from None
+    except PreconditionFailed as exc:
+        raise FileExistsError(errno.EEXIST, str(exc), path) from None
+    except NotFound as exc:
+        raise FileNotFoundError(errno.ENOENT, str(exc), path) from None
+    except PermissionDenied as exc:
+        raise PermissionError(errno.EACCES, str(exc), path) from None
+    except IsADirectory as exc:
+        raise IsADirectoryError(errno.EISDIR, str(exc), path) from None
+    except NotADirectory as exc:
+        raise NotADirectoryError(errno.ENOTDIR, str(exc), path) from None
+    except StorageUnavailable as exc:
+        raise ConnectionError(str(exc)) from None
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
+    except HashsyncError as exc:
+        raise OSError(errno.EIO, str(exc), path) from None
+
+
+class HashsyncFileSystem(ChainedFileSystem):
+    """An fsspec filesystem that reads through a hashsync cache and writes through a storage.
+
+    Paths are full URLs (``s3://bucket/key``, ``gs://``, ``http(s)://``, ``hub://``) or local
+    paths; chained (``hashsync::s3://bucket/key``) they are the inner protocol's
+    (``bucket/key``). Listings, ``info`` and writes go to the storage; ``open("rb")``,
+    ``cat_file``, ``cat_ranges`` and ``get`` are served from the cache's verified copy.
+
+    Args:
+        cache: The cache's name (its directory under ``$HASHSYNC_CACHE_DIR/caches``).
+        cache_dir: The cache's directory, instead of a name.
+        max_size_bytes: The cache's byte budget (default: the configured one).
+        num_workers: Threads for ``get`` of many files.
+        endpoint_url: The S3 endpoint (``s3://`` URLs).
+        anon: Send no credentials (public buckets).
+        s3: More options for :class:`~hashsync.storage.S3Storage`.
+        gs: More options for :class:`~hashsync.storage.GCSStorage`.
+        target_protocol: Set by fsspec for the chained form: the inner protocol.
+        target_options: Set by fsspec for the chained form: the inner protocol's options
+            (``endpoint_url``, ``anon``, ``client_kwargs``, ``key``/``secret`` as s3fs names
+            them).
+        fo: Set by fsspec for the chained form: the inner path.
+        **kwargs: fsspec's own (``skip_instance_cache``, ...).
+    """
+
+    protocol: Any = ("hashsync",)
+    root_marker = ""
+
+    def __init__(
+        self,
+        *,
+        cache: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        max_size_bytes: int | None = None,
+        num_workers: int | None = None,
+        endpoint_url: str | None = None,
+        anon: bool = False,
+        s3: dict[str, Any] | None = None,
+        gs: dict[str, Any] | None = None,
+        target_protocol: str | None = None,
+        target_options: dict[str, Any] | None = None,
+        fo: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        target = dict(target_options or {})
+        endpoint_url = (
+            endpoint_url
+            or target.pop("endpoint_url", None)
+            or (target.pop("client_kwargs", None) or {}).get("endpoint_url")
+        )
+        anon = anon or bool(target.pop("anon", False))
+        self._s3 = dict(s3 or {})
+        self._gs = dict(gs or {})
+        if endpoint_url:
+            self._s3.setdefault("endpoint_url", endpoint_url)
+        if anon:
+            self._s3.setdefault("anonymous", True)
+            self._gs.setdefault("anonymous", True)
+        if target.get("key") and target.get("secret"):
+            self._s3.setdefault("aws_access_key_id", target["key"])
+            self._s3.setdefault("aws_secret_access_key", target["secret"])
+        scheme = (target_protocol or "").lower()
+        if not scheme and len(type(self).protocol) == 1 and type(self).protocol[0] != "hashsync":
+            scheme = type(self).protocol[0]
+        self._bucket_scheme = _BUCKETS.get(scheme)
+        # Chained ("hashsync::s3://b/k"), paths are the inner protocol's ("b/k") both ways.
+        self._chained = target_protocol is not None and self._bucket_scheme is not None
+        self._fo = self._strip_protocol(fo) if fo else ""
+        self._cache_options = {
+            k: v
+            for k, v in (("max_size_bytes", max_size_bytes), ("num_workers", num_workers))
+            if v is not None
+        }
+        if cache is not None and cache_dir is not None:
+            raise ValueError("give either cache (a name) or cache_dir, not both")
+        if cache is not None and (not cache or "/" in cache or cache.startswith(".")):
+            raise ValueError(f"cache must be a plain name, not {cache!r}")
+        self._cache_where = (
+            Path(cache_dir) if cache_dir is not None else None,
+            cache,
+        )
+        self._cache: Any = None
+        self._storages: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._local = LocalFileSystem()
+
+    # -- paths ----------------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = fsspec.utils.stringify_path(path)
+        for head in ("hashsync::", "hashsync://"):
+            if path.startswith(head):
+                path = path[len(head) :]
+        scheme, sep, rest = path.partition("://")
+        if sep and scheme.lower() in _BUCKETS:
+            # gcs:// and s3a:// are fsspec's other names; hashsync's are gs:// and s3://.
+            return f"{_BUCKETS[scheme.lower()]}://{rest.rstrip('/')}"
+        if sep:
+            return path if rest.count("/") <= 0 else path.rstrip("/") or path
+        return path.rstrip("/") or path
+
+    def unstrip_protocol(self, name: str) -> str:
+        """The full URL of ``name``."""
+        return self._url(name)
+
+    def _url(self, path: str) -> str:
+        path = self._strip_protocol(path)
+        if not path and self._fo:
+            path = self._fo  # the chained form on an fsspec without ChainedFileSystem
+        if "://" in path or self._bucket_scheme is None:
+            return path
+        return f"{self._bucket_scheme}://{path.lstrip('/')}"
+
+    def _out(self, url: str) -> str:
+        """``url`` in the form this filesystem's paths take (chained: without the scheme)."""
+        if self._chained and self._bucket_scheme is not None:
+            prefix = f"{self._bucket_scheme}://"
+            if url.startswith(prefix):
+                return url[len(prefix) :]
+        return url
+
+    @staticmethod
+    def _is_remote(url: str) -> bool:
+        return url.partition("://")[0].lower() in _REMOTE and "://" in url
+
+    def _split(self, url: str) -> tuple[str, str]:
+        """``(storage URL, key)``: where a URL's object is, and its key there."""
+        scheme, _, rest = url.partition("://")
+        scheme = scheme.lower()
+        if scheme in ("s3", "gs"):
+            bucket, _, key = rest.partition("/")
+            if not bucket:
+                raise ValueError(f"{url!r} names no bucket")
+            return f"{scheme}://{bucket}", key
+        parts = urllib.parse.urlsplit(url)
+        if scheme in ("http", "https"):
+            base = urllib.parse.urlunsplit((scheme, parts.netloc, "/", parts.query, ""))
+            return base, urllib.parse.unquote(parts.path.lstrip("/"))
+        dataset, _, key = urllib.parse.unquote(parts.path.lstrip("/")).partition("/")
+        if not dataset:
+            raise ValueError(f"{url!r} names no dataset (hub://HOST:PORT/DATASET/PATH)")
+        return f"{scheme}://{parts.netloc}/{urllib.parse.quote(dataset, safe='')}", key
+
+    def _storage(self, base: str) -> Any:
+        with self._lock:
+            storage = self._storages.get(base)
+        if storage is None:
+            from hashsync.storage import open_storage
+
+            scheme = base.partition("://")[0]
+            options = self._s3 if scheme == "s3" else self._gs if scheme == "gs" else {}
+            with _as_builtin(base):
+                storage = open_storage(base, **options)
+            with self._lock:
+                storage = self._storages.setdefault(base, storage)
+        return storage
+
+    def _cache_for_reads(self) -> Any:
+        with self._lock:
+            if self._cache is None:
+                from hashsync.cache._urls import url_cache
+
+                directory, name = self._cache_where
+                self._cache = url_cache(
+                    directory=directory,
+                    name=name,
+                    storage_options={"s3": self._s3, "gs": self._gs},
+                    **self._cache_options,
+                )
+            return self._cache
+
+    def cached_path(self, path: str) -> Path:
+        """A local path holding ``path``'s content, verified, from the cache (fetched if needed)."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            return Path(url)
+        cache = self._cache_for_reads()
+        with _as_builtin(url):
+            return Path(cache.get(cache.register(url)))
+
+    # -- what the data libraries call -------------------------------------------------
+
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: Any = None,
+        autocommit: bool = True,
+        cache_options: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        url = self._url(path)
+        if not self._is_remote(url):
+            return self._local._open(url, mode, autocommit=autocommit, **kwargs)
+        if mode == "rb":
+            return open(self.cached_path(url), "rb")  # noqa: SIM115 - the caller closes it
+        if mode in ("wb", "xb"):
+            base, key = self._split(url)
+            return _Upload(self._storage(base), key, url, exclusive=mode == "xb")
+        raise ValueError(f"mode {mode!r} is not supported: 'rb', 'wb' or 'xb'")
+
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        """Bytes ``start:end`` of the file, from the cache's verified copy."""
+        return _read_range(self.cached_path(path), start, end)
+
+    def cat_ranges(
+        self,
+        paths: list[str],
+        starts: Any,
+        ends: Any,
+        max_gap: Any = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Byte ranges of files, each file fetched (or found in the cache) once."""
+        if not isinstance(starts, list):
+            starts = [starts] * len(paths)
+        if not isinstance(ends, list):
+            ends = [ends] * len(paths)
+        if len(starts) != len(paths) or len(ends) != len(paths):
+            raise ValueError("paths, starts and ends must have the same length")
+        local: dict[str, Path | BaseException] = {}
+        out: list[Any] = []
+        for path, start, end in zip(paths, starts, ends, strict=True):
+            if path not in local:
+                try:
+                    local[path] = self.cached_path(path)
+                except Exception as exc:  # noqa: BLE001 - fsspec's on_error contract
+                    if on_error != "return":
+                        raise
+                    local[path] = exc
+            where = local[path]
+            if isinstance(where, BaseException):
+                out.append(where)
+                continue
+            try:
+                out.append(_read_range(where, start, end))
+            except Exception as exc:
+                if on_error != "return":
+                    raise
+                out.append(exc)
+        return out
+
+    def get_file(
+        self, rpath: str, lpath: str, callback: Any = None, outfile: Any = None, **kwargs: Any
+    ) -> None:
+        """Copy one file (from the cache's verified copy) to a local path."""
+        try:
+            cached = self.cached_path(rpath)
+        except (FileNotFoundError, IsADirectoryError, ValueError):
+            if not self.isdir(rpath):
+                raise
+            os.makedirs(lpath, exist_ok=True)
+            return
+        if outfile is not None:
+            with open(cached, "rb") as fh:
+                shutil.copyfileobj(fh, outfile)
+            return
+        target = Path(lpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, target)
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """``name``, ``size`` and ``type`` (``"file"`` or ``"directory"``) of a path."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            return self._local.info(url)
+        base, key = self._split(url)
+        storage = self._storage(base)
+        name = self._out(url)
+        if key and not key.endswith("/"):
+            try:
+                with _as_builtin(url):
+                    size = storage.get_size(key)
+                    return {"name": name, "size": size, "type": "file"}
+            except (FileNotFoundError, IsADirectoryError):
+                pass
+            except ValueError:
+                pass  # a key hashsync does not take as a file (a directory's own path)
+        prefix = key.rstrip("/") + "/" if key else ""
+        try:
+            with _as_builtin(url):
+                if storage.count_keys(prefix, 1) or not key:
+                    return {"name": name.rstrip("/"), "size": 0, "type": "directory"}
+        except NotImplementedError:
+            pass  # a store that cannot list (an HTTP server): only files are known
+        raise FileNotFoundError(errno.ENOENT, f"no such file or directory: {url}", url)
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        """The entries directly below a directory (a file lists as itself)."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            return self._local.ls(url, detail=detail)
+        base, key = self._split(url)
+        storage = self._storage(base)
+        prefix = key.rstrip("/") + "/" if key else ""
+        files: list[dict[str, Any]] = []
+        dirs: dict[str, None] = {}
+        with _as_builtin(url):
+            for info in storage.list(prefix):
+                rest = info.key[len(prefix) :]
+                head, sep, _ = rest.partition("/")
+                if sep:
+                    dirs[prefix + head] = None
+                else:
+                    files.append(self._entry(base, info))
+        if not files and not dirs:
+            # A file's own path lists as the file, as every fsspec filesystem does.
+            entry = self.info(path)
+            if entry["type"] == "file":
+                return [entry] if detail else [entry["name"]]
+            if key:
+                raise FileNotFoundError(errno.ENOENT, f"no such directory: {url}", url)
+        entries = files + [
+            {"name": self._out(f"{base}/{d}"), "size": 0, "type": "directory"} for d in dirs
+        ]
+        entries.sort(key=lambda e: e["name"])
+        return entries if detail else [e["name"] for e in entries]
+
+    def _entry(self, base: str, info: Any) -> dict[str, Any]:
+        entry = {
+            "name": self._out(f"{base}/{info.key}"),
+            "size": info.size,
+            "type": "file",
+            "mtime": info.last_modified.timestamp(),
+        }
+        if info.hash is not None:
+            entry["hash"] = info.hash
+        return entry
+
+    def find(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        detail: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Every file below ``path`` (and its directories with ``withdirs``), in one listing."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            return self._local.find(url, maxdepth=maxdepth, withdirs=withdirs, detail=detail)
+        if maxdepth is not None and maxdepth < 1:
+            raise ValueError("maxdepth must be at least 1")
+        base, key = self._split(url)
+        storage = self._storage(base)
+        prefix = key.rstrip("/") + "/" if key else ""
+        found: dict[str, dict[str, Any]] = {}
+        with _as_builtin(url):
+            for info in storage.list(prefix):
+                rest = info.key[len(prefix) :]
+                parts = rest.split("/")
+                if maxdepth is not None and len(parts) > maxdepth:
+                    if withdirs:
+                        for i in range(1, maxdepth + 1):
+                            d = prefix + "/".join(parts[:i])
+                            found.setdefault(d, self._dir(base, d))
+                    continue
+                if withdirs:
+                    for i in range(1, len(parts)):
+                        d = prefix + "/".join(parts[:i])
+                        found.setdefault(d, self._dir(base, d))
+                found[info.key] = self._entry(base, info)
+        if not found and key:
+            with contextlib.suppress(FileNotFoundError):
+                entry = self.info(path)
+                if entry["type"] == "file":
+                    found[key] = entry
+        if withdirs and key and found and self.isdir(path):
+            found.setdefault(key.rstrip("/"), self._dir(base, key.rstrip("/")))
+        names = sorted(found)
+        if detail:
+            return {found[n]["name"]: found[n] for n in names}
+        return [found[n]["name"] for n in names]
+
+    def _dir(self, base: str, key: str) -> dict[str, Any]:
+        return {"name": self._out(f"{base}/{key}"), "size": 0, "type": "directory"}
+
+    def ukey(self, path: str) -> str:
+        """The object's content hash as its storage names it (``"md5:..."``, an ETag, ...)."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            return str(self._local.ukey(url))
+        base, key = self._split(url)
+        with _as_builtin(url):
+            return str(self._storage(base).get_hash(key))
+
+    def checksum(self, path: str) -> int:
+        """An integer that changes whenever the content does (from :meth:`ukey`)."""
+        return int(hashlib.sha256(self.ukey(path).encode()).hexdigest()[:16], 16)
+
+    def modified(self, path: str) -> datetime.datetime:
+        """When the object was last written (UTC)."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            return self._local.modified(url)
+        base, key = self._split(url)
+        with _as_builtin(url):
+            return self._storage(base).get_last_modified(key)
+
+    def created(self, path: str) -> datetime.datetime:
+        """When the object was last written: object stores keep no creation time."""
+        return self.modified(path)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        """Write ``value`` as the file's whole content (``mode="create"``: only if new)."""
+        with self.open(path, "xb" if mode == "create" else "wb") as fh:
+            fh.write(value)
+
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+        """Write an empty file (``truncate=False``: only if there is none)."""
+        if not truncate and self.exists(path):
+            return
+        self.pipe_file(path, b"")
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        """Create a local directory; nothing for object stores, which have none."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            self._local.mkdir(url, create_parents=create_parents)
+        # Object stores have no directories: a key's prefix is one once a key is under it.
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        """Create a local directory and its parents; nothing for object stores."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            self._local.makedirs(url, exist_ok=exist_ok)
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty local directory; nothing for object stores."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            self._local.rmdir(url)
+
+    def rm_file(self, path: str) -> None:
+        """Delete one file."""
+        url = self._url(path)
+        if not self._is_remote(url):
+            self._local.rm_file(url)
+            return
+        base, key = self._split(url)
+        storage = self._writable(base, url)
+        with _as_builtin(url):
+            storage.delete(key)
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        """Delete files (``recursive``: everything below a directory; globs are expanded)."""
+        for one in [path] if isinstance(path, str) else list(path):
+            url = self._url(one)
+            if not self._is_remote(url):
+                self._local.rm(url, recursive=recursive, maxdepth=maxdepth)
+                continue
+            if _has_magic(url) or (recursive and self.isdir(one)):
+                names = (
+                    [
+                        n
+                        for n, e in self.find(one, maxdepth=maxdepth, detail=True).items()
+                        if e["type"] == "file"
+                    ]
+                    if not _has_magic(url)
+                    else [
+                        n
+                        for n in self.expand_path(one, recursive=recursive, maxdepth=maxdepth)
+                        if not self.isdir(n)
+                    ]
+                )
+            else:
+                names = [one]
+            by_base: dict[str, list[str]] = {}
+            for name in names:
+                base, key = self._split(self._url(name))
+                by_base.setdefault(base, []).append(key)
+            for base, keys in by_base.items():
+                storage = self._writable(base, url)
+                with _as_builtin(url):
+                    errors = storage.delete_many(keys)
+                for key, error in zip(keys, errors, strict=True):
+                    if error is not None and (len(keys) == 1 or not isinstance(error, NotFound)):
+                        with _as_builtin(f"{base}/{key}"):
+                            raise error
+
+    def _writable(self, base: str, url: str) -> Any:
+        from hashsync.storage import ReadWriteStorage
+
+        storage = self._storage(base)
+        if not isinstance(storage, ReadWriteStorage):
+            raise PermissionError(errno.EROFS, f"{storage!r} is read-only", url)
+        return storage
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """Copy one file to another path (read from the cache, written through the storage)."""
+        with open(self.cached_path(path1), "rb") as src, self.open(path2, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    def put_file(
+        self, lpath: str, rpath: str, callback: Any = None, mode: str = "overwrite", **kwargs: Any
+    ) -> None:
+        """Upload a local file (``mode="create"``: only if there is none)."""
+        if os.path.isdir(lpath):
+            self.makedirs(rpath, exist_ok=True)
+            return
+        with open(lpath, "rb") as src, self.open(rpath, "xb" if mode == "create" else "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+
+class _Upload:
+    """A file written locally, then uploaded whole when closed; nothing on error.
+
+    Deliberately not an ``io.IOBase``: that one closes itself when garbage collected, which
+    here would upload whatever a failed writer left half-written. A writer dropped without
+    ``close()`` uploads nothing (its staging file stays in the temporary directory).
+    """
+
+    mode = "wb"
+
+    def __init__(self, storage: Any, key: str, url: str, *, exclusive: bool) -> None:
+        from hashsync.storage import ReadWriteStorage
+        from hashsync.storage.base import validate_key
+
+        if not isinstance(storage, ReadWriteStorage):
+            raise PermissionError(errno.EROFS, f"{storage!r} is read-only", url)
+        with _as_builtin(url):
+            validate_key(key)
+            if exclusive and storage.exists(key):
+                raise FileExistsError(errno.EEXIST, f"{url} exists", url)
+        self._storage = storage
+        self._key = key
+        self._exclusive = exclusive
+        self.name = self.path = url
+        self._dir = tempfile.mkdtemp(prefix="hashsync-fsspec-")
+        staged = Path(self._dir, *key.split("/"))
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(staged, "wb")  # noqa: SIM115 - closed by close() or discard()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file was closed (uploaded) or discarded."""
+        return self._fh.closed
+
+    def readable(self) -> bool:
+        """False: a file opened for writing."""
+        return False
+
+    def seekable(self) -> bool:
+        """False: written front to back."""
+        return False
+
+    def writable(self) -> bool:
+        """True while open."""
+        return not self.closed
+
+    def write(self, data: Any) -> int:
+        """Append ``data``; returns the bytes written."""
+        return self._fh.write(data)
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._fh.tell()
+
+    def flush(self) -> None:
+        """Nothing reaches the store before :meth:`close`; kept for the file protocol."""
+        if not self._fh.closed:
+            self._fh.flush()
+
+    def discard(self) -> None:
+        """Close without uploading anything."""
+        if not self._fh.closed:
+            self._fh.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Upload what was written, atomically (the object appears whole or not at all)."""
+        if self._fh.closed:
+            return
+        try:
+            self._fh.close()
+            from hashsync.storage import SimpleLocalStorage
+
+            staged = SimpleLocalStorage(self._dir)
+            with _as_builtin(self.path):
+                if self._exclusive:
+                    self._storage.copy_from_if_overwriting_hash(self._key, None, staged)
+                else:
+                    self._storage.copy_from(self._key, staged)
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> _Upload:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is not None:
+            self.discard()
+        else:
+            self.close()
+
+
+def _has_magic(path: str) -> bool:
+    """Whether ``path`` is a glob pattern (as fsspec's ``glob`` reads ``*``, ``?`` and ``[``)."""
+    return any(c in path for c in "*?[")
+
+
+def _read_range(path: Path, start: int | None, end: int | None) -> bytes:
+    """Bytes ``start:end`` of a local file, negative offsets counted from its end."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        first = 0 if start is None else (start if start >= 0 else max(0, size + start))
+        last = size if end is None else (min(end, size) if end >= 0 else max(0, size + end))
+        fh.seek(first)
+        return fh.read(max(0, last - first))
+
+
+_registered: dict[str, type[HashsyncFileSystem]] = {}
+_hint_at_register()
+
+
+def register(*protocols: str) -> None:
+    """Make fsspec open plain ``s3://``, ``gs://``, ``https://`` ... URLs through hashsync.
+
+    After ``register("s3")``, ``pandas.read_parquet("s3://bucket/t.parquet")`` and
+    ``fsspec.open("s3://...")`` use :class:`HashsyncFileSystem` instead of s3fs (which need
+    not be installed). Storage options given to pandas (``storage_options=``) reach it.
+
+    Args:
+        protocols: Any of ``s3``, ``s3a``, ``gs``, ``gcs``, ``http``, ``https``, ``hub``,
+            ``hubs``; none means all of them.
+
+    Raises:
+        ValueError: A protocol hashsync does not read.
+    """
+    for protocol in protocols or _REMOTE:
+        name = protocol.lower().removesuffix("://")
+        if name not in _REMOTE:
+            raise ValueError(f"hashsync reads {', '.join(_REMOTE)}; not {protocol!r}")
+        cls = _registered.get(name)
+        if cls is None:
+            cls = _registered[name] = type(
+                f"Hashsync{name.capitalize()}FileSystem",
+                (HashsyncFileSystem,),
+                {"protocol": (name,), "__module__": __name__},
+            )
+        fsspec.register_implementation(name, cls, clobber=True)
