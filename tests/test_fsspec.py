@@ -388,3 +388,18 @@ def test_missing_fsspec_is_one_line(tmp_path):
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.strip()
     assert out == "hashsync.fsspec needs the 'fsspec' extra: pip install 'hashsync[fsspec]'"
+
+
+def test_limits_say_what_they_are(s3_server, s3_env, state, bucket):
+    _put(s3_server, bucket, {"big.bin": os.urandom(2 * MIB)})
+    small = _fs(cache="tiny", max_size_bytes=MIB)
+    with pytest.raises(ValueError, match="budget"):
+        small.cat_file(f"s3://{bucket}/big.bin")
+    with pytest.raises(PermissionError):
+        _fs().open("https://127.0.0.1:9/file.bin", "wb")  # an HTTP server is read-only
+    with pytest.raises(ValueError, match="bucket"):
+        _fs().ls("s3://")
+    # The protocol's own prefix is taken off, whichever way it was written.
+    assert _fs().cat_file(f"hashsync://s3://{bucket}/big.bin", 0, 3) == _fs().cat_file(
+        f"s3://{bucket}/big.bin", 0, 3
+    )
