@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import unicodedata
 from collections.abc import Iterable
@@ -46,6 +47,9 @@ class Folding:
         normalisation too it is the canonical caseless match (NFD, casefold, NFD). Case
         alone (NTFS, SMB) keeps NFC and NFD apart.
         """
+        if name.isascii():
+            # NFD leaves ASCII alone and its case folding is lower(): the common case, fast.
+            return name.lower() if self.case else name
         if self.unicode:
             name = unicodedata.normalize("NFD", name)
         if self.case:
@@ -75,34 +79,57 @@ def collisions(keys: Iterable[str], folding: Folding) -> list[tuple[str, ...]]:
     """
     if not folding:
         return []
-    keys = list(dict.fromkeys(keys))
-    parent = {k: k for k in keys}
+    keys = keys if isinstance(keys, list) else list(keys)
+    fold = folding.fold
+    first: dict[str, str] = {}  # folded name -> the first key spelled so
+    others: dict[str, list[str]] = {}  # folded name -> the keys after it (rare)
+    pairs: list[tuple[str, str]] = []
+    for k in keys:
+        folded = fold(k)
+        spelled = first.setdefault(folded, k)
+        if spelled is not k:
+            pairs.append((k, spelled))
+            others.setdefault(folded, []).append(k)
+    # Each directory once (a key's ancestors were seen with its parent): the files whose name
+    # folds to a directory's but is spelled otherwise would be that directory on such a disk.
+    clashes: dict[str, str] = {}
+    seen: set[str] = set()
+    for k in keys:
+        head = k
+        while "/" in head:
+            head = head.rpartition("/")[0]
+            if head in seen:
+                break
+            seen.add(head)
+            folded = fold(head)
+            spelled = first.get(folded)
+            if spelled is None:
+                continue
+            other = next((f for f in (spelled, *others.get(folded, ())) if f != head), None)
+            if other is not None:
+                clashes[head] = other
+    if clashes:
+        for k in keys:
+            head = k
+            while "/" in head:
+                head = head.rpartition("/")[0]
+                if head in clashes:
+                    pairs.append((k, clashes[head]))
+    if not pairs:
+        return []
+    parent: dict[str, str] = {}
 
     def root(k: str) -> str:
+        parent.setdefault(k, k)
         while parent[k] != k:
             parent[k] = parent[parent[k]]
             k = parent[k]
         return k
 
-    def join(a: str, b: str) -> None:
+    for a, b in pairs:
         parent[root(a)] = root(b)
-
-    files: dict[str, str] = {}
-    for k in keys:
-        folded = folding.fold(k)
-        if folded in files:
-            join(k, files[folded])
-        else:
-            files[folded] = k
-    for k in keys:
-        head = k
-        while "/" in head:
-            head = head.rpartition("/")[0]
-            other = files.get(folding.fold(head))
-            if other is not None and other != head:
-                join(k, other)
     groups: dict[str, list[str]] = {}
-    for k in keys:
+    for k in parent:
         groups.setdefault(root(k), []).append(k)
     return sorted(tuple(sorted(g)) for g in groups.values() if len(g) > 1)
 
@@ -148,20 +175,38 @@ def probe(directory: Path) -> Folding:
     return found
 
 
+def _swapped(name: str) -> str | None:
+    """``name`` with the case of each letter swapped one for one, or None if none has a pair.
+
+    One character for one, as the upcase tables of NTFS, exFAT, FAT and SMB servers map them:
+    ``ß`` keeps its place (its upper case is two letters) and ``Maße`` is tried as ``mAßE``.
+    """
+    out = []
+    for c in name:
+        other = c.swapcase()
+        out.append(other if len(other) == 1 and other.swapcase() == c else c)
+    swapped = "".join(out)
+    return swapped if swapped != name else None
+
+
 def _variants(name: str) -> tuple[str | None, str | None]:
     """Spellings of ``name`` that only a folding directory takes for it (case, Unicode)."""
-    swapped = name.swapcase()
     other = unicodedata.normalize("NFD" if unicodedata.is_normalized("NFC", name) else "NFC", name)
-    return (swapped if swapped != name and swapped.casefold() == name.casefold() else None), (
-        other if other != name else None
-    )
+    return _swapped(name), (other if other != name else None)
 
 
 def _same(directory: Path, name: str, variant: str) -> bool | None:
-    """Whether ``variant`` reaches the entry ``name``; None when ``name`` is gone."""
+    """Whether ``variant`` reaches the entry ``name``; None when that cannot be told.
+
+    A file with more than one hard link cannot tell: ``README`` and ``readme`` may be two
+    links to one file on an exact disk (dedup tools and ``cp -al`` make such trees).
+    Directories have no hard links, so for them the answer holds.
+    """
     try:
         st = os.lstat(directory / name)
     except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) and st.st_nlink != 1:
         return None
     try:
         return os.path.samestat(st, os.lstat(directory / variant))
