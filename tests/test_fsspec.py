@@ -403,3 +403,75 @@ def test_limits_say_what_they_are(s3_server, s3_env, state, bucket):
     assert _fs().cat_file(f"hashsync://s3://{bucket}/big.bin", 0, 3) == _fs().cat_file(
         f"s3://{bucket}/big.bin", 0, 3
     )
+
+
+# -- what an adversarial review found ------------------------------------------------------------
+
+
+def test_rm_recursive_takes_the_path_and_what_is_below_never_beside(
+    s3_server, s3_env, state, bucket
+):
+    keys = ["logs", "logs/a", "logs/sub/b", "logs2/c", "data[1].csv", "data1.csv"]
+    _put(s3_server, bucket, dict.fromkeys(keys, b"x"))
+    fs = _fs()
+    fs.rm(f"s3://{bucket}/logs/", recursive=True)
+    fs.rm(f"s3://{bucket}/data[1].csv")  # an object of that very name: not a pattern
+    assert fs.find(f"s3://{bucket}") == [f"s3://{bucket}/data1.csv", f"s3://{bucket}/logs2/c"]
+    with pytest.raises(FileNotFoundError):
+        fs.rm(f"s3://{bucket}/logs", recursive=True)
+    fs.rm(f"s3://{bucket}/logs*", recursive=True)  # a pattern: what it matches
+    assert fs.find(f"s3://{bucket}") == [f"s3://{bucket}/data1.csv"]
+
+
+def test_a_failed_writer_uploads_nothing_through_fsspec_open(s3_server, s3_env, state, bucket):
+    url = f"hashsync://s3://{bucket}/half.csv"
+    with pytest.raises(RuntimeError), fsspec.open(url, "w") as fh:
+        fh.write("a,b\n1,")
+        raise RuntimeError("the writer failed")
+    assert not _fs().exists(f"s3://{bucket}/half.csv")
+    with fsspec.open(url, "w") as fh:
+        fh.write("a,b\n1,2\n")
+    assert _fs().cat(f"s3://{bucket}/half.csv") == b"a,b\n1,2\n"
+
+
+def test_s3fs_credential_names_are_used(s3_server, s3_env, state, bucket):
+    _put(s3_server, bucket, {"k": b"secret data"})
+    wrong = _fs(key=s3_env["AWS_ACCESS_KEY_ID"], secret="not the secret")
+    with pytest.raises(PermissionError):
+        wrong.cat_file(f"s3://{bucket}/k")
+    with pytest.raises(PermissionError):
+        wrong.pipe_file(f"s3://{bucket}/k", b"overwritten")
+    assert _fs().cat_file(f"s3://{bucket}/k") == b"secret data"
+    with pytest.raises(ValueError, match="key and secret"):
+        _fs(key="only-a-key")
+
+
+def test_names_come_back_in_the_form_they_were_given(s3_server, s3_env, state, bucket, registered):
+    pd = pytest.importorskip("pandas")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    for part in (0, 1):
+        table = pa.table({"i": [part] * 3})
+        with fsspec.open(f"s3://{bucket}/part/p={part}/f.parquet", "wb") as fh:
+            pq.write_table(table, fh)
+    fs = fsspec.filesystem("s3")
+    assert fs.glob(f"{bucket}/part/*") == [f"{bucket}/part/p=0", f"{bucket}/part/p=1"]
+    assert fs.glob(f"s3://{bucket}/part/*") == [
+        f"s3://{bucket}/part/p=0",
+        f"s3://{bucket}/part/p=1",
+    ]
+    assert pq.read_table(f"{bucket}/part", filesystem=fs).num_rows == 6
+    chained = fsspec.open_files(f"hashsync::s3://{bucket}/part/*/f.parquet")
+    # Registered, the inner s3 class is hashsync's, which keeps the scheme in its paths.
+    assert [f.path for f in chained] == [
+        f"s3://{bucket}/part/p=0/f.parquet",
+        f"s3://{bucket}/part/p=1/f.parquet",
+    ]
+    frame = pd.read_parquet(f"hashsync::s3://{bucket}/part")
+    assert sorted(frame["i"]) == [0, 0, 0, 1, 1, 1]
+
+
+def test_not_found_names_the_url(s3_server, s3_env, state, bucket):
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/missing"):
+        _fs().cat_file(f"s3://{bucket}/missing")

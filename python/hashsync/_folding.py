@@ -102,10 +102,10 @@ def collisions(keys: Iterable[str], folding: Folding) -> list[tuple[str, ...]]:
                 break
             seen.add(head)
             folded = fold(head)
-            spelled = first.get(folded)
-            if spelled is None:
+            found = first.get(folded)
+            if found is None:
                 continue
-            other = next((f for f in (spelled, *others.get(folded, ())) if f != head), None)
+            other = next((f for f in (found, *others.get(folded, ())) if f != head), None)
             if other is not None:
                 clashes[head] = other
     if clashes:

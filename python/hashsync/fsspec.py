@@ -33,6 +33,7 @@ import errno
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import urllib.parse
@@ -157,6 +158,11 @@ class HashsyncFileSystem(ChainedFileSystem):
         num_workers: int | None = None,
         endpoint_url: str | None = None,
         anon: bool = False,
+        key: str | None = None,
+        secret: str | None = None,
+        token: str | None = None,
+        profile: str | None = None,
+        client_kwargs: dict[str, Any] | None = None,
         s3: dict[str, Any] | None = None,
         gs: dict[str, Any] | None = None,
         target_protocol: str | None = None,
@@ -165,29 +171,41 @@ class HashsyncFileSystem(ChainedFileSystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        target = dict(target_options or {})
-        endpoint_url = (
-            endpoint_url
-            or target.pop("endpoint_url", None)
-            or (target.pop("client_kwargs", None) or {}).get("endpoint_url")
-        )
-        anon = anon or bool(target.pop("anon", False))
+        # s3fs's names, given directly or (chained) as the inner protocol's options.
+        given: dict[str, Any] = {
+            "endpoint_url": endpoint_url,
+            "anon": anon,
+            "key": key,
+            "secret": secret,
+            "token": token,
+            "profile": profile,
+            "client_kwargs": client_kwargs,
+        }
+        for name, value in (target_options or {}).items():
+            if name in given and not given[name]:
+                given[name] = value
+        endpoint = given["endpoint_url"] or (given["client_kwargs"] or {}).get("endpoint_url")
         self._s3 = dict(s3 or {})
         self._gs = dict(gs or {})
-        if endpoint_url:
-            self._s3.setdefault("endpoint_url", endpoint_url)
-        if anon:
+        if endpoint:
+            self._s3.setdefault("endpoint_url", endpoint)
+        if given["anon"]:
             self._s3.setdefault("anonymous", True)
             self._gs.setdefault("anonymous", True)
-        if target.get("key") and target.get("secret"):
-            self._s3.setdefault("aws_access_key_id", target["key"])
-            self._s3.setdefault("aws_secret_access_key", target["secret"])
+        if bool(given["key"]) != bool(given["secret"]):
+            raise ValueError("key and secret go together: give both or neither")
+        for ours, theirs in (
+            ("aws_access_key_id", "key"),
+            ("aws_secret_access_key", "secret"),
+            ("aws_session_token", "token"),
+            ("profile_name", "profile"),
+        ):
+            if given[theirs]:
+                self._s3.setdefault(ours, given[theirs])
         scheme = (target_protocol or "").lower()
         if not scheme and len(type(self).protocol) == 1 and type(self).protocol[0] != "hashsync":
             scheme = type(self).protocol[0]
         self._bucket_scheme = _BUCKETS.get(scheme)
-        # Chained ("hashsync::s3://b/k"), paths are the inner protocol's ("b/k") both ways.
-        self._chained = target_protocol is not None and self._bucket_scheme is not None
         self._fo = self._strip_protocol(fo) if fo else ""
         self._cache_options = {
             k: v
@@ -237,13 +255,14 @@ class HashsyncFileSystem(ChainedFileSystem):
             return path
         return f"{self._bucket_scheme}://{path.lstrip('/')}"
 
-    def _out(self, url: str) -> str:
-        """``url`` in the form this filesystem's paths take (chained: without the scheme)."""
-        if self._chained and self._bucket_scheme is not None:
-            prefix = f"{self._bucket_scheme}://"
-            if url.startswith(prefix):
-                return url[len(prefix) :]
-        return url
+    def _bare(self, path: str) -> bool:
+        """Whether ``path`` was given as ``bucket/key`` (names then come back so too)."""
+        return self._bucket_scheme is not None and "://" not in self._strip_protocol(path)
+
+    @staticmethod
+    def _out(url: str, bare: bool) -> str:
+        """``url`` in the caller's form: without its scheme when the caller gave none."""
+        return url.partition("://")[2] if bare else url
 
     @staticmethod
     def _is_remote(url: str) -> bool:
@@ -395,7 +414,7 @@ class HashsyncFileSystem(ChainedFileSystem):
             return self._local.info(url)
         base, key = self._split(url)
         storage = self._storage(base)
-        name = self._out(url)
+        name = self._out(url, self._bare(path))
         if key and not key.endswith("/"):
             try:
                 with _as_builtin(url):
@@ -421,6 +440,7 @@ class HashsyncFileSystem(ChainedFileSystem):
             return self._local.ls(url, detail=detail)
         base, key = self._split(url)
         storage = self._storage(base)
+        bare = self._bare(path)
         prefix = key.rstrip("/") + "/" if key else ""
         files: list[dict[str, Any]] = []
         dirs: dict[str, None] = {}
@@ -431,7 +451,7 @@ class HashsyncFileSystem(ChainedFileSystem):
                 if sep:
                     dirs[prefix + head] = None
                 else:
-                    files.append(self._entry(base, info))
+                    files.append(self._entry(base, info, bare))
         if not files and not dirs:
             # A file's own path lists as the file, as every fsspec filesystem does.
             entry = self.info(path)
@@ -439,15 +459,13 @@ class HashsyncFileSystem(ChainedFileSystem):
                 return [entry] if detail else [entry["name"]]
             if key:
                 raise FileNotFoundError(errno.ENOENT, f"no such directory: {url}", url)
-        entries = files + [
-            {"name": self._out(f"{base}/{d}"), "size": 0, "type": "directory"} for d in dirs
-        ]
+        entries = files + [self._dir(base, d, bare) for d in dirs]
         entries.sort(key=lambda e: e["name"])
         return entries if detail else [e["name"] for e in entries]
 
-    def _entry(self, base: str, info: Any) -> dict[str, Any]:
+    def _entry(self, base: str, info: Any, bare: bool) -> dict[str, Any]:
         entry = {
-            "name": self._out(f"{base}/{info.key}"),
+            "name": self._out(f"{base}/{info.key}", bare),
             "size": info.size,
             "type": "file",
             "mtime": info.last_modified.timestamp(),
@@ -472,6 +490,7 @@ class HashsyncFileSystem(ChainedFileSystem):
             raise ValueError("maxdepth must be at least 1")
         base, key = self._split(url)
         storage = self._storage(base)
+        bare = self._bare(path)
         prefix = key.rstrip("/") + "/" if key else ""
         found: dict[str, dict[str, Any]] = {}
         with _as_builtin(url):
@@ -482,27 +501,27 @@ class HashsyncFileSystem(ChainedFileSystem):
                     if withdirs:
                         for i in range(1, maxdepth + 1):
                             d = prefix + "/".join(parts[:i])
-                            found.setdefault(d, self._dir(base, d))
+                            found.setdefault(d, self._dir(base, d, bare))
                     continue
                 if withdirs:
                     for i in range(1, len(parts)):
                         d = prefix + "/".join(parts[:i])
-                        found.setdefault(d, self._dir(base, d))
-                found[info.key] = self._entry(base, info)
+                        found.setdefault(d, self._dir(base, d, bare))
+                found[info.key] = self._entry(base, info, bare)
         if not found and key:
             with contextlib.suppress(FileNotFoundError):
                 entry = self.info(path)
                 if entry["type"] == "file":
                     found[key] = entry
         if withdirs and key and found and self.isdir(path):
-            found.setdefault(key.rstrip("/"), self._dir(base, key.rstrip("/")))
+            found.setdefault(key.rstrip("/"), self._dir(base, key.rstrip("/"), bare))
         names = sorted(found)
         if detail:
             return {found[n]["name"]: found[n] for n in names}
         return [found[n]["name"] for n in names]
 
-    def _dir(self, base: str, key: str) -> dict[str, Any]:
-        return {"name": self._out(f"{base}/{key}"), "size": 0, "type": "directory"}
+    def _dir(self, base: str, key: str, bare: bool) -> dict[str, Any]:
+        return {"name": self._out(f"{base}/{key}", bare), "size": 0, "type": "directory"}
 
     def ukey(self, path: str) -> str:
         """The object's content hash as its storage names it (``"md5:..."``, an ETag, ...)."""
@@ -574,40 +593,55 @@ class HashsyncFileSystem(ChainedFileSystem):
             storage.delete(key)
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
-        """Delete files (``recursive``: everything below a directory; globs are expanded)."""
+        """Delete files; ``recursive``: also everything below (``path/...``), never beside it.
+
+        A path with ``*``, ``?`` or ``[`` is a pattern, unless an object has exactly that
+        name: ``data[1].csv`` deletes that file, never ``data1.csv``.
+        """
         for one in [path] if isinstance(path, str) else list(path):
             url = self._url(one)
             if not self._is_remote(url):
                 self._local.rm(url, recursive=recursive, maxdepth=maxdepth)
                 continue
-            if _has_magic(url) or (recursive and self.isdir(one)):
-                names = (
-                    [
-                        n
-                        for n, e in self.find(one, maxdepth=maxdepth, detail=True).items()
-                        if e["type"] == "file"
-                    ]
-                    if not _has_magic(url)
-                    else [
-                        n
-                        for n in self.expand_path(one, recursive=recursive, maxdepth=maxdepth)
-                        if not self.isdir(n)
-                    ]
-                )
-            else:
-                names = [one]
-            by_base: dict[str, list[str]] = {}
-            for name in names:
-                base, key = self._split(self._url(name))
-                by_base.setdefault(base, []).append(key)
-            for base, keys in by_base.items():
-                storage = self._writable(base, url)
-                with _as_builtin(url):
-                    errors = storage.delete_many(keys)
-                for key, error in zip(keys, errors, strict=True):
-                    if error is not None and (len(keys) == 1 or not isinstance(error, NotFound)):
-                        with _as_builtin(f"{base}/{key}"):
-                            raise error
+            base, key = self._split(url)
+            storage = self._writable(base, url)
+            with _as_builtin(url):
+                literal = not _has_magic(key) or (bool(key) and storage.exists(key))
+                keys: set[str] = set()
+                if not literal:
+                    for name, entry in self.glob(one, detail=True).items():
+                        found = self._split(self._url(name))[1]
+                        if entry["type"] == "file":
+                            keys.add(found)
+                        elif recursive:
+                            keys |= self._keys_below(storage, found, maxdepth)
+                elif recursive:
+                    keys = self._keys_below(storage, key, maxdepth)
+                    if key and storage.exists(key):
+                        keys.add(key)
+                elif key and storage.exists(key):
+                    keys = {key}
+                # Object stores answer "deleted" for keys that never were: asked, not assumed.
+                ordered = sorted(keys)
+                errors = storage.delete_many(ordered) if ordered else []
+            gone = 0
+            for found, error in zip(ordered, errors, strict=True):
+                if error is None:
+                    gone += 1
+                elif not isinstance(error, NotFound):
+                    with _as_builtin(f"{base}/{found}"):
+                        raise error
+            if not gone:
+                raise FileNotFoundError(errno.ENOENT, f"nothing to delete at {url}", url)
+
+    @staticmethod
+    def _keys_below(storage: Any, key: str, maxdepth: int | None) -> set[str]:
+        prefix = key.rstrip("/") + "/" if key else ""
+        return {
+            info.key
+            for info in storage.list(prefix)
+            if maxdepth is None or info.key[len(prefix) :].count("/") < maxdepth
+        }
 
     def _writable(self, base: str, url: str) -> Any:
         from hashsync.storage import ReadWriteStorage
@@ -699,8 +733,16 @@ class _Upload:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def close(self) -> None:
-        """Upload what was written, atomically (the object appears whole or not at all)."""
+        """Upload what was written, atomically (the object appears whole or not at all).
+
+        Called while an exception is propagating (``fsspec.open``'s and pandas' ``with``
+        blocks close their files on the way out of a failure), it uploads nothing: what was
+        written is a failed writer's half.
+        """
         if self._fh.closed:
+            return
+        if sys.exc_info()[0] is not None:
+            self.discard()
             return
         try:
             self._fh.close()

@@ -308,7 +308,7 @@ class CopyToLocalCache(IndexedCache):
         # Nowhere to be had: a copy whose source says it is gone must not be served.
         if errors and all(isinstance(e, NotFound) for e in errors):
             self.index.remove(key)
-            raise NotFound(errno.ENOENT, f"key {key!r} not found in {self._where()}")
+            raise NotFound(errno.ENOENT, self._missing(key))
         stale = self._intact(key, path)
         if stale is not None:
             warnings.warn(
@@ -319,8 +319,9 @@ class CopyToLocalCache(IndexedCache):
             return path
         raise errors[-1]
 
-    def _where(self) -> str:
-        return ", ".join(repr(s) for s in self.read_storages)
+    def _missing(self, key: str) -> str:
+        """What a missing ``key`` is called in the error: where it was looked for."""
+        return f"key {key!r} not found in {', '.join(repr(s) for s in self.read_storages)}"
 
 
 def _refuse_overlap(tiers: list[Storage], local: LocalStorage) -> None:

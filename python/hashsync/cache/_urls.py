@@ -139,6 +139,14 @@ class _UrlCache(CopyToLocalCache):
             self._sources[cache_key] = (base, key)
         return cache_key
 
+    def _missing(self, key: str) -> str:
+        with self._lock:
+            source = self._sources.get(key)
+        if source is None:
+            return f"{key!r} not found"
+        base, name = source
+        return f"{redact(base.rstrip('/'))}/{name} not found"
+
     def _storage(self, base: str) -> Storage:
         from hashsync.storage import open_storage
 
