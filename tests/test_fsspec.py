@@ -13,6 +13,7 @@ import os
 import posixpath
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -390,11 +391,27 @@ def test_missing_fsspec_is_one_line(tmp_path):
     assert out == "hashsync.fsspec needs the 'fsspec' extra: pip install 'hashsync[fsspec]'"
 
 
-def test_limits_say_what_they_are(s3_server, s3_env, state, bucket):
-    _put(s3_server, bucket, {"big.bin": os.urandom(2 * MIB)})
+def test_what_cannot_be_cached_is_still_read_verified(s3_server, s3_env, state, bucket):
+    big = os.urandom(2 * MIB)
+    _put(s3_server, bucket, {"big.bin": big, "both": b"file", "both/child": b"below"})
     small = _fs(cache="tiny", max_size_bytes=MIB)
-    with pytest.raises(ValueError, match="budget"):
-        small.cat_file(f"s3://{bucket}/big.bin")
+    with small.open(f"s3://{bucket}/big.bin") as fh:  # larger than the cache's budget
+        fh.seek(MIB)
+        assert fh.read(10) == big[MIB : MIB + 10]
+    assert small.cat_file(f"s3://{bucket}/big.bin", -3) == big[-3:]
+    assert not list((state / "caches" / "tiny").rglob("big.bin"))
+    fs = _fs()  # one path cannot be a cached file and a directory of cached files
+    assert fs.cat_file(f"s3://{bucket}/both") == b"file"
+    assert fs.cat_file(f"s3://{bucket}/both/child") == b"below"
+    assert fs.cat_ranges([f"s3://{bucket}/both", f"s3://{bucket}/both/child"], 0, 2) == [
+        b"fi",
+        b"be",
+    ]
+    assert not list(Path(tempfile.gettempdir()).glob("hashsync-fsspec-*/object"))
+
+
+def test_limits_say_what_they_are(s3_server, s3_env, state, bucket):
+    _put(s3_server, bucket, {"big.bin": b"x"})
     with pytest.raises(PermissionError):
         _fs().open("https://127.0.0.1:9/file.bin", "wb")  # an HTTP server is read-only
     with pytest.raises(ValueError, match="bucket"):

@@ -39,7 +39,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 try:
     import fsspec
@@ -66,6 +66,7 @@ from hashsync.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
+from hashsync.storage.sink import Sink
 
 __all__ = ["HashsyncFileSystem", "register"]
 
@@ -323,6 +324,32 @@ class HashsyncFileSystem(ChainedFileSystem):
         with _as_builtin(url):
             return Path(cache.get(cache.register(url)))
 
+    def _open_verified(self, path: str) -> BinaryIO:
+        """The file's verified content, open: from the cache, or privately if it cannot be cached.
+
+        The cache refuses a file larger than its budget, one of ``a`` and ``a/b`` (one path
+        cannot be a file and a directory) and names longer than a file name may be: such a
+        file is downloaded and verified all the same, into a temporary file that disappears
+        when it is closed.
+        """
+        try:
+            return open(self.cached_path(path), "rb")  # noqa: SIM115 - the caller closes it
+        except ValueError:
+            url = self._url(path)
+            if not self._is_remote(url):
+                raise
+        base, key = self._split(url)
+        storage = self._storage(base)
+        where = tempfile.mkdtemp(prefix="hashsync-fsspec-")
+        try:
+            sink = _PrivateCopy(Path(where) / "object")
+            with _as_builtin(url):
+                storage.copy(key, sink)
+            # Unlinked at once: the open descriptor keeps the bytes until it is closed.
+            return open(sink.path, "rb")  # noqa: SIM115 - the caller closes it
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+
     # -- what the data libraries call -------------------------------------------------
 
     def _open(
@@ -338,7 +365,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         if not self._is_remote(url):
             return self._local._open(url, mode, autocommit=autocommit, **kwargs)
         if mode == "rb":
-            return open(self.cached_path(url), "rb")  # noqa: SIM115 - the caller closes it
+            return self._open_verified(url)
         if mode in ("wb", "xb"):
             base, key = self._split(url)
             return _Upload(self._storage(base), key, url, exclusive=mode == "xb")
@@ -348,7 +375,8 @@ class HashsyncFileSystem(ChainedFileSystem):
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
         """Bytes ``start:end`` of the file, from the cache's verified copy."""
-        return _read_range(self.cached_path(path), start, end)
+        with self._open_verified(path) as fh:
+            return _read_range(fh, start, end)
 
     def cat_ranges(
         self,
@@ -366,26 +394,31 @@ class HashsyncFileSystem(ChainedFileSystem):
             ends = [ends] * len(paths)
         if len(starts) != len(paths) or len(ends) != len(paths):
             raise ValueError("paths, starts and ends must have the same length")
-        local: dict[str, Path | BaseException] = {}
+        opened: dict[str, BinaryIO | BaseException] = {}
         out: list[Any] = []
-        for path, start, end in zip(paths, starts, ends, strict=True):
-            if path not in local:
+        try:
+            for path, start, end in zip(paths, starts, ends, strict=True):
+                if path not in opened:
+                    try:
+                        opened[path] = self._open_verified(path)
+                    except Exception as exc:  # noqa: BLE001 - fsspec's on_error contract
+                        if on_error != "return":
+                            raise
+                        opened[path] = exc
+                fh = opened[path]
+                if isinstance(fh, BaseException):
+                    out.append(fh)
+                    continue
                 try:
-                    local[path] = self.cached_path(path)
-                except Exception as exc:  # noqa: BLE001 - fsspec's on_error contract
+                    out.append(_read_range(fh, start, end))
+                except Exception as exc:
                     if on_error != "return":
                         raise
-                    local[path] = exc
-            where = local[path]
-            if isinstance(where, BaseException):
-                out.append(where)
-                continue
-            try:
-                out.append(_read_range(where, start, end))
-            except Exception as exc:
-                if on_error != "return":
-                    raise
-                out.append(exc)
+                    out.append(exc)
+        finally:
+            for fh in opened.values():
+                if not isinstance(fh, BaseException):
+                    fh.close()
         return out
 
     def get_file(
@@ -393,19 +426,20 @@ class HashsyncFileSystem(ChainedFileSystem):
     ) -> None:
         """Copy one file (from the cache's verified copy) to a local path."""
         try:
-            cached = self.cached_path(rpath)
+            source = self._open_verified(rpath)
         except (FileNotFoundError, IsADirectoryError, ValueError):
             if not self.isdir(rpath):
                 raise
             os.makedirs(lpath, exist_ok=True)
             return
-        if outfile is not None:
-            with open(cached, "rb") as fh:
-                shutil.copyfileobj(fh, outfile)
-            return
-        target = Path(lpath)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, target)
+        with source:
+            if outfile is not None:
+                shutil.copyfileobj(source, outfile, 1 << 20)
+                return
+            target = Path(lpath)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         """``name``, ``size`` and ``type`` (``"file"`` or ``"directory"``) of a path."""
@@ -772,14 +806,27 @@ def _has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def _read_range(path: Path, start: int | None, end: int | None) -> bytes:
-    """Bytes ``start:end`` of a local file, negative offsets counted from its end."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        first = 0 if start is None else (start if start >= 0 else max(0, size + start))
-        last = size if end is None else (min(end, size) if end >= 0 else max(0, size + end))
-        fh.seek(first)
-        return fh.read(max(0, last - first))
+def _read_range(fh: BinaryIO, start: int | None, end: int | None) -> bytes:
+    """Bytes ``start:end`` of an open local file, negative offsets counted from its end."""
+    size = os.fstat(fh.fileno()).st_size
+    first = 0 if start is None else (start if start >= 0 else max(0, size + start))
+    last = size if end is None else (min(end, size) if end >= 0 else max(0, size + end))
+    return os.pread(fh.fileno(), max(0, last - first), first) if last > first else b""
+
+
+class _PrivateCopy(Sink):
+    """A sink for one object: the source fills and verifies a temporary, renamed to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def receive(self, key: str, fill: Any, *, check: Any = None) -> None:
+        """Fill the temporary (the source verifies it), then give it the final name."""
+        tmp = self.path.with_name(self.path.name + ".partial")
+        fill(tmp)
+        if not tmp.exists():
+            tmp.touch()  # a 0-byte object may never open its file
+        os.replace(tmp, self.path)
 
 
 _registered: dict[str, type[HashsyncFileSystem]] = {}
