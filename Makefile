@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # Parallel pytest is not worth it on 2 cores; the suite is sized to run in a few minutes.
 PYTEST_ARGS ?=
 
-.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync bench-cache bench-hub bench-treecache bench-segments lint lint-macos fmt clean
+.PHONY: help venv build test test-rust test-python demo hash-demo bench bench-micro bench-sync bench-cache bench-fsspec bench-hub bench-treecache bench-segments lint lint-macos fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,7 +44,7 @@ demo: build ## Sync a dataset to a local S3 server; show the edit aws s3 sync mi
 hash-demo: build ## Hash a generated tree with hashsync and with hashlib, and compare
 	$(PY) examples/hash_demo.py
 
-bench: bench-micro bench-sync bench-cache bench-hub bench-treecache bench-segments ## Run every benchmark and refresh the README's tables
+bench: bench-micro bench-sync bench-cache bench-fsspec bench-hub bench-treecache bench-segments ## Run every benchmark and refresh the README's tables
 	$(PY) benches/update_readme.py
 
 bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~6 min)
@@ -54,6 +54,9 @@ bench-micro: build ## Hashing and scanning micro-benchmarks (pytest-benchmark, ~
 
 bench-cache: build ## Cache get_many vs hashsync.sync, a boto3 loop and a process pool (~4 min)
 	$(PY) benches/cache_bench.py --files 2000 --rounds 5
+
+bench-fsspec: build ## pandas reading parquet from S3: hashsync.fsspec cold/warm vs pyarrow's S3 (~3 min)
+	$(PY) benches/fsspec_bench.py
 
 bench-hub: build ## Hub client vs a sequential client and curl, from a local hub (~3 min)
 	$(PY) benches/hub_bench.py --rounds 3

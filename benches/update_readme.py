@@ -12,6 +12,7 @@ SECTIONS = {
     "sync": ROOT / "benches" / "results" / "sync.md",
     "counts": ROOT / "benches" / "results" / "sync-counts-table.md",
     "cache": ROOT / "benches" / "results" / "cache.md",
+    "fsspec": ROOT / "benches" / "results" / "fsspec.md",
     "hub": ROOT / "benches" / "results" / "hub.md",
     "treecache": ROOT / "benches" / "results" / "treecache.md",
     "segments": ROOT / "benches" / "results" / "segments.md",

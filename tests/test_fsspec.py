@@ -492,3 +492,22 @@ def test_names_come_back_in_the_form_they_were_given(s3_server, s3_env, state, b
 def test_not_found_names_the_url(s3_server, s3_env, state, bucket):
     with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/missing"):
         _fs().cat_file(f"s3://{bucket}/missing")
+
+
+def test_an_http_server_through_register(tmp_path, state, registered):
+    pd = pytest.importorskip("pandas")
+    from storage_helpers import serve_directory
+
+    (tmp_path / "site" / "d").mkdir(parents=True)
+    (tmp_path / "site" / "d" / "x.csv").write_text("a,b\n1,2\n")
+    register("http")
+    with serve_directory(tmp_path / "site") as server:
+        base = server.url.rstrip("/")
+        assert pd.read_csv(f"{base}/d/x.csv").to_dict("list") == {"a": [1], "b": [2]}
+        fs = _fs()
+        assert fs.ls(f"{base}/d/", detail=False) == [f"{base}/d/x.csv"]
+        assert fs.info(f"{base}/d/x.csv")["size"] == 8
+        with pytest.raises(FileNotFoundError, match="nope.csv not found"):
+            fs.cat_file(f"{base}/d/nope.csv")
+        with pytest.raises(PermissionError, match="read-only"):
+            fs.open(f"{base}/d/new.csv", "wb")

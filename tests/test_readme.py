@@ -59,6 +59,14 @@ def test_readme_python_examples_run(
     monkeypatch.setenv("HASHSYNC_CACHE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HASHSYNC_CONFIG", str(tmp_path / "no-config.yaml"))
     namespace: dict[str, object] = {"__name__": "readme"}
+    # The fsspec example registers hashsync for s3://: undone afterwards for the other tests.
+    import sys
+
+    import fsspec
+
+    registry = sys.modules["fsspec.registry"]._registry
+    hub.callback(lambda before=dict(registry): (registry.clear(), registry.update(before)))
+    hub.callback(fsspec.AbstractFileSystem.clear_instance_cache)
     with hub:
         for number, block in enumerate(python_blocks(), 1):
             code = compile(block, f"README.md python block {number}", "exec")
@@ -68,6 +76,8 @@ def test_readme_python_examples_run(
     assert (tmp_path / "prepared" / "weights.bin").read_bytes() == b"weights" * 1000
     assert (tmp_path / "scratch" / "cache" / "train" / "0.parquet").read_bytes() == b"on the share"
     assert (tmp_path / "scratch" / "cache" / "train" / "1.parquet").read_bytes() == b"in S3"
+    assert namespace["magic"] == b"PAR1" and namespace["df"].equals(namespace["table"])
+    assert namespace["listed"] == ["s3://bucket/tables/t.parquet"]
     assert (tmp_path / "cache" / "shard-000.tar").read_bytes() == (
         data / "shard-000.tar"
     ).read_bytes()

@@ -93,6 +93,11 @@ _BUCKETS = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs"}
 _REMOTE = (*_BUCKETS, "http", "https", "hub", "hubs")
 
 
+def _text(exc: BaseException) -> str:
+    """The message alone (an OSError's str() would repeat its errno)."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 @contextlib.contextmanager
 def _as_builtin(path: str) -> Iterator[None]:
     """Raise what fsspec's callers catch (FileNotFoundError, ...), not hashsync's internals.
@@ -103,23 +108,23 @@ def _as_builtin(path: str) -> Iterator[None]:
     try:
         yield
     except ConditionsNotEnforced as exc:
-        raise OSError(errno.ENOTSUP, str(exc), path) from None
+        raise OSError(errno.ENOTSUP, _text(exc), path) from None
     except PreconditionFailed as exc:
-        raise FileExistsError(errno.EEXIST, str(exc), path) from None
+        raise FileExistsError(errno.EEXIST, _text(exc), path) from None
     except NotFound as exc:
-        raise FileNotFoundError(errno.ENOENT, str(exc), path) from None
+        raise FileNotFoundError(errno.ENOENT, _text(exc), path) from None
     except PermissionDenied as exc:
-        raise PermissionError(errno.EACCES, str(exc), path) from None
+        raise PermissionError(errno.EACCES, _text(exc), path) from None
     except IsADirectory as exc:
-        raise IsADirectoryError(errno.EISDIR, str(exc), path) from None
+        raise IsADirectoryError(errno.EISDIR, _text(exc), path) from None
     except NotADirectory as exc:
-        raise NotADirectoryError(errno.ENOTDIR, str(exc), path) from None
+        raise NotADirectoryError(errno.ENOTDIR, _text(exc), path) from None
     except StorageUnavailable as exc:
-        raise ConnectionError(str(exc)) from None
+        raise ConnectionError(_text(exc)) from None
     except InvalidArgument as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(_text(exc)) from None
     except HashsyncError as exc:
-        raise OSError(errno.EIO, str(exc), path) from None
+        raise OSError(errno.EIO, _text(exc), path) from None
 
 
 class HashsyncFileSystem(ChainedFileSystem):
@@ -499,7 +504,7 @@ class HashsyncFileSystem(ChainedFileSystem):
 
     def _entry(self, base: str, info: Any, bare: bool) -> dict[str, Any]:
         entry = {
-            "name": self._out(f"{base}/{info.key}", bare),
+            "name": self._out(_join(base, info.key), bare),
             "size": info.size,
             "type": "file",
             "mtime": info.last_modified.timestamp(),
@@ -555,7 +560,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         return [found[n]["name"] for n in names]
 
     def _dir(self, base: str, key: str, bare: bool) -> dict[str, Any]:
-        return {"name": self._out(f"{base}/{key}", bare), "size": 0, "type": "directory"}
+        return {"name": self._out(_join(base, key), bare), "size": 0, "type": "directory"}
 
     def ukey(self, path: str) -> str:
         """The object's content hash as its storage names it (``"md5:..."``, an ETag, ...)."""
@@ -663,7 +668,7 @@ class HashsyncFileSystem(ChainedFileSystem):
                 if error is None:
                     gone += 1
                 elif not isinstance(error, NotFound):
-                    with _as_builtin(f"{base}/{found}"):
+                    with _as_builtin(_join(base, found)):
                         raise error
             if not gone:
                 raise FileNotFoundError(errno.ENOENT, f"nothing to delete at {url}", url)
@@ -799,6 +804,15 @@ class _Upload:
             self.discard()
         else:
             self.close()
+
+
+def _join(base: str, key: str) -> str:
+    """The URL of ``key`` in the storage at ``base`` (the inverse of ``_split``)."""
+    if base.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(base)
+        path = "/" + urllib.parse.quote(key)
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    return f"{base}/{key}"
 
 
 def _has_magic(path: str) -> bool:
