@@ -100,7 +100,11 @@ def main() -> int:
                     "hashsync warm": [],
                 }
                 for r in range(args.rounds):
-                    os.environ["HASHSYNC_CACHE_DIR"] = str(work / f"state-{network}-{r}")
+                    # A new cache directory each round: "cold" is cold every time.
+                    options = {
+                        "endpoint_url": endpoint,
+                        "cache_dir": str(work / f"c-{network}-{r}"),
+                    }
                     t = time.perf_counter()
                     for url in urls:
                         pd.read_parquet(url.removeprefix("s3://"), filesystem=native)
@@ -111,7 +115,7 @@ def main() -> int:
                         fsspec.AbstractFileSystem.clear_instance_cache()
                         t = time.perf_counter()
                         for url in urls:
-                            pd.read_parquet(url, storage_options={"endpoint_url": endpoint})
+                            pd.read_parquet(url, storage_options=options)
                         times[label].append(time.perf_counter() - t)
                     print(
                         f"{network} round {r + 1}: "

@@ -36,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,9 @@ def _hint_at_register() -> None:
 
 
 #: URL schemes whose paths are ``BUCKET/KEY`` (fsspec calls Google's both ways).
+#: Seconds an info() answer is reused (never for content: see HashsyncFileSystem.info).
+INFO_TTL = 1.0
+
 _BUCKETS = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs"}
 _REMOTE = (*_BUCKETS, "http", "https", "hub", "hubs")
 
@@ -230,6 +234,10 @@ class HashsyncFileSystem(ChainedFileSystem):
         self._storages: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._local = LocalFileSystem()
+        # info() answers of the last second: pandas and pyarrow ask isdir, info and isfile of
+        # one path in a row before opening it, a round trip each. Content is never served
+        # from this: open() and cat() ask the store whether the cached copy is current.
+        self._recent: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # -- paths ----------------------------------------------------------------------
 
@@ -373,7 +381,10 @@ class HashsyncFileSystem(ChainedFileSystem):
             return self._open_verified(url)
         if mode in ("wb", "xb"):
             base, key = self._split(url)
-            return _Upload(self._storage(base), key, url, exclusive=mode == "xb")
+            self._forget()
+            return _Upload(
+                self._storage(base), key, url, exclusive=mode == "xb", written=self._forget
+            )
         raise ValueError(f"mode {mode!r} is not supported: 'rb', 'wb' or 'xb'")
 
     def cat_file(
@@ -447,10 +458,32 @@ class HashsyncFileSystem(ChainedFileSystem):
                 shutil.copyfileobj(source, out, 1 << 20)
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        """``name``, ``size`` and ``type`` (``"file"`` or ``"directory"``) of a path."""
+        """``name``, ``size`` and ``type`` (``"file"`` or ``"directory"``) of a path.
+
+        An answer may be up to a second old (:data:`INFO_TTL`); this filesystem's own writes
+        and deletions are seen at once.
+        """
         url = self._url(path)
         if not self._is_remote(url):
             return self._local.info(url)
+        now = time.monotonic()
+        with self._lock:
+            recent = self._recent.get(url)
+        if recent is not None and now - recent[0] < INFO_TTL:
+            return {**recent[1], "name": self._out(url, self._bare(path))}
+        found = self._info(path, url)
+        with self._lock:
+            if len(self._recent) > 10_000:
+                self._recent.clear()
+            self._recent[url] = (now, found)
+        return found
+
+    def _forget(self) -> None:
+        """Drop the remembered info() answers (after a write or a deletion)."""
+        with self._lock:
+            self._recent.clear()
+
+    def _info(self, path: str, url: str) -> dict[str, Any]:
         base, key = self._split(url)
         storage = self._storage(base)
         name = self._out(url, self._bare(path))
@@ -628,6 +661,7 @@ class HashsyncFileSystem(ChainedFileSystem):
             return
         base, key = self._split(url)
         storage = self._writable(base, url)
+        self._forget()
         with _as_builtin(url):
             storage.delete(key)
 
@@ -644,6 +678,7 @@ class HashsyncFileSystem(ChainedFileSystem):
                 continue
             base, key = self._split(url)
             storage = self._writable(base, url)
+            self._forget()
             with _as_builtin(url):
                 literal = not _has_magic(key) or (bool(key) and storage.exists(key))
                 keys: set[str] = set()
@@ -716,7 +751,15 @@ class _Upload:
 
     mode = "wb"
 
-    def __init__(self, storage: Any, key: str, url: str, *, exclusive: bool) -> None:
+    def __init__(
+        self,
+        storage: Any,
+        key: str,
+        url: str,
+        *,
+        exclusive: bool,
+        written: Any = None,
+    ) -> None:
         from hashsync.storage import ReadWriteStorage
         from hashsync.storage.base import validate_key
 
@@ -729,6 +772,7 @@ class _Upload:
         self._storage = storage
         self._key = key
         self._exclusive = exclusive
+        self._written = written
         self.name = self.path = url
         self._dir = tempfile.mkdtemp(prefix="hashsync-fsspec-")
         staged = Path(self._dir, *key.split("/"))
@@ -795,6 +839,8 @@ class _Upload:
                     self._storage.copy_from(self._key, staged)
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
+            if self._written is not None:
+                self._written()
 
     def __enter__(self) -> _Upload:
         return self
