@@ -89,10 +89,10 @@ def _hint_at_register() -> None:
             )
 
 
-#: URL schemes whose paths are ``BUCKET/KEY`` (fsspec calls Google's both ways).
 #: Seconds an info() answer is reused (never for content: see HashsyncFileSystem.info).
 INFO_TTL = 1.0
 
+#: URL schemes whose paths are ``BUCKET/KEY`` (fsspec calls Google's both ways).
 _BUCKETS = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs"}
 _REMOTE = (*_BUCKETS, "http", "https", "hub", "hubs")
 
@@ -146,6 +146,11 @@ class HashsyncFileSystem(ChainedFileSystem):
         num_workers: Threads for ``get`` of many files.
         endpoint_url: The S3 endpoint (``s3://`` URLs).
         anon: Send no credentials (public buckets).
+        key: The S3 access key id (s3fs's name); needs ``secret``.
+        secret: The S3 secret access key.
+        token: An S3 session token.
+        profile: A profile of the AWS config files.
+        client_kwargs: s3fs's; its ``endpoint_url`` is taken.
         s3: More options for :class:`~hashsync.storage.S3Storage`.
         gs: More options for :class:`~hashsync.storage.GCSStorage`.
         target_protocol: Set by fsspec for the chained form: the inner protocol.
