@@ -8,6 +8,7 @@ a byte budget kept while pandas reads more than it, and errors of the types they
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -444,15 +445,80 @@ def test_rm_recursive_takes_the_path_and_what_is_below_never_beside(
     assert fs.find(f"s3://{bucket}") == [f"s3://{bucket}/data1.csv"]
 
 
-def test_a_failed_writer_uploads_nothing_through_fsspec_open(s3_server, s3_env, state, bucket):
-    url = f"hashsync://s3://{bucket}/half.csv"
-    with pytest.raises(RuntimeError), fsspec.open(url, "w") as fh:
-        fh.write("a,b\n1,")
-        raise RuntimeError("the writer failed")
-    assert not _fs().exists(f"s3://{bucket}/half.csv")
-    with fsspec.open(url, "w") as fh:
-        fh.write("a,b\n1,2\n")
-    assert _fs().cat(f"s3://{bucket}/half.csv") == b"a,b\n1,2\n"
+def test_a_file_closed_on_purpose_is_uploaded_wherever_it_is_closed(
+    s3_server, s3_env, state, bucket
+):
+    fs = _fs()
+    root = f"s3://{bucket}"
+    try:
+        fs.info(f"{root}/made-if-missing.json")
+    except FileNotFoundError:
+        fs.pipe_file(f"{root}/made-if-missing.json", b"{}")  # inside the except block
+        with fs.open(f"{root}/checkpoint.bin", "wb") as fh:
+            fh.write(b"saved while handling the error")
+
+    def sink(url):
+        # Closed by hand: a ``with`` block would take GeneratorExit for a failure (and an
+        # abandoned generator gets one too), so it would upload nothing.
+        fh = fs.open(url, "wb")
+        try:
+            while True:
+                fh.write((yield))
+        finally:
+            fh.close()
+
+    feeding = sink(f"{root}/from-a-generator.txt")
+    next(feeding)
+    feeding.send(b"one, ")
+    feeding.send(b"two")
+    feeding.close()  # GeneratorExit closes the file normally
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(fs.open(f"{root}/exit-stack.txt", "wb"))
+        stack.enter_context(contextlib.suppress(ValueError))
+        fh.write(b"kept")
+        raise ValueError("suppressed: the block ends normally")
+    assert fs.cat(f"{root}/made-if-missing.json") == b"{}"
+    assert fs.cat(f"{root}/checkpoint.bin") == b"saved while handling the error"
+    assert fs.cat(f"{root}/from-a-generator.txt") == b"one, two"
+    assert fs.cat(f"{root}/exit-stack.txt") == b"kept"
+
+
+def test_transactions_upload_at_commit_and_nothing_when_aborted(s3_server, s3_env, state, bucket):
+    fs = _fs()
+    url = f"s3://{bucket}/in-a-transaction"
+    with fs.transaction:
+        with fs.open(url, "wb") as fh:
+            fh.write(b"committed")
+        assert not fs.exists(url)  # closed, waiting for the commit
+    assert fs.cat(url) == b"committed"
+    with pytest.raises(RuntimeError), fs.transaction:
+        with fs.open(f"{url}-aborted", "wb") as fh:
+            fh.write(b"never")
+        raise RuntimeError("abort")
+    assert not fs.exists(f"{url}-aborted")
+    assert not list(Path(tempfile.gettempdir()).glob("hashsync-fsspec-*/object"))
+
+
+def test_unknown_options_are_refused_not_ignored(s3_env, state):
+    with pytest.raises(ValueError, match="config_kwargs"):
+        _fs(config_kwargs={"signature_version": "s3v4"})
+    with pytest.raises(ValueError, match="verify"):
+        _fs(client_kwargs={"verify": False})
+    fs = _fs(client_kwargs={"region_name": "eu-west-3"}, requester_pays=True)
+    assert fs._s3 == {"region_name": "eu-west-3", "request_payer": "requester"}
+
+
+def test_rm_of_a_directory_named_like_a_pattern(s3_server, s3_env, state, bucket):
+    _put(s3_server, bucket, dict.fromkeys(["run[1]/a.txt", "run1/keep.txt", "run2/keep"], b"x"))
+    fs = _fs()
+    fs.rm(f"s3://{bucket}/run[1]", recursive=True)
+    assert fs.find(f"s3://{bucket}") == [f"s3://{bucket}/run1/keep.txt", f"s3://{bucket}/run2/keep"]
+    listed = fs.find(f"s3://{bucket}/run1", withdirs=True)
+    fs.rm(listed, recursive=True)  # a directory, then what it held: no error for the second
+    assert fs.find(f"s3://{bucket}") == [f"s3://{bucket}/run2/keep"]
+    info = fs.info(f"s3://{bucket}/run2/keep")
+    info["size"] = -1  # a caller's copy: the remembered answer is not changed
+    assert fs.info(f"s3://{bucket}/run2/keep")["size"] == 1
 
 
 def test_s3fs_credential_names_are_used(s3_server, s3_env, state, bucket):

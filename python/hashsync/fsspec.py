@@ -33,7 +33,6 @@ import errno
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -67,6 +66,7 @@ from hashsync.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
+from hashsync.storage import SimpleLocalStorage
 from hashsync.storage.sink import Sink
 
 __all__ = ["HashsyncFileSystem", "register"]
@@ -95,6 +95,28 @@ INFO_TTL = 1.0
 #: URL schemes whose paths are ``BUCKET/KEY`` (fsspec calls Google's both ways).
 _BUCKETS = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs"}
 _REMOTE = (*_BUCKETS, "http", "https", "hub", "hubs")
+
+
+#: Options fsspec itself hands every filesystem.
+_FSSPEC_OWN = frozenset(
+    {
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_paths",
+        "asynchronous",
+        "loop",
+    }
+)
+
+
+def _unknown_options(names: list[str]) -> str:
+    return (
+        f"hashsync.fsspec does not take {', '.join(names)}; it takes cache, cache_dir, "
+        "max_size_bytes, num_workers, endpoint_url, anon, key, secret, token, profile, "
+        "client_kwargs (endpoint_url, region_name), requester_pays, and s3={...} / gs={...} "
+        "for anything S3Storage / GCSStorage take"
+    )
 
 
 def _text(exc: BaseException) -> str:
@@ -150,7 +172,8 @@ class HashsyncFileSystem(ChainedFileSystem):
         secret: The S3 secret access key.
         token: An S3 session token.
         profile: A profile of the AWS config files.
-        client_kwargs: s3fs's; its ``endpoint_url`` is taken.
+        client_kwargs: s3fs's; its ``endpoint_url`` and ``region_name`` are taken.
+        requester_pays: Send ``x-amz-request-payer: requester`` (s3fs's name).
         s3: More options for :class:`~hashsync.storage.S3Storage`.
         gs: More options for :class:`~hashsync.storage.GCSStorage`.
         target_protocol: Set by fsspec for the chained form: the inner protocol.
@@ -158,7 +181,8 @@ class HashsyncFileSystem(ChainedFileSystem):
             (``endpoint_url``, ``anon``, ``client_kwargs``, ``key``/``secret`` as s3fs names
             them).
         fo: Set by fsspec for the chained form: the inner path.
-        **kwargs: fsspec's own (``skip_instance_cache``, ...).
+        **kwargs: fsspec's own (``skip_instance_cache``, ...); any other is refused
+            (``ValueError``) rather than ignored.
     """
 
     protocol: Any = ("hashsync",)
@@ -178,6 +202,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         token: str | None = None,
         profile: str | None = None,
         client_kwargs: dict[str, Any] | None = None,
+        requester_pays: bool = False,
         s3: dict[str, Any] | None = None,
         gs: dict[str, Any] | None = None,
         target_protocol: str | None = None,
@@ -185,6 +210,11 @@ class HashsyncFileSystem(ChainedFileSystem):
         fo: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # An option that would change where requests go or how they are signed must not be
+        # dropped without a word: what is not understood is refused.
+        unknown = sorted(set(kwargs) - _FSSPEC_OWN)
+        if unknown:
+            raise ValueError(_unknown_options(unknown))
         super().__init__(**kwargs)
         # s3fs's names, given directly or (chained) as the inner protocol's options.
         given: dict[str, Any] = {
@@ -195,15 +225,27 @@ class HashsyncFileSystem(ChainedFileSystem):
             "token": token,
             "profile": profile,
             "client_kwargs": client_kwargs,
+            "requester_pays": requester_pays,
         }
+        unknown = sorted(set(target_options or {}) - set(given) - _FSSPEC_OWN)
+        if unknown:
+            raise ValueError(_unknown_options(unknown))
         for name, value in (target_options or {}).items():
             if name in given and not given[name]:
                 given[name] = value
-        endpoint = given["endpoint_url"] or (given["client_kwargs"] or {}).get("endpoint_url")
+        client = dict(given["client_kwargs"] or {})
+        endpoint = given["endpoint_url"] or client.pop("endpoint_url", None)
+        region = client.pop("region_name", None)
+        if client:
+            raise ValueError(_unknown_options([f"client_kwargs[{k!r}]" for k in sorted(client)]))
         self._s3 = dict(s3 or {})
         self._gs = dict(gs or {})
         if endpoint:
             self._s3.setdefault("endpoint_url", endpoint)
+        if region:
+            self._s3.setdefault("region_name", region)
+        if given["requester_pays"]:
+            self._s3.setdefault("request_payer", "requester")
         if given["anon"]:
             self._s3.setdefault("anonymous", True)
             self._gs.setdefault("anonymous", True)
@@ -388,7 +430,12 @@ class HashsyncFileSystem(ChainedFileSystem):
             base, key = self._split(url)
             self._forget()
             return _Upload(
-                self._storage(base), key, url, exclusive=mode == "xb", written=self._forget
+                self._storage(base),
+                key,
+                url,
+                exclusive=mode == "xb",
+                autocommit=autocommit,
+                written=self._forget,
             )
         raise ValueError(f"mode {mode!r} is not supported: 'rb', 'wb' or 'xb'")
 
@@ -480,7 +527,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         with self._lock:
             if len(self._recent) > 10_000:
                 self._recent.clear()
-            self._recent[url] = (now, found)
+            self._recent[url] = (now, dict(found))  # a copy: callers may change theirs
         return found
 
     def _forget(self) -> None:
@@ -669,6 +716,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         self._forget()
         with _as_builtin(url):
             storage.delete(key)
+        self._forget()
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
         """Delete files; ``recursive``: also everything below (``path/...``), never beside it.
@@ -685,7 +733,12 @@ class HashsyncFileSystem(ChainedFileSystem):
             storage = self._writable(base, url)
             self._forget()
             with _as_builtin(url):
-                literal = not _has_magic(key) or (bool(key) and storage.exists(key))
+                # An object or a directory of exactly that name is what was meant.
+                literal = (
+                    not _has_magic(key)
+                    or (bool(key) and storage.exists(key))
+                    or (bool(key) and bool(storage.count_keys(key.rstrip("/") + "/", 1)))
+                )
                 keys: set[str] = set()
                 if not literal:
                     for name, entry in self.glob(one, detail=True).items():
@@ -710,7 +763,10 @@ class HashsyncFileSystem(ChainedFileSystem):
                 elif not isinstance(error, NotFound):
                     with _as_builtin(_join(base, found)):
                         raise error
-            if not gone:
+            self._forget()
+            # Of a list (find's or glob's output: a directory, then what it held), an entry
+            # an earlier one already took is no error.
+            if not gone and isinstance(path, str):
                 raise FileNotFoundError(errno.ENOENT, f"nothing to delete at {url}", url)
 
     @staticmethod
@@ -747,11 +803,14 @@ class HashsyncFileSystem(ChainedFileSystem):
 
 
 class _Upload:
-    """A file written locally, then uploaded whole when closed; nothing on error.
+    """A file written locally, then uploaded whole when closed (or, in a transaction, committed).
 
-    Deliberately not an ``io.IOBase``: that one closes itself when garbage collected, which
-    here would upload whatever a failed writer left half-written. A writer dropped without
-    ``close()`` uploads nothing (its staging file stays in the temporary directory).
+    ``with fs.open(url, "wb")`` uploads nothing when its block fails, and :meth:`discard`
+    drops what was written. ``close()`` itself always uploads: code that closes a file on
+    purpose (in an ``except`` block, a generator's ``finally``) must not lose it. Deliberately
+    not an ``io.IOBase``, which closes (here: uploads) itself when garbage collected; a writer
+    dropped unclosed uploads nothing. (fsspec's text mode wraps it in an ``io.TextIOWrapper``,
+    which does close itself then, as with every fsspec filesystem.)
     """
 
     mode = "wb"
@@ -763,6 +822,7 @@ class _Upload:
         url: str,
         *,
         exclusive: bool,
+        autocommit: bool = True,
         written: Any = None,
     ) -> None:
         from hashsync.storage import ReadWriteStorage
@@ -777,16 +837,22 @@ class _Upload:
         self._storage = storage
         self._key = key
         self._exclusive = exclusive
+        self._autocommit = autocommit
         self._written = written
+        self._pending = False
         self.name = self.path = url
         self._dir = tempfile.mkdtemp(prefix="hashsync-fsspec-")
-        staged = Path(self._dir, *key.split("/"))
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(staged, "wb")  # noqa: SIM115 - closed by close() or discard()
+        # One fixed name: a key's segments may be longer than a local file name may be.
+        self._staged = Path(self._dir) / "object"
+        try:
+            self._fh = open(self._staged, "wb")  # noqa: SIM115 - closed by close()/discard()
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
 
     @property
     def closed(self) -> bool:
-        """Whether the file was closed (uploaded) or discarded."""
+        """Whether the file was closed (uploaded or waiting for its commit) or discarded."""
         return self._fh.closed
 
     def readable(self) -> bool:
@@ -815,34 +881,39 @@ class _Upload:
             self._fh.flush()
 
     def discard(self) -> None:
-        """Close without uploading anything."""
+        """Drop what was written: nothing is uploaded (an aborted transaction calls this)."""
         if not self._fh.closed:
             self._fh.close()
+        self._pending = False
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def close(self) -> None:
         """Upload what was written, atomically (the object appears whole or not at all).
 
-        Called while an exception is propagating (``fsspec.open``'s and pandas' ``with``
-        blocks close their files on the way out of a failure), it uploads nothing: what was
-        written is a failed writer's half.
+        Inside a transaction (``with fs.transaction:``) the upload waits for the commit.
         """
         if self._fh.closed:
             return
-        if sys.exc_info()[0] is not None:
-            self.discard()
+        self._fh.close()
+        if not self._autocommit:
+            self._pending = True
+            return
+        self.commit()
+
+    def commit(self) -> None:
+        """Upload the closed file (a transaction's commit calls this)."""
+        if self._autocommit and not self._fh.closed:
+            self.close()
             return
         try:
-            self._fh.close()
-            from hashsync.storage import SimpleLocalStorage
-
-            staged = SimpleLocalStorage(self._dir)
             with _as_builtin(self.path):
+                staged = _Staged(self._staged)
                 if self._exclusive:
                     self._storage.copy_from_if_overwriting_hash(self._key, None, staged)
                 else:
                     self._storage.copy_from(self._key, staged)
         finally:
+            self._pending = False
             shutil.rmtree(self._dir, ignore_errors=True)
             if self._written is not None:
                 self._written()
@@ -855,6 +926,18 @@ class _Upload:
             self.discard()
         else:
             self.close()
+
+
+class _Staged(SimpleLocalStorage):
+    """The one staged file of an upload, whatever key the upload names it."""
+
+    def __init__(self, file: Path) -> None:
+        super().__init__(file.parent, create=False, hash_state=False)
+        self._file = file
+
+    def path(self, key: str) -> Path:
+        """The staged file, for every key."""
+        return self._file
 
 
 def _join(base: str, key: str) -> str:
