@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,19 +54,8 @@ try:
 except ImportError:  # pragma: no cover - older fsspec
     ChainedFileSystem = fsspec.AbstractFileSystem
 
-from hashsync.errors import (
-    ConditionsNotEnforced,
-    HashsyncError,
-    InvalidArgument,
-    IsADirectory,
-    NotADirectory,
-    NotFound,
-    PermissionDenied,
-    PreconditionFailed,
-    StorageUnavailable,
-)
-from hashsync.storage import SimpleLocalStorage
-from hashsync.storage.sink import Sink
+from hashsync._fsspec_files import PrivateCopy, Upload, as_builtin, read_range
+from hashsync.errors import NotFound
 
 __all__ = ["HashsyncFileSystem", "register"]
 
@@ -117,40 +105,6 @@ def _unknown_options(names: list[str]) -> str:
         "client_kwargs (endpoint_url, region_name), requester_pays, and s3={...} / gs={...} "
         "for anything S3Storage / GCSStorage take"
     )
-
-
-def _text(exc: BaseException) -> str:
-    """The message alone (an OSError's str() would repeat its errno)."""
-    return getattr(exc, "strerror", None) or str(exc)
-
-
-@contextlib.contextmanager
-def _as_builtin(path: str) -> Iterator[None]:
-    """Raise what fsspec's callers catch (FileNotFoundError, ...), not hashsync's internals.
-
-    hashsync's errors already derive from these; re-raising plain ones keeps the traceback
-    short and the type exactly what pandas and pyarrow test for.
-    """
-    try:
-        yield
-    except ConditionsNotEnforced as exc:
-        raise OSError(errno.ENOTSUP, _text(exc), path) from None
-    except PreconditionFailed as exc:
-        raise FileExistsError(errno.EEXIST, _text(exc), path) from None
-    except NotFound as exc:
-        raise FileNotFoundError(errno.ENOENT, _text(exc), path) from None
-    except PermissionDenied as exc:
-        raise PermissionError(errno.EACCES, _text(exc), path) from None
-    except IsADirectory as exc:
-        raise IsADirectoryError(errno.EISDIR, _text(exc), path) from None
-    except NotADirectory as exc:
-        raise NotADirectoryError(errno.ENOTDIR, _text(exc), path) from None
-    except StorageUnavailable as exc:
-        raise ConnectionError(_text(exc)) from None
-    except InvalidArgument as exc:
-        raise ValueError(_text(exc)) from None
-    except HashsyncError as exc:
-        raise OSError(errno.EIO, _text(exc), path) from None
 
 
 class HashsyncFileSystem(ChainedFileSystem):
@@ -355,7 +309,7 @@ class HashsyncFileSystem(ChainedFileSystem):
 
             scheme = base.partition("://")[0]
             options = self._s3 if scheme == "s3" else self._gs if scheme == "gs" else {}
-            with _as_builtin(base):
+            with as_builtin(base):
                 storage = open_storage(base, **options)
             with self._lock:
                 storage = self._storages.setdefault(base, storage)
@@ -381,7 +335,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         if not self._is_remote(url):
             return Path(url)
         cache = self._cache_for_reads()
-        with _as_builtin(url):
+        with as_builtin(url):
             return Path(cache.get(cache.register(url)))
 
     def _open_verified(self, path: str) -> BinaryIO:
@@ -402,8 +356,8 @@ class HashsyncFileSystem(ChainedFileSystem):
         storage = self._storage(base)
         where = tempfile.mkdtemp(prefix="hashsync-fsspec-")
         try:
-            sink = _PrivateCopy(Path(where) / "object")
-            with _as_builtin(url):
+            sink = PrivateCopy(Path(where) / "object")
+            with as_builtin(url):
                 storage.copy(key, sink)
             # Unlinked at once: the open descriptor keeps the bytes until it is closed.
             return open(sink.path, "rb")  # noqa: SIM115 - the caller closes it
@@ -429,7 +383,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         if mode in ("wb", "xb"):
             base, key = self._split(url)
             self._forget()
-            return _Upload(
+            return Upload(
                 self._storage(base),
                 key,
                 url,
@@ -444,7 +398,7 @@ class HashsyncFileSystem(ChainedFileSystem):
     ) -> bytes:
         """Bytes ``start:end`` of the file, from the cache's verified copy."""
         with self._open_verified(path) as fh:
-            return _read_range(fh, start, end)
+            return read_range(fh, start, end)
 
     def cat_ranges(
         self,
@@ -478,7 +432,7 @@ class HashsyncFileSystem(ChainedFileSystem):
                     out.append(fh)
                     continue
                 try:
-                    out.append(_read_range(fh, start, end))
+                    out.append(read_range(fh, start, end))
                 except Exception as exc:
                     if on_error != "return":
                         raise
@@ -541,7 +495,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         name = self._out(url, self._bare(path))
         if key and not key.endswith("/"):
             try:
-                with _as_builtin(url):
+                with as_builtin(url):
                     size = storage.get_size(key)
                     return {"name": name, "size": size, "type": "file"}
             except (FileNotFoundError, IsADirectoryError):
@@ -550,7 +504,7 @@ class HashsyncFileSystem(ChainedFileSystem):
                 pass  # a key hashsync does not take as a file (a directory's own path)
         prefix = key.rstrip("/") + "/" if key else ""
         try:
-            with _as_builtin(url):
+            with as_builtin(url):
                 if storage.count_keys(prefix, 1) or not key:
                     return {"name": name.rstrip("/"), "size": 0, "type": "directory"}
         except NotImplementedError:
@@ -568,7 +522,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         prefix = key.rstrip("/") + "/" if key else ""
         files: list[dict[str, Any]] = []
         dirs: dict[str, None] = {}
-        with _as_builtin(url):
+        with as_builtin(url):
             for info in storage.list(prefix):
                 rest = info.key[len(prefix) :]
                 head, sep, _ = rest.partition("/")
@@ -617,7 +571,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         bare = self._bare(path)
         prefix = key.rstrip("/") + "/" if key else ""
         found: dict[str, dict[str, Any]] = {}
-        with _as_builtin(url):
+        with as_builtin(url):
             for info in storage.list(prefix):
                 rest = info.key[len(prefix) :]
                 parts = rest.split("/")
@@ -653,7 +607,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         if not self._is_remote(url):
             return str(self._local.ukey(url))
         base, key = self._split(url)
-        with _as_builtin(url):
+        with as_builtin(url):
             return str(self._storage(base).get_hash(key))
 
     def checksum(self, path: str) -> int:
@@ -666,7 +620,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         if not self._is_remote(url):
             return self._local.modified(url)
         base, key = self._split(url)
-        with _as_builtin(url):
+        with as_builtin(url):
             return self._storage(base).get_last_modified(key)
 
     def created(self, path: str) -> datetime.datetime:
@@ -714,7 +668,7 @@ class HashsyncFileSystem(ChainedFileSystem):
         base, key = self._split(url)
         storage = self._writable(base, url)
         self._forget()
-        with _as_builtin(url):
+        with as_builtin(url):
             storage.delete(key)
         self._forget()
 
@@ -732,7 +686,7 @@ class HashsyncFileSystem(ChainedFileSystem):
             base, key = self._split(url)
             storage = self._writable(base, url)
             self._forget()
-            with _as_builtin(url):
+            with as_builtin(url):
                 # An object or a directory of exactly that name is what was meant.
                 literal = (
                     not _has_magic(key)
@@ -761,7 +715,7 @@ class HashsyncFileSystem(ChainedFileSystem):
                 if error is None:
                     gone += 1
                 elif not isinstance(error, NotFound):
-                    with _as_builtin(_join(base, found)):
+                    with as_builtin(_join(base, found)):
                         raise error
             self._forget()
             # Of a list (find's or glob's output: a directory, then what it held), an entry
@@ -802,144 +756,6 @@ class HashsyncFileSystem(ChainedFileSystem):
             shutil.copyfileobj(src, dst, 1 << 20)
 
 
-class _Upload:
-    """A file written locally, then uploaded whole when closed (or, in a transaction, committed).
-
-    ``with fs.open(url, "wb")`` uploads nothing when its block fails, and :meth:`discard`
-    drops what was written. ``close()`` itself always uploads: code that closes a file on
-    purpose (in an ``except`` block, a generator's ``finally``) must not lose it. Deliberately
-    not an ``io.IOBase``, which closes (here: uploads) itself when garbage collected; a writer
-    dropped unclosed uploads nothing. (fsspec's text mode wraps it in an ``io.TextIOWrapper``,
-    which does close itself then, as with every fsspec filesystem.)
-    """
-
-    mode = "wb"
-
-    def __init__(
-        self,
-        storage: Any,
-        key: str,
-        url: str,
-        *,
-        exclusive: bool,
-        autocommit: bool = True,
-        written: Any = None,
-    ) -> None:
-        from hashsync.storage import ReadWriteStorage
-        from hashsync.storage.base import validate_key
-
-        if not isinstance(storage, ReadWriteStorage):
-            raise PermissionError(errno.EROFS, f"{storage!r} is read-only", url)
-        with _as_builtin(url):
-            validate_key(key)
-            if exclusive and storage.exists(key):
-                raise FileExistsError(errno.EEXIST, f"{url} exists", url)
-        self._storage = storage
-        self._key = key
-        self._exclusive = exclusive
-        self._autocommit = autocommit
-        self._written = written
-        self._pending = False
-        self.name = self.path = url
-        self._dir = tempfile.mkdtemp(prefix="hashsync-fsspec-")
-        # One fixed name: a key's segments may be longer than a local file name may be.
-        self._staged = Path(self._dir) / "object"
-        try:
-            self._fh = open(self._staged, "wb")  # noqa: SIM115 - closed by close()/discard()
-        except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
-
-    @property
-    def closed(self) -> bool:
-        """Whether the file was closed (uploaded or waiting for its commit) or discarded."""
-        return self._fh.closed
-
-    def readable(self) -> bool:
-        """False: a file opened for writing."""
-        return False
-
-    def seekable(self) -> bool:
-        """False: written front to back."""
-        return False
-
-    def writable(self) -> bool:
-        """True while open."""
-        return not self.closed
-
-    def write(self, data: Any) -> int:
-        """Append ``data``; returns the bytes written."""
-        return self._fh.write(data)
-
-    def tell(self) -> int:
-        """Bytes written so far."""
-        return self._fh.tell()
-
-    def flush(self) -> None:
-        """Nothing reaches the store before :meth:`close`; kept for the file protocol."""
-        if not self._fh.closed:
-            self._fh.flush()
-
-    def discard(self) -> None:
-        """Drop what was written: nothing is uploaded (an aborted transaction calls this)."""
-        if not self._fh.closed:
-            self._fh.close()
-        self._pending = False
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def close(self) -> None:
-        """Upload what was written, atomically (the object appears whole or not at all).
-
-        Inside a transaction (``with fs.transaction:``) the upload waits for the commit.
-        """
-        if self._fh.closed:
-            return
-        self._fh.close()
-        if not self._autocommit:
-            self._pending = True
-            return
-        self.commit()
-
-    def commit(self) -> None:
-        """Upload the closed file (a transaction's commit calls this)."""
-        if self._autocommit and not self._fh.closed:
-            self.close()
-            return
-        try:
-            with _as_builtin(self.path):
-                staged = _Staged(self._staged)
-                if self._exclusive:
-                    self._storage.copy_from_if_overwriting_hash(self._key, None, staged)
-                else:
-                    self._storage.copy_from(self._key, staged)
-        finally:
-            self._pending = False
-            shutil.rmtree(self._dir, ignore_errors=True)
-            if self._written is not None:
-                self._written()
-
-    def __enter__(self) -> _Upload:
-        return self
-
-    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
-        if kind is not None:
-            self.discard()
-        else:
-            self.close()
-
-
-class _Staged(SimpleLocalStorage):
-    """The one staged file of an upload, whatever key the upload names it."""
-
-    def __init__(self, file: Path) -> None:
-        super().__init__(file.parent, create=False, hash_state=False)
-        self._file = file
-
-    def path(self, key: str) -> Path:
-        """The staged file, for every key."""
-        return self._file
-
-
 def _join(base: str, key: str) -> str:
     """The URL of ``key`` in the storage at ``base`` (the inverse of ``_split``)."""
     if base.startswith(("http://", "https://")):
@@ -952,29 +768,6 @@ def _join(base: str, key: str) -> str:
 def _has_magic(path: str) -> bool:
     """Whether ``path`` is a glob pattern (as fsspec's ``glob`` reads ``*``, ``?`` and ``[``)."""
     return any(c in path for c in "*?[")
-
-
-def _read_range(fh: BinaryIO, start: int | None, end: int | None) -> bytes:
-    """Bytes ``start:end`` of an open local file, negative offsets counted from its end."""
-    size = os.fstat(fh.fileno()).st_size
-    first = 0 if start is None else (start if start >= 0 else max(0, size + start))
-    last = size if end is None else (min(end, size) if end >= 0 else max(0, size + end))
-    return os.pread(fh.fileno(), max(0, last - first), first) if last > first else b""
-
-
-class _PrivateCopy(Sink):
-    """A sink for one object: the source fills and verifies a temporary, renamed to ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def receive(self, key: str, fill: Any, *, check: Any = None) -> None:
-        """Fill the temporary (the source verifies it), then give it the final name."""
-        tmp = self.path.with_name(self.path.name + ".partial")
-        fill(tmp)
-        if not tmp.exists():
-            tmp.touch()  # a 0-byte object may never open its file
-        os.replace(tmp, self.path)
 
 
 _registered: dict[str, type[HashsyncFileSystem]] = {}
