@@ -1,7 +1,6 @@
 """The file objects :mod:`hashsync.fsspec` hands out, and the errors they raise.
 
-Writers stage locally and upload whole (:class:`Upload`); reads of what a cache cannot hold
-land in a private, verified copy (:class:`PrivateCopy`); hashsync's errors become the
+Writers stage locally and upload whole (:class:`Upload`); hashsync's errors become the
 builtins fsspec's callers catch (:func:`as_builtin`).
 """
 
@@ -27,10 +26,9 @@ from hashsync.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
-from hashsync.storage import SimpleLocalStorage
-from hashsync.storage.sink import Sink
+from hashsync.storage.local import SingleFileStorage
 
-__all__ = ["PrivateCopy", "Upload", "as_builtin", "read_range"]
+__all__ = ["Upload", "as_builtin", "read_range"]
 
 
 def _text(exc: BaseException) -> str:
@@ -172,7 +170,7 @@ class Upload:
             return
         try:
             with as_builtin(self.path):
-                staged = _Staged(self._staged)
+                staged = SingleFileStorage(self._staged)
                 if self._exclusive:
                     self._storage.copy_from_if_overwriting_hash(self._key, None, staged)
                 else:
@@ -193,36 +191,9 @@ class Upload:
             self.close()
 
 
-class _Staged(SimpleLocalStorage):
-    """The one staged file of an upload, whatever key the upload names it."""
-
-    def __init__(self, file: Path) -> None:
-        super().__init__(file.parent, create=False, hash_state=False)
-        self._file = file
-
-    def path(self, key: str) -> Path:
-        """The staged file, for every key."""
-        return self._file
-
-
 def read_range(fh: BinaryIO, start: int | None, end: int | None) -> bytes:
     """Bytes ``start:end`` of an open local file, negative offsets counted from its end."""
     size = os.fstat(fh.fileno()).st_size
     first = 0 if start is None else (start if start >= 0 else max(0, size + start))
     last = size if end is None else (min(end, size) if end >= 0 else max(0, size + end))
     return os.pread(fh.fileno(), max(0, last - first), first) if last > first else b""
-
-
-class PrivateCopy(Sink):
-    """A sink for one object: the source fills and verifies a temporary, renamed to ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def receive(self, key: str, fill: Any, *, check: Any = None) -> None:
-        """Fill the temporary (the source verifies it), then give it the final name."""
-        tmp = self.path.with_name(self.path.name + ".partial")
-        fill(tmp)
-        if not tmp.exists():
-            tmp.touch()  # a 0-byte object may never open its file
-        os.replace(tmp, self.path)

@@ -54,8 +54,9 @@ try:
 except ImportError:  # pragma: no cover - older fsspec
     ChainedFileSystem = fsspec.AbstractFileSystem
 
-from hashsync._fsspec_files import PrivateCopy, Upload, as_builtin, read_range
+from hashsync._fsspec_files import Upload, as_builtin, read_range
 from hashsync.errors import NotFound
+from hashsync.storage.local import SingleFileStorage
 
 __all__ = ["HashsyncFileSystem", "register"]
 
@@ -356,11 +357,12 @@ class HashsyncFileSystem(ChainedFileSystem):
         storage = self._storage(base)
         where = tempfile.mkdtemp(prefix="hashsync-fsspec-")
         try:
-            sink = PrivateCopy(Path(where) / "object")
+            copy = Path(where) / "object"
+            sink = SingleFileStorage(copy)
             with as_builtin(url):
                 storage.copy(key, sink)
             # Unlinked at once: the open descriptor keeps the bytes until it is closed.
-            return open(sink.path, "rb")  # noqa: SIM115 - the caller closes it
+            return open(copy, "rb")  # noqa: SIM115 - the caller closes it
         finally:
             shutil.rmtree(where, ignore_errors=True)
 

@@ -29,7 +29,12 @@ from hashsync.errors import (
     StorageUnavailable,
 )
 from hashsync.storage.base import ReadWriteStorage, Storage
-from hashsync.storage.local import LocalStorage, SimpleLocalStorage, receive_file
+from hashsync.storage.local import (
+    LocalStorage,
+    SimpleLocalStorage,
+    SingleFileStorage,
+    receive_file,
+)
 from hashsync.verify import content_matches_hash
 
 __all__ = ["CopyToLocalCache", "SynchronizedRemoteAndLocalCache"]
@@ -390,7 +395,7 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
                 f"{key!r} ({size} bytes) is larger than the cache's budget of "
                 f"{self.max_size_bytes} bytes; nothing was uploaded"
             )
-        self.remote_storage.copy_from(key, _SingleFile(source))
+        self.remote_storage.copy_from(key, SingleFileStorage(source))
         # From here the remote holds the new version: a local copy of the old one must go
         # whatever happens next.
         try:
@@ -421,14 +426,3 @@ class SynchronizedRemoteAndLocalCache(CopyToLocalCache, WriteableCache):
         except NotFound:
             if not found:
                 raise
-
-
-class _SingleFile(LocalStorage):
-    """One local file, under whatever key an upload names it."""
-
-    def __init__(self, file: Path) -> None:
-        super().__init__(file.parent, create=False, hash_state=False)
-        self._file = file
-
-    def path(self, key: str) -> Path:
-        return self._file

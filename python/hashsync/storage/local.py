@@ -69,6 +69,7 @@ __all__ = [
     "PartitioningLocalStorage",
     "ReadOnlyFilesystemStorage",
     "SimpleLocalStorage",
+    "SingleFileStorage",
     "TemporaryLocalStorage",
     "link_below",
     "normalize_hash",
@@ -927,6 +928,23 @@ class PartitioningLocalStorage(LocalStorage):
     lists_by_level = False
     list_level = Storage.list_level
     count_keys = Storage.count_keys
+
+
+class SingleFileStorage(LocalStorage):
+    """One local file under whatever key names it.
+
+    The source of an upload of a file that lives at no key's path (a cache's put, an fsspec
+    writer's staging file), or the sink that downloads one object to a path of the caller's
+    choosing (atomically, as every LocalStorage writes).
+    """
+
+    def __init__(self, file: Path) -> None:
+        super().__init__(file.parent, create=False, hash_state=False)
+        self._file = file
+
+    def path(self, key: str) -> Path:
+        """The one file, for every key."""
+        return self._file
 
 
 class ReadOnlyFilesystemStorage(FilesystemStorage, ReadOnlyStorage):
